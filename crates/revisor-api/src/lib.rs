@@ -1,0 +1,32 @@
+//! Wire types of revisor's resources (Knative's Service and Revision) with parsing, defaulting and validation.
+//!
+//! No I/O happens here: callers hand in text or values and get typed objects or field errors back.
+
+pub mod annotations;
+pub mod defaults;
+pub mod field;
+pub mod meta;
+pub mod names;
+pub mod parse;
+pub mod podspec;
+pub mod revision;
+pub mod service;
+pub mod units;
+pub mod validate;
+
+pub use defaults::Defaults;
+pub use field::{FieldError, FieldErrors, Path};
+pub use meta::{Condition, ConditionStatus, Conditions, ObjectMeta};
+pub use parse::{decode, read_documents, Document, Resource};
+pub use revision::{Revision, RevisionStatus};
+pub use service::{Service, ServiceSpec, ServiceStatus, TrafficTarget};
+
+/// Decodes, defaults and validates one Service document: the whole admission path.
+pub fn admit_service(value: &serde_json::Value, defaults: &Defaults) -> Result<Service, FieldErrors> {
+    let mut svc = match decode(value)? {
+        Resource::Service(s) => *s,
+    };
+    defaults.apply(&mut svc);
+    validate::validate_service(&svc, defaults)?;
+    Ok(svc)
+}

@@ -1,0 +1,147 @@
+//! Reading manifests: multi-document YAML or JSON into typed resources, strictly (unknown fields are errors).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::field::{FieldError, FieldErrors, Path};
+use crate::service::{Service, SERVING_API_VERSION};
+
+/// One document of a manifest file, numbered from 1 as it appears.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub index: usize,
+    pub value: Value,
+}
+
+/// A manifest document that could not be read at all.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("document {index}: {message}")]
+pub struct SyntaxError {
+    pub index: usize,
+    pub message: String,
+}
+
+/// Splits text into documents: a JSON value (a `List` is unpacked) or YAML documents separated by `---`.
+/// Empty documents are skipped but still counted, so indexes match what the user sees.
+pub fn read_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| SyntaxError { index: 1, message: format!("invalid JSON: {e}") })?;
+        return Ok(unpack_list(value, 1));
+    }
+    let mut docs = Vec::new();
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let index = i + 1;
+        let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(de)
+            .map_err(|e| SyntaxError { index, message: format!("invalid YAML: {e}") })?;
+        let value = serde_json::to_value(&yaml)
+            .map_err(|e| SyntaxError { index, message: format!("not representable as JSON: {e}") })?;
+        if !value.is_null() {
+            docs.extend(unpack_list(value, index));
+        }
+    }
+    Ok(docs)
+}
+
+fn unpack_list(value: Value, index: usize) -> Vec<Document> {
+    match value {
+        Value::Object(ref o) if o.get("kind").and_then(Value::as_str) == Some("List") => o
+            .get("items")
+            .and_then(Value::as_array)
+            .map(|items| items.iter().map(|v| Document { index, value: v.clone() }).collect())
+            .unwrap_or_default(),
+        Value::Array(items) => items.into_iter().map(|value| Document { index, value }).collect(),
+        value => vec![Document { index, value }],
+    }
+}
+
+/// A resource revisor understands, decoded and type-checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    Service(Box<Service>),
+}
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Service(_) => "Service",
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Resource::Service(s) => &s.metadata.name,
+        }
+    }
+}
+
+/// Decodes one document by its `apiVersion` and `kind`.
+pub fn decode(value: &Value) -> Result<Resource, FieldErrors> {
+    let obj = value.as_object().ok_or_else(|| one("", format!("expected an object, got {}", type_name(value))))?;
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    match (api_version, kind) {
+        (SERVING_API_VERSION, "Service") => Ok(Resource::Service(Box::new(decode_strict(value)?))),
+        ("", _) => Err(one("apiVersion", "missing field(s)")),
+        (_, "") => Err(one("kind", "missing field(s)")),
+        _ => Err(one(
+            "kind",
+            format!("unsupported resource {api_version}/{kind}: revisor accepts {SERVING_API_VERSION} Service"),
+        )),
+    }
+}
+
+/// Deserializes a typed object and refuses any field the type does not know, with its path.
+/// Status is output only: it is ignored on input, as Kubernetes does for resources with a status subresource.
+pub fn decode_strict<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T, FieldErrors> {
+    let mut input = value.clone();
+    if let Some(o) = input.as_object_mut() {
+        o.remove("status");
+    }
+    let typed: T = serde_path_to_error::deserialize(&input).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        one(path, e.into_inner().to_string())
+    })?;
+    let echoed = serde_json::to_value(&typed).map_err(|e| one("", e.to_string()))?;
+    let mut errs = FieldErrors::default();
+    unknown_fields(&input, &echoed, &Path::default(), &mut errs);
+    errs.into_result().map(|_| typed)
+}
+
+/// Every key of `input` that did not survive the typed round trip is a field the type does not have.
+fn unknown_fields(input: &Value, echoed: &Value, path: &Path, errs: &mut FieldErrors) {
+    match (input, echoed) {
+        (Value::Object(i), Value::Object(o)) => {
+            for (k, v) in i.iter().filter(|(_, v)| !v.is_null()) {
+                match o.get(k) {
+                    Some(ov) => unknown_fields(v, ov, &path.field(k), errs),
+                    None => errs.push(path.field(k), format!("unknown field {k:?}")),
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (n, (a, b)) in i.iter().zip(o).enumerate() {
+                unknown_fields(a, b, &path.index(n), errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn one(path: impl Into<String>, message: impl Into<String>) -> FieldErrors {
+    FieldErrors(vec![FieldError::new(path, message)])
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
