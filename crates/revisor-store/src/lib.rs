@@ -1,1 +1,101 @@
-//! placeholder
+//! Durable embedded state: resources in redb, optimistic concurrency by resourceVersion, an event log per
+//! service, and change notifications.
+//!
+//! Every write is one redb transaction, committed with fsync before it is acknowledged, so a crash at any
+//! moment keeps every acknowledged change and none half-made.
+
+mod error;
+mod event;
+mod object;
+mod tx;
+
+pub use error::StoreError;
+pub use event::{Event, EventType};
+pub use object::{Kind, Object};
+pub use tx::Tx;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableTableMetadata, TableDefinition};
+use tokio::sync::broadcast;
+
+pub(crate) const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+pub(crate) const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revisions");
+pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
+pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// What changed, sent after the change is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The store: cheap to clone, safe to share.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    changes: broadcast::Sender<Change>,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`. Fails if another process holds it.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+        let tx = db.begin_write()?;
+        tx.open_table(SERVICES)?;
+        tx.open_table(REVISIONS)?;
+        tx.open_table(EVENTS)?;
+        tx.open_table(COUNTERS)?;
+        tx.commit()?;
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Store { db: Arc::new(db), changes })
+    }
+
+    /// Runs `f` in one write transaction; it commits only if `f` returns `Ok`.
+    pub fn write<R>(&self, f: impl FnOnce(&mut Tx) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let inner = self.db.begin_write()?;
+        let mut tx = Tx::new(inner);
+        let out = f(&mut tx)?;
+        let changes = tx.commit()?;
+        for c in changes {
+            // Nobody listening is fine: subscribers re-read the store when they start.
+            let _ = self.changes.send(c);
+        }
+        Ok(out)
+    }
+
+    pub fn get<T: Object>(&self, namespace: &str, name: &str) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(T::TABLE)?;
+        let key = format!("{namespace}/{name}");
+        table.get(key.as_str())?.map(|v| object::decode::<T>(&key, v.value())).transpose()
+    }
+
+    /// Every object of a kind, in one namespace or (with `None`) all, ordered by namespace and name.
+    pub fn list<T: Object>(&self, namespace: Option<&str>) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(T::TABLE)?;
+        object::list(&table, namespace)
+    }
+
+    /// The events recorded for a service, oldest first.
+    pub fn events(&self, namespace: &str, service: &str) -> Result<Vec<Event>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(EVENTS)?;
+        event::list(&table, &format!("{namespace}/{service}"))
+    }
+
+    /// Changes committed from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// How many objects of a kind there are (for metrics and tests).
+    pub fn count<T: Object>(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(T::TABLE)?.len()?)
+    }
+}

@@ -1,0 +1,74 @@
+//! What the store keeps: objects with Kubernetes metadata, one table per kind.
+
+use redb::{ReadableTable, TableDefinition};
+use revisor_api::{ObjectMeta, Revision, Service};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::{StoreError, REVISIONS, SERVICES};
+
+/// The kinds of stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Service,
+    Revision,
+}
+
+/// A stored object: serializable, with metadata, in its own table.
+pub trait Object: Serialize + DeserializeOwned + Clone {
+    const KIND: Kind;
+    const KIND_NAME: &'static str;
+    const TABLE: TableDefinition<'static, &'static str, &'static [u8]>;
+    fn meta(&self) -> &ObjectMeta;
+    fn meta_mut(&mut self) -> &mut ObjectMeta;
+}
+
+impl Object for Service {
+    const KIND: Kind = Kind::Service;
+    const KIND_NAME: &'static str = "Service";
+    const TABLE: TableDefinition<'static, &'static str, &'static [u8]> = SERVICES;
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl Object for Revision {
+    const KIND: Kind = Kind::Revision;
+    const KIND_NAME: &'static str = "Revision";
+    const TABLE: TableDefinition<'static, &'static str, &'static [u8]> = REVISIONS;
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+pub(crate) fn decode<T: Object>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        kind: T::KIND_NAME,
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+pub(crate) fn list<T: Object>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    namespace: Option<&str>,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    let prefix = namespace.map(|ns| format!("{ns}/"));
+    let iter = match &prefix {
+        // Keys are "namespace/name"; '0' is the byte after '/', so this range is exactly one namespace.
+        Some(p) => table.range(p.as_str()..format!("{}0", &p[..p.len() - 1]).as_str())?,
+        None => table.iter()?,
+    };
+    for entry in iter {
+        let (k, v) = entry?;
+        out.push(decode(k.value(), v.value())?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,166 @@
+//! A write transaction: reads see its own writes; resourceVersion checks make concurrent updates safe.
+
+use chrono::Utc;
+use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+
+use crate::event::{self, Event, MAX_EVENTS_PER_SERVICE};
+use crate::object::{self, Object};
+use crate::{Change, StoreError, COUNTERS, EVENTS};
+
+pub struct Tx {
+    inner: WriteTransaction,
+    changes: Vec<Change>,
+}
+
+impl Tx {
+    pub(crate) fn new(inner: WriteTransaction) -> Self {
+        Self { inner, changes: Vec::new() }
+    }
+
+    pub(crate) fn commit(self) -> Result<Vec<Change>, StoreError> {
+        self.inner.commit()?;
+        Ok(self.changes)
+    }
+
+    /// The next value of the store-wide sequence that resourceVersions and event ids come from.
+    fn next_sequence(&mut self) -> Result<u64, StoreError> {
+        let mut t = self.inner.open_table(COUNTERS)?;
+        let next = t.get("sequence")?.map(|v| v.value()).unwrap_or(0) + 1;
+        t.insert("sequence", next)?;
+        Ok(next)
+    }
+
+    pub fn get<T: Object>(&self, namespace: &str, name: &str) -> Result<Option<T>, StoreError> {
+        let t = self.inner.open_table(T::TABLE)?;
+        let key = format!("{namespace}/{name}");
+        let got = t.get(key.as_str())?;
+        got.map(|v| object::decode::<T>(&key, v.value())).transpose()
+    }
+
+    pub fn list<T: Object>(&self, namespace: Option<&str>) -> Result<Vec<T>, StoreError> {
+        let t = self.inner.open_table(T::TABLE)?;
+        object::list(&t, namespace)
+    }
+
+    /// Stores a new object: sets its resourceVersion, uid, creationTimestamp and (if unset) generation 1.
+    pub fn create<T: Object>(&mut self, mut obj: T) -> Result<T, StoreError> {
+        let key = obj.meta().key();
+        if self.get::<T>(&obj.meta().namespace, &obj.meta().name)?.is_some() {
+            return Err(StoreError::AlreadyExists { kind: T::KIND_NAME, key });
+        }
+        let seq = self.next_sequence()?;
+        let meta = obj.meta_mut();
+        meta.resource_version = Some(seq.to_string());
+        meta.uid = Some(uid(&key, seq));
+        meta.creation_timestamp = Some(Utc::now());
+        meta.generation.get_or_insert(1);
+        self.put(&key, &obj)?;
+        Ok(obj)
+    }
+
+    /// Replaces a stored object. When `obj` carries a resourceVersion it must be the stored one (else
+    /// `Conflict`); identity fields (uid, creationTimestamp) are kept from the stored object.
+    pub fn update<T: Object>(&mut self, mut obj: T) -> Result<T, StoreError> {
+        let key = obj.meta().key();
+        let Some(current) = self.get::<T>(&obj.meta().namespace, &obj.meta().name)? else {
+            return Err(StoreError::NotFound { kind: T::KIND_NAME, key });
+        };
+        let cur = current.meta();
+        if let Some(given) = obj.meta().resource_version.clone() {
+            if Some(&given) != cur.resource_version.as_ref() {
+                let current = cur.resource_version.clone().unwrap_or_default();
+                return Err(StoreError::Conflict { kind: T::KIND_NAME, key, given, current });
+            }
+        }
+        let (uid, created) = (cur.uid.clone(), cur.creation_timestamp);
+        let seq = self.next_sequence()?;
+        let meta = obj.meta_mut();
+        meta.resource_version = Some(seq.to_string());
+        meta.uid = uid;
+        meta.creation_timestamp = created;
+        self.put(&key, &obj)?;
+        Ok(obj)
+    }
+
+    fn put<T: Object>(&mut self, key: &str, obj: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(obj).map_err(|e| StoreError::Corrupt {
+            kind: T::KIND_NAME,
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        self.inner.open_table(T::TABLE)?.insert(key, bytes.as_slice())?;
+        self.changed::<T>(obj.meta().namespace.clone(), obj.meta().name.clone());
+        Ok(())
+    }
+
+    /// Removes an object; `NotFound` when there is none.
+    pub fn delete<T: Object>(&mut self, namespace: &str, name: &str) -> Result<T, StoreError> {
+        let key = format!("{namespace}/{name}");
+        let removed = self.inner.open_table(T::TABLE)?.remove(key.as_str())?.map(|v| v.value().to_vec());
+        let Some(bytes) = removed else {
+            return Err(StoreError::NotFound { kind: T::KIND_NAME, key });
+        };
+        self.changed::<T>(namespace.to_string(), name.to_string());
+        object::decode(&key, &bytes)
+    }
+
+    fn changed<T: Object>(&mut self, namespace: String, name: String) {
+        let c = Change { kind: T::KIND, namespace, name };
+        if !self.changes.contains(&c) {
+            self.changes.push(c);
+        }
+    }
+
+    /// Appends an event to a service's log, dropping the oldest beyond the cap.
+    pub fn record(&mut self, namespace: &str, service: &str, event: &Event) -> Result<(), StoreError> {
+        let key = format!("{namespace}/{service}");
+        let seq = self.next_sequence()?;
+        let bytes = serde_json::to_vec(event).expect("events always serialize");
+        let mut t = self.inner.open_table(EVENTS)?;
+        t.insert((key.as_str(), seq), bytes.as_slice())?;
+        let count = t.range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?.count();
+        if count > MAX_EVENTS_PER_SERVICE {
+            let oldest: Vec<u64> = t
+                .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?
+                .take(count - MAX_EVENTS_PER_SERVICE)
+                .map(|e| e.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for s in oldest {
+                t.remove((key.as_str(), s))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a service's whole event log (when the service is deleted).
+    pub fn clear_events(&mut self, namespace: &str, service: &str) -> Result<(), StoreError> {
+        let key = format!("{namespace}/{service}");
+        let mut t = self.inner.open_table(EVENTS)?;
+        t.retain_in((key.as_str(), 0)..=(key.as_str(), u64::MAX), |_, _| false)?;
+        Ok(())
+    }
+
+    /// The events of a service as this transaction sees them.
+    pub fn events(&self, namespace: &str, service: &str) -> Result<Vec<Event>, StoreError> {
+        let t = self.inner.open_table(EVENTS)?;
+        event::list(&t, &format!("{namespace}/{service}"))
+    }
+
+    /// How many objects of a kind exist.
+    pub fn count<T: Object>(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.open_table(T::TABLE)?.len()?)
+    }
+}
+
+/// A stable, unique id: a hash of the key and the sequence number it was created at.
+fn uid(key: &str, seq: u64) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    seq.hash(&mut h);
+    let a = h.finish();
+    seq.hash(&mut h);
+    let b = h.finish();
+    let hex = format!("{a:016x}{b:016x}");
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
