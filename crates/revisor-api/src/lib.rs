@@ -3,6 +3,7 @@
 //! No I/O happens here: callers hand in text or values and get typed objects or field errors back.
 
 pub mod annotations;
+pub mod configuration;
 pub mod defaults;
 pub mod field;
 pub mod meta;
@@ -14,6 +15,7 @@ pub mod service;
 pub mod units;
 pub mod validate;
 
+pub use configuration::{Configuration, ConfigurationStatus};
 pub use defaults::Defaults;
 pub use field::{FieldError, FieldErrors, Path};
 pub use meta::{Condition, ConditionStatus, Conditions, ObjectMeta};

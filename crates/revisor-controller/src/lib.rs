@@ -1,1 +1,38 @@
-//! placeholder
+//! Reconcilers: a Service's template becomes Configuration generations and immutable Revisions, and its
+//! traffic is resolved into status, the way Knative's controllers do it.
+//!
+//! `resources` and `status` are pure builders; `reconcile` applies them in one store transaction;
+//! `admission` holds the checks that need stored state; `run` drives reconciles from store changes.
+
+pub mod admission;
+pub mod reconcile;
+pub mod resources;
+pub mod run;
+pub mod status;
+
+pub use admission::{apply_service, delete_revision, delete_service, ApplyError, ApplyMode, ApplyOutcome};
+pub use reconcile::reconcile_service;
+pub use run::Controller;
+
+/// What the controller needs to know about the server it runs in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControllerConfig {
+    /// The domain services are reached under (`<svc>.<ns>.<domain>`).
+    pub domain: String,
+    /// The gateway's port, written into URLs unless it is 80.
+    pub gateway_port: u16,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self { domain: "localhost".into(), gateway_port: 8080 }
+    }
+}
+
+impl ControllerConfig {
+    /// `http://<host>.<ns>.<domain>[:port]`.
+    pub fn url(&self, host_label: &str, namespace: &str) -> String {
+        let port = if self.gateway_port == 80 { String::new() } else { format!(":{}", self.gateway_port) };
+        format!("http://{host_label}.{namespace}.{}{port}", self.domain)
+    }
+}

@@ -21,6 +21,7 @@ use redb::{Database, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
 pub(crate) const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+pub(crate) const CONFIGURATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("configurations");
 pub(crate) const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revisions");
 pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -31,6 +32,8 @@ pub struct Change {
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
+    /// The service the object belongs to (itself, for a Service).
+    pub service: Option<String>,
 }
 
 /// The store: cheap to clone, safe to share.
@@ -46,6 +49,7 @@ impl Store {
         let db = Database::create(path).map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
         let tx = db.begin_write()?;
         tx.open_table(SERVICES)?;
+        tx.open_table(CONFIGURATIONS)?;
         tx.open_table(REVISIONS)?;
         tx.open_table(EVENTS)?;
         tx.open_table(COUNTERS)?;
@@ -55,8 +59,8 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction; it commits only if `f` returns `Ok`.
-    pub fn write<R>(&self, f: impl FnOnce(&mut Tx) -> Result<R, StoreError>) -> Result<R, StoreError> {
-        let inner = self.db.begin_write()?;
+    pub fn write<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut Tx) -> Result<R, E>) -> Result<R, E> {
+        let inner = self.db.begin_write().map_err(StoreError::from)?;
         let mut tx = Tx::new(inner);
         let out = f(&mut tx)?;
         let changes = tx.commit()?;

@@ -1,16 +1,17 @@
 //! What the store keeps: objects with Kubernetes metadata, one table per kind.
 
 use redb::{ReadableTable, TableDefinition};
-use revisor_api::{ObjectMeta, Revision, Service};
+use revisor_api::{Configuration, ObjectMeta, Revision, Service};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{StoreError, REVISIONS, SERVICES};
+use crate::{StoreError, CONFIGURATIONS, REVISIONS, SERVICES};
 
 /// The kinds of stored object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Service,
+    Configuration,
     Revision,
 }
 
@@ -21,9 +22,14 @@ pub trait Object: Serialize + DeserializeOwned + Clone {
     const TABLE: TableDefinition<'static, &'static str, &'static [u8]>;
     fn meta(&self) -> &ObjectMeta;
     fn meta_mut(&mut self) -> &mut ObjectMeta;
+    /// The service this object belongs to.
+    fn service(&self) -> Option<String>;
 }
 
 impl Object for Service {
+    fn service(&self) -> Option<String> {
+        Some(self.metadata.name.clone())
+    }
     const KIND: Kind = Kind::Service;
     const KIND_NAME: &'static str = "Service";
     const TABLE: TableDefinition<'static, &'static str, &'static [u8]> = SERVICES;
@@ -35,7 +41,25 @@ impl Object for Service {
     }
 }
 
+impl Object for Configuration {
+    fn service(&self) -> Option<String> {
+        Some(self.metadata.name.clone())
+    }
+    const KIND: Kind = Kind::Configuration;
+    const KIND_NAME: &'static str = "Configuration";
+    const TABLE: TableDefinition<'static, &'static str, &'static [u8]> = CONFIGURATIONS;
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 impl Object for Revision {
+    fn service(&self) -> Option<String> {
+        self.service_name().map(str::to_string)
+    }
     const KIND: Kind = Kind::Revision;
     const KIND_NAME: &'static str = "Revision";
     const TABLE: TableDefinition<'static, &'static str, &'static [u8]> = REVISIONS;

@@ -89,7 +89,7 @@ impl Tx {
             message: e.to_string(),
         })?;
         self.inner.open_table(T::TABLE)?.insert(key, bytes.as_slice())?;
-        self.changed::<T>(obj.meta().namespace.clone(), obj.meta().name.clone());
+        self.changed::<T>(obj.meta().namespace.clone(), obj.meta().name.clone(), obj.service());
         Ok(())
     }
 
@@ -100,12 +100,13 @@ impl Tx {
         let Some(bytes) = removed else {
             return Err(StoreError::NotFound { kind: T::KIND_NAME, key });
         };
-        self.changed::<T>(namespace.to_string(), name.to_string());
-        object::decode(&key, &bytes)
+        let obj: T = object::decode(&key, &bytes)?;
+        self.changed::<T>(namespace.to_string(), name.to_string(), obj.service());
+        Ok(obj)
     }
 
-    fn changed<T: Object>(&mut self, namespace: String, name: String) {
-        let c = Change { kind: T::KIND, namespace, name };
+    fn changed<T: Object>(&mut self, namespace: String, name: String, service: Option<String>) {
+        let c = Change { kind: T::KIND, namespace, name, service };
         if !self.changes.contains(&c) {
             self.changes.push(c);
         }

@@ -27,7 +27,7 @@ fn create_get_list_by_namespace() {
             tx.create(service("a", "x"))?;
             tx.create(service("a", "y"))?;
             tx.create(service("ab", "z"))?;
-            Ok(())
+            Ok::<_, StoreError>(())
         })
         .unwrap();
     let got: Service = store.get("a", "x").unwrap().unwrap();

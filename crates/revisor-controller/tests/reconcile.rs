@@ -1,0 +1,195 @@
+//! The Service reconciler against a real store: naming, immutability, traffic resolution and status.
+
+use chrono::Utc;
+use revisor_api::meta::Conditions;
+use revisor_api::{admit_service, read_documents, Condition, ConditionStatus, Configuration, Defaults, Revision, Service};
+use revisor_controller::admission::ApplyMode;
+use revisor_controller::{apply_service, delete_revision, reconcile_service, ApplyError, ApplyOutcome, ControllerConfig};
+use revisor_store::{Store, StoreError};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    store: Store,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        Env { _dir: dir, store }
+    }
+
+    fn apply(&self, yaml: &str) -> Result<ApplyOutcome, ApplyError> {
+        let doc = &read_documents(yaml).unwrap()[0];
+        let svc = admit_service(&doc.value, &Defaults::default()).map_err(ApplyError::Invalid)?;
+        let (outcome, _) = apply_service(&self.store, svc, ApplyMode::Apply)?;
+        self.reconcile();
+        Ok(outcome)
+    }
+
+    fn reconcile(&self) {
+        self.store
+            .write(|tx| reconcile_service(tx, "default", "svc", &ControllerConfig::default(), Utc::now()))
+            .unwrap();
+    }
+
+    fn svc(&self) -> Service {
+        self.store.get("default", "svc").unwrap().unwrap()
+    }
+
+    fn revisions(&self) -> Vec<String> {
+        self.store.list::<Revision>(Some("default")).unwrap().into_iter().map(|r| r.metadata.name).collect()
+    }
+
+    fn cond(&self, t: &str) -> Condition {
+        self.svc().status.unwrap().conditions.get_condition(t).cloned().unwrap()
+    }
+
+    /// Plays the runtime: marks a revision Ready=True (or False).
+    fn set_ready(&self, name: &str, status: ConditionStatus) {
+        self.store
+            .write(|tx| {
+                let mut r: Revision = tx.get("default", name)?.unwrap();
+                let st = r.status.get_or_insert_with(Default::default);
+                st.conditions.set_condition(Condition::new("Ready", status, Some("Test"), Some("set by test".into())), Utc::now());
+                tx.update(r)?;
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        self.reconcile();
+    }
+}
+
+fn manifest(image: &str, extra_spec: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: svc\nspec:\n  template:\n    spec:\n      containers:\n        - image: {image}\n{extra_spec}"
+    )
+}
+
+#[test]
+fn template_changes_make_numbered_revisions_and_traffic_changes_do_not() {
+    let env = Env::new();
+    assert_eq!(env.apply(&manifest("img:v1", "")).unwrap(), ApplyOutcome::Created);
+    assert_eq!(env.revisions(), ["svc-00001"]);
+    assert_eq!(env.apply(&manifest("img:v1", "")).unwrap(), ApplyOutcome::Unchanged);
+    assert_eq!(env.revisions(), ["svc-00001"]);
+    assert_eq!(env.apply(&manifest("img:v2", "")).unwrap(), ApplyOutcome::Configured);
+    assert_eq!(env.revisions(), ["svc-00001", "svc-00002"]);
+    let split = "  traffic:\n    - revisionName: svc-00001\n      percent: 50\n    - latestRevision: true\n      percent: 50\n";
+    assert_eq!(env.apply(&manifest("img:v2", split)).unwrap(), ApplyOutcome::Configured);
+    assert_eq!(env.revisions(), ["svc-00001", "svc-00002"], "a traffic-only change makes no revision");
+    let svc = env.svc();
+    assert_eq!(svc.metadata.generation, Some(3));
+    assert_eq!(svc.status.as_ref().unwrap().observed_generation, Some(3));
+    let cfg: Configuration = env.store.get("default", "svc").unwrap().unwrap();
+    assert_eq!(cfg.metadata.generation, Some(2));
+    // Going back to an earlier template is a new revision too: revisions are never reused by content.
+    env.apply(&manifest("img:v1", split)).unwrap();
+    assert_eq!(env.revisions(), ["svc-00001", "svc-00002", "svc-00003"]);
+    let r: Revision = env.store.get("default", "svc-00003").unwrap().unwrap();
+    assert_eq!(r.metadata.label("serving.knative.dev/configurationGeneration"), Some("3"));
+    assert_eq!(r.metadata.label("serving.knative.dev/service"), Some("svc"));
+    assert_eq!(r.spec.containers()[0].image.as_deref(), Some("img:v1"));
+}
+
+#[test]
+fn status_waits_for_a_ready_revision_then_resolves_traffic() {
+    let env = Env::new();
+    env.apply(&manifest("img:v1", "")).unwrap();
+    let st = env.svc().status.unwrap();
+    assert_eq!(st.latest_created_revision_name.as_deref(), Some("svc-00001"));
+    assert_eq!(st.latest_ready_revision_name, None);
+    assert_eq!(st.url.as_deref(), Some("http://svc.default.localhost:8080"));
+    assert_eq!(env.cond("Ready").status, ConditionStatus::Unknown);
+    assert_eq!(env.cond("ConfigurationsReady").reason.as_deref(), Some("AwaitingRuntime"));
+    assert_eq!(env.cond("RoutesReady").reason.as_deref(), Some("RevisionMissing"));
+
+    env.set_ready("svc-00001", ConditionStatus::True);
+    let st = env.svc().status.unwrap();
+    assert_eq!(st.latest_ready_revision_name.as_deref(), Some("svc-00001"));
+    assert_eq!(env.cond("Ready").status, ConditionStatus::True);
+    assert_eq!(st.traffic.len(), 1);
+    assert_eq!(st.traffic[0].revision_name.as_deref(), Some("svc-00001"));
+
+    let tagged = "  traffic:\n    - revisionName: svc-00001\n      percent: 100\n      tag: stable\n    - latestRevision: true\n      percent: 0\n      tag: latest\n";
+    env.apply(&manifest("img:v2", tagged)).unwrap();
+    // v2 is not ready yet: latestRevision still means the latest *ready* revision, as in Knative.
+    assert_eq!(env.cond("RoutesReady").status, ConditionStatus::True);
+    assert_eq!(env.cond("ConfigurationsReady").status, ConditionStatus::Unknown);
+    assert_eq!(env.svc().status.unwrap().traffic[1].revision_name.as_deref(), Some("svc-00001"));
+    env.set_ready("svc-00002", ConditionStatus::True);
+    let st = env.svc().status.unwrap();
+    assert_eq!(env.cond("Ready").status, ConditionStatus::True);
+    assert_eq!(st.traffic[0].url.as_deref(), Some("http://stable-svc.default.localhost:8080"));
+    assert_eq!(st.traffic[1].revision_name.as_deref(), Some("svc-00002"));
+    assert_eq!(st.traffic[1].url.as_deref(), Some("http://latest-svc.default.localhost:8080"));
+}
+
+#[test]
+fn a_failed_latest_revision_keeps_the_last_ready_one() {
+    let env = Env::new();
+    env.apply(&manifest("img:v1", "")).unwrap();
+    env.set_ready("svc-00001", ConditionStatus::True);
+    env.apply(&manifest("img:v2", "")).unwrap();
+    env.set_ready("svc-00002", ConditionStatus::False);
+    let st = env.svc().status.unwrap();
+    assert_eq!(st.latest_created_revision_name.as_deref(), Some("svc-00002"));
+    assert_eq!(st.latest_ready_revision_name.as_deref(), Some("svc-00001"));
+    assert_eq!(st.traffic[0].revision_name.as_deref(), Some("svc-00001"), "traffic stays on the ready revision");
+    let c = env.cond("ConfigurationsReady");
+    assert_eq!((c.status, c.reason.as_deref()), (ConditionStatus::False, Some("RevisionFailed")));
+    assert_eq!(env.cond("Ready").status, ConditionStatus::False);
+}
+
+#[test]
+fn traffic_to_a_missing_revision_is_accepted_but_not_ready() {
+    let env = Env::new();
+    let t = "  traffic:\n    - revisionName: svc-00042\n      percent: 100\n";
+    assert_eq!(env.apply(&manifest("img:v1", t)).unwrap(), ApplyOutcome::Created);
+    let c = env.cond("RoutesReady");
+    assert_eq!((c.status, c.reason.as_deref()), (ConditionStatus::False, Some("RevisionMissing")));
+    assert!(c.message.unwrap().contains("\"svc-00042\" referenced in traffic not found"));
+    let events = env.store.events("default", "svc").unwrap();
+    assert!(events.iter().any(|e| e.reason == "RevisionMissing"), "{events:?}");
+}
+
+#[test]
+fn bring_your_own_names() {
+    let env = Env::new();
+    let named = |name: &str, image: &str| {
+        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: svc\nspec:\n  template:\n    metadata:\n      name: {name}\n    spec:\n      containers:\n        - image: {image}\n")
+    };
+    env.apply(&named("svc-first", "img:v1")).unwrap();
+    assert_eq!(env.revisions(), ["svc-first"]);
+    let err = env.apply(&named("svc-first", "img:v2")).unwrap_err();
+    assert!(err.to_string().contains("spec.template.metadata.name: spec.template changed but its name \"svc-first\" did not"), "{err}");
+    env.apply(&named("svc-second", "img:v2")).unwrap();
+    assert_eq!(env.revisions(), ["svc-first", "svc-second"]);
+    // Pointing back at an existing name with a different template is refused; with the same one it is reused.
+    let err = env.apply(&named("svc-first", "img:v3")).unwrap_err();
+    assert!(err.to_string().contains("already exists with a different template"), "{err}");
+    env.apply(&named("svc-first", "img:v1")).unwrap();
+    assert_eq!(env.revisions(), ["svc-first", "svc-second"]);
+    assert_eq!(env.svc().status.unwrap().latest_created_revision_name.as_deref(), Some("svc-first"));
+}
+
+#[test]
+fn the_current_revision_is_made_again_after_a_delete() {
+    let env = Env::new();
+    env.apply(&manifest("img:v1", "")).unwrap();
+    env.apply(&manifest("img:v2", "")).unwrap();
+    delete_revision(&env.store, "default", "svc-00002").unwrap();
+    delete_revision(&env.store, "default", "svc-00001").unwrap();
+    env.reconcile();
+    assert_eq!(env.revisions(), ["svc-00002"]);
+}
+
+#[test]
+fn a_stale_resource_version_is_refused() {
+    let env = Env::new();
+    env.apply(&manifest("img:v1", "")).unwrap();
+    let yaml = manifest("img:v2", "").replace("  name: svc\n", "  name: svc\n  resourceVersion: \"1\"\n");
+    let err = env.apply(&yaml).unwrap_err();
+    assert!(matches!(err, ApplyError::Store(StoreError::Conflict { .. })), "{err}");
+    assert_eq!(env.revisions(), ["svc-00001"]);
+}
