@@ -51,7 +51,10 @@ impl Defaults {
     /// Checks the operator's settings the way Knative checks its ConfigMap.
     pub fn validate(&self) -> Result<(), String> {
         if self.revision_timeout_seconds <= 0 {
-            return Err(format!("revision-timeout-seconds must be positive, got {}", self.revision_timeout_seconds));
+            return Err(format!(
+                "revision-timeout-seconds must be positive, got {}",
+                self.revision_timeout_seconds
+            ));
         }
         if self.max_revision_timeout_seconds < self.revision_timeout_seconds {
             return Err(format!(
@@ -101,8 +104,10 @@ impl Defaults {
 
     /// Defaults of one revision spec: timeouts, concurrency, container names, the readiness probe.
     pub fn apply_revision_spec(&self, spec: &mut RevisionSpec) {
-        spec.timeout_seconds.get_or_insert(self.revision_timeout_seconds);
-        spec.container_concurrency.get_or_insert(self.container_concurrency);
+        spec.timeout_seconds
+            .get_or_insert(self.revision_timeout_seconds);
+        spec.container_concurrency
+            .get_or_insert(self.container_concurrency);
         if spec.response_start_timeout_seconds.is_none() {
             spec.response_start_timeout_seconds = self.revision_response_start_timeout_seconds;
         }
@@ -112,11 +117,19 @@ impl Defaults {
         if spec.enable_service_links.is_none() {
             spec.enable_service_links = self.enable_service_links;
         }
-        name_containers(spec.containers.iter_mut().flatten(), &self.container_name_template);
-        name_containers(spec.init_containers.iter_mut().flatten(), &self.init_container_name_template);
+        name_containers(
+            spec.containers.iter_mut().flatten(),
+            &self.container_name_template,
+        );
+        name_containers(
+            spec.init_containers.iter_mut().flatten(),
+            &self.init_container_name_template,
+        );
         let serving = {
             let cs = spec.containers.as_deref().unwrap_or_default();
-            cs.iter().position(|c| !c.ports().is_empty()).or(if cs.len() == 1 { Some(0) } else { None })
+            cs.iter()
+                .position(|c| !c.ports().is_empty())
+                .or(if cs.len() == 1 { Some(0) } else { None })
         };
         if let Some(c) = serving.and_then(|i| spec.containers.as_mut().map(|cs| &mut cs[i])) {
             default_readiness(c.readiness_probe.get_or_insert_with(Probe::default));
@@ -130,12 +143,18 @@ fn default_target(t: &mut TrafficTarget) {
     }
 }
 
-fn name_containers<'a>(containers: impl Iterator<Item = &'a mut crate::podspec::Container>, template: &str) {
+fn name_containers<'a>(
+    containers: impl Iterator<Item = &'a mut crate::podspec::Container>,
+    template: &str,
+) {
     let mut containers: Vec<_> = containers.collect();
     let taken: Vec<String> = containers.iter().filter_map(|c| c.name.clone()).collect();
     let many = containers.len() > 1;
     let mut suffix = 0;
-    for c in containers.iter_mut().filter(|c| c.name.as_deref().unwrap_or("").is_empty()) {
+    for c in containers
+        .iter_mut()
+        .filter(|c| c.name.as_deref().unwrap_or("").is_empty())
+    {
         let mut name = template.to_string();
         if many || taken.contains(&name) {
             loop {

@@ -40,7 +40,9 @@ impl ObjectMeta {
     }
 
     pub fn set_label(&mut self, key: &str, value: impl Into<String>) {
-        self.labels.get_or_insert_with(BTreeMap::new).insert(key.to_string(), value.into());
+        self.labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.to_string(), value.into());
     }
 
     pub fn labels_map(&self) -> BTreeMap<String, String> {
@@ -114,7 +116,12 @@ pub struct Condition {
 }
 
 impl Condition {
-    pub fn new(type_: &str, status: ConditionStatus, reason: Option<&str>, message: Option<String>) -> Self {
+    pub fn new(
+        type_: &str,
+        status: ConditionStatus,
+        reason: Option<&str>,
+        message: Option<String>,
+    ) -> Self {
         Self {
             type_: type_.to_string(),
             status,

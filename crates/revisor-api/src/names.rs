@@ -6,9 +6,14 @@ pub fn dns1035_label_error(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 63 {
-        return Some(format!("must be no more than 63 characters, got {}", name.len()));
+        return Some(format!(
+            "must be no more than 63 characters, got {}",
+            name.len()
+        ));
     }
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let first = name.as_bytes()[0];
     let last = name.as_bytes()[name.len() - 1];
     if !ok_chars || !first.is_ascii_lowercase() || last == b'-' {
@@ -26,9 +31,14 @@ pub fn dns1123_label_error(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 63 {
-        return Some(format!("must be no more than 63 characters, got {}", name.len()));
+        return Some(format!(
+            "must be no more than 63 characters, got {}",
+            name.len()
+        ));
     }
-    let ok_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     let first = name.as_bytes()[0];
     let last = name.as_bytes()[name.len() - 1];
     if !ok_chars || first == b'-' || last == b'-' {
@@ -50,7 +60,8 @@ fn qualified_name_part_ok(s: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 /// Why a label or annotation key is not a Kubernetes qualified name (`[prefix/]name`).
@@ -61,7 +72,9 @@ pub fn qualified_name_error(key: &str) -> Option<String> {
     };
     if let Some(p) = prefix {
         if !dns1123_subdomain_ok(p) {
-            return Some(format!("{key:?}: the prefix {p:?} must be a DNS-1123 subdomain"));
+            return Some(format!(
+                "{key:?}: the prefix {p:?} must be a DNS-1123 subdomain"
+            ));
         }
     }
     if !qualified_name_part_ok(name) {
@@ -102,7 +115,10 @@ mod tests {
         assert!(dns1035_label_error("hello").is_none());
         assert!(dns1035_label_error("a-1").is_none());
         for bad in ["", "1abc", "Abc", "a_b", "abc-", &"a".repeat(64)] {
-            assert!(dns1035_label_error(bad).is_some(), "{bad} should be refused");
+            assert!(
+                dns1035_label_error(bad).is_some(),
+                "{bad} should be refused"
+            );
         }
     }
 
@@ -122,7 +138,10 @@ mod tests {
 
     #[test]
     fn revision_names_are_padded() {
-        assert_eq!(revision_name("ai-model-service", 1), "ai-model-service-00001");
+        assert_eq!(
+            revision_name("ai-model-service", 1),
+            "ai-model-service-00001"
+        );
         assert_eq!(revision_name("s", 123456), "s-123456");
     }
 }

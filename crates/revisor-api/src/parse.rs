@@ -27,17 +27,25 @@ pub struct SyntaxError {
 pub fn read_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| SyntaxError { index: 1, message: format!("invalid JSON: {e}") })?;
+        let value: Value = serde_json::from_str(text).map_err(|e| SyntaxError {
+            index: 1,
+            message: format!("invalid JSON: {e}"),
+        })?;
         return Ok(unpack_list(value, 1));
     }
     let mut docs = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let index = i + 1;
-        let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(de)
-            .map_err(|e| SyntaxError { index, message: format!("invalid YAML: {e}") })?;
-        let value = serde_json::to_value(&yaml)
-            .map_err(|e| SyntaxError { index, message: format!("not representable as JSON: {e}") })?;
+        let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(de).map_err(|e| {
+            SyntaxError {
+                index,
+                message: format!("invalid YAML: {e}"),
+            }
+        })?;
+        let value = serde_json::to_value(&yaml).map_err(|e| SyntaxError {
+            index,
+            message: format!("not representable as JSON: {e}"),
+        })?;
         if !value.is_null() {
             docs.extend(unpack_list(value, index));
         }
@@ -50,9 +58,20 @@ fn unpack_list(value: Value, index: usize) -> Vec<Document> {
         Value::Object(ref o) if o.get("kind").and_then(Value::as_str) == Some("List") => o
             .get("items")
             .and_then(Value::as_array)
-            .map(|items| items.iter().map(|v| Document { index, value: v.clone() }).collect())
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|v| Document {
+                        index,
+                        value: v.clone(),
+                    })
+                    .collect()
+            })
             .unwrap_or_default(),
-        Value::Array(items) => items.into_iter().map(|value| Document { index, value }).collect(),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|value| Document { index, value })
+            .collect(),
         value => vec![Document { index, value }],
     }
 }
@@ -79,7 +98,9 @@ impl Resource {
 
 /// Decodes one document by its `apiVersion` and `kind`.
 pub fn decode(value: &Value) -> Result<Resource, FieldErrors> {
-    let obj = value.as_object().ok_or_else(|| one("", format!("expected an object, got {}", type_name(value))))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| one("", format!("expected an object, got {}", type_name(value))))?;
     let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
     match (api_version, kind) {

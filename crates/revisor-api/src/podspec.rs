@@ -26,11 +26,17 @@ impl RevisionTemplate {
 
     /// The bring-your-own revision name, when the template sets one.
     pub fn byo_name(&self) -> Option<&str> {
-        self.metadata.as_ref().and_then(|m| m.name.as_deref()).filter(|n| !n.is_empty())
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.name.as_deref())
+            .filter(|n| !n.is_empty())
     }
 
     pub fn annotations(&self) -> BTreeMap<String, String> {
-        self.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default()
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -128,7 +134,13 @@ impl RevisionSpec {
     /// The container that receives requests: the one with a port, or the only one.
     pub fn serving_container(&self) -> Option<&Container> {
         let cs = self.containers();
-        cs.iter().find(|c| !c.ports().is_empty()).or_else(|| if cs.len() == 1 { cs.first() } else { None })
+        cs.iter().find(|c| !c.ports().is_empty()).or_else(|| {
+            if cs.len() == 1 {
+                cs.first()
+            } else {
+                None
+            }
+        })
     }
 }
 
@@ -258,10 +270,15 @@ pub struct Probe {
 impl Probe {
     /// How many handlers are set (Kubernetes allows exactly one).
     pub fn handler_count(&self) -> usize {
-        [self.http_get.is_some(), self.tcp_socket.is_some(), self.grpc.is_some(), self.exec.is_some()]
-            .into_iter()
-            .filter(|b| *b)
-            .count()
+        [
+            self.http_get.is_some(),
+            self.tcp_socket.is_some(),
+            self.grpc.is_some(),
+            self.exec.is_some(),
+        ]
+        .into_iter()
+        .filter(|b| *b)
+        .count()
     }
 }
 

@@ -14,13 +14,17 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     }
     let mut total = 0f64;
     while !rest.is_empty() {
-        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(err)?;
         if num_len == 0 {
             return Err(err());
         }
         let value: f64 = rest[..num_len].parse().map_err(|_| err())?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -40,7 +44,9 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_quantity(s: &str) -> Result<f64, String> {
     let err = || format!("{s:?} is not a quantity (examples: \"100m\", \"1\", \"256Mi\", \"1G\")");
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '+' | '-'))).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || matches!(c, '.' | '+' | '-')))
+        .unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
     if num.is_empty() {
         return Err(err());
@@ -81,9 +87,20 @@ mod tests {
 
     #[test]
     fn durations() {
-        let cases = [("60s", 60.0), ("1m5s", 65.0), ("500ms", 0.5), ("1h", 3600.0), ("0", 0.0), ("1.5s", 1.5)];
+        let cases = [
+            ("60s", 60.0),
+            ("1m5s", 65.0),
+            ("500ms", 0.5),
+            ("1h", 3600.0),
+            ("0", 0.0),
+            ("1.5s", 1.5),
+        ];
         for (text, secs) in cases {
-            assert_eq!(parse_go_duration(text).unwrap().as_secs_f64(), secs, "{text}");
+            assert_eq!(
+                parse_go_duration(text).unwrap().as_secs_f64(),
+                secs,
+                "{text}"
+            );
         }
         for bad in ["", "10", "s", "-1s", "1x", "1m5"] {
             assert!(parse_go_duration(bad).is_err(), "{bad} should be refused");
@@ -92,7 +109,13 @@ mod tests {
 
     #[test]
     fn quantities() {
-        let cases = [("100m", 0.1), ("1", 1.0), ("256Mi", 268435456.0), ("640M", 640e6), ("1e3", 1000.0)];
+        let cases = [
+            ("100m", 0.1),
+            ("1", 1.0),
+            ("256Mi", 268435456.0),
+            ("640M", 640e6),
+            ("1e3", 1000.0),
+        ];
         for (text, v) in cases {
             assert!((parse_quantity(text).unwrap() - v).abs() < 1e-9, "{text}");
         }

@@ -6,7 +6,8 @@ use crate::annotations::{check_misplaced_autoscaling, parse_autoscaling, ROLLOUT
 use crate::defaults::Defaults;
 use crate::field::{FieldErrors, Path};
 use crate::names::{
-    dns1035_label_error, dns1123_label_error, label_value_error, qualified_name_error, MAX_SERVICE_NAME,
+    dns1035_label_error, dns1123_label_error, label_value_error, qualified_name_error,
+    MAX_SERVICE_NAME,
 };
 use crate::podspec::{Container, Probe, ResourceRequirements, RevisionSpec, Volume};
 use crate::service::{Service, TrafficTarget};
@@ -86,7 +87,11 @@ fn check_labels(labels: Option<&BTreeMap<String, String>>, path: &Path, errs: &m
     }
 }
 
-fn check_annotation_keys(annotations: Option<&BTreeMap<String, String>>, path: &Path, errs: &mut FieldErrors) {
+fn check_annotation_keys(
+    annotations: Option<&BTreeMap<String, String>>,
+    path: &Path,
+    errs: &mut FieldErrors,
+) {
     for k in annotations.into_iter().flatten().map(|(k, _)| k) {
         if let Some(e) = qualified_name_error(k) {
             errs.push(path.field(k), e);
@@ -104,32 +109,49 @@ fn validate_template(svc: &Service, defaults: &Defaults, errs: &mut FieldErrors)
             if let Some(e) = dns1035_label_error(name) {
                 errs.push(mpath.field("name"), e);
             } else if !name.starts_with(&prefix) {
-                errs.push(mpath.field("name"), format!("{name:?} must have prefix {prefix:?}"));
+                errs.push(
+                    mpath.field("name"),
+                    format!("{name:?} must have prefix {prefix:?}"),
+                );
             }
         }
         if let Some(ns) = meta.namespace.as_deref().filter(|n| !n.is_empty()) {
             if ns != svc.metadata.namespace {
                 errs.push(
                     mpath.field("namespace"),
-                    format!("must match the service's namespace {:?}, got {ns:?}", svc.metadata.namespace),
+                    format!(
+                        "must match the service's namespace {:?}, got {ns:?}",
+                        svc.metadata.namespace
+                    ),
                 );
             }
         }
         check_labels(meta.labels.as_ref(), &mpath.field("labels"), errs);
         check_annotation_keys(meta.annotations.as_ref(), &mpath.field("annotations"), errs);
     }
-    if let Err(e) = parse_autoscaling(&template.annotations(), &mpath.field("annotations"), defaults.annotation_limits())
-    {
+    if let Err(e) = parse_autoscaling(
+        &template.annotations(),
+        &mpath.field("annotations"),
+        defaults.annotation_limits(),
+    ) {
         errs.extend(e);
     }
     validate_revision_spec(&template.spec, &path.field("spec"), defaults, errs);
 }
 
 /// Validates a revision's spec (the template's, or a stored Revision's).
-pub fn validate_revision_spec(spec: &RevisionSpec, path: &Path, defaults: &Defaults, errs: &mut FieldErrors) {
+pub fn validate_revision_spec(
+    spec: &RevisionSpec,
+    path: &Path,
+    defaults: &Defaults,
+    errs: &mut FieldErrors,
+) {
     let containers = spec.containers();
     if containers.is_empty() {
-        errs.push(path.field("containers"), "missing field(s): at least one container is required");
+        errs.push(
+            path.field("containers"),
+            "missing field(s): at least one container is required",
+        );
     }
     let volumes = spec.volumes.as_deref().unwrap_or_default();
     let volume_names = validate_volumes(volumes, &path.field("volumes"), errs);
@@ -137,12 +159,26 @@ pub fn validate_revision_spec(spec: &RevisionSpec, path: &Path, defaults: &Defau
     let mut mounted = BTreeSet::new();
     for (i, c) in containers.iter().enumerate() {
         let cpath = path.field("containers").index(i);
-        validate_container(c, &cpath, &volume_names, &mut container_names, &mut mounted, errs);
+        validate_container(
+            c,
+            &cpath,
+            &volume_names,
+            &mut container_names,
+            &mut mounted,
+            errs,
+        );
         validate_ports(c, &cpath, errs);
     }
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         let cpath = path.field("initContainers").index(i);
-        validate_container(c, &cpath, &volume_names, &mut container_names, &mut mounted, errs);
+        validate_container(
+            c,
+            &cpath,
+            &volume_names,
+            &mut container_names,
+            &mut mounted,
+            errs,
+        );
     }
     let with_ports = containers.iter().filter(|c| !c.ports().is_empty()).count();
     if containers.len() > 1 && with_ports != 1 {
@@ -153,12 +189,18 @@ pub fn validate_revision_spec(spec: &RevisionSpec, path: &Path, defaults: &Defau
     }
     for (i, v) in volumes.iter().enumerate() {
         if !v.name.is_empty() && !mounted.contains(&v.name) {
-            errs.push(path.field("volumes").index(i).field("name"), format!("volume {:?} is not mounted", v.name));
+            errs.push(
+                path.field("volumes").index(i).field("name"),
+                format!("volume {:?} is not mounted", v.name),
+            );
         }
     }
     for (i, s) in spec.image_pull_secrets.iter().flatten().enumerate() {
         if s.name.is_empty() {
-            errs.push(path.field("imagePullSecrets").index(i).field("name"), "missing field(s)");
+            errs.push(
+                path.field("imagePullSecrets").index(i).field("name"),
+                "missing field(s)",
+            );
         }
     }
     validate_scalars(spec, path, defaults, errs);
@@ -168,19 +210,31 @@ fn validate_scalars(spec: &RevisionSpec, path: &Path, defaults: &Defaults, errs:
     let max_cc = defaults.container_concurrency_max_limit;
     if let Some(cc) = spec.container_concurrency {
         if !(0..=max_cc).contains(&cc) {
-            errs.push(path.field("containerConcurrency"), format!("must be in [0, {max_cc}], got {cc}"));
+            errs.push(
+                path.field("containerConcurrency"),
+                format!("must be in [0, {max_cc}], got {cc}"),
+            );
         } else if cc == 0 && !defaults.allow_container_concurrency_zero {
-            errs.push(path.field("containerConcurrency"), "0 (unbounded) is not allowed by this server");
+            errs.push(
+                path.field("containerConcurrency"),
+                "0 (unbounded) is not allowed by this server",
+            );
         }
     }
     let max_t = defaults.max_revision_timeout_seconds;
     for (field, value) in [
         ("timeoutSeconds", spec.timeout_seconds),
-        ("responseStartTimeoutSeconds", spec.response_start_timeout_seconds),
+        (
+            "responseStartTimeoutSeconds",
+            spec.response_start_timeout_seconds,
+        ),
         ("idleTimeoutSeconds", spec.idle_timeout_seconds),
     ] {
         if let Some(v) = value.filter(|v| !(0..=max_t).contains(v)) {
-            errs.push(path.field(field), format!("must be in [0, {max_t}], got {v}"));
+            errs.push(
+                path.field(field),
+                format!("must be in [0, {max_t}], got {v}"),
+            );
         }
     }
     if let (Some(rs), Some(t)) = (spec.response_start_timeout_seconds, spec.timeout_seconds) {
@@ -191,9 +245,16 @@ fn validate_scalars(spec: &RevisionSpec, path: &Path, defaults: &Defaults, errs:
             );
         }
     }
-    if let Some(sa) = spec.service_account_name.as_deref().filter(|s| !s.is_empty()) {
+    if let Some(sa) = spec
+        .service_account_name
+        .as_deref()
+        .filter(|s| !s.is_empty())
+    {
         if sa.split('.').any(|p| dns1123_label_error(p).is_some()) {
-            errs.push(path.field("serviceAccountName"), format!("{sa:?} is not a DNS-1123 subdomain"));
+            errs.push(
+                path.field("serviceAccountName"),
+                format!("{sa:?} is not a DNS-1123 subdomain"),
+            );
         }
     }
 }
@@ -213,18 +274,26 @@ fn validate_container(
         if let Some(e) = dns1123_label_error(name) {
             errs.push(path.field("name"), e);
         } else if !names.insert(name.to_string()) {
-            errs.push(path.field("name"), format!("duplicate container name {name:?}"));
+            errs.push(
+                path.field("name"),
+                format!("duplicate container name {name:?}"),
+            );
         }
     }
     if let Some(p) = c.image_pull_policy.as_deref() {
         if !matches!(p, "Always" | "IfNotPresent" | "Never") {
-            errs.push(path.field("imagePullPolicy"), format!("must be Always, IfNotPresent or Never, got {p:?}"));
+            errs.push(
+                path.field("imagePullPolicy"),
+                format!("must be Always, IfNotPresent or Never, got {p:?}"),
+            );
         }
     }
     validate_env(c, path, errs);
-    for (field, probe) in
-        [("readinessProbe", &c.readiness_probe), ("livenessProbe", &c.liveness_probe), ("startupProbe", &c.startup_probe)]
-    {
+    for (field, probe) in [
+        ("readinessProbe", &c.readiness_probe),
+        ("livenessProbe", &c.liveness_probe),
+        ("startupProbe", &c.startup_probe),
+    ] {
         if let Some(p) = probe {
             validate_probe(p, field, &path.field(field), errs);
         }
@@ -238,7 +307,10 @@ fn validate_container(
         if m.name.is_empty() {
             errs.push(mpath.field("name"), "missing field(s)");
         } else if !volumes.contains(&m.name) {
-            errs.push(mpath.field("name"), format!("no volume named {:?} in spec.volumes", m.name));
+            errs.push(
+                mpath.field("name"),
+                format!("no volume named {:?} in spec.volumes", m.name),
+            );
         } else {
             mounted.insert(m.name.clone());
         }
@@ -246,11 +318,20 @@ fn validate_container(
         if m.mount_path.is_empty() {
             errs.push(mpath.field("mountPath"), "missing field(s)");
         } else if !m.mount_path.starts_with('/') {
-            errs.push(mpath.field("mountPath"), format!("must be an absolute path, got {:?}", m.mount_path));
+            errs.push(
+                mpath.field("mountPath"),
+                format!("must be an absolute path, got {:?}", m.mount_path),
+            );
         } else if RESERVED_PATHS.contains(&m.mount_path.as_str()) || RESERVED_PATHS.contains(&mp) {
-            errs.push(mpath.field("mountPath"), format!("{:?} is a reserved path", m.mount_path));
+            errs.push(
+                mpath.field("mountPath"),
+                format!("{:?} is a reserved path", m.mount_path),
+            );
         } else if !paths.insert(mp.to_string()) {
-            errs.push(mpath.field("mountPath"), format!("{:?} is mounted twice", m.mount_path));
+            errs.push(
+                mpath.field("mountPath"),
+                format!("{:?} is mounted twice", m.mount_path),
+            );
         }
     }
 }
@@ -261,22 +342,39 @@ fn validate_env(c: &Container, path: &Path, errs: &mut FieldErrors) {
         if e.name.is_empty() {
             errs.push(epath.field("name"), "missing field(s)");
         } else if e.name.contains('=') {
-            errs.push(epath.field("name"), format!("{:?} must not contain '='", e.name));
+            errs.push(
+                epath.field("name"),
+                format!("{:?} must not contain '='", e.name),
+            );
         }
         if e.value.is_some() && e.value_from.is_some() {
             errs.push(epath.clone(), "set value or valueFrom, not both");
         }
         if let Some(vf) = &e.value_from {
-            let refs = ["configMapKeyRef", "fieldRef", "resourceFieldRef", "secretKeyRef"];
-            let set = vf.as_object().map(|o| o.keys().filter(|k| refs.contains(&k.as_str())).count()).unwrap_or(0);
+            let refs = [
+                "configMapKeyRef",
+                "fieldRef",
+                "resourceFieldRef",
+                "secretKeyRef",
+            ];
+            let set = vf
+                .as_object()
+                .map(|o| o.keys().filter(|k| refs.contains(&k.as_str())).count())
+                .unwrap_or(0);
             if set != 1 {
-                errs.push(epath.field("valueFrom"), format!("set exactly one of {}, got {set}", refs.join(", ")));
+                errs.push(
+                    epath.field("valueFrom"),
+                    format!("set exactly one of {}, got {set}", refs.join(", ")),
+                );
             }
         }
     }
     for (i, e) in c.env_from.iter().flatten().enumerate() {
         if e.config_map_ref.is_some() == e.secret_ref.is_some() {
-            errs.push(path.field("envFrom").index(i), "set exactly one of configMapRef or secretRef");
+            errs.push(
+                path.field("envFrom").index(i),
+                "set exactly one of configMapRef or secretRef",
+            );
         }
     }
 }
@@ -284,27 +382,41 @@ fn validate_env(c: &Container, path: &Path, errs: &mut FieldErrors) {
 fn validate_ports(c: &Container, path: &Path, errs: &mut FieldErrors) {
     let ports = c.ports();
     if ports.len() > 1 {
-        errs.push(path.field("ports"), format!("a container may declare at most one port, got {}", ports.len()));
+        errs.push(
+            path.field("ports"),
+            format!(
+                "a container may declare at most one port, got {}",
+                ports.len()
+            ),
+        );
     }
     for (i, p) in ports.iter().enumerate() {
         let ppath = path.field("ports").index(i);
         match p.container_port {
-            Some(n) if !(1..=65535).contains(&n) => {
-                errs.push(ppath.field("containerPort"), format!("must be in [1, 65535], got {n}"))
-            }
-            Some(n) if RESERVED_PORTS.contains(&n) => {
-                errs.push(ppath.field("containerPort"), format!("{n} is a reserved port"))
-            }
+            Some(n) if !(1..=65535).contains(&n) => errs.push(
+                ppath.field("containerPort"),
+                format!("must be in [1, 65535], got {n}"),
+            ),
+            Some(n) if RESERVED_PORTS.contains(&n) => errs.push(
+                ppath.field("containerPort"),
+                format!("{n} is a reserved port"),
+            ),
             _ => {}
         }
         if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
             if !matches!(name, "http1" | "h2c") {
-                errs.push(ppath.field("name"), format!("must be empty, \"http1\" or \"h2c\", got {name:?}"));
+                errs.push(
+                    ppath.field("name"),
+                    format!("must be empty, \"http1\" or \"h2c\", got {name:?}"),
+                );
             }
         }
         if let Some(proto) = p.protocol.as_deref().filter(|n| !n.is_empty()) {
             if proto != "TCP" {
-                errs.push(ppath.field("protocol"), format!("must be \"TCP\", got {proto:?}"));
+                errs.push(
+                    ppath.field("protocol"),
+                    format!("must be \"TCP\", got {proto:?}"),
+                );
             }
         }
     }
@@ -312,8 +424,13 @@ fn validate_ports(c: &Container, path: &Path, errs: &mut FieldErrors) {
 
 fn validate_probe(p: &Probe, kind: &str, path: &Path, errs: &mut FieldErrors) {
     match p.handler_count() {
-        0 if kind != "readinessProbe" => errs.push(path.clone(), "set one of httpGet, tcpSocket, grpc or exec"),
-        n if n > 1 => errs.push(path.clone(), format!("set exactly one of httpGet, tcpSocket, grpc or exec, got {n}")),
+        0 if kind != "readinessProbe" => {
+            errs.push(path.clone(), "set one of httpGet, tcpSocket, grpc or exec")
+        }
+        n if n > 1 => errs.push(
+            path.clone(),
+            format!("set exactly one of httpGet, tcpSocket, grpc or exec, got {n}"),
+        ),
         _ => {}
     }
     for (field, v) in [
@@ -328,14 +445,31 @@ fn validate_probe(p: &Probe, kind: &str, path: &Path, errs: &mut FieldErrors) {
         }
     }
     if kind != "readinessProbe" && p.success_threshold.is_some_and(|s| s != 1) {
-        errs.push(path.field("successThreshold"), "must be 1 for liveness and startup probes");
+        errs.push(
+            path.field("successThreshold"),
+            "must be 1 for liveness and startup probes",
+        );
     }
     if let Some(h) = &p.http_get {
-        if let Some(path_) = h.path.as_deref().filter(|s| !s.is_empty() && !s.starts_with('/')) {
-            errs.push(path.field("httpGet").field("path"), format!("must start with '/', got {path_:?}"));
+        if let Some(path_) = h
+            .path
+            .as_deref()
+            .filter(|s| !s.is_empty() && !s.starts_with('/'))
+        {
+            errs.push(
+                path.field("httpGet").field("path"),
+                format!("must start with '/', got {path_:?}"),
+            );
         }
-        if let Some(s) = h.scheme.as_deref().filter(|s| !matches!(*s, "HTTP" | "HTTPS")) {
-            errs.push(path.field("httpGet").field("scheme"), format!("must be HTTP or HTTPS, got {s:?}"));
+        if let Some(s) = h
+            .scheme
+            .as_deref()
+            .filter(|s| !matches!(*s, "HTTP" | "HTTPS"))
+        {
+            errs.push(
+                path.field("httpGet").field("scheme"),
+                format!("must be HTTP or HTTPS, got {s:?}"),
+            );
         }
     }
 }
@@ -383,7 +517,10 @@ fn validate_volumes(volumes: &[Volume], path: &Path, errs: &mut FieldErrors) -> 
         } else if let Some(e) = dns1123_label_error(&v.name) {
             errs.push(vpath.field("name"), e);
         } else if !names.insert(v.name.clone()) {
-            errs.push(vpath.field("name"), format!("duplicate volume name {:?}", v.name));
+            errs.push(
+                vpath.field("name"),
+                format!("duplicate volume name {:?}", v.name),
+            );
         }
         if v.source_count() != 1 {
             errs.push(vpath, format!("set exactly one volume source (secret, configMap, emptyDir, projected, ...), got {}", v.source_count()));
@@ -402,13 +539,19 @@ fn validate_traffic(svc: &Service, errs: &mut FieldErrors) {
         validate_target(t, &tpath, &svc.metadata.name, errs);
         if let Some(p) = t.percent {
             if !(0..=100).contains(&p) {
-                errs.push(tpath.field("percent"), format!("must be in [0, 100], got {p}"));
+                errs.push(
+                    tpath.field("percent"),
+                    format!("must be in [0, 100], got {p}"),
+                );
             }
             sum += p;
         }
         if let Some(tag) = t.tag() {
             if let Some(first) = tags.insert(tag, i) {
-                errs.push(tpath.field("tag"), format!("duplicate tag {tag:?} (also at spec.traffic[{first}])"));
+                errs.push(
+                    tpath.field("tag"),
+                    format!("duplicate tag {tag:?} (also at spec.traffic[{first}])"),
+                );
             }
         }
     }
@@ -418,14 +561,26 @@ fn validate_traffic(svc: &Service, errs: &mut FieldErrors) {
 }
 
 fn validate_target(t: &TrafficTarget, path: &Path, service: &str, errs: &mut FieldErrors) {
-    if t.configuration_name.as_deref().is_some_and(|s| !s.is_empty()) {
-        errs.push(path.field("configurationName"), "must not set the field(s): a Service routes to its own configuration");
+    if t.configuration_name
+        .as_deref()
+        .is_some_and(|s| !s.is_empty())
+    {
+        errs.push(
+            path.field("configurationName"),
+            "must not set the field(s): a Service routes to its own configuration",
+        );
     }
     if t.url.as_deref().is_some_and(|s| !s.is_empty()) {
-        errs.push(path.field("url"), "must not set the field(s): url is set by the server in status");
+        errs.push(
+            path.field("url"),
+            "must not set the field(s): url is set by the server in status",
+        );
     }
     match (t.revision(), t.is_latest()) {
-        (Some(_), true) => errs.push(path.clone(), "set revisionName or latestRevision: true, not both"),
+        (Some(_), true) => errs.push(
+            path.clone(),
+            "set revisionName or latestRevision: true, not both",
+        ),
         (None, false) => errs.push(
             path.field("revisionName"),
             "missing field(s): latestRevision is false, so a revision must be named",

@@ -22,25 +22,68 @@ fn every_knative_example_is_accepted_verbatim() {
             }
         }
     }
-    assert!(failures.is_empty(), "refused reference examples:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "refused reference examples:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn defaults_match_knatives_config_defaults() {
     let d = Defaults::default();
     let example = configmap_example("defaults.yaml");
-    let get = |k: &str| example.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("{k} missing"));
-    assert_eq!(get("revision-timeout-seconds"), d.revision_timeout_seconds.to_string());
-    assert_eq!(get("max-revision-timeout-seconds"), d.max_revision_timeout_seconds.to_string());
-    assert_eq!(get("revision-idle-timeout-seconds"), d.revision_idle_timeout_seconds.to_string());
+    let get = |k: &str| {
+        example
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{k} missing"))
+    };
+    assert_eq!(
+        get("revision-timeout-seconds"),
+        d.revision_timeout_seconds.to_string()
+    );
+    assert_eq!(
+        get("max-revision-timeout-seconds"),
+        d.max_revision_timeout_seconds.to_string()
+    );
+    assert_eq!(
+        get("revision-idle-timeout-seconds"),
+        d.revision_idle_timeout_seconds.to_string()
+    );
     assert_eq!(get("container-name-template"), d.container_name_template);
-    assert_eq!(get("init-container-name-template"), d.init_container_name_template);
-    assert_eq!(get("container-concurrency"), d.container_concurrency.to_string());
-    assert_eq!(get("container-concurrency-max-limit"), d.container_concurrency_max_limit.to_string());
-    assert_eq!(get("allow-container-concurrency-zero"), d.allow_container_concurrency_zero.to_string());
-    assert_eq!(get("enable-service-links"), d.enable_service_links.unwrap().to_string());
+    assert_eq!(
+        get("init-container-name-template"),
+        d.init_container_name_template
+    );
+    assert_eq!(
+        get("container-concurrency"),
+        d.container_concurrency.to_string()
+    );
+    assert_eq!(
+        get("container-concurrency-max-limit"),
+        d.container_concurrency_max_limit.to_string()
+    );
+    assert_eq!(
+        get("allow-container-concurrency-zero"),
+        d.allow_container_concurrency_zero.to_string()
+    );
+    assert_eq!(
+        get("enable-service-links"),
+        d.enable_service_links.unwrap().to_string()
+    );
     let autoscaler = configmap_example("autoscaler.yaml");
-    let get = |k: &str| autoscaler.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_else(|| panic!("{k} missing"));
-    assert_eq!(get("allow-zero-initial-scale"), d.allow_zero_initial_scale.to_string());
+    let get = |k: &str| {
+        autoscaler
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{k} missing"))
+    };
+    assert_eq!(
+        get("allow-zero-initial-scale"),
+        d.allow_zero_initial_scale.to_string()
+    );
     assert_eq!(get("max-scale-limit"), d.max_scale_limit.to_string());
 }

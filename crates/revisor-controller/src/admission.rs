@@ -41,24 +41,48 @@ pub enum ApplyError {
     Invalid(FieldErrors),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Internal: aborts a dry run's transaction after every check passed.
+    #[error("dry run")]
+    DryRun(ApplyOutcome, Box<Service>),
 }
 
 /// Creates or updates a Service that revisor-api already admitted (decoded, defaulted, validated).
 /// The generation bumps only when the spec changes; labels and annotations are replaced.
-pub fn apply_service(store: &Store, svc: Service, mode: ApplyMode) -> Result<(ApplyOutcome, Service), ApplyError> {
-    store.write(|tx| {
+/// A dry run makes every check and reports the outcome, but writes nothing.
+pub fn apply_service(
+    store: &Store,
+    svc: Service,
+    mode: ApplyMode,
+    dry_run: bool,
+) -> Result<(ApplyOutcome, Service), ApplyError> {
+    let result = store.write(|tx| {
         let (ns, name) = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
         match tx.get::<Service>(&ns, &name)? {
-            None if mode == ApplyMode::Replace => {
-                Err(StoreError::NotFound { kind: "Service", key: format!("{ns}/{name}") }.into())
+            None if mode == ApplyMode::Replace => Err(StoreError::NotFound {
+                kind: "Service",
+                key: format!("{ns}/{name}"),
             }
+            .into()),
             None => create(tx, svc),
-            Some(_) if mode == ApplyMode::Create => {
-                Err(StoreError::AlreadyExists { kind: "Service", key: format!("{ns}/{name}") }.into())
+            Some(_) if mode == ApplyMode::Create => Err(StoreError::AlreadyExists {
+                kind: "Service",
+                key: format!("{ns}/{name}"),
             }
+            .into()),
             Some(old) => update(tx, old, svc),
         }
-    })
+        .and_then(|(outcome, stored)| {
+            if dry_run {
+                Err(ApplyError::DryRun(outcome, Box::new(stored)))
+            } else {
+                Ok((outcome, stored))
+            }
+        })
+    });
+    match result {
+        Err(ApplyError::DryRun(outcome, stored)) => Ok((outcome, *stored)),
+        other => other,
+    }
 }
 
 fn create(tx: &mut Tx, mut svc: Service) -> Result<(ApplyOutcome, Service), ApplyError> {
@@ -68,14 +92,23 @@ fn create(tx: &mut Tx, mut svc: Service) -> Result<(ApplyOutcome, Service), Appl
     svc.status = None;
     let created = tx.create(svc)?;
     let (ns, name) = (&created.metadata.namespace, &created.metadata.name);
-    tx.record(ns, name, &Event::normal(format!("Service/{name}"), "Created", "Created Service (generation 1)"))?;
+    tx.record(
+        ns,
+        name,
+        &Event::normal(
+            format!("Service/{name}"),
+            "Created",
+            "Created Service (generation 1)",
+        ),
+    )?;
     Ok((ApplyOutcome::Created, created))
 }
 
 fn update(tx: &mut Tx, old: Service, svc: Service) -> Result<(ApplyOutcome, Service), ApplyError> {
     validate_service_update(&old, &svc).map_err(ApplyError::Invalid)?;
     let spec_changed = old.spec != svc.spec;
-    let meta_changed = old.metadata.labels != svc.metadata.labels || old.metadata.annotations != svc.metadata.annotations;
+    let meta_changed = old.metadata.labels != svc.metadata.labels
+        || old.metadata.annotations != svc.metadata.annotations;
     if !spec_changed && !meta_changed {
         return Ok((ApplyOutcome::Unchanged, old));
     }
@@ -87,26 +120,48 @@ fn update(tx: &mut Tx, old: Service, svc: Service) -> Result<(ApplyOutcome, Serv
     next.metadata.labels = svc.metadata.labels;
     next.metadata.annotations = svc.metadata.annotations;
     // A resourceVersion in the request is a precondition; without one the write is unconditional.
-    next.metadata.resource_version = svc.metadata.resource_version.or(old.metadata.resource_version.clone());
+    next.metadata.resource_version = svc
+        .metadata
+        .resource_version
+        .or(old.metadata.resource_version.clone());
     if spec_changed {
         next.metadata.generation = Some(old.generation() + 1);
     }
     let updated = tx.update(next)?;
     let (ns, name) = (&updated.metadata.namespace, &updated.metadata.name);
-    let what = if spec_changed { format!("spec changed (generation {})", updated.generation()) } else { "metadata changed".into() };
-    tx.record(ns, name, &Event::normal(format!("Service/{name}"), "Updated", format!("Updated Service: {what}")))?;
+    let what = if spec_changed {
+        format!("spec changed (generation {})", updated.generation())
+    } else {
+        "metadata changed".into()
+    };
+    tx.record(
+        ns,
+        name,
+        &Event::normal(
+            format!("Service/{name}"),
+            "Updated",
+            format!("Updated Service: {what}"),
+        ),
+    )?;
     Ok((ApplyOutcome::Configured, updated))
 }
 
 /// A bring-your-own revision name must be free, or name this service's revision of the same template.
 fn check_byo_name(tx: &Tx, svc: &Service) -> Result<(), ApplyError> {
-    let Some(byo) = svc.spec.template.byo_name() else { return Ok(()) };
-    let Some(existing) = tx.get::<Revision>(&svc.metadata.namespace, byo)? else { return Ok(()) };
+    let Some(byo) = svc.spec.template.byo_name() else {
+        return Ok(());
+    };
+    let Some(existing) = tx.get::<Revision>(&svc.metadata.namespace, byo)? else {
+        return Ok(());
+    };
     let mut errs = FieldErrors::default();
     if existing.service_name() != Some(svc.metadata.name.as_str()) {
         errs.push(
             "spec.template.metadata.name",
-            format!("revision {byo:?} already exists and belongs to service {:?}", existing.service_name().unwrap_or("?")),
+            format!(
+                "revision {byo:?} already exists and belongs to service {:?}",
+                existing.service_name().unwrap_or("?")
+            ),
         );
     } else if existing.spec != svc.spec.template.spec {
         errs.push(
@@ -138,7 +193,15 @@ pub fn delete_revision(store: &Store, namespace: &str, name: &str) -> Result<Rev
     store.write(|tx| {
         let rev = tx.delete::<Revision>(namespace, name)?;
         if let Some(svc) = rev.service_name() {
-            tx.record(namespace, svc, &Event::normal(format!("Revision/{name}"), "Deleted", format!("Deleted Revision {name:?}")))?;
+            tx.record(
+                namespace,
+                svc,
+                &Event::normal(
+                    format!("Revision/{name}"),
+                    "Deleted",
+                    format!("Deleted Revision {name:?}"),
+                ),
+            )?;
         }
         Ok(rev)
     })

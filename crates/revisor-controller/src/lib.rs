@@ -10,7 +10,9 @@ pub mod resources;
 pub mod run;
 pub mod status;
 
-pub use admission::{apply_service, delete_revision, delete_service, ApplyError, ApplyMode, ApplyOutcome};
+pub use admission::{
+    apply_service, delete_revision, delete_service, ApplyError, ApplyMode, ApplyOutcome,
+};
 pub use reconcile::reconcile_service;
 pub use run::Controller;
 
@@ -25,14 +27,21 @@ pub struct ControllerConfig {
 
 impl Default for ControllerConfig {
     fn default() -> Self {
-        Self { domain: "localhost".into(), gateway_port: 8080 }
+        Self {
+            domain: "localhost".into(),
+            gateway_port: 8080,
+        }
     }
 }
 
 impl ControllerConfig {
     /// `http://<host>.<ns>.<domain>[:port]`.
     pub fn url(&self, host_label: &str, namespace: &str) -> String {
-        let port = if self.gateway_port == 80 { String::new() } else { format!(":{}", self.gateway_port) };
+        let port = if self.gateway_port == 80 {
+            String::new()
+        } else {
+            format!(":{}", self.gateway_port)
+        };
         format!("http://{host_label}.{namespace}.{}{port}", self.domain)
     }
 }

@@ -12,9 +12,17 @@ use crate::ControllerConfig;
 
 /// The revisions of one service, oldest configuration generation first.
 pub fn revisions_of(tx: &Tx, namespace: &str, service: &str) -> Result<Vec<Revision>, StoreError> {
-    let mut revs: Vec<Revision> =
-        tx.list::<Revision>(Some(namespace))?.into_iter().filter(|r| r.service_name() == Some(service)).collect();
-    revs.sort_by_key(|r| (r.configuration_generation().unwrap_or(0), r.metadata.name.clone()));
+    let mut revs: Vec<Revision> = tx
+        .list::<Revision>(Some(namespace))?
+        .into_iter()
+        .filter(|r| r.service_name() == Some(service))
+        .collect();
+    revs.sort_by_key(|r| {
+        (
+            r.configuration_generation().unwrap_or(0),
+            r.metadata.name.clone(),
+        )
+    });
     Ok(revs)
 }
 
@@ -42,7 +50,12 @@ pub fn reconcile_service(
             }
             Err(message) => {
                 let mut st = configuration_status(&cfg, &revisions, &desired, now);
-                let failed = Condition::new("Ready", ConditionStatus::False, Some("RevisionFailed"), Some(message));
+                let failed = Condition::new(
+                    "Ready",
+                    ConditionStatus::False,
+                    Some("RevisionFailed"),
+                    Some(message),
+                );
                 st.conditions.set_condition(failed, now);
                 st
             }
@@ -68,7 +81,10 @@ fn ensure_configuration(tx: &mut Tx, svc: &Service) -> Result<Configuration, Sto
     let (ns, name) = (&svc.metadata.namespace, &svc.metadata.name);
     match tx.get::<Configuration>(ns, name)? {
         None => tx.create(make_configuration(svc, 1)),
-        Some(cfg) if cfg.spec.template != svc.spec.template || cfg.metadata.labels != make_configuration(svc, 1).metadata.labels => {
+        Some(cfg)
+            if cfg.spec.template != svc.spec.template
+                || cfg.metadata.labels != make_configuration(svc, 1).metadata.labels =>
+        {
             let bump = i64::from(cfg.spec.template != svc.spec.template);
             let mut next = make_configuration(svc, cfg.metadata.generation.unwrap_or(1) + bump);
             next.metadata.resource_version = cfg.metadata.resource_version.clone();
@@ -95,21 +111,42 @@ fn create_revision(
     }
     let rev = tx.create(make_revision(svc, cfg))?;
     let gen = cfg.metadata.generation.unwrap_or(1);
-    tx.record(ns, &svc.metadata.name, &Event::normal(format!("Revision/{name}"), "Created", format!("Created Revision {name:?} (configuration generation {gen})")))?;
+    tx.record(
+        ns,
+        &svc.metadata.name,
+        &Event::normal(
+            format!("Revision/{name}"),
+            "Created",
+            format!("Created Revision {name:?} (configuration generation {gen})"),
+        ),
+    )?;
     Ok(Ok(rev))
 }
 
 /// Records an event when the Service's Ready condition changes.
-fn record_transitions(tx: &mut Tx, svc: &Service, new: &revisor_api::ServiceStatus) -> Result<(), StoreError> {
-    let old = svc.status.as_ref().and_then(|s| s.conditions.get_condition("Ready").cloned());
-    let Some(ready) = new.conditions.get_condition("Ready") else { return Ok(()) };
-    let changed = old.as_ref().map(|o| (o.status, &o.reason, &o.message)) != Some((ready.status, &ready.reason, &ready.message));
+fn record_transitions(
+    tx: &mut Tx,
+    svc: &Service,
+    new: &revisor_api::ServiceStatus,
+) -> Result<(), StoreError> {
+    let old = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.get_condition("Ready").cloned());
+    let Some(ready) = new.conditions.get_condition("Ready") else {
+        return Ok(());
+    };
+    let changed = old.as_ref().map(|o| (o.status, &o.reason, &o.message))
+        != Some((ready.status, &ready.reason, &ready.message));
     if !changed {
         return Ok(());
     }
     let object = format!("Service/{}", svc.metadata.name);
     let reason = ready.reason.clone().unwrap_or_else(|| "Ready".into());
-    let message = ready.message.clone().unwrap_or_else(|| "the service is ready".into());
+    let message = ready
+        .message
+        .clone()
+        .unwrap_or_else(|| "the service is ready".into());
     let event = match ready.status {
         ConditionStatus::False => Event::warning(object, &reason, message),
         _ => Event::normal(object, &reason, message),

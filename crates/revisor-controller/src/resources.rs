@@ -1,14 +1,18 @@
 //! Pure builders of the objects a Service owns: its Configuration and its Revisions.
 
+use revisor_api::meta::OwnerReference;
 use revisor_api::names::revision_name;
 use revisor_api::revision::labels;
-use revisor_api::{Condition, ConditionStatus, Configuration, ObjectMeta, Revision, RevisionStatus, Service};
-use revisor_api::meta::OwnerReference;
 use revisor_api::service::SERVING_API_VERSION;
+use revisor_api::{
+    Condition, ConditionStatus, Configuration, ObjectMeta, Revision, RevisionStatus, Service,
+};
 
 /// Reason and message of a revision that no runtime has picked up yet.
-pub const AWAITING_RUNTIME: (&str, &str) =
-    ("AwaitingRuntime", "the revision is recorded; no runtime has started it yet");
+pub const AWAITING_RUNTIME: (&str, &str) = (
+    "AwaitingRuntime",
+    "the revision is recorded; no runtime has started it yet",
+);
 
 fn owner(svc: &Service, kind: &str) -> OwnerReference {
     OwnerReference {
@@ -36,7 +40,9 @@ pub fn make_configuration(svc: &Service, generation: i64) -> Configuration {
         api_version: SERVING_API_VERSION.into(),
         kind: "Configuration".into(),
         metadata,
-        spec: revisor_api::configuration::ConfigurationSpec { template: svc.spec.template.clone() },
+        spec: revisor_api::configuration::ConfigurationSpec {
+            template: svc.spec.template.clone(),
+        },
         status: None,
     }
 }
@@ -59,7 +65,10 @@ pub fn make_revision(svc: &Service, cfg: &Configuration) -> Revision {
         namespace: cfg.metadata.namespace.clone(),
         labels: tmeta.labels.clone(),
         annotations: tmeta.annotations.clone(),
-        owner_references: Some(vec![OwnerReference { kind: "Configuration".into(), ..owner(svc, "Configuration") }]),
+        owner_references: Some(vec![OwnerReference {
+            kind: "Configuration".into(),
+            ..owner(svc, "Configuration")
+        }]),
         ..Default::default()
     };
     let generation = cfg.metadata.generation.unwrap_or(1);
@@ -69,13 +78,25 @@ pub fn make_revision(svc: &Service, cfg: &Configuration) -> Revision {
     let (reason, message) = AWAITING_RUNTIME;
     let conditions = ["Active", "ContainerHealthy", "Ready", "ResourcesAvailable"]
         .into_iter()
-        .map(|t| Condition::new(t, ConditionStatus::Unknown, Some(reason), Some(message.to_string())))
+        .map(|t| {
+            Condition::new(
+                t,
+                ConditionStatus::Unknown,
+                Some(reason),
+                Some(message.to_string()),
+            )
+        })
         .collect();
     Revision {
         api_version: SERVING_API_VERSION.into(),
         kind: "Revision".into(),
         metadata,
         spec: template.spec.clone(),
-        status: Some(RevisionStatus { observed_generation: Some(1), conditions, actual_replicas: None, desired_replicas: None }),
+        status: Some(RevisionStatus {
+            observed_generation: Some(1),
+            conditions,
+            actual_replicas: None,
+            desired_replicas: None,
+        }),
     }
 }

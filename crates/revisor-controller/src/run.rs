@@ -26,7 +26,10 @@ impl Controller {
     /// next change or resync.
     pub fn spawn(self) -> JoinHandle<()> {
         let rx = self.store.subscribe();
-        std::thread::Builder::new().name("controller".into()).spawn(move || self.run(rx)).expect("spawn controller thread")
+        std::thread::Builder::new()
+            .name("controller".into())
+            .spawn(move || self.run(rx))
+            .expect("spawn controller thread")
     }
 
     fn run(self, mut rx: tokio::sync::broadcast::Receiver<revisor_store::Change>) {
@@ -71,8 +74,9 @@ impl Controller {
     }
 
     pub fn reconcile(&self, namespace: &str, name: &str) {
-        let result: Result<(), StoreError> =
-            self.store.write(|tx| reconcile_service(tx, namespace, name, &self.config, Utc::now()));
+        let result: Result<(), StoreError> = self
+            .store
+            .write(|tx| reconcile_service(tx, namespace, name, &self.config, Utc::now()));
         if let Err(e) = result {
             tracing::error!(service = %format!("{namespace}/{name}"), "reconcile failed: {e}");
         }

@@ -2,7 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use revisor_api::meta::Conditions;
-use revisor_api::{Condition, ConditionStatus, Configuration, ConfigurationStatus, Revision, Service, ServiceStatus};
+use revisor_api::{
+    Condition, ConditionStatus, Configuration, ConfigurationStatus, Revision, Service,
+    ServiceStatus,
+};
 use revisor_traffic::{resolve, RevisionState};
 
 use crate::ControllerConfig;
@@ -17,12 +20,21 @@ pub fn revision_ready(rev: &Revision) -> Condition {
 
 /// The configuration's status: latest created, latest ready (which only moves to a ready latest
 /// revision, as in Knative), and ConfigurationsReady's verdict.
-pub fn configuration_status(cfg: &Configuration, revisions: &[Revision], latest_created: &str, now: DateTime<Utc>) -> ConfigurationStatus {
+pub fn configuration_status(
+    cfg: &Configuration,
+    revisions: &[Revision],
+    latest_created: &str,
+    now: DateTime<Utc>,
+) -> ConfigurationStatus {
     let mut st = cfg.status();
     st.observed_generation = cfg.metadata.generation;
     st.latest_created_revision_name = Some(latest_created.to_string());
     let find = |name: &str| revisions.iter().find(|r| r.metadata.name == name);
-    if st.latest_ready_revision_name.as_deref().is_some_and(|n| find(n).is_none()) {
+    if st
+        .latest_ready_revision_name
+        .as_deref()
+        .is_some_and(|n| find(n).is_none())
+    {
         st.latest_ready_revision_name = None;
     }
     let ready = find(latest_created).map(revision_ready);
@@ -35,10 +47,23 @@ pub fn configuration_status(cfg: &Configuration, revisions: &[Revision], latest_
             "Ready",
             ConditionStatus::False,
             Some("RevisionFailed"),
-            Some(format!("Revision {latest_created:?} failed with message: {}.", c.message.clone().unwrap_or_default())),
+            Some(format!(
+                "Revision {latest_created:?} failed with message: {}.",
+                c.message.clone().unwrap_or_default()
+            )),
         ),
-        Some(c) => Condition::new("Ready", ConditionStatus::Unknown, c.reason.as_deref(), c.message.clone()),
-        None => Condition::new("Ready", ConditionStatus::Unknown, Some("RevisionMissing"), Some(format!("Revision {latest_created:?} is being created."))),
+        Some(c) => Condition::new(
+            "Ready",
+            ConditionStatus::Unknown,
+            c.reason.as_deref(),
+            c.message.clone(),
+        ),
+        None => Condition::new(
+            "Ready",
+            ConditionStatus::Unknown,
+            Some("RevisionMissing"),
+            Some(format!("Revision {latest_created:?} is being created.")),
+        ),
     };
     st.conditions.set_condition(cond, now);
     st
@@ -61,14 +86,30 @@ pub fn service_status(
     st.latest_ready_revision_name = cfg.latest_ready_revision_name.clone();
     st.url = Some(config.url(name, ns));
     st.address = Some(serde_json::json!({ "url": config.url(name, ns) }));
-    let cfg_ready = cfg.conditions.get_condition("Ready").cloned().unwrap_or_else(|| Condition::new("Ready", ConditionStatus::Unknown, None, None));
-    let configurations_ready = Condition { type_: "ConfigurationsReady".into(), ..cfg_ready };
+    let cfg_ready = cfg
+        .conditions
+        .get_condition("Ready")
+        .cloned()
+        .unwrap_or_else(|| Condition::new("Ready", ConditionStatus::Unknown, None, None));
+    let configurations_ready = Condition {
+        type_: "ConfigurationsReady".into(),
+        ..cfg_ready
+    };
     let states: Vec<RevisionState> = revisions
         .iter()
-        .map(|r| RevisionState { name: r.metadata.name.clone(), ready: revision_ready(r).status })
+        .map(|r| RevisionState {
+            name: r.metadata.name.clone(),
+            ready: revision_ready(r).status,
+        })
         .collect();
     let latest_failed = configurations_ready.status == ConditionStatus::False;
-    let routes_ready = match resolve(name, svc.spec.traffic(), cfg.latest_ready_revision_name.as_deref(), latest_failed, &states) {
+    let routes_ready = match resolve(
+        name,
+        svc.spec.traffic(),
+        cfg.latest_ready_revision_name.as_deref(),
+        latest_failed,
+        &states,
+    ) {
         Ok(mut targets) => {
             for t in &mut targets {
                 t.url = t.tag().map(|tag| config.url(&format!("{tag}-{name}"), ns));
@@ -110,7 +151,10 @@ pub fn same_ignoring_times<T: serde::Serialize>(a: &T, b: &T) -> bool {
             _ => {}
         }
     }
-    let (mut a, mut b) = (serde_json::to_value(a).unwrap_or_default(), serde_json::to_value(b).unwrap_or_default());
+    let (mut a, mut b) = (
+        serde_json::to_value(a).unwrap_or_default(),
+        serde_json::to_value(b).unwrap_or_default(),
+    );
     strip(&mut a);
     strip(&mut b);
     a == b

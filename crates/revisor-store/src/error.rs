@@ -8,13 +8,22 @@ pub enum StoreError {
     #[error("{kind} {key:?} already exists")]
     AlreadyExists { kind: &'static str, key: String },
     #[error("{kind} {key:?} was modified: resourceVersion {given} is stale, the current one is {current}")]
-    Conflict { kind: &'static str, key: String, given: String, current: String },
+    Conflict {
+        kind: &'static str,
+        key: String,
+        given: String,
+        current: String,
+    },
     #[error("{kind} {key:?} is stored in a form that cannot be read: {message}")]
-    Corrupt { kind: &'static str, key: String, message: String },
+    Corrupt {
+        kind: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("cannot open the store at {path}: {message}")]
     Open { path: String, message: String },
     #[error("storage: {0}")]
-    Storage(#[from] redb::Error),
+    Storage(Box<redb::Error>),
     /// A caller's own refusal inside a transaction (the transaction is aborted).
     #[error("{0}")]
     Rejected(String),
@@ -24,10 +33,16 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Storage(e.into())
+                StoreError::Storage(Box::new(e.into()))
             }
         }
     )*};
 }
 
-from_redb!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError, redb::DatabaseError);
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::DatabaseError
+);

@@ -30,11 +30,23 @@ pub struct Event {
 
 impl Event {
     pub fn normal(object: String, reason: &str, message: impl Into<String>) -> Self {
-        Self { time: Utc::now(), type_: EventType::Normal, reason: reason.into(), message: message.into(), object }
+        Self {
+            time: Utc::now(),
+            type_: EventType::Normal,
+            reason: reason.into(),
+            message: message.into(),
+            object,
+        }
     }
 
     pub fn warning(object: String, reason: &str, message: impl Into<String>) -> Self {
-        Self { time: Utc::now(), type_: EventType::Warning, reason: reason.into(), message: message.into(), object }
+        Self {
+            time: Utc::now(),
+            type_: EventType::Warning,
+            reason: reason.into(),
+            message: message.into(),
+            object,
+        }
     }
 }
 

@@ -21,7 +21,8 @@ use redb::{Database, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
 pub(crate) const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
-pub(crate) const CONFIGURATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("configurations");
+pub(crate) const CONFIGURATIONS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("configurations");
 pub(crate) const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revisions");
 pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -46,7 +47,10 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store at `path`. Fails if another process holds it.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open { path: path.display().to_string(), message: e.to_string() })?;
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let tx = db.begin_write()?;
         tx.open_table(SERVICES)?;
         tx.open_table(CONFIGURATIONS)?;
@@ -55,11 +59,17 @@ impl Store {
         tx.open_table(COUNTERS)?;
         tx.commit()?;
         let (changes, _) = broadcast::channel(1024);
-        Ok(Store { db: Arc::new(db), changes })
+        Ok(Store {
+            db: Arc::new(db),
+            changes,
+        })
     }
 
     /// Runs `f` in one write transaction; it commits only if `f` returns `Ok`.
-    pub fn write<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut Tx) -> Result<R, E>) -> Result<R, E> {
+    pub fn write<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Tx) -> Result<R, E>,
+    ) -> Result<R, E> {
         let inner = self.db.begin_write().map_err(StoreError::from)?;
         let mut tx = Tx::new(inner);
         let out = f(&mut tx)?;
@@ -75,7 +85,10 @@ impl Store {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(T::TABLE)?;
         let key = format!("{namespace}/{name}");
-        table.get(key.as_str())?.map(|v| object::decode::<T>(&key, v.value())).transpose()
+        table
+            .get(key.as_str())?
+            .map(|v| object::decode::<T>(&key, v.value()))
+            .transpose()
     }
 
     /// Every object of a kind, in one namespace or (with `None`) all, ordered by namespace and name.

@@ -14,7 +14,10 @@ pub struct Tx {
 
 impl Tx {
     pub(crate) fn new(inner: WriteTransaction) -> Self {
-        Self { inner, changes: Vec::new() }
+        Self {
+            inner,
+            changes: Vec::new(),
+        }
     }
 
     pub(crate) fn commit(self) -> Result<Vec<Change>, StoreError> {
@@ -34,7 +37,8 @@ impl Tx {
         let t = self.inner.open_table(T::TABLE)?;
         let key = format!("{namespace}/{name}");
         let got = t.get(key.as_str())?;
-        got.map(|v| object::decode::<T>(&key, v.value())).transpose()
+        got.map(|v| object::decode::<T>(&key, v.value()))
+            .transpose()
     }
 
     pub fn list<T: Object>(&self, namespace: Option<&str>) -> Result<Vec<T>, StoreError> {
@@ -45,8 +49,14 @@ impl Tx {
     /// Stores a new object: sets its resourceVersion, uid, creationTimestamp and (if unset) generation 1.
     pub fn create<T: Object>(&mut self, mut obj: T) -> Result<T, StoreError> {
         let key = obj.meta().key();
-        if self.get::<T>(&obj.meta().namespace, &obj.meta().name)?.is_some() {
-            return Err(StoreError::AlreadyExists { kind: T::KIND_NAME, key });
+        if self
+            .get::<T>(&obj.meta().namespace, &obj.meta().name)?
+            .is_some()
+        {
+            return Err(StoreError::AlreadyExists {
+                kind: T::KIND_NAME,
+                key,
+            });
         }
         let seq = self.next_sequence()?;
         let meta = obj.meta_mut();
@@ -63,13 +73,21 @@ impl Tx {
     pub fn update<T: Object>(&mut self, mut obj: T) -> Result<T, StoreError> {
         let key = obj.meta().key();
         let Some(current) = self.get::<T>(&obj.meta().namespace, &obj.meta().name)? else {
-            return Err(StoreError::NotFound { kind: T::KIND_NAME, key });
+            return Err(StoreError::NotFound {
+                kind: T::KIND_NAME,
+                key,
+            });
         };
         let cur = current.meta();
         if let Some(given) = obj.meta().resource_version.clone() {
             if Some(&given) != cur.resource_version.as_ref() {
                 let current = cur.resource_version.clone().unwrap_or_default();
-                return Err(StoreError::Conflict { kind: T::KIND_NAME, key, given, current });
+                return Err(StoreError::Conflict {
+                    kind: T::KIND_NAME,
+                    key,
+                    given,
+                    current,
+                });
             }
         }
         let (uid, created) = (cur.uid.clone(), cur.creation_timestamp);
@@ -88,17 +106,30 @@ impl Tx {
             key: key.to_string(),
             message: e.to_string(),
         })?;
-        self.inner.open_table(T::TABLE)?.insert(key, bytes.as_slice())?;
-        self.changed::<T>(obj.meta().namespace.clone(), obj.meta().name.clone(), obj.service());
+        self.inner
+            .open_table(T::TABLE)?
+            .insert(key, bytes.as_slice())?;
+        self.changed::<T>(
+            obj.meta().namespace.clone(),
+            obj.meta().name.clone(),
+            obj.service(),
+        );
         Ok(())
     }
 
     /// Removes an object; `NotFound` when there is none.
     pub fn delete<T: Object>(&mut self, namespace: &str, name: &str) -> Result<T, StoreError> {
         let key = format!("{namespace}/{name}");
-        let removed = self.inner.open_table(T::TABLE)?.remove(key.as_str())?.map(|v| v.value().to_vec());
+        let removed = self
+            .inner
+            .open_table(T::TABLE)?
+            .remove(key.as_str())?
+            .map(|v| v.value().to_vec());
         let Some(bytes) = removed else {
-            return Err(StoreError::NotFound { kind: T::KIND_NAME, key });
+            return Err(StoreError::NotFound {
+                kind: T::KIND_NAME,
+                key,
+            });
         };
         let obj: T = object::decode(&key, &bytes)?;
         self.changed::<T>(namespace.to_string(), name.to_string(), obj.service());
@@ -106,20 +137,32 @@ impl Tx {
     }
 
     fn changed<T: Object>(&mut self, namespace: String, name: String, service: Option<String>) {
-        let c = Change { kind: T::KIND, namespace, name, service };
+        let c = Change {
+            kind: T::KIND,
+            namespace,
+            name,
+            service,
+        };
         if !self.changes.contains(&c) {
             self.changes.push(c);
         }
     }
 
     /// Appends an event to a service's log, dropping the oldest beyond the cap.
-    pub fn record(&mut self, namespace: &str, service: &str, event: &Event) -> Result<(), StoreError> {
+    pub fn record(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        event: &Event,
+    ) -> Result<(), StoreError> {
         let key = format!("{namespace}/{service}");
         let seq = self.next_sequence()?;
         let bytes = serde_json::to_vec(event).expect("events always serialize");
         let mut t = self.inner.open_table(EVENTS)?;
         t.insert((key.as_str(), seq), bytes.as_slice())?;
-        let count = t.range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?.count();
+        let count = t
+            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?
+            .count();
         if count > MAX_EVENTS_PER_SERVICE {
             let oldest: Vec<u64> = t
                 .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?
@@ -163,5 +206,12 @@ fn uid(key: &str, seq: u64) -> String {
     seq.hash(&mut h);
     let b = h.finish();
     let hex = format!("{a:016x}{b:016x}");
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }

@@ -33,7 +33,14 @@ fn create_get_list_by_namespace() {
     let got: Service = store.get("a", "x").unwrap().unwrap();
     assert_eq!(got.metadata.generation, Some(1));
     assert!(got.metadata.uid.is_some() && got.metadata.creation_timestamp.is_some());
-    let names = |ns| store.list::<Service>(ns).unwrap().into_iter().map(|s| s.metadata.name).collect::<Vec<_>>();
+    let names = |ns| {
+        store
+            .list::<Service>(ns)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.metadata.name)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(names(Some("a")), ["x", "y"]);
     assert_eq!(names(Some("ab")), ["z"]);
     assert_eq!(names(None), ["x", "y", "z"]);
@@ -62,7 +69,11 @@ fn a_failed_transaction_writes_nothing() {
     let err = store
         .write(|tx| {
             tx.create(service("ns", "a"))?;
-            tx.record("ns", "a", &Event::normal("Service/a".into(), "Created", "x"))?;
+            tx.record(
+                "ns",
+                "a",
+                &Event::normal("Service/a".into(), "Created", "x"),
+            )?;
             Err::<(), _>(StoreError::Rejected("changed my mind".into()))
         })
         .unwrap_err();
@@ -74,7 +85,9 @@ fn a_failed_transaction_writes_nothing() {
 #[test]
 fn concurrent_read_modify_write_loses_no_update() {
     let (_d, store) = open();
-    store.write(|tx| tx.create(service("ns", "counter"))).unwrap();
+    store
+        .write(|tx| tx.create(service("ns", "counter")))
+        .unwrap();
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let store = store.clone();
@@ -106,9 +119,17 @@ fn events_are_kept_in_order_and_capped() {
     store
         .write(|tx| {
             for i in 0..1005 {
-                tx.record("ns", "s", &Event::normal("Service/s".into(), "Tick", format!("{i}")))?;
+                tx.record(
+                    "ns",
+                    "s",
+                    &Event::normal("Service/s".into(), "Tick", format!("{i}")),
+                )?;
             }
-            tx.record("ns", "other", &Event::normal("Service/other".into(), "Tick", "x"))
+            tx.record(
+                "ns",
+                "other",
+                &Event::normal("Service/other".into(), "Tick", "x"),
+            )
         })
         .unwrap();
     let events = store.events("ns", "s").unwrap();
@@ -123,7 +144,9 @@ fn events_are_kept_in_order_and_capped() {
 #[test]
 fn a_second_process_cannot_open_the_same_store() {
     let (d, _store) = open();
-    let err = Store::open(&d.path().join("state.redb")).err().expect("second open must fail");
+    let err = Store::open(&d.path().join("state.redb"))
+        .err()
+        .expect("second open must fail");
     assert!(err.to_string().contains("cannot open the store"), "{err}");
 }
 
@@ -148,7 +171,11 @@ fn writer(path: &str, round: &str) -> ! {
                 r.metadata.namespace = "ns".into();
                 r.metadata.name = format!("{name}-00001");
                 tx.create(r)?;
-                tx.record("ns", &name, &Event::normal(format!("Service/{name}"), "Created", "x"))
+                tx.record(
+                    "ns",
+                    &name,
+                    &Event::normal(format!("Service/{name}"), "Created", "x"),
+                )
             })
             .unwrap();
         println!("{name}");
@@ -165,7 +192,12 @@ fn kill_9_loses_nothing_acknowledged() {
     let path = dir.path().join("state.redb");
     for round in 0..3 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "kill_9_loses_nothing_acknowledged", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "kill_9_loses_nothing_acknowledged",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("REVISOR_STORE_WRITER", &path)
             .env("REVISOR_STORE_ROUND", round.to_string())
             .stdout(Stdio::piped())
@@ -183,14 +215,30 @@ fn kill_9_loses_nothing_acknowledged() {
         child.wait().unwrap();
         let store = Store::open(&path).unwrap();
         for name in &acked {
-            assert!(store.get::<Service>("ns", name).unwrap().is_some(), "round {round}: {name} lost");
-            assert!(store.get::<Revision>("ns", &format!("{name}-00001")).unwrap().is_some(), "{name} revision lost");
-            assert_eq!(store.events("ns", name).unwrap().len(), 1, "{name} event lost");
+            assert!(
+                store.get::<Service>("ns", name).unwrap().is_some(),
+                "round {round}: {name} lost"
+            );
+            assert!(
+                store
+                    .get::<Revision>("ns", &format!("{name}-00001"))
+                    .unwrap()
+                    .is_some(),
+                "{name} revision lost"
+            );
+            assert_eq!(
+                store.events("ns", name).unwrap().len(),
+                1,
+                "{name} event lost"
+            );
         }
         // Nothing half-written: every stored service has its revision.
         for s in store.list::<Service>(Some("ns")).unwrap() {
             let rev = format!("{}-00001", s.metadata.name);
-            assert!(store.get::<Revision>("ns", &rev).unwrap().is_some(), "{rev} missing: a torn transaction");
+            assert!(
+                store.get::<Revision>("ns", &rev).unwrap().is_some(),
+                "{rev} missing: a torn transaction"
+            );
         }
     }
 }

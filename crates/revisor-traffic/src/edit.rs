@@ -48,13 +48,19 @@ fn parse_percents(edit: &TrafficEdit) -> Result<Vec<(String, i64)>, String> {
     let mut out: Vec<(String, i64)> = Vec::new();
     for s in &edit.traffic {
         // kn reads a bare number as the share of @latest.
-        let (r, p) = if s.contains('=') { split_pair("--traffic", s)? } else { (LATEST, s.as_str()) };
+        let (r, p) = if s.contains('=') {
+            split_pair("--traffic", s)?
+        } else {
+            (LATEST, s.as_str())
+        };
         let pct: i64 = p
             .trim_end_matches('%')
             .parse()
             .map_err(|_| format!("--traffic {s:?}: {p:?} is not a whole number of percent"))?;
         if !(0..=100).contains(&pct) {
-            return Err(format!("--traffic {s:?}: percent must be in [0, 100], got {pct}"));
+            return Err(format!(
+                "--traffic {s:?}: percent must be in [0, 100], got {pct}"
+            ));
         }
         if out.iter().any(|(o, _)| o == r) {
             return Err(format!("--traffic: {r:?} is given more than once"));
@@ -63,14 +69,20 @@ fn parse_percents(edit: &TrafficEdit) -> Result<Vec<(String, i64)>, String> {
     }
     let sum: i64 = out.iter().map(|(_, p)| p).sum();
     if sum > 100 {
-        return Err(format!("--traffic: the given percents sum to {sum}, want at most 100"));
+        return Err(format!(
+            "--traffic: the given percents sum to {sum}, want at most 100"
+        ));
     }
     Ok(out)
 }
 
 /// Applies an edit to the current `spec.traffic`. `revisions` are the service's revision names,
 /// so a reference to a revision that does not exist is refused here instead of breaking the route.
-pub fn compute(current: &[TrafficTarget], edit: &TrafficEdit, revisions: &[String]) -> Result<Vec<TrafficTarget>, String> {
+pub fn compute(
+    current: &[TrafficTarget],
+    edit: &TrafficEdit,
+    revisions: &[String],
+) -> Result<Vec<TrafficTarget>, String> {
     let percents = parse_percents(edit)?;
     let remainder_to = remainder_target(current, &percents)?;
     let mut traffic = current.to_vec();
@@ -97,13 +109,19 @@ pub fn compute(current: &[TrafficTarget], edit: &TrafficEdit, revisions: &[Strin
 }
 
 /// The current target that gets what the given percents leave, when they sum below 100.
-fn remainder_target(current: &[TrafficTarget], percents: &[(String, i64)]) -> Result<Option<(Ident, i64)>, String> {
+fn remainder_target(
+    current: &[TrafficTarget],
+    percents: &[(String, i64)],
+) -> Result<Option<(Ident, i64)>, String> {
     let sum: i64 = percents.iter().map(|(_, p)| p).sum();
     if percents.is_empty() || sum == 100 {
         return Ok(None);
     }
     let mut left: Vec<Ident> = Vec::new();
-    for t in current.iter().filter(|t| !percents.iter().any(|(r, _)| refers_to(r, t))) {
+    for t in current
+        .iter()
+        .filter(|t| !percents.iter().any(|(r, _)| refers_to(r, t)))
+    {
         let id = ident(t);
         if !left.contains(&id) {
             left.push(id);
@@ -131,7 +149,10 @@ fn untag(traffic: &mut [TrafficTarget], untags: &[String]) -> Result<(), String>
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("--untag: no target has the tag(s) {}", missing.join(", ")))
+        Err(format!(
+            "--untag: no target has the tag(s) {}",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -139,16 +160,29 @@ fn check_revision(rev: &str, revisions: &[String]) -> Result<(), String> {
     if revisions.iter().any(|r| r == rev) {
         Ok(())
     } else {
-        Err(format!("revision {rev:?} does not exist (revisions: {})", revisions.join(", ")))
+        Err(format!(
+            "revision {rev:?} does not exist (revisions: {})",
+            revisions.join(", ")
+        ))
     }
 }
 
-fn tag_target(traffic: &mut Vec<TrafficTarget>, rev: &str, tag: &str, revisions: &[String]) -> Result<(), String> {
-    if traffic.iter().any(|t| t.tag() == Some(tag) && refers_to(rev, t)) {
+fn tag_target(
+    traffic: &mut Vec<TrafficTarget>,
+    rev: &str,
+    tag: &str,
+    revisions: &[String],
+) -> Result<(), String> {
+    if traffic
+        .iter()
+        .any(|t| t.tag() == Some(tag) && refers_to(rev, t))
+    {
         return Ok(());
     }
     if traffic.iter().any(|t| t.tag() == Some(tag)) {
-        return Err(format!("--tag: tag {tag:?} is already in use; add --untag {tag} to move it"));
+        return Err(format!(
+            "--tag: tag {tag:?} is already in use; add --untag {tag} to move it"
+        ));
     }
     if rev == LATEST {
         if let Some(t) = traffic.iter_mut().find(|t| t.is_latest()) {
@@ -169,7 +203,10 @@ fn tag_target(traffic: &mut Vec<TrafficTarget>, rev: &str, tag: &str, revisions:
         return Ok(());
     }
     check_revision(rev, revisions)?;
-    if let Some(t) = traffic.iter_mut().find(|t| !t.is_latest() && t.revision() == Some(rev) && t.tag().is_none()) {
+    if let Some(t) = traffic
+        .iter_mut()
+        .find(|t| !t.is_latest() && t.revision() == Some(rev) && t.tag().is_none())
+    {
         t.tag = Some(tag.to_string());
     } else {
         traffic.push(named(rev, 0, Some(tag)));
@@ -177,7 +214,12 @@ fn tag_target(traffic: &mut Vec<TrafficTarget>, rev: &str, tag: &str, revisions:
     Ok(())
 }
 
-fn set_percent(traffic: &mut Vec<TrafficTarget>, r: &str, pct: i64, revisions: &[String]) -> Result<(), String> {
+fn set_percent(
+    traffic: &mut Vec<TrafficTarget>,
+    r: &str,
+    pct: i64,
+    revisions: &[String],
+) -> Result<(), String> {
     if r == LATEST {
         match traffic.iter_mut().find(|t| t.is_latest()) {
             Some(t) => t.percent = Some(pct),
@@ -193,7 +235,10 @@ fn set_percent(traffic: &mut Vec<TrafficTarget>, r: &str, pct: i64, revisions: &
         t.percent = Some(pct);
         return Ok(());
     }
-    if let Some(t) = traffic.iter_mut().find(|t| !t.is_latest() && t.revision() == Some(r)) {
+    if let Some(t) = traffic
+        .iter_mut()
+        .find(|t| !t.is_latest() && t.revision() == Some(r))
+    {
         t.percent = Some(pct);
         return Ok(());
     }
@@ -221,19 +266,31 @@ mod tests {
     }
 
     fn latest(pct: i64) -> TrafficTarget {
-        TrafficTarget { latest_revision: Some(true), percent: Some(pct), ..Default::default() }
+        TrafficTarget {
+            latest_revision: Some(true),
+            percent: Some(pct),
+            ..Default::default()
+        }
     }
 
     fn edit(traffic: &[&str], tags: &[&str], untags: &[&str]) -> TrafficEdit {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect();
-        TrafficEdit { traffic: v(traffic), tags: v(tags), untags: v(untags) }
+        TrafficEdit {
+            traffic: v(traffic),
+            tags: v(tags),
+            untags: v(untags),
+        }
     }
 
     /// Renders a traffic list compactly: `@latest=70 s-00001=30#stable`.
     fn show(ts: &[TrafficTarget]) -> String {
         ts.iter()
             .map(|t| {
-                let who = if t.is_latest() { LATEST.to_string() } else { t.revision().unwrap().to_string() };
+                let who = if t.is_latest() {
+                    LATEST.to_string()
+                } else {
+                    t.revision().unwrap().to_string()
+                };
                 let tag = t.tag().map(|x| format!("#{x}")).unwrap_or_default();
                 format!("{who}={}{tag}", t.percent())
             })
@@ -246,26 +303,121 @@ mod tests {
         let start = vec![latest(100)];
         let split = vec![named("s-00001", 70, Some("stable")), latest(30)];
         let tagged_zero = vec![latest(100), named("s-00001", 0, Some("old"))];
-        let three = vec![latest(50), named("s-00001", 25, None), named("s-00002", 25, None)];
-        let cases: Vec<(&str, &[TrafficTarget], TrafficEdit, Result<&str, &str>)> = vec![
-            ("split latest and a revision", &start, edit(&["@latest=70", "s-00001=30"], &[], &[]), Ok("@latest=70 s-00001=30")),
-            ("remainder to the one left out", &split, edit(&["stable=90"], &[], &[]), Ok("s-00001=90#stable @latest=10")),
-            ("percent sign accepted", &start, edit(&["s-00001=100%"], &[], &[]), Ok("s-00001=100")),
-            ("bare number means @latest", &split, edit(&["stable=50", "50"], &[], &[]), Ok("s-00001=50#stable @latest=50")),
-            ("tag latest", &start, edit(&[], &["@latest=current"], &[]), Ok("@latest=100#current")),
-            ("tag a revision adds a 0% target", &start, edit(&[], &["s-00001=old"], &[]), Ok("@latest=100 s-00001=0#old")),
-            ("untag drops a 0% target", &tagged_zero, edit(&[], &[], &["old"]), Ok("@latest=100")),
-            ("untag then retag", &split, edit(&[], &["s-00002=stable"], &["stable"]), Ok("s-00001=70 @latest=30 s-00002=0#stable")),
-            ("tag in use", &split, edit(&[], &["s-00002=stable"], &[]), Err("tag \"stable\" is already in use")),
-            ("unknown untag", &start, edit(&[], &[], &["nope"]), Err("no target has the tag(s) nope")),
-            ("sum above 100", &start, edit(&["@latest=70", "s-00001=40"], &[], &[]), Err("sum to 110")),
-            ("two left out", &three, edit(&["@latest=50"], &[], &[]), Err("2 targets are left unmentioned")),
-            ("nothing left out", &start, edit(&["@latest=50"], &[], &[]), Err("no other target is left")),
-            ("bad percent", &start, edit(&["@latest=lots"], &[], &[]), Err("is not a whole number")),
-            ("percent out of range", &start, edit(&["@latest=150"], &[], &[]), Err("must be in [0, 100]")),
-            ("duplicate ref", &start, edit(&["@latest=50", "@latest=50"], &[], &[]), Err("given more than once")),
-            ("unknown revision", &start, edit(&["@latest=50", "s-00009=50"], &[], &[]), Err("revision \"s-00009\" does not exist")),
-            ("malformed tag", &start, edit(&[], &["s-00001"], &[]), Err("expected the form NAME=VALUE")),
+        let three = vec![
+            latest(50),
+            named("s-00001", 25, None),
+            named("s-00002", 25, None),
+        ];
+        type Case<'a> = (&'a str, &'a [TrafficTarget], TrafficEdit, Result<&'a str, &'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "split latest and a revision",
+                &start,
+                edit(&["@latest=70", "s-00001=30"], &[], &[]),
+                Ok("@latest=70 s-00001=30"),
+            ),
+            (
+                "remainder to the one left out",
+                &split,
+                edit(&["stable=90"], &[], &[]),
+                Ok("s-00001=90#stable @latest=10"),
+            ),
+            (
+                "percent sign accepted",
+                &start,
+                edit(&["s-00001=100%"], &[], &[]),
+                Ok("s-00001=100"),
+            ),
+            (
+                "bare number means @latest",
+                &split,
+                edit(&["stable=50", "50"], &[], &[]),
+                Ok("s-00001=50#stable @latest=50"),
+            ),
+            (
+                "tag latest",
+                &start,
+                edit(&[], &["@latest=current"], &[]),
+                Ok("@latest=100#current"),
+            ),
+            (
+                "tag a revision adds a 0% target",
+                &start,
+                edit(&[], &["s-00001=old"], &[]),
+                Ok("@latest=100 s-00001=0#old"),
+            ),
+            (
+                "untag drops a 0% target",
+                &tagged_zero,
+                edit(&[], &[], &["old"]),
+                Ok("@latest=100"),
+            ),
+            (
+                "untag then retag",
+                &split,
+                edit(&[], &["s-00002=stable"], &["stable"]),
+                Ok("s-00001=70 @latest=30 s-00002=0#stable"),
+            ),
+            (
+                "tag in use",
+                &split,
+                edit(&[], &["s-00002=stable"], &[]),
+                Err("tag \"stable\" is already in use"),
+            ),
+            (
+                "unknown untag",
+                &start,
+                edit(&[], &[], &["nope"]),
+                Err("no target has the tag(s) nope"),
+            ),
+            (
+                "sum above 100",
+                &start,
+                edit(&["@latest=70", "s-00001=40"], &[], &[]),
+                Err("sum to 110"),
+            ),
+            (
+                "two left out",
+                &three,
+                edit(&["@latest=50"], &[], &[]),
+                Err("2 targets are left unmentioned"),
+            ),
+            (
+                "nothing left out",
+                &start,
+                edit(&["@latest=50"], &[], &[]),
+                Err("no other target is left"),
+            ),
+            (
+                "bad percent",
+                &start,
+                edit(&["@latest=lots"], &[], &[]),
+                Err("is not a whole number"),
+            ),
+            (
+                "percent out of range",
+                &start,
+                edit(&["@latest=150"], &[], &[]),
+                Err("must be in [0, 100]"),
+            ),
+            (
+                "duplicate ref",
+                &start,
+                edit(&["@latest=50", "@latest=50"], &[], &[]),
+                Err("given more than once"),
+            ),
+            (
+                "unknown revision",
+                &start,
+                edit(&["@latest=50", "s-00009=50"], &[], &[]),
+                Err("revision \"s-00009\" does not exist"),
+            ),
+            (
+                "malformed tag",
+                &start,
+                edit(&[], &["s-00001"], &[]),
+                Err("expected the form NAME=VALUE"),
+            ),
         ];
         for (name, current, e, want) in cases {
             match (compute(current, &e, &revs()), want) {

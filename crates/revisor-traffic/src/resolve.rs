@@ -19,7 +19,11 @@ pub struct RouteProblem {
 
 impl RouteProblem {
     fn missing(status: ConditionStatus, message: String) -> Self {
-        Self { status, reason: "RevisionMissing", message }
+        Self {
+            status,
+            reason: "RevisionMissing",
+            message,
+        }
     }
 }
 
@@ -41,7 +45,9 @@ pub fn resolve(
                 None if latest_created_failed => {
                     problems.push(RouteProblem::missing(
                         ConditionStatus::False,
-                        format!("Configuration {configuration:?} does not have any ready Revision."),
+                        format!(
+                            "Configuration {configuration:?} does not have any ready Revision."
+                        ),
                     ));
                     continue;
                 }
@@ -60,14 +66,18 @@ pub fn resolve(
                     ConditionStatus::False,
                     format!("Revision {name:?} referenced in traffic not found."),
                 )),
-                Some(r) if r.ready == ConditionStatus::False => problems.push(RouteProblem::missing(
-                    ConditionStatus::False,
-                    format!("Revision {name:?} failed to become ready."),
-                )),
-                Some(r) if r.ready == ConditionStatus::Unknown => problems.push(RouteProblem::missing(
-                    ConditionStatus::Unknown,
-                    format!("Revision {name:?} is not yet ready."),
-                )),
+                Some(r) if r.ready == ConditionStatus::False => {
+                    problems.push(RouteProblem::missing(
+                        ConditionStatus::False,
+                        format!("Revision {name:?} failed to become ready."),
+                    ))
+                }
+                Some(r) if r.ready == ConditionStatus::Unknown => {
+                    problems.push(RouteProblem::missing(
+                        ConditionStatus::Unknown,
+                        format!("Revision {name:?} is not yet ready."),
+                    ))
+                }
                 Some(_) => {}
             }
             name.to_string()
@@ -92,11 +102,18 @@ mod tests {
     use super::*;
 
     fn rev(name: &str, ready: ConditionStatus) -> RevisionState {
-        RevisionState { name: name.into(), ready }
+        RevisionState {
+            name: name.into(),
+            ready,
+        }
     }
 
     fn latest(percent: i64) -> TrafficTarget {
-        TrafficTarget { latest_revision: Some(true), percent: Some(percent), ..Default::default() }
+        TrafficTarget {
+            latest_revision: Some(true),
+            percent: Some(percent),
+            ..Default::default()
+        }
     }
 
     fn named(name: &str, percent: i64, tag: Option<&str>) -> TrafficTarget {
@@ -112,7 +129,11 @@ mod tests {
     #[test]
     fn table() {
         use ConditionStatus::*;
-        let revs = [rev("s-00001", True), rev("s-00002", Unknown), rev("s-00003", False)];
+        let revs = [
+            rev("s-00001", True),
+            rev("s-00002", Unknown),
+            rev("s-00003", False),
+        ];
         struct Case {
             name: &'static str,
             targets: Vec<TrafficTarget>,
@@ -121,19 +142,64 @@ mod tests {
             want: Result<Vec<&'static str>, (ConditionStatus, &'static str)>,
         }
         let cases = [
-            Case { name: "latest resolves", targets: vec![latest(100)], latest_ready: Some("s-00001"), failed: false, want: Ok(vec!["s-00001"]) },
-            Case { name: "latest waits", targets: vec![latest(100)], latest_ready: None, failed: false, want: Err((Unknown, "is waiting for a Revision")) },
-            Case { name: "latest failed", targets: vec![latest(100)], latest_ready: None, failed: true, want: Err((False, "does not have any ready Revision")) },
-            Case { name: "named split", targets: vec![named("s-00001", 70, None), latest(30)], latest_ready: Some("s-00001"), failed: false, want: Ok(vec!["s-00001", "s-00001"]) },
-            Case { name: "missing revision", targets: vec![named("s-00009", 100, None)], latest_ready: Some("s-00001"), failed: false, want: Err((False, "\"s-00009\" referenced in traffic not found")) },
-            Case { name: "not yet ready", targets: vec![named("s-00002", 100, None)], latest_ready: Some("s-00001"), failed: false, want: Err((Unknown, "\"s-00002\" is not yet ready")) },
-            Case { name: "False beats Unknown", targets: vec![named("s-00002", 50, None), named("s-00003", 50, None)], latest_ready: None, failed: false, want: Err((False, "\"s-00003\" failed to become ready")) },
+            Case {
+                name: "latest resolves",
+                targets: vec![latest(100)],
+                latest_ready: Some("s-00001"),
+                failed: false,
+                want: Ok(vec!["s-00001"]),
+            },
+            Case {
+                name: "latest waits",
+                targets: vec![latest(100)],
+                latest_ready: None,
+                failed: false,
+                want: Err((Unknown, "is waiting for a Revision")),
+            },
+            Case {
+                name: "latest failed",
+                targets: vec![latest(100)],
+                latest_ready: None,
+                failed: true,
+                want: Err((False, "does not have any ready Revision")),
+            },
+            Case {
+                name: "named split",
+                targets: vec![named("s-00001", 70, None), latest(30)],
+                latest_ready: Some("s-00001"),
+                failed: false,
+                want: Ok(vec!["s-00001", "s-00001"]),
+            },
+            Case {
+                name: "missing revision",
+                targets: vec![named("s-00009", 100, None)],
+                latest_ready: Some("s-00001"),
+                failed: false,
+                want: Err((False, "\"s-00009\" referenced in traffic not found")),
+            },
+            Case {
+                name: "not yet ready",
+                targets: vec![named("s-00002", 100, None)],
+                latest_ready: Some("s-00001"),
+                failed: false,
+                want: Err((Unknown, "\"s-00002\" is not yet ready")),
+            },
+            Case {
+                name: "False beats Unknown",
+                targets: vec![named("s-00002", 50, None), named("s-00003", 50, None)],
+                latest_ready: None,
+                failed: false,
+                want: Err((False, "\"s-00003\" failed to become ready")),
+            },
         ];
         for c in cases {
             let got = resolve("s", &c.targets, c.latest_ready, c.failed, &revs);
             match (got, c.want) {
                 (Ok(ts), Ok(names)) => {
-                    let got: Vec<_> = ts.iter().map(|t| t.revision_name.clone().unwrap()).collect();
+                    let got: Vec<_> = ts
+                        .iter()
+                        .map(|t| t.revision_name.clone().unwrap())
+                        .collect();
                     assert_eq!(got, names, "{}", c.name);
                 }
                 (Err(p), Err((status, msg))) => {
@@ -148,7 +214,14 @@ mod tests {
 
     #[test]
     fn tags_and_latest_flag_survive() {
-        let t = resolve("s", &[named("s-00001", 100, Some("stable"))], None, false, &[rev("s-00001", ConditionStatus::True)]).unwrap();
+        let t = resolve(
+            "s",
+            &[named("s-00001", 100, Some("stable"))],
+            None,
+            false,
+            &[rev("s-00001", ConditionStatus::True)],
+        )
+        .unwrap();
         assert_eq!(t[0].tag.as_deref(), Some("stable"));
         assert_eq!(t[0].latest_revision, Some(false));
     }

@@ -1,0 +1,336 @@
+//! Handlers of the admin API: decode, admit, call the controller's admission or the store, encode.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use revisor_api::{admit_service, read_documents, Configuration, Revision, Service};
+use revisor_controller::admission::ApplyMode;
+use revisor_store::Object;
+use serde_json::{json, Value};
+
+use super::{AdminState, ApiError};
+
+type Params = Query<HashMap<String, String>>;
+
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no such path {}", uri.path()))
+}
+
+fn list<T: serde::Serialize>(kind: &str, items: Vec<T>) -> Json<Value> {
+    Json(
+        json!({ "apiVersion": "serving.knative.dev/v1", "kind": format!("{kind}List"), "metadata": {}, "items": items }),
+    )
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, ApiError> + Send + 'static,
+) -> Result<R, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))?
+}
+
+pub async fn list_services_all(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let items = blocking(move || Ok(s.store.list::<Service>(None)?)).await?;
+    Ok(list("Service", items))
+}
+
+pub async fn list_services(
+    State(s): State<AdminState>,
+    Path(ns): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let items = blocking(move || Ok(s.store.list::<Service>(Some(&ns))?)).await?;
+    Ok(list("Service", items))
+}
+
+async fn get_one<T: Object + Send + 'static>(
+    s: AdminState,
+    ns: String,
+    name: String,
+) -> Result<Json<T>, ApiError> {
+    blocking(move || {
+        s.store.get::<T>(&ns, &name)?.map(Json).ok_or_else(|| {
+            ApiError::NotFound(format!("{} \"{ns}/{name}\" not found", T::KIND_NAME))
+        })
+    })
+    .await
+}
+
+pub async fn get_service(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Service>, ApiError> {
+    get_one(s, ns, name).await
+}
+
+pub async fn get_revision(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Revision>, ApiError> {
+    get_one(s, ns, name).await
+}
+
+pub async fn get_configuration(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Configuration>, ApiError> {
+    get_one(s, ns, name).await
+}
+
+pub async fn list_configurations(
+    State(s): State<AdminState>,
+    Path(ns): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let items = blocking(move || Ok(s.store.list::<Configuration>(Some(&ns))?)).await?;
+    Ok(list("Configuration", items))
+}
+
+/// `labelSelector=k=v[,k=v]`: equality only, which is what revisor's own labels need.
+fn selector(params: &HashMap<String, String>) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(sel) = params.get("labelSelector").filter(|s| !s.is_empty()) else {
+        return Ok(vec![]);
+    };
+    sel.split(',')
+        .map(|term| match term.split_once('=') {
+            Some((k, v)) if !k.is_empty() && !k.ends_with('!') => Ok((
+                k.trim().to_string(),
+                v.trim_start_matches('=').trim().to_string(),
+            )),
+            _ => Err(ApiError::BadRequest(format!(
+                "labelSelector {term:?}: only key=value terms are supported"
+            ))),
+        })
+        .collect()
+}
+
+async fn revisions(
+    s: AdminState,
+    ns: Option<String>,
+    params: HashMap<String, String>,
+) -> Result<Json<Value>, ApiError> {
+    let terms = selector(&params)?;
+    let items = blocking(move || Ok(s.store.list::<Revision>(ns.as_deref())?)).await?;
+    let items: Vec<Revision> = items
+        .into_iter()
+        .filter(|r| {
+            terms
+                .iter()
+                .all(|(k, v)| r.metadata.label(k) == Some(v.as_str()))
+        })
+        .collect();
+    Ok(list("Revision", items))
+}
+
+pub async fn list_revisions_all(
+    State(s): State<AdminState>,
+    Query(p): Params,
+) -> Result<Json<Value>, ApiError> {
+    revisions(s, None, p).await
+}
+
+pub async fn list_revisions(
+    State(s): State<AdminState>,
+    Path(ns): Path<String>,
+    Query(p): Params,
+) -> Result<Json<Value>, ApiError> {
+    revisions(s, Some(ns), p).await
+}
+
+pub async fn service_events(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let items = blocking(move || {
+        if s.store.get::<Service>(&ns, &name)?.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "Service \"{ns}/{name}\" not found"
+            )));
+        }
+        Ok(s.store.events(&ns, &name)?)
+    })
+    .await?;
+    Ok(Json(
+        json!({ "apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items }),
+    ))
+}
+
+/// The single document of a request body, as JSON or YAML by its content type.
+fn body_document(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Value, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
+            "request body is larger than {} bytes",
+            super::MAX_BODY_BYTES
+        )),
+        _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
+    })?;
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let mime = ctype.split(';').next().unwrap_or("").trim();
+    if !matches!(
+        mime,
+        "application/json"
+            | "application/yaml"
+            | "application/apply-patch+yaml"
+            | "text/yaml"
+            | "application/x-yaml"
+    ) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "content type {mime:?} is not supported: send application/json, application/yaml or application/apply-patch+yaml"
+        )));
+    }
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("request body is not UTF-8".into()))?;
+    let mut docs =
+        read_documents(text).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
+    match docs.len() {
+        1 => Ok(docs.remove(0).value),
+        0 => Err(ApiError::BadRequest("request body is empty".into())),
+        n => Err(ApiError::BadRequest(format!(
+            "request body holds {n} documents; send one object per request"
+        ))),
+    }
+}
+
+/// Admits a Service body for the object at `ns`/`name` (name `None` for a create, which takes the body's).
+fn admit(
+    state: &AdminState,
+    ns: &str,
+    name: Option<&str>,
+    mut value: Value,
+) -> Result<Service, ApiError> {
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
+        if body_ns.is_empty() {
+            meta.insert("namespace".into(), Value::String(ns.to_string()));
+        } else if body_ns != ns {
+            return Err(ApiError::BadRequest(format!(
+                "the namespace of the object ({body_ns}) does not match the namespace of the request ({ns})"
+            )));
+        }
+        let body_name = meta.get("name").and_then(Value::as_str).unwrap_or("");
+        if let Some(n) = name.filter(|n| !body_name.is_empty() && n != &body_name) {
+            return Err(ApiError::BadRequest(format!(
+                "the name of the object ({body_name}) does not match the name of the request ({n})"
+            )));
+        }
+        if body_name.is_empty() {
+            if let Some(n) = name {
+                meta.insert("name".into(), Value::String(n.to_string()));
+            }
+        }
+    }
+    let shown = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    admit_service(&value, &state.defaults).map_err(|e| ApiError::invalid("Service", &shown, e))
+}
+
+async fn write_service(
+    s: AdminState,
+    ns: String,
+    name: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    params: HashMap<String, String>,
+    mode: ApplyMode,
+) -> Result<Response, ApiError> {
+    let value = body_document(&headers, body)?;
+    let dry_run = match params.get("dryRun").map(String::as_str) {
+        None => false,
+        Some("All") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "dryRun={other:?}: the only supported value is All"
+            )))
+        }
+    };
+    let svc = admit(&s, &ns, name.as_deref(), value)?;
+    let shown = svc.metadata.name.clone();
+    let (outcome, stored) = blocking(move || {
+        revisor_controller::apply_service(&s.store, svc, mode, dry_run)
+            .map_err(|e| ApiError::from_apply("Service", &shown, e))
+    })
+    .await?;
+    let code = if outcome == revisor_controller::ApplyOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        code,
+        [("revisor-apply-result", outcome.as_str())],
+        Json(stored),
+    )
+        .into_response())
+}
+
+pub async fn create_service(
+    State(s): State<AdminState>,
+    Path(ns): Path<String>,
+    Query(p): Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    write_service(s, ns, None, headers, body, p, ApplyMode::Create).await
+}
+
+pub async fn replace_service(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(p): Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    write_service(s, ns, Some(name), headers, body, p, ApplyMode::Replace).await
+}
+
+pub async fn apply_service(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(p): Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    write_service(s, ns, Some(name), headers, body, p, ApplyMode::Apply).await
+}
+
+fn deleted(kind: &str, name: &str) -> Json<Value> {
+    Json(
+        json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": { "name": name, "kind": kind } }),
+    )
+}
+
+pub async fn delete_service(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let n = name.clone();
+    blocking(move || Ok(revisor_controller::delete_service(&s.store, &ns, &n)?)).await?;
+    Ok(deleted("services", &name))
+}
+
+pub async fn delete_revision(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let n = name.clone();
+    blocking(move || Ok(revisor_controller::delete_revision(&s.store, &ns, &n)?)).await?;
+    Ok(deleted("revisions", &name))
+}

@@ -1,0 +1,69 @@
+//! The admin API: Kubernetes-style paths over the store, JSON in and out, errors as `Status` objects.
+
+mod handlers;
+mod status;
+
+pub use status::ApiError;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use revisor_api::Defaults;
+use revisor_store::Store;
+
+/// The largest request body accepted (Kubernetes' own limit is 3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Store,
+    pub defaults: Arc<Defaults>,
+}
+
+const SERVING: &str = "/apis/serving.knative.dev/v1";
+
+/// The admin API's routes; tests call `router(state).oneshot(request)` without a socket.
+pub fn router(state: AdminState) -> Router {
+    use handlers::*;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(&format!("{SERVING}/services"), get(list_services_all))
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/services"),
+            get(list_services).post(create_service),
+        )
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/services/{{name}}"),
+            get(get_service)
+                .put(replace_service)
+                .patch(apply_service)
+                .delete(delete_service),
+        )
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/services/{{name}}/events"),
+            get(service_events),
+        )
+        .route(&format!("{SERVING}/revisions"), get(list_revisions_all))
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/revisions"),
+            get(list_revisions),
+        )
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/revisions/{{name}}"),
+            get(get_revision).delete(delete_revision),
+        )
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/configurations"),
+            get(list_configurations),
+        )
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/configurations/{{name}}"),
+            get(get_configuration),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

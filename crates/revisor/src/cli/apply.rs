@@ -1,0 +1,161 @@
+//! `revisor apply -f`: every document is checked (locally, then by a server dry run) before any is written,
+//! so a bad document anywhere changes nothing.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use revisor_api::{decode, read_documents, Resource};
+use serde_json::Value;
+
+use crate::client::{Client, SERVING};
+
+/// One document to apply, with where it came from.
+struct Item {
+    origin: String,
+    namespace: String,
+    name: String,
+    value: Value,
+}
+
+impl Item {
+    fn path(&self) -> String {
+        format!(
+            "{SERVING}/namespaces/{}/services/{}",
+            self.namespace, self.name
+        )
+    }
+}
+
+fn read_file(path: &Path) -> Result<String> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+/// Reads and decodes every document: the readable ones, and a line for each problem.
+fn load(files: &[PathBuf], ns_flag: Option<&str>) -> Result<(Vec<Item>, Vec<String>)> {
+    let mut items = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        let shown = if file == Path::new("-") {
+            "<stdin>".to_string()
+        } else {
+            file.display().to_string()
+        };
+        let text = read_file(file)?;
+        let docs = match read_documents(&text) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("{shown}: {e}"));
+                continue;
+            }
+        };
+        if docs.is_empty() {
+            problems.push(format!("{shown}: no objects in the file"));
+        }
+        for doc in docs {
+            let origin = format!("{shown}: document {}", doc.index);
+            match decode(&doc.value) {
+                Ok(Resource::Service(svc)) => {
+                    match namespace_of(&svc.metadata.namespace, ns_flag) {
+                        Ok(namespace) => {
+                            let mut value = doc.value;
+                            value["metadata"]["namespace"] = Value::String(namespace.clone());
+                            items.push(Item {
+                                origin,
+                                namespace,
+                                name: svc.metadata.name.clone(),
+                                value,
+                            });
+                        }
+                        Err(e) => problems.push(format!("{origin}: {e}")),
+                    }
+                }
+                Err(errs) => {
+                    let lines: Vec<String> = errs.iter().map(|e| format!("  {e}")).collect();
+                    problems.push(format!("{origin}:\n{}", lines.join("\n")));
+                }
+            }
+        }
+    }
+    Ok((items, problems))
+}
+
+fn namespace_of(in_manifest: &str, flag: Option<&str>) -> Result<String, String> {
+    match (in_manifest, flag) {
+        ("", None) => Ok(revisor_api::defaults::DEFAULT_NAMESPACE.into()),
+        ("", Some(f)) => Ok(f.into()),
+        (m, Some(f)) if m != f => Err(format!(
+            "the namespace of the object ({m}) does not match the namespace given with -n ({f})"
+        )),
+        (m, _) => Ok(m.into()),
+    }
+}
+
+pub fn run(
+    client: &Client,
+    files: &[PathBuf],
+    ns_flag: Option<&str>,
+    dry_run: bool,
+    wait: bool,
+) -> Result<()> {
+    let (items, mut problems) = load(files, ns_flag)?;
+    let mut outcomes = Vec::new();
+    for item in &items {
+        match client.apply(&item.path(), &item.value, true) {
+            Ok((outcome, _)) => outcomes.push(outcome),
+            Err(e) => problems.push(format!("{} (service/{}): {e:#}", item.origin, item.name)),
+        }
+    }
+    if !problems.is_empty() {
+        bail!("nothing was applied:\n{}", problems.join("\n"));
+    }
+    if dry_run {
+        for (item, outcome) in items.iter().zip(outcomes) {
+            println!("service/{} {outcome} (dry run)", item.name);
+        }
+        return Ok(());
+    }
+    for item in &items {
+        let (outcome, stored) = client
+            .apply(&item.path(), &item.value, false)
+            .with_context(|| format!("{} (service/{})", item.origin, item.name))?;
+        println!("service/{} {outcome}", item.name);
+        if wait && outcome != "unchanged" {
+            wait_observed(client, item, &stored);
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the controller has observed the applied generation, so a following `get` sees its revisions.
+fn wait_observed(client: &Client, item: &Item, stored: &Value) {
+    let want = stored
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(v) = client.get::<Value>(&item.path()) {
+            if v.pointer("/status/observedGeneration")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                >= want
+            {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "warning: service/{} was stored, but the controller has not observed generation {want} yet",
+        item.name
+    );
+}

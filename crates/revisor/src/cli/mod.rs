@@ -1,0 +1,225 @@
+//! The command line: flags as clap parses them, then one function per command.
+
+mod apply;
+mod describe;
+mod get;
+mod table;
+mod traffic;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::client::Client;
+use crate::config::{ServeFlags, ServerConfig, DEFAULT_ADMIN_ADDR};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "revisor",
+    version,
+    about = "Knative-style revisions and progressive delivery for ML models, in one binary"
+)]
+pub struct Cli {
+    /// The revisor server to talk to.
+    #[arg(long, global = true, env = "REVISOR_SERVER", default_value_t = format!("http://{DEFAULT_ADMIN_ADDR}"))]
+    pub server: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: store, controller and admin API.
+    Serve {
+        /// Config file (revisor.toml); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the state lives [default: $XDG_STATE_HOME/revisor].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Admin API address [default: 127.0.0.1:7070].
+        #[arg(long)]
+        admin_addr: Option<String>,
+        /// Gateway address; service URLs use its port [default: 127.0.0.1:8080].
+        #[arg(long)]
+        gateway_addr: Option<String>,
+        /// Domain of service URLs [default: localhost].
+        #[arg(long)]
+        domain: Option<String>,
+    },
+    /// Create or update resources from manifest files (YAML or JSON, several documents each).
+    Apply {
+        /// Manifest files; `-` reads standard input.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Check everything on the server, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not wait for the controller to observe the change.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// List services or revisions.
+    Get {
+        kind: Kind,
+        name: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show a service in detail.
+    Describe {
+        kind: Kind,
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Delete a service (with its revisions) or one revision.
+    Delete {
+        kind: Kind,
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+    },
+    /// Change a service's traffic split and tags, kn-style.
+    Traffic {
+        service: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// REF=PERCENT, where REF is a revision, a tag or @latest; one target left out gets the rest.
+        #[arg(long = "traffic", value_delimiter = ',')]
+        traffic: Vec<String>,
+        /// REVISION=TAG (REVISION may be @latest).
+        #[arg(long = "tag", value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Remove a tag.
+        #[arg(long = "untag", value_delimiter = ',')]
+        untags: Vec<String>,
+    },
+    /// Show a service's events.
+    Events {
+        service: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    #[value(alias = "service", alias = "ksvc", alias = "svc")]
+    Services,
+    #[value(alias = "revision", alias = "rev")]
+    Revisions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Yaml,
+    Json,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    if let Command::Serve {
+        config,
+        data_dir,
+        admin_addr,
+        gateway_addr,
+        domain,
+    } = cli.command
+    {
+        let cfg = ServerConfig::resolve(ServeFlags {
+            config,
+            data_dir,
+            admin_addr,
+            gateway_addr,
+            domain,
+        })?;
+        let rt = tokio::runtime::Runtime::new()?;
+        return rt.block_on(crate::server::serve(cfg));
+    }
+    let client = Client::new(&cli.server)?;
+    match cli.command {
+        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Apply {
+            files,
+            namespace,
+            dry_run,
+            no_wait,
+        } => apply::run(&client, &files, namespace.as_deref(), dry_run, !no_wait),
+        Command::Get {
+            kind,
+            name,
+            namespace,
+            all_namespaces,
+            output,
+        } => {
+            let ns = if all_namespaces {
+                None
+            } else {
+                Some(namespace.as_str())
+            };
+            get::run(&client, kind, name.as_deref(), ns, output)
+        }
+        Command::Describe {
+            kind,
+            name,
+            namespace,
+        } => describe::run(&client, kind, &name, &namespace),
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+        } => {
+            let plural = match kind {
+                Kind::Services => "services",
+                Kind::Revisions => "revisions",
+            };
+            client.delete(&format!(
+                "{}/namespaces/{namespace}/{plural}/{name}",
+                crate::client::SERVING
+            ))?;
+            println!("{}/{name} deleted", &plural[..plural.len() - 1]);
+            Ok(())
+        }
+        Command::Traffic {
+            service,
+            namespace,
+            traffic,
+            tags,
+            untags,
+        } => traffic::run(
+            &client,
+            &service,
+            &namespace,
+            revisor_traffic::TrafficEdit {
+                traffic,
+                tags,
+                untags,
+            },
+        ),
+        Command::Events {
+            service,
+            namespace,
+            output,
+        } => describe::events(&client, &service, &namespace, output),
+    }
+}
+
+/// Prints a value as YAML or JSON.
+pub fn print_value(v: &serde_json::Value, output: Output) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        _ => print!("{}", serde_yaml::to_string(v)?),
+    }
+    Ok(())
+}

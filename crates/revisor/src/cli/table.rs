@@ -1,0 +1,42 @@
+//! Plain aligned tables and kubectl-style ages.
+
+use chrono::{DateTime, Utc};
+
+/// Prints rows under headers, columns padded to their widest cell, three spaces apart.
+pub fn print(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}   ", w = *w));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// `45s`, `3m`, `5h`, `2d` since `t`.
+pub fn age(t: Option<DateTime<Utc>>) -> String {
+    let Some(t) = t else {
+        return "<unknown>".into();
+    };
+    let s = (Utc::now() - t).num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}

@@ -1,0 +1,165 @@
+//! The CLI's HTTP client for the admin API: finds the server, and turns `Status` failures into errors.
+
+use std::fmt;
+
+use anyhow::Result;
+use reqwest::blocking::{Client as Http, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub const SERVING: &str = "/apis/serving.knative.dev/v1";
+
+/// A failure the server reported, with its field causes.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub code: u16,
+    pub reason: String,
+    pub message: String,
+    pub causes: Vec<(String, String)>,
+}
+
+impl fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.causes.is_empty() {
+            return write!(f, "{}", self.message);
+        }
+        let head = self
+            .message
+            .split(" is invalid:")
+            .next()
+            .unwrap_or(&self.message);
+        write!(f, "{head} is invalid:")?;
+        for (field, msg) in &self.causes {
+            write!(f, "\n  {field}: {msg}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+pub struct Client {
+    base: String,
+    http: Http,
+}
+
+impl Client {
+    pub fn new(server: &str) -> Result<Client> {
+        let base = server.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            anyhow::bail!("--server {server:?} must be a URL like http://127.0.0.1:7070");
+        }
+        let http = Http::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(Client { base, http })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn send(&self, req: RequestBuilder) -> Result<Response> {
+        let resp = req.send().map_err(|e| {
+            if e.is_connect() {
+                anyhow::anyhow!(
+                    "cannot reach the revisor server at {}: nothing is listening there \
+                     (start one with `revisor serve`, or point --server / REVISOR_SERVER at it)",
+                    self.base
+                )
+            } else {
+                anyhow::anyhow!("request to {} failed: {e}", self.base)
+            }
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let code = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        Err(failure(code, &text).into())
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Ok(self.send(self.http.get(self.url(path)))?.json()?)
+    }
+
+    /// GET that answers `None` on 404.
+    pub fn get_opt<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
+        match self.get(path) {
+            Ok(v) => Ok(Some(v)),
+            Err(e)
+                if e.downcast_ref::<ApiFailure>()
+                    .is_some_and(|f| f.code == 404) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Server-side apply; returns the outcome (`created`, `configured`, `unchanged`) and the object.
+    pub fn apply(&self, path: &str, body: &Value, dry_run: bool) -> Result<(String, Value)> {
+        let url = if dry_run {
+            format!("{}?dryRun=All&fieldManager=revisor", self.url(path))
+        } else {
+            format!("{}?fieldManager=revisor", self.url(path))
+        };
+        let req = self
+            .http
+            .patch(url)
+            .header("content-type", "application/apply-patch+yaml")
+            .body(serde_json::to_vec(body)?);
+        let resp = self.send(req)?;
+        let outcome = resp
+            .headers()
+            .get("revisor-apply-result")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("configured")
+            .to_string();
+        Ok((outcome, resp.json()?))
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Result<Value> {
+        Ok(self
+            .send(self.http.put(self.url(path)).json(body))?
+            .json()?)
+    }
+
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.send(self.http.delete(self.url(path)))?;
+        Ok(())
+    }
+}
+
+fn failure(code: u16, text: &str) -> ApiFailure {
+    let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let s = |p: &str| {
+        v.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let causes = v
+        .pointer("/details/causes")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .map(|c| {
+                    let f = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    (f("field"), f("message"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let message = if v.is_null() {
+        format!("server answered {code}: {}", text.trim())
+    } else {
+        s("/message")
+    };
+    ApiFailure {
+        code,
+        reason: s("/reason"),
+        message,
+        causes,
+    }
+}

@@ -1,0 +1,167 @@
+//! Server configuration: `revisor.toml` as written, then checked and resolved into what `serve` uses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use revisor_api::Defaults;
+use serde::Deserialize;
+
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7070";
+pub const DEFAULT_GATEWAY_ADDR: &str = "127.0.0.1:8080";
+pub const DEFAULT_DOMAIN: &str = "localhost";
+
+/// The file as written; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub defaults: Defaults,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RawServer {
+    pub data_dir: Option<PathBuf>,
+    pub admin_addr: Option<String>,
+    pub gateway_addr: Option<String>,
+    pub domain: Option<String>,
+}
+
+/// Flags of `revisor serve`, which override the file.
+#[derive(Debug, Default, Clone)]
+pub struct ServeFlags {
+    pub config: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub admin_addr: Option<String>,
+    pub gateway_addr: Option<String>,
+    pub domain: Option<String>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub admin_addr: SocketAddr,
+    pub gateway_addr: SocketAddr,
+    pub domain: String,
+    pub defaults: Defaults,
+}
+
+impl RawConfig {
+    pub fn load(path: &Path) -> Result<RawConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
+    }
+}
+
+fn addr(what: &str, s: &str) -> Result<SocketAddr> {
+    s.parse()
+        .with_context(|| format!("{what} {s:?} is not an address like 127.0.0.1:7070"))
+}
+
+/// Where state lives when nobody says: `$XDG_STATE_HOME/revisor`, else `~/.local/state/revisor`.
+pub fn default_data_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("revisor"));
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/state/revisor")),
+        None => bail!("neither XDG_STATE_HOME nor HOME is set; pass --data-dir"),
+    }
+}
+
+impl ServerConfig {
+    pub fn resolve(flags: ServeFlags) -> Result<ServerConfig> {
+        let raw = match &flags.config {
+            Some(p) => RawConfig::load(p)?,
+            None => RawConfig::default(),
+        };
+        let data_dir = match flags.data_dir.or(raw.server.data_dir) {
+            Some(d) => d,
+            None => default_data_dir()?,
+        };
+        let admin_addr = addr(
+            "--admin-addr",
+            flags
+                .admin_addr
+                .as_deref()
+                .or(raw.server.admin_addr.as_deref())
+                .unwrap_or(DEFAULT_ADMIN_ADDR),
+        )?;
+        let gateway_addr = addr(
+            "--gateway-addr",
+            flags
+                .gateway_addr
+                .as_deref()
+                .or(raw.server.gateway_addr.as_deref())
+                .unwrap_or(DEFAULT_GATEWAY_ADDR),
+        )?;
+        let domain = flags
+            .domain
+            .or(raw.server.domain)
+            .unwrap_or_else(|| DEFAULT_DOMAIN.into());
+        if domain.is_empty()
+            || domain
+                .split('.')
+                .any(|l| revisor_api::names::dns1123_label_error(l).is_some())
+        {
+            bail!("--domain {domain:?} is not a DNS name like example.com or localhost");
+        }
+        raw.defaults
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[defaults] in the config file: {e}"))?;
+        Ok(ServerConfig {
+            data_dir,
+            admin_addr,
+            gateway_addr,
+            domain,
+            defaults: raw.defaults,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_config_is_the_defaults() {
+        let text = include_str!("../../../docs/revisor.example.toml");
+        let raw: RawConfig = toml::from_str(text).expect("example config parses");
+        assert_eq!(raw.defaults, Defaults::default());
+        assert_eq!(raw.server.admin_addr.as_deref(), Some(DEFAULT_ADMIN_ADDR));
+        assert_eq!(
+            raw.server.gateway_addr.as_deref(),
+            Some(DEFAULT_GATEWAY_ADDR)
+        );
+        assert_eq!(raw.server.domain.as_deref(), Some(DEFAULT_DOMAIN));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<RawConfig>("[server]\nadmin-adr = \"x\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("admin-adr"));
+        assert!(toml::from_str::<RawConfig>("[defaults]\nrevision-timeout = 1\n").is_err());
+        let flags = ServeFlags {
+            admin_addr: Some("nowhere".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
+        assert!(ServerConfig::resolve(flags)
+            .unwrap_err()
+            .to_string()
+            .contains("--admin-addr \"nowhere\""));
+        let flags = ServeFlags {
+            domain: Some("Bad_Domain".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..Default::default()
+        };
+        assert!(ServerConfig::resolve(flags).is_err());
+    }
+}

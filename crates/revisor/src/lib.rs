@@ -1,0 +1,7 @@
+//! The revisor application: CLI, admin API and server wiring over the library crates.
+
+pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod server;
