@@ -21,14 +21,8 @@ pub const TARGET_BURST_CAPACITY: [&str; 2] = [
     "autoscaling.knative.dev/target-burst-capacity",
     "autoscaling.knative.dev/targetBurstCapacity",
 ];
-pub const MIN_SCALE: [&str; 2] = [
-    "autoscaling.knative.dev/min-scale",
-    "autoscaling.knative.dev/minScale",
-];
-pub const MAX_SCALE: [&str; 2] = [
-    "autoscaling.knative.dev/max-scale",
-    "autoscaling.knative.dev/maxScale",
-];
+pub const MIN_SCALE: [&str; 2] = ["autoscaling.knative.dev/min-scale", "autoscaling.knative.dev/minScale"];
+pub const MAX_SCALE: [&str; 2] = ["autoscaling.knative.dev/max-scale", "autoscaling.knative.dev/maxScale"];
 pub const INITIAL_SCALE: [&str; 2] = [
     "autoscaling.knative.dev/initial-scale",
     "autoscaling.knative.dev/initialScale",
@@ -44,8 +38,7 @@ pub const PANIC_THRESHOLD_PERCENTAGE: [&str; 2] = [
     "autoscaling.knative.dev/panic-threshold-percentage",
     "autoscaling.knative.dev/panicThresholdPercentage",
 ];
-pub const SCALE_TO_ZERO_POD_RETENTION: &str =
-    "autoscaling.knative.dev/scale-to-zero-pod-retention-period";
+pub const SCALE_TO_ZERO_POD_RETENTION: &str = "autoscaling.knative.dev/scale-to-zero-pod-retention-period";
 
 pub const KPA_CLASS: &str = "kpa.autoscaling.knative.dev";
 pub const HPA_CLASS: &str = "hpa.autoscaling.knative.dev";
@@ -86,11 +79,7 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// The value of the first of `keys` present, refusing both spellings at once.
     fn raw(&mut self, keys: &[&str]) -> Option<(String, String)> {
-        let present: Vec<&str> = keys
-            .iter()
-            .copied()
-            .filter(|k| self.map.contains_key(*k))
-            .collect();
+        let present: Vec<&str> = keys.iter().copied().filter(|k| self.map.contains_key(*k)).collect();
         if present.len() > 1 {
             self.errs.push(
                 self.path.field(present[1]),
@@ -170,23 +159,15 @@ pub fn parse_autoscaling(
     let hpa = class.as_deref() == Some(HPA_CLASS);
     let metric = r.parse(&[METRIC], |s| match (s, hpa) {
         ("concurrency" | "rps", false) | ("cpu" | "memory", true) => Ok(s.to_string()),
-        (_, false) => Err(format!(
-            "must be \"concurrency\" or \"rps\" for the KPA, got {s:?}"
-        )),
-        (_, true) => Err(format!(
-            "must be \"cpu\" or \"memory\" for the HPA, got {s:?}"
-        )),
+        (_, false) => Err(format!("must be \"concurrency\" or \"rps\" for the KPA, got {s:?}")),
+        (_, true) => Err(format!("must be \"cpu\" or \"memory\" for the HPA, got {s:?}")),
     });
     let max_limit = if limits.max_scale_limit > 0 {
         limits.max_scale_limit
     } else {
         i64::MAX
     };
-    let min_initial = if limits.allow_zero_initial_scale {
-        0
-    } else {
-        1
-    };
+    let min_initial = if limits.allow_zero_initial_scale { 0 } else { 1 };
     let a = AutoscalingAnnotations {
         class,
         metric,
@@ -201,16 +182,8 @@ pub fn parse_autoscaling(
         window: r.duration_in(&[WINDOW], Duration::from_secs(6), HOUR),
         panic_window_percentage: r.float_in(&PANIC_WINDOW_PERCENTAGE, 1.0, 100.0),
         panic_threshold_percentage: r.float_in(&PANIC_THRESHOLD_PERCENTAGE, 110.0, 1000.0),
-        scale_to_zero_pod_retention_period: r.duration_in(
-            &[SCALE_TO_ZERO_POD_RETENTION],
-            Duration::ZERO,
-            HOUR,
-        ),
-        progress_deadline: r.duration_in(
-            &[PROGRESS_DEADLINE],
-            Duration::from_secs(1),
-            Duration::MAX,
-        ),
+        scale_to_zero_pod_retention_period: r.duration_in(&[SCALE_TO_ZERO_POD_RETENTION], Duration::ZERO, HOUR),
+        progress_deadline: r.duration_in(&[PROGRESS_DEADLINE], Duration::from_secs(1), Duration::MAX),
     };
     if let (Some(min), Some(max)) = (a.min_scale, a.max_scale) {
         if max != 0 && min > max {
@@ -233,11 +206,7 @@ pub fn parse_autoscaling(
 }
 
 /// Refuses autoscaling annotations where Knative ignores them (anywhere but the template).
-pub fn check_misplaced_autoscaling(
-    map: &BTreeMap<String, String>,
-    path: &Path,
-    errs: &mut FieldErrors,
-) {
+pub fn check_misplaced_autoscaling(map: &BTreeMap<String, String>, path: &Path, errs: &mut FieldErrors) {
     for key in map.keys().filter(|k| k.starts_with(AUTOSCALING_PREFIX)) {
         errs.push(
             path.field(key),

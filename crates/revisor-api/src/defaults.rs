@@ -104,10 +104,8 @@ impl Defaults {
 
     /// Defaults of one revision spec: timeouts, concurrency, container names, the readiness probe.
     pub fn apply_revision_spec(&self, spec: &mut RevisionSpec) {
-        spec.timeout_seconds
-            .get_or_insert(self.revision_timeout_seconds);
-        spec.container_concurrency
-            .get_or_insert(self.container_concurrency);
+        spec.timeout_seconds.get_or_insert(self.revision_timeout_seconds);
+        spec.container_concurrency.get_or_insert(self.container_concurrency);
         if spec.response_start_timeout_seconds.is_none() {
             spec.response_start_timeout_seconds = self.revision_response_start_timeout_seconds;
         }
@@ -117,10 +115,7 @@ impl Defaults {
         if spec.enable_service_links.is_none() {
             spec.enable_service_links = self.enable_service_links;
         }
-        name_containers(
-            spec.containers.iter_mut().flatten(),
-            &self.container_name_template,
-        );
+        name_containers(spec.containers.iter_mut().flatten(), &self.container_name_template);
         name_containers(
             spec.init_containers.iter_mut().flatten(),
             &self.init_container_name_template,
@@ -143,10 +138,7 @@ fn default_target(t: &mut TrafficTarget) {
     }
 }
 
-fn name_containers<'a>(
-    containers: impl Iterator<Item = &'a mut crate::podspec::Container>,
-    template: &str,
-) {
+fn name_containers<'a>(containers: impl Iterator<Item = &'a mut crate::podspec::Container>, template: &str) {
     let mut containers: Vec<_> = containers.collect();
     let taken: Vec<String> = containers.iter().filter_map(|c| c.name.clone()).collect();
     let many = containers.len() > 1;

@@ -24,10 +24,7 @@ pub use revision::{Revision, RevisionStatus};
 pub use service::{Service, ServiceSpec, ServiceStatus, TrafficTarget};
 
 /// Decodes, defaults and validates one Service document: the whole admission path.
-pub fn admit_service(
-    value: &serde_json::Value,
-    defaults: &Defaults,
-) -> Result<Service, FieldErrors> {
+pub fn admit_service(value: &serde_json::Value, defaults: &Defaults) -> Result<Service, FieldErrors> {
     let mut svc = match decode(value)? {
         Resource::Service(s) => *s,
     };

@@ -116,12 +116,7 @@ pub struct Condition {
 }
 
 impl Condition {
-    pub fn new(
-        type_: &str,
-        status: ConditionStatus,
-        reason: Option<&str>,
-        message: Option<String>,
-    ) -> Self {
+    pub fn new(type_: &str, status: ConditionStatus, reason: Option<&str>, message: Option<String>) -> Self {
         Self {
             type_: type_.to_string(),
             status,

@@ -6,10 +6,7 @@ pub fn dns1035_label_error(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 63 {
-        return Some(format!(
-            "must be no more than 63 characters, got {}",
-            name.len()
-        ));
+        return Some(format!("must be no more than 63 characters, got {}", name.len()));
     }
     let ok_chars = name
         .bytes()
@@ -31,10 +28,7 @@ pub fn dns1123_label_error(name: &str) -> Option<String> {
         return Some("must not be empty".into());
     }
     if name.len() > 63 {
-        return Some(format!(
-            "must be no more than 63 characters, got {}",
-            name.len()
-        ));
+        return Some(format!("must be no more than 63 characters, got {}", name.len()));
     }
     let ok_chars = name
         .bytes()
@@ -72,9 +66,7 @@ pub fn qualified_name_error(key: &str) -> Option<String> {
     };
     if let Some(p) = prefix {
         if !dns1123_subdomain_ok(p) {
-            return Some(format!(
-                "{key:?}: the prefix {p:?} must be a DNS-1123 subdomain"
-            ));
+            return Some(format!("{key:?}: the prefix {p:?} must be a DNS-1123 subdomain"));
         }
     }
     if !qualified_name_part_ok(name) {
@@ -115,10 +107,7 @@ mod tests {
         assert!(dns1035_label_error("hello").is_none());
         assert!(dns1035_label_error("a-1").is_none());
         for bad in ["", "1abc", "Abc", "a_b", "abc-", &"a".repeat(64)] {
-            assert!(
-                dns1035_label_error(bad).is_some(),
-                "{bad} should be refused"
-            );
+            assert!(dns1035_label_error(bad).is_some(), "{bad} should be refused");
         }
     }
 
@@ -138,10 +127,7 @@ mod tests {
 
     #[test]
     fn revision_names_are_padded() {
-        assert_eq!(
-            revision_name("ai-model-service", 1),
-            "ai-model-service-00001"
-        );
+        assert_eq!(revision_name("ai-model-service", 1), "ai-model-service-00001");
         assert_eq!(revision_name("s", 123456), "s-123456");
     }
 }

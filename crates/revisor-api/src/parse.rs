@@ -36,11 +36,9 @@ pub fn read_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
     let mut docs = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let index = i + 1;
-        let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(de).map_err(|e| {
-            SyntaxError {
-                index,
-                message: format!("invalid YAML: {e}"),
-            }
+        let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(de).map_err(|e| SyntaxError {
+            index,
+            message: format!("invalid YAML: {e}"),
         })?;
         let value = serde_json::to_value(&yaml).map_err(|e| SyntaxError {
             index,
@@ -68,10 +66,7 @@ fn unpack_list(value: Value, index: usize) -> Vec<Document> {
                     .collect()
             })
             .unwrap_or_default(),
-        Value::Array(items) => items
-            .into_iter()
-            .map(|value| Document { index, value })
-            .collect(),
+        Value::Array(items) => items.into_iter().map(|value| Document { index, value }).collect(),
         value => vec![Document { index, value }],
     }
 }

@@ -134,13 +134,9 @@ impl RevisionSpec {
     /// The container that receives requests: the one with a port, or the only one.
     pub fn serving_container(&self) -> Option<&Container> {
         let cs = self.containers();
-        cs.iter().find(|c| !c.ports().is_empty()).or_else(|| {
-            if cs.len() == 1 {
-                cs.first()
-            } else {
-                None
-            }
-        })
+        cs.iter()
+            .find(|c| !c.ports().is_empty())
+            .or_else(|| if cs.len() == 1 { cs.first() } else { None })
     }
 }
 

@@ -52,9 +52,6 @@ impl Revision {
     }
 
     pub fn configuration_generation(&self) -> Option<i64> {
-        self.metadata
-            .label(labels::CONFIGURATION_GENERATION)?
-            .parse()
-            .ok()
+        self.metadata.label(labels::CONFIGURATION_GENERATION)?.parse().ok()
     }
 }

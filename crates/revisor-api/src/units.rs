@@ -14,9 +14,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
     }
     let mut total = 0f64;
     while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
         if num_len == 0 {
             return Err(err());
         }
@@ -96,11 +94,7 @@ mod tests {
             ("1.5s", 1.5),
         ];
         for (text, secs) in cases {
-            assert_eq!(
-                parse_go_duration(text).unwrap().as_secs_f64(),
-                secs,
-                "{text}"
-            );
+            assert_eq!(parse_go_duration(text).unwrap().as_secs_f64(), secs, "{text}");
         }
         for bad in ["", "10", "s", "-1s", "1x", "1m5"] {
             assert!(parse_go_duration(bad).is_err(), "{bad} should be refused");

@@ -6,8 +6,7 @@ use crate::annotations::{check_misplaced_autoscaling, parse_autoscaling, ROLLOUT
 use crate::defaults::Defaults;
 use crate::field::{FieldErrors, Path};
 use crate::names::{
-    dns1035_label_error, dns1123_label_error, label_value_error, qualified_name_error,
-    MAX_SERVICE_NAME,
+    dns1035_label_error, dns1123_label_error, label_value_error, qualified_name_error, MAX_SERVICE_NAME,
 };
 use crate::podspec::{Container, Probe, ResourceRequirements, RevisionSpec, Volume};
 use crate::service::{Service, TrafficTarget};
@@ -87,11 +86,7 @@ fn check_labels(labels: Option<&BTreeMap<String, String>>, path: &Path, errs: &m
     }
 }
 
-fn check_annotation_keys(
-    annotations: Option<&BTreeMap<String, String>>,
-    path: &Path,
-    errs: &mut FieldErrors,
-) {
+fn check_annotation_keys(annotations: Option<&BTreeMap<String, String>>, path: &Path, errs: &mut FieldErrors) {
     for k in annotations.into_iter().flatten().map(|(k, _)| k) {
         if let Some(e) = qualified_name_error(k) {
             errs.push(path.field(k), e);
@@ -109,10 +104,7 @@ fn validate_template(svc: &Service, defaults: &Defaults, errs: &mut FieldErrors)
             if let Some(e) = dns1035_label_error(name) {
                 errs.push(mpath.field("name"), e);
             } else if !name.starts_with(&prefix) {
-                errs.push(
-                    mpath.field("name"),
-                    format!("{name:?} must have prefix {prefix:?}"),
-                );
+                errs.push(mpath.field("name"), format!("{name:?} must have prefix {prefix:?}"));
             }
         }
         if let Some(ns) = meta.namespace.as_deref().filter(|n| !n.is_empty()) {
@@ -140,12 +132,7 @@ fn validate_template(svc: &Service, defaults: &Defaults, errs: &mut FieldErrors)
 }
 
 /// Validates a revision's spec (the template's, or a stored Revision's).
-pub fn validate_revision_spec(
-    spec: &RevisionSpec,
-    path: &Path,
-    defaults: &Defaults,
-    errs: &mut FieldErrors,
-) {
+pub fn validate_revision_spec(spec: &RevisionSpec, path: &Path, defaults: &Defaults, errs: &mut FieldErrors) {
     let containers = spec.containers();
     if containers.is_empty() {
         errs.push(
@@ -159,32 +146,20 @@ pub fn validate_revision_spec(
     let mut mounted = BTreeSet::new();
     for (i, c) in containers.iter().enumerate() {
         let cpath = path.field("containers").index(i);
-        validate_container(
-            c,
-            &cpath,
-            &volume_names,
-            &mut container_names,
-            &mut mounted,
-            errs,
-        );
+        validate_container(c, &cpath, &volume_names, &mut container_names, &mut mounted, errs);
         validate_ports(c, &cpath, errs);
     }
     for (i, c) in spec.init_containers.iter().flatten().enumerate() {
         let cpath = path.field("initContainers").index(i);
-        validate_container(
-            c,
-            &cpath,
-            &volume_names,
-            &mut container_names,
-            &mut mounted,
-            errs,
-        );
+        validate_container(c, &cpath, &volume_names, &mut container_names, &mut mounted, errs);
     }
     let with_ports = containers.iter().filter(|c| !c.ports().is_empty()).count();
     if containers.len() > 1 && with_ports != 1 {
         errs.push(
             path.field("containers"),
-            format!("with several containers exactly one (the serving container) must declare a port, got {with_ports}"),
+            format!(
+                "with several containers exactly one (the serving container) must declare a port, got {with_ports}"
+            ),
         );
     }
     for (i, v) in volumes.iter().enumerate() {
@@ -224,17 +199,11 @@ fn validate_scalars(spec: &RevisionSpec, path: &Path, defaults: &Defaults, errs:
     let max_t = defaults.max_revision_timeout_seconds;
     for (field, value) in [
         ("timeoutSeconds", spec.timeout_seconds),
-        (
-            "responseStartTimeoutSeconds",
-            spec.response_start_timeout_seconds,
-        ),
+        ("responseStartTimeoutSeconds", spec.response_start_timeout_seconds),
         ("idleTimeoutSeconds", spec.idle_timeout_seconds),
     ] {
         if let Some(v) = value.filter(|v| !(0..=max_t).contains(v)) {
-            errs.push(
-                path.field(field),
-                format!("must be in [0, {max_t}], got {v}"),
-            );
+            errs.push(path.field(field), format!("must be in [0, {max_t}], got {v}"));
         }
     }
     if let (Some(rs), Some(t)) = (spec.response_start_timeout_seconds, spec.timeout_seconds) {
@@ -245,11 +214,7 @@ fn validate_scalars(spec: &RevisionSpec, path: &Path, defaults: &Defaults, errs:
             );
         }
     }
-    if let Some(sa) = spec
-        .service_account_name
-        .as_deref()
-        .filter(|s| !s.is_empty())
-    {
+    if let Some(sa) = spec.service_account_name.as_deref().filter(|s| !s.is_empty()) {
         if sa.split('.').any(|p| dns1123_label_error(p).is_some()) {
             errs.push(
                 path.field("serviceAccountName"),
@@ -274,10 +239,7 @@ fn validate_container(
         if let Some(e) = dns1123_label_error(name) {
             errs.push(path.field("name"), e);
         } else if !names.insert(name.to_string()) {
-            errs.push(
-                path.field("name"),
-                format!("duplicate container name {name:?}"),
-            );
+            errs.push(path.field("name"), format!("duplicate container name {name:?}"));
         }
     }
     if let Some(p) = c.image_pull_policy.as_deref() {
@@ -328,10 +290,7 @@ fn validate_container(
                 format!("{:?} is a reserved path", m.mount_path),
             );
         } else if !paths.insert(mp.to_string()) {
-            errs.push(
-                mpath.field("mountPath"),
-                format!("{:?} is mounted twice", m.mount_path),
-            );
+            errs.push(mpath.field("mountPath"), format!("{:?} is mounted twice", m.mount_path));
         }
     }
 }
@@ -342,21 +301,13 @@ fn validate_env(c: &Container, path: &Path, errs: &mut FieldErrors) {
         if e.name.is_empty() {
             errs.push(epath.field("name"), "missing field(s)");
         } else if e.name.contains('=') {
-            errs.push(
-                epath.field("name"),
-                format!("{:?} must not contain '='", e.name),
-            );
+            errs.push(epath.field("name"), format!("{:?} must not contain '='", e.name));
         }
         if e.value.is_some() && e.value_from.is_some() {
             errs.push(epath.clone(), "set value or valueFrom, not both");
         }
         if let Some(vf) = &e.value_from {
-            let refs = [
-                "configMapKeyRef",
-                "fieldRef",
-                "resourceFieldRef",
-                "secretKeyRef",
-            ];
+            let refs = ["configMapKeyRef", "fieldRef", "resourceFieldRef", "secretKeyRef"];
             let set = vf
                 .as_object()
                 .map(|o| o.keys().filter(|k| refs.contains(&k.as_str())).count())
@@ -384,23 +335,18 @@ fn validate_ports(c: &Container, path: &Path, errs: &mut FieldErrors) {
     if ports.len() > 1 {
         errs.push(
             path.field("ports"),
-            format!(
-                "a container may declare at most one port, got {}",
-                ports.len()
-            ),
+            format!("a container may declare at most one port, got {}", ports.len()),
         );
     }
     for (i, p) in ports.iter().enumerate() {
         let ppath = path.field("ports").index(i);
         match p.container_port {
-            Some(n) if !(1..=65535).contains(&n) => errs.push(
-                ppath.field("containerPort"),
-                format!("must be in [1, 65535], got {n}"),
-            ),
-            Some(n) if RESERVED_PORTS.contains(&n) => errs.push(
-                ppath.field("containerPort"),
-                format!("{n} is a reserved port"),
-            ),
+            Some(n) if !(1..=65535).contains(&n) => {
+                errs.push(ppath.field("containerPort"), format!("must be in [1, 65535], got {n}"))
+            }
+            Some(n) if RESERVED_PORTS.contains(&n) => {
+                errs.push(ppath.field("containerPort"), format!("{n} is a reserved port"))
+            }
             _ => {}
         }
         if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
@@ -413,10 +359,7 @@ fn validate_ports(c: &Container, path: &Path, errs: &mut FieldErrors) {
         }
         if let Some(proto) = p.protocol.as_deref().filter(|n| !n.is_empty()) {
             if proto != "TCP" {
-                errs.push(
-                    ppath.field("protocol"),
-                    format!("must be \"TCP\", got {proto:?}"),
-                );
+                errs.push(ppath.field("protocol"), format!("must be \"TCP\", got {proto:?}"));
             }
         }
     }
@@ -424,9 +367,7 @@ fn validate_ports(c: &Container, path: &Path, errs: &mut FieldErrors) {
 
 fn validate_probe(p: &Probe, kind: &str, path: &Path, errs: &mut FieldErrors) {
     match p.handler_count() {
-        0 if kind != "readinessProbe" => {
-            errs.push(path.clone(), "set one of httpGet, tcpSocket, grpc or exec")
-        }
+        0 if kind != "readinessProbe" => errs.push(path.clone(), "set one of httpGet, tcpSocket, grpc or exec"),
         n if n > 1 => errs.push(
             path.clone(),
             format!("set exactly one of httpGet, tcpSocket, grpc or exec, got {n}"),
@@ -451,21 +392,13 @@ fn validate_probe(p: &Probe, kind: &str, path: &Path, errs: &mut FieldErrors) {
         );
     }
     if let Some(h) = &p.http_get {
-        if let Some(path_) = h
-            .path
-            .as_deref()
-            .filter(|s| !s.is_empty() && !s.starts_with('/'))
-        {
+        if let Some(path_) = h.path.as_deref().filter(|s| !s.is_empty() && !s.starts_with('/')) {
             errs.push(
                 path.field("httpGet").field("path"),
                 format!("must start with '/', got {path_:?}"),
             );
         }
-        if let Some(s) = h
-            .scheme
-            .as_deref()
-            .filter(|s| !matches!(*s, "HTTP" | "HTTPS"))
-        {
+        if let Some(s) = h.scheme.as_deref().filter(|s| !matches!(*s, "HTTP" | "HTTPS")) {
             errs.push(
                 path.field("httpGet").field("scheme"),
                 format!("must be HTTP or HTTPS, got {s:?}"),
@@ -517,13 +450,16 @@ fn validate_volumes(volumes: &[Volume], path: &Path, errs: &mut FieldErrors) -> 
         } else if let Some(e) = dns1123_label_error(&v.name) {
             errs.push(vpath.field("name"), e);
         } else if !names.insert(v.name.clone()) {
-            errs.push(
-                vpath.field("name"),
-                format!("duplicate volume name {:?}", v.name),
-            );
+            errs.push(vpath.field("name"), format!("duplicate volume name {:?}", v.name));
         }
         if v.source_count() != 1 {
-            errs.push(vpath, format!("set exactly one volume source (secret, configMap, emptyDir, projected, ...), got {}", v.source_count()));
+            errs.push(
+                vpath,
+                format!(
+                    "set exactly one volume source (secret, configMap, emptyDir, projected, ...), got {}",
+                    v.source_count()
+                ),
+            );
         }
     }
     names
@@ -539,10 +475,7 @@ fn validate_traffic(svc: &Service, errs: &mut FieldErrors) {
         validate_target(t, &tpath, &svc.metadata.name, errs);
         if let Some(p) = t.percent {
             if !(0..=100).contains(&p) {
-                errs.push(
-                    tpath.field("percent"),
-                    format!("must be in [0, 100], got {p}"),
-                );
+                errs.push(tpath.field("percent"), format!("must be in [0, 100], got {p}"));
             }
             sum += p;
         }
@@ -561,10 +494,7 @@ fn validate_traffic(svc: &Service, errs: &mut FieldErrors) {
 }
 
 fn validate_target(t: &TrafficTarget, path: &Path, service: &str, errs: &mut FieldErrors) {
-    if t.configuration_name
-        .as_deref()
-        .is_some_and(|s| !s.is_empty())
-    {
+    if t.configuration_name.as_deref().is_some_and(|s| !s.is_empty()) {
         errs.push(
             path.field("configurationName"),
             "must not set the field(s): a Service routes to its own configuration",
@@ -577,10 +507,7 @@ fn validate_target(t: &TrafficTarget, path: &Path, service: &str, errs: &mut Fie
         );
     }
     match (t.revision(), t.is_latest()) {
-        (Some(_), true) => errs.push(
-            path.clone(),
-            "set revisionName or latestRevision: true, not both",
-        ),
+        (Some(_), true) => errs.push(path.clone(), "set revisionName or latestRevision: true, not both"),
         (None, false) => errs.push(
             path.field("revisionName"),
             "missing field(s): latestRevision is false, so a revision must be named",

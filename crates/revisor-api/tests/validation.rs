@@ -92,17 +92,12 @@ fn invalid_manifests_are_refused_with_their_paths() {
         ("bad label key", BASE.replace("name: svc", "name: svc\n  labels:\n    \"bad key!\": x"), "metadata.labels.bad key!: \"bad key!\" is not a qualified name"),
         ("bad rollout-duration", BASE.replace("name: svc", "name: svc\n  annotations:\n    serving.knative.dev/rollout-duration: soon"), "metadata.annotations.serving.knative.dev/rollout-duration: \"soon\" is not a duration"),
     ];
-    assert!(
-        cases.len() >= 30,
-        "the issue asks for at least 30 invalid cases"
-    );
+    assert!(cases.len() >= 30, "the issue asks for at least 30 invalid cases");
     let mut failures = Vec::new();
     for (name, yaml, want) in &cases {
         let got = errors(yaml);
         if !got.iter().any(|e| e.starts_with(want)) {
-            failures.push(format!(
-                "{name}: want an error starting {want:?}, got {got:?}"
-            ));
+            failures.push(format!("{name}: want an error starting {want:?}, got {got:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 pub fn reference_dir() -> PathBuf {
     let dir = std::env::var_os("REVISOR_REFERENCE_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference")
-        });
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference"));
     assert!(
         dir.join("knative").is_dir(),
         "the Knative reference material is missing at {} (set REVISOR_REFERENCE_DIR)",
@@ -26,8 +24,7 @@ pub fn examples() -> Vec<(String, String)> {
         .map(|e| e.expect("directory entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .map(|p| {
-            let text = std::fs::read_to_string(&p)
-                .unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+            let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
             (p.file_name().unwrap().to_string_lossy().into_owned(), text)
         })
         .collect();
@@ -38,12 +35,9 @@ pub fn examples() -> Vec<(String, String)> {
 /// The `_example` block of a Knative ConfigMap, as key -> value (comments dropped).
 pub fn configmap_example(name: &str) -> Vec<(String, String)> {
     let path = reference_dir().join("knative/configmaps").join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("configmap parses");
-    let example = doc["data"]["_example"]
-        .as_str()
-        .expect("configmap has data._example");
+    let example = doc["data"]["_example"].as_str().expect("configmap has data._example");
     example
         .lines()
         .map(str::trim)

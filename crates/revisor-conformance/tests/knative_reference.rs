@@ -40,10 +40,7 @@ fn defaults_match_knatives_config_defaults() {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| panic!("{k} missing"))
     };
-    assert_eq!(
-        get("revision-timeout-seconds"),
-        d.revision_timeout_seconds.to_string()
-    );
+    assert_eq!(get("revision-timeout-seconds"), d.revision_timeout_seconds.to_string());
     assert_eq!(
         get("max-revision-timeout-seconds"),
         d.max_revision_timeout_seconds.to_string()
@@ -53,14 +50,8 @@ fn defaults_match_knatives_config_defaults() {
         d.revision_idle_timeout_seconds.to_string()
     );
     assert_eq!(get("container-name-template"), d.container_name_template);
-    assert_eq!(
-        get("init-container-name-template"),
-        d.init_container_name_template
-    );
-    assert_eq!(
-        get("container-concurrency"),
-        d.container_concurrency.to_string()
-    );
+    assert_eq!(get("init-container-name-template"), d.init_container_name_template);
+    assert_eq!(get("container-concurrency"), d.container_concurrency.to_string());
     assert_eq!(
         get("container-concurrency-max-limit"),
         d.container_concurrency_max_limit.to_string()
@@ -69,10 +60,7 @@ fn defaults_match_knatives_config_defaults() {
         get("allow-container-concurrency-zero"),
         d.allow_container_concurrency_zero.to_string()
     );
-    assert_eq!(
-        get("enable-service-links"),
-        d.enable_service_links.unwrap().to_string()
-    );
+    assert_eq!(get("enable-service-links"), d.enable_service_links.unwrap().to_string());
     let autoscaler = configmap_example("autoscaler.yaml");
     let get = |k: &str| {
         autoscaler
@@ -81,9 +69,6 @@ fn defaults_match_knatives_config_defaults() {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| panic!("{k} missing"))
     };
-    assert_eq!(
-        get("allow-zero-initial-scale"),
-        d.allow_zero_initial_scale.to_string()
-    );
+    assert_eq!(get("allow-zero-initial-scale"), d.allow_zero_initial_scale.to_string());
     assert_eq!(get("max-scale-limit"), d.max_scale_limit.to_string());
 }

@@ -95,11 +95,7 @@ fn create(tx: &mut Tx, mut svc: Service) -> Result<(ApplyOutcome, Service), Appl
     tx.record(
         ns,
         name,
-        &Event::normal(
-            format!("Service/{name}"),
-            "Created",
-            "Created Service (generation 1)",
-        ),
+        &Event::normal(format!("Service/{name}"), "Created", "Created Service (generation 1)"),
     )?;
     Ok((ApplyOutcome::Created, created))
 }
@@ -107,8 +103,8 @@ fn create(tx: &mut Tx, mut svc: Service) -> Result<(ApplyOutcome, Service), Appl
 fn update(tx: &mut Tx, old: Service, svc: Service) -> Result<(ApplyOutcome, Service), ApplyError> {
     validate_service_update(&old, &svc).map_err(ApplyError::Invalid)?;
     let spec_changed = old.spec != svc.spec;
-    let meta_changed = old.metadata.labels != svc.metadata.labels
-        || old.metadata.annotations != svc.metadata.annotations;
+    let meta_changed =
+        old.metadata.labels != svc.metadata.labels || old.metadata.annotations != svc.metadata.annotations;
     if !spec_changed && !meta_changed {
         return Ok((ApplyOutcome::Unchanged, old));
     }
@@ -120,10 +116,7 @@ fn update(tx: &mut Tx, old: Service, svc: Service) -> Result<(ApplyOutcome, Serv
     next.metadata.labels = svc.metadata.labels;
     next.metadata.annotations = svc.metadata.annotations;
     // A resourceVersion in the request is a precondition; without one the write is unconditional.
-    next.metadata.resource_version = svc
-        .metadata
-        .resource_version
-        .or(old.metadata.resource_version.clone());
+    next.metadata.resource_version = svc.metadata.resource_version.or(old.metadata.resource_version.clone());
     if spec_changed {
         next.metadata.generation = Some(old.generation() + 1);
     }
@@ -137,11 +130,7 @@ fn update(tx: &mut Tx, old: Service, svc: Service) -> Result<(ApplyOutcome, Serv
     tx.record(
         ns,
         name,
-        &Event::normal(
-            format!("Service/{name}"),
-            "Updated",
-            format!("Updated Service: {what}"),
-        ),
+        &Event::normal(format!("Service/{name}"), "Updated", format!("Updated Service: {what}")),
     )?;
     Ok((ApplyOutcome::Configured, updated))
 }

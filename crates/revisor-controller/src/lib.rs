@@ -10,9 +10,7 @@ pub mod resources;
 pub mod run;
 pub mod status;
 
-pub use admission::{
-    apply_service, delete_revision, delete_service, ApplyError, ApplyMode, ApplyOutcome,
-};
+pub use admission::{apply_service, delete_revision, delete_service, ApplyError, ApplyMode, ApplyOutcome};
 pub use reconcile::reconcile_service;
 pub use run::Controller;
 

@@ -17,12 +17,7 @@ pub fn revisions_of(tx: &Tx, namespace: &str, service: &str) -> Result<Vec<Revis
         .into_iter()
         .filter(|r| r.service_name() == Some(service))
         .collect();
-    revs.sort_by_key(|r| {
-        (
-            r.configuration_generation().unwrap_or(0),
-            r.metadata.name.clone(),
-        )
-    });
+    revs.sort_by_key(|r| (r.configuration_generation().unwrap_or(0), r.metadata.name.clone()));
     Ok(revs)
 }
 
@@ -50,12 +45,7 @@ pub fn reconcile_service(
             }
             Err(message) => {
                 let mut st = configuration_status(&cfg, &revisions, &desired, now);
-                let failed = Condition::new(
-                    "Ready",
-                    ConditionStatus::False,
-                    Some("RevisionFailed"),
-                    Some(message),
-                );
+                let failed = Condition::new("Ready", ConditionStatus::False, Some("RevisionFailed"), Some(message));
                 st.conditions.set_condition(failed, now);
                 st
             }
@@ -124,11 +114,7 @@ fn create_revision(
 }
 
 /// Records an event when the Service's Ready condition changes.
-fn record_transitions(
-    tx: &mut Tx,
-    svc: &Service,
-    new: &revisor_api::ServiceStatus,
-) -> Result<(), StoreError> {
+fn record_transitions(tx: &mut Tx, svc: &Service, new: &revisor_api::ServiceStatus) -> Result<(), StoreError> {
     let old = svc
         .status
         .as_ref()
@@ -136,17 +122,14 @@ fn record_transitions(
     let Some(ready) = new.conditions.get_condition("Ready") else {
         return Ok(());
     };
-    let changed = old.as_ref().map(|o| (o.status, &o.reason, &o.message))
-        != Some((ready.status, &ready.reason, &ready.message));
+    let changed =
+        old.as_ref().map(|o| (o.status, &o.reason, &o.message)) != Some((ready.status, &ready.reason, &ready.message));
     if !changed {
         return Ok(());
     }
     let object = format!("Service/{}", svc.metadata.name);
     let reason = ready.reason.clone().unwrap_or_else(|| "Ready".into());
-    let message = ready
-        .message
-        .clone()
-        .unwrap_or_else(|| "the service is ready".into());
+    let message = ready.message.clone().unwrap_or_else(|| "the service is ready".into());
     let event = match ready.status {
         ConditionStatus::False => Event::warning(object, &reason, message),
         _ => Event::normal(object, &reason, message),

@@ -4,9 +4,7 @@ use revisor_api::meta::OwnerReference;
 use revisor_api::names::revision_name;
 use revisor_api::revision::labels;
 use revisor_api::service::SERVING_API_VERSION;
-use revisor_api::{
-    Condition, ConditionStatus, Configuration, ObjectMeta, Revision, RevisionStatus, Service,
-};
+use revisor_api::{Condition, ConditionStatus, Configuration, ObjectMeta, Revision, RevisionStatus, Service};
 
 /// Reason and message of a revision that no runtime has picked up yet.
 pub const AWAITING_RUNTIME: (&str, &str) = (
@@ -78,14 +76,7 @@ pub fn make_revision(svc: &Service, cfg: &Configuration) -> Revision {
     let (reason, message) = AWAITING_RUNTIME;
     let conditions = ["Active", "ContainerHealthy", "Ready", "ResourcesAvailable"]
         .into_iter()
-        .map(|t| {
-            Condition::new(
-                t,
-                ConditionStatus::Unknown,
-                Some(reason),
-                Some(message.to_string()),
-            )
-        })
+        .map(|t| Condition::new(t, ConditionStatus::Unknown, Some(reason), Some(message.to_string())))
         .collect();
     Revision {
         api_version: SERVING_API_VERSION.into(),

@@ -2,10 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use revisor_api::meta::Conditions;
-use revisor_api::{
-    Condition, ConditionStatus, Configuration, ConfigurationStatus, Revision, Service,
-    ServiceStatus,
-};
+use revisor_api::{Condition, ConditionStatus, Configuration, ConfigurationStatus, Revision, Service, ServiceStatus};
 use revisor_traffic::{resolve, RevisionState};
 
 use crate::ControllerConfig;

@@ -3,8 +3,7 @@
 use chrono::Utc;
 use revisor_api::meta::Conditions;
 use revisor_api::{
-    admit_service, read_documents, Condition, ConditionStatus, Configuration, Defaults, Revision,
-    Service,
+    admit_service, read_documents, Condition, ConditionStatus, Configuration, Defaults, Revision, Service,
 };
 use revisor_controller::admission::ApplyMode;
 use revisor_controller::{
@@ -34,15 +33,7 @@ impl Env {
 
     fn reconcile(&self) {
         self.store
-            .write(|tx| {
-                reconcile_service(
-                    tx,
-                    "default",
-                    "svc",
-                    &ControllerConfig::default(),
-                    Utc::now(),
-                )
-            })
+            .write(|tx| reconcile_service(tx, "default", "svc", &ControllerConfig::default(), Utc::now()))
             .unwrap();
     }
 
@@ -60,13 +51,7 @@ impl Env {
     }
 
     fn cond(&self, t: &str) -> Condition {
-        self.svc()
-            .status
-            .unwrap()
-            .conditions
-            .get_condition(t)
-            .cloned()
-            .unwrap()
+        self.svc().status.unwrap().conditions.get_condition(t).cloned().unwrap()
     }
 
     /// Plays the runtime: marks a revision Ready=True (or False).
@@ -96,26 +81,15 @@ fn manifest(image: &str, extra_spec: &str) -> String {
 #[test]
 fn template_changes_make_numbered_revisions_and_traffic_changes_do_not() {
     let env = Env::new();
-    assert_eq!(
-        env.apply(&manifest("img:v1", "")).unwrap(),
-        ApplyOutcome::Created
-    );
+    assert_eq!(env.apply(&manifest("img:v1", "")).unwrap(), ApplyOutcome::Created);
     assert_eq!(env.revisions(), ["svc-00001"]);
-    assert_eq!(
-        env.apply(&manifest("img:v1", "")).unwrap(),
-        ApplyOutcome::Unchanged
-    );
+    assert_eq!(env.apply(&manifest("img:v1", "")).unwrap(), ApplyOutcome::Unchanged);
     assert_eq!(env.revisions(), ["svc-00001"]);
-    assert_eq!(
-        env.apply(&manifest("img:v2", "")).unwrap(),
-        ApplyOutcome::Configured
-    );
+    assert_eq!(env.apply(&manifest("img:v2", "")).unwrap(), ApplyOutcome::Configured);
     assert_eq!(env.revisions(), ["svc-00001", "svc-00002"]);
-    let split = "  traffic:\n    - revisionName: svc-00001\n      percent: 50\n    - latestRevision: true\n      percent: 50\n";
-    assert_eq!(
-        env.apply(&manifest("img:v2", split)).unwrap(),
-        ApplyOutcome::Configured
-    );
+    let split =
+        "  traffic:\n    - revisionName: svc-00001\n      percent: 50\n    - latestRevision: true\n      percent: 50\n";
+    assert_eq!(env.apply(&manifest("img:v2", split)).unwrap(), ApplyOutcome::Configured);
     assert_eq!(
         env.revisions(),
         ["svc-00001", "svc-00002"],
@@ -131,8 +105,7 @@ fn template_changes_make_numbered_revisions_and_traffic_changes_do_not() {
     assert_eq!(env.revisions(), ["svc-00001", "svc-00002", "svc-00003"]);
     let r: Revision = env.store.get("default", "svc-00003").unwrap().unwrap();
     assert_eq!(
-        r.metadata
-            .label("serving.knative.dev/configurationGeneration"),
+        r.metadata.label("serving.knative.dev/configurationGeneration"),
         Some("3")
     );
     assert_eq!(r.metadata.label("serving.knative.dev/service"), Some("svc"));
@@ -144,10 +117,7 @@ fn status_waits_for_a_ready_revision_then_resolves_traffic() {
     let env = Env::new();
     env.apply(&manifest("img:v1", "")).unwrap();
     let st = env.svc().status.unwrap();
-    assert_eq!(
-        st.latest_created_revision_name.as_deref(),
-        Some("svc-00001")
-    );
+    assert_eq!(st.latest_created_revision_name.as_deref(), Some("svc-00001"));
     assert_eq!(st.latest_ready_revision_name, None);
     assert_eq!(st.url.as_deref(), Some("http://svc.default.localhost:8080"));
     assert_eq!(env.cond("Ready").status, ConditionStatus::Unknown);
@@ -155,10 +125,7 @@ fn status_waits_for_a_ready_revision_then_resolves_traffic() {
         env.cond("ConfigurationsReady").reason.as_deref(),
         Some("AwaitingRuntime")
     );
-    assert_eq!(
-        env.cond("RoutesReady").reason.as_deref(),
-        Some("RevisionMissing")
-    );
+    assert_eq!(env.cond("RoutesReady").reason.as_deref(), Some("RevisionMissing"));
 
     env.set_ready("svc-00001", ConditionStatus::True);
     let st = env.svc().status.unwrap();
@@ -171,14 +138,9 @@ fn status_waits_for_a_ready_revision_then_resolves_traffic() {
     env.apply(&manifest("img:v2", tagged)).unwrap();
     // v2 is not ready yet: latestRevision still means the latest *ready* revision, as in Knative.
     assert_eq!(env.cond("RoutesReady").status, ConditionStatus::True);
+    assert_eq!(env.cond("ConfigurationsReady").status, ConditionStatus::Unknown);
     assert_eq!(
-        env.cond("ConfigurationsReady").status,
-        ConditionStatus::Unknown
-    );
-    assert_eq!(
-        env.svc().status.unwrap().traffic[1]
-            .revision_name
-            .as_deref(),
+        env.svc().status.unwrap().traffic[1].revision_name.as_deref(),
         Some("svc-00001")
     );
     env.set_ready("svc-00002", ConditionStatus::True);
@@ -203,10 +165,7 @@ fn a_failed_latest_revision_keeps_the_last_ready_one() {
     env.apply(&manifest("img:v2", "")).unwrap();
     env.set_ready("svc-00002", ConditionStatus::False);
     let st = env.svc().status.unwrap();
-    assert_eq!(
-        st.latest_created_revision_name.as_deref(),
-        Some("svc-00002")
-    );
+    assert_eq!(st.latest_created_revision_name.as_deref(), Some("svc-00002"));
     assert_eq!(st.latest_ready_revision_name.as_deref(), Some("svc-00001"));
     assert_eq!(
         st.traffic[0].revision_name.as_deref(),
@@ -225,10 +184,7 @@ fn a_failed_latest_revision_keeps_the_last_ready_one() {
 fn traffic_to_a_missing_revision_is_accepted_but_not_ready() {
     let env = Env::new();
     let t = "  traffic:\n    - revisionName: svc-00042\n      percent: 100\n";
-    assert_eq!(
-        env.apply(&manifest("img:v1", t)).unwrap(),
-        ApplyOutcome::Created
-    );
+    assert_eq!(env.apply(&manifest("img:v1", t)).unwrap(), ApplyOutcome::Created);
     let c = env.cond("RoutesReady");
     assert_eq!(
         (c.status, c.reason.as_deref()),
@@ -239,10 +195,7 @@ fn traffic_to_a_missing_revision_is_accepted_but_not_ready() {
         .unwrap()
         .contains("\"svc-00042\" referenced in traffic not found"));
     let events = env.store.events("default", "svc").unwrap();
-    assert!(
-        events.iter().any(|e| e.reason == "RevisionMissing"),
-        "{events:?}"
-    );
+    assert!(events.iter().any(|e| e.reason == "RevisionMissing"), "{events:?}");
 }
 
 #[test]
@@ -255,9 +208,8 @@ fn bring_your_own_names() {
     assert_eq!(env.revisions(), ["svc-first"]);
     let err = env.apply(&named("svc-first", "img:v2")).unwrap_err();
     assert!(
-        err.to_string().contains(
-            "spec.template.metadata.name: spec.template changed but its name \"svc-first\" did not"
-        ),
+        err.to_string()
+            .contains("spec.template.metadata.name: spec.template changed but its name \"svc-first\" did not"),
         "{err}"
     );
     env.apply(&named("svc-second", "img:v2")).unwrap();
@@ -265,18 +217,13 @@ fn bring_your_own_names() {
     // Pointing back at an existing name with a different template is refused; with the same one it is reused.
     let err = env.apply(&named("svc-first", "img:v3")).unwrap_err();
     assert!(
-        err.to_string()
-            .contains("already exists with a different template"),
+        err.to_string().contains("already exists with a different template"),
         "{err}"
     );
     env.apply(&named("svc-first", "img:v1")).unwrap();
     assert_eq!(env.revisions(), ["svc-first", "svc-second"]);
     assert_eq!(
-        env.svc()
-            .status
-            .unwrap()
-            .latest_created_revision_name
-            .as_deref(),
+        env.svc().status.unwrap().latest_created_revision_name.as_deref(),
         Some("svc-first")
     );
 }
@@ -296,12 +243,8 @@ fn the_current_revision_is_made_again_after_a_delete() {
 fn a_stale_resource_version_is_refused() {
     let env = Env::new();
     env.apply(&manifest("img:v1", "")).unwrap();
-    let yaml =
-        manifest("img:v2", "").replace("  name: svc\n", "  name: svc\n  resourceVersion: \"1\"\n");
+    let yaml = manifest("img:v2", "").replace("  name: svc\n", "  name: svc\n  resourceVersion: \"1\"\n");
     let err = env.apply(&yaml).unwrap_err();
-    assert!(
-        matches!(err, ApplyError::Store(StoreError::Conflict { .. })),
-        "{err}"
-    );
+    assert!(matches!(err, ApplyError::Store(StoreError::Conflict { .. })), "{err}");
     assert_eq!(env.revisions(), ["svc-00001"]);
 }

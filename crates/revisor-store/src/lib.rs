@@ -21,8 +21,7 @@ use redb::{Database, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
 pub(crate) const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
-pub(crate) const CONFIGURATIONS: TableDefinition<&str, &[u8]> =
-    TableDefinition::new("configurations");
+pub(crate) const CONFIGURATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("configurations");
 pub(crate) const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revisions");
 pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
@@ -66,10 +65,7 @@ impl Store {
     }
 
     /// Runs `f` in one write transaction; it commits only if `f` returns `Ok`.
-    pub fn write<R, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&mut Tx) -> Result<R, E>,
-    ) -> Result<R, E> {
+    pub fn write<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut Tx) -> Result<R, E>) -> Result<R, E> {
         let inner = self.db.begin_write().map_err(StoreError::from)?;
         let mut tx = Tx::new(inner);
         let out = f(&mut tx)?;

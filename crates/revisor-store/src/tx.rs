@@ -37,8 +37,7 @@ impl Tx {
         let t = self.inner.open_table(T::TABLE)?;
         let key = format!("{namespace}/{name}");
         let got = t.get(key.as_str())?;
-        got.map(|v| object::decode::<T>(&key, v.value()))
-            .transpose()
+        got.map(|v| object::decode::<T>(&key, v.value())).transpose()
     }
 
     pub fn list<T: Object>(&self, namespace: Option<&str>) -> Result<Vec<T>, StoreError> {
@@ -49,10 +48,7 @@ impl Tx {
     /// Stores a new object: sets its resourceVersion, uid, creationTimestamp and (if unset) generation 1.
     pub fn create<T: Object>(&mut self, mut obj: T) -> Result<T, StoreError> {
         let key = obj.meta().key();
-        if self
-            .get::<T>(&obj.meta().namespace, &obj.meta().name)?
-            .is_some()
-        {
+        if self.get::<T>(&obj.meta().namespace, &obj.meta().name)?.is_some() {
             return Err(StoreError::AlreadyExists {
                 kind: T::KIND_NAME,
                 key,
@@ -106,14 +102,8 @@ impl Tx {
             key: key.to_string(),
             message: e.to_string(),
         })?;
-        self.inner
-            .open_table(T::TABLE)?
-            .insert(key, bytes.as_slice())?;
-        self.changed::<T>(
-            obj.meta().namespace.clone(),
-            obj.meta().name.clone(),
-            obj.service(),
-        );
+        self.inner.open_table(T::TABLE)?.insert(key, bytes.as_slice())?;
+        self.changed::<T>(obj.meta().namespace.clone(), obj.meta().name.clone(), obj.service());
         Ok(())
     }
 
@@ -149,20 +139,13 @@ impl Tx {
     }
 
     /// Appends an event to a service's log, dropping the oldest beyond the cap.
-    pub fn record(
-        &mut self,
-        namespace: &str,
-        service: &str,
-        event: &Event,
-    ) -> Result<(), StoreError> {
+    pub fn record(&mut self, namespace: &str, service: &str, event: &Event) -> Result<(), StoreError> {
         let key = format!("{namespace}/{service}");
         let seq = self.next_sequence()?;
         let bytes = serde_json::to_vec(event).expect("events always serialize");
         let mut t = self.inner.open_table(EVENTS)?;
         t.insert((key.as_str(), seq), bytes.as_slice())?;
-        let count = t
-            .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?
-            .count();
+        let count = t.range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?.count();
         if count > MAX_EVENTS_PER_SERVICE {
             let oldest: Vec<u64> = t
                 .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?

@@ -69,11 +69,7 @@ fn a_failed_transaction_writes_nothing() {
     let err = store
         .write(|tx| {
             tx.create(service("ns", "a"))?;
-            tx.record(
-                "ns",
-                "a",
-                &Event::normal("Service/a".into(), "Created", "x"),
-            )?;
+            tx.record("ns", "a", &Event::normal("Service/a".into(), "Created", "x"))?;
             Err::<(), _>(StoreError::Rejected("changed my mind".into()))
         })
         .unwrap_err();
@@ -85,9 +81,7 @@ fn a_failed_transaction_writes_nothing() {
 #[test]
 fn concurrent_read_modify_write_loses_no_update() {
     let (_d, store) = open();
-    store
-        .write(|tx| tx.create(service("ns", "counter")))
-        .unwrap();
+    store.write(|tx| tx.create(service("ns", "counter"))).unwrap();
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let store = store.clone();
@@ -119,17 +113,9 @@ fn events_are_kept_in_order_and_capped() {
     store
         .write(|tx| {
             for i in 0..1005 {
-                tx.record(
-                    "ns",
-                    "s",
-                    &Event::normal("Service/s".into(), "Tick", format!("{i}")),
-                )?;
+                tx.record("ns", "s", &Event::normal("Service/s".into(), "Tick", format!("{i}")))?;
             }
-            tx.record(
-                "ns",
-                "other",
-                &Event::normal("Service/other".into(), "Tick", "x"),
-            )
+            tx.record("ns", "other", &Event::normal("Service/other".into(), "Tick", "x"))
         })
         .unwrap();
     let events = store.events("ns", "s").unwrap();
@@ -171,11 +157,7 @@ fn writer(path: &str, round: &str) -> ! {
                 r.metadata.namespace = "ns".into();
                 r.metadata.name = format!("{name}-00001");
                 tx.create(r)?;
-                tx.record(
-                    "ns",
-                    &name,
-                    &Event::normal(format!("Service/{name}"), "Created", "x"),
-                )
+                tx.record("ns", &name, &Event::normal(format!("Service/{name}"), "Created", "x"))
             })
             .unwrap();
         println!("{name}");
@@ -220,17 +202,10 @@ fn kill_9_loses_nothing_acknowledged() {
                 "round {round}: {name} lost"
             );
             assert!(
-                store
-                    .get::<Revision>("ns", &format!("{name}-00001"))
-                    .unwrap()
-                    .is_some(),
+                store.get::<Revision>("ns", &format!("{name}-00001")).unwrap().is_some(),
                 "{name} revision lost"
             );
-            assert_eq!(
-                store.events("ns", name).unwrap().len(),
-                1,
-                "{name} event lost"
-            );
+            assert_eq!(store.events("ns", name).unwrap().len(), 1, "{name} event lost");
         }
         // Nothing half-written: every stored service has its revision.
         for s in store.list::<Service>(Some("ns")).unwrap() {

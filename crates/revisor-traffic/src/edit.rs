@@ -58,9 +58,7 @@ fn parse_percents(edit: &TrafficEdit) -> Result<Vec<(String, i64)>, String> {
             .parse()
             .map_err(|_| format!("--traffic {s:?}: {p:?} is not a whole number of percent"))?;
         if !(0..=100).contains(&pct) {
-            return Err(format!(
-                "--traffic {s:?}: percent must be in [0, 100], got {pct}"
-            ));
+            return Err(format!("--traffic {s:?}: percent must be in [0, 100], got {pct}"));
         }
         if out.iter().any(|(o, _)| o == r) {
             return Err(format!("--traffic: {r:?} is given more than once"));
@@ -69,9 +67,7 @@ fn parse_percents(edit: &TrafficEdit) -> Result<Vec<(String, i64)>, String> {
     }
     let sum: i64 = out.iter().map(|(_, p)| p).sum();
     if sum > 100 {
-        return Err(format!(
-            "--traffic: the given percents sum to {sum}, want at most 100"
-        ));
+        return Err(format!("--traffic: the given percents sum to {sum}, want at most 100"));
     }
     Ok(out)
 }
@@ -109,10 +105,7 @@ pub fn compute(
 }
 
 /// The current target that gets what the given percents leave, when they sum below 100.
-fn remainder_target(
-    current: &[TrafficTarget],
-    percents: &[(String, i64)],
-) -> Result<Option<(Ident, i64)>, String> {
+fn remainder_target(current: &[TrafficTarget], percents: &[(String, i64)]) -> Result<Option<(Ident, i64)>, String> {
     let sum: i64 = percents.iter().map(|(_, p)| p).sum();
     if percents.is_empty() || sum == 100 {
         return Ok(None);
@@ -129,7 +122,10 @@ fn remainder_target(
     }
     match left.len() {
         1 => Ok(Some((left.remove(0), 100 - sum))),
-        0 => Err(format!("--traffic: the given percents sum to {sum}, and no other target is left to take the remaining {}%", 100 - sum)),
+        0 => Err(format!(
+            "--traffic: the given percents sum to {sum}, and no other target is left to take the remaining {}%",
+            100 - sum
+        )),
         n => Err(format!(
             "--traffic: the given percents sum to {sum}, and {n} targets are left unmentioned; \
              leave out exactly one to give it the remaining {}%",
@@ -149,10 +145,7 @@ fn untag(traffic: &mut [TrafficTarget], untags: &[String]) -> Result<(), String>
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!(
-            "--untag: no target has the tag(s) {}",
-            missing.join(", ")
-        ))
+        Err(format!("--untag: no target has the tag(s) {}", missing.join(", ")))
     }
 }
 
@@ -167,16 +160,8 @@ fn check_revision(rev: &str, revisions: &[String]) -> Result<(), String> {
     }
 }
 
-fn tag_target(
-    traffic: &mut Vec<TrafficTarget>,
-    rev: &str,
-    tag: &str,
-    revisions: &[String],
-) -> Result<(), String> {
-    if traffic
-        .iter()
-        .any(|t| t.tag() == Some(tag) && refers_to(rev, t))
-    {
+fn tag_target(traffic: &mut Vec<TrafficTarget>, rev: &str, tag: &str, revisions: &[String]) -> Result<(), String> {
+    if traffic.iter().any(|t| t.tag() == Some(tag) && refers_to(rev, t)) {
         return Ok(());
     }
     if traffic.iter().any(|t| t.tag() == Some(tag)) {
@@ -214,12 +199,7 @@ fn tag_target(
     Ok(())
 }
 
-fn set_percent(
-    traffic: &mut Vec<TrafficTarget>,
-    r: &str,
-    pct: i64,
-    revisions: &[String],
-) -> Result<(), String> {
+fn set_percent(traffic: &mut Vec<TrafficTarget>, r: &str, pct: i64, revisions: &[String]) -> Result<(), String> {
     if r == LATEST {
         match traffic.iter_mut().find(|t| t.is_latest()) {
             Some(t) => t.percent = Some(pct),
@@ -235,10 +215,7 @@ fn set_percent(
         t.percent = Some(pct);
         return Ok(());
     }
-    if let Some(t) = traffic
-        .iter_mut()
-        .find(|t| !t.is_latest() && t.revision() == Some(r))
-    {
+    if let Some(t) = traffic.iter_mut().find(|t| !t.is_latest() && t.revision() == Some(r)) {
         t.percent = Some(pct);
         return Ok(());
     }
@@ -303,11 +280,7 @@ mod tests {
         let start = vec![latest(100)];
         let split = vec![named("s-00001", 70, Some("stable")), latest(30)];
         let tagged_zero = vec![latest(100), named("s-00001", 0, Some("old"))];
-        let three = vec![
-            latest(50),
-            named("s-00001", 25, None),
-            named("s-00002", 25, None),
-        ];
+        let three = vec![latest(50), named("s-00001", 25, None), named("s-00002", 25, None)];
         type Case<'a> = (&'a str, &'a [TrafficTarget], TrafficEdit, Result<&'a str, &'a str>);
         let cases: Vec<Case> = vec![
             (

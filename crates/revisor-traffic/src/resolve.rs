@@ -45,9 +45,7 @@ pub fn resolve(
                 None if latest_created_failed => {
                     problems.push(RouteProblem::missing(
                         ConditionStatus::False,
-                        format!(
-                            "Configuration {configuration:?} does not have any ready Revision."
-                        ),
+                        format!("Configuration {configuration:?} does not have any ready Revision."),
                     ));
                     continue;
                 }
@@ -66,18 +64,14 @@ pub fn resolve(
                     ConditionStatus::False,
                     format!("Revision {name:?} referenced in traffic not found."),
                 )),
-                Some(r) if r.ready == ConditionStatus::False => {
-                    problems.push(RouteProblem::missing(
-                        ConditionStatus::False,
-                        format!("Revision {name:?} failed to become ready."),
-                    ))
-                }
-                Some(r) if r.ready == ConditionStatus::Unknown => {
-                    problems.push(RouteProblem::missing(
-                        ConditionStatus::Unknown,
-                        format!("Revision {name:?} is not yet ready."),
-                    ))
-                }
+                Some(r) if r.ready == ConditionStatus::False => problems.push(RouteProblem::missing(
+                    ConditionStatus::False,
+                    format!("Revision {name:?} failed to become ready."),
+                )),
+                Some(r) if r.ready == ConditionStatus::Unknown => problems.push(RouteProblem::missing(
+                    ConditionStatus::Unknown,
+                    format!("Revision {name:?} is not yet ready."),
+                )),
                 Some(_) => {}
             }
             name.to_string()
@@ -129,11 +123,7 @@ mod tests {
     #[test]
     fn table() {
         use ConditionStatus::*;
-        let revs = [
-            rev("s-00001", True),
-            rev("s-00002", Unknown),
-            rev("s-00003", False),
-        ];
+        let revs = [rev("s-00001", True), rev("s-00002", Unknown), rev("s-00003", False)];
         struct Case {
             name: &'static str,
             targets: Vec<TrafficTarget>,
@@ -196,10 +186,7 @@ mod tests {
             let got = resolve("s", &c.targets, c.latest_ready, c.failed, &revs);
             match (got, c.want) {
                 (Ok(ts), Ok(names)) => {
-                    let got: Vec<_> = ts
-                        .iter()
-                        .map(|t| t.revision_name.clone().unwrap())
-                        .collect();
+                    let got: Vec<_> = ts.iter().map(|t| t.revision_name.clone().unwrap()).collect();
                     assert_eq!(got, names, "{}", c.name);
                 }
                 (Err(p), Err((status, msg))) => {

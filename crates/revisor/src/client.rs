@@ -23,11 +23,7 @@ impl fmt::Display for ApiFailure {
         if self.causes.is_empty() {
             return write!(f, "{}", self.message);
         }
-        let head = self
-            .message
-            .split(" is invalid:")
-            .next()
-            .unwrap_or(&self.message);
+        let head = self.message.split(" is invalid:").next().unwrap_or(&self.message);
         write!(f, "{head} is invalid:")?;
         for (field, msg) in &self.causes {
             write!(f, "\n  {field}: {msg}")?;
@@ -49,9 +45,7 @@ impl Client {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             anyhow::bail!("--server {server:?} must be a URL like http://127.0.0.1:7070");
         }
-        let http = Http::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()?;
+        let http = Http::builder().timeout(std::time::Duration::from_secs(30)).build()?;
         Ok(Client { base, http })
     }
 
@@ -87,12 +81,7 @@ impl Client {
     pub fn get_opt<T: DeserializeOwned>(&self, path: &str) -> Result<Option<T>> {
         match self.get(path) {
             Ok(v) => Ok(Some(v)),
-            Err(e)
-                if e.downcast_ref::<ApiFailure>()
-                    .is_some_and(|f| f.code == 404) =>
-            {
-                Ok(None)
-            }
+            Err(e) if e.downcast_ref::<ApiFailure>().is_some_and(|f| f.code == 404) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -120,9 +109,7 @@ impl Client {
     }
 
     pub fn put(&self, path: &str, body: &Value) -> Result<Value> {
-        Ok(self
-            .send(self.http.put(self.url(path)).json(body))?
-            .json()?)
+        Ok(self.send(self.http.put(self.url(path)).json(body))?.json()?)
     }
 
     pub fn delete(&self, path: &str) -> Result<()> {
@@ -133,12 +120,7 @@ impl Client {
 
 fn failure(code: u16, text: &str) -> ApiFailure {
     let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
-    let s = |p: &str| {
-        v.pointer(p)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
+    let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
     let causes = v
         .pointer("/details/causes")
         .and_then(Value::as_array)

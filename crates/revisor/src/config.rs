@@ -52,8 +52,7 @@ pub struct ServerConfig {
 
 impl RawConfig {
     pub fn load(path: &Path) -> Result<RawConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("config file {}", path.display()))
     }
 }
@@ -134,10 +133,7 @@ mod tests {
         let raw: RawConfig = toml::from_str(text).expect("example config parses");
         assert_eq!(raw.defaults, Defaults::default());
         assert_eq!(raw.server.admin_addr.as_deref(), Some(DEFAULT_ADMIN_ADDR));
-        assert_eq!(
-            raw.server.gateway_addr.as_deref(),
-            Some(DEFAULT_GATEWAY_ADDR)
-        );
+        assert_eq!(raw.server.gateway_addr.as_deref(), Some(DEFAULT_GATEWAY_ADDR));
         assert_eq!(raw.server.domain.as_deref(), Some(DEFAULT_DOMAIN));
     }
 

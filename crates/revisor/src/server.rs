@@ -14,11 +14,10 @@ use crate::config::ServerConfig;
 pub const STORE_FILE: &str = "revisor.redb";
 
 pub async fn serve(cfg: ServerConfig) -> Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let store_path = cfg.data_dir.join(STORE_FILE);
-    let store = Store::open(&store_path)
-        .with_context(|| "is another `revisor serve` using this data dir? pass --data-dir")?;
+    let store =
+        Store::open(&store_path).with_context(|| "is another `revisor serve` using this data dir? pass --data-dir")?;
     let controller = ControllerConfig {
         domain: cfg.domain.clone(),
         gateway_port: cfg.gateway_addr.port(),
@@ -29,9 +28,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         .with_context(|| format!("binding the admin API to {}", cfg.admin_addr))?;
     let local = listener.local_addr()?;
     if !local.ip().is_loopback() {
-        tracing::warn!(
-            "the admin API listens on {local}, beyond loopback, and has no authentication"
-        );
+        tracing::warn!("the admin API listens on {local}, beyond loopback, and has no authentication");
     }
     eprintln!(
         "revisor: admin API listening on http://{local} (data in {})",
@@ -53,8 +50,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

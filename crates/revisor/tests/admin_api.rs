@@ -54,19 +54,13 @@ impl Api {
             .get("revisor-apply-result")
             .map(|v| v.to_str().unwrap().to_string());
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let v = serde_json::from_slice(&bytes)
-            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
         (status, outcome, v)
     }
 
     async fn apply(&self, name: &str, body: &str) -> (StatusCode, Option<String>, Value) {
-        self.call(
-            "PATCH",
-            &format!("{SVC}/{name}"),
-            "application/apply-patch+yaml",
-            body,
-        )
-        .await
+        self.call("PATCH", &format!("{SVC}/{name}"), "application/apply-patch+yaml", body)
+            .await
     }
 
     async fn get(&self, uri: &str) -> (StatusCode, Value) {
@@ -95,10 +89,7 @@ fn manifest(name: &str, image: &str) -> String {
 async fn apply_creates_then_reports_unchanged_then_configured() {
     let api = Api::new();
     let (s, outcome, v) = api.apply("svc", &manifest("svc", "img:v1")).await;
-    assert_eq!(
-        (s, outcome.as_deref()),
-        (StatusCode::CREATED, Some("created"))
-    );
+    assert_eq!((s, outcome.as_deref()), (StatusCode::CREATED, Some("created")));
     assert_eq!(v["metadata"]["namespace"], "default");
     assert_eq!(
         v["spec"]["traffic"],
@@ -113,7 +104,9 @@ async fn apply_creates_then_reports_unchanged_then_configured() {
     );
     let v = api.observed("svc").await;
     assert_eq!(v["status"]["latestCreatedRevisionName"], "svc-00002");
-    let (_, list) = api.get("/apis/serving.knative.dev/v1/namespaces/default/revisions?labelSelector=serving.knative.dev/service=svc").await;
+    let (_, list) = api
+        .get("/apis/serving.knative.dev/v1/namespaces/default/revisions?labelSelector=serving.knative.dev/service=svc")
+        .await;
     let names: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
@@ -183,32 +176,18 @@ async fn malformed_requests_are_refused_clearly() {
     let (s, _, v) = api.apply("svc", &big).await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
     let (_, list) = api.get(SVC).await;
-    assert_eq!(
-        list["items"],
-        json!([]),
-        "no refused request stored anything"
-    );
+    assert_eq!(list["items"], json!([]), "no refused request stored anything");
 }
 
 #[tokio::test]
 async fn create_conflicts_and_stale_updates() {
     let api = Api::new();
-    let (s, _, _) = api
-        .call("POST", SVC, "application/yaml", manifest("svc", "i"))
-        .await;
+    let (s, _, _) = api.call("POST", SVC, "application/yaml", manifest("svc", "i")).await;
     assert_eq!(s, StatusCode::CREATED);
-    let (s, _, v) = api
-        .call("POST", SVC, "application/yaml", manifest("svc", "i"))
-        .await;
-    assert_eq!(
-        (s, v["reason"].as_str()),
-        (StatusCode::CONFLICT, Some("AlreadyExists"))
-    );
-    let stale =
-        manifest("svc", "j").replace("  name: svc\n", "  name: svc\n  resourceVersion: \"1\"\n");
-    let (s, _, v) = api
-        .call("PUT", &format!("{SVC}/svc"), "application/yaml", stale)
-        .await;
+    let (s, _, v) = api.call("POST", SVC, "application/yaml", manifest("svc", "i")).await;
+    assert_eq!((s, v["reason"].as_str()), (StatusCode::CONFLICT, Some("AlreadyExists")));
+    let stale = manifest("svc", "j").replace("  name: svc\n", "  name: svc\n  resourceVersion: \"1\"\n");
+    let (s, _, v) = api.call("PUT", &format!("{SVC}/svc"), "application/yaml", stale).await;
     assert_eq!(
         (s, v["reason"].as_str()),
         (StatusCode::CONFLICT, Some("Conflict")),
@@ -222,10 +201,7 @@ async fn create_conflicts_and_stale_updates() {
 async fn dry_run_checks_against_stored_state_but_writes_nothing() {
     let api = Api::new();
     let named = |image: &str| {
-        manifest("svc", image).replace(
-            "  template:\n",
-            "  template:\n    metadata:\n      name: svc-one\n",
-        )
+        manifest("svc", image).replace("  template:\n", "  template:\n    metadata:\n      name: svc-one\n")
     };
     let (_, outcome, _) = api
         .call(
@@ -236,10 +212,7 @@ async fn dry_run_checks_against_stored_state_but_writes_nothing() {
         )
         .await;
     assert_eq!(outcome.as_deref(), Some("created"));
-    assert_eq!(
-        api.get(&format!("{SVC}/svc")).await.0,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(api.get(&format!("{SVC}/svc")).await.0, StatusCode::NOT_FOUND);
     api.apply("svc", &named("a")).await;
     let (s, _, v) = api
         .call(
@@ -262,14 +235,8 @@ async fn delete_removes_the_service_and_everything_it_owns() {
     api.apply("svc", &manifest("svc", "a")).await;
     api.observed("svc").await;
     let (_, ev) = api.get(&format!("{SVC}/svc/events")).await;
-    assert!(ev["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["reason"] == "Created"));
-    let (s, _, v) = api
-        .call("DELETE", &format!("{SVC}/svc"), "application/json", "")
-        .await;
+    assert!(ev["items"].as_array().unwrap().iter().any(|e| e["reason"] == "Created"));
+    let (s, _, v) = api.call("DELETE", &format!("{SVC}/svc"), "application/json", "").await;
     assert_eq!((s, v["status"].as_str()), (StatusCode::OK, Some("Success")));
     let (_, revs) = api.get("/apis/serving.knative.dev/v1/revisions").await;
     assert_eq!(revs["items"], json!([]));

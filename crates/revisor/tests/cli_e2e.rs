@@ -85,11 +85,7 @@ fn cli(server: &str, args: &[&str]) -> Run {
 
 fn ok(server: &str, args: &[&str]) -> String {
     let r = cli(server, args);
-    assert_eq!(
-        r.code, 0,
-        "revisor {args:?} failed:\n{}{}",
-        r.stdout, r.stderr
-    );
+    assert_eq!(r.code, 0, "revisor {args:?} failed:\n{}{}", r.stdout, r.stderr);
     r.stdout
 }
 
@@ -104,11 +100,7 @@ fn reference_manifest_revisions_and_restart_after_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let v1 = write(tmp.path(), "v1.yaml", REFERENCE);
-    let v2 = write(
-        tmp.path(),
-        "v2.yaml",
-        &REFERENCE.replace("my-model:v1", "my-model:v2"),
-    );
+    let v2 = write(tmp.path(), "v2.yaml", &REFERENCE.replace("my-model:v1", "my-model:v2"));
     let server = Server::start(&data);
     let s = server.url.clone();
 
@@ -171,14 +163,7 @@ fn reference_manifest_revisions_and_restart_after_kill_9() {
             ok(s, &["get", "revisions", "-A", "-o", "json"]),
             ok(
                 s,
-                &[
-                    "events",
-                    "ai-model-service",
-                    "-n",
-                    "knative-serving",
-                    "-o",
-                    "json",
-                ],
+                &["events", "ai-model-service", "-n", "knative-serving", "-o", "json"],
             ),
         )
     };
@@ -212,8 +197,7 @@ fn bad_manifests_name_file_document_and_field_and_change_nothing() {
         r.stderr
     );
     assert!(
-        r.stderr
-            .contains("spec.traffic: traffic targets sum to 50, want 100"),
+        r.stderr.contains("spec.traffic: traffic targets sum to 50, want 100"),
         "{}",
         r.stderr
     );
@@ -227,10 +211,7 @@ fn bad_manifests_name_file_document_and_field_and_change_nothing() {
     let typo = write(
         tmp.path(),
         "typo.yaml",
-        &good.replace(
-            "- image: img",
-            "- image: img\n          imagePullPolcy: Always",
-        ),
+        &good.replace("- image: img", "- image: img\n          imagePullPolcy: Always"),
     );
     let r = cli(s, &["apply", "-f", typo.to_str().unwrap()]);
     assert!(r.stderr.contains("typo.yaml: document 1:\n  spec.template.spec.containers[0].imagePullPolcy: unknown field \"imagePullPolcy\""), "{}", r.stderr);
@@ -267,9 +248,7 @@ fn bad_manifests_name_file_document_and_field_and_change_nothing() {
         ],
     );
     assert!(
-        r.code == 1
-            && r.stderr
-                .contains("does not match the namespace given with -n (other)"),
+        r.code == 1 && r.stderr.contains("does not match the namespace given with -n (other)"),
         "{}",
         r.stderr
     );
@@ -290,7 +269,13 @@ fn the_cli_says_plainly_when_no_server_listens() {
         .port();
     let r = cli(&format!("http://127.0.0.1:{port}"), &["get", "services"]);
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains(&format!("cannot reach the revisor server at http://127.0.0.1:{port}: nothing is listening there")), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!(
+            "cannot reach the revisor server at http://127.0.0.1:{port}: nothing is listening there"
+        )),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -303,19 +288,11 @@ fn traffic_tags_describe_and_delete() {
     };
     ok(
         s,
-        &[
-            "apply",
-            "-f",
-            write(tmp.path(), "a.yaml", &m("a")).to_str().unwrap(),
-        ],
+        &["apply", "-f", write(tmp.path(), "a.yaml", &m("a")).to_str().unwrap()],
     );
     ok(
         s,
-        &[
-            "apply",
-            "-f",
-            write(tmp.path(), "b.yaml", &m("b")).to_str().unwrap(),
-        ],
+        &["apply", "-f", write(tmp.path(), "b.yaml", &m("b")).to_str().unwrap()],
     );
     let out = ok(
         s,
@@ -329,8 +306,7 @@ fn traffic_tags_describe_and_delete() {
         ],
     );
     assert!(out.contains("service/web traffic updated"), "{out}");
-    let svc: serde_json::Value =
-        serde_json::from_str(&ok(s, &["get", "service", "web", "-o", "json"])).unwrap();
+    let svc: serde_json::Value = serde_json::from_str(&ok(s, &["get", "service", "web", "-o", "json"])).unwrap();
     assert_eq!(
         svc["spec"]["traffic"],
         serde_json::json!([
@@ -338,28 +314,14 @@ fn traffic_tags_describe_and_delete() {
             { "tag": "stable", "revisionName": "web-00001", "latestRevision": false, "percent": 30 }
         ])
     );
-    let r = cli(
-        s,
-        &["traffic", "web", "--traffic", "web-00009=10,@latest=90"],
-    );
+    let r = cli(s, &["traffic", "web", "--traffic", "web-00009=10,@latest=90"]);
     assert!(
         r.code == 1 && r.stderr.contains("revision \"web-00009\" does not exist"),
         "{}",
         r.stderr
     );
-    ok(
-        s,
-        &[
-            "traffic",
-            "web",
-            "--untag",
-            "stable",
-            "--traffic",
-            "@latest=100",
-        ],
-    );
-    let svc: serde_json::Value =
-        serde_json::from_str(&ok(s, &["get", "service", "web", "-o", "json"])).unwrap();
+    ok(s, &["traffic", "web", "--untag", "stable", "--traffic", "@latest=100"]);
+    let svc: serde_json::Value = serde_json::from_str(&ok(s, &["get", "service", "web", "-o", "json"])).unwrap();
     assert_eq!(
         svc["spec"]["traffic"],
         serde_json::json!([{ "latestRevision": true, "percent": 100 }])
@@ -374,15 +336,8 @@ fn traffic_tags_describe_and_delete() {
         ok(s, &["delete", "revision", "web-00001"]),
         "revision/web-00001 deleted\n"
     );
-    assert_eq!(
-        ok(s, &["delete", "service", "web"]),
-        "service/web deleted\n"
-    );
+    assert_eq!(ok(s, &["delete", "service", "web"]), "service/web deleted\n");
     assert_eq!(ok(s, &["get", "revisions"]), "No revisions found.\n");
     let r = cli(s, &["delete", "service", "web"]);
-    assert!(
-        r.code == 1 && r.stderr.contains("not found"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.code == 1 && r.stderr.contains("not found"), "{}", r.stderr);
 }

@@ -32,9 +32,7 @@ fn list<T: serde::Serialize>(kind: &str, items: Vec<T>) -> Json<Value> {
 }
 
 /// Runs blocking store work off the async threads.
-async fn blocking<R: Send + 'static>(
-    f: impl FnOnce() -> Result<R, ApiError> + Send + 'static,
-) -> Result<R, ApiError> {
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, ApiError> + Send + 'static) -> Result<R, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))?
@@ -45,23 +43,17 @@ pub async fn list_services_all(State(s): State<AdminState>) -> Result<Json<Value
     Ok(list("Service", items))
 }
 
-pub async fn list_services(
-    State(s): State<AdminState>,
-    Path(ns): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn list_services(State(s): State<AdminState>, Path(ns): Path<String>) -> Result<Json<Value>, ApiError> {
     let items = blocking(move || Ok(s.store.list::<Service>(Some(&ns))?)).await?;
     Ok(list("Service", items))
 }
 
-async fn get_one<T: Object + Send + 'static>(
-    s: AdminState,
-    ns: String,
-    name: String,
-) -> Result<Json<T>, ApiError> {
+async fn get_one<T: Object + Send + 'static>(s: AdminState, ns: String, name: String) -> Result<Json<T>, ApiError> {
     blocking(move || {
-        s.store.get::<T>(&ns, &name)?.map(Json).ok_or_else(|| {
-            ApiError::NotFound(format!("{} \"{ns}/{name}\" not found", T::KIND_NAME))
-        })
+        s.store
+            .get::<T>(&ns, &name)?
+            .map(Json)
+            .ok_or_else(|| ApiError::NotFound(format!("{} \"{ns}/{name}\" not found", T::KIND_NAME)))
     })
     .await
 }
@@ -87,10 +79,7 @@ pub async fn get_configuration(
     get_one(s, ns, name).await
 }
 
-pub async fn list_configurations(
-    State(s): State<AdminState>,
-    Path(ns): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn list_configurations(State(s): State<AdminState>, Path(ns): Path<String>) -> Result<Json<Value>, ApiError> {
     let items = blocking(move || Ok(s.store.list::<Configuration>(Some(&ns))?)).await?;
     Ok(list("Configuration", items))
 }
@@ -102,10 +91,9 @@ fn selector(params: &HashMap<String, String>) -> Result<Vec<(String, String)>, A
     };
     sel.split(',')
         .map(|term| match term.split_once('=') {
-            Some((k, v)) if !k.is_empty() && !k.ends_with('!') => Ok((
-                k.trim().to_string(),
-                v.trim_start_matches('=').trim().to_string(),
-            )),
+            Some((k, v)) if !k.is_empty() && !k.ends_with('!') => {
+                Ok((k.trim().to_string(), v.trim_start_matches('=').trim().to_string()))
+            }
             _ => Err(ApiError::BadRequest(format!(
                 "labelSelector {term:?}: only key=value terms are supported"
             ))),
@@ -122,19 +110,12 @@ async fn revisions(
     let items = blocking(move || Ok(s.store.list::<Revision>(ns.as_deref())?)).await?;
     let items: Vec<Revision> = items
         .into_iter()
-        .filter(|r| {
-            terms
-                .iter()
-                .all(|(k, v)| r.metadata.label(k) == Some(v.as_str()))
-        })
+        .filter(|r| terms.iter().all(|(k, v)| r.metadata.label(k) == Some(v.as_str())))
         .collect();
     Ok(list("Revision", items))
 }
 
-pub async fn list_revisions_all(
-    State(s): State<AdminState>,
-    Query(p): Params,
-) -> Result<Json<Value>, ApiError> {
+pub async fn list_revisions_all(State(s): State<AdminState>, Query(p): Params) -> Result<Json<Value>, ApiError> {
     revisions(s, None, p).await
 }
 
@@ -152,9 +133,7 @@ pub async fn service_events(
 ) -> Result<Json<Value>, ApiError> {
     let items = blocking(move || {
         if s.store.get::<Service>(&ns, &name)?.is_none() {
-            return Err(ApiError::NotFound(format!(
-                "Service \"{ns}/{name}\" not found"
-            )));
+            return Err(ApiError::NotFound(format!("Service \"{ns}/{name}\" not found")));
         }
         Ok(s.store.events(&ns, &name)?)
     })
@@ -165,15 +144,11 @@ pub async fn service_events(
 }
 
 /// The single document of a request body, as JSON or YAML by its content type.
-fn body_document(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Value, ApiError> {
+fn body_document(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
-            "request body is larger than {} bytes",
-            super::MAX_BODY_BYTES
-        )),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::PayloadTooLarge(format!("request body is larger than {} bytes", super::MAX_BODY_BYTES))
+        }
         _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
     })?;
     let ctype = headers
@@ -183,20 +158,14 @@ fn body_document(
     let mime = ctype.split(';').next().unwrap_or("").trim();
     if !matches!(
         mime,
-        "application/json"
-            | "application/yaml"
-            | "application/apply-patch+yaml"
-            | "text/yaml"
-            | "application/x-yaml"
+        "application/json" | "application/yaml" | "application/apply-patch+yaml" | "text/yaml" | "application/x-yaml"
     ) {
         return Err(ApiError::UnsupportedMediaType(format!(
             "content type {mime:?} is not supported: send application/json, application/yaml or application/apply-patch+yaml"
         )));
     }
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::BadRequest("request body is not UTF-8".into()))?;
-    let mut docs =
-        read_documents(text).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::BadRequest("request body is not UTF-8".into()))?;
+    let mut docs = read_documents(text).map_err(|e| ApiError::BadRequest(format!("request body: {e}")))?;
     match docs.len() {
         1 => Ok(docs.remove(0).value),
         0 => Err(ApiError::BadRequest("request body is empty".into())),
@@ -207,12 +176,7 @@ fn body_document(
 }
 
 /// Admits a Service body for the object at `ns`/`name` (name `None` for a create, which takes the body's).
-fn admit(
-    state: &AdminState,
-    ns: &str,
-    name: Option<&str>,
-    mut value: Value,
-) -> Result<Service, ApiError> {
+fn admit(state: &AdminState, ns: &str, name: Option<&str>, mut value: Value) -> Result<Service, ApiError> {
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
         if body_ns.is_empty() {
@@ -273,12 +237,7 @@ async fn write_service(
     } else {
         StatusCode::OK
     };
-    Ok((
-        code,
-        [("revisor-apply-result", outcome.as_str())],
-        Json(stored),
-    )
-        .into_response())
+    Ok((code, [("revisor-apply-result", outcome.as_str())], Json(stored)).into_response())
 }
 
 pub async fn create_service(

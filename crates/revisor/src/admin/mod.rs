@@ -47,10 +47,7 @@ pub fn router(state: AdminState) -> Router {
             get(service_events),
         )
         .route(&format!("{SERVING}/revisions"), get(list_revisions_all))
-        .route(
-            &format!("{SERVING}/namespaces/{{ns}}/revisions"),
-            get(list_revisions),
-        )
+        .route(&format!("{SERVING}/namespaces/{{ns}}/revisions"), get(list_revisions))
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/revisions/{{name}}"),
             get(get_revision).delete(delete_revision),

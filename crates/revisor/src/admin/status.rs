@@ -42,9 +42,7 @@ impl ApiError {
             Self::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
-            Self::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType")
-            }
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
@@ -63,9 +61,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { .. } => Self::NotFound(e.to_string()),
             StoreError::AlreadyExists { .. } => Self::AlreadyExists(e.to_string()),
-            StoreError::Conflict { .. } => {
-                Self::Conflict(format!("{e}; read the object again and retry"))
-            }
+            StoreError::Conflict { .. } => Self::Conflict(format!("{e}; read the object again and retry")),
             StoreError::Rejected(m) => Self::BadRequest(m),
             other => {
                 tracing::error!("store: {other}");
@@ -94,11 +90,7 @@ impl IntoResponse for ApiError {
                     .iter()
                     .map(|e| json!({ "reason": "FieldValueInvalid", "field": e.path, "message": e.message }))
                     .collect();
-                let joined = errors
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                let joined = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
                 (
                     format!("{kind}.serving.knative.dev {name:?} is invalid: {joined}"),
                     json!({ "name": name, "kind": kind.to_lowercase() + "s", "causes": causes }),

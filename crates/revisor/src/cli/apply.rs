@@ -21,10 +21,7 @@ struct Item {
 
 impl Item {
     fn path(&self) -> String {
-        format!(
-            "{SERVING}/namespaces/{}/services/{}",
-            self.namespace, self.name
-        )
+        format!("{SERVING}/namespaces/{}/services/{}", self.namespace, self.name)
     }
 }
 
@@ -63,21 +60,19 @@ fn load(files: &[PathBuf], ns_flag: Option<&str>) -> Result<(Vec<Item>, Vec<Stri
         for doc in docs {
             let origin = format!("{shown}: document {}", doc.index);
             match decode(&doc.value) {
-                Ok(Resource::Service(svc)) => {
-                    match namespace_of(&svc.metadata.namespace, ns_flag) {
-                        Ok(namespace) => {
-                            let mut value = doc.value;
-                            value["metadata"]["namespace"] = Value::String(namespace.clone());
-                            items.push(Item {
-                                origin,
-                                namespace,
-                                name: svc.metadata.name.clone(),
-                                value,
-                            });
-                        }
-                        Err(e) => problems.push(format!("{origin}: {e}")),
+                Ok(Resource::Service(svc)) => match namespace_of(&svc.metadata.namespace, ns_flag) {
+                    Ok(namespace) => {
+                        let mut value = doc.value;
+                        value["metadata"]["namespace"] = Value::String(namespace.clone());
+                        items.push(Item {
+                            origin,
+                            namespace,
+                            name: svc.metadata.name.clone(),
+                            value,
+                        });
                     }
-                }
+                    Err(e) => problems.push(format!("{origin}: {e}")),
+                },
                 Err(errs) => {
                     let lines: Vec<String> = errs.iter().map(|e| format!("  {e}")).collect();
                     problems.push(format!("{origin}:\n{}", lines.join("\n")));
@@ -99,13 +94,7 @@ fn namespace_of(in_manifest: &str, flag: Option<&str>) -> Result<String, String>
     }
 }
 
-pub fn run(
-    client: &Client,
-    files: &[PathBuf],
-    ns_flag: Option<&str>,
-    dry_run: bool,
-    wait: bool,
-) -> Result<()> {
+pub fn run(client: &Client, files: &[PathBuf], ns_flag: Option<&str>, dry_run: bool, wait: bool) -> Result<()> {
     let (items, mut problems) = load(files, ns_flag)?;
     let mut outcomes = Vec::new();
     for item in &items {

@@ -51,9 +51,7 @@ fn service(client: &Client, name: &str, ns: &str) -> Result<()> {
     println!(
         "Latest:      {} (ready: {})",
         st.latest_created_revision_name.clone().unwrap_or_default(),
-        st.latest_ready_revision_name
-            .clone()
-            .unwrap_or_else(|| "none".into())
+        st.latest_ready_revision_name.clone().unwrap_or_else(|| "none".into())
     );
     println!();
     println!("Traffic (spec):");
@@ -72,11 +70,7 @@ fn service(client: &Client, name: &str, ns: &str) -> Result<()> {
     }
     for t in &st.traffic {
         let latest = if t.is_latest() { "@latest " } else { "" };
-        let url = t
-            .url
-            .as_deref()
-            .map(|u| format!("  {u}"))
-            .unwrap_or_default();
+        let url = t.url.as_deref().map(|u| format!("  {u}")).unwrap_or_default();
         println!(
             "  {:>4}%  {latest}{}{}{url}",
             t.percent(),
@@ -131,9 +125,7 @@ fn revision(client: &Client, name: &str, ns: &str) -> Result<()> {
 }
 
 pub fn events(client: &Client, service: &str, ns: &str, output: Output) -> Result<()> {
-    let v: Value = client.get(&format!(
-        "{SERVING}/namespaces/{ns}/services/{service}/events"
-    ))?;
+    let v: Value = client.get(&format!("{SERVING}/namespaces/{ns}/services/{service}/events"))?;
     if output != Output::Table {
         return print_value(&v, output);
     }
@@ -147,13 +139,7 @@ pub fn events(client: &Client, service: &str, ns: &str, output: Output) -> Resul
         .map(|e| {
             let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
             let time = e["time"].as_str().and_then(|t| t.parse().ok());
-            vec![
-                table::age(time),
-                s("type"),
-                s("reason"),
-                s("object"),
-                s("message"),
-            ]
+            vec![table::age(time), s("type"), s("reason"), s("object"), s("message")]
         })
         .collect();
     table::print(&["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"], &rows);

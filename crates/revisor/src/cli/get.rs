@@ -14,13 +14,7 @@ fn collection(kind: &str, ns: Option<&str>) -> String {
     }
 }
 
-pub fn run(
-    client: &Client,
-    kind: Kind,
-    name: Option<&str>,
-    ns: Option<&str>,
-    output: Output,
-) -> Result<()> {
+pub fn run(client: &Client, kind: Kind, name: Option<&str>, ns: Option<&str>, output: Output) -> Result<()> {
     let plural = match kind {
         Kind::Services => "services",
         Kind::Revisions => "revisions",
@@ -46,19 +40,13 @@ pub fn run(
 
 /// `3 OK / 3` as kn prints it.
 fn conditions_cell(conds: &[revisor_api::Condition]) -> String {
-    let ok = conds
-        .iter()
-        .filter(|c| c.status == ConditionStatus::True)
-        .count();
+    let ok = conds.iter().filter(|c| c.status == ConditionStatus::True).count();
     format!("{ok} OK / {}", conds.len())
 }
 
 fn ready_cells(conds: &[revisor_api::Condition]) -> (String, String) {
     match conds.iter().find(|c| c.type_ == "Ready") {
-        Some(c) => (
-            c.status.as_str().to_string(),
-            c.reason.clone().unwrap_or_default(),
-        ),
+        Some(c) => (c.status.as_str().to_string(), c.reason.clone().unwrap_or_default()),
         None => ("Unknown".into(), String::new()),
     }
 }
@@ -87,15 +75,7 @@ fn services_table(items: Vec<Value>, all_ns: bool) -> Result<()> {
         }
         rows.push(row);
     }
-    let mut headers = vec![
-        "NAME",
-        "URL",
-        "LATEST",
-        "AGE",
-        "CONDITIONS",
-        "READY",
-        "REASON",
-    ];
+    let mut headers = vec!["NAME", "URL", "LATEST", "AGE", "CONDITIONS", "READY", "REASON"];
     if all_ns {
         headers.insert(0, "NAMESPACE");
     }
@@ -108,24 +88,17 @@ fn revisions_table(client: &Client, items: Vec<Value>, all_ns: bool) -> Result<(
         println!("No revisions found.");
         return Ok(());
     }
-    let mut services: std::collections::BTreeMap<(String, String), Option<Service>> =
-        Default::default();
+    let mut services: std::collections::BTreeMap<(String, String), Option<Service>> = Default::default();
     let mut rows = Vec::new();
     for v in items {
         let r: Revision = serde_json::from_value(v)?;
         let svc_name = r.service_name().unwrap_or_default().to_string();
         let key = (r.metadata.namespace.clone(), svc_name.clone());
         if !services.contains_key(&key) {
-            let svc = client.get_opt::<Service>(&format!(
-                "{SERVING}/namespaces/{}/services/{svc_name}",
-                key.0
-            ))?;
+            let svc = client.get_opt::<Service>(&format!("{SERVING}/namespaces/{}/services/{svc_name}", key.0))?;
             services.insert(key.clone(), svc);
         }
-        let status_traffic = services[&key]
-            .as_ref()
-            .map(|s| s.status().traffic)
-            .unwrap_or_default();
+        let status_traffic = services[&key].as_ref().map(|s| s.status().traffic).unwrap_or_default();
         let mine: Vec<_> = status_traffic
             .iter()
             .filter(|t| t.revision_name.as_deref() == Some(&r.metadata.name))
@@ -143,9 +116,7 @@ fn revisions_table(client: &Client, items: Vec<Value>, all_ns: bool) -> Result<(
                 format!("{percent}%")
             },
             tags.join(","),
-            r.configuration_generation()
-                .map(|g| g.to_string())
-                .unwrap_or_default(),
+            r.configuration_generation().map(|g| g.to_string()).unwrap_or_default(),
             table::age(r.metadata.creation_timestamp),
             conditions_cell(&st.conditions),
             ready,

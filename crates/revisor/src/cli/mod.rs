@@ -163,23 +163,11 @@ pub fn run(cli: Cli) -> Result<()> {
             all_namespaces,
             output,
         } => {
-            let ns = if all_namespaces {
-                None
-            } else {
-                Some(namespace.as_str())
-            };
+            let ns = if all_namespaces { None } else { Some(namespace.as_str()) };
             get::run(&client, kind, name.as_deref(), ns, output)
         }
-        Command::Describe {
-            kind,
-            name,
-            namespace,
-        } => describe::run(&client, kind, &name, &namespace),
-        Command::Delete {
-            kind,
-            name,
-            namespace,
-        } => {
+        Command::Describe { kind, name, namespace } => describe::run(&client, kind, &name, &namespace),
+        Command::Delete { kind, name, namespace } => {
             let plural = match kind {
                 Kind::Services => "services",
                 Kind::Revisions => "revisions",
@@ -201,11 +189,7 @@ pub fn run(cli: Cli) -> Result<()> {
             &client,
             &service,
             &namespace,
-            revisor_traffic::TrafficEdit {
-                traffic,
-                tags,
-                untags,
-            },
+            revisor_traffic::TrafficEdit { traffic, tags, untags },
         ),
         Command::Events {
             service,

@@ -15,7 +15,9 @@ pub fn run(client: &Client, service: &str, ns: &str, edit: TrafficEdit) -> Resul
     // A concurrent writer makes the PUT conflict; read again and retry a few times, as kn does.
     for _ in 0..5 {
         let svc: Service = client.get(&path)?;
-        let revs: Value = client.get(&format!("{SERVING}/namespaces/{ns}/revisions?labelSelector=serving.knative.dev/service={service}"))?;
+        let revs: Value = client.get(&format!(
+            "{SERVING}/namespaces/{ns}/revisions?labelSelector=serving.knative.dev/service={service}"
+        ))?;
         let names: Vec<String> = revs["items"]
             .as_array()
             .into_iter()
@@ -41,12 +43,7 @@ pub fn run(client: &Client, service: &str, ns: &str, edit: TrafficEdit) -> Resul
                 }
                 return Ok(());
             }
-            Err(e)
-                if e.downcast_ref::<ApiFailure>()
-                    .is_some_and(|f| f.reason == "Conflict") =>
-            {
-                continue
-            }
+            Err(e) if e.downcast_ref::<ApiFailure>().is_some_and(|f| f.reason == "Conflict") => continue,
             Err(e) => return Err(e),
         }
     }
