@@ -1,0 +1,173 @@
+//! One replica's supervisor: start, probe until ready, watch, restart with backoff, drain and stop.
+
+use std::net::SocketAddr;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::process::Child;
+use tokio::sync::watch;
+
+use crate::process::{free_port, signal, spawn, tail};
+use crate::probe::check;
+use crate::spec::ProcessSpec;
+use crate::state::{Failure, ReadyReplica};
+use crate::Shared;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A replica that stayed up this long resets the restart backoff.
+const STABLE_UPTIME: Duration = Duration::from_secs(10);
+/// How long a replica taken out of the route waits before it looks at its in-flight count, so that
+/// requests that picked it just before the route changed have registered.
+const ROUTE_PROPAGATION: Duration = Duration::from_millis(100);
+const LOG_TAIL_LINES: usize = 20;
+
+enum Phase {
+    Exited(std::io::Result<ExitStatus>),
+    Stopped,
+    Ready,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mut stop: watch::Receiver<bool>) {
+    let key = &spec.key;
+    let log = shared.log_path(key, id);
+    let mut backoff = MIN_BACKOFF;
+    while !*stop.borrow() {
+        let port = match free_port() {
+            Ok(p) => p,
+            Err(e) => {
+                fail(&shared, &spec, "PortUnavailable", format!("no free loopback port: {e}"));
+                if wait_or_stop(&mut stop, backoff).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        mark(&log, &format!("replica {id} starting on port {port}"));
+        let mut child = match spawn(&spec, port, &log) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot start {}: {e}", spec.program.display());
+                fail(&shared, &spec, "ExecFailed", msg);
+                if wait_or_stop(&mut stop, backoff).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        shared.update(key, |st| st.running += 1);
+        let started = Instant::now();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let phase = match wait_ready(&spec, &mut child, port, &mut stop).await {
+            Phase::Ready => {
+                shared.update(key, |st| {
+                    st.ready.push(ReadyReplica { id, addr });
+                    st.ever_ready = true;
+                    st.ready_since_scale_up = true;
+                    st.deadline_exceeded = false;
+                });
+                tokio::select! {
+                    status = child.wait() => Phase::Exited(status),
+                    _ = stopped(&mut stop) => Phase::Stopped,
+                }
+            }
+            other => other,
+        };
+        shared.update(key, |st| st.ready.retain(|r| r.id != id));
+        match phase {
+            Phase::Stopped => {
+                terminate(&shared, &spec, &mut child, addr).await;
+                shared.update(key, |st| st.running -= 1);
+                mark(&log, &format!("replica {id} stopped"));
+                return;
+            }
+            Phase::Exited(status) => {
+                shared.update(key, |st| st.running -= 1);
+                let (reason, how) = describe_exit(&status);
+                mark(&log, &format!("replica {id} {how}"));
+                let output = tail(&log, LOG_TAIL_LINES);
+                fail(&shared, &spec, &reason, format!("replica {how}; last output:\n{output}"));
+                backoff = if started.elapsed() >= STABLE_UPTIME { MIN_BACKOFF } else { (backoff * 2).min(MAX_BACKOFF) };
+                if wait_or_stop(&mut stop, backoff).await {
+                    break;
+                }
+            }
+            Phase::Ready => unreachable!("ready is followed by exit or stop"),
+        }
+    }
+}
+
+/// Probes until the replica is ready, exits, or is told to stop.
+async fn wait_ready(spec: &ProcessSpec, child: &mut Child, port: u16, stop: &mut watch::Receiver<bool>) -> Phase {
+    let probe = &spec.probe;
+    let mut next = tokio::time::Instant::now() + probe.initial_delay;
+    loop {
+        tokio::select! {
+            status = child.wait() => return Phase::Exited(status),
+            _ = stopped(stop) => return Phase::Stopped,
+            _ = tokio::time::sleep_until(next) => {
+                if check(&probe.action, port, probe.timeout).await {
+                    return Phase::Ready;
+                }
+                next = tokio::time::Instant::now() + probe.period;
+            }
+        }
+    }
+}
+
+/// Graceful stop: wait for in-flight requests (bounded), SIGTERM, then SIGKILL after the grace period.
+async fn terminate(shared: &Shared, spec: &ProcessSpec, child: &mut Child, addr: SocketAddr) {
+    let drain_until = Instant::now() + spec.drain_timeout;
+    tokio::time::sleep(ROUTE_PROPAGATION).await;
+    while (shared.in_flight)(addr) > 0 && Instant::now() < drain_until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal(child, libc::SIGTERM);
+    if tokio::time::timeout(spec.termination_grace, child.wait()).await.is_err() {
+        signal(child, libc::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+fn describe_exit(status: &std::io::Result<ExitStatus>) -> (String, String) {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => (format!("ExitCode{code}"), format!("exited with code {code}")),
+            (None, Some(sig)) => ("Killed".into(), format!("was killed by signal {sig}")),
+            _ => ("Exited".into(), "exited".into()),
+        },
+        Err(e) => ("Exited".into(), format!("could not be waited for: {e}")),
+    }
+}
+
+fn fail(shared: &Shared, spec: &ProcessSpec, reason: &str, message: String) {
+    tracing::warn!(revision = %spec.key, reason, "{message}");
+    shared.update(&spec.key, |st| st.last_failure = Some(Failure { reason: reason.into(), message }));
+}
+
+/// Waits for `d` unless told to stop first; true when stopped.
+async fn wait_or_stop(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stopped(stop) => true,
+    }
+}
+
+/// Resolves once the stop flag is set.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Writes a marker line into the replica's log, so `revisor logs` shows starts and exits.
+fn mark(log: &std::path::Path, what: &str) {
+    use std::io::Write;
+    if let Some(dir) = log.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        let _ = writeln!(f, "--- revisor: {what} ---");
+    }
+}

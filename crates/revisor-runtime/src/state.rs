@@ -1,0 +1,38 @@
+//! What the runtime publishes: per revision, its ready replicas and its last failure.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::spec::RevisionKey;
+
+/// A replica that passed its readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadyReplica {
+    pub id: u64,
+    pub addr: SocketAddr,
+}
+
+/// Why a replica failed, as a Knative-style reason and a message with the process's last output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RevisionState {
+    /// Replicas asked for.
+    pub desired: u32,
+    /// Replicas with a live process (ready or not).
+    pub running: u32,
+    pub ready: Vec<ReadyReplica>,
+    /// Whether any replica was ever ready (a revision at zero stays Ready, as in Knative).
+    pub ever_ready: bool,
+    /// Whether a replica became ready since the last scale-up from zero.
+    pub ready_since_scale_up: bool,
+    pub last_failure: Option<Failure>,
+    pub deadline_exceeded: bool,
+}
+
+pub type Snapshot = Arc<BTreeMap<RevisionKey, RevisionState>>;
