@@ -12,7 +12,7 @@ mod spec;
 mod state;
 
 pub use process::tail;
-pub use spec::{ProbeAction, Probe, ProcessSpec, RevisionKey, AGGRESSIVE_PERIOD};
+pub use spec::{Probe, ProbeAction, ProcessSpec, RevisionKey, AGGRESSIVE_PERIOD};
 pub use state::{Failure, ReadyReplica, RevisionState, Snapshot};
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,7 +61,10 @@ impl Shared {
     }
 
     pub(crate) fn log_path(&self, key: &RevisionKey, id: u64) -> PathBuf {
-        self.logs.join(&key.namespace).join(&key.name).join(format!("replica-{id}.log"))
+        self.logs
+            .join(&key.namespace)
+            .join(&key.name)
+            .join(format!("replica-{id}.log"))
     }
 }
 
@@ -76,8 +79,16 @@ impl Runtime {
     /// A runtime keeping replica logs under `logs`.
     pub fn new(logs: PathBuf, in_flight: InFlight) -> Runtime {
         let (snapshot, _) = watch::channel(Arc::new(BTreeMap::new()));
-        let shared = Arc::new(Shared { logs, states: Mutex::new(BTreeMap::new()), snapshot, in_flight });
-        Runtime { shared, entries: Arc::new(Mutex::new(HashMap::new())) }
+        let shared = Arc::new(Shared {
+            logs,
+            states: Mutex::new(BTreeMap::new()),
+            snapshot,
+            in_flight,
+        });
+        Runtime {
+            shared,
+            entries: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// Every revision's state, now and as it changes.
@@ -126,7 +137,11 @@ impl Runtime {
         if let Some(d) = entry.deadline.take() {
             d.abort();
         }
-        let (shared, key, deadline) = (self.shared.clone(), entry.spec.key.clone(), entry.spec.progress_deadline);
+        let (shared, key, deadline) = (
+            self.shared.clone(),
+            entry.spec.key.clone(),
+            entry.spec.progress_deadline,
+        );
         shared.update(&key, |st| {
             st.deadline_exceeded = false;
             st.ready_since_scale_up = false;

@@ -20,8 +20,11 @@ pub async fn check(action: &ProbeAction, port: u16, timeout: Duration) -> bool {
 }
 
 async fn http_get(port: u16, path: &str, headers: &[(String, String)]) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else { return false };
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: revisor-probe\r\nConnection: close\r\n");
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let mut req =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: revisor-probe\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -38,11 +41,16 @@ async fn http_get(port: u16, path: &str, headers: &[(String, String)]) -> bool {
         }
     }
     // "HTTP/1.1 200": the status code is bytes 9..12.
-    std::str::from_utf8(&buf[9..12]).ok().and_then(|c| c.parse::<u16>().ok()).is_some_and(|c| (200..400).contains(&c))
+    std::str::from_utf8(&buf[9..12])
+        .ok()
+        .and_then(|c| c.parse::<u16>().ok())
+        .is_some_and(|c| (200..400).contains(&c))
 }
 
 async fn exec(command: &[String]) -> bool {
-    let Some((prog, args)) = command.split_first() else { return false };
+    let Some((prog, args)) = command.split_first() else {
+        return false;
+    };
     tokio::process::Command::new(prog)
         .args(args)
         .stdin(std::process::Stdio::null())

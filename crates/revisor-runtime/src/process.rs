@@ -51,7 +51,9 @@ pub fn signal(child: &Child, sig: libc::c_int) {
 
 /// The last `n` lines of a log file (what a failed replica printed last).
 pub fn tail(log: &Path, n: usize) -> String {
-    let Ok(bytes) = std::fs::read(log) else { return String::new() };
+    let Ok(bytes) = std::fs::read(log) else {
+        return String::new();
+    };
     let start = bytes.len().saturating_sub(64 * 1024);
     let text = String::from_utf8_lossy(&bytes[start..]);
     let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("--- revisor:")).collect();

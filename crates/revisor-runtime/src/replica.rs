@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::process::Child;
 use tokio::sync::watch;
 
-use crate::process::{free_port, signal, spawn, tail};
 use crate::probe::check;
+use crate::process::{free_port, signal, spawn, tail};
 use crate::spec::ProcessSpec;
 use crate::state::{Failure, ReadyReplica};
 use crate::Shared;
@@ -88,8 +88,17 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
                 let (reason, how) = describe_exit(&status);
                 mark(&log, &format!("replica {id} {how}"));
                 let output = tail(&log, LOG_TAIL_LINES);
-                fail(&shared, &spec, &reason, format!("replica {how}; last output:\n{output}"));
-                backoff = if started.elapsed() >= STABLE_UPTIME { MIN_BACKOFF } else { (backoff * 2).min(MAX_BACKOFF) };
+                fail(
+                    &shared,
+                    &spec,
+                    &reason,
+                    format!("replica {how}; last output:\n{output}"),
+                );
+                backoff = if started.elapsed() >= STABLE_UPTIME {
+                    MIN_BACKOFF
+                } else {
+                    (backoff * 2).min(MAX_BACKOFF)
+                };
                 if wait_or_stop(&mut stop, backoff).await {
                     break;
                 }
@@ -125,7 +134,10 @@ async fn terminate(shared: &Shared, spec: &ProcessSpec, child: &mut Child, addr:
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     signal(child, libc::SIGTERM);
-    if tokio::time::timeout(spec.termination_grace, child.wait()).await.is_err() {
+    if tokio::time::timeout(spec.termination_grace, child.wait())
+        .await
+        .is_err()
+    {
         signal(child, libc::SIGKILL);
         let _ = child.wait().await;
     }
@@ -145,7 +157,12 @@ fn describe_exit(status: &std::io::Result<ExitStatus>) -> (String, String) {
 
 fn fail(shared: &Shared, spec: &ProcessSpec, reason: &str, message: String) {
     tracing::warn!(revision = %spec.key, reason, "{message}");
-    shared.update(&spec.key, |st| st.last_failure = Some(Failure { reason: reason.into(), message }));
+    shared.update(&spec.key, |st| {
+        st.last_failure = Some(Failure {
+            reason: reason.into(),
+            message,
+        })
+    });
 }
 
 /// Waits for `d` unless told to stop first; true when stopped.

@@ -22,7 +22,11 @@ pub enum ProbeAction {
     /// Connect to the port (`None`: the replica's `$PORT`).
     Tcp { port: Option<u16> },
     /// GET a path; 2xx and 3xx are ready.
-    Http { port: Option<u16>, path: String, headers: Vec<(String, String)> },
+    Http {
+        port: Option<u16>,
+        path: String,
+        headers: Vec<(String, String)>,
+    },
     /// Run a command; exit 0 is ready.
     Exec { command: Vec<String> },
 }

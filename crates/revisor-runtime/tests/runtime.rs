@@ -11,8 +11,18 @@ use revisor_runtime::{Probe, ProbeAction, ProcessSpec, RevisionKey, RevisionStat
 
 /// The test upstream binary, built beside this test (scripts/test.sh builds it).
 fn upstream() -> PathBuf {
-    let p = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("revisor-test-upstream");
-    assert!(p.exists(), "{} is missing: run `cargo build -p revisor-testapp` (scripts/test.sh does)", p.display());
+    let p = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("revisor-test-upstream");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p revisor-testapp` (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -20,7 +30,10 @@ fn spec(name: &str, program: PathBuf, env: &[(&str, &str)]) -> ProcessSpec {
     let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     env.push(("K_REVISION".into(), name.into()));
     ProcessSpec {
-        key: RevisionKey { namespace: "default".into(), name: name.into() },
+        key: RevisionKey {
+            namespace: "default".into(),
+            name: name.into(),
+        },
         program,
         args: vec![],
         env,
@@ -34,14 +47,20 @@ fn spec(name: &str, program: PathBuf, env: &[(&str, &str)]) -> ProcessSpec {
 
 async fn wait_for(rt: &Runtime, name: &str, what: &str, f: impl Fn(&RevisionState) -> bool) -> RevisionState {
     let mut rx = rt.subscribe();
-    let key = RevisionKey { namespace: "default".into(), name: name.into() };
+    let key = RevisionKey {
+        namespace: "default".into(),
+        name: name.into(),
+    };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(st) = rx.borrow_and_update().get(&key).filter(|s| f(s)) {
             return st.clone();
         }
         if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
-            panic!("{name}: timed out waiting for {what}; state: {:?}", rx.borrow().get(&key));
+            panic!(
+                "{name}: timed out waiting for {what}; state: {:?}",
+                rx.borrow().get(&key)
+            );
         }
     }
 }
@@ -56,7 +75,10 @@ fn get(addr: SocketAddr) -> String {
 
 fn runtime(in_flight: Arc<AtomicUsize>) -> (tempfile::TempDir, Runtime) {
     let dir = tempfile::tempdir().unwrap();
-    let rt = Runtime::new(dir.path().join("logs"), Arc::new(move |_| in_flight.load(Ordering::SeqCst)));
+    let rt = Runtime::new(
+        dir.path().join("logs"),
+        Arc::new(move |_| in_flight.load(Ordering::SeqCst)),
+    );
     (dir, rt)
 }
 
@@ -76,7 +98,10 @@ async fn replicas_become_ready_and_answer_on_their_own_ports() {
         assert!(body.ends_with("web-00001\n"), "{body}");
     }
     rt.scale(spec("web-00001", upstream(), &[]), 1);
-    wait_for(&rt, "web-00001", "one replica", |s| s.ready.len() == 1 && s.running == 1).await;
+    wait_for(&rt, "web-00001", "one replica", |s| {
+        s.ready.len() == 1 && s.running == 1
+    })
+    .await;
     rt.shutdown().await;
     assert!(rt.subscribe().borrow().is_empty());
 }
@@ -85,14 +110,29 @@ async fn replicas_become_ready_and_answer_on_their_own_ports() {
 async fn the_child_sees_only_its_declared_environment() {
     let (d, rt) = runtime(Default::default());
     let out = d.path().join("env.txt");
-    let mut s = spec("env-00001", "/bin/sh".into(), &[("GREETING", "hi"), ("PATH", "/usr/bin:/bin")]);
+    let mut s = spec(
+        "env-00001",
+        "/bin/sh".into(),
+        &[("GREETING", "hi"), ("PATH", "/usr/bin:/bin")],
+    );
     s.args = vec!["-c".into(), format!("env > {}; exec sleep 30", out.display())];
-    s.probe = Probe { action: ProbeAction::Exec { command: vec!["test".into(), "-s".into(), out.display().to_string()] }, ..Probe::default() };
+    s.probe = Probe {
+        action: ProbeAction::Exec {
+            command: vec!["test".into(), "-s".into(), out.display().to_string()],
+        },
+        ..Probe::default()
+    };
     rt.scale(s, 1);
     wait_for(&rt, "env-00001", "ready", |s| !s.ready.is_empty()).await;
     let env = std::fs::read_to_string(&out).unwrap();
-    assert!(env.contains("GREETING=hi") && env.contains("K_REVISION=env-00001") && env.contains("PORT="), "{env}");
-    assert!(!env.lines().any(|l| l.starts_with("HOME=") || l.starts_with("CARGO")), "the server's environment leaked: {env}");
+    assert!(
+        env.contains("GREETING=hi") && env.contains("K_REVISION=env-00001") && env.contains("PORT="),
+        "{env}"
+    );
+    assert!(
+        !env.lines().any(|l| l.starts_with("HOME=") || l.starts_with("CARGO")),
+        "the server's environment leaked: {env}"
+    );
     rt.shutdown().await;
 }
 
@@ -103,7 +143,11 @@ async fn a_missing_command_reports_the_os_error() {
     let st = wait_for(&rt, "bad-00001", "a failure", |s| s.last_failure.is_some()).await;
     let f = st.last_failure.unwrap();
     assert_eq!(f.reason, "ExecFailed");
-    assert!(f.message.contains("/nonexistent/model-server") && f.message.contains("No such file"), "{}", f.message);
+    assert!(
+        f.message.contains("/nonexistent/model-server") && f.message.contains("No such file"),
+        "{}",
+        f.message
+    );
     rt.shutdown().await;
 }
 
@@ -132,9 +176,21 @@ async fn a_killed_replica_is_restarted() {
         .args(["-c", &format!("for p in /proc/[0-9]*; do if tr '\\0' '\\n' < $p/environ 2>/dev/null | grep -qx 'PORT={port}'; then basename $p; fi; done")])
         .output()
         .unwrap();
-    let pid: i32 = String::from_utf8_lossy(&pids.stdout).lines().next().expect("replica pid").trim().parse().unwrap();
-    std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
-    let st = wait_for(&rt, "kill-00001", "a restarted replica", |s| s.ready.len() == 1 && s.ready[0].addr.port() != port).await;
+    let pid: i32 = String::from_utf8_lossy(&pids.stdout)
+        .lines()
+        .next()
+        .expect("replica pid")
+        .trim()
+        .parse()
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let st = wait_for(&rt, "kill-00001", "a restarted replica", |s| {
+        s.ready.len() == 1 && s.ready[0].addr.port() != port
+    })
+    .await;
     assert_eq!(st.last_failure.unwrap().reason, "Killed");
     rt.shutdown().await;
 }
@@ -150,7 +206,10 @@ async fn a_stopping_replica_waits_for_in_flight_requests() {
     wait_for(&rt, "drain-00001", "out of the route", |s| s.ready.is_empty()).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     let still = tokio::task::spawn_blocking(move || get(addr)).await.unwrap();
-    assert!(still.ends_with("drain-00001\n"), "a draining replica still serves its in-flight requests");
+    assert!(
+        still.ends_with("drain-00001\n"),
+        "a draining replica still serves its in-flight requests"
+    );
     let released = Instant::now();
     in_flight.store(0, Ordering::SeqCst);
     wait_for(&rt, "drain-00001", "stopped", |s| s.running == 0).await;

@@ -87,15 +87,21 @@ async fn main() {
         served: AtomicU64::new(0),
     });
     let port = env_u64("PORT").unwrap_or(8080);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port as u16)).await.expect("bind $PORT");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port as u16))
+        .await
+        .expect("bind $PORT");
     eprintln!("revisor-test-upstream {revision} listening on 127.0.0.1:{port}");
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(app.clone(), req));
-            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }

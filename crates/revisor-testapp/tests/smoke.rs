@@ -15,7 +15,11 @@ impl Drop for Upstream {
 }
 
 fn start(env: &[(&str, &str)]) -> (Upstream, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(env!("CARGO_BIN_EXE_revisor-test-upstream"))
         .env("PORT", port.to_string())
         .env("K_REVISION", "svc-00001")
@@ -51,5 +55,8 @@ fn answers_with_its_revision_and_pads_bodies() {
 fn fails_the_share_it_is_told_to() {
     let (_u, port) = start(&[("FAIL_PERCENT", "100")]);
     assert!(get(port, "/").starts_with("HTTP/1.1 500"));
-    assert!(get(port, "/healthz").starts_with("HTTP/1.1 200"), "health checks never fail");
+    assert!(
+        get(port, "/healthz").starts_with("HTTP/1.1 200"),
+        "health checks never fail"
+    );
 }

@@ -1,0 +1,208 @@
+//! Bodies that stream through the gateway: a request body that can be taken back for a retry if it was
+//! never sent, and a response body that holds the request's accounting until it ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::endpoint::InFlightGuard;
+use crate::metrics::RevisionMetrics;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's request body, shared with the proxy so that a request whose body was never polled can
+/// be sent again to another replica.
+pub struct RequestBody {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    polled: Arc<AtomicBool>,
+    limit: u64,
+    seen: u64,
+}
+
+/// The proxy's handle on a request body it may want back.
+#[derive(Clone)]
+pub struct BodySlot {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    polled: Arc<AtomicBool>,
+    limit: u64,
+}
+
+impl BodySlot {
+    pub fn new(body: Incoming, limit: u64) -> Self {
+        BodySlot {
+            slot: Arc::new(Mutex::new(Some(body))),
+            polled: Arc::new(AtomicBool::new(false)),
+            limit,
+        }
+    }
+
+    /// Whether any of the body has been sent (or asked for) upstream.
+    pub fn was_polled(&self) -> bool {
+        self.polled.load(Ordering::Acquire)
+    }
+
+    pub fn body(&self) -> RequestBody {
+        RequestBody {
+            slot: self.slot.clone(),
+            polled: self.polled.clone(),
+            limit: self.limit,
+            seen: 0,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body is larger than {0} bytes")]
+pub struct BodyTooLarge(pub u64);
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.polled.store(true, Ordering::Release);
+        let slot = self.slot.clone();
+        let mut guard = slot.lock().unwrap();
+        let Some(inner) = guard.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.seen += d.len() as u64;
+                    if self.limit > 0 && self.seen > self.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.slot.lock().unwrap().as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.slot
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+/// Everything a proxied request holds until its response ends: the replica's in-flight count, the
+/// breaker slot, and the metrics it is recorded in.
+pub struct Accounting {
+    pub metrics: Arc<RevisionMetrics>,
+    pub started: Instant,
+    pub status: u16,
+    pub in_flight: Option<InFlightGuard>,
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        self.metrics.finish(self.status, self.started.elapsed());
+    }
+}
+
+/// A proxied response body: streams the upstream's frames, ends with an error at the request's deadline.
+pub struct ResponseBody {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    accounting: Option<Accounting>,
+}
+
+impl ResponseBody {
+    pub fn new(inner: Incoming, remaining: Duration, accounting: Accounting) -> Self {
+        ResponseBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(remaining)),
+            accounting: Some(accounting),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the revision's timeout passed while the response was streaming")]
+pub struct StreamTimeout;
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.accounting = None;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.accounting = None;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    self.accounting = None;
+                    Poll::Ready(Some(Err(Box::new(StreamTimeout))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What the gateway answers with: a proxied stream, or its own short message.
+pub enum GatewayBody {
+    Proxied(ResponseBody),
+    Local(Full<Bytes>),
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            GatewayBody::Proxied(b) => Pin::new(b).poll_frame(cx),
+            GatewayBody::Local(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            GatewayBody::Proxied(b) => b.is_end_stream(),
+            GatewayBody::Local(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Proxied(b) => b.size_hint(),
+            GatewayBody::Local(b) => b.size_hint(),
+        }
+    }
+}

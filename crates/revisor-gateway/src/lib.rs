@@ -1,0 +1,265 @@
+//! The data plane: a reverse proxy that routes by host (and tag) to revisions split by weight, picks
+//! replicas by load, enforces Knative's breaker and timeouts, streams bodies both ways, retries only
+//! what is safe, and records per-revision metrics without locks.
+//!
+//! Routing state is an immutable [`RouteTable`] swapped atomically by [`Gateway::publish`]; a request
+//! finishes on the table it started with, so publishing never disturbs requests in flight.
+
+mod body;
+mod endpoint;
+mod metrics;
+mod proxy;
+mod routes;
+
+pub use endpoint::{Breaker, Endpoint};
+pub use metrics::{prometheus_text, Labels, MetricsSnapshot, RevisionMetrics, LATENCY_BUCKETS_MS};
+pub use proxy::TAG_HEADER;
+pub use routes::{Protocol, RevisionSpec, RoutesSpec, ServiceSpec, TargetSpec};
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::body::RequestBody;
+use crate::routes::{HostRoute, RevisionTarget, RouteTable, ServiceRoute};
+
+/// Limits of the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_bytes: usize,
+    /// Largest request body accepted; 0 is no limit.
+    pub max_body_bytes: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+type HttpClient = Client<HttpConnector, RequestBody>;
+
+pub(crate) struct Inner {
+    pub(crate) routes: ArcSwap<RouteTable>,
+    registry: Mutex<Registry>,
+    pub(crate) http1: HttpClient,
+    pub(crate) h2c: HttpClient,
+    pub(crate) config: GatewayConfig,
+}
+
+/// Objects that outlive route snapshots: replicas (with their in-flight counts) and metrics.
+#[derive(Default)]
+struct Registry {
+    endpoints: HashMap<SocketAddr, Arc<Endpoint>>,
+    metrics: BTreeMap<Labels, Arc<RevisionMetrics>>,
+    /// One breaker per revision, shared by its tag and split routes, kept while its capacity holds.
+    breakers: HashMap<(String, String), Arc<Breaker>>,
+}
+
+/// The gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+fn client(http2_only: bool) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(usize::MAX)
+        .http2_only(http2_only)
+        .build(connector)
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig) -> Gateway {
+        Gateway {
+            inner: Arc::new(Inner {
+                routes: ArcSwap::from_pointee(RouteTable::default()),
+                registry: Mutex::new(Registry::default()),
+                http1: client(false),
+                h2c: client(true),
+                config,
+            }),
+        }
+    }
+
+    /// Builds a new route table from `spec` and swaps it in atomically.
+    pub fn publish(&self, spec: &RoutesSpec) {
+        let mut reg = self.inner.registry.lock().unwrap();
+        let table = build(&mut reg, spec);
+        self.inner.routes.store(Arc::new(table));
+        // Forget replicas that neither the new table nor any request in flight refers to.
+        reg.endpoints.retain(|_, e| Arc::strong_count(e) > 1);
+        reg.breakers.retain(|_, b| Arc::strong_count(b) > 1);
+    }
+
+    /// Requests in flight to a replica, across every route snapshot still in use.
+    pub fn in_flight(&self, addr: SocketAddr) -> usize {
+        self.inner
+            .registry
+            .lock()
+            .unwrap()
+            .endpoints
+            .get(&addr)
+            .map(|e| e.in_flight())
+            .unwrap_or(0)
+    }
+
+    /// Every revision's counters.
+    pub fn metrics(&self) -> Vec<MetricsSnapshot> {
+        self.inner
+            .registry
+            .lock()
+            .unwrap()
+            .metrics
+            .values()
+            .map(|m| m.snapshot())
+            .collect()
+    }
+
+    /// Serves until `shutdown` turns true; connections in progress are finished gracefully.
+    pub async fn serve(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .max_buf_size(self.inner.config.max_header_bytes.max(8192))
+            .timer(hyper_util::rt::TokioTimer::new());
+        builder
+            .http2()
+            .max_header_list_size(self.inner.config.max_header_bytes as u32);
+        let builder = Arc::new(builder);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, remote) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!("gateway accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = stopped(&mut shutdown) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let inner = self.inner.clone();
+            let svc = hyper::service::service_fn(move |req| {
+                let inner = inner.clone();
+                async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, remote).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("gateway connection from {remote}: {e}");
+                }
+            });
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    }
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+fn build(reg: &mut Registry, spec: &RoutesSpec) -> RouteTable {
+    let mut table = RouteTable::default();
+    let revisions: HashMap<(&str, &str), &RevisionSpec> = spec
+        .revisions
+        .iter()
+        .map(|r| ((r.namespace.as_str(), r.name.as_str()), r))
+        .collect();
+    for svc in &spec.services {
+        let mut split = Vec::new();
+        let mut total = 0;
+        let mut tags = HashMap::new();
+        for t in &svc.targets {
+            let Some(rev) = revisions.get(&(svc.namespace.as_str(), t.revision.as_str())) else {
+                continue;
+            };
+            if t.percent > 0 {
+                total += t.percent;
+                split.push((total, target(reg, rev, "")));
+            }
+            if let Some(tag) = &t.tag {
+                let tagged = target(reg, rev, tag);
+                tags.insert(tag.clone(), tagged.clone());
+                if let Some(host) = &t.tag_host {
+                    table.hosts.insert(host.to_ascii_lowercase(), HostRoute::Tag(tagged));
+                }
+            }
+        }
+        let route = ServiceRoute {
+            name: svc.name.clone(),
+            split,
+            total,
+            tags,
+        };
+        table
+            .hosts
+            .insert(svc.host.to_ascii_lowercase(), HostRoute::Split(Arc::new(route)));
+    }
+    table
+}
+
+fn target(reg: &mut Registry, rev: &RevisionSpec, tag: &str) -> Arc<RevisionTarget> {
+    let endpoints: Vec<Arc<Endpoint>> = rev
+        .endpoints
+        .iter()
+        .map(|a| {
+            reg.endpoints
+                .entry(*a)
+                .or_insert_with(|| Arc::new(Endpoint::new(*a)))
+                .clone()
+        })
+        .collect();
+    let labels = Labels {
+        namespace: rev.namespace.clone(),
+        service: rev.service.clone(),
+        revision: rev.name.clone(),
+        tag: tag.into(),
+    };
+    let metrics = reg
+        .metrics
+        .entry(labels.clone())
+        .or_insert_with(|| Arc::new(RevisionMetrics::new(labels)))
+        .clone();
+    let cc = rev.container_concurrency as usize;
+    let capacity = cc * endpoints.len();
+    let breaker = (capacity > 0).then(|| {
+        let key = (rev.namespace.clone(), rev.name.clone());
+        let b = reg
+            .breakers
+            .entry(key)
+            .or_insert_with(|| Arc::new(Breaker::new(capacity, 10 * capacity)));
+        if b.capacity() != capacity {
+            *b = Arc::new(Breaker::new(capacity, 10 * capacity));
+        }
+        b.clone()
+    });
+    Arc::new(RevisionTarget {
+        name: rev.name.clone(),
+        endpoints,
+        breaker,
+        timeout: rev.timeout,
+        protocol: rev.protocol,
+        metrics,
+    })
+}

@@ -1,0 +1,173 @@
+//! Per-revision request metrics, recorded on the hot path with atomics only, exported as Prometheus
+//! text and as snapshots for the autoscaler and rollout analysis.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Upper bounds of the latency buckets, in milliseconds.
+pub const LATENCY_BUCKETS_MS: [f64; 25] = [
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0, 150.0, 200.0, 250.0, 300.0, 400.0, 500.0, 750.0,
+    1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 50000.0, 100000.0,
+];
+
+/// Which revision, reached through which route (`tag` is empty for the service's own URL).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Labels {
+    pub namespace: String,
+    pub service: String,
+    pub revision: String,
+    pub tag: String,
+}
+
+#[derive(Debug)]
+pub struct RevisionMetrics {
+    pub labels: Labels,
+    /// Responses by class: 1xx .. 5xx.
+    classes: [AtomicU64; 5],
+    /// Cumulative-free counts per bucket (the last slot is +Inf).
+    buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    sum_us: AtomicU64,
+    in_flight: AtomicI64,
+}
+
+/// A point-in-time copy of one revision's counters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    pub labels: Labels,
+    pub requests: [u64; 5],
+    pub latency_buckets_ms: Vec<f64>,
+    /// Count per bucket (not cumulative); the last is above the highest bound.
+    pub latency_counts: Vec<u64>,
+    pub latency_sum_ms: f64,
+    pub in_flight: i64,
+}
+
+impl MetricsSnapshot {
+    pub fn total(&self) -> u64 {
+        self.requests.iter().sum()
+    }
+}
+
+impl RevisionMetrics {
+    pub fn new(labels: Labels) -> Self {
+        RevisionMetrics {
+            labels,
+            classes: Default::default(),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_us: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
+        }
+    }
+
+    pub fn start(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a finished request.
+    pub fn finish(&self, status: u16, elapsed: Duration) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.classes[class].fetch_add(1, Ordering::Relaxed);
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        let idx = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.buckets[idx].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            labels: self.labels.clone(),
+            requests: std::array::from_fn(|i| self.classes[i].load(Ordering::Relaxed)),
+            latency_buckets_ms: LATENCY_BUCKETS_MS.to_vec(),
+            latency_counts: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+            latency_sum_ms: self.sum_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            in_flight: self.in_flight(),
+        }
+    }
+}
+
+fn label_text(l: &Labels) -> String {
+    format!(
+        "namespace_name=\"{}\",service_name=\"{}\",configuration_name=\"{}\",revision_name=\"{}\",tag=\"{}\"",
+        l.namespace, l.service, l.service, l.revision, l.tag
+    )
+}
+
+/// Renders snapshots in the Prometheus text format, with Knative's metric names.
+pub fn prometheus_text(snaps: &[MetricsSnapshot]) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP revision_request_count The number of requests that are routed to a revision\n");
+    out.push_str("# TYPE revision_request_count counter\n");
+    for s in snaps {
+        for (i, n) in s.requests.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "revision_request_count{{{},response_code_class=\"{}xx\"}} {n}",
+                label_text(&s.labels),
+                i + 1
+            );
+        }
+    }
+    out.push_str("# HELP revision_request_latencies The response time of requests to a revision, in milliseconds\n");
+    out.push_str("# TYPE revision_request_latencies histogram\n");
+    for s in snaps {
+        let labels = label_text(&s.labels);
+        let mut cum = 0;
+        for (b, n) in s.latency_buckets_ms.iter().zip(&s.latency_counts) {
+            cum += n;
+            let _ = writeln!(out, "revision_request_latencies_bucket{{{labels},le=\"{b}\"}} {cum}");
+        }
+        cum += s.latency_counts.last().copied().unwrap_or(0);
+        let _ = writeln!(out, "revision_request_latencies_bucket{{{labels},le=\"+Inf\"}} {cum}");
+        let _ = writeln!(out, "revision_request_latencies_sum{{{labels}}} {}", s.latency_sum_ms);
+        let _ = writeln!(out, "revision_request_latencies_count{{{labels}}} {cum}");
+    }
+    out.push_str("# HELP revision_concurrent_requests Requests in flight to a revision\n");
+    out.push_str("# TYPE revision_concurrent_requests gauge\n");
+    for s in snaps {
+        let _ = writeln!(
+            out,
+            "revision_concurrent_requests{{{}}} {}",
+            label_text(&s.labels),
+            s.in_flight
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_classes_buckets_and_renders() {
+        let m = RevisionMetrics::new(Labels {
+            namespace: "ns".into(),
+            service: "s".into(),
+            revision: "s-00001".into(),
+            tag: String::new(),
+        });
+        for (status, ms) in [(200, 0.1), (200, 3.0), (503, 70.0), (404, 1e9)] {
+            m.start();
+            m.finish(status, Duration::from_secs_f64(ms / 1000.0));
+        }
+        let s = m.snapshot();
+        assert_eq!(s.requests, [0, 2, 0, 1, 1]);
+        assert_eq!(s.in_flight, 0);
+        assert_eq!(s.latency_counts[0], 1);
+        assert_eq!(*s.latency_counts.last().unwrap(), 1);
+        let text = prometheus_text(&[s]);
+        assert!(text.contains("revision_request_count{namespace_name=\"ns\",service_name=\"s\",configuration_name=\"s\",revision_name=\"s-00001\",tag=\"\",response_code_class=\"2xx\"} 2"), "{text}");
+        assert!(text.contains("le=\"+Inf\"} 4"), "{text}");
+    }
+}

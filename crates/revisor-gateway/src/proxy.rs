@@ -1,0 +1,264 @@
+//! The request path: match the host (and tag), pick a revision by weight, a replica by load, pass the
+//! breaker, and stream the request through, retrying only what is safe to retry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::uri::{Authority, Scheme};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+
+use crate::body::{Accounting, BodySlot, GatewayBody, ResponseBody};
+use crate::endpoint::pick;
+use crate::routes::{HostRoute, Protocol, RevisionTarget};
+use crate::Inner;
+
+/// The header that selects a tag, as in Knative.
+pub const TAG_HEADER: &str = "knative-serving-tag";
+
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub fn local(status: StatusCode, message: String) -> Response<GatewayBody> {
+    let mut resp = Response::new(GatewayBody::Local(Full::new(Bytes::from(format!(
+        "revisor gateway: {message}\n"
+    )))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn host_of(req: &Request<Incoming>) -> Option<&str> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    // Strip a port, keeping IPv6 literals whole.
+    Some(match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    })
+}
+
+pub async fn handle(inner: Arc<Inner>, req: Request<Incoming>, remote: SocketAddr) -> Response<GatewayBody> {
+    let table = inner.routes.load_full();
+    let Some(host) = host_of(&req) else {
+        return local(StatusCode::BAD_REQUEST, "the request has no Host header".into());
+    };
+    let host = host.to_ascii_lowercase();
+    let target = match table.hosts.get(&host) {
+        None => return local(StatusCode::NOT_FOUND, format!("no service for host {host:?}")),
+        Some(HostRoute::Tag(t)) => t.clone(),
+        Some(HostRoute::Split(route)) => {
+            let by_header = req
+                .headers()
+                .get(TAG_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|t| route.tags.get(t));
+            match by_header.or_else(|| route.pick()) {
+                Some(t) => t.clone(),
+                None => {
+                    return local(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("service {:?} has no traffic targets", route.name),
+                    )
+                }
+            }
+        }
+    };
+    proxy(&inner, target, req, remote).await
+}
+
+fn too_large(inner: &Inner, req: &Request<Incoming>) -> bool {
+    let limit = inner.config.max_body_bytes;
+    limit > 0
+        && req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > limit)
+}
+
+async fn proxy(
+    inner: &Inner,
+    target: Arc<RevisionTarget>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<GatewayBody> {
+    if too_large(inner, &req) {
+        return local(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {} bytes", inner.config.max_body_bytes),
+        );
+    }
+    let started = Instant::now();
+    target.metrics.start();
+    let mut acct = Accounting {
+        metrics: target.metrics.clone(),
+        started,
+        status: 503,
+        in_flight: None,
+        permit: None,
+    };
+    let rev = &target.name;
+    if target.endpoints.is_empty() {
+        return local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("revision {rev:?} has no ready replicas"),
+        );
+    }
+    if let Some(b) = &target.breaker {
+        match b.enter().await {
+            Ok(p) => acct.permit = Some(p),
+            Err(_) => {
+                return local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("revision {rev:?} is at capacity and its queue is full"),
+                )
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::from_std(started + target.timeout);
+    let (parts, body) = req.into_parts();
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let slot = BodySlot::new(body, inner.config.max_body_bytes);
+    let mut skip = None;
+    loop {
+        let Some(ep) = pick(&target.endpoints, target.breaker.is_some(), skip) else {
+            acct.status = 502;
+            return local(
+                StatusCode::BAD_GATEWAY,
+                format!("revision {rev:?}: no replica could be reached"),
+            );
+        };
+        acct.in_flight = Some(ep.acquire());
+        let upstream = upstream_request(&parts, &slot, ep.addr, &target, remote);
+        let client = match target.protocol {
+            Protocol::Http1 => &inner.http1,
+            Protocol::H2c => &inner.h2c,
+        };
+        match tokio::time::timeout_at(deadline, client.request(upstream)).await {
+            Err(_) => {
+                acct.status = 504;
+                return local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("revision {rev:?} did not answer within {:?}", target.timeout),
+                );
+            }
+            Ok(Ok(resp)) => return respond(resp, deadline, acct),
+            Ok(Err(e)) => {
+                // Retry once, elsewhere, only what cannot have reached the application twice: a failed connect,
+                // or a safe method whose body was never sent and that got no response.
+                let retryable = e.is_connect() || (safe && !slot.was_polled());
+                if retryable && skip.is_none() && target.endpoints.len() > 1 && !slot.was_polled() {
+                    tracing::debug!(revision = %rev, replica = %ep.addr, "retrying on another replica: {e}");
+                    skip = Some(ep.addr);
+                    continue;
+                }
+                acct.status = 502;
+                return local(
+                    StatusCode::BAD_GATEWAY,
+                    format!("revision {rev:?}, replica {}: {}", ep.addr, error_chain(&e)),
+                );
+            }
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn upstream_request(
+    parts: &hyper::http::request::Parts,
+    slot: &BodySlot,
+    addr: SocketAddr,
+    target: &RevisionTarget,
+    remote: SocketAddr,
+) -> Request<crate::body::RequestBody> {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| "/".parse().unwrap());
+    let authority: Authority = addr
+        .to_string()
+        .parse()
+        .expect("socket addresses are valid authorities");
+    let uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .expect("valid uri");
+    let mut req = Request::new(slot.body());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = match target.protocol {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::H2c => Version::HTTP_2,
+    };
+    let headers = req.headers_mut();
+    copy_end_to_end(&parts.headers, headers);
+    if target.protocol == Protocol::H2c {
+        headers.remove(header::HOST);
+    }
+    let ip = remote.ip().to_string();
+    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    req
+}
+
+/// Copies headers except hop-by-hop ones (and those the Connection header names).
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    let named: Vec<String> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .collect();
+    to.reserve(from.len());
+    for (k, v) in from {
+        if HOP_BY_HOP.contains(k) || k == header::UPGRADE || named.iter().any(|n| n == k.as_str()) {
+            continue;
+        }
+        to.append(k.clone(), v.clone());
+    }
+}
+
+fn respond(resp: Response<Incoming>, deadline: tokio::time::Instant, mut acct: Accounting) -> Response<GatewayBody> {
+    acct.status = resp.status().as_u16();
+    let (mut parts, body) = resp.into_parts();
+    for h in &HOP_BY_HOP {
+        parts.headers.remove(h);
+    }
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    Response::from_parts(parts, GatewayBody::Proxied(ResponseBody::new(body, remaining, acct)))
+}

@@ -1,0 +1,101 @@
+//! Route tables: the declarative spec the control plane publishes, and the immutable table the gateway
+//! builds from it (hosts -> weighted revisions and tags).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::endpoint::{Breaker, Endpoint};
+use crate::metrics::RevisionMetrics;
+
+/// The wire protocol a revision's container speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (the container port is named `h2c`), for gRPC.
+    H2c,
+}
+
+/// One revision as the control plane describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionSpec {
+    pub namespace: String,
+    pub service: String,
+    pub name: String,
+    pub endpoints: Vec<SocketAddr>,
+    /// Hard in-flight limit per replica; 0 is unlimited.
+    pub container_concurrency: u32,
+    pub timeout: Duration,
+    pub protocol: Protocol,
+}
+
+/// One traffic target of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TargetSpec {
+    pub revision: String,
+    pub percent: u32,
+    pub tag: Option<String>,
+    /// The host of the tag's own URL (`<tag>-<svc>.<ns>.<domain>`).
+    pub tag_host: Option<String>,
+}
+
+/// One service's routes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    pub namespace: String,
+    pub name: String,
+    pub host: String,
+    pub targets: Vec<TargetSpec>,
+}
+
+/// Everything the gateway routes, as the control plane sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoutesSpec {
+    pub services: Vec<ServiceSpec>,
+    /// The revisions the services' targets name.
+    pub revisions: Vec<RevisionSpec>,
+}
+
+/// A revision as the gateway routes to it: its ready replicas, breaker and metrics.
+pub struct RevisionTarget {
+    pub name: String,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub breaker: Option<Arc<Breaker>>,
+    pub timeout: Duration,
+    pub protocol: Protocol,
+    pub metrics: Arc<RevisionMetrics>,
+}
+
+/// Where a host leads: a fixed revision (a tag's URL) or the service's split.
+pub enum HostRoute {
+    Split(Arc<ServiceRoute>),
+    Tag(Arc<RevisionTarget>),
+}
+
+pub struct ServiceRoute {
+    pub name: String,
+    /// Targets with a positive percent, with cumulative weights for one random draw.
+    pub split: Vec<(u32, Arc<RevisionTarget>)>,
+    pub total: u32,
+    /// For the `Knative-Serving-Tag` header.
+    pub tags: HashMap<String, Arc<RevisionTarget>>,
+}
+
+impl ServiceRoute {
+    /// Picks a revision by weight.
+    pub fn pick(&self) -> Option<&Arc<RevisionTarget>> {
+        if self.total == 0 {
+            return None;
+        }
+        let x = fastrand::u32(0..self.total);
+        self.split.iter().find(|(cum, _)| x < *cum).map(|(_, t)| t)
+    }
+}
+
+/// An immutable routing snapshot; requests hold the one they started with.
+#[derive(Default)]
+pub struct RouteTable {
+    pub hosts: HashMap<String, HostRoute>,
+}

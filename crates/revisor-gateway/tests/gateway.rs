@@ -1,0 +1,349 @@
+//! The gateway against real upstream processes on loopback: routing, split, breaker, timeouts, retries.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use revisor_gateway::{Gateway, GatewayConfig, Protocol, RevisionSpec, RoutesSpec, ServiceSpec, TargetSpec};
+
+struct Upstream {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn upstream_bin() -> PathBuf {
+    let p = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("revisor-test-upstream");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p revisor-testapp` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn upstream(revision: &str, env: &[(&str, &str)]) -> Upstream {
+    let port = free_port();
+    let child = Command::new(upstream_bin())
+        .env("PORT", port.to_string())
+        .env("K_REVISION", revision)
+        .envs(env.iter().copied())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "upstream did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Upstream { child, addr }
+}
+
+fn rev(name: &str, endpoints: Vec<SocketAddr>, cc: u32, timeout_ms: u64) -> RevisionSpec {
+    RevisionSpec {
+        namespace: "default".into(),
+        service: "svc".into(),
+        name: name.into(),
+        endpoints,
+        container_concurrency: cc,
+        timeout: Duration::from_millis(timeout_ms),
+        protocol: Protocol::Http1,
+    }
+}
+
+fn target(revision: &str, percent: u32, tag: Option<&str>) -> TargetSpec {
+    TargetSpec {
+        revision: revision.into(),
+        percent,
+        tag: tag.map(str::to_string),
+        tag_host: tag.map(|t| format!("{t}-svc.default.localhost")),
+    }
+}
+
+fn routes(targets: Vec<TargetSpec>, revisions: Vec<RevisionSpec>) -> RoutesSpec {
+    RoutesSpec {
+        services: vec![ServiceSpec {
+            namespace: "default".into(),
+            name: "svc".into(),
+            host: "svc.default.localhost".into(),
+            targets,
+        }],
+        revisions,
+    }
+}
+
+async fn start(gw: &Gateway) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        let _keep = _tx;
+        gw.serve(listener, rx).await
+    });
+    addr
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+async fn get(c: &Client, gw: SocketAddr, host: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let mut req = hyper::Request::builder()
+        .uri(format!("http://{gw}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c
+        .request(req.body(http_body_util::Empty::new()).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_else(|e| format!("<body error: {e}>"));
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_by_host_tag_host_and_tag_header() {
+    let a = upstream("svc-00001", &[]);
+    let b = upstream("svc-00002", &[]);
+    let gw = Gateway::new(GatewayConfig::default());
+    gw.publish(&routes(
+        vec![
+            target("svc-00001", 100, Some("stable")),
+            target("svc-00002", 0, Some("canary")),
+        ],
+        vec![
+            rev("svc-00001", vec![a.addr], 0, 5000),
+            rev("svc-00002", vec![b.addr], 0, 5000),
+        ],
+    ));
+    let addr = start(&gw).await;
+    let c = client();
+    assert_eq!(
+        get(&c, addr, "svc.default.localhost", "/", &[]).await,
+        (200, "svc-00001\n".into())
+    );
+    assert_eq!(
+        get(&c, addr, "svc.default.localhost:8080", "/", &[]).await.1,
+        "svc-00001\n",
+        "ports are ignored"
+    );
+    assert_eq!(
+        get(&c, addr, "canary-svc.default.localhost", "/", &[]).await.1,
+        "svc-00002\n"
+    );
+    assert_eq!(
+        get(
+            &c,
+            addr,
+            "svc.default.localhost",
+            "/",
+            &[("knative-serving-tag", "canary")]
+        )
+        .await
+        .1,
+        "svc-00002\n"
+    );
+    assert_eq!(
+        get(
+            &c,
+            addr,
+            "svc.default.localhost",
+            "/",
+            &[("knative-serving-tag", "nope")]
+        )
+        .await
+        .1,
+        "svc-00001\n"
+    );
+    let (status, body) = get(&c, addr, "other.default.localhost", "/", &[]).await;
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("no service for host \"other.default.localhost\""),
+        "{body}"
+    );
+    let m = gw.metrics();
+    let by_tag: HashMap<(String, String), u64> = m
+        .iter()
+        .map(|s| ((s.labels.revision.clone(), s.labels.tag.clone()), s.requests[1]))
+        .collect();
+    assert_eq!(by_tag[&("svc-00001".to_string(), String::new())], 3);
+    assert_eq!(by_tag[&("svc-00002".to_string(), "canary".to_string())], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn splits_by_weight() {
+    let a = upstream("svc-00001", &[]);
+    let b = upstream("svc-00002", &[]);
+    let gw = Gateway::new(GatewayConfig::default());
+    gw.publish(&routes(
+        vec![target("svc-00001", 70, None), target("svc-00002", 30, None)],
+        vec![
+            rev("svc-00001", vec![a.addr], 0, 5000),
+            rev("svc-00002", vec![b.addr], 0, 5000),
+        ],
+    ));
+    let addr = start(&gw).await;
+    let c = client();
+    let mut first = 0;
+    for _ in 0..2000 {
+        if get(&c, addr, "svc.default.localhost", "/", &[]).await.1 == "svc-00001\n" {
+            first += 1;
+        }
+    }
+    let share = first as f64 / 2000.0;
+    assert!((share - 0.7).abs() < 0.04, "share of svc-00001 was {share}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn breaker_queue_full_answers_503_at_once_and_timeouts_504() {
+    let slow = upstream("svc-00001", &[("LATENCY_MS", "300")]);
+    let gw = Gateway::new(GatewayConfig::default());
+    // containerConcurrency 1 on one replica: 1 in flight, 10 queued, the rest refused.
+    gw.publish(&routes(
+        vec![target("svc-00001", 100, None)],
+        vec![rev("svc-00001", vec![slow.addr], 1, 60_000)],
+    ));
+    let addr = start(&gw).await;
+    let c = client();
+    let started = Instant::now();
+    let reqs: Vec<_> = (0..20)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { get(&c, addr, "svc.default.localhost", "/", &[]).await })
+        })
+        .collect();
+    let mut refused = 0;
+    for r in reqs {
+        let (status, body) = r.await.unwrap();
+        if status == 503 {
+            assert!(body.contains("at capacity"), "{body}");
+            refused += 1;
+        }
+    }
+    assert!(
+        (8..=9).contains(&refused),
+        "20 requests, 1 in flight + 10 queued: {refused} refused"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(300 * 10),
+        "queued requests ran one at a time"
+    );
+
+    gw.publish(&routes(
+        vec![target("svc-00001", 100, None)],
+        vec![rev("svc-00001", vec![slow.addr], 0, 100)],
+    ));
+    let (status, body) = get(&c, addr, "svc.default.localhost", "/", &[]).await;
+    assert_eq!(status, 504, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_connection_is_retried_on_another_replica() {
+    let live = upstream("svc-00001", &[]);
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gw = Gateway::new(GatewayConfig::default());
+    gw.publish(&routes(
+        vec![target("svc-00001", 100, None)],
+        vec![rev("svc-00001", vec![dead, live.addr], 0, 5000)],
+    ));
+    let addr = start(&gw).await;
+    let c = client();
+    for _ in 0..50 {
+        assert_eq!(get(&c, addr, "svc.default.localhost", "/", &[]).await.0, 200);
+    }
+    // With only the dead replica there is nowhere to retry: a clear 502, never a hang.
+    gw.publish(&routes(
+        vec![target("svc-00001", 100, None)],
+        vec![rev("svc-00001", vec![dead], 0, 5000)],
+    ));
+    let (status, body) = get(&c, addr, "svc.default.localhost", "/", &[]).await;
+    assert_eq!(status, 502);
+    assert!(body.contains("svc-00001"), "{body}");
+    gw.publish(&routes(
+        vec![target("svc-00001", 100, None)],
+        vec![rev("svc-00001", vec![], 0, 5000)],
+    ));
+    let (status, body) = get(&c, addr, "svc.default.localhost", "/", &[]).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("no ready replicas"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_in_flight_finishes_on_its_snapshot_and_is_counted_for_draining() {
+    let slow = upstream("svc-00001", &[]);
+    let gw = Gateway::new(GatewayConfig::default());
+    gw.publish(&routes(
+        vec![target("svc-00001", 100, None)],
+        vec![rev("svc-00001", vec![slow.addr], 0, 5000)],
+    ));
+    let addr = start(&gw).await;
+    let c = client();
+    let inflight = tokio::spawn({
+        let c = c.clone();
+        async move { get(&c, addr, "svc.default.localhost", "/?sleep_ms=400", &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(gw.in_flight(slow.addr), 1);
+    gw.publish(&RoutesSpec::default());
+    assert_eq!(
+        gw.in_flight(slow.addr),
+        1,
+        "a replica out of the route still counts its requests"
+    );
+    assert_eq!(inflight.await.unwrap(), (200, "svc-00001\n".into()));
+    assert_eq!(gw.in_flight(slow.addr), 0);
+    assert_eq!(get(&c, addr, "svc.default.localhost", "/", &[]).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_dying_mid_request_gives_502_not_a_hang() {
+    let dying = upstream("svc-00001", &[("CRASH_AFTER", "1"), ("LATENCY_MS", "50")]);
+    let gw = Gateway::new(GatewayConfig::default());
+    gw.publish(&routes(
+        vec![target("svc-00001", 100, None)],
+        vec![rev("svc-00001", vec![dying.addr], 0, 5000)],
+    ));
+    let addr = start(&gw).await;
+    let c = client();
+    let started = Instant::now();
+    let (status, _) = get(&c, addr, "svc.default.localhost", "/", &[]).await;
+    assert_eq!(status, 502);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
