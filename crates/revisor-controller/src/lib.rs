@@ -5,12 +5,16 @@
 //! `admission` holds the checks that need stored state; `run` drives reconciles from store changes.
 
 pub mod admission;
+pub mod dataplane;
+pub mod health;
 pub mod reconcile;
 pub mod resources;
 pub mod run;
 pub mod status;
 
 pub use admission::{apply_service, delete_revision, delete_service, ApplyError, ApplyMode, ApplyOutcome};
+pub use dataplane::{Backend, DesiredRevision, DesiredState, RoutedTarget, ServiceRoutes};
+pub use health::{record_health, RevisionHealth};
 pub use reconcile::reconcile_service;
 pub use run::Controller;
 

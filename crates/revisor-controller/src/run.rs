@@ -1,25 +1,44 @@
 //! The control loop: reconcile every service at start, then each service whose objects change.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use chrono::Utc;
-use revisor_api::Service;
+use revisor_api::{Defaults, Revision, Service};
 use revisor_store::{Store, StoreError};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
+use crate::dataplane::{desired_state, Backend, DesiredState};
 use crate::reconcile::reconcile_service;
 use crate::ControllerConfig;
 
-/// Drives reconciles from store changes on its own thread (store writes are blocking fsyncs).
+/// Drives reconciles from store changes on its own thread (store writes are blocking fsyncs), and
+/// after each round tells the backend what the data plane should be.
 pub struct Controller {
     store: Store,
     config: ControllerConfig,
+    defaults: Defaults,
+    backend: Option<Arc<dyn Backend>>,
+    last: Option<DesiredState>,
 }
 
 impl Controller {
     pub fn new(store: Store, config: ControllerConfig) -> Self {
-        Self { store, config }
+        Self {
+            store,
+            config,
+            defaults: Defaults::default(),
+            backend: None,
+            last: None,
+        }
+    }
+
+    /// Drives `backend` with the desired data plane; `defaults` resolve revisions' annotations.
+    pub fn with_backend(mut self, backend: Arc<dyn Backend>, defaults: Defaults) -> Self {
+        self.backend = Some(backend);
+        self.defaults = defaults;
+        self
     }
 
     /// Starts the loop. It runs until the process ends; reconcile failures are logged and retried on the
@@ -32,9 +51,10 @@ impl Controller {
             .expect("spawn controller thread")
     }
 
-    fn run(self, mut rx: tokio::sync::broadcast::Receiver<revisor_store::Change>) {
+    fn run(mut self, mut rx: tokio::sync::broadcast::Receiver<revisor_store::Change>) {
         self.reconcile_all();
         loop {
+            self.sync_backend();
             let mut pending = BTreeSet::new();
             match rx.blocking_recv() {
                 Ok(c) => add(&mut pending, c),
@@ -58,6 +78,23 @@ impl Controller {
             for (ns, name) in pending {
                 self.reconcile(&ns, &name);
             }
+        }
+    }
+
+    /// Sends the desired data plane to the backend when it changed.
+    fn sync_backend(&mut self) {
+        let Some(backend) = &self.backend else { return };
+        let (services, revisions) = match (self.store.list::<Service>(None), self.store.list::<Revision>(None)) {
+            (Ok(s), Ok(r)) => (s, r),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("reading the store for the data plane: {e}");
+                return;
+            }
+        };
+        let desired = desired_state(&services, &revisions, &self.defaults);
+        if self.last.as_ref() != Some(&desired) {
+            backend.sync(desired.clone());
+            self.last = Some(desired);
         }
     }
 

@@ -15,6 +15,22 @@ pub fn revision_ready(rev: &Revision) -> Condition {
         .unwrap_or_else(|| Condition::new("Ready", ConditionStatus::Unknown, None, None))
 }
 
+/// Whether traffic can move to a revision now: Ready, and not scaled to zero (`Active=False`). A ready
+/// revision at zero counts as not yet ready, so the route keeps its last programmed split until the
+/// revision has replicas again and no request meets an empty revision.
+fn routable(rev: &Revision) -> ConditionStatus {
+    let ready = revision_ready(rev).status;
+    let inactive = rev
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.get_condition("Active"))
+        .is_some_and(|c| c.status == ConditionStatus::False);
+    match ready {
+        ConditionStatus::True if inactive => ConditionStatus::Unknown,
+        other => other,
+    }
+}
+
 /// The configuration's status: latest created, latest ready (which only moves to a ready latest
 /// revision, as in Knative), and ConfigurationsReady's verdict.
 pub fn configuration_status(
@@ -96,7 +112,7 @@ pub fn service_status(
         .iter()
         .map(|r| RevisionState {
             name: r.metadata.name.clone(),
-            ready: revision_ready(r).status,
+            ready: routable(r),
         })
         .collect();
     let latest_failed = configurations_ready.status == ConditionStatus::False;

@@ -129,7 +129,16 @@ impl Runtime {
             let r = entry.replicas.pop().expect("more replicas than wanted");
             r.stop.send_replace(true);
         }
-        self.shared.update(&key, |st| st.desired = replicas);
+        let changed = self
+            .shared
+            .states
+            .lock()
+            .unwrap()
+            .get(&key)
+            .is_none_or(|st| st.desired != replicas);
+        if changed {
+            self.shared.update(&key, |st| st.desired = replicas);
+        }
     }
 
     /// The progress deadline: unless a replica becomes ready in time, the revision is marked as failed.

@@ -67,6 +67,7 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
                     st.ever_ready = true;
                     st.ready_since_scale_up = true;
                     st.deadline_exceeded = false;
+                    st.last_failure = None;
                 });
                 tokio::select! {
                     status = child.wait() => Phase::Exited(status),

@@ -31,6 +31,7 @@ pub struct RevisionState {
     pub ever_ready: bool,
     /// Whether a replica became ready since the last scale-up from zero.
     pub ready_since_scale_up: bool,
+    /// The last failure since a replica was last ready.
     pub last_failure: Option<Failure>,
     pub deadline_exceeded: bool,
 }

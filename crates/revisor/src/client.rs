@@ -112,6 +112,21 @@ impl Client {
         Ok(self.send(self.http.put(self.url(path)).json(body))?.json()?)
     }
 
+    /// Copies a streamed response (a log) to `out` as it arrives; no timeout, for `--follow`.
+    pub fn stream_to(&self, path: &str, out: &mut dyn std::io::Write) -> Result<()> {
+        let http = Http::builder().timeout(None).build()?;
+        let mut resp = self.send(http.get(self.url(path)))?;
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = std::io::Read::read(&mut resp, &mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            out.write_all(&buf[..n])?;
+            out.flush()?;
+        }
+    }
+
     pub fn delete(&self, path: &str) -> Result<()> {
         self.send(self.http.delete(self.url(path)))?;
         Ok(())

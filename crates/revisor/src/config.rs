@@ -3,8 +3,14 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
+use revisor_api::units::parse_go_duration;
 use revisor_api::Defaults;
+use revisor_gateway::GatewayConfig;
+use revisor_local::ImageCommand;
 use serde::Deserialize;
 
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7070";
@@ -19,6 +25,27 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub defaults: Defaults,
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    /// Local commands for images whose containers give none.
+    #[serde(default)]
+    pub images: BTreeMap<String, ImageCommand>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RawGateway {
+    pub max_header_bytes: Option<usize>,
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RawRuntime {
+    pub progress_deadline: Option<String>,
+    pub termination_grace_period: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +75,18 @@ pub struct ServerConfig {
     pub gateway_addr: SocketAddr,
     pub domain: String,
     pub defaults: Defaults,
+    pub gateway: GatewayConfig,
+    pub images: BTreeMap<String, ImageCommand>,
+    pub progress_deadline: Duration,
+    pub termination_grace: Duration,
+}
+
+pub const DEFAULT_PROGRESS_DEADLINE: &str = "600s";
+pub const DEFAULT_TERMINATION_GRACE: &str = "10s";
+
+fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration> {
+    let v = value.unwrap_or(default);
+    parse_go_duration(v).map_err(|e| anyhow::anyhow!("[runtime] {key}: {e}"))
 }
 
 impl RawConfig {
@@ -113,12 +152,41 @@ impl ServerConfig {
         raw.defaults
             .validate()
             .map_err(|e| anyhow::anyhow!("[defaults] in the config file: {e}"))?;
+        let mut gateway = GatewayConfig::default();
+        if let Some(n) = raw.gateway.max_header_bytes {
+            if n < 1024 {
+                bail!("[gateway] max-header-bytes must be at least 1024, got {n}");
+            }
+            gateway.max_header_bytes = n;
+        }
+        if let Some(n) = raw.gateway.max_body_bytes {
+            gateway.max_body_bytes = n;
+        }
+        for (image, cmd) in &raw.images {
+            if cmd.command.is_empty() {
+                bail!("[images.\"{image}\"] command must name a program");
+            }
+        }
+        let progress_deadline = duration(
+            "progress-deadline",
+            raw.runtime.progress_deadline.as_deref(),
+            DEFAULT_PROGRESS_DEADLINE,
+        )?;
+        let termination_grace = duration(
+            "termination-grace-period",
+            raw.runtime.termination_grace_period.as_deref(),
+            DEFAULT_TERMINATION_GRACE,
+        )?;
         Ok(ServerConfig {
             data_dir,
             admin_addr,
             gateway_addr,
             domain,
             defaults: raw.defaults,
+            gateway,
+            images: raw.images,
+            progress_deadline,
+            termination_grace,
         })
     }
 }
@@ -135,6 +203,20 @@ mod tests {
         assert_eq!(raw.server.admin_addr.as_deref(), Some(DEFAULT_ADMIN_ADDR));
         assert_eq!(raw.server.gateway_addr.as_deref(), Some(DEFAULT_GATEWAY_ADDR));
         assert_eq!(raw.server.domain.as_deref(), Some(DEFAULT_DOMAIN));
+        let g = GatewayConfig::default();
+        assert_eq!(
+            (raw.gateway.max_header_bytes, raw.gateway.max_body_bytes),
+            (Some(g.max_header_bytes), Some(g.max_body_bytes))
+        );
+        assert_eq!(
+            raw.runtime.progress_deadline.as_deref(),
+            Some(DEFAULT_PROGRESS_DEADLINE)
+        );
+        assert_eq!(
+            raw.runtime.termination_grace_period.as_deref(),
+            Some(DEFAULT_TERMINATION_GRACE)
+        );
+        assert_eq!(raw.images["example.com/hello:v1"].command[0], "sh");
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! `revisor serve`: opens the store, starts the controller and the admin API, and stops cleanly on a signal.
+//! `revisor serve`: opens the store, starts the gateway, the local runtime, the controller and the admin
+//! API, and on a signal stops accepting, drains every replica and exits.
 
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use revisor_controller::{Controller, ControllerConfig};
+use revisor_gateway::Gateway;
+use revisor_local::{LocalBackend, LocalConfig};
+use revisor_runtime::Runtime;
 use revisor_store::Store;
 use tokio::net::TcpListener;
 
@@ -12,36 +16,68 @@ use crate::config::ServerConfig;
 
 /// The store file inside the data dir.
 pub const STORE_FILE: &str = "revisor.redb";
+/// Replica logs, `logs/<namespace>/<revision>/replica-<n>.log`, inside the data dir.
+pub const LOGS_DIR: &str = "logs";
 
 pub async fn serve(cfg: ServerConfig) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let store_path = cfg.data_dir.join(STORE_FILE);
     let store =
         Store::open(&store_path).with_context(|| "is another `revisor serve` using this data dir? pass --data-dir")?;
-    let controller = ControllerConfig {
-        domain: cfg.domain.clone(),
-        gateway_port: cfg.gateway_addr.port(),
-    };
-    Controller::new(store.clone(), controller).spawn();
-    let listener = TcpListener::bind(cfg.admin_addr)
+    let gateway_listener = TcpListener::bind(cfg.gateway_addr)
+        .await
+        .with_context(|| format!("binding the gateway to {}", cfg.gateway_addr))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_listener = TcpListener::bind(cfg.admin_addr)
         .await
         .with_context(|| format!("binding the admin API to {}", cfg.admin_addr))?;
-    let local = listener.local_addr()?;
-    if !local.ip().is_loopback() {
-        tracing::warn!("the admin API listens on {local}, beyond loopback, and has no authentication");
+    let admin_addr = admin_listener.local_addr()?;
+    if !admin_addr.ip().is_loopback() {
+        tracing::warn!("the admin API listens on {admin_addr}, beyond loopback, and has no authentication");
     }
+
+    let gateway = Gateway::new(cfg.gateway.clone());
+    let logs = cfg.data_dir.join(LOGS_DIR);
+    let counts = gateway.clone();
+    let runtime = Runtime::new(logs.clone(), Arc::new(move |addr| counts.in_flight(addr)));
+    let exe = std::env::current_exe().context("finding the revisor executable")?;
+    let local = LocalConfig {
+        images: cfg.images.clone(),
+        revisor_exe: exe,
+        progress_deadline: cfg.progress_deadline,
+        termination_grace: cfg.termination_grace,
+    };
+    let backend = LocalBackend::start(store.clone(), runtime, gateway.clone(), local);
+    let controller = ControllerConfig {
+        domain: cfg.domain.clone(),
+        gateway_port: gateway_addr.port(),
+    };
+    Controller::new(store.clone(), controller)
+        .with_backend(Arc::new(backend.clone()), cfg.defaults.clone())
+        .spawn();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gw = gateway.clone();
+    let gateway_task = tokio::spawn(async move { gw.serve(gateway_listener, stop_rx).await });
+    eprintln!("revisor: gateway listening on http://{gateway_addr}");
     eprintln!(
-        "revisor: admin API listening on http://{local} (data in {})",
+        "revisor: admin API listening on http://{admin_addr} (data in {})",
         cfg.data_dir.display()
     );
     let state = AdminState {
         store,
         defaults: Arc::new(cfg.defaults),
+        gateway: Some(gateway),
+        logs: Some(logs),
     };
-    axum::serve(listener, router(state))
+    axum::serve(admin_listener, router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("admin API")?;
+    eprintln!("revisor: stopping: draining replicas");
+    stop_tx.send_replace(true);
+    backend.shutdown().await;
+    let _ = gateway_task.await;
     eprintln!("revisor: stopped");
     Ok(())
 }

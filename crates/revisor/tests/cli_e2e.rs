@@ -1,10 +1,8 @@
 //! End to end: the real `revisor` binary as server and as CLI, on loopback, with a real data dir.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_revisor");
+use common::{cli, ok, write, Server};
 
 const REFERENCE: &str = "apiVersion: serving.knative.dev/v1
 kind: Service
@@ -24,85 +22,15 @@ spec:
       percent: 100
 ";
 
-/// A `revisor serve` process on a free loopback port; killed (SIGKILL) on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--admin-addr", "127.0.0.1:0", "--data-dir"])
-            .arg(data)
-            .env("REVISOR_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start revisor serve");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let url = loop {
-            let line = lines.next().expect("server printed its address").unwrap();
-            if let Some(rest) = line.strip_prefix("revisor: admin API listening on ") {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn cli(server: &str, args: &[&str]) -> Run {
-    let out: Output = Command::new(BIN)
-        .args(args)
-        .env("REVISOR_SERVER", server)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
-}
-
-fn ok(server: &str, args: &[&str]) -> String {
-    let r = cli(server, args);
-    assert_eq!(r.code, 0, "revisor {args:?} failed:\n{}{}", r.stdout, r.stderr);
-    r.stdout
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 #[test]
 fn reference_manifest_revisions_and_restart_after_kill_9() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let v1 = write(tmp.path(), "v1.yaml", REFERENCE);
     let v2 = write(tmp.path(), "v2.yaml", &REFERENCE.replace("my-model:v1", "my-model:v2"));
-    let server = Server::start(&data);
-    let s = server.url.clone();
+    let gateway = format!("127.0.0.1:{}", common::free_port());
+    let server = Server::start_on(&data, &gateway);
+    let s = server.admin.clone();
 
     assert_eq!(
         ok(&s, &["apply", "-f", v1.to_str().unwrap()]),
@@ -140,8 +68,9 @@ fn reference_manifest_revisions_and_restart_after_kill_9() {
         "{revs}"
     );
     let svcs = ok(&s, &["get", "services", "-n", "knative-serving"]);
+    let port = gateway.rsplit(':').next().unwrap();
     assert!(
-        svcs.contains("http://ai-model-service.knative-serving.localhost:8080"),
+        svcs.contains(&format!("http://ai-model-service.knative-serving.localhost:{port}")),
         "{svcs}"
     );
     assert!(
@@ -169,8 +98,8 @@ fn reference_manifest_revisions_and_restart_after_kill_9() {
     };
     let before = snapshot(&s);
     server.kill9();
-    let server = Server::start(&data);
-    let after = snapshot(&server.url);
+    let server = Server::start_on(&data, &gateway);
+    let after = snapshot(&server.admin);
     assert_eq!(before, after, "state after kill -9 and restart differs");
     let svc: serde_json::Value = serde_json::from_str(&after.0).unwrap();
     assert_eq!(svc["items"][0]["metadata"]["generation"], 2);
@@ -182,7 +111,7 @@ fn reference_manifest_revisions_and_restart_after_kill_9() {
 fn bad_manifests_name_file_document_and_field_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"));
-    let s = server.url.as_str();
+    let s = server.admin.as_str();
     let good = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: good\nspec:\n  template:\n    spec:\n      containers:\n        - image: img\n";
     let bad = good.replace("name: good", "name: bad").replace(
         "        - image: img\n",
@@ -282,7 +211,7 @@ fn the_cli_says_plainly_when_no_server_listens() {
 fn traffic_tags_describe_and_delete() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"));
-    let s = server.url.as_str();
+    let s = server.admin.as_str();
     let m = |image: &str| {
         "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - image: IMG\n".replace("IMG", image)
     };

@@ -1,10 +1,12 @@
 //! The admin API: Kubernetes-style paths over the store, JSON in and out, errors as `Status` objects.
 
 mod handlers;
+mod observe;
 mod status;
 
 pub use status::ApiError;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
@@ -21,6 +23,10 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 pub struct AdminState {
     pub store: Store,
     pub defaults: Arc<Defaults>,
+    /// The data plane, when this server runs one.
+    pub gateway: Option<revisor_gateway::Gateway>,
+    /// Where replica logs are kept, when this server runs replicas.
+    pub logs: Option<PathBuf>,
 }
 
 const SERVING: &str = "/apis/serving.knative.dev/v1";
@@ -59,6 +65,15 @@ pub fn router(state: AdminState) -> Router {
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/configurations/{{name}}"),
             get(get_configuration),
+        )
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/revisions/{{name}}/log"),
+            get(observe::revision_log),
+        )
+        .route("/metrics", get(observe::metrics))
+        .route(
+            "/apis/revisor.dev/v1alpha1/revisionmetrics",
+            get(observe::metric_snapshots),
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -103,6 +103,15 @@ pub enum Command {
         #[arg(long = "untag", value_delimiter = ',')]
         untags: Vec<String>,
     },
+    /// Show the output of a revision's replicas.
+    Logs {
+        revision: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Show a service's events.
     Events {
         service: String,
@@ -191,6 +200,17 @@ pub fn run(cli: Cli) -> Result<()> {
             &namespace,
             revisor_traffic::TrafficEdit { traffic, tags, untags },
         ),
+        Command::Logs {
+            revision,
+            namespace,
+            follow,
+        } => {
+            let path = format!(
+                "{}/namespaces/{namespace}/revisions/{revision}/log?follow={follow}",
+                crate::client::SERVING
+            );
+            client.stream_to(&path, &mut std::io::stdout().lock())
+        }
         Command::Events {
             service,
             namespace,

@@ -1,0 +1,289 @@
+//! The local backend: the controller's desired data plane made real on one machine. Revisions run as
+//! processes (revisor-runtime), requests reach them through the gateway (revisor-gateway), and what the
+//! replicas do flows back into the revisions' status.
+//!
+//! Routes are republished whenever the desired state or the set of ready replicas changes, and always
+//! before replicas are scaled down, so a replica leaves the route before it is drained and stopped.
+//!
+//! Two guarantees hold whatever the store says (its view of readiness can lag a moment behind the
+//! processes): a service's route only moves to targets that all have ready replicas (until then it keeps
+//! its last good targets), and a revision in a published route is never scaled to zero.
+
+pub mod command;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use revisor_controller::{record_health, Backend, DesiredState, RevisionHealth, RoutedTarget, ServiceRoutes};
+use revisor_gateway::{Gateway, Protocol, RevisionSpec, RoutesSpec, ServiceSpec, TargetSpec};
+use revisor_runtime::{RevisionKey, Runtime, Snapshot};
+use revisor_store::Store;
+use tokio::sync::Notify;
+
+pub use command::{process_spec, ImageCommand, LocalConfig, Unrunnable};
+
+struct Inner {
+    store: Store,
+    runtime: Runtime,
+    gateway: Gateway,
+    config: LocalConfig,
+    desired: Mutex<Arc<DesiredState>>,
+    changed: Notify,
+}
+
+/// The local backend. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalBackend {
+    inner: Arc<Inner>,
+}
+
+impl Backend for LocalBackend {
+    fn sync(&self, desired: DesiredState) {
+        *self.inner.desired.lock().unwrap() = Arc::new(desired);
+        self.inner.changed.notify_one();
+    }
+}
+
+/// What the loop knows about each revision beyond the runtime's snapshot.
+#[derive(Default)]
+struct Known {
+    protocols: HashMap<RevisionKey, Protocol>,
+    unrunnable: HashMap<RevisionKey, Unrunnable>,
+    reported: BTreeMap<RevisionKey, RevisionHealth>,
+    /// The targets last published per service (namespace, service).
+    published: HashMap<(String, String), Vec<RoutedTarget>>,
+}
+
+impl LocalBackend {
+    /// Starts the backend's loop on the current tokio runtime.
+    pub fn start(store: Store, runtime: Runtime, gateway: Gateway, config: LocalConfig) -> LocalBackend {
+        let inner = Arc::new(Inner {
+            store,
+            runtime,
+            gateway,
+            config,
+            desired: Mutex::new(Arc::new(DesiredState::default())),
+            changed: Notify::new(),
+        });
+        tokio::spawn(run(inner.clone()));
+        LocalBackend { inner }
+    }
+
+    /// Drains and stops every replica (server shutdown).
+    pub async fn shutdown(&self) {
+        self.inner.runtime.shutdown().await;
+    }
+}
+
+async fn run(inner: Arc<Inner>) {
+    let mut replicas = inner.runtime.subscribe();
+    let mut known = Known::default();
+    loop {
+        let desired = inner.desired.lock().unwrap().clone();
+        let snapshot = replicas.borrow_and_update().clone();
+        let effective = effective_routes(&desired, &snapshot, &mut known);
+        inner.gateway.publish(&routes(&desired, &effective, &snapshot, &known));
+        scale(&inner, &desired, &effective, &mut known);
+        let now = replicas.borrow_and_update().clone();
+        if !Arc::ptr_eq(&now, &snapshot) {
+            // Scaling can change the protocol or set of revisions known; publish what is current.
+            inner.gateway.publish(&routes(&desired, &effective, &now, &known));
+        }
+        report(&inner, &desired, &effective, &now, &mut known).await;
+        tokio::select! {
+            _ = inner.changed.notified() => {}
+            r = replicas.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+fn key_of(namespace: &str, name: &str) -> RevisionKey {
+    RevisionKey {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+/// The routes to publish: each service's desired targets when every target with traffic has a ready
+/// replica, else the targets it had (so traffic never moves onto a revision that cannot answer yet).
+fn effective_routes(desired: &DesiredState, snapshot: &Snapshot, known: &mut Known) -> Vec<ServiceRoutes> {
+    let serving = |ns: &str, t: &RoutedTarget| {
+        t.percent == 0
+            || snapshot
+                .get(&key_of(ns, &t.revision))
+                .is_some_and(|s| !s.ready.is_empty())
+    };
+    let mut out = Vec::new();
+    for r in &desired.routes {
+        let id = (r.namespace.clone(), r.service.clone());
+        let all_serving = r.targets.iter().all(|t| serving(&r.namespace, t));
+        let targets = match known.published.get(&id) {
+            Some(prev) if !all_serving && prev.iter().all(|t| serving(&r.namespace, t)) && !prev.is_empty() => {
+                prev.clone()
+            }
+            _ => r.targets.clone(),
+        };
+        known.published.insert(id, targets.clone());
+        out.push(ServiceRoutes { targets, ..r.clone() });
+    }
+    known
+        .published
+        .retain(|(ns, svc), _| desired.routes.iter().any(|r| &r.namespace == ns && &r.service == svc));
+    out
+}
+
+/// Whether a published route reaches a revision (by percent or by tag).
+fn routed(effective: &[ServiceRoutes], key: &RevisionKey) -> bool {
+    effective.iter().filter(|r| r.namespace == key.namespace).any(|r| {
+        r.targets
+            .iter()
+            .any(|t| t.revision == key.name && (t.percent > 0 || t.tag.is_some()))
+    })
+}
+
+/// Replicas to run: what the controller asks for, but at least one while a published route reaches it.
+fn replicas_for(desired: u32, effective: &[ServiceRoutes], key: &RevisionKey) -> u32 {
+    if routed(effective, key) {
+        desired.max(1)
+    } else {
+        desired
+    }
+}
+
+/// Starts, scales and stops replicas to match the desired state; forgets deleted revisions.
+fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], known: &mut Known) {
+    let mut wanted = Vec::new();
+    for d in &desired.revisions {
+        let key = key_of(&d.revision.metadata.namespace, &d.revision.metadata.name);
+        wanted.push(key.clone());
+        match process_spec(&d.revision, &inner.config) {
+            Ok((spec, protocol)) => {
+                known.unrunnable.remove(&key);
+                let replicas = replicas_for(d.replicas, effective, &key);
+                known.protocols.insert(key, protocol);
+                inner.runtime.scale(spec, replicas);
+            }
+            Err(u) => {
+                known.unrunnable.insert(key, u);
+            }
+        }
+    }
+    for key in inner.runtime.keys().into_iter().filter(|k| !wanted.contains(k)) {
+        let runtime = inner.runtime.clone();
+        known.protocols.remove(&key);
+        known.reported.remove(&key);
+        tokio::spawn(async move { runtime.remove(&key).await });
+    }
+}
+
+/// The gateway's routes: the effective traffic, with each revision's ready replicas.
+fn routes(desired: &DesiredState, effective: &[ServiceRoutes], snapshot: &Snapshot, known: &Known) -> RoutesSpec {
+    let by_name: HashMap<(&str, &str), &revisor_api::Revision> = desired
+        .revisions
+        .iter()
+        .map(|d| {
+            (
+                (
+                    d.revision.metadata.namespace.as_str(),
+                    d.revision.metadata.name.as_str(),
+                ),
+                &d.revision,
+            )
+        })
+        .collect();
+    let mut spec = RoutesSpec::default();
+    for r in effective {
+        let targets = r
+            .targets
+            .iter()
+            .map(|t| TargetSpec {
+                revision: t.revision.clone(),
+                percent: t.percent,
+                tag: t.tag.clone(),
+                tag_host: t.tag_host.clone(),
+            })
+            .collect();
+        spec.services.push(ServiceSpec {
+            namespace: r.namespace.clone(),
+            name: r.service.clone(),
+            host: r.host.clone(),
+            targets,
+        });
+        for t in &r.targets {
+            let Some(rev) = by_name.get(&(r.namespace.as_str(), t.revision.as_str())) else {
+                continue;
+            };
+            if spec
+                .revisions
+                .iter()
+                .any(|x| x.namespace == r.namespace && x.name == t.revision)
+            {
+                continue;
+            }
+            let key = RevisionKey {
+                namespace: r.namespace.clone(),
+                name: t.revision.clone(),
+            };
+            let endpoints = snapshot
+                .get(&key)
+                .map(|s| s.ready.iter().map(|x| x.addr).collect())
+                .unwrap_or_default();
+            spec.revisions.push(RevisionSpec {
+                namespace: r.namespace.clone(),
+                service: r.service.clone(),
+                name: t.revision.clone(),
+                endpoints,
+                container_concurrency: rev.spec.container_concurrency.unwrap_or(0).max(0) as u32,
+                timeout: Duration::from_secs(rev.spec.timeout_seconds.unwrap_or(300).max(1) as u64),
+                protocol: known.protocols.get(&key).copied().unwrap_or_default(),
+            });
+        }
+    }
+    spec
+}
+
+/// Writes changed revision health into the store.
+async fn report(
+    inner: &Arc<Inner>,
+    desired: &DesiredState,
+    effective: &[ServiceRoutes],
+    snapshot: &Snapshot,
+    known: &mut Known,
+) {
+    let mut changed = Vec::new();
+    for d in &desired.revisions {
+        let key = RevisionKey {
+            namespace: d.revision.metadata.namespace.clone(),
+            name: d.revision.metadata.name.clone(),
+        };
+        let st = snapshot.get(&key).cloned().unwrap_or_default();
+        let h = RevisionHealth {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            desired: replicas_for(d.replicas, effective, &key),
+            running: st.running,
+            ready: st.ready.len() as u32,
+            unrunnable: known
+                .unrunnable
+                .get(&key)
+                .map(|u| (u.reason.to_string(), u.message.clone())),
+            failure: st.last_failure.map(|f| (f.reason, f.message)),
+            deadline_exceeded: st.deadline_exceeded,
+        };
+        if known.reported.get(&key) != Some(&h) {
+            known.reported.insert(key, h.clone());
+            changed.push(h);
+        }
+    }
+    if changed.is_empty() {
+        return;
+    }
+    let store = inner.store.clone();
+    let result = tokio::task::spawn_blocking(move || record_health(&store, &changed, chrono::Utc::now())).await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("recording revision health: {e}"),
+        Err(e) => tracing::error!("recording revision health: {e}"),
+    }
+}

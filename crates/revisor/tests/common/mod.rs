@@ -1,0 +1,297 @@
+//! Helpers for end-to-end tests: a real `revisor serve` on loopback, the CLI, the test upstream, and a
+//! load generator that counts every failed request.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_revisor");
+
+/// The test upstream binary (crates/revisor-testapp), built beside revisor.
+pub fn upstream_bin() -> PathBuf {
+    let p = Path::new(BIN).parent().unwrap().join("revisor-test-upstream");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p revisor-testapp` (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A `revisor serve` process on free loopback ports; killed (SIGKILL) on drop.
+pub struct Server {
+    pub child: Child,
+    pub admin: String,
+    pub gateway: String,
+}
+
+impl Server {
+    pub fn start(data: &Path) -> Server {
+        Self::start_on(data, "127.0.0.1:0")
+    }
+
+    /// A server whose gateway listens on `gateway` (to keep URLs stable across restarts).
+    pub fn start_on(data: &Path, gateway: &str) -> Server {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--gateway-addr",
+                gateway,
+                "--data-dir",
+            ])
+            .arg(data)
+            .env("REVISOR_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start revisor serve");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut admin, mut gateway) = (None, None);
+        while admin.is_none() {
+            let line = lines.next().expect("server printed its addresses").unwrap();
+            let addr = |rest: &str| rest.split_whitespace().next().unwrap().to_string();
+            if let Some(rest) = line.strip_prefix("revisor: admin API listening on ") {
+                admin = Some(addr(rest));
+            } else if let Some(rest) = line.strip_prefix("revisor: gateway listening on ") {
+                gateway = Some(addr(rest));
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            admin: admin.unwrap(),
+            gateway: gateway.expect("gateway address"),
+        }
+    }
+
+    pub fn gateway_addr(&self) -> std::net::SocketAddr {
+        self.gateway.trim_start_matches("http://").parse().unwrap()
+    }
+
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn cli(server: &str, args: &[&str]) -> Run {
+    let out: Output = Command::new(BIN)
+        .args(args)
+        .env("REVISOR_SERVER", server)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+pub fn ok(server: &str, args: &[&str]) -> String {
+    let r = cli(server, args);
+    assert_eq!(r.code, 0, "revisor {args:?} failed:\n{}{}", r.stdout, r.stderr);
+    r.stdout
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A Service running the test upstream; `extra_env` lines go under `env:`, `annotations` under the
+/// template's annotations.
+pub fn upstream_service(name: &str, env: &[(&str, &str)], annotations: &[(&str, &str)], traffic: &str) -> String {
+    let mut s =
+        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  template:\n");
+    if !annotations.is_empty() {
+        s.push_str("    metadata:\n      annotations:\n");
+        for (k, v) in annotations {
+            s.push_str(&format!("        {k}: \"{v}\"\n"));
+        }
+    }
+    s.push_str(&format!(
+        "    spec:\n      containers:\n        - image: revisor-test-upstream\n          command: [{}]\n",
+        upstream_bin().display()
+    ));
+    if !env.is_empty() {
+        s.push_str("          env:\n");
+        for (k, v) in env {
+            s.push_str(&format!("            - name: {k}\n              value: \"{v}\"\n"));
+        }
+    }
+    s.push_str(traffic);
+    s
+}
+
+/// The service as JSON.
+pub fn service_json(server: &str, name: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(server, &["get", "service", name, "-o", "json"])).unwrap()
+}
+
+/// Polls `f` until it is true or `timeout` passes (then panics with `what`).
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the service is Ready and its programmed traffic names exactly `revisions` (with percent > 0).
+pub fn wait_ready(server: &str, name: &str, revisions: &[&str]) {
+    wait_until(
+        &format!("{name} ready on {revisions:?}"),
+        Duration::from_secs(30),
+        || {
+            let v = service_json(server, name);
+            let ready = v["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            let mut routed: Vec<String> = v["status"]["traffic"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["percent"].as_i64().unwrap_or(0) > 0)
+                .map(|t| t["revisionName"].as_str().unwrap_or("").to_string())
+                .collect();
+            routed.sort();
+            routed.dedup();
+            ready && routed == revisions
+        },
+    );
+}
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+pub fn http_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+/// One GET through the gateway: (status, body).
+pub async fn get(
+    c: &HttpClient,
+    gateway: std::net::SocketAddr,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let mut req = hyper::Request::builder()
+        .uri(format!("http://{gateway}/"))
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c
+        .request(req.body(http_body_util::Empty::new()).unwrap())
+        .await
+        .map_err(|e| format!("request: {e:?}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Continuous load: `workers` loops, each at most `per_worker_rps`, until stopped.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub failures: Arc<Mutex<Vec<String>>>,
+    pub by_body: Arc<Mutex<std::collections::BTreeMap<String, u64>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Load {
+    pub fn start(gateway: std::net::SocketAddr, host: &str, workers: usize, per_worker_rps: u64) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let by_body: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::new(Mutex::new(Default::default()));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failures, by_body, host) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failures.clone(),
+                    by_body.clone(),
+                    host.to_string(),
+                );
+                tokio::spawn(async move {
+                    let c = http_client();
+                    let period = Duration::from_micros(1_000_000 / per_worker_rps);
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        match get(&c, gateway, &host, &[]).await {
+                            Ok((200, body)) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                *by_body.lock().unwrap().entry(body).or_default() += 1;
+                            }
+                            Ok((status, body)) => failures.lock().unwrap().push(format!("{status}: {body}")),
+                            Err(e) => failures.lock().unwrap().push(e),
+                        }
+                        if let Some(rest) = period.checked_sub(t.elapsed()) {
+                            tokio::time::sleep(rest).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failures,
+            by_body,
+            tasks,
+            started: Instant::now(),
+        }
+    }
+
+    /// Stops the load; returns (successful requests, requests per second, failures).
+    pub async fn stop(self) -> (u64, f64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let ok = self.ok.load(Ordering::Relaxed);
+        let failures = self.failures.lock().unwrap().clone();
+        let rate = (ok + failures.len() as u64) as f64 / self.started.elapsed().as_secs_f64();
+        (ok, rate, failures)
+    }
+}
