@@ -9,4 +9,6 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# The end-to-end tests run the test upstream (crates/revisor-testapp) as real replicas.
+cargo build --locked -p revisor-testapp
 cargo test --workspace --all-targets --locked "$@"

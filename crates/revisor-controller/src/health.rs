@@ -163,13 +163,14 @@ mod tests {
         use ConditionStatus::*;
         let now = Utc::now();
         let ready_before = revision_status(&RevisionStatus::default(), &health(1, 1), now);
-        let cases: Vec<(
-            &str,
+        type Case<'a> = (
+            &'a str,
             RevisionStatus,
             RevisionHealth,
-            (ConditionStatus, &str),
-            (ConditionStatus, &str),
-        )> = vec![
+            (ConditionStatus, &'a str),
+            (ConditionStatus, &'a str),
+        );
+        let cases: Vec<Case> = vec![
             (
                 "ready replicas",
                 RevisionStatus::default(),

@@ -3,10 +3,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -18,43 +17,60 @@ use crate::metrics::RevisionMetrics;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The client's request body, shared with the proxy so that a request whose body was never polled can
-/// be sent again to another replica.
-pub struct RequestBody {
-    slot: Arc<Mutex<Option<Incoming>>>,
-    polled: Arc<AtomicBool>,
-    limit: u64,
-    seen: u64,
+/// The client's request body as sent upstream. A body-less request needs nothing shared; a request
+/// with a body shares it with the proxy, so that it can be sent again to another replica if it was
+/// never polled.
+pub enum RequestBody {
+    Empty,
+    Shared {
+        slot: Arc<Mutex<Slot>>,
+        limit: u64,
+        seen: u64,
+    },
+}
+
+pub struct Slot {
+    body: Option<Incoming>,
+    polled: bool,
 }
 
 /// The proxy's handle on a request body it may want back.
 #[derive(Clone)]
-pub struct BodySlot {
-    slot: Arc<Mutex<Option<Incoming>>>,
-    polled: Arc<AtomicBool>,
-    limit: u64,
+pub enum BodySlot {
+    Empty,
+    Shared { slot: Arc<Mutex<Slot>>, limit: u64 },
 }
 
 impl BodySlot {
     pub fn new(body: Incoming, limit: u64) -> Self {
-        BodySlot {
-            slot: Arc::new(Mutex::new(Some(body))),
-            polled: Arc::new(AtomicBool::new(false)),
+        if body.is_end_stream() {
+            return BodySlot::Empty;
+        }
+        BodySlot::Shared {
+            slot: Arc::new(Mutex::new(Slot {
+                body: Some(body),
+                polled: false,
+            })),
             limit,
         }
     }
 
     /// Whether any of the body has been sent (or asked for) upstream.
     pub fn was_polled(&self) -> bool {
-        self.polled.load(Ordering::Acquire)
+        match self {
+            BodySlot::Empty => false,
+            BodySlot::Shared { slot, .. } => slot.lock().unwrap().polled,
+        }
     }
 
     pub fn body(&self) -> RequestBody {
-        RequestBody {
-            slot: self.slot.clone(),
-            polled: self.polled.clone(),
-            limit: self.limit,
-            seen: 0,
+        match self {
+            BodySlot::Empty => RequestBody::Empty,
+            BodySlot::Shared { slot, limit } => RequestBody::Shared {
+                slot: slot.clone(),
+                limit: *limit,
+                seen: 0,
+            },
         }
     }
 }
@@ -67,19 +83,21 @@ impl Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.polled.store(true, Ordering::Release);
-        let slot = self.slot.clone();
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let RequestBody::Shared { slot, limit, seen } = self.get_mut() else {
+            return Poll::Ready(None);
+        };
         let mut guard = slot.lock().unwrap();
-        let Some(inner) = guard.as_mut() else {
+        guard.polled = true;
+        let Some(inner) = guard.body.as_mut() else {
             return Poll::Ready(None);
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
-                    self.seen += d.len() as u64;
-                    if self.limit > 0 && self.seen > self.limit {
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                    *seen += d.len() as u64;
+                    if *limit > 0 && *seen > *limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -91,16 +109,23 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.slot.lock().unwrap().as_ref().is_none_or(|b| b.is_end_stream())
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Shared { slot, .. } => slot.lock().unwrap().body.as_ref().is_none_or(|b| b.is_end_stream()),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.slot
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|b| b.size_hint())
-            .unwrap_or_else(|| SizeHint::with_exact(0))
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Shared { slot, .. } => slot
+                .lock()
+                .unwrap()
+                .body
+                .as_ref()
+                .map(|b| b.size_hint())
+                .unwrap_or_else(|| SizeHint::with_exact(0)),
+        }
     }
 }
 
@@ -128,10 +153,11 @@ pub struct ResponseBody {
 }
 
 impl ResponseBody {
-    pub fn new(inner: Incoming, remaining: Duration, accounting: Accounting) -> Self {
+    /// `deadline` is the request's own timer, carried on from waiting for the response head.
+    pub fn new(inner: Incoming, deadline: Pin<Box<tokio::time::Sleep>>, accounting: Accounting) -> Self {
         ResponseBody {
             inner,
-            deadline: Box::pin(tokio::time::sleep(remaining)),
+            deadline,
             accounting: Some(accounting),
         }
     }

@@ -11,13 +11,20 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once.
+    pub authority: hyper::http::uri::Authority,
     in_flight: AtomicUsize,
 }
 
 impl Endpoint {
     pub fn new(addr: SocketAddr) -> Self {
+        let authority = addr
+            .to_string()
+            .parse()
+            .expect("socket addresses are valid authorities");
         Endpoint {
             addr,
+            authority,
             in_flight: AtomicUsize::new(0),
         }
     }

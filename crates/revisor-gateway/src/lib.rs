@@ -50,13 +50,25 @@ impl Default for GatewayConfig {
     }
 }
 
-type HttpClient = Client<HttpConnector, RequestBody>;
+pub(crate) type HttpClient = Client<HttpConnector, RequestBody>;
+
+thread_local! {
+    /// Upstream connection pools, one pair per thread: a request and its pooled connections stay on
+    /// the thread (and runtime) that serves it, so no request hops threads on its way through.
+    static CLIENTS: (HttpClient, HttpClient) = (client(false), client(true));
+}
+
+/// Runs `f` with this thread's client for `protocol`.
+pub(crate) fn with_client<R>(protocol: Protocol, f: impl FnOnce(&HttpClient) -> R) -> R {
+    CLIENTS.with(|(http1, h2c)| match protocol {
+        Protocol::Http1 => f(http1),
+        Protocol::H2c => f(h2c),
+    })
+}
 
 pub(crate) struct Inner {
     pub(crate) routes: ArcSwap<RouteTable>,
     registry: Mutex<Registry>,
-    pub(crate) http1: HttpClient,
-    pub(crate) h2c: HttpClient,
     pub(crate) config: GatewayConfig,
 }
 
@@ -92,8 +104,6 @@ impl Gateway {
             inner: Arc::new(Inner {
                 routes: ArcSwap::from_pointee(RouteTable::default()),
                 registry: Mutex::new(Registry::default()),
-                http1: client(false),
-                h2c: client(true),
                 config,
             }),
         }
@@ -131,6 +141,36 @@ impl Gateway {
             .values()
             .map(|m| m.snapshot())
             .collect()
+    }
+
+    /// Serves on `workers` threads, each with its own single-threaded runtime and upstream pools (the
+    /// shape of HAProxy's `nbthread`): the kernel spreads connections over the threads, and a request
+    /// never changes thread. Each thread stops when `shutdown` turns true.
+    pub fn spawn_workers(
+        &self,
+        listener: std::net::TcpListener,
+        workers: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+        listener.set_nonblocking(true)?;
+        let mut handles = Vec::new();
+        for i in 0..workers.max(1) {
+            let listener = listener.try_clone()?;
+            let (gw, shutdown) = (self.clone(), shutdown.clone());
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let handle = std::thread::Builder::new()
+                .name(format!("gateway-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => gw.serve(l, shutdown).await,
+                            Err(e) => tracing::error!("gateway worker {i}: {e}"),
+                        }
+                    })
+                })?;
+            handles.push(handle);
+        }
+        Ok(handles)
     }
 
     /// Serves until `shutdown` turns true; connections in progress are finished gracefully.

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::uri::{Authority, Scheme};
+use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::body::{Accounting, BodySlot, GatewayBody, ResponseBody};
-use crate::endpoint::pick;
+use crate::endpoint::{pick, Endpoint};
 use crate::routes::{HostRoute, Protocol, RevisionTarget};
 use crate::Inner;
 
@@ -101,9 +101,10 @@ async fn proxy(
     remote: SocketAddr,
 ) -> Response<GatewayBody> {
     if too_large(inner, &req) {
+        let limit = inner.config.max_body_bytes;
         return local(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {} bytes", inner.config.max_body_bytes),
+            format!("request body is larger than {limit} bytes"),
         );
     }
     let started = Instant::now();
@@ -126,15 +127,14 @@ async fn proxy(
         match b.enter().await {
             Ok(p) => acct.permit = Some(p),
             Err(_) => {
-                return local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("revision {rev:?} is at capacity and its queue is full"),
-                )
+                let msg = format!("revision {rev:?} is at capacity and its queue is full");
+                return local(StatusCode::SERVICE_UNAVAILABLE, msg);
             }
         }
     }
-    let deadline = tokio::time::Instant::from_std(started + target.timeout);
-    let (parts, body) = req.into_parts();
+    // One timer per request: it bounds the wait for the response head, then the body's streaming.
+    let mut deadline = Box::pin(tokio::time::sleep_until((started + target.timeout).into()));
+    let (mut parts, body) = req.into_parts();
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let slot = BodySlot::new(body, inner.config.max_body_bytes);
     let mut skip = None;
@@ -147,34 +147,38 @@ async fn proxy(
             );
         };
         acct.in_flight = Some(ep.acquire());
-        let upstream = upstream_request(&parts, &slot, ep.addr, &target, remote);
-        let client = match target.protocol {
-            Protocol::Http1 => &inner.http1,
-            Protocol::H2c => &inner.h2c,
+        // Headers are copied only when a retry could need them again.
+        let headers = if target.endpoints.len() > 1 {
+            parts.headers.clone()
+        } else {
+            std::mem::take(&mut parts.headers)
         };
-        match tokio::time::timeout_at(deadline, client.request(upstream)).await {
-            Err(_) => {
+        let upstream = upstream_request(&parts, headers, &slot, ep, &target, remote);
+
+        let result = tokio::select! {
+            biased;
+            r = crate::with_client(target.protocol, |c| c.request(upstream)) => Some(r),
+            _ = deadline.as_mut() => None,
+        };
+        match result {
+            None => {
                 acct.status = 504;
-                return local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!("revision {rev:?} did not answer within {:?}", target.timeout),
-                );
+                let msg = format!("revision {rev:?} did not answer within {:?}", target.timeout);
+                return local(StatusCode::GATEWAY_TIMEOUT, msg);
             }
-            Ok(Ok(resp)) => return respond(resp, deadline, acct),
-            Ok(Err(e)) => {
-                // Retry once, elsewhere, only what cannot have reached the application twice: a failed connect,
-                // or a safe method whose body was never sent and that got no response.
-                let retryable = e.is_connect() || (safe && !slot.was_polled());
-                if retryable && skip.is_none() && target.endpoints.len() > 1 && !slot.was_polled() {
+            Some(Ok(resp)) => return respond(resp, deadline, acct),
+            Some(Err(e)) => {
+                // Retry once, elsewhere, only what cannot have reached the application twice: a failed
+                // connect, or a safe method whose body was never sent and that got no response.
+                let retryable = (e.is_connect() || safe) && !slot.was_polled();
+                if retryable && skip.is_none() && target.endpoints.len() > 1 {
                     tracing::debug!(revision = %rev, replica = %ep.addr, "retrying on another replica: {e}");
                     skip = Some(ep.addr);
                     continue;
                 }
                 acct.status = 502;
-                return local(
-                    StatusCode::BAD_GATEWAY,
-                    format!("revision {rev:?}, replica {}: {}", ep.addr, error_chain(&e)),
-                );
+                let msg = format!("revision {rev:?}, replica {}: {}", ep.addr, error_chain(&e));
+                return local(StatusCode::BAD_GATEWAY, msg);
             }
         }
     }
@@ -193,8 +197,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn upstream_request(
     parts: &hyper::http::request::Parts,
+    mut headers: HeaderMap,
     slot: &BodySlot,
-    addr: SocketAddr,
+    ep: &Endpoint,
     target: &RevisionTarget,
     remote: SocketAddr,
 ) -> Request<crate::body::RequestBody> {
@@ -202,17 +207,25 @@ fn upstream_request(
         .uri
         .path_and_query()
         .cloned()
-        .unwrap_or_else(|| "/".parse().unwrap());
-    let authority: Authority = addr
-        .to_string()
-        .parse()
-        .expect("socket addresses are valid authorities");
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let uri = Uri::builder()
         .scheme(Scheme::HTTP)
-        .authority(authority)
+        .authority(ep.authority.clone())
         .path_and_query(pq)
         .build()
         .expect("valid uri");
+    strip_hop_by_hop(&mut headers);
+    if target.protocol == Protocol::H2c {
+        headers.remove(header::HOST);
+    }
+    let ip = remote.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
     let mut req = Request::new(slot.body());
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri;
@@ -220,45 +233,39 @@ fn upstream_request(
         Protocol::Http1 => Version::HTTP_11,
         Protocol::H2c => Version::HTTP_2,
     };
-    let headers = req.headers_mut();
-    copy_end_to_end(&parts.headers, headers);
-    if target.protocol == Protocol::H2c {
-        headers.remove(header::HOST);
-    }
-    let ip = remote.ip().to_string();
-    let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
-    }
+    *req.headers_mut() = headers;
     req
 }
 
-/// Copies headers except hop-by-hop ones (and those the Connection header names).
-fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
-    let named: Vec<String> = from
+/// Removes hop-by-hop headers (and those the Connection header names).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+        .flat_map(|v| {
+            v.split(',')
+                .filter_map(|s| HeaderName::from_bytes(s.trim().as_bytes()).ok())
+        })
         .collect();
-    to.reserve(from.len());
-    for (k, v) in from {
-        if HOP_BY_HOP.contains(k) || k == header::UPGRADE || named.iter().any(|n| n == k.as_str()) {
-            continue;
-        }
-        to.append(k.clone(), v.clone());
+    for h in HOP_BY_HOP
+        .iter()
+        .chain(named.iter())
+        .chain(std::iter::once(&header::UPGRADE))
+    {
+        headers.remove(h);
     }
 }
 
-fn respond(resp: Response<Incoming>, deadline: tokio::time::Instant, mut acct: Accounting) -> Response<GatewayBody> {
+fn respond(
+    resp: Response<Incoming>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    mut acct: Accounting,
+) -> Response<GatewayBody> {
     acct.status = resp.status().as_u16();
     let (mut parts, body) = resp.into_parts();
     for h in &HOP_BY_HOP {
         parts.headers.remove(h);
     }
-    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    Response::from_parts(parts, GatewayBody::Proxied(ResponseBody::new(body, remaining, acct)))
+    Response::from_parts(parts, GatewayBody::Proxied(ResponseBody::new(body, deadline, acct)))
 }

@@ -347,3 +347,68 @@ async fn a_replica_dying_mid_request_gives_502_not_a_hang() {
     assert_eq!(status, 502);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_revisions_get_http2_with_prior_knowledge() {
+    let up = upstream("svc-00001", &[]);
+    let gw = Gateway::new(GatewayConfig::default());
+    let mut r = rev("svc-00001", vec![up.addr], 0, 5000);
+    r.protocol = Protocol::H2c;
+    gw.publish(&routes(vec![target("svc-00001", 100, None)], vec![r]));
+    let addr = start(&gw).await;
+    // An HTTP/2 (prior knowledge) client to the gateway too, as a gRPC client would be.
+    let c: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let req = hyper::Request::builder()
+        .uri(format!("http://{addr}/"))
+        .header("host", "svc.default.localhost")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_and_headers_are_refused() {
+    use std::io::{Read, Write};
+    let up = upstream("svc-00001", &[]);
+    let gw = Gateway::new(GatewayConfig {
+        max_header_bytes: 8192,
+        max_body_bytes: 1024,
+    });
+    gw.publish(&routes(
+        vec![target("svc-00001", 100, None)],
+        vec![rev("svc-00001", vec![up.addr], 0, 5000)],
+    ));
+    let addr = start(&gw).await;
+    let raw = |req: String| {
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(req.as_bytes()).unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+    };
+    let body = "x".repeat(2048);
+    let resp = raw(format!(
+        "POST / HTTP/1.1\r\nHost: svc.default.localhost\r\nContent-Length: 2048\r\nConnection: close\r\n\r\n{body}"
+    ))
+    .await
+    .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    let big = "a".repeat(20_000);
+    let resp = raw(format!(
+        "GET / HTTP/1.1\r\nHost: svc.default.localhost\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
+    ))
+    .await
+    .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 431"), "{}", &resp[..resp.len().min(200)]);
+    let resp = raw("GET / HTTP/1.1\r\nHost: svc.default.localhost\r\nConnection: close\r\n\r\n".into())
+        .await
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}

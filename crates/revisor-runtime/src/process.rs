@@ -14,8 +14,13 @@ pub fn spawn(spec: &ProcessSpec, port: u16, log: &Path) -> std::io::Result<Child
     }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
+    let port_text = port.to_string();
+    let lookup = |name: &str| match name {
+        "PORT" => Some(port_text.as_str()),
+        _ => spec.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()),
+    };
     let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args)
+    cmd.args(spec.args.iter().map(|a| expand(a, &lookup)))
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env("PORT", port.to_string())
@@ -63,4 +68,52 @@ pub fn tail(log: &Path, n: usize) -> String {
 /// A free loopback port, found by binding port 0.
 pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Kubernetes' `$(VAR)` expansion in command arguments: `$(PORT)` becomes the replica's port, other
+/// names their value in the container's environment; unknown references stay as written, and `$$(X)`
+/// is a literal `$(X)`.
+pub fn expand<'a>(arg: &str, lookup: &impl Fn(&str) -> Option<&'a str>) -> String {
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if let Some(after) = tail.strip_prefix("$$(") {
+            out.push_str("$(");
+            rest = after;
+        } else if let Some((name, after)) = tail.strip_prefix("$(").and_then(|t| t.split_once(')')) {
+            match lookup(name) {
+                Some(v) => out.push_str(v),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = after;
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn kubernetes_variable_expansion() {
+        let lookup = |n: &str| match n {
+            "PORT" => Some("8081"),
+            "MODEL" => Some("v1.onnx"),
+            _ => None,
+        };
+        assert_eq!(expand("--port=$(PORT)", &lookup), "--port=8081");
+        assert_eq!(expand("$(MODEL) and $(NOPE)", &lookup), "v1.onnx and $(NOPE)");
+        assert_eq!(expand("$$(PORT) costs $5", &lookup), "$(PORT) costs $5");
+    }
 }

@@ -187,11 +187,13 @@ async fn a_killed_replica_is_restarted() {
         .args(["-9", &pid.to_string()])
         .status()
         .unwrap();
+    let st = wait_for(&rt, "kill-00001", "the failure", |s| s.last_failure.is_some()).await;
+    assert_eq!(st.last_failure.unwrap().reason, "Killed");
     let st = wait_for(&rt, "kill-00001", "a restarted replica", |s| {
         s.ready.len() == 1 && s.ready[0].addr.port() != port
     })
     .await;
-    assert_eq!(st.last_failure.unwrap().reason, "Killed");
+    assert!(st.last_failure.is_none(), "a ready replica clears the failure");
     rt.shutdown().await;
 }
 

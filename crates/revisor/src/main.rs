@@ -3,6 +3,10 @@
 use clap::Parser;
 use revisor::cli;
 
+/// mimalloc: the gateway allocates per request, and glibc's malloc showed up in its profile.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REVISOR_LOG").unwrap_or_else(|_| "info".into()))

@@ -24,8 +24,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     let store_path = cfg.data_dir.join(STORE_FILE);
     let store =
         Store::open(&store_path).with_context(|| "is another `revisor serve` using this data dir? pass --data-dir")?;
-    let gateway_listener = TcpListener::bind(cfg.gateway_addr)
-        .await
+    let gateway_listener = std::net::TcpListener::bind(cfg.gateway_addr)
         .with_context(|| format!("binding the gateway to {}", cfg.gateway_addr))?;
     let gateway_addr = gateway_listener.local_addr()?;
     let admin_listener = TcpListener::bind(cfg.admin_addr)
@@ -57,8 +56,10 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         .spawn();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let gw = gateway.clone();
-    let gateway_task = tokio::spawn(async move { gw.serve(gateway_listener, stop_rx).await });
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let gateway_threads = gateway
+        .spawn_workers(gateway_listener, workers, stop_rx)
+        .context("starting the gateway")?;
     eprintln!("revisor: gateway listening on http://{gateway_addr}");
     eprintln!(
         "revisor: admin API listening on http://{admin_addr} (data in {})",
@@ -77,7 +78,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     eprintln!("revisor: stopping: draining replicas");
     stop_tx.send_replace(true);
     backend.shutdown().await;
-    let _ = gateway_task.await;
+    tokio::task::spawn_blocking(move || gateway_threads.into_iter().for_each(|t| drop(t.join()))).await?;
     eprintln!("revisor: stopped");
     Ok(())
 }

@@ -30,6 +30,8 @@ impl Api {
             state: AdminState {
                 store,
                 defaults: Arc::new(Defaults::default()),
+                gateway: None,
+                logs: None,
             },
         }
     }
