@@ -106,7 +106,9 @@ fn key_of(namespace: &str, name: &str) -> RevisionKey {
 }
 
 /// The routes to publish: each service's desired targets when every target with traffic has a ready
-/// replica, else the targets it had (so traffic never moves onto a revision that cannot answer yet).
+/// replica; else the targets it had, if those all still have one; else the desired targets that can
+/// answer now (their weights keep their proportions). Traffic never goes to a revision that cannot
+/// answer while another one can.
 fn effective_routes(desired: &DesiredState, snapshot: &Snapshot, known: &mut Known) -> Vec<ServiceRoutes> {
     let serving = |ns: &str, t: &RoutedTarget| {
         t.percent == 0
@@ -117,12 +119,19 @@ fn effective_routes(desired: &DesiredState, snapshot: &Snapshot, known: &mut Kno
     let mut out = Vec::new();
     for r in &desired.routes {
         let id = (r.namespace.clone(), r.service.clone());
-        let all_serving = r.targets.iter().all(|t| serving(&r.namespace, t));
+        let ready = |ts: &[RoutedTarget]| ts.iter().all(|t| serving(&r.namespace, t));
         let targets = match known.published.get(&id) {
-            Some(prev) if !all_serving && prev.iter().all(|t| serving(&r.namespace, t)) && !prev.is_empty() => {
-                prev.clone()
+            _ if ready(&r.targets) => r.targets.clone(),
+            Some(prev) if !prev.is_empty() && ready(prev) => prev.clone(),
+            _ => {
+                let able: Vec<RoutedTarget> = r.targets.iter().filter(|t| serving(&r.namespace, t)).cloned().collect();
+                if able.iter().any(|t| t.percent > 0) {
+                    tracing::debug!(service = %r.service, "routing only to the targets with ready replicas: {able:?}");
+                    able
+                } else {
+                    r.targets.clone()
+                }
             }
-            _ => r.targets.clone(),
         };
         known.published.insert(id, targets.clone());
         out.push(ServiceRoutes { targets, ..r.clone() });
@@ -285,5 +294,86 @@ async fn report(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("recording revision health: {e}"),
         Err(e) => tracing::error!("recording revision health: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use revisor_runtime::{ReadyReplica, RevisionState};
+    use std::collections::BTreeMap;
+
+    fn t(rev: &str, percent: u32) -> RoutedTarget {
+        RoutedTarget {
+            revision: rev.into(),
+            percent,
+            tag: None,
+            tag_host: None,
+        }
+    }
+
+    fn desired(targets: Vec<RoutedTarget>) -> DesiredState {
+        let route = ServiceRoutes {
+            namespace: "ns".into(),
+            service: "s".into(),
+            host: "s.ns.localhost".into(),
+            targets,
+        };
+        DesiredState {
+            revisions: vec![],
+            routes: vec![route],
+        }
+    }
+
+    fn snapshot(ready: &[&str]) -> Snapshot {
+        let mut m = BTreeMap::new();
+        for (i, r) in ready.iter().enumerate() {
+            let st = RevisionState {
+                ready: vec![ReadyReplica {
+                    id: 1,
+                    addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
+                }],
+                ..Default::default()
+            };
+            m.insert(key_of("ns", r), st);
+        }
+        Arc::new(m)
+    }
+
+    #[test]
+    fn routes_never_move_onto_revisions_without_ready_replicas() {
+        let mut known = Known::default();
+        let got = |known: &mut Known, d: &DesiredState, ready: &[&str]| {
+            effective_routes(d, &snapshot(ready), known)[0].targets.clone()
+        };
+        let a100 = vec![t("a", 100)];
+        assert_eq!(
+            got(&mut known, &desired(a100.clone()), &["a"]),
+            a100,
+            "all serving: as desired"
+        );
+        let b100 = vec![t("b", 100)];
+        assert_eq!(
+            got(&mut known, &desired(b100.clone()), &["a"]),
+            a100,
+            "b not ready: keep a"
+        );
+        assert_eq!(
+            got(&mut known, &desired(b100.clone()), &["a", "b"]),
+            b100,
+            "b ready: move"
+        );
+        let split = vec![t("a", 90), t("b", 10)];
+        assert_eq!(
+            got(&mut known, &desired(split), &["a"]),
+            vec![t("a", 90)],
+            "neither fully ready: only what can answer"
+        );
+        let zero_tagged = vec![t("a", 100), t("c", 0)];
+        assert_eq!(
+            got(&mut known, &desired(zero_tagged.clone()), &["a"]),
+            zero_tagged,
+            "0% targets need no replica"
+        );
     }
 }

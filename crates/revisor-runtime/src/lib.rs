@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 pub type InFlight = Arc<dyn Fn(SocketAddr) -> usize + Send + Sync>;
 
 struct ReplicaHandle {
+    id: u64,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -123,10 +124,17 @@ impl Runtime {
             entry.next_id += 1;
             let (stop, rx) = watch::channel(false);
             let task = tokio::spawn(replica::run(self.shared.clone(), entry.spec.clone(), entry.next_id, rx));
-            entry.replicas.push(ReplicaHandle { stop, task });
+            entry.replicas.push(ReplicaHandle {
+                id: entry.next_id,
+                stop,
+                task,
+            });
         }
         while entry.replicas.len() > replicas as usize {
             let r = entry.replicas.pop().expect("more replicas than wanted");
+            // Out of the published snapshot at once, not when its task next runs, so nobody routes to
+            // a replica that is already stopping.
+            self.shared.update(&key, |st| st.ready.retain(|x| x.id != r.id));
             r.stop.send_replace(true);
         }
         let changed = self
@@ -173,6 +181,7 @@ impl Runtime {
                 d.abort();
             }
             for r in &entry.replicas {
+                self.shared.update(key, |st| st.ready.retain(|x| x.id != r.id));
                 r.stop.send_replace(true);
             }
             for r in entry.replicas {
