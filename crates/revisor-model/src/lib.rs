@@ -1,0 +1,15 @@
+//! revisor's model server: one ONNX model, loaded and optimized once with tract, served over the Open
+//! Inference Protocol (KServe V2) REST API.
+
+pub mod datatype;
+pub mod error;
+pub mod examples;
+pub mod infer;
+pub mod model;
+pub mod protocol;
+pub mod server;
+pub mod tensor;
+
+pub use error::{InferError, LoadError};
+pub use model::{Model, TensorSpec};
+pub use server::{router, ServerState};

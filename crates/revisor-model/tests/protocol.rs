@@ -1,0 +1,195 @@
+//! The Open Inference Protocol over the example models, through `router(..).oneshot(..)`.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use revisor_model::examples::{write_all, Example};
+use revisor_model::{router, Model, ServerState};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+fn load(which: Example, version: &str) -> (tempfile::TempDir, Arc<Model>) {
+    let dir = tempfile::tempdir().unwrap();
+    write_all(dir.path()).unwrap();
+    let uri = format!("file://{}", dir.path().join(which.file_name()).display());
+    let m = Model::load(&uri, "tabular", version).unwrap();
+    m.warm_up().unwrap();
+    (dir, Arc::new(m))
+}
+
+async fn call(model: &Arc<Model>, method: &str, uri: &str, body: impl Into<String>) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.into()))
+        .unwrap();
+    let resp = router(ServerState::new(model.clone())).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn request(data: Value, shape: Value) -> String {
+    json!({ "id": "req-7", "inputs": [{ "name": "features", "shape": shape, "datatype": "FP32", "data": data }] })
+        .to_string()
+}
+
+#[tokio::test]
+async fn health_metadata_and_readiness() {
+    let (_d, m) = load(Example::V1, "1");
+    assert_eq!(call(&m, "GET", "/v2/health/live", "").await.0, StatusCode::OK);
+    assert_eq!(call(&m, "GET", "/v2/health/ready", "").await.0, StatusCode::OK);
+    let (s, v) = call(&m, "GET", "/v2", "").await;
+    assert_eq!((s, v["name"].as_str()), (StatusCode::OK, Some("revisor")));
+    let (_, v) = call(&m, "GET", "/v2/models/tabular", "").await;
+    assert_eq!(v["platform"], "onnx_onnxv1");
+    assert_eq!(v["versions"], json!(["1"]));
+    assert_eq!(
+        v["inputs"],
+        json!([{ "name": "features", "datatype": "FP32", "shape": [-1, 4] }])
+    );
+    assert_eq!(
+        v["outputs"],
+        json!([{ "name": "probabilities", "datatype": "FP32", "shape": [-1, 3] }])
+    );
+    assert_eq!(
+        call(&m, "GET", "/v2/models/tabular/versions/1", "").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&m, "GET", "/v2/models/tabular/versions/1/ready", "").await.1,
+        json!({ "name": "tabular", "ready": true })
+    );
+}
+
+#[tokio::test]
+async fn inference_on_any_batch_size_with_nested_or_flat_data() {
+    let (_d, m) = load(Example::V1, "1");
+    let (s, v) = call(
+        &m,
+        "POST",
+        "/v2/models/tabular/infer",
+        request(json!([[1, 2, 3, 4], [0, 0, 0, 0], [-1, 0.5, 2, 1]]), json!([3, 4])),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["model_name"].as_str(), v["model_version"].as_str(), v["id"].as_str()),
+        (Some("tabular"), Some("1"), Some("req-7"))
+    );
+    let out = &v["outputs"][0];
+    assert_eq!(
+        (out["name"].as_str(), out["datatype"].as_str(), &out["shape"]),
+        (Some("probabilities"), Some("FP32"), &json!([3, 3]))
+    );
+    let probs: Vec<f64> = out["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    for row in probs.chunks(3) {
+        assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-5, "{row:?}");
+    }
+    let (_, flat) = call(
+        &m,
+        "POST",
+        "/v2/models/tabular/versions/1/infer",
+        request(json!([1, 2, 3, 4, 0, 0, 0, 0, -1, 0.5, 2, 1]), json!([3, 4])),
+    )
+    .await;
+    assert_eq!(flat["outputs"], v["outputs"]);
+    let (_, one) = call(
+        &m,
+        "POST",
+        "/v2/models/tabular/infer",
+        request(json!([1, 2, 3, 4]), json!([1, 4])),
+    )
+    .await;
+    assert_eq!(
+        one["outputs"][0]["data"].as_array().unwrap()[..],
+        out["data"].as_array().unwrap()[..3],
+        "batch 1 equals row 1 of batch 3"
+    );
+}
+
+#[tokio::test]
+async fn versions_differ_and_the_faulty_one_fails_at_inference() {
+    let (_d1, v1) = load(Example::V1, "1");
+    let (_d2, v2) = load(Example::V2, "2");
+    let (_d3, v3) = load(Example::V3Faulty, "3");
+    let body = request(json!([1, 2, 3, 4]), json!([1, 4]));
+    let (_, a) = call(&v1, "POST", "/v2/models/tabular/infer", body.clone()).await;
+    let (_, b) = call(&v2, "POST", "/v2/models/tabular/infer", body.clone()).await;
+    assert_ne!(a["outputs"][0]["data"], b["outputs"][0]["data"]);
+    assert_eq!(b["model_version"], "2");
+    assert_eq!(
+        call(&v3, "GET", "/v2/health/ready", "").await.0,
+        StatusCode::OK,
+        "v3 loads and warms up"
+    );
+    let (s, e) = call(&v3, "POST", "/v2/models/tabular/infer", body).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("JSON cannot carry"), "{e}");
+}
+
+#[tokio::test]
+async fn client_mistakes_get_400_or_404_with_an_error_message() {
+    let (_d, m) = load(Example::V1, "1");
+    let ok = |shape: Value, dt: &str, data: Value| {
+        json!({ "inputs": [{ "name": "features", "shape": shape, "datatype": dt, "data": data }] }).to_string()
+    };
+    let cases: Vec<(&str, &str, String, StatusCode, &str)> = vec![
+        ("POST", "/v2/models/tabular/infer", "not json".into(), StatusCode::BAD_REQUEST, "not a valid inference request"),
+        ("POST", "/v2/models/tabular/infer", "{}".into(), StatusCode::BAD_REQUEST, "missing field `inputs`"),
+        ("POST", "/v2/models/tabular/infer", json!({ "inputs": [] }).to_string(), StatusCode::BAD_REQUEST, "missing input \"features\""),
+        ("POST", "/v2/models/tabular/infer", json!({ "inputs": [{ "name": "x", "shape": [1], "datatype": "FP32", "data": [1] }] }).to_string(), StatusCode::BAD_REQUEST, "unknown input \"x\""),
+        ("POST", "/v2/models/tabular/infer", ok(json!([1, 4]), "FP64", json!([1, 2, 3, 4])), StatusCode::BAD_REQUEST, "datatype FP64 does not match the model's FP32"),
+        ("POST", "/v2/models/tabular/infer", ok(json!([1, 4]), "FLOAT", json!([1, 2, 3, 4])), StatusCode::BAD_REQUEST, "unknown datatype \"FLOAT\""),
+        ("POST", "/v2/models/tabular/infer", ok(json!([1, 5]), "FP32", json!([1, 2, 3, 4, 5])), StatusCode::BAD_REQUEST, "does not fit the model's [-1, 4]"),
+        ("POST", "/v2/models/tabular/infer", ok(json!([4]), "FP32", json!([1, 2, 3, 4])), StatusCode::BAD_REQUEST, "does not fit"),
+        ("POST", "/v2/models/tabular/infer", ok(json!([2, 4]), "FP32", json!([1, 2, 3, 4])), StatusCode::BAD_REQUEST, "holds 8 elements, but data has 4"),
+        ("POST", "/v2/models/tabular/infer", ok(json!([1, 4]), "FP32", json!([1, "two", 3, 4])), StatusCode::BAD_REQUEST, "element 1 (\"two\") is not a valid FP32"),
+        ("POST", "/v2/models/tabular/infer", json!({ "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4] }], "outputs": [{ "name": "logits" }] }).to_string(), StatusCode::BAD_REQUEST, "unknown output \"logits\""),
+        ("POST", "/v2/models/other/infer", ok(json!([1, 4]), "FP32", json!([1, 2, 3, 4])), StatusCode::NOT_FOUND, "unknown model \"other\""),
+        ("POST", "/v2/models/tabular/versions/9/infer", ok(json!([1, 4]), "FP32", json!([1, 2, 3, 4])), StatusCode::NOT_FOUND, "has no version \"9\""),
+        ("GET", "/v2/models/tabular/versions/9", String::new(), StatusCode::NOT_FOUND, "has no version"),
+        ("GET", "/v2/nothing", String::new(), StatusCode::NOT_FOUND, "no such endpoint"),
+    ];
+    for (method, uri, body, want, text) in cases {
+        let (s, v) = call(&m, method, uri, body.clone()).await;
+        assert_eq!(s, want, "{method} {uri} {body}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains(text)),
+            "{method} {uri} {body}: {v}"
+        );
+    }
+    let big = format!(
+        "{{\"inputs\": [], \"pad\": \"{}\"}}",
+        "x".repeat(revisor_model::server::MAX_BODY_BYTES)
+    );
+    let (s, v) = call(&m, "POST", "/v2/models/tabular/infer", big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+}
+
+#[test]
+fn a_missing_or_invalid_model_names_the_uri_and_cause() {
+    let e = Model::load("file:///nonexistent/m.onnx", "m", "1")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.starts_with("model file:///nonexistent/m.onnx: cannot read /nonexistent/m.onnx"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let e = Model::load(junk.to_str().unwrap(), "m", "1").err().unwrap().to_string();
+    assert!(e.contains("not a model tract can run"), "{e}");
+    let e = Model::load("s3://bucket/m.onnx", "m", "1").err().unwrap().to_string();
+    assert!(e.contains("unsupported storage URI"), "{e}");
+}
