@@ -4,4 +4,5 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod model_server;
 pub mod server;

@@ -48,6 +48,29 @@ pub enum Command {
         #[arg(long)]
         domain: Option<String>,
     },
+    /// Serve one ONNX model over the Open Inference Protocol (what a model revision runs).
+    ModelServer {
+        /// The model: a path or file:// URI.
+        #[arg(long)]
+        model: String,
+        /// The model's name in URLs.
+        #[arg(long, default_value = "model")]
+        name: String,
+        /// The model's version.
+        #[arg(long, default_value = "1")]
+        version: String,
+        /// Port to listen on [default: $PORT].
+        #[arg(long)]
+        port: Option<u16>,
+        /// Address to listen on (0.0.0.0 in a container).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+    },
+    /// Write the example models (tabular v1, v2 and a faulty v3) into a directory.
+    ExampleModels {
+        #[arg(long, default_value = "models")]
+        out: PathBuf,
+    },
     /// Create or update resources from manifest files (YAML or JSON, several documents each).
     Apply {
         /// Manifest files; `-` reads standard input.
@@ -156,9 +179,22 @@ pub fn run(cli: Cli) -> Result<()> {
         let rt = tokio::runtime::Runtime::new()?;
         return rt.block_on(crate::server::serve(cfg));
     }
+    match &cli.command {
+        Command::ModelServer {
+            model,
+            name,
+            version,
+            port,
+            host,
+        } => return crate::model_server::run(model, name, version, host, *port),
+        Command::ExampleModels { out } => return crate::model_server::write_examples(out),
+        _ => {}
+    }
     let client = Client::new(&cli.server)?;
     match cli.command {
-        Command::Serve { .. } => unreachable!("handled above"),
+        Command::Serve { .. } | Command::ModelServer { .. } | Command::ExampleModels { .. } => {
+            unreachable!("handled above")
+        }
         Command::Apply {
             files,
             namespace,

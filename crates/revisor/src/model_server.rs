@@ -1,0 +1,51 @@
+//! `revisor model-server` and `revisor example-models`: the model server as a process (what a model
+//! revision runs), and the example models written to disk.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use revisor_model::{router, Model, ServerState};
+
+/// Loads and warms the model first, and only then listens: a TCP readiness probe (Knative's default)
+/// cannot pass before the model can answer.
+pub fn run(model: &str, name: &str, version: &str, host: &str, port: Option<u16>) -> Result<()> {
+    let port = match port {
+        Some(p) => p,
+        None => std::env::var("PORT")
+            .context("no --port given and $PORT is not set")?
+            .parse()
+            .context("$PORT is not a port number")?,
+    };
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .with_context(|| format!("--host {host:?} is not an IP address"))?;
+    let started = std::time::Instant::now();
+    let m = Model::load(model, name, version)?;
+    m.warm_up()?;
+    eprintln!(
+        "revisor model-server: model {name:?} version {version:?} loaded and warmed up in {:?}",
+        started.elapsed()
+    );
+    let state = ServerState::new(Arc::new(m));
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        eprintln!("revisor model-server: listening on http://{addr}");
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(crate::server::shutdown_signal())
+            .await?;
+        Ok(())
+    })
+}
+
+/// Writes the example models (tabular v1, v2, and the faulty v3) into `dir`.
+pub fn write_examples(dir: &Path) -> Result<()> {
+    for p in revisor_model::examples::write_all(dir).with_context(|| format!("writing into {}", dir.display()))? {
+        println!("{}", p.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! A model rollout end to end: `revisor model-server` as a revision's container, behind the gateway.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ok, wait_ready, write, Server, BIN};
+
+fn model_service(models: &std::path::Path, file: &str, version: &str, traffic: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: tabular\nspec:\n  template:\n    spec:\n      containers:\n        - image: ghcr.io/example/revisor:latest\n          command: [revisor, model-server]\n          args: [--model, file://{}, --name, tabular, --version, {version}]\n{traffic}",
+        models.join(file).display()
+    )
+}
+
+async fn infer(c: &reqwest::Client, gateway: std::net::SocketAddr) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({ "inputs": [{ "name": "features", "shape": [2, 4], "datatype": "FP32", "data": [[1, 2, 3, 4], [0.5, -1, 0, 2]] }] });
+    let resp = c
+        .post(format!("http://{gateway}/v2/models/tabular/infer"))
+        .header("host", "tabular.default.localhost")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_service_serves_v2_inference_and_splits_50_50_between_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    let out = std::process::Command::new(BIN)
+        .args(["example-models", "--out"])
+        .arg(&models)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let server = Server::start(&tmp.path().join("data"));
+    let s = server.admin.clone();
+    ok(
+        &s,
+        &[
+            "apply",
+            "-f",
+            write(
+                tmp.path(),
+                "v1.yaml",
+                &model_service(&models, "tabular-v1.onnx", "v1", ""),
+            )
+            .to_str()
+            .unwrap(),
+        ],
+    );
+    wait_ready(&s, "tabular", &["tabular-00001"]);
+    let split = "  traffic:\n    - revisionName: tabular-00001\n      percent: 50\n    - latestRevision: true\n      percent: 50\n";
+    ok(
+        &s,
+        &[
+            "apply",
+            "-f",
+            write(
+                tmp.path(),
+                "v2.yaml",
+                &model_service(&models, "tabular-v2.onnx", "v2", split),
+            )
+            .to_str()
+            .unwrap(),
+        ],
+    );
+    wait_ready(&s, "tabular", &["tabular-00001", "tabular-00002"]);
+
+    let c = reqwest::Client::new();
+    let gw = server.gateway_addr();
+    let (mut v1, mut v2) = (0, 0);
+    let mut outputs = std::collections::BTreeMap::new();
+    for _ in 0..400 {
+        let (status, v) = infer(&c, gw).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["outputs"][0]["shape"], serde_json::json!([2, 3]));
+        let version = v["model_version"].as_str().unwrap().to_string();
+        outputs.insert(version.clone(), v["outputs"][0]["data"].clone());
+        match version.as_str() {
+            "v1" => v1 += 1,
+            "v2" => v2 += 1,
+            other => panic!("unexpected version {other}"),
+        }
+    }
+    let share = v1 as f64 / 400.0;
+    assert!((share - 0.5).abs() < 0.08, "v1 answered {v1} and v2 {v2} of 400");
+    assert_ne!(outputs["v1"], outputs["v2"], "the versions have different weights");
+
+    // The faulty v3 becomes ready (it loads and warms up) but fails every inference.
+    ok(
+        &s,
+        &[
+            "apply",
+            "-f",
+            write(
+                tmp.path(),
+                "v3.yaml",
+                &model_service(&models, "tabular-v3-faulty.onnx", "v3", ""),
+            )
+            .to_str()
+            .unwrap(),
+        ],
+    );
+    wait_ready(&s, "tabular", &["tabular-00003"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, v) = infer(&c, gw).await;
+    assert_eq!(status, 500, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("JSON cannot carry"), "{v}");
+}
+
+#[test]
+fn a_missing_model_fails_start_up_naming_the_uri() {
+    let out = std::process::Command::new(BIN)
+        .args(["model-server", "--model", "file:///nonexistent/m.onnx", "--port", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("model file:///nonexistent/m.onnx: cannot read /nonexistent/m.onnx"),
+        "{err}"
+    );
+}
