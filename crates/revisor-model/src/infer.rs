@@ -1,15 +1,27 @@
-//! One inference: the request checked against the model's inputs, run off the async threads, and
-//! the requested outputs returned.
+//! One inference: the request checked against the model's inputs (JSON data or binary tensor data),
+//! run off the async threads, and the requested outputs returned as JSON or binary.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
+use bytes::Bytes;
 use tract_onnx::prelude::*;
 
 use crate::datatype::DataType;
 use crate::error::InferError;
+use crate::metrics::ModelMetrics;
 use crate::model::{Model, TensorSpec};
-use crate::protocol::{InferRequest, InferResponse, RequestInput, ResponseOutput};
+use crate::protocol::{binary_size, flag, InferRequest, InferResponse, RequestInput, ResponseOutput};
 use crate::tensor;
+
+/// What the server shares with every inference.
+pub struct Runner {
+    pub model: Arc<Model>,
+    /// Bounds concurrent inferences to the cores, so health checks stay fast under load.
+    pub pool: Arc<tokio::sync::Semaphore>,
+    pub metrics: ModelMetrics,
+}
 
 fn names(specs: &[TensorSpec]) -> String {
     specs
@@ -20,7 +32,7 @@ fn names(specs: &[TensorSpec]) -> String {
 }
 
 /// Checks one request input against the model's input and builds its tensor.
-fn input_tensor(spec: &TensorSpec, given: &RequestInput) -> Result<Tensor, InferError> {
+fn input_tensor(spec: &TensorSpec, given: &RequestInput, binary: Option<&[u8]>) -> Result<Tensor, InferError> {
     let name = &spec.name;
     let dt = DataType::parse(&given.datatype).ok_or_else(|| {
         InferError::BadRequest(format!(
@@ -48,27 +60,73 @@ fn input_tensor(spec: &TensorSpec, given: &RequestInput) -> Result<Tensor, Infer
             given.shape, spec.shape
         )));
     }
-    let data = given.data.as_ref().ok_or_else(|| {
-        InferError::BadRequest(format!(
-            "input {name:?}: no data (binary tensor data is not supported yet)"
-        ))
-    })?;
     let shape: Vec<usize> = given.shape.iter().map(|d| *d as usize).collect();
-    tensor::from_json(name, dt, &shape, data)
+    match (binary, &given.data) {
+        (Some(bytes), None) => tensor::from_binary(name, dt, &shape, bytes),
+        (None, Some(data)) => tensor::from_json(name, dt, &shape, data),
+        (Some(_), Some(_)) => Err(InferError::BadRequest(format!(
+            "input {name:?}: give data or binary_data_size, not both"
+        ))),
+        (None, None) => Err(InferError::BadRequest(format!("input {name:?}: no data"))),
+    }
 }
 
-/// Runs a request against the model on `pool` (a bounded set of blocking threads).
-pub async fn infer(
-    model: Arc<Model>,
-    req: InferRequest,
-    pool: Arc<tokio::sync::Semaphore>,
-) -> Result<InferResponse, InferError> {
-    if !model.is_ready() {
-        return Err(InferError::Unavailable(format!(
-            "model {:?} is not ready yet",
-            model.name
+/// Splits the binary section among the inputs that declare `binary_data_size`, in request order.
+fn binary_parts<'a>(req: &InferRequest, binary: Option<&'a [u8]>) -> Result<HashMap<String, &'a [u8]>, InferError> {
+    let mut parts = HashMap::new();
+    let mut rest = binary.unwrap_or_default();
+    for input in &req.inputs {
+        let Some(size) = binary_size(&input.parameters) else {
+            continue;
+        };
+        let size = size as usize;
+        if binary.is_none() {
+            return Err(InferError::BadRequest(format!(
+                "input {:?} has binary_data_size but the request has no Inference-Header-Content-Length header",
+                input.name
+            )));
+        }
+        if rest.len() < size {
+            return Err(InferError::BadRequest(format!(
+                "input {:?}: binary_data_size {size} runs past the end of the body",
+                input.name
+            )));
+        }
+        parts.insert(input.name.clone(), &rest[..size]);
+        rest = &rest[size..];
+    }
+    if !rest.is_empty() {
+        return Err(InferError::BadRequest(format!(
+            "{} bytes of binary data belong to no input",
+            rest.len()
         )));
     }
+    Ok(parts)
+}
+
+/// The outputs to return, each with whether it goes in the binary section.
+fn wanted_outputs(model: &Model, req: &InferRequest) -> Result<Vec<(usize, bool)>, InferError> {
+    let all_binary = flag(&req.parameters, "binary_data_output");
+    match &req.outputs {
+        None => Ok((0..model.outputs.len()).map(|i| (i, all_binary)).collect()),
+        Some(outs) => outs
+            .iter()
+            .map(|o| {
+                let i = model.outputs.iter().position(|s| s.name == o.name).ok_or_else(|| {
+                    InferError::BadRequest(format!(
+                        "unknown output {:?}: the model gives {}",
+                        o.name,
+                        names(&model.outputs)
+                    ))
+                })?;
+                Ok((i, all_binary || flag(&o.parameters, "binary_data")))
+            })
+            .collect(),
+    }
+}
+
+/// Builds the input tensors of a request (JSON or binary data).
+fn inputs(model: &Model, req: &InferRequest, binary: Option<&[u8]>) -> Result<TVec<TValue>, InferError> {
     for given in &req.inputs {
         if !model.inputs.iter().any(|s| s.name == given.name) {
             return Err(InferError::BadRequest(format!(
@@ -78,6 +136,7 @@ pub async fn infer(
             )));
         }
     }
+    let parts = binary_parts(req, binary)?;
     let mut tensors = TVec::new();
     for spec in &model.inputs {
         let mut matching = req.inputs.iter().filter(|g| g.name == spec.name);
@@ -90,47 +149,102 @@ pub async fn infer(
                 spec.name
             )));
         }
-        tensors.push(input_tensor(spec, given)?.into_tvalue());
+        tensors.push(input_tensor(spec, given, parts.get(&spec.name).copied())?.into_tvalue());
     }
-    let wanted: Vec<usize> = match &req.outputs {
-        None => (0..model.outputs.len()).collect(),
-        Some(outs) => outs
-            .iter()
-            .map(|o| {
-                model.outputs.iter().position(|s| s.name == o.name).ok_or_else(|| {
-                    InferError::BadRequest(format!(
-                        "unknown output {:?}: the model gives {}",
-                        o.name,
-                        names(&model.outputs)
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let _permit = pool
-        .acquire_owned()
-        .await
-        .map_err(|_| InferError::Unavailable("the server is stopping".into()))?;
-    let m = model.clone();
-    let results = tokio::task::spawn_blocking(move || m.run(tensors))
-        .await
-        .map_err(|e| InferError::Model(format!("inference worker failed: {e}")))?
-        .map_err(|e| InferError::Model(format!("inference failed: {e:#}")))?;
-    let mut outputs = Vec::with_capacity(wanted.len());
-    for i in wanted {
-        let (dt, shape, data) = tensor::to_json(&results[i])?;
-        outputs.push(ResponseOutput {
-            name: model.outputs[i].name.clone(),
-            shape,
-            datatype: dt.name(),
-            data,
-        });
+    Ok(tensors)
+}
+
+impl Runner {
+    pub fn new(model: Arc<Model>) -> Runner {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Runner {
+            model,
+            pool: Arc::new(tokio::sync::Semaphore::new(cores)),
+            metrics: ModelMetrics::default(),
+        }
     }
-    Ok(InferResponse {
-        model_name: model.name.clone(),
-        model_version: model.version.clone(),
-        id: req.id,
-        parameters: req.parameters,
-        outputs,
-    })
+
+    /// Runs raw tensors on the bounded pool.
+    pub async fn run(&self, tensors: TVec<TValue>) -> Result<TVec<TValue>, InferError> {
+        if !self.model.is_ready() {
+            return Err(InferError::Unavailable(format!(
+                "model {:?} is not ready yet",
+                self.model.name
+            )));
+        }
+        let queued = Instant::now();
+        let _permit = self
+            .pool
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| InferError::Unavailable("the server is stopping".into()))?;
+        let (queue, started) = (queued.elapsed(), Instant::now());
+        let m = self.model.clone();
+        let results = tokio::task::spawn_blocking(move || m.run(tensors))
+            .await
+            .map_err(|e| InferError::Model(format!("inference worker failed: {e}")))?
+            .map_err(|e| InferError::Model(format!("inference failed: {e:#}")))?;
+        self.metrics.success(queue, started.elapsed());
+        Ok(results)
+    }
+
+    /// One V2 inference: the JSON response, and the binary section when any output asked for one.
+    pub async fn infer(
+        &self,
+        req: InferRequest,
+        binary: Option<Bytes>,
+    ) -> Result<(InferResponse, Option<Vec<u8>>), InferError> {
+        let result = self.infer_inner(req, binary).await;
+        if result.is_err() {
+            self.metrics.failure();
+        }
+        result
+    }
+
+    async fn infer_inner(
+        &self,
+        req: InferRequest,
+        binary: Option<Bytes>,
+    ) -> Result<(InferResponse, Option<Vec<u8>>), InferError> {
+        let model = &self.model;
+        let tensors = inputs(model, &req, binary.as_deref())?;
+        let wanted = wanted_outputs(model, &req)?;
+        let results = self.run(tensors).await?;
+        let mut outputs = Vec::with_capacity(wanted.len());
+        let mut section: Option<Vec<u8>> = None;
+        for (i, as_binary) in wanted {
+            let name = model.outputs[i].name.clone();
+            if as_binary {
+                let (dt, shape, bytes) = tensor::to_binary(&results[i])?;
+                let mut params = serde_json::Map::new();
+                params.insert("binary_data_size".into(), bytes.len().into());
+                section.get_or_insert_with(Vec::new).extend_from_slice(&bytes);
+                outputs.push(ResponseOutput {
+                    name,
+                    shape,
+                    datatype: dt.name(),
+                    parameters: Some(params),
+                    data: None,
+                });
+            } else {
+                let (dt, shape, data) = tensor::to_json(&results[i])?;
+                outputs.push(ResponseOutput {
+                    name,
+                    shape,
+                    datatype: dt.name(),
+                    parameters: None,
+                    data: Some(data),
+                });
+            }
+        }
+        let response = InferResponse {
+            model_name: model.name.clone(),
+            model_version: model.version.clone(),
+            id: req.id,
+            parameters: req.parameters,
+            outputs,
+        };
+        Ok((response, section))
+    }
 }

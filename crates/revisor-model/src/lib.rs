@@ -5,11 +5,14 @@ pub mod datatype;
 pub mod error;
 pub mod examples;
 pub mod infer;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod server;
 pub mod tensor;
+pub mod v1;
 
 pub use error::{InferError, LoadError};
+pub use infer::Runner;
 pub use model::{Model, TensorSpec};
-pub use server::{router, ServerState};
+pub use server::{router, state, ServerState};

@@ -66,5 +66,25 @@ pub struct ResponseOutput {
     pub name: String,
     pub shape: Vec<usize>,
     pub datatype: &'static str,
-    pub data: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+/// A boolean parameter (`binary_data_output`, `binary_data`).
+pub fn flag(params: &Option<Map<String, Value>>, key: &str) -> bool {
+    params
+        .as_ref()
+        .and_then(|p| p.get(key))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// The `binary_data_size` of an input, when its data is in the binary section.
+pub fn binary_size(params: &Option<Map<String, Value>>) -> Option<u64> {
+    params
+        .as_ref()
+        .and_then(|p| p.get("binary_data_size"))
+        .and_then(Value::as_u64)
 }

@@ -264,3 +264,124 @@ mod tests {
         assert!(e.to_string().contains("not a valid BOOL"));
     }
 }
+
+macro_rules! le {
+    ($bytes:expr, $t:ty) => {
+        $bytes
+            .chunks_exact(std::mem::size_of::<$t>())
+            .map(|c| <$t>::from_le_bytes(c.try_into().expect("exact chunk")))
+            .collect::<Vec<$t>>()
+    };
+}
+
+/// Builds a tensor from the binary tensor extension's raw bytes: little-endian, row-major; BYTES
+/// elements each prefixed by a 4-byte little-endian length; BOOL one byte of 0 or 1.
+pub fn from_binary(name: &str, dt: DataType, shape: &[usize], bytes: &[u8]) -> Result<Tensor, InferError> {
+    let n: usize = shape.iter().product();
+    let bad = |why: String| InferError::BadRequest(format!("input {name:?}: binary data {why}"));
+    if let Some(size) = dt.size() {
+        if bytes.len() != n * size {
+            return Err(bad(format!(
+                "has {} bytes, but shape {shape:?} of {} needs {}",
+                bytes.len(),
+                dt.name(),
+                n * size
+            )));
+        }
+    }
+    let t = match dt {
+        DataType::Bool => {
+            if let Some(b) = bytes.iter().find(|b| **b > 1) {
+                return Err(bad(format!("holds {b}, not a BOOL (0 or 1)")));
+            }
+            Tensor::from_shape::<bool>(shape, &bytes.iter().map(|b| *b == 1).collect::<Vec<_>>())
+        }
+        DataType::Uint8 => Tensor::from_shape::<u8>(shape, bytes),
+        DataType::Int8 => Tensor::from_shape::<i8>(shape, &bytes.iter().map(|b| *b as i8).collect::<Vec<_>>()),
+        DataType::Uint16 => Tensor::from_shape::<u16>(shape, &le!(bytes, u16)),
+        DataType::Uint32 => Tensor::from_shape::<u32>(shape, &le!(bytes, u32)),
+        DataType::Uint64 => Tensor::from_shape::<u64>(shape, &le!(bytes, u64)),
+        DataType::Int16 => Tensor::from_shape::<i16>(shape, &le!(bytes, i16)),
+        DataType::Int32 => Tensor::from_shape::<i32>(shape, &le!(bytes, i32)),
+        DataType::Int64 => Tensor::from_shape::<i64>(shape, &le!(bytes, i64)),
+        DataType::Fp16 => Tensor::from_shape::<f16>(
+            shape,
+            &le!(bytes, u16).into_iter().map(f16::from_bits).collect::<Vec<_>>(),
+        ),
+        DataType::Fp32 => Tensor::from_shape::<f32>(shape, &le!(bytes, f32)),
+        DataType::Fp64 => Tensor::from_shape::<f64>(shape, &le!(bytes, f64)),
+        DataType::Bytes => {
+            let mut out = Vec::with_capacity(n);
+            let mut rest = bytes;
+            while rest.len() >= 4 {
+                let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                let Some(s) = rest.get(4..4 + len) else {
+                    return Err(bad(format!("element {} runs past the end", out.len())));
+                };
+                out.push(
+                    String::from_utf8(s.to_vec()).map_err(|_| bad(format!("element {} is not UTF-8", out.len())))?,
+                );
+                rest = &rest[4 + len..];
+            }
+            if !rest.is_empty() || out.len() != n {
+                return Err(bad(format!(
+                    "holds {} BYTES elements, but shape {shape:?} needs {n}",
+                    out.len()
+                )));
+            }
+            tract_ndarray::ArrayD::from_shape_vec(shape, out)
+                .map(Tensor::from)
+                .map_err(|e| TractError::msg(e.to_string()))
+        }
+    };
+    t.map_err(|e| InferError::BadRequest(format!("input {name:?}: {e}")))
+}
+
+/// An output tensor as (datatype, shape, raw bytes) for the binary tensor extension.
+pub fn to_binary(t: &Tensor) -> Result<(DataType, Vec<usize>, Vec<u8>), InferError> {
+    let dt = DataType::from_datum(t.datum_type()).ok_or_else(|| {
+        InferError::Model(format!(
+            "the model produced a {:?} tensor, which the protocol cannot carry",
+            t.datum_type()
+        ))
+    })?;
+    let bytes = match dt {
+        DataType::Bytes => {
+            let mut out = Vec::new();
+            for s in t.to_plain_array_view::<String>().map_err(model)?.iter() {
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            out
+        }
+        _ => t.as_bytes().to_vec(),
+    };
+    Ok((dt, t.shape().to_vec(), bytes))
+}
+
+#[cfg(test)]
+mod binary_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn binary_round_trips_equal_json() {
+        for (dt, data) in [
+            (DataType::Fp32, json!([1.5, -2.0])),
+            (DataType::Int64, json!([-7, 9])),
+            (DataType::Bool, json!([true, false])),
+            (DataType::Bytes, json!(["ab", ""])),
+            (DataType::Fp16, json!([0.5, 2.0])),
+        ] {
+            let t = from_json("x", dt, &[2], &data).unwrap();
+            let (got_dt, shape, bytes) = to_binary(&t).unwrap();
+            assert_eq!((got_dt, shape.as_slice()), (dt, &[2usize][..]));
+            assert_eq!(from_binary("x", dt, &[2], &bytes).unwrap(), t, "{dt:?}");
+        }
+        let e = from_binary("x", DataType::Fp32, &[2], &[0; 7]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "input \"x\": binary data has 7 bytes, but shape [2] of FP32 needs 8"
+        );
+    }
+}

@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use revisor_model::examples::{write_all, Example};
-use revisor_model::{router, Model, ServerState};
+use revisor_model::{router, state, Model};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -26,7 +26,7 @@ async fn call(model: &Arc<Model>, method: &str, uri: &str, body: impl Into<Strin
         .header("content-type", "application/json")
         .body(Body::from(body.into()))
         .unwrap();
-    let resp = router(ServerState::new(model.clone())).oneshot(req).await.unwrap();
+    let resp = router(state(model.clone())).oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
@@ -192,4 +192,158 @@ fn a_missing_or_invalid_model_names_the_uri_and_cause() {
     assert!(e.contains("not a model tract can run"), "{e}");
     let e = Model::load("s3://bucket/m.onnx", "m", "1").err().unwrap().to_string();
     assert!(e.contains("unsupported storage URI"), "{e}");
+}
+
+async fn raw(
+    model: &Arc<Model>,
+    uri: &str,
+    headers: &[(&str, String)],
+    body: Vec<u8>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let mut req = Request::builder().method("POST").uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = router(state(model.clone()))
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    (
+        status,
+        headers,
+        resp.into_body().collect().await.unwrap().to_bytes().to_vec(),
+    )
+}
+
+#[tokio::test]
+async fn the_binary_tensor_extension_gives_what_json_gives() {
+    let (_d, m) = load(Example::V1, "1");
+    let features: Vec<f32> = vec![1.0, 2.0, 3.0, 4.0, 0.5, -1.0, 0.0, 2.0];
+    let bin: Vec<u8> = features.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let head = json!({
+        "inputs": [{ "name": "features", "shape": [2, 4], "datatype": "FP32", "parameters": { "binary_data_size": bin.len() } }],
+        "parameters": { "binary_data_output": true }
+    })
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend_from_slice(&bin);
+    let (s, h, out) = raw(
+        &m,
+        "/v2/models/tabular/infer",
+        &[("inference-header-content-length", head.len().to_string())],
+        body,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&out));
+    let n: usize = h["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let meta: Value = serde_json::from_slice(&out[..n]).unwrap();
+    assert_eq!(meta["outputs"][0]["parameters"]["binary_data_size"], 24);
+    let probs: Vec<f32> = out[n..]
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let (_, j) = call(
+        &m,
+        "POST",
+        "/v2/models/tabular/infer",
+        request(json!([1, 2, 3, 4, 0.5, -1, 0, 2]), json!([2, 4])),
+    )
+    .await;
+    let want: Vec<f32> = j["outputs"][0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(probs, want);
+    let (s, _, out) = raw(
+        &m,
+        "/v2/models/tabular/infer",
+        &[("inference-header-content-length", head.len().to_string())],
+        {
+            let mut b = head.clone().into_bytes();
+            b.extend_from_slice(&bin[..10]);
+            b
+        },
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        String::from_utf8_lossy(&out).contains("runs past the end"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+#[tokio::test]
+async fn the_v1_protocol_predicts_per_instance() {
+    let (_d, m) = load(Example::V1, "1");
+    let (s, v) = call(
+        &m,
+        "POST",
+        "/v1/models/tabular:predict",
+        json!({ "instances": [[1, 2, 3, 4], [0.5, -1, 0, 2]] }).to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let preds = v["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 2);
+    assert_eq!(preds[0].as_array().unwrap().len(), 3);
+    let (_, j) = call(
+        &m,
+        "POST",
+        "/v2/models/tabular/infer",
+        request(json!([1, 2, 3, 4]), json!([1, 4])),
+    )
+    .await;
+    assert_eq!(preds[0], j["outputs"][0]["data"]);
+    assert_eq!(
+        call(&m, "GET", "/v1/models/tabular", "").await.1,
+        json!({ "name": "tabular", "ready": true })
+    );
+    let (s, v) = call(
+        &m,
+        "POST",
+        "/v1/models/tabular:predict",
+        json!({ "rows": [] }).to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, _) = call(&m, "POST", "/v1/models/tabular:explain", "{}").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn metrics_count_inferences_and_failures() {
+    let (_d, m) = load(Example::V1, "1");
+    let app = router(state(m.clone()));
+    let send = |body: String| {
+        let app = app.clone();
+        async move {
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v2/models/tabular/infer")
+                .body(Body::from(body))
+                .unwrap();
+            app.oneshot(req).await.unwrap().status()
+        }
+    };
+    assert_eq!(send(request(json!([1, 2, 3, 4]), json!([1, 4]))).await, StatusCode::OK);
+    assert_eq!(send(request(json!([1, 2, 3, 4]), json!([1, 4]))).await, StatusCode::OK);
+    assert_eq!(send("nope".into()).await, StatusCode::BAD_REQUEST);
+    let resp = app
+        .oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(
+        text.contains("revisor_model_inference_count{model=\"tabular\",version=\"1\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("revisor_model_inference_failure_count{model=\"tabular\",version=\"1\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("revisor_model_inference_compute_duration_us"), "{text}");
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use revisor_model::{router, Model, ServerState};
+use revisor_model::{router, state, Model};
 
 /// Loads and warms the model first, and only then listens: a TCP readiness probe (Knative's default)
 /// cannot pass before the model can answer.
@@ -28,7 +28,7 @@ pub fn run(model: &str, name: &str, version: &str, host: &str, port: Option<u16>
         "revisor model-server: model {name:?} version {version:?} loaded and warmed up in {:?}",
         started.elapsed()
     );
-    let state = ServerState::new(Arc::new(m));
+    let state = state(Arc::new(m));
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
