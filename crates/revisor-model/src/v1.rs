@@ -48,7 +48,7 @@ fn rows_of(t: &Tensor) -> Result<Vec<Value>, InferError> {
 fn nest(flat: &[Value], shape: &[usize]) -> Value {
     match shape.split_first() {
         None => flat.first().cloned().unwrap_or(Value::Null),
-        Some((_, rest)) if rest.is_empty() => Value::Array(flat.to_vec()),
+        Some((_, [])) => Value::Array(flat.to_vec()),
         Some((_, rest)) => {
             let per: usize = rest.iter().product();
             Value::Array(flat.chunks(per.max(1)).map(|c| nest(c, rest)).collect())
