@@ -1,13 +1,43 @@
 #!/usr/bin/env bash
 # The whole test suite, as README's Quick start gives it and as .ci/run calls it.
-# It installs what the tests need first; today that is only the Rust toolchain's own cargo.
+# It installs what the tests need first:
+# - onnxruntime and numpy in a venv (.venv-test), the reference the model server is compared with;
+# - magika 1.0.3's wheel from PyPI, from which the pretrained model the tests serve is extracted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "error: cargo is missing; install Rust from https://rustup.rs and run this again" >&2
   exit 1
 fi
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "installing python3 with apt-get" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+fi
+
+VENV="$ROOT/.venv-test"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV" 2>/dev/null || {
+    echo "installing python3-venv with apt-get" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$VENV"
+  }
+fi
+"$VENV/bin/python" -c 'import onnxruntime, numpy' 2>/dev/null || "$VENV/bin/pip" install -q onnxruntime numpy
+
+MAGIKA="$ROOT/target/magika/model.onnx"
+if [ ! -f "$MAGIKA" ]; then
+  mkdir -p "$ROOT/target/magika/wheel"
+  "$VENV/bin/pip" download -q --no-deps magika==1.0.3 -d "$ROOT/target/magika/wheel"
+  "$VENV/bin/python" - "$ROOT/target/magika/wheel" "$MAGIKA" <<'PY'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/magika-1.0.3-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("magika/models/standard_v3_3/model.onnx"))
+PY
+fi
+export REVISOR_PYTHON="$VENV/bin/python" REVISOR_MAGIKA_MODEL="$MAGIKA"
 
 # The end-to-end tests run the test upstream (crates/revisor-testapp) as real replicas.
 cargo build --locked -p revisor-testapp

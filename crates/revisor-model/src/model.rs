@@ -1,8 +1,9 @@
 //! Loading one ONNX model: symbolic batch dimensions fixed, optimized once, warmed up, described.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::{DimFact, Factoid, GenericFactoid, ShapeFactoid};
@@ -26,9 +27,23 @@ pub struct Model {
     pub version: String,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
-    plan: Arc<TypedSimplePlan>,
+    plans: Plans,
     ready: AtomicBool,
 }
+
+/// How batch sizes are served: one plan for any batch (the batch dimension is a symbol), or, for
+/// models whose shape computations tract cannot keep symbolic, one plan per batch size seen,
+/// optimized on first use and kept.
+enum Plans {
+    Symbolic(Arc<TypedSimplePlan>),
+    PerBatch {
+        model: Box<InferenceModel>,
+        plans: Mutex<HashMap<usize, Arc<TypedSimplePlan>>>,
+    },
+}
+
+/// Batch sizes with a plan of their own are capped, so odd clients cannot grow memory without bound.
+const MAX_BATCH_PLANS: usize = 64;
 
 /// Where a model is: `file://...` or a plain path.
 pub fn local_path(uri: &str) -> Result<PathBuf, LoadError> {
@@ -65,7 +80,30 @@ impl Model {
         if !meta.is_file() {
             return Err(err(format!("{} is not a file", path.display())));
         }
-        let plan = optimize(&path).map_err(|e| err(format!("not a model tract can run: {e:#}")))?;
+        let (plans, plan) = match optimize(&path, None) {
+            Ok(plan) => (None, plan),
+            Err(symbolic) => {
+                // Fall back to concrete batch sizes; describe the model from its batch-1 plan.
+                let plan = optimize(&path, Some(1)).map_err(|e| {
+                    err(format!(
+                        "not a model tract can run: {e:#} (with a symbolic batch: {symbolic:#})"
+                    ))
+                })?;
+                let raw = tract_onnx::onnx()
+                    .model_for_path(&path)
+                    .map_err(|e| err(format!("{e:#}")))?;
+                let mut cache = HashMap::new();
+                cache.insert(1, plan.clone());
+                (
+                    Some(Plans::PerBatch {
+                        model: Box::new(raw),
+                        plans: Mutex::new(cache),
+                    }),
+                    plan,
+                )
+            }
+        };
+        let per_batch = plans.is_some();
         let model = plan.model();
         let spec = |outlet: OutletId, fact: &TypedFact| -> Result<TensorSpec, LoadError> {
             let dtype = DataType::from_datum(fact.datum_type).ok_or_else(|| {
@@ -78,7 +116,18 @@ impl Model {
                 .outlet_label(outlet)
                 .unwrap_or(&model.node(outlet.node).name)
                 .to_string();
-            let shape = fact.shape.iter().map(|d| d.to_i64().unwrap_or(-1)).collect();
+            let shape = fact
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    if per_batch && i == 0 {
+                        -1
+                    } else {
+                        d.to_i64().unwrap_or(-1)
+                    }
+                })
+                .collect();
             Ok(TensorSpec {
                 name,
                 datatype: dtype.name(),
@@ -104,12 +153,13 @@ impl Model {
         {
             outputs.push(spec(*o, model.output_fact(i).map_err(|e| err(e.to_string()))?)?);
         }
+        let plans = plans.unwrap_or_else(|| Plans::Symbolic(plan.clone()));
         Ok(Model {
             name: name.into(),
             version: version.into(),
             inputs,
             outputs,
-            plan,
+            plans,
             ready: AtomicBool::new(false),
         })
     }
@@ -128,8 +178,7 @@ impl Model {
                 .map_err(|e| err(format!("warm-up input {:?}: {e}", i.name)))?;
             tensors.push(t.into_tvalue());
         }
-        self.plan
-            .run(tensors)
+        self.run(tensors)
             .map_err(|e| err(format!("warm-up inference failed: {e:#}")))?;
         self.ready.store(true, Ordering::Release);
         Ok(())
@@ -141,15 +190,43 @@ impl Model {
 
     /// Runs one inference (blocking: call it off the async threads).
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        self.plan.run(inputs)
+        match &self.plans {
+            Plans::Symbolic(plan) => plan.run(inputs),
+            Plans::PerBatch { model, plans } => {
+                let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+                let cached = plans.lock().unwrap().get(&batch).cloned();
+                let plan = match cached {
+                    Some(p) => p,
+                    None => {
+                        let p = with_batch((**model).clone(), Some(batch))?
+                            .into_optimized()?
+                            .into_runnable()?;
+                        let mut plans = plans.lock().unwrap();
+                        if plans.len() < MAX_BATCH_PLANS {
+                            plans.insert(batch, p.clone());
+                        }
+                        p
+                    }
+                };
+                plan.run(inputs)
+            }
+        }
     }
 }
 
-/// Loads with tract, gives every input an open batch dimension when its first dimension is not fixed,
-/// and optimizes once.
-fn optimize(path: &Path) -> TractResult<Arc<TypedSimplePlan>> {
-    let mut model = tract_onnx::onnx().model_for_path(path)?;
-    let batch = model.symbols.sym(BATCH);
+/// Loads with tract and optimizes once: with `batch` None every input gets an open (symbolic) batch
+/// dimension when its first dimension is not fixed; with `Some(n)` the batch is n.
+fn optimize(path: &Path, batch: Option<usize>) -> TractResult<Arc<TypedSimplePlan>> {
+    let model = tract_onnx::onnx().model_for_path(path)?;
+    with_batch(model, batch)?.into_optimized()?.into_runnable()
+}
+
+/// Sets the first dimension of every input whose first dimension is not fixed.
+fn with_batch(mut model: InferenceModel, batch: Option<usize>) -> TractResult<InferenceModel> {
+    let dim = match batch {
+        Some(n) => n.to_dim(),
+        None => model.symbols.sym(BATCH).to_dim(),
+    };
     for ix in 0..model.input_outlets()?.len() {
         let fact = model.input_fact(ix)?.clone();
         let dims: TVec<DimFact> = fact
@@ -157,9 +234,9 @@ fn optimize(path: &Path) -> TractResult<Arc<TypedSimplePlan>> {
             .dims()
             .enumerate()
             .map(|(i, d)| match d.concretize() {
-                Some(d) if i == 0 && d.to_i64().is_err() => GenericFactoid::Only(batch.to_dim()),
+                Some(d) if i == 0 && d.to_i64().is_err() => GenericFactoid::Only(dim.clone()),
                 Some(d) => GenericFactoid::Only(d),
-                None if i == 0 => GenericFactoid::Only(batch.to_dim()),
+                None if i == 0 => GenericFactoid::Only(dim.clone()),
                 None => GenericFactoid::Any,
             })
             .collect();
@@ -169,5 +246,5 @@ fn optimize(path: &Path) -> TractResult<Arc<TypedSimplePlan>> {
         };
         model.set_input_fact(ix, fixed)?;
     }
-    model.into_optimized()?.into_runnable()
+    Ok(model)
 }
