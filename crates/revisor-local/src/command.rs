@@ -31,6 +31,8 @@ pub struct LocalConfig {
     pub images: BTreeMap<String, ImageCommand>,
     /// The running revisor executable: a command named `revisor` means this one.
     pub revisor_exe: PathBuf,
+    /// Where `revisor model-server` replicas cache downloaded models (`REVISOR_MODEL_CACHE`).
+    pub model_cache: Option<PathBuf>,
     pub progress_deadline: Duration,
     pub termination_grace: Duration,
 }
@@ -62,7 +64,12 @@ pub fn process_spec(rev: &Revision, cfg: &LocalConfig) -> Result<(ProcessSpec, P
             ),
         )
     })?;
-    let env = environment(rev, container, mapped)?;
+    let mut env = environment(rev, container, mapped)?;
+    if let (Some(cache), true) = (&cfg.model_cache, program == cfg.revisor_exe) {
+        if !env.iter().any(|(k, _)| k == "REVISOR_MODEL_CACHE") {
+            env.push(("REVISOR_MODEL_CACHE".into(), cache.display().to_string()));
+        }
+    }
     let container_port = container.ports().first().and_then(|p| p.container_port);
     let probe = container
         .readiness_probe
@@ -242,6 +249,7 @@ mod tests {
         LocalConfig {
             images,
             revisor_exe: "/opt/revisor".into(),
+            model_cache: Some("/data/models".into()),
             progress_deadline: Duration::from_secs(600),
             termination_grace: Duration::from_secs(10),
         }

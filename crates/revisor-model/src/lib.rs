@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod server;
+pub mod storage;
 pub mod tensor;
 pub mod v1;
 

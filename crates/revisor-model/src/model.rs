@@ -1,7 +1,7 @@
 //! Loading one ONNX model: symbolic batch dimensions fixed, optimized once, warmed up, described.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -45,37 +45,29 @@ enum Plans {
 /// Batch sizes with a plan of their own are capped, so odd clients cannot grow memory without bound.
 const MAX_BATCH_PLANS: usize = 64;
 
-/// Where a model is: `file://...` or a plain path.
-pub fn local_path(uri: &str) -> Result<PathBuf, LoadError> {
-    let err = |message: String| LoadError {
-        uri: uri.to_string(),
-        message,
-    };
-    if let Some(rest) = uri.strip_prefix("file://") {
-        return Ok(PathBuf::from(rest));
-    }
-    if uri.starts_with("http://") || uri.starts_with("https://") {
-        return Err(err(
-            "downloading models over HTTP is not supported yet; download it and pass a path".into(),
-        ));
-    }
-    if uri.contains("://") {
-        return Err(err("unsupported storage URI: use file:// or a path".into()));
-    }
-    Ok(PathBuf::from(uri))
-}
-
 /// The batch symbol the first dimension of every input is given when the model leaves it open.
 const BATCH: &str = "N";
 
 impl Model {
-    /// Loads, fixes the batch dimension, optimizes and describes a model. Errors name the URI and cause.
+    /// Loads a local model (a path or `file://`), or downloads it into the default cache.
     pub fn load(uri: &str, name: &str, version: &str) -> Result<Model, LoadError> {
+        Model::load_from(uri, None, &crate::storage::default_cache(), name, version)
+    }
+
+    /// Fetches (checking `sha256` when given), loads, fixes the batch dimension, optimizes and describes
+    /// a model. Errors name the URI and the cause.
+    pub fn load_from(
+        uri: &str,
+        sha256: Option<&str>,
+        cache: &Path,
+        name: &str,
+        version: &str,
+    ) -> Result<Model, LoadError> {
         let err = |message: String| LoadError {
             uri: uri.to_string(),
             message,
         };
-        let path = local_path(uri)?;
+        let path = crate::storage::fetch(uri, sha256, cache)?;
         let meta = std::fs::metadata(&path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
         if !meta.is_file() {
             return Err(err(format!("{} is not a file", path.display())));

@@ -10,7 +10,14 @@ use revisor_model::{router, state, Model};
 
 /// Loads and warms the model first, and only then listens: a TCP readiness probe (Knative's default)
 /// cannot pass before the model can answer.
-pub fn run(model: &str, name: &str, version: &str, host: &str, port: Option<u16>) -> Result<()> {
+/// Where the model comes from.
+pub struct Source<'a> {
+    pub uri: &'a str,
+    pub sha256: Option<&'a str>,
+    pub cache: Option<std::path::PathBuf>,
+}
+
+pub fn run(source: &Source, name: &str, version: &str, host: &str, port: Option<u16>) -> Result<()> {
     let port = match port {
         Some(p) => p,
         None => std::env::var("PORT")
@@ -22,7 +29,11 @@ pub fn run(model: &str, name: &str, version: &str, host: &str, port: Option<u16>
         .parse()
         .with_context(|| format!("--host {host:?} is not an IP address"))?;
     let started = std::time::Instant::now();
-    let m = Model::load(model, name, version)?;
+    let cache = source
+        .cache
+        .clone()
+        .unwrap_or_else(revisor_model::storage::default_cache);
+    let m = Model::load_from(source.uri, source.sha256, &cache, name, version)?;
     m.warm_up()?;
     eprintln!(
         "revisor model-server: model {name:?} version {version:?} loaded and warmed up in {:?}",

@@ -43,6 +43,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     let local = LocalConfig {
         images: cfg.images.clone(),
         revisor_exe: exe,
+        model_cache: Some(cfg.data_dir.join("models")),
         progress_deadline: cfg.progress_deadline,
         termination_grace: cfg.termination_grace,
     };

@@ -50,9 +50,15 @@ pub enum Command {
     },
     /// Serve one ONNX model over the Open Inference Protocol (what a model revision runs).
     ModelServer {
-        /// The model: a path or file:// URI.
+        /// The model: a path, file://, http:// or https:// URI.
         #[arg(long)]
         model: String,
+        /// The model file's expected sha256 (hex); a download is checked against it and cached by it.
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Where downloaded models are cached [default: $REVISOR_MODEL_CACHE, else ~/.cache/revisor/models].
+        #[arg(long)]
+        cache_dir: Option<PathBuf>,
         /// The model's name in URLs.
         #[arg(long, default_value = "model")]
         name: String,
@@ -182,11 +188,20 @@ pub fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::ModelServer {
             model,
+            sha256,
+            cache_dir,
             name,
             version,
             port,
             host,
-        } => return crate::model_server::run(model, name, version, host, *port),
+        } => {
+            let source = crate::model_server::Source {
+                uri: model,
+                sha256: sha256.as_deref(),
+                cache: cache_dir.clone(),
+            };
+            return crate::model_server::run(&source, name, version, host, *port);
+        }
         Command::ExampleModels { out } => return crate::model_server::write_examples(out),
         _ => {}
     }
