@@ -18,6 +18,8 @@ use crate::tensor;
 /// What the server shares with every inference.
 pub struct Runner {
     pub model: Arc<Model>,
+    /// Dynamic batching, when enabled.
+    pub batcher: Option<crate::batching::Batcher>,
     /// Bounds concurrent inferences to the cores, so health checks stay fast under load.
     pub pool: Arc<tokio::sync::Semaphore>,
     pub metrics: ModelMetrics,
@@ -159,9 +161,17 @@ impl Runner {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         Runner {
             model,
+            batcher: None,
             pool: Arc::new(tokio::sync::Semaphore::new(cores)),
             metrics: ModelMetrics::default(),
         }
+    }
+
+    /// A runner that merges concurrent requests into batches (call inside a tokio runtime).
+    pub fn batching(model: Arc<Model>, cfg: crate::batching::BatchConfig) -> Result<Runner, String> {
+        let mut r = Runner::new(model);
+        r.batcher = Some(crate::batching::Batcher::start(r.model.clone(), cfg, r.pool.clone())?);
+        Ok(r)
     }
 
     /// Runs raw tensors on the bounded pool.
@@ -171,6 +181,12 @@ impl Runner {
                 "model {:?} is not ready yet",
                 self.model.name
             )));
+        }
+        if let Some(b) = &self.batcher {
+            let started = Instant::now();
+            let outs = b.run(tensors).await?;
+            self.metrics.success(std::time::Duration::ZERO, started.elapsed());
+            return Ok(outs.into_iter().map(|t| t.into_tvalue()).collect());
         }
         let queued = Instant::now();
         let _permit = self

@@ -1,6 +1,7 @@
 //! revisor's model server: one ONNX model, loaded and optimized once with tract, served over the Open
 //! Inference Protocol (KServe V2) REST API.
 
+pub mod batching;
 pub mod datatype;
 pub mod error;
 pub mod examples;

@@ -29,6 +29,7 @@ pub struct Model {
     pub outputs: Vec<TensorSpec>,
     plans: Plans,
     ready: AtomicBool,
+    runs: std::sync::atomic::AtomicU64,
 }
 
 /// How batch sizes are served: one plan for any batch (the batch dimension is a symbol), or, for
@@ -153,6 +154,7 @@ impl Model {
             outputs,
             plans,
             ready: AtomicBool::new(false),
+            runs: Default::default(),
         })
     }
 
@@ -176,12 +178,18 @@ impl Model {
         Ok(())
     }
 
+    /// How many times the model has run (a batch counts once).
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::Relaxed)
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     /// Runs one inference (blocking: call it off the async threads).
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        self.runs.fetch_add(1, Ordering::Relaxed);
         match &self.plans {
             Plans::Symbolic(plan) => plan.run(inputs),
             Plans::PerBatch { model, plans } => {

@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use revisor_model::{router, state, Model};
+use revisor_model::batching::BatchConfig;
+use revisor_model::{router, Model, Runner};
 
 /// Loads and warms the model first, and only then listens: a TCP readiness probe (Knative's default)
 /// cannot pass before the model can answer.
@@ -17,7 +18,22 @@ pub struct Source<'a> {
     pub cache: Option<std::path::PathBuf>,
 }
 
-pub fn run(source: &Source, name: &str, version: &str, host: &str, port: Option<u16>) -> Result<()> {
+/// The batching flags, checked.
+pub fn batching(max_size: Option<usize>, max_delay: &str) -> Result<Option<BatchConfig>> {
+    let Some(max_size) = max_size else { return Ok(None) };
+    let max_delay =
+        revisor_api::units::parse_go_duration(max_delay).map_err(|e| anyhow::anyhow!("--max-batch-delay: {e}"))?;
+    Ok(Some(BatchConfig { max_size, max_delay }))
+}
+
+pub fn run(
+    source: &Source,
+    name: &str,
+    version: &str,
+    host: &str,
+    port: Option<u16>,
+    batching: Option<BatchConfig>,
+) -> Result<()> {
     let port = match port {
         Some(p) => p,
         None => std::env::var("PORT")
@@ -39,9 +55,14 @@ pub fn run(source: &Source, name: &str, version: &str, host: &str, port: Option<
         "revisor model-server: model {name:?} version {version:?} loaded and warmed up in {:?}",
         started.elapsed()
     );
-    let state = state(Arc::new(m));
+    let model = Arc::new(m);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
+        let runner = match batching {
+            Some(cfg) => Runner::batching(model, cfg).map_err(anyhow::Error::msg)?,
+            None => Runner::new(model),
+        };
+        let state = Arc::new(runner);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding {addr}"))?;

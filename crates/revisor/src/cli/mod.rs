@@ -68,6 +68,12 @@ pub enum Command {
         /// Port to listen on [default: $PORT].
         #[arg(long)]
         port: Option<u16>,
+        /// Merge concurrent requests into batches of up to this many rows (dynamic batching).
+        #[arg(long)]
+        max_batch_size: Option<usize>,
+        /// How long a batch waits for more requests (Go duration, like 2ms).
+        #[arg(long, default_value = "1ms")]
+        max_batch_delay: String,
         /// Address to listen on (0.0.0.0 in a container).
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
@@ -194,13 +200,16 @@ pub fn run(cli: Cli) -> Result<()> {
             version,
             port,
             host,
+            max_batch_size,
+            max_batch_delay,
         } => {
             let source = crate::model_server::Source {
                 uri: model,
                 sha256: sha256.as_deref(),
                 cache: cache_dir.clone(),
             };
-            return crate::model_server::run(&source, name, version, host, *port);
+            let batching = crate::model_server::batching(*max_batch_size, max_batch_delay)?;
+            return crate::model_server::run(&source, name, version, host, *port, batching);
         }
         Command::ExampleModels { out } => return crate::model_server::write_examples(out),
         _ => {}
