@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -20,22 +19,6 @@ impl Drop for Upstream {
     }
 }
 
-fn upstream_bin() -> PathBuf {
-    let p = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("revisor-test-upstream");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p revisor-testapp` (scripts/test.sh does)",
-        p.display()
-    );
-    p
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -46,7 +29,7 @@ fn free_port() -> u16 {
 
 fn upstream(revision: &str, env: &[(&str, &str)]) -> Upstream {
     let port = free_port();
-    let child = Command::new(upstream_bin())
+    let child = Command::new(revisor_testapp::upstream_binary())
         .env("PORT", port.to_string())
         .env("K_REVISION", revision)
         .envs(env.iter().copied())

@@ -11,19 +11,7 @@ use revisor_runtime::{Probe, ProbeAction, ProcessSpec, RevisionKey, RevisionStat
 
 /// The test upstream binary, built beside this test (scripts/test.sh builds it).
 fn upstream() -> PathBuf {
-    let p = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("revisor-test-upstream");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p revisor-testapp` (scripts/test.sh does)",
-        p.display()
-    );
-    p
+    revisor_testapp::upstream_binary()
 }
 
 fn spec(name: &str, program: PathBuf, env: &[(&str, &str)]) -> ProcessSpec {

@@ -13,13 +13,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_revisor");
 
 /// The test upstream binary (crates/revisor-testapp), built beside revisor.
 pub fn upstream_bin() -> PathBuf {
-    let p = Path::new(BIN).parent().unwrap().join("revisor-test-upstream");
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build -p revisor-testapp` (scripts/test.sh does)",
-        p.display()
-    );
-    p
+    revisor_testapp::upstream_binary()
 }
 
 /// A `revisor serve` process on free loopback ports; killed (SIGKILL) on drop.
