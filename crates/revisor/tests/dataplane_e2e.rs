@@ -4,38 +4,26 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cli, ok, service_json, upstream_service, wait_ready, wait_until, write, Load, Server};
+use common::{apply, cli, ok, service_json, upstream_service, wait_ready, wait_until, Load, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_70_30_split_lands_70_30_and_tags_reach_their_revision() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"));
     let s = server.admin.clone();
-    ok(
+    apply(
         &s,
-        &[
-            "apply",
-            "-f",
-            write(tmp.path(), "v1.yaml", &upstream_service("web", &[("V", "1")], &[], ""))
-                .to_str()
-                .unwrap(),
-        ],
+        tmp.path(),
+        "v1.yaml",
+        &upstream_service("web", &[("V", "1")], &[], ""),
     );
     wait_ready(&s, "web", &["web-00001"]);
     let split = "  traffic:\n    - revisionName: web-00001\n      percent: 70\n      tag: stable\n    - latestRevision: true\n      percent: 30\n      tag: candidate\n";
-    ok(
+    apply(
         &s,
-        &[
-            "apply",
-            "-f",
-            write(
-                tmp.path(),
-                "v2.yaml",
-                &upstream_service("web", &[("V", "2")], &[], split),
-            )
-            .to_str()
-            .unwrap(),
-        ],
+        tmp.path(),
+        "v2.yaml",
+        &upstream_service("web", &[("V", "2")], &[], split),
     );
     wait_ready(&s, "web", &["web-00001", "web-00002"]);
 
@@ -127,15 +115,13 @@ async fn traffic_changes_new_revisions_and_deletions_drop_no_request() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"));
     let s = server.admin.clone();
-    let apply = |name: &str, v: &str| {
-        let f = write(tmp.path(), name, &upstream_service("moving", &[("V", v)], &[], ""));
-        run_cli(&s, &["apply", "-f", f.to_str().unwrap()]);
-    };
-    apply("v1.yaml", "1");
+    let apply_version =
+        |name: &str, v: &str| apply(&s, tmp.path(), name, &upstream_service("moving", &[("V", v)], &[], ""));
+    apply_version("v1.yaml", "1");
     wait_ready(&s, "moving", &["moving-00001"]);
     let load = Load::start(server.gateway_addr(), "moving.default.localhost", 4, 80);
 
-    apply("v2.yaml", "2"); // a new revision takes all traffic once ready
+    apply_version("v2.yaml", "2"); // a new revision takes all traffic once ready
     wait_ready(&s, "moving", &["moving-00002"]);
     let splits = [
         10, 50, 0, 90, 30, 100, 0, 20, 70, 0, 60, 40, 100, 5, 95, 0, 80, 25, 75, 0,
@@ -148,7 +134,7 @@ async fn traffic_changes_new_revisions_and_deletions_drop_no_request() {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(if i % 4 == 0 { 700 } else { 250 })).await;
     }
-    apply("v3.yaml", "3"); // another new revision, while traffic stays split by name
+    apply_version("v3.yaml", "3"); // another new revision, while traffic stays split by name
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokio::task::spawn_blocking({
         let s = s.clone();
@@ -188,10 +174,7 @@ async fn a_sigkilled_replica_is_replaced_and_no_request_fails() {
     let server = Server::start(&tmp.path().join("data"));
     let s = server.admin.clone();
     let manifest = upstream_service("killed", &[], &[("autoscaling.knative.dev/initial-scale", "2")], "");
-    run_cli(
-        &s,
-        &["apply", "-f", write(tmp.path(), "v1.yaml", &manifest).to_str().unwrap()],
-    );
+    apply(&s, tmp.path(), "v1.yaml", &manifest);
     wait_ready(&s, "killed", &["killed-00001"]);
     let replicas = |s: &str| -> i64 {
         let v: serde_json::Value =
@@ -272,7 +255,7 @@ async fn failures_are_reported_in_status() {
         ("b.yaml", unmapped.to_string()),
         ("c.yaml", crashing),
     ] {
-        run_cli(&s, &["apply", "-f", write(tmp.path(), n, &m).to_str().unwrap()]);
+        apply(&s, tmp.path(), n, &m);
     }
     let ready_of = |rev: &str| -> (String, String, String) {
         let v: serde_json::Value = serde_json::from_str(&ok(&s, &["get", "revision", rev, "-o", "json"])).unwrap();

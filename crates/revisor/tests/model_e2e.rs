@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ok, wait_ready, write, Server, BIN};
+use common::{apply, wait_ready, Server, BIN};
 
 fn model_service(models: &std::path::Path, file: &str, version: &str, traffic: &str) -> String {
     format!(
@@ -38,35 +38,19 @@ async fn a_model_service_serves_v2_inference_and_splits_50_50_between_versions()
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let server = Server::start(&tmp.path().join("data"));
     let s = server.admin.clone();
-    ok(
+    apply(
         &s,
-        &[
-            "apply",
-            "-f",
-            write(
-                tmp.path(),
-                "v1.yaml",
-                &model_service(&models, "tabular-v1.onnx", "v1", ""),
-            )
-            .to_str()
-            .unwrap(),
-        ],
+        tmp.path(),
+        "v1.yaml",
+        &model_service(&models, "tabular-v1.onnx", "v1", ""),
     );
     wait_ready(&s, "tabular", &["tabular-00001"]);
     let split = "  traffic:\n    - revisionName: tabular-00001\n      percent: 50\n    - latestRevision: true\n      percent: 50\n";
-    ok(
+    apply(
         &s,
-        &[
-            "apply",
-            "-f",
-            write(
-                tmp.path(),
-                "v2.yaml",
-                &model_service(&models, "tabular-v2.onnx", "v2", split),
-            )
-            .to_str()
-            .unwrap(),
-        ],
+        tmp.path(),
+        "v2.yaml",
+        &model_service(&models, "tabular-v2.onnx", "v2", split),
     );
     wait_ready(&s, "tabular", &["tabular-00001", "tabular-00002"]);
 
@@ -91,19 +75,11 @@ async fn a_model_service_serves_v2_inference_and_splits_50_50_between_versions()
     assert_ne!(outputs["v1"], outputs["v2"], "the versions have different weights");
 
     // The faulty v3 becomes ready (it loads and warms up) but fails every inference.
-    ok(
+    apply(
         &s,
-        &[
-            "apply",
-            "-f",
-            write(
-                tmp.path(),
-                "v3.yaml",
-                &model_service(&models, "tabular-v3-faulty.onnx", "v3", ""),
-            )
-            .to_str()
-            .unwrap(),
-        ],
+        tmp.path(),
+        "v3.yaml",
+        &model_service(&models, "tabular-v3-faulty.onnx", "v3", ""),
     );
     wait_ready(&s, "tabular", &["tabular-00003"]);
     tokio::time::sleep(Duration::from_millis(200)).await;

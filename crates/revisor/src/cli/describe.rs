@@ -56,13 +56,7 @@ fn service(client: &Client, name: &str, ns: &str) -> Result<()> {
     println!();
     println!("Traffic (spec):");
     for t in s.spec.traffic() {
-        let who = if t.is_latest() {
-            "@latest".to_string()
-        } else {
-            t.revision().unwrap_or_default().to_string()
-        };
-        let tag = t.tag().map(|x| format!(" #{x}")).unwrap_or_default();
-        println!("  {:>4}%  {who}{tag}", t.percent());
+        println!("{}", super::table::target_line(t));
     }
     println!("Traffic (programmed):");
     if st.traffic.is_empty() {

@@ -40,3 +40,14 @@ pub fn age(t: Option<DateTime<Utc>>) -> String {
         _ => format!("{}d", s / 86400),
     }
 }
+
+/// One `spec.traffic` target as the CLI prints it: `  70%  @latest #tag`.
+pub fn target_line(t: &revisor_api::TrafficTarget) -> String {
+    let who = if t.is_latest() {
+        "@latest".to_string()
+    } else {
+        t.revision().unwrap_or_default().to_string()
+    };
+    let tag = t.tag().map(|x| format!(" #{x}")).unwrap_or_default();
+    format!("  {:>4}%  {who}{tag}", t.percent())
+}

@@ -33,13 +33,7 @@ pub fn run(client: &Client, service: &str, ns: &str, edit: TrafficEdit) -> Resul
             Ok(_) => {
                 println!("service/{service} traffic updated");
                 for t in next.spec.traffic() {
-                    let who = if t.is_latest() {
-                        "@latest".to_string()
-                    } else {
-                        t.revision().unwrap_or_default().to_string()
-                    };
-                    let tag = t.tag().map(|x| format!(" #{x}")).unwrap_or_default();
-                    println!("  {:>4}%  {who}{tag}", t.percent());
+                    println!("{}", super::table::target_line(t));
                 }
                 return Ok(());
             }

@@ -120,6 +120,11 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// Writes `manifest` into `dir` as `file` and applies it, failing the test if the CLI fails.
+pub fn apply(server: &str, dir: &Path, file: &str, manifest: &str) {
+    ok(server, &["apply", "-f", write(dir, file, manifest).to_str().unwrap()]);
+}
+
 /// A Service running the test upstream; `extra_env` lines go under `env:`, `annotations` under the
 /// template's annotations.
 pub fn upstream_service(name: &str, env: &[(&str, &str)], annotations: &[(&str, &str)], traffic: &str) -> String {
