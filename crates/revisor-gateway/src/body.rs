@@ -141,7 +141,7 @@ pub struct Accounting {
 
 impl Drop for Accounting {
     fn drop(&mut self) {
-        self.metrics.finish(self.status, self.started.elapsed());
+        self.metrics.finish(self.status, self.started, self.started.elapsed());
     }
 }
 

@@ -18,7 +18,7 @@ pub use routes::{Protocol, RevisionSpec, RoutesSpec, ServiceSpec, TargetSpec};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::RequestBody;
-use crate::routes::{HostRoute, RevisionTarget, RouteTable, ServiceRoute};
+use crate::routes::{Activation, HostRoute, RevisionTarget, RouteTable, ServiceRoute};
 
 /// Limits of the gateway.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +39,9 @@ pub struct GatewayConfig {
     pub max_header_bytes: usize,
     /// Largest request body accepted; 0 is no limit.
     pub max_body_bytes: u64,
+    /// Requests held per revision while it has no ready replica (scaled to zero, starting); beyond
+    /// this a request is refused with 503.
+    pub activation_queue_depth: usize,
 }
 
 impl Default for GatewayConfig {
@@ -46,6 +49,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             max_header_bytes: 64 * 1024,
             max_body_bytes: 64 * 1024 * 1024,
+            activation_queue_depth: 1000,
         }
     }
 }
@@ -66,10 +70,26 @@ pub(crate) fn with_client<R>(protocol: Protocol, f: impl FnOnce(&HttpClient) -> 
     })
 }
 
+/// Called when a request waits for a revision without ready replicas: (namespace, revision, requests
+/// held). It must return quickly; the gateway calls it from its request path.
+pub type ActivateFn = Arc<dyn Fn(&str, &str, usize) + Send + Sync>;
+
 pub(crate) struct Inner {
     pub(crate) routes: ArcSwap<RouteTable>,
     registry: Mutex<Registry>,
     pub(crate) config: GatewayConfig,
+    /// Bumped on every publish, so held requests can wait for a new table.
+    pub(crate) published: watch::Sender<u64>,
+    pub(crate) activator: OnceLock<ActivateFn>,
+}
+
+impl Inner {
+    /// Tells the autoscaler that requests are waiting for a revision.
+    pub(crate) fn poke(&self, namespace: &str, revision: &str, held: usize) {
+        if let Some(f) = self.activator.get() {
+            f(namespace, revision, held);
+        }
+    }
 }
 
 /// Objects that outlive route snapshots: replicas (with their in-flight counts) and metrics.
@@ -79,6 +99,7 @@ struct Registry {
     metrics: BTreeMap<Labels, Arc<RevisionMetrics>>,
     /// One breaker per revision, shared by its tag and split routes, kept while its capacity holds.
     breakers: HashMap<(String, String), Arc<Breaker>>,
+    activations: HashMap<(String, String), Arc<Activation>>,
 }
 
 /// The gateway. Cheap to clone.
@@ -105,6 +126,8 @@ impl Gateway {
                 routes: ArcSwap::from_pointee(RouteTable::default()),
                 registry: Mutex::new(Registry::default()),
                 config,
+                published: watch::channel(0).0,
+                activator: OnceLock::new(),
             }),
         }
     }
@@ -114,9 +137,29 @@ impl Gateway {
         let mut reg = self.inner.registry.lock().unwrap();
         let table = build(&mut reg, spec);
         self.inner.routes.store(Arc::new(table));
+        self.inner.published.send_modify(|n| *n += 1);
         // Forget replicas that neither the new table nor any request in flight refers to.
         reg.endpoints.retain(|_, e| Arc::strong_count(e) > 1);
         reg.breakers.retain(|_, b| Arc::strong_count(b) > 1);
+        reg.activations.retain(|_, a| Arc::strong_count(a) > 1);
+    }
+
+    /// Sets what to call when a request waits for a revision that has no ready replica (the
+    /// autoscaler's poke). Only the first call has an effect.
+    pub fn set_activator(&self, f: ActivateFn) {
+        let _ = self.inner.activator.set(f);
+    }
+
+    /// Requests held now, waiting for a replica of the revision.
+    pub fn held(&self, namespace: &str, revision: &str) -> usize {
+        self.inner
+            .registry
+            .lock()
+            .unwrap()
+            .activations
+            .get(&(namespace.to_string(), revision.to_string()))
+            .map(|a| a.held())
+            .unwrap_or(0)
     }
 
     /// Requests in flight to a replica, across every route snapshot still in use.
@@ -234,9 +277,14 @@ fn build(reg: &mut Registry, spec: &RoutesSpec) -> RouteTable {
             let Some(rev) = revisions.get(&(svc.namespace.as_str(), t.revision.as_str())) else {
                 continue;
             };
+            let untagged = target(reg, rev, "");
+            table
+                .revisions
+                .entry((svc.namespace.clone(), t.revision.clone()))
+                .or_insert_with(|| untagged.clone());
             if t.percent > 0 {
                 total += t.percent;
-                split.push((total, target(reg, rev, "")));
+                split.push((total, untagged));
             }
             if let Some(tag) = &t.tag {
                 let tagged = target(reg, rev, tag);
@@ -294,8 +342,15 @@ fn target(reg: &mut Registry, rev: &RevisionSpec, tag: &str) -> Arc<RevisionTarg
         }
         b.clone()
     });
+    let activation = reg
+        .activations
+        .entry((rev.namespace.clone(), rev.name.clone()))
+        .or_default()
+        .clone();
     Arc::new(RevisionTarget {
+        namespace: rev.namespace.clone(),
         name: rev.name.clone(),
+        activation,
         endpoints,
         breaker,
         timeout: rev.timeout,

@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -31,6 +32,21 @@ pub struct RevisionMetrics {
     buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
     sum_us: AtomicU64,
     in_flight: AtomicI64,
+    /// Time in flight summed over requests, kept as `sum(end) - sum(start)` in microseconds since
+    /// [`clock_us`]'s origin, so that adding `in_flight × now` gives the request-seconds up to now
+    /// with atomics only.
+    busy_us: AtomicI64,
+}
+
+/// Microseconds since a process-wide origin (a monotonic clock; the origin lies a day before first use,
+/// so instants taken shortly before it still count).
+pub fn clock_us(at: Instant) -> i64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(86_400)).unwrap_or(now)
+    });
+    at.saturating_duration_since(origin).as_micros() as i64
 }
 
 /// A point-in-time copy of one revision's counters.
@@ -43,6 +59,9 @@ pub struct MetricsSnapshot {
     pub latency_counts: Vec<u64>,
     pub latency_sum_ms: f64,
     pub in_flight: i64,
+    /// Request-seconds spent in flight since the revision was first routed: its growth over an
+    /// interval divided by the interval is the average concurrency (what Knative's autoscaler scales on).
+    pub busy_seconds: f64,
 }
 
 impl MetricsSnapshot {
@@ -59,16 +78,20 @@ impl RevisionMetrics {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_us: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            busy_us: AtomicI64::new(0),
         }
     }
 
-    pub fn start(&self) {
+    /// Counts a request in flight from `at`.
+    pub fn start(&self, at: Instant) {
+        self.busy_us.fetch_sub(clock_us(at), Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records a finished request.
-    pub fn finish(&self, status: u16, elapsed: Duration) {
+    /// Records a finished request that took `elapsed` since its start.
+    pub fn finish(&self, status: u16, started: Instant, elapsed: Duration) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.busy_us.fetch_add(clock_us(started + elapsed), Ordering::Relaxed);
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.classes[class].fetch_add(1, Ordering::Relaxed);
         let ms = elapsed.as_secs_f64() * 1000.0;
@@ -85,13 +108,17 @@ impl RevisionMetrics {
     }
 
     pub fn snapshot(&self) -> MetricsSnapshot {
+        let now = clock_us(Instant::now());
+        let in_flight = self.in_flight();
+        let busy = self.busy_us.load(Ordering::Relaxed) + in_flight * now;
         MetricsSnapshot {
             labels: self.labels.clone(),
             requests: std::array::from_fn(|i| self.classes[i].load(Ordering::Relaxed)),
             latency_buckets_ms: LATENCY_BUCKETS_MS.to_vec(),
             latency_counts: self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
             latency_sum_ms: self.sum_us.load(Ordering::Relaxed) as f64 / 1000.0,
-            in_flight: self.in_flight(),
+            in_flight,
+            busy_seconds: busy as f64 / 1e6,
         }
     }
 }
@@ -150,6 +177,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn busy_time_counts_requests_still_in_flight() {
+        let m = RevisionMetrics::new(Labels {
+            namespace: "ns".into(),
+            service: "s".into(),
+            revision: "r".into(),
+            tag: String::new(),
+        });
+        let t0 = Instant::now() - Duration::from_secs(2);
+        m.start(t0);
+        m.start(t0 + Duration::from_secs(1));
+        let s = m.snapshot();
+        assert!(
+            (s.busy_seconds - 3.0).abs() < 0.05,
+            "2s + 1s so far: {}",
+            s.busy_seconds
+        );
+        m.finish(200, t0, Duration::from_millis(500));
+        let s = m.snapshot();
+        assert!(
+            (s.busy_seconds - 1.5).abs() < 0.05,
+            "0.5s done + 1s in flight: {}",
+            s.busy_seconds
+        );
+    }
+
+    #[test]
     fn records_classes_buckets_and_renders() {
         let m = RevisionMetrics::new(Labels {
             namespace: "ns".into(),
@@ -157,13 +210,19 @@ mod tests {
             revision: "s-00001".into(),
             tag: String::new(),
         });
+        let t0 = Instant::now();
         for (status, ms) in [(200, 0.1), (200, 3.0), (503, 70.0), (404, 1e9)] {
-            m.start();
-            m.finish(status, Duration::from_secs_f64(ms / 1000.0));
+            m.start(t0);
+            m.finish(status, t0, Duration::from_secs_f64(ms / 1000.0));
         }
         let s = m.snapshot();
         assert_eq!(s.requests, [0, 2, 0, 1, 1]);
         assert_eq!(s.in_flight, 0);
+        assert!(
+            (s.busy_seconds - (0.1 + 3.0 + 70.0 + 1e9) / 1000.0).abs() < 1e-3,
+            "{}",
+            s.busy_seconds
+        );
         assert_eq!(s.latency_counts[0], 1);
         assert_eq!(*s.latency_counts.last().unwrap(), 1);
         let text = prometheus_text(&[s]);

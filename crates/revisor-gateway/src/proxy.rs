@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::body::{Accounting, BodySlot, GatewayBody, ResponseBody};
 use crate::endpoint::{pick, Endpoint};
-use crate::routes::{HostRoute, Protocol, RevisionTarget};
+use crate::routes::{HostRoute, Protocol, RevisionTarget, RouteTable};
 use crate::Inner;
 
 /// The header that selects a tag, as in Knative.
@@ -55,32 +55,80 @@ fn host_of(req: &Request<Incoming>) -> Option<&str> {
 }
 
 pub async fn handle(inner: Arc<Inner>, req: Request<Incoming>, remote: SocketAddr) -> Response<GatewayBody> {
-    let table = inner.routes.load_full();
     let Some(host) = host_of(&req) else {
         return local(StatusCode::BAD_REQUEST, "the request has no Host header".into());
     };
     let host = host.to_ascii_lowercase();
-    let target = match table.hosts.get(&host) {
-        None => return local(StatusCode::NOT_FOUND, format!("no service for host {host:?}")),
-        Some(HostRoute::Tag(t)) => t.clone(),
+    let tag = req
+        .headers()
+        .get(TAG_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let table = inner.routes.load_full();
+    match resolve(&table, &host, tag.as_deref()) {
+        Ok(target) => proxy(&inner, target, req, remote, (&host, tag.as_deref())).await,
+        Err(resp) => resp,
+    }
+}
+
+/// The revision a request goes to: by host (a tag's own host, or the service's, where the tag header
+/// can select a tag), then by weight.
+fn resolve(table: &RouteTable, host: &str, tag: Option<&str>) -> Result<Arc<RevisionTarget>, Response<GatewayBody>> {
+    match table.hosts.get(host) {
+        None => Err(local(StatusCode::NOT_FOUND, format!("no service for host {host:?}"))),
+        Some(HostRoute::Tag(t)) => Ok(t.clone()),
         Some(HostRoute::Split(route)) => {
-            let by_header = req
-                .headers()
-                .get(TAG_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|t| route.tags.get(t));
+            let by_header = tag.and_then(|t| route.tags.get(t));
             match by_header.or_else(|| route.pick()) {
-                Some(t) => t.clone(),
-                None => {
-                    return local(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("service {:?} has no traffic targets", route.name),
-                    )
-                }
+                Some(t) => Ok(t.clone()),
+                None => Err(local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("service {:?} has no traffic targets", route.name),
+                )),
             }
         }
+    }
+}
+
+/// The activator's part: holds a request for a revision without ready replicas, tells the
+/// autoscaler, and waits (within the request's deadline) for a route table that gives the revision
+/// replicas. If the revision leaves the routes meanwhile, the request is routed afresh.
+async fn activate(
+    inner: &Inner,
+    mut target: Arc<RevisionTarget>,
+    route: (&str, Option<&str>),
+    deadline: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
+) -> Result<Arc<RevisionTarget>, Response<GatewayBody>> {
+    let Some(_held) = target.activation.enter(inner.config.activation_queue_depth) else {
+        let msg = format!(
+            "revision {:?} has no ready replica and {} requests already wait for one",
+            target.name, inner.config.activation_queue_depth
+        );
+        return Err(local(StatusCode::SERVICE_UNAVAILABLE, msg));
     };
-    proxy(&inner, target, req, remote).await
+    let mut published = inner.published.subscribe();
+    loop {
+        // Look again after subscribing, so a table published in between is not missed.
+        let table = inner.routes.load_full();
+        target = match table.revisions.get(&(target.namespace.clone(), target.name.clone())) {
+            Some(t) => t.clone(),
+            None => resolve(&table, route.0, route.1)?,
+        };
+        if !target.endpoints.is_empty() {
+            return Ok(target);
+        }
+        inner.poke(&target.namespace, &target.name, target.activation.held().max(1));
+        tokio::select! {
+            biased;
+            changed = published.changed() => if changed.is_err() {
+                return Err(local(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down".into()));
+            },
+            _ = deadline.as_mut() => {
+                let msg = format!("revision {:?} got no ready replica within its timeout", target.name);
+                return Err(local(StatusCode::GATEWAY_TIMEOUT, msg));
+            }
+        }
+    }
 }
 
 fn too_large(inner: &Inner, req: &Request<Incoming>) -> bool {
@@ -99,6 +147,7 @@ async fn proxy(
     target: Arc<RevisionTarget>,
     req: Request<Incoming>,
     remote: SocketAddr,
+    route: (&str, Option<&str>),
 ) -> Response<GatewayBody> {
     if too_large(inner, &req) {
         let limit = inner.config.max_body_bytes;
@@ -108,7 +157,7 @@ async fn proxy(
         );
     }
     let started = Instant::now();
-    target.metrics.start();
+    target.metrics.start(started);
     let mut acct = Accounting {
         metrics: target.metrics.clone(),
         started,
@@ -116,13 +165,20 @@ async fn proxy(
         in_flight: None,
         permit: None,
     };
+    // One timer per request: it bounds the wait for a replica, for the response head, then the body.
+    let mut deadline = Box::pin(tokio::time::sleep_until((started + target.timeout).into()));
+    let target = if target.endpoints.is_empty() {
+        match activate(inner, target, route, &mut deadline).await {
+            Ok(t) => t,
+            Err(resp) => {
+                acct.status = resp.status().as_u16();
+                return resp;
+            }
+        }
+    } else {
+        target
+    };
     let rev = &target.name;
-    if target.endpoints.is_empty() {
-        return local(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("revision {rev:?} has no ready replicas"),
-        );
-    }
     if let Some(b) = &target.breaker {
         match b.enter().await {
             Ok(p) => acct.permit = Some(p),
@@ -132,8 +188,6 @@ async fn proxy(
             }
         }
     }
-    // One timer per request: it bounds the wait for the response head, then the body's streaming.
-    let mut deadline = Box::pin(tokio::time::sleep_until((started + target.timeout).into()));
     let (mut parts, body) = req.into_parts();
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
     let slot = BodySlot::new(body, inner.config.max_body_bytes);

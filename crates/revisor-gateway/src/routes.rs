@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,14 +59,47 @@ pub struct RoutesSpec {
     pub revisions: Vec<RevisionSpec>,
 }
 
+/// Requests held for a revision that has no ready replica (the activator's queue), shared by every
+/// route to it.
+#[derive(Debug, Default)]
+pub struct Activation {
+    held: AtomicUsize,
+}
+
+/// Counts one held request until dropped.
+pub struct HeldGuard(Arc<Activation>);
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Activation {
+    /// Holds one more request, unless `limit` are held already.
+    pub fn enter(self: &Arc<Self>, limit: usize) -> Option<HeldGuard> {
+        if self.held.fetch_add(1, Ordering::AcqRel) >= limit {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(HeldGuard(self.clone()))
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
 /// A revision as the gateway routes to it: its ready replicas, breaker and metrics.
 pub struct RevisionTarget {
+    pub namespace: String,
     pub name: String,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub breaker: Option<Arc<Breaker>>,
     pub timeout: Duration,
     pub protocol: Protocol,
     pub metrics: Arc<RevisionMetrics>,
+    pub activation: Arc<Activation>,
 }
 
 /// Where a host leads: a fixed revision (a tag's URL) or the service's split.
@@ -98,4 +132,6 @@ impl ServiceRoute {
 #[derive(Default)]
 pub struct RouteTable {
     pub hosts: HashMap<String, HostRoute>,
+    /// Every routed revision by (namespace, name), for requests waiting for a revision's replicas.
+    pub revisions: HashMap<(String, String), Arc<RevisionTarget>>,
 }

@@ -281,11 +281,12 @@ async fn a_refused_connection_is_retried_on_another_replica() {
     assert!(body.contains("svc-00001"), "{body}");
     gw.publish(&routes(
         vec![target("svc-00001", 100, None)],
-        vec![rev("svc-00001", vec![], 0, 5000)],
+        vec![rev("svc-00001", vec![], 0, 300)],
     ));
+    // With no replica at all the request is held for one (the activator's part), within its timeout.
     let (status, body) = get(&c, addr, "svc.default.localhost", "/", &[]).await;
-    assert_eq!(status, 503);
-    assert!(body.contains("no ready replicas"), "{body}");
+    assert_eq!(status, 504);
+    assert!(body.contains("no ready replica within its timeout"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -361,6 +362,7 @@ async fn oversized_bodies_and_headers_are_refused() {
     let gw = Gateway::new(GatewayConfig {
         max_header_bytes: 8192,
         max_body_bytes: 1024,
+        ..Default::default()
     });
     gw.publish(&routes(
         vec![target("svc-00001", 100, None)],
@@ -394,4 +396,108 @@ async fn oversized_bodies_and_headers_are_refused() {
         .await
         .unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_without_replicas_holds_requests_pokes_and_answers_once_one_is_ready() {
+    let gw = Gateway::new(GatewayConfig {
+        activation_queue_depth: 3,
+        ..Default::default()
+    });
+    let pokes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String, usize)>::new()));
+    let recorded = pokes.clone();
+    gw.set_activator(std::sync::Arc::new(move |ns: &str, rev: &str, held: usize| {
+        recorded.lock().unwrap().push((ns.into(), rev.into(), held));
+    }));
+    gw.publish(&routes(
+        vec![target("svc-1", 100, None)],
+        vec![rev("svc-1", vec![], 0, 5_000)],
+    ));
+    let addr = start(&gw).await;
+    let c = client();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { get(&c, addr, "svc.default.localhost", "/", &[]).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.held("default", "svc-1") < 2 {
+        assert!(Instant::now() < deadline, "requests were not held");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(pokes
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|p| p.0 == "default" && p.1 == "svc-1" && p.2 >= 1));
+    let up = upstream("svc-1", &[]);
+    gw.publish(&routes(
+        vec![target("svc-1", 100, None)],
+        vec![rev("svc-1", vec![up.addr], 0, 5_000)],
+    ));
+    for h in held {
+        let (status, body) = h.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("svc-1"), "{body}");
+    }
+    assert_eq!(gw.held("default", "svc-1"), 0);
+    let m = gw.metrics().into_iter().find(|m| m.labels.revision == "svc-1").unwrap();
+    assert_eq!(m.requests[1], 2, "held requests are counted once, as answered");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn held_requests_are_bounded_and_time_out_with_504() {
+    let gw = Gateway::new(GatewayConfig {
+        activation_queue_depth: 1,
+        ..Default::default()
+    });
+    gw.publish(&routes(
+        vec![target("svc-1", 100, None)],
+        vec![rev("svc-1", vec![], 0, 400)],
+    ));
+    let addr = start(&gw).await;
+    let c = client();
+    let first = tokio::spawn({
+        let c = c.clone();
+        async move { get(&c, addr, "svc.default.localhost", "/", &[]).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.held("default", "svc-1") < 1 {
+        assert!(Instant::now() < deadline, "the request was not held");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (status, body) = get(&c, addr, "svc.default.localhost", "/", &[]).await;
+    assert_eq!(status, 503, "the queue of one is full: {body}");
+    assert!(body.contains("already wait"), "{body}");
+    let (status, body) = first.await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("no ready replica within its timeout"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_request_follows_traffic_that_moves_to_another_revision() {
+    let gw = Gateway::new(GatewayConfig::default());
+    gw.publish(&routes(
+        vec![target("svc-1", 100, None)],
+        vec![rev("svc-1", vec![], 0, 5_000)],
+    ));
+    let addr = start(&gw).await;
+    let c = client();
+    let held = tokio::spawn({
+        let c = c.clone();
+        async move { get(&c, addr, "svc.default.localhost", "/", &[]).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.held("default", "svc-1") < 1 {
+        assert!(Instant::now() < deadline, "the request was not held");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let up = upstream("svc-2", &[]);
+    gw.publish(&routes(
+        vec![target("svc-2", 100, None)],
+        vec![rev("svc-2", vec![up.addr], 0, 5_000)],
+    ));
+    let (status, body) = held.await.unwrap();
+    assert_eq!((status, body.contains("svc-2")), (200, true), "{body}");
 }
