@@ -67,24 +67,30 @@ pub async fn handle(inner: Arc<Inner>, req: Request<Incoming>, remote: SocketAdd
     let table = inner.routes.load_full();
     match resolve(&table, &host, tag.as_deref()) {
         Ok(target) => proxy(&inner, target, req, remote, (&host, tag.as_deref())).await,
-        Err(resp) => resp,
+        Err(resp) => *resp,
     }
 }
 
+/// A response the gateway gives itself instead of proxying.
+type Refusal = Box<Response<GatewayBody>>;
+
 /// The revision a request goes to: by host (a tag's own host, or the service's, where the tag header
 /// can select a tag), then by weight.
-fn resolve(table: &RouteTable, host: &str, tag: Option<&str>) -> Result<Arc<RevisionTarget>, Response<GatewayBody>> {
+fn resolve(table: &RouteTable, host: &str, tag: Option<&str>) -> Result<Arc<RevisionTarget>, Refusal> {
     match table.hosts.get(host) {
-        None => Err(local(StatusCode::NOT_FOUND, format!("no service for host {host:?}"))),
+        None => Err(Box::new(local(
+            StatusCode::NOT_FOUND,
+            format!("no service for host {host:?}"),
+        ))),
         Some(HostRoute::Tag(t)) => Ok(t.clone()),
         Some(HostRoute::Split(route)) => {
             let by_header = tag.and_then(|t| route.tags.get(t));
             match by_header.or_else(|| route.pick()) {
                 Some(t) => Ok(t.clone()),
-                None => Err(local(
+                None => Err(Box::new(local(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("service {:?} has no traffic targets", route.name),
-                )),
+                ))),
             }
         }
     }
@@ -98,13 +104,13 @@ async fn activate(
     mut target: Arc<RevisionTarget>,
     route: (&str, Option<&str>),
     deadline: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
-) -> Result<Arc<RevisionTarget>, Response<GatewayBody>> {
+) -> Result<Arc<RevisionTarget>, Refusal> {
     let Some(_held) = target.activation.enter(inner.config.activation_queue_depth) else {
         let msg = format!(
             "revision {:?} has no ready replica and {} requests already wait for one",
             target.name, inner.config.activation_queue_depth
         );
-        return Err(local(StatusCode::SERVICE_UNAVAILABLE, msg));
+        return Err(Box::new(local(StatusCode::SERVICE_UNAVAILABLE, msg)));
     };
     let mut published = inner.published.subscribe();
     loop {
@@ -121,11 +127,11 @@ async fn activate(
         tokio::select! {
             biased;
             changed = published.changed() => if changed.is_err() {
-                return Err(local(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down".into()));
+                return Err(Box::new(local(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down".into())));
             },
             _ = deadline.as_mut() => {
                 let msg = format!("revision {:?} got no ready replica within its timeout", target.name);
-                return Err(local(StatusCode::GATEWAY_TIMEOUT, msg));
+                return Err(Box::new(local(StatusCode::GATEWAY_TIMEOUT, msg)));
             }
         }
     }
@@ -172,7 +178,7 @@ async fn proxy(
             Ok(t) => t,
             Err(resp) => {
                 acct.status = resp.status().as_u16();
-                return resp;
+                return *resp;
             }
         }
     } else {
