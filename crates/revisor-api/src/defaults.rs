@@ -22,9 +22,11 @@ pub struct Defaults {
     pub container_concurrency_max_limit: i64,
     pub allow_container_concurrency_zero: bool,
     pub enable_service_links: Option<bool>,
-    /// From config-autoscaler: may `initial-scale` be 0?
+    /// From config-autoscaler (set there, under `[autoscaler]`): may `initial-scale` be 0?
+    #[serde(skip)]
     pub allow_zero_initial_scale: bool,
-    /// From config-autoscaler: the highest `max-scale` a revision may ask for (0: no limit).
+    /// From config-autoscaler (set there): the highest `max-scale` a revision may ask for (0: no limit).
+    #[serde(skip)]
     pub max_scale_limit: i64,
 }
 

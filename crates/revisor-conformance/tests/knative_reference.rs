@@ -72,3 +72,15 @@ fn defaults_match_knatives_config_defaults() {
     assert_eq!(get("allow-zero-initial-scale"), d.allow_zero_initial_scale.to_string());
     assert_eq!(get("max-scale-limit"), d.max_scale_limit.to_string());
 }
+
+#[test]
+fn autoscaler_defaults_equal_knatives_config_autoscaler() {
+    let example: std::collections::BTreeMap<String, String> =
+        configmap_example("autoscaler.yaml").into_iter().collect();
+    let keys: Vec<&str> = example.keys().map(String::as_str).collect();
+    let mut ours = revisor_autoscaler::config::KEYS.to_vec();
+    ours.sort();
+    assert_eq!(keys, ours, "revisor's [autoscaler] keys are Knative's");
+    let parsed = revisor_autoscaler::AutoscalerConfig::from_map(&example).expect("Knative's example parses");
+    assert_eq!(parsed, revisor_autoscaler::AutoscalerConfig::default());
+}

@@ -21,6 +21,8 @@ pub struct RevisionHealth {
     /// The last replica failure since the last ready replica: (reason, message).
     pub failure: Option<(String, String)>,
     pub deadline_exceeded: bool,
+    /// The autoscaler found the revision idle (Active=False, NoTraffic), replicas or not.
+    pub inactive: bool,
 }
 
 fn cond(t: &str, s: ConditionStatus, reason: &str, message: &str) -> Condition {
@@ -38,11 +40,29 @@ pub fn revision_status(old: &RevisionStatus, h: &RevisionHealth, now: DateTime<U
         let c = cond("", False, reason, msg);
         (c.clone(), c.clone(), c.clone(), cond("", False, reason, msg))
     } else if h.ready > 0 {
+        let active = if h.inactive {
+            cond("", False, "NoTraffic", "The target is not receiving traffic.")
+        } else {
+            Condition::truthy("")
+        };
         (
             Condition::truthy(""),
             Condition::truthy(""),
             Condition::truthy(""),
+            active,
+        )
+    } else if was_ready && h.desired > 0 && h.failure.is_none() && !h.deadline_exceeded {
+        // Coming back from zero: still Ready (requests are held, not refused), not yet active.
+        (
             Condition::truthy(""),
+            Condition::truthy(""),
+            Condition::truthy(""),
+            cond(
+                "",
+                Unknown,
+                "Queued",
+                "Requests to the target are being buffered as resources are provisioned.",
+            ),
         )
     } else if h.desired == 0 {
         let no_traffic = cond("", False, "NoTraffic", "The target is not receiving traffic.");
@@ -191,6 +211,23 @@ mod tests {
                 health(0, 0),
                 (True, ""),
                 (False, "NoTraffic"),
+            ),
+            (
+                "idle but still running (grace period)",
+                ready_before.clone(),
+                RevisionHealth {
+                    inactive: true,
+                    ..health(1, 1)
+                },
+                (True, ""),
+                (False, "NoTraffic"),
+            ),
+            (
+                "coming back from zero: still Ready, Active=Unknown",
+                ready_before.clone(),
+                health(1, 0),
+                (True, ""),
+                (Unknown, "Queued"),
             ),
             (
                 "a missing command",

@@ -15,20 +15,10 @@ pub fn revision_ready(rev: &Revision) -> Condition {
         .unwrap_or_else(|| Condition::new("Ready", ConditionStatus::Unknown, None, None))
 }
 
-/// Whether traffic can move to a revision now: Ready, and not scaled to zero (`Active=False`). A ready
-/// revision at zero counts as not yet ready, so the route keeps its last programmed split until the
-/// revision has replicas again and no request meets an empty revision.
+/// Whether traffic can go to a revision: Ready, as in Knative. A ready revision at zero (`Active=False`)
+/// stays routable: the gateway holds its requests while the autoscaler brings a replica back.
 fn routable(rev: &Revision) -> ConditionStatus {
-    let ready = revision_ready(rev).status;
-    let inactive = rev
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.get_condition("Active"))
-        .is_some_and(|c| c.status == ConditionStatus::False);
-    match ready {
-        ConditionStatus::True if inactive => ConditionStatus::Unknown,
-        other => other,
-    }
+    revision_ready(rev).status
 }
 
 /// The configuration's status: latest created, latest ready (which only moves to a ready latest

@@ -35,6 +35,8 @@ pub struct LocalConfig {
     pub model_cache: Option<PathBuf>,
     pub progress_deadline: Duration,
     pub termination_grace: Duration,
+    /// Knative's config-autoscaler, for the KPA that scales routed revisions.
+    pub autoscaler: revisor_autoscaler::AutoscalerConfig,
 }
 
 /// Why a revision cannot run on this machine.
@@ -252,6 +254,7 @@ mod tests {
             model_cache: Some("/data/models".into()),
             progress_deadline: Duration::from_secs(600),
             termination_grace: Duration::from_secs(10),
+            autoscaler: Default::default(),
         }
     }
 

@@ -5,17 +5,28 @@
 //! Routes are republished whenever the desired state or the set of ready replicas changes, and always
 //! before replicas are scaled down, so a replica leaves the route before it is drained and stopped.
 //!
+//! Routed revisions are scaled by the KPA (`autoscale.rs`); others run their initial scale while they are
+//! needed (the latest revision becoming ready, a revision traffic is about to move to) and nothing after.
+//!
 //! Two guarantees hold whatever the store says (its view of readiness can lag a moment behind the
-//! processes): a service's route only moves to targets that all have ready replicas (until then it keeps
-//! its last good targets), and a revision in a published route is never scaled to zero.
+//! processes): a service's route only moves to targets that all have ready replicas or that the
+//! autoscaler took to zero (whose requests the gateway holds while it brings them back); until then it
+//! keeps its last good targets. And a revision leaves zero the moment a request waits for it.
 
+pub mod autoscale;
 pub mod command;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use revisor_api::annotations::{parse_autoscaling, HPA_CLASS};
+use revisor_api::Path;
+use revisor_autoscaler::DeciderSpec;
 use revisor_controller::{record_health, Backend, DesiredState, RevisionHealth, RoutedTarget, ServiceRoutes};
+use revisor_store::Event;
+
+use crate::autoscale::{counters, drive, Autoscaling};
 use revisor_gateway::{Gateway, Protocol, RevisionSpec, RoutesSpec, ServiceSpec, TargetSpec};
 use revisor_runtime::{RevisionKey, Runtime, Snapshot};
 use revisor_store::Store;
@@ -30,6 +41,7 @@ struct Inner {
     config: LocalConfig,
     desired: Mutex<Arc<DesiredState>>,
     changed: Notify,
+    autoscaling: Arc<Autoscaling>,
 }
 
 /// The local backend. Cheap to clone.
@@ -51,6 +63,8 @@ struct Known {
     protocols: HashMap<RevisionKey, Protocol>,
     unrunnable: HashMap<RevisionKey, Unrunnable>,
     reported: BTreeMap<RevisionKey, RevisionHealth>,
+    /// Replicas last asked of the runtime.
+    replicas: HashMap<RevisionKey, u32>,
     /// The targets last published per service (namespace, service).
     published: HashMap<(String, String), Vec<RoutedTarget>>,
 }
@@ -58,6 +72,7 @@ struct Known {
 impl LocalBackend {
     /// Starts the backend's loop on the current tokio runtime.
     pub fn start(store: Store, runtime: Runtime, gateway: Gateway, config: LocalConfig) -> LocalBackend {
+        let autoscaling = Arc::new(Autoscaling::new(config.autoscaler.clone()));
         let inner = Arc::new(Inner {
             store,
             runtime,
@@ -65,9 +80,38 @@ impl LocalBackend {
             config,
             desired: Mutex::new(Arc::new(DesiredState::default())),
             changed: Notify::new(),
+            autoscaling,
         });
+        let (poke, pokes) = tokio::sync::mpsc::unbounded_channel();
+        inner
+            .gateway
+            .set_activator(Arc::new(move |ns: &str, rev: &str, held: usize| {
+                let _ = poke.send((key_of(ns, rev), held));
+            }));
         tokio::spawn(run(inner.clone()));
+        let i = inner.clone();
+        tokio::spawn(async move {
+            let replicas = i.runtime.subscribe();
+            let ready = |k: &RevisionKey| replicas.borrow().get(k).map(|s| s.ready.len() as u32).unwrap_or(0);
+            drive(
+                &i.autoscaling,
+                || counters(&i.gateway.metrics()),
+                ready,
+                || i.changed.notify_one(),
+                pokes,
+            )
+            .await
+        });
         LocalBackend { inner }
+    }
+
+    /// The autoscaler's metrics (desired and actual replicas, panic mode, observed values), in the
+    /// Prometheus text format.
+    pub fn autoscaler_metrics(&self) -> String {
+        let snapshot = self.inner.runtime.subscribe().borrow().clone();
+        self.inner
+            .autoscaling
+            .prometheus_text(|k| snapshot.get(k).map(|s| s.ready.len() as u32).unwrap_or(0))
     }
 
     /// Drains and stops every replica (server shutdown).
@@ -82,15 +126,15 @@ async fn run(inner: Arc<Inner>) {
     loop {
         let desired = inner.desired.lock().unwrap().clone();
         let snapshot = replicas.borrow_and_update().clone();
-        let effective = effective_routes(&desired, &snapshot, &mut known);
+        let effective = effective_routes(&desired, &snapshot, &mut known, &|k| inner.autoscaling.activatable(k));
         inner.gateway.publish(&routes(&desired, &effective, &snapshot, &known));
-        scale(&inner, &desired, &effective, &mut known);
+        scale(&inner, &desired, &effective, &snapshot, &mut known);
         let now = replicas.borrow_and_update().clone();
         if !Arc::ptr_eq(&now, &snapshot) {
             // Scaling can change the protocol or set of revisions known; publish what is current.
             inner.gateway.publish(&routes(&desired, &effective, &now, &known));
         }
-        report(&inner, &desired, &effective, &now, &mut known).await;
+        report(&inner, &desired, &now, &mut known).await;
         tokio::select! {
             _ = inner.changed.notified() => {}
             r = replicas.changed() => if r.is_err() { return },
@@ -109,12 +153,15 @@ fn key_of(namespace: &str, name: &str) -> RevisionKey {
 /// replica; else the targets it had, if those all still have one; else the desired targets that can
 /// answer now (their weights keep their proportions). Traffic never goes to a revision that cannot
 /// answer while another one can.
-fn effective_routes(desired: &DesiredState, snapshot: &Snapshot, known: &mut Known) -> Vec<ServiceRoutes> {
+fn effective_routes(
+    desired: &DesiredState,
+    snapshot: &Snapshot,
+    known: &mut Known,
+    activatable: &dyn Fn(&RevisionKey) -> bool,
+) -> Vec<ServiceRoutes> {
     let serving = |ns: &str, t: &RoutedTarget| {
-        t.percent == 0
-            || snapshot
-                .get(&key_of(ns, &t.revision))
-                .is_some_and(|s| !s.ready.is_empty())
+        let key = key_of(ns, &t.revision);
+        t.percent == 0 || snapshot.get(&key).is_some_and(|s| !s.ready.is_empty()) || activatable(&key)
     };
     let mut out = Vec::new();
     for r in &desired.routes {
@@ -151,26 +198,83 @@ fn routed(effective: &[ServiceRoutes], key: &RevisionKey) -> bool {
     })
 }
 
-/// Replicas to run: what the controller asks for, but at least one while a published route reaches it.
-fn replicas_for(desired: u32, effective: &[ServiceRoutes], key: &RevisionKey) -> u32 {
-    if routed(effective, key) {
-        desired.max(1)
-    } else {
-        desired
+/// The autoscaler's spec for a revision, or `None` for a revision the local KPA does not scale (the
+/// HPA class scales on CPU or memory, which the local backend does not measure: such a revision runs
+/// its initial scale).
+fn decider_spec(rev: &revisor_api::Revision, cfg: &LocalConfig) -> Option<DeciderSpec> {
+    let annotations = rev.metadata.annotations_map();
+    let limits = cfg.autoscaler.annotation_limits();
+    let a = parse_autoscaling(&annotations, &Path::root("metadata.annotations"), limits).unwrap_or_default();
+    let class = a.class.as_deref().unwrap_or(&cfg.autoscaler.pod_autoscaler_class);
+    if class == HPA_CLASS {
+        return None;
+    }
+    let cc = rev.spec.container_concurrency.unwrap_or(0).max(0) as u32;
+    let mut spec = DeciderSpec::resolve(&cfg.autoscaler, &a, cc);
+    if a.progress_deadline.is_none() {
+        spec.activation_timeout = cfg.progress_deadline + revisor_autoscaler::config::ACTIVATION_TIMEOUT_BUFFER;
+    }
+    Some(spec)
+}
+
+/// What a needed revision runs before the autoscaler takes it over: its initial scale (at least one,
+/// so it can become ready), within min and max scale.
+fn initial_replicas(rev: &revisor_api::Revision, cfg: &LocalConfig) -> u32 {
+    let annotations = rev.metadata.annotations_map();
+    let limits = cfg.autoscaler.annotation_limits();
+    let a = parse_autoscaling(&annotations, &Path::root("metadata.annotations"), limits).unwrap_or_default();
+    let c = &cfg.autoscaler;
+    let mut n = (a.initial_scale.unwrap_or(c.initial_scale as i64)).max(a.min_scale.unwrap_or(c.min_scale as i64));
+    let max = a.max_scale.unwrap_or(c.max_scale as i64);
+    if max > 0 {
+        n = n.min(max);
+    }
+    n.clamp(1, u32::MAX as i64) as u32
+}
+
+/// Replicas to run: none unless the controller needs the revision; for a routed one, the autoscaler's
+/// answer; otherwise its initial scale.
+fn replicas_for(
+    inner: &Inner,
+    d: &revisor_controller::DesiredRevision,
+    effective: &[ServiceRoutes],
+    snapshot: &Snapshot,
+    key: &RevisionKey,
+) -> u32 {
+    if d.replicas == 0 {
+        return 0;
+    }
+    let initial = initial_replicas(&d.revision, &inner.config);
+    match decider_spec(&d.revision, &inner.config) {
+        Some(spec) if routed(effective, key) => {
+            let running = snapshot
+                .get(key)
+                .map(|s| s.desired)
+                .filter(|n| *n > 0)
+                .unwrap_or(initial);
+            let service = d.revision.service_name().unwrap_or_default();
+            inner.autoscaling.manage(key, service, spec, running)
+        }
+        _ => initial,
     }
 }
 
 /// Starts, scales and stops replicas to match the desired state; forgets deleted revisions.
-fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], known: &mut Known) {
+fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], snapshot: &Snapshot, known: &mut Known) {
     let mut wanted = Vec::new();
+    let mut managed = Vec::new();
     for d in &desired.revisions {
         let key = key_of(&d.revision.metadata.namespace, &d.revision.metadata.name);
         wanted.push(key.clone());
         match process_spec(&d.revision, &inner.config) {
             Ok((spec, protocol)) => {
                 known.unrunnable.remove(&key);
-                let replicas = replicas_for(d.replicas, effective, &key);
-                known.protocols.insert(key, protocol);
+                let replicas = replicas_for(inner, d, effective, snapshot, &key);
+                if d.replicas > 0 && routed(effective, &key) {
+                    managed.push(key.clone());
+                }
+                known.protocols.insert(key.clone(), protocol);
+                known.replicas.insert(key, replicas);
                 inner.runtime.scale(spec, replicas);
             }
             Err(u) => {
@@ -178,10 +282,12 @@ fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], kno
             }
         }
     }
+    inner.autoscaling.retain(|k| managed.contains(k));
     for key in inner.runtime.keys().into_iter().filter(|k| !wanted.contains(k)) {
         let runtime = inner.runtime.clone();
         known.protocols.remove(&key);
         known.reported.remove(&key);
+        known.replicas.remove(&key);
         tokio::spawn(async move { runtime.remove(&key).await });
     }
 }
@@ -253,24 +359,25 @@ fn routes(desired: &DesiredState, effective: &[ServiceRoutes], snapshot: &Snapsh
 }
 
 /// Writes changed revision health into the store.
-async fn report(
-    inner: &Arc<Inner>,
-    desired: &DesiredState,
-    effective: &[ServiceRoutes],
-    snapshot: &Snapshot,
-    known: &mut Known,
-) {
+async fn report(inner: &Arc<Inner>, desired: &DesiredState, snapshot: &Snapshot, known: &mut Known) {
     let mut changed = Vec::new();
+    let mut cold_starts = Vec::new();
     for d in &desired.revisions {
         let key = RevisionKey {
             namespace: d.revision.metadata.namespace.clone(),
             name: d.revision.metadata.name.clone(),
         };
         let st = snapshot.get(&key).cloned().unwrap_or_default();
+        if !st.ready.is_empty() {
+            if let (Some(cold), Some(svc)) = (inner.autoscaling.ready(&key), d.revision.service_name()) {
+                cold_starts.push((key.clone(), svc.to_string(), cold, st.last_start));
+            }
+        }
         let h = RevisionHealth {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
-            desired: replicas_for(d.replicas, effective, &key),
+            desired: known.replicas.get(&key).copied().unwrap_or(0),
+            inactive: inner.autoscaling.inactive(&key),
             running: st.running,
             ready: st.ready.len() as u32,
             unrunnable: known
@@ -285,11 +392,30 @@ async fn report(
             changed.push(h);
         }
     }
-    if changed.is_empty() {
+    if changed.is_empty() && cold_starts.is_empty() {
         return;
     }
     let store = inner.store.clone();
-    let result = tokio::task::spawn_blocking(move || record_health(&store, &changed, chrono::Utc::now())).await;
+    let result = tokio::task::spawn_blocking(move || {
+        for (key, svc, cold, timing) in cold_starts {
+            let mut msg = format!(
+                "scaled from zero: the first waiting request got a ready replica after {} ms",
+                cold.waited.as_millis()
+            );
+            if let Some(t) = timing {
+                msg.push_str(&format!(
+                    " (process spawn {:.1} ms, first successful readiness probe {:.1} ms after the start, {} probes)",
+                    t.spawn.as_secs_f64() * 1e3,
+                    t.ready.as_secs_f64() * 1e3,
+                    t.probes
+                ));
+            }
+            let event = Event::normal(format!("Revision/{}", key.name), "ColdStart", msg);
+            store.write(|tx| tx.record(&key.namespace, &svc, &event))?;
+        }
+        record_health(&store, &changed, chrono::Utc::now())
+    })
+    .await;
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("recording revision health: {e}"),
@@ -344,7 +470,9 @@ mod tests {
     fn routes_never_move_onto_revisions_without_ready_replicas() {
         let mut known = Known::default();
         let got = |known: &mut Known, d: &DesiredState, ready: &[&str]| {
-            effective_routes(d, &snapshot(ready), known)[0].targets.clone()
+            effective_routes(d, &snapshot(ready), known, &|_| false)[0]
+                .targets
+                .clone()
         };
         let a100 = vec![t("a", 100)];
         assert_eq!(

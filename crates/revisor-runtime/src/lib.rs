@@ -13,7 +13,7 @@ mod state;
 
 pub use process::tail;
 pub use spec::{Probe, ProbeAction, ProcessSpec, RevisionKey, AGGRESSIVE_PERIOD};
-pub use state::{Failure, ReadyReplica, RevisionState, Snapshot};
+pub use state::{Failure, ReadyReplica, RevisionState, Snapshot, StartTiming};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;

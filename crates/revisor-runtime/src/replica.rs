@@ -10,8 +10,8 @@ use tokio::sync::watch;
 
 use crate::probe::check;
 use crate::process::{free_port, signal, spawn, tail};
-use crate::spec::ProcessSpec;
-use crate::state::{Failure, ReadyReplica};
+use crate::spec::{ProcessSpec, AGGRESSIVE_PERIOD};
+use crate::state::{Failure, ReadyReplica, StartTiming};
 use crate::Shared;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -26,8 +26,14 @@ const LOG_TAIL_LINES: usize = 20;
 enum Phase {
     Exited(std::io::Result<ExitStatus>),
     Stopped,
-    Ready,
+    /// Ready after this many probes.
+    Ready(u32),
 }
+
+/// The first wait between readiness probes when the probe sets no period: probing starts every
+/// millisecond and backs off (by a quarter each time) to the probe's period, so a replica that starts in a few milliseconds is
+/// seen within a millisecond or two, and a slow one costs few probes.
+const FIRST_PROBE_INTERVAL: Duration = Duration::from_millis(1);
 
 pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mut stop: watch::Receiver<bool>) {
     let key = &spec.key;
@@ -45,6 +51,7 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
             }
         };
         mark(&log, &format!("replica {id} starting on port {port}"));
+        let asked = Instant::now();
         let mut child = match spawn(&spec, port, &log) {
             Ok(c) => c,
             Err(e) => {
@@ -57,12 +64,19 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
                 continue;
             }
         };
+        let spawned = asked.elapsed();
         shared.update(key, |st| st.running += 1);
         let started = Instant::now();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let phase = match wait_ready(&spec, &mut child, port, &mut stop).await {
-            Phase::Ready => {
+            Phase::Ready(probes) => {
+                let timing = StartTiming {
+                    spawn: spawned,
+                    ready: asked.elapsed(),
+                    probes,
+                };
                 shared.update(key, |st| {
+                    st.last_start = Some(timing);
                     st.ready.push(ReadyReplica { id, addr });
                     st.ever_ready = true;
                     st.ready_since_scale_up = true;
@@ -104,7 +118,7 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
                     break;
                 }
             }
-            Phase::Ready => unreachable!("ready is followed by exit or stop"),
+            Phase::Ready(_) => unreachable!("ready is followed by exit or stop"),
         }
     }
 }
@@ -113,15 +127,23 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
 async fn wait_ready(spec: &ProcessSpec, child: &mut Child, port: u16, stop: &mut watch::Receiver<bool>) -> Phase {
     let probe = &spec.probe;
     let mut next = tokio::time::Instant::now() + probe.initial_delay;
+    let mut interval = if probe.period == AGGRESSIVE_PERIOD {
+        FIRST_PROBE_INTERVAL
+    } else {
+        probe.period
+    };
+    let mut probes = 0;
     loop {
         tokio::select! {
             status = child.wait() => return Phase::Exited(status),
             _ = stopped(stop) => return Phase::Stopped,
             _ = tokio::time::sleep_until(next) => {
+                probes += 1;
                 if check(&probe.action, port, probe.timeout).await {
-                    return Phase::Ready;
+                    return Phase::Ready(probes);
                 }
-                next = tokio::time::Instant::now() + probe.period;
+                next = tokio::time::Instant::now() + interval;
+                interval = (interval * 5 / 4).min(probe.period);
             }
         }
     }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::spec::RevisionKey;
 
@@ -20,6 +21,17 @@ pub struct Failure {
     pub message: String,
 }
 
+/// How the last replica to become ready got there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartTiming {
+    /// Creating the process (fork and exec).
+    pub spawn: Duration,
+    /// From asking for the process to its first successful readiness probe.
+    pub ready: Duration,
+    /// Readiness probes made.
+    pub probes: u32,
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RevisionState {
     /// Replicas asked for.
@@ -34,6 +46,7 @@ pub struct RevisionState {
     /// The last failure since a replica was last ready.
     pub last_failure: Option<Failure>,
     pub deadline_exceeded: bool,
+    pub last_start: Option<StartTiming>,
 }
 
 pub type Snapshot = Arc<BTreeMap<RevisionKey, RevisionState>>;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use revisor_api::units::parse_go_duration;
 use revisor_api::Defaults;
+use revisor_autoscaler::AutoscalerConfig;
 use revisor_gateway::GatewayConfig;
 use revisor_local::ImageCommand;
 use serde::Deserialize;
@@ -29,6 +30,9 @@ pub struct RawConfig {
     pub gateway: RawGateway,
     #[serde(default)]
     pub runtime: RawRuntime,
+    /// Knative's config-autoscaler keys, values as TOML numbers, booleans or strings.
+    #[serde(default)]
+    pub autoscaler: BTreeMap<String, toml::Value>,
     /// Local commands for images whose containers give none.
     #[serde(default)]
     pub images: BTreeMap<String, ImageCommand>,
@@ -39,6 +43,7 @@ pub struct RawConfig {
 pub struct RawGateway {
     pub max_header_bytes: Option<usize>,
     pub max_body_bytes: Option<u64>,
+    pub activation_queue_depth: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +84,23 @@ pub struct ServerConfig {
     pub images: BTreeMap<String, ImageCommand>,
     pub progress_deadline: Duration,
     pub termination_grace: Duration,
+    pub autoscaler: AutoscalerConfig,
+}
+
+/// Reads `[autoscaler]`: Knative's keys, each value a string, number or boolean as in a ConfigMap.
+pub fn autoscaler_config(raw: &BTreeMap<String, toml::Value>) -> Result<AutoscalerConfig> {
+    let mut map = BTreeMap::new();
+    for (k, v) in raw {
+        let s = match v {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => bail!("[autoscaler] {k}: expected a string, number or boolean, got {other}"),
+        };
+        map.insert(k.clone(), s);
+    }
+    AutoscalerConfig::from_map(&map).map_err(|e| anyhow::anyhow!("[autoscaler] in the config file: {e}"))
 }
 
 pub const DEFAULT_PROGRESS_DEADLINE: &str = "600s";
@@ -152,6 +174,10 @@ impl ServerConfig {
         raw.defaults
             .validate()
             .map_err(|e| anyhow::anyhow!("[defaults] in the config file: {e}"))?;
+        let autoscaler = autoscaler_config(&raw.autoscaler)?;
+        let mut defaults = raw.defaults;
+        defaults.allow_zero_initial_scale = autoscaler.allow_zero_initial_scale;
+        defaults.max_scale_limit = autoscaler.max_scale_limit as i64;
         let mut gateway = GatewayConfig::default();
         if let Some(n) = raw.gateway.max_header_bytes {
             if n < 1024 {
@@ -161,6 +187,12 @@ impl ServerConfig {
         }
         if let Some(n) = raw.gateway.max_body_bytes {
             gateway.max_body_bytes = n;
+        }
+        if let Some(n) = raw.gateway.activation_queue_depth {
+            if n == 0 {
+                bail!("[gateway] activation-queue-depth must be at least 1");
+            }
+            gateway.activation_queue_depth = n;
         }
         for (image, cmd) in &raw.images {
             if cmd.command.is_empty() {
@@ -182,11 +214,12 @@ impl ServerConfig {
             admin_addr,
             gateway_addr,
             domain,
-            defaults: raw.defaults,
+            defaults,
             gateway,
             images: raw.images,
             progress_deadline,
             termination_grace,
+            autoscaler,
         })
     }
 }
@@ -216,7 +249,14 @@ mod tests {
             raw.runtime.termination_grace_period.as_deref(),
             Some(DEFAULT_TERMINATION_GRACE)
         );
+        assert_eq!(raw.gateway.activation_queue_depth, Some(g.activation_queue_depth));
         assert_eq!(raw.images["example.com/hello:v1"].command[0], "sh");
+        assert_eq!(
+            raw.autoscaler.len(),
+            revisor_autoscaler::config::KEYS.len(),
+            "every key is documented"
+        );
+        assert_eq!(autoscaler_config(&raw.autoscaler).unwrap(), AutoscalerConfig::default());
     }
 
     #[test]
@@ -241,5 +281,12 @@ mod tests {
             ..Default::default()
         };
         assert!(ServerConfig::resolve(flags).is_err());
+        let raw: RawConfig = toml::from_str("[autoscaler]\nstable-window = \"2s\"\n").unwrap();
+        let err = autoscaler_config(&raw.autoscaler).unwrap_err().to_string();
+        assert!(err.contains("[autoscaler]") && err.contains("stable-window"), "{err}");
+        assert!(
+            toml::from_str::<RawConfig>("[defaults]\nmax-scale-limit = 3\n").is_err(),
+            "set under [autoscaler]"
+        );
     }
 }

@@ -46,6 +46,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         model_cache: Some(cfg.data_dir.join("models")),
         progress_deadline: cfg.progress_deadline,
         termination_grace: cfg.termination_grace,
+        autoscaler: cfg.autoscaler.clone(),
     };
     let backend = LocalBackend::start(store.clone(), runtime, gateway.clone(), local);
     let controller = ControllerConfig {
@@ -71,6 +72,10 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         defaults: Arc::new(cfg.defaults),
         gateway: Some(gateway),
         logs: Some(logs),
+        more_metrics: Some({
+            let b = backend.clone();
+            Arc::new(move || b.autoscaler_metrics())
+        }),
     };
     axum::serve(admin_listener, router(state))
         .with_graceful_shutdown(shutdown_signal())

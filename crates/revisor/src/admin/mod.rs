@@ -27,6 +27,8 @@ pub struct AdminState {
     pub gateway: Option<revisor_gateway::Gateway>,
     /// Where replica logs are kept, when this server runs replicas.
     pub logs: Option<PathBuf>,
+    /// More Prometheus text for `/metrics` (the autoscaler's), when this server runs one.
+    pub more_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 const SERVING: &str = "/apis/serving.knative.dev/v1";

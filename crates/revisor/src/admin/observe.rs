@@ -20,9 +20,13 @@ fn gateway(s: &AdminState) -> Result<&revisor_gateway::Gateway, ApiError> {
         .ok_or_else(|| ApiError::NotFound("this server runs no gateway".into()))
 }
 
-/// `GET /metrics`: per-revision request counts, latencies and concurrency, Prometheus text.
+/// `GET /metrics`: per-revision request counts, latencies and concurrency, and the autoscaler's view,
+/// Prometheus text.
 pub async fn metrics(State(s): State<AdminState>) -> Result<Response, ApiError> {
-    let text = prometheus_text(&gateway(&s)?.metrics());
+    let mut text = prometheus_text(&gateway(&s)?.metrics());
+    if let Some(more) = &s.more_metrics {
+        text.push_str(&more());
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 

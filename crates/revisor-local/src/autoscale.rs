@@ -1,0 +1,398 @@
+//! The autoscaler's loop for local revisions: every second it turns the gateway's per-revision
+//! request-seconds and request counts into average concurrency and requests per second; every two
+//! seconds (Knative's tick) it asks the KPA (revisor-autoscaler) for each routed revision's replicas; and
+//! a request held at a revision without replicas pokes it at once, so a cold start waits for nothing
+//! but the replica itself.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use revisor_autoscaler::{Activity, Autoscaler, AutoscalerConfig, DeciderSpec, Time};
+use revisor_gateway::MetricsSnapshot;
+use revisor_runtime::RevisionKey;
+use tokio::sync::mpsc;
+
+/// Knative's autoscaler tick.
+pub const TICK: Duration = Duration::from_secs(2);
+/// How often the gateway's counters are turned into samples (Knative scrapes every second).
+pub const SAMPLE: Duration = Duration::from_secs(1);
+
+/// One revision's cumulative counters, summed over the routes that reach it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    pub busy_seconds: f64,
+    pub requests: u64,
+}
+
+/// Sums the gateway's snapshots per revision.
+pub fn counters(snaps: &[MetricsSnapshot]) -> HashMap<RevisionKey, Counters> {
+    let mut out: HashMap<RevisionKey, Counters> = HashMap::new();
+    for s in snaps {
+        let key = RevisionKey {
+            namespace: s.labels.namespace.clone(),
+            name: s.labels.revision.clone(),
+        };
+        let c = out.entry(key).or_default();
+        c.busy_seconds += s.busy_seconds;
+        c.requests += s.total() + s.in_flight.max(0) as u64;
+    }
+    out
+}
+
+#[derive(Default)]
+struct State {
+    scaler: Autoscaler<RevisionKey>,
+    services: HashMap<RevisionKey, String>,
+    last: HashMap<RevisionKey, (Instant, Counters)>,
+    /// Revisions the autoscaler took to zero, with when their activation began (a held request).
+    from_zero: HashMap<RevisionKey, Option<Instant>>,
+}
+
+/// The autoscaler's state for every routed local revision. Shared by the backend loop (which says
+/// which revisions are routed and reads their replicas) and the sampling loop.
+pub struct Autoscaling {
+    config: AutoscalerConfig,
+    origin: tokio::time::Instant,
+    state: Mutex<State>,
+}
+
+/// A cold start that just finished: the first held request's wait until a replica was ready.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ColdStart {
+    pub waited: Duration,
+}
+
+impl Autoscaling {
+    pub fn new(config: AutoscalerConfig) -> Autoscaling {
+        Autoscaling {
+            config,
+            origin: tokio::time::Instant::now(),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn config(&self) -> &AutoscalerConfig {
+        &self.config
+    }
+
+    fn now(&self) -> Time {
+        tokio::time::Instant::now().saturating_duration_since(self.origin)
+    }
+
+    /// Manages a routed revision (starting at `replicas` if new) and returns the replicas it should run.
+    pub fn manage(&self, key: &RevisionKey, service: &str, spec: DeciderSpec, replicas: u32) -> u32 {
+        let now = self.now();
+        let mut st = self.state.lock().unwrap();
+        st.scaler.ensure(key, spec, now, replicas);
+        st.services.insert(key.clone(), service.to_string());
+        st.scaler.get(key).map(|r| r.replicas()).unwrap_or(replicas)
+    }
+
+    /// Stops managing every revision for which `keep` is false (no longer routed, deleted).
+    pub fn retain(&self, keep: impl Fn(&RevisionKey) -> bool) {
+        let mut st = self.state.lock().unwrap();
+        st.scaler.retain(&keep);
+        st.services.retain(|k, _| keep(k));
+        st.last.retain(|k, _| keep(k));
+        st.from_zero.retain(|k, _| keep(k));
+    }
+
+    /// Whether the revision is at zero (or coming back from it) because the autoscaler put it there:
+    /// requests to it are held until it has a replica, rather than routed elsewhere.
+    pub fn activatable(&self, key: &RevisionKey) -> bool {
+        self.state.lock().unwrap().from_zero.contains_key(key)
+    }
+
+    /// Whether the revision is idle (Active=False, reason NoTraffic), whatever its replicas.
+    pub fn inactive(&self, key: &RevisionKey) -> bool {
+        let st = self.state.lock().unwrap();
+        st.scaler
+            .get(key)
+            .is_some_and(|r| matches!(r.activity(), Activity::Inactive { .. }))
+    }
+
+    /// Records one sample per managed revision from the gateway's cumulative counters.
+    pub fn sample(&self, counters: &HashMap<RevisionKey, Counters>) {
+        let (now, at) = (self.now(), Instant::now());
+        let mut st = self.state.lock().unwrap();
+        let st = &mut *st;
+        for key in st.scaler.keys() {
+            let c = counters.get(&key).copied().unwrap_or_default();
+            let prev = st.last.insert(key.clone(), (at, c));
+            let (concurrency, rps) = match prev {
+                Some((t, p)) => {
+                    let dt = at.saturating_duration_since(t).as_secs_f64().max(1e-3);
+                    (
+                        ((c.busy_seconds - p.busy_seconds) / dt).max(0.0),
+                        (c.requests.saturating_sub(p.requests)) as f64 / dt,
+                    )
+                }
+                None => continue,
+            };
+            if let Some(r) = st.scaler.get_mut(&key) {
+                r.record(now, concurrency, rps);
+            }
+        }
+    }
+
+    /// One tick for every managed revision; true if any replica count changed.
+    pub fn tick(&self, ready: impl Fn(&RevisionKey) -> u32) -> bool {
+        let now = self.now();
+        let mut st = self.state.lock().unwrap();
+        let changed = st.scaler.tick(now, &ready);
+        let mut scaled = false;
+        for (key, d) in changed {
+            if d.replicas == 0 {
+                st.from_zero.entry(key.clone()).or_insert(None);
+            }
+            scaled = true;
+            tracing::debug!(revision = %key, replicas = d.replicas, activity = ?d.activity, "autoscaler");
+        }
+        scaled
+    }
+
+    /// A request waits for a replica of `key` (`held` requests in all). True if replicas changed.
+    pub fn poke(&self, key: &RevisionKey, held: usize, ready: u32) -> bool {
+        let now = self.now();
+        let mut st = self.state.lock().unwrap();
+        let Some(r) = st.scaler.get_mut(key) else {
+            return false;
+        };
+        let before = r.replicas();
+        let decided = r.poke(now, held as u32, ready);
+        let after = r.replicas();
+        if decided.is_some() && after > 0 {
+            if let Some(started) = st.from_zero.get_mut(key) {
+                started.get_or_insert_with(Instant::now);
+            }
+        }
+        before != after
+    }
+
+    /// The revision has a ready replica: if it was coming back from zero, the cold start is over.
+    pub fn ready(&self, key: &RevisionKey) -> Option<ColdStart> {
+        let mut st = self.state.lock().unwrap();
+        match st.from_zero.get(key) {
+            Some(Some(t)) => {
+                let waited = t.elapsed();
+                st.from_zero.remove(key);
+                Some(ColdStart { waited })
+            }
+            Some(None) => {
+                let at_zero = st.scaler.get(key).is_some_and(|r| r.replicas() == 0);
+                if !at_zero {
+                    st.from_zero.remove(key);
+                }
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The autoscaler's view, in the Prometheus text format with Knative's metric names.
+    pub fn prometheus_text(&self, actual: impl Fn(&RevisionKey) -> u32) -> String {
+        let st = self.state.lock().unwrap();
+        let mut rows: BTreeMap<&str, Vec<(String, f64)>> = BTreeMap::new();
+        for (key, r) in st.scaler.iter() {
+            let svc = st.services.get(key).map(String::as_str).unwrap_or("");
+            let labels = format!(
+                "namespace_name=\"{}\",service_name=\"{svc}\",configuration_name=\"{svc}\",revision_name=\"{}\"",
+                key.namespace, key.name
+            );
+            let last = r.last();
+            let mut put = |name: &'static str, v: f64| rows.entry(name).or_default().push((labels.clone(), v));
+            put("autoscaler_desired_pods", r.replicas() as f64);
+            put("autoscaler_actual_pods", actual(key) as f64);
+            put("autoscaler_panic_mode", last.is_some_and(|l| l.panicking) as u8 as f64);
+            let (stable, panic) = last.map(|l| (l.stable, l.panic)).unwrap_or((0.0, 0.0));
+            let (s_name, p_name, t_name) = match r.spec().metric {
+                revisor_autoscaler::Metric::Concurrency => (
+                    "autoscaler_stable_request_concurrency",
+                    "autoscaler_panic_request_concurrency",
+                    "autoscaler_target_concurrency_per_pod",
+                ),
+                revisor_autoscaler::Metric::Rps => (
+                    "autoscaler_stable_requests_per_second",
+                    "autoscaler_panic_requests_per_second",
+                    "autoscaler_target_requests_per_second",
+                ),
+            };
+            put(s_name, stable);
+            put(p_name, panic);
+            put(t_name, r.spec().target_value);
+            put(
+                "autoscaler_excess_burst_capacity",
+                last.map(|l| l.excess_burst_capacity as f64).unwrap_or(0.0),
+            );
+        }
+        let mut out = String::new();
+        for (name, values) in rows {
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (labels, v) in values {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+            }
+        }
+        out
+    }
+}
+
+/// The sampling and ticking loop. `counters` reads the gateway, `ready` the runtime; `scaled` is
+/// called whenever replica counts changed. Pokes arrive on `pokes` as (revision, requests held).
+pub async fn drive(
+    autoscaling: &Autoscaling,
+    counters: impl Fn() -> HashMap<RevisionKey, Counters>,
+    ready: impl Fn(&RevisionKey) -> u32,
+    scaled: impl Fn(),
+    mut pokes: mpsc::UnboundedReceiver<(RevisionKey, usize)>,
+) {
+    let mut sample = tokio::time::interval(SAMPLE);
+    sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ticks_per_sample = (TICK.as_millis() / SAMPLE.as_millis()).max(1) as u64;
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = sample.tick() => {
+                autoscaling.sample(&counters());
+                n += 1;
+                if n % ticks_per_sample == 0 && autoscaling.tick(&ready) {
+                    scaled();
+                }
+            }
+            poke = pokes.recv() => match poke {
+                Some((key, held)) => if autoscaling.poke(&key, held, ready(&key)) {
+                    scaled();
+                },
+                None => return,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use revisor_api::annotations::AutoscalingAnnotations;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    fn key() -> RevisionKey {
+        RevisionKey {
+            namespace: "default".into(),
+            name: "svc-00001".into(),
+        }
+    }
+
+    /// A simulated revision: `clients` closed-loop clients keep that many requests in flight; replicas
+    /// become ready at once when asked for.
+    struct Plant {
+        clients: AtomicU32,
+        replicas: AtomicU32,
+        busy_ms: std::sync::Mutex<(tokio::time::Instant, f64)>,
+    }
+
+    impl Plant {
+        fn counters(&self) -> HashMap<RevisionKey, Counters> {
+            let mut b = self.busy_ms.lock().unwrap();
+            let now = tokio::time::Instant::now();
+            b.1 += now.duration_since(b.0).as_secs_f64() * self.clients.load(Ordering::SeqCst) as f64;
+            b.0 = now;
+            HashMap::from([(
+                key(),
+                Counters {
+                    busy_seconds: b.1,
+                    requests: (b.1 * 100.0) as u64,
+                },
+            )])
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_loop_ticks_every_two_seconds_and_a_poke_acts_at_once() {
+        let cfg = AutoscalerConfig {
+            stable_window: Duration::from_secs(6),
+            scale_to_zero_grace_period: Duration::from_secs(6),
+            ..Default::default()
+        };
+        let a = Arc::new(Autoscaling::new(cfg.clone()));
+        let spec = DeciderSpec::resolve(
+            &cfg,
+            &AutoscalingAnnotations {
+                target: Some(10.0),
+                ..Default::default()
+            },
+            0,
+        );
+        assert_eq!(a.manage(&key(), "svc", spec.clone(), 1), 1);
+        let plant = Arc::new(Plant {
+            clients: AtomicU32::new(0),
+            replicas: AtomicU32::new(1),
+            busy_ms: std::sync::Mutex::new((tokio::time::Instant::now(), 0.0)),
+        });
+        let (poke_tx, pokes) = mpsc::unbounded_channel();
+        let scaled = Arc::new(AtomicU32::new(0));
+        let driver = tokio::spawn({
+            let (a, plant, scaled) = (a.clone(), plant.clone(), scaled.clone());
+            async move {
+                let p2 = plant.clone();
+                drive(
+                    &a,
+                    || plant.counters(),
+                    |_| p2.replicas.load(Ordering::SeqCst),
+                    || {
+                        scaled.fetch_add(1, Ordering::SeqCst);
+                    },
+                    pokes,
+                )
+                .await
+            }
+        });
+        let replicas = |a: &Autoscaling| a.manage(&key(), "svc", spec.clone(), 1);
+        let follow = |a: &Autoscaling| plant.replicas.store(replicas(a), Ordering::SeqCst);
+
+        // Idle: inactive after a stable window (6s), zero after the grace period (6s more).
+        let mut zero_at = None;
+        for s in 1..=20 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            follow(&a);
+            if replicas(&a) == 0 && zero_at.is_none() {
+                zero_at = Some(s);
+            }
+        }
+        let zero_at = zero_at.expect("scaled to zero");
+        assert!(
+            (12..=15).contains(&zero_at),
+            "zero after 6s + 6s (at a tick): {zero_at}"
+        );
+        assert!(a.activatable(&key()));
+
+        // A poke at zero scales up without waiting for the tick.
+        poke_tx.send((key(), 1)).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(replicas(&a), 1, "one replica at once");
+        follow(&a);
+        assert!(
+            a.ready(&key()).is_some(),
+            "a cold start is reported once a replica is ready"
+        );
+        assert!(!a.activatable(&key()));
+
+        // A load step to 200 in flight: panic, and the KPA's answer within two ticks.
+        plant.clients.store(200, Ordering::SeqCst);
+        let want = (200.0f64 / 7.0).ceil() as u32;
+        let mut reached = None;
+        for ms in (0..10_000).step_by(100) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            follow(&a);
+            if replicas(&a) >= want && reached.is_none() {
+                reached = Some(ms);
+            }
+        }
+        let reached = reached.expect("reached the KPA's answer");
+        assert!(reached <= 4_100, "within two ticks of the step: {reached} ms");
+        assert!(scaled.load(Ordering::SeqCst) >= 3);
+        assert!(a.prometheus_text(|_| 1).contains("autoscaler_panic_mode{namespace_name=\"default\",service_name=\"svc\",configuration_name=\"svc\",revision_name=\"svc-00001\"} 1"));
+        driver.abort();
+    }
+}
