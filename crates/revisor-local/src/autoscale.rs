@@ -256,8 +256,11 @@ pub async fn drive(
             _ = sample.tick() => {
                 autoscaling.sample(&counters());
                 n += 1;
-                if n % ticks_per_sample == 0 && autoscaling.tick(&ready) {
-                    scaled();
+                if n >= ticks_per_sample {
+                    n = 0;
+                    if autoscaling.tick(&ready) {
+                        scaled();
+                    }
                 }
             }
             poke = pokes.recv() => match poke {
