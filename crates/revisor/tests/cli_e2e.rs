@@ -43,6 +43,7 @@ fn reference_manifest_revisions_and_restart_after_kill_9() {
         "TRAFFIC",
         "TAGS",
         "GENERATION",
+        "REPLICAS",
         "AGE",
         "CONDITIONS",
         "READY",

@@ -83,6 +83,14 @@ fn services_table(items: Vec<Value>, all_ns: bool) -> Result<()> {
     Ok(())
 }
 
+/// Ready replicas over desired ones, like kubectl's READY column of a Deployment (`1/3`).
+fn replicas_cell(actual: Option<i64>, desired: Option<i64>) -> String {
+    match (actual, desired) {
+        (None, None) => String::new(),
+        (a, d) => format!("{}/{}", a.unwrap_or(0), d.unwrap_or(0)),
+    }
+}
+
 fn revisions_table(client: &Client, items: Vec<Value>, all_ns: bool) -> Result<()> {
     if items.is_empty() {
         println!("No revisions found.");
@@ -117,6 +125,7 @@ fn revisions_table(client: &Client, items: Vec<Value>, all_ns: bool) -> Result<(
             },
             tags.join(","),
             r.configuration_generation().map(|g| g.to_string()).unwrap_or_default(),
+            replicas_cell(st.actual_replicas, st.desired_replicas),
             table::age(r.metadata.creation_timestamp),
             conditions_cell(&st.conditions),
             ready,
@@ -133,6 +142,7 @@ fn revisions_table(client: &Client, items: Vec<Value>, all_ns: bool) -> Result<(
         "TRAFFIC",
         "TAGS",
         "GENERATION",
+        "REPLICAS",
         "AGE",
         "CONDITIONS",
         "READY",

@@ -30,15 +30,21 @@ impl Server {
 
     /// A server whose gateway listens on `gateway` (to keep URLs stable across restarts).
     pub fn start_on(data: &Path, gateway: &str) -> Server {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--admin-addr",
-                "127.0.0.1:0",
-                "--gateway-addr",
-                gateway,
-                "--data-dir",
-            ])
+        Self::start_with(data, gateway, None)
+    }
+
+    /// A server with `config` as its revisor.toml (written beside the data dir).
+    pub fn start_with(data: &Path, gateway: &str, config: Option<&str>) -> Server {
+        let mut cmd = Command::new(BIN);
+        if let Some(text) = config {
+            let file = data.with_extension("toml");
+            std::fs::write(&file, text).unwrap();
+            cmd.arg("serve").arg("--config").arg(&file);
+        } else {
+            cmd.arg("serve");
+        }
+        let mut child = cmd
+            .args(["--admin-addr", "127.0.0.1:0", "--gateway-addr", gateway, "--data-dir"])
             .arg(data)
             .env("REVISOR_LOG", "warn")
             .stderr(Stdio::piped())
@@ -153,6 +159,26 @@ pub fn upstream_service(name: &str, env: &[(&str, &str)], annotations: &[(&str, 
 /// The service as JSON.
 pub fn service_json(server: &str, name: &str) -> serde_json::Value {
     serde_json::from_str(&ok(server, &["get", "service", name, "-o", "json"])).unwrap()
+}
+
+/// GET a path on the admin API: the body.
+pub fn admin_get(server: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = server.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the first Prometheus sample named `name` whose labels contain `labels`.
+pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
 }
 
 /// Polls `f` until it is true or `timeout` passes (then panics with `what`).
