@@ -278,6 +278,12 @@ fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], sna
                 inner.runtime.scale(spec, replicas);
             }
             Err(u) => {
+                let wanted = if d.replicas > 0 {
+                    initial_replicas(&d.revision, &inner.config)
+                } else {
+                    0
+                };
+                known.replicas.insert(key.clone(), wanted);
                 known.unrunnable.insert(key, u);
             }
         }
