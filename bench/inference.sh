@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Inference benchmark: revisor's model server against KServe's Python model server (PyPI `kserve`,
+# Inference benchmark: revisor's model server, with each of its engines (tract, built in; ONNX Runtime,
+# loaded from the onnxruntime wheel's library), against KServe's Python model server (PyPI `kserve`,
 # onnxruntime behind a small custom kserve.Model, bench/kserve_onnx.py) on the same ONNX file, the
 # same V2 JSON request and the same load generator (wrk), at 1 and 32 concurrent clients, interleaved.
 # Models: the tabular example (revisor example-models) and magika's classifier (PyPI magika 1.0.3).
@@ -15,6 +16,8 @@ command -v wrk >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=nonint
 VENV="$ROOT/bench/.venv"
 if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 "$VENV/bin/python" -c 'import kserve, onnxruntime, numpy' 2>/dev/null || "$VENV/bin/pip" install -q kserve onnxruntime numpy
+
+ORT_LIB=$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.* | head -1)
 
 cargo build --release -q -p revisor
 REVISOR="$ROOT/target/release/revisor"
@@ -59,6 +62,8 @@ declare -A PORT
 for m in tabular magika; do
   p=$(port); PORT[revisor-$m]=$p
   "$REVISOR" model-server --model "${FILE[$m]}" --name "$m" --port "$p" 2>/dev/null & PIDS+=($!)
+  p=$(port); PORT[revisor-ort-$m]=$p
+  "$REVISOR" model-server --model "${FILE[$m]}" --name "$m" --port "$p" --engine onnxruntime --onnxruntime-lib "$ORT_LIB" 2>/dev/null & PIDS+=($!)
   p=$(port); g=$(port); PORT[kserve-$m]=$p
   "$VENV/bin/python" bench/kserve_onnx.py --model_name "$m" --model_path "${FILE[$m]}" --http_port "$p" --grpc_port "$g" >/dev/null 2>&1 & PIDS+=($!)
 done
@@ -69,7 +74,7 @@ RAW="$WORK/raw.tsv"
 for round in $(seq 1 "$ROUNDS"); do
   for m in tabular magika; do
     for c in 1 32; do
-      for server in revisor kserve; do
+      for server in revisor revisor-ort kserve; do
         t=$(( c < 2 ? 1 : 2 ))
         out=$(BODY="$WORK/$m.json" wrk -t"$t" -c"$c" -d"$DURATION" --latency -s "$WORK/post.lua" "http://127.0.0.1:${PORT[$server-$m]}/v2/models/$m/infer")
         rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -97,6 +102,8 @@ for (m, c, s), (rps, p50, p99, e) in med.items():
 print()
 for m in ("tabular", "magika"):
     for c in ("1", "32"):
-        r, k = med[(m, c, "revisor")], med[(m, c, "kserve")]
-        print(f"- {m}, {c} client(s): revisor/KServe requests/s {r[0]/k[0]:.1f}x, p99 {r[2]/k[2]:.2f}x")
+        k = med[(m, c, "kserve")]
+        for s, label in (("revisor", "revisor (tract)"), ("revisor-ort", "revisor (ONNX Runtime)")):
+            r = med[(m, c, s)]
+            print(f"- {m}, {c} client(s): {label}/KServe requests/s {r[0]/k[0]:.1f}x, p99 {r[2]/k[2]:.2f}x")
 PY

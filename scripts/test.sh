@@ -38,6 +38,13 @@ with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
 PY
 fi
 export REVISOR_PYTHON="$VENV/bin/python" REVISOR_MAGIKA_MODEL="$MAGIKA"
+# The model server's second engine loads the ONNX Runtime library that the onnxruntime wheel ships.
+REVISOR_ONNXRUNTIME_LIB=$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1.* 2>/dev/null | head -1)
+if [ -z "$REVISOR_ONNXRUNTIME_LIB" ]; then
+  echo "scripts/test.sh: the onnxruntime wheel in $VENV has no libonnxruntime.so.1.*" >&2
+  exit 1
+fi
+export REVISOR_ONNXRUNTIME_LIB
 
 # The end-to-end tests run the test upstream (crates/revisor-testapp) as real replicas.
 cargo build --locked -p revisor-testapp

@@ -8,6 +8,7 @@ pub mod examples;
 pub mod infer;
 pub mod metrics;
 pub mod model;
+pub mod onnxruntime;
 pub mod protocol;
 pub mod server;
 pub mod storage;

@@ -37,10 +37,22 @@ pub struct Model {
 /// optimized on first use and kept.
 enum Plans {
     Symbolic(Arc<TypedSimplePlan>),
+    /// The model runs in ONNX Runtime instead (`--engine onnxruntime`).
+    OnnxRuntime(crate::onnxruntime::OrtEngine),
     PerBatch {
         model: Box<InferenceModel>,
         plans: Mutex<HashMap<usize, Arc<TypedSimplePlan>>>,
     },
+}
+
+/// Which engine runs the model.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// tract, built in (the default).
+    #[default]
+    Tract,
+    /// ONNX Runtime, loaded from this shared library.
+    OnnxRuntime { library: std::path::PathBuf },
 }
 
 /// Batch sizes with a plan of their own are capped, so odd clients cannot grow memory without bound.
@@ -64,6 +76,18 @@ impl Model {
         name: &str,
         version: &str,
     ) -> Result<Model, LoadError> {
+        Model::load_with(uri, sha256, cache, name, version, &Engine::Tract)
+    }
+
+    /// [`Model::load_from`] with a choice of engine.
+    pub fn load_with(
+        uri: &str,
+        sha256: Option<&str>,
+        cache: &Path,
+        name: &str,
+        version: &str,
+        engine: &Engine,
+    ) -> Result<Model, LoadError> {
         let err = |message: String| LoadError {
             uri: uri.to_string(),
             message,
@@ -72,6 +96,18 @@ impl Model {
         let meta = std::fs::metadata(&path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
         if !meta.is_file() {
             return Err(err(format!("{} is not a file", path.display())));
+        }
+        if let Engine::OnnxRuntime { library } = engine {
+            let (ort, inputs, outputs) = crate::onnxruntime::load(&path, library).map_err(err)?;
+            return Ok(Model {
+                name: name.into(),
+                version: version.into(),
+                inputs,
+                outputs,
+                plans: Plans::OnnxRuntime(ort),
+                ready: AtomicBool::new(false),
+                runs: Default::default(),
+            });
         }
         let (plans, plan) = match optimize(&path, None) {
             Ok(plan) => (None, plan),
@@ -192,6 +228,7 @@ impl Model {
         self.runs.fetch_add(1, Ordering::Relaxed);
         match &self.plans {
             Plans::Symbolic(plan) => plan.run(inputs),
+            Plans::OnnxRuntime(engine) => engine.run(inputs),
             Plans::PerBatch { model, plans } => {
                 let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
                 let cached = plans.lock().unwrap().get(&batch).cloned();

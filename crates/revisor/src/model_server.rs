@@ -16,6 +16,7 @@ pub struct Source<'a> {
     pub uri: &'a str,
     pub sha256: Option<&'a str>,
     pub cache: Option<std::path::PathBuf>,
+    pub engine: revisor_model::model::Engine,
 }
 
 /// The batching flags, checked.
@@ -49,7 +50,7 @@ pub fn run(
         .cache
         .clone()
         .unwrap_or_else(revisor_model::storage::default_cache);
-    let m = Model::load_from(source.uri, source.sha256, &cache, name, version)?;
+    let m = Model::load_with(source.uri, source.sha256, &cache, name, version, &source.engine)?;
     m.warm_up()?;
     eprintln!(
         "revisor model-server: model {name:?} version {version:?} loaded and warmed up in {:?}",

@@ -101,3 +101,26 @@ fn a_missing_model_fails_start_up_naming_the_uri() {
         "{err}"
     );
 }
+
+#[test]
+fn the_onnx_runtime_engine_needs_its_library() {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "model-server",
+            "--model",
+            "m.onnx",
+            "--port",
+            "1",
+            "--engine",
+            "onnxruntime",
+        ])
+        .env_remove("REVISOR_ONNXRUNTIME_LIB")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--engine onnxruntime needs the ONNX Runtime library"),
+        "{err}"
+    );
+}

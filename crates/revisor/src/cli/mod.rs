@@ -77,6 +77,13 @@ pub enum Command {
         /// Address to listen on (0.0.0.0 in a container).
         #[arg(long, default_value = "127.0.0.1")]
         host: String,
+        /// The inference engine: tract (built in) or ONNX Runtime (loaded from --onnxruntime-lib).
+        #[arg(long, value_enum, default_value_t = EngineArg::Tract)]
+        engine: EngineArg,
+        /// The ONNX Runtime shared library for --engine onnxruntime (PyPI's onnxruntime ships one as
+        /// onnxruntime/capi/libonnxruntime.so.<version>).
+        #[arg(long, env = "REVISOR_ONNXRUNTIME_LIB")]
+        onnxruntime_lib: Option<PathBuf>,
     },
     /// Write the example models (tabular v1, v2 and a faulty v3) into a directory.
     ExampleModels {
@@ -158,6 +165,12 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    Tract,
+    Onnxruntime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
     #[value(alias = "service", alias = "ksvc", alias = "svc")]
     Services,
@@ -202,11 +215,21 @@ pub fn run(cli: Cli) -> Result<()> {
             host,
             max_batch_size,
             max_batch_delay,
+            engine,
+            onnxruntime_lib,
         } => {
+            let engine = match (engine, onnxruntime_lib) {
+                (EngineArg::Tract, _) => revisor_model::model::Engine::Tract,
+                (EngineArg::Onnxruntime, Some(lib)) => revisor_model::model::Engine::OnnxRuntime { library: lib.clone() },
+                (EngineArg::Onnxruntime, None) => anyhow::bail!(
+                    "--engine onnxruntime needs the ONNX Runtime library: pass --onnxruntime-lib PATH or set REVISOR_ONNXRUNTIME_LIB"
+                ),
+            };
             let source = crate::model_server::Source {
                 uri: model,
                 sha256: sha256.as_deref(),
                 cache: cache_dir.clone(),
+                engine,
             };
             let batching = crate::model_server::batching(*max_batch_size, max_batch_delay)?;
             return crate::model_server::run(&source, name, version, host, *port, batching);

@@ -1,0 +1,193 @@
+//! ONNX Runtime as a second engine for the model server (`--engine onnxruntime`). The library is loaded
+//! at run time from a file the user names (PyPI's `onnxruntime` wheel ships one as
+//! `onnxruntime/capi/libonnxruntime.so.<version>`), so revisor neither downloads nor links it. Tensors
+//! cross between tract's representation, which the rest of the server uses, and ONNX Runtime's by one
+//! byte copy each way.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{bail, format_err};
+use ort::memory::Allocator;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::tensor::TensorElementType as E;
+use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor as OrtTensor, ValueType};
+use tract_onnx::prelude::*;
+
+use crate::datatype::DataType;
+use crate::model::TensorSpec;
+
+/// One ONNX Runtime session. ONNX Runtime parallelizes inside one run (its intra-op threads, one
+/// per core), so runs are serialized rather than stacked on the same cores.
+pub struct OrtEngine {
+    session: Mutex<Session>,
+    inputs: Vec<String>,
+}
+
+/// The library ONNX Runtime was loaded from, once loaded (a process can load only one).
+static LOADED: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Loads the ONNX Runtime library (once per process).
+fn init(lib: &Path) -> Result<(), String> {
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    match loaded.as_deref() {
+        Some(l) if l == lib => return Ok(()),
+        Some(l) => {
+            return Err(format!(
+                "ONNX Runtime is already loaded from {} in this process; cannot load {} too",
+                l.display(),
+                lib.display()
+            ))
+        }
+        None => {}
+    }
+    if !lib.is_file() {
+        return Err(format!(
+            "the ONNX Runtime library {} does not exist (pip install onnxruntime ships one as \
+             onnxruntime/capi/libonnxruntime.so.<version>)",
+            lib.display()
+        ));
+    }
+    ort::init_from(lib.display().to_string())
+        .with_name("revisor")
+        .commit()
+        .map_err(|e| format!("loading ONNX Runtime from {}: {e}", lib.display()))?;
+    *loaded = Some(lib.to_path_buf());
+    Ok(())
+}
+
+fn datum(t: E) -> Option<DatumType> {
+    Some(match t {
+        E::Bool => DatumType::Bool,
+        E::Uint8 => DatumType::U8,
+        E::Uint16 => DatumType::U16,
+        E::Uint32 => DatumType::U32,
+        E::Uint64 => DatumType::U64,
+        E::Int8 => DatumType::I8,
+        E::Int16 => DatumType::I16,
+        E::Int32 => DatumType::I32,
+        E::Int64 => DatumType::I64,
+        E::Float16 => DatumType::F16,
+        E::Float32 => DatumType::F32,
+        E::Float64 => DatumType::F64,
+        E::String => DatumType::String,
+        _ => return None,
+    })
+}
+
+fn element(dt: DatumType) -> Option<E> {
+    [
+        E::Bool,
+        E::Uint8,
+        E::Uint16,
+        E::Uint32,
+        E::Uint64,
+        E::Int8,
+        E::Int16,
+        E::Int32,
+        E::Int64,
+        E::Float16,
+        E::Float32,
+        E::Float64,
+        E::String,
+    ]
+    .into_iter()
+    .find(|e| datum(*e) == Some(dt))
+}
+
+fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, String> {
+    let ValueType::Tensor { ty, shape, .. } = ty else {
+        return Err(format!("{name:?} is not a tensor (sequences and maps are not served)"));
+    };
+    let dtype = datum(*ty)
+        .and_then(DataType::from_datum)
+        .ok_or_else(|| format!("{name:?} has element type {ty:?}, which has no Open Inference Protocol datatype"))?;
+    Ok(TensorSpec {
+        name: name.to_string(),
+        datatype: dtype.name(),
+        shape: shape.iter().map(|d| if *d < 0 { -1 } else { *d }).collect(),
+        dtype,
+    })
+}
+
+/// Opens a model with ONNX Runtime (all graph optimizations on) and describes its inputs and outputs.
+pub fn load(model: &Path, lib: &Path) -> Result<(OrtEngine, Vec<TensorSpec>, Vec<TensorSpec>), String> {
+    init(lib)?;
+    let session = Session::builder()
+        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
+        .and_then(|b| b.commit_from_file(model))
+        .map_err(|e| format!("ONNX Runtime cannot load it: {e}"))?;
+    let inputs = session
+        .inputs
+        .iter()
+        .map(|i| spec(&i.name, &i.input_type))
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = session
+        .outputs
+        .iter()
+        .map(|o| spec(&o.name, &o.output_type))
+        .collect::<Result<Vec<_>, _>>()?;
+    let engine = OrtEngine {
+        inputs: inputs.iter().map(|s| s.name.clone()).collect(),
+        session: Mutex::new(session),
+    };
+    Ok((engine, inputs, outputs))
+}
+
+fn to_ort(t: &Tensor) -> TractResult<DynValue> {
+    let shape: Vec<i64> = t.shape().iter().map(|d| *d as i64).collect();
+    if t.datum_type() == DatumType::String {
+        let strings: Vec<String> = t.to_plain_array_view::<String>()?.iter().cloned().collect();
+        return Ok(OrtTensor::from_string_array((shape, strings.as_slice()))
+            .map_err(|e| format_err!("{e}"))?
+            .into_dyn());
+    }
+    let et = element(t.datum_type()).ok_or_else(|| format_err!("no ONNX Runtime type for {:?}", t.datum_type()))?;
+    let mut v = DynTensor::new(&Allocator::default(), et, shape).map_err(|e| format_err!("{e}"))?;
+    let bytes = t.as_bytes();
+    if !bytes.is_empty() {
+        // SAFETY: the value was just allocated on the CPU for exactly this element type and shape, which
+        // is `bytes.len()` bytes, and nothing else refers to it yet.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), v.data_ptr_mut().cast::<u8>(), bytes.len()) };
+    }
+    Ok(v.into_dyn())
+}
+
+fn from_ort(v: &DynValue) -> TractResult<Tensor> {
+    let ValueType::Tensor { ty, shape, .. } = v.dtype() else {
+        bail!("the model returned a value that is not a tensor");
+    };
+    let dims: Vec<usize> = shape.iter().map(|d| (*d).max(0) as usize).collect();
+    if *ty == E::String {
+        let (_, strings) = v.try_extract_strings().map_err(|e| format_err!("{e}"))?;
+        return Ok(tract_ndarray::ArrayD::from_shape_vec(dims, strings)?.into_tensor());
+    }
+    let dt = datum(*ty).ok_or_else(|| format_err!("the model returned element type {ty:?}"))?;
+    let n: usize = dims.iter().product();
+    let t = v.downcast_ref::<DynTensorValueType>().map_err(|e| format_err!("{e}"))?;
+    let bytes: &[u8] = if n == 0 {
+        &[]
+    } else {
+        // SAFETY: a CPU tensor of `n` elements of `dt` owns `n * size_of(dt)` bytes at its data pointer,
+        // alive while `v` is.
+        unsafe { std::slice::from_raw_parts(t.data_ptr().cast::<u8>(), n * dt.size_of()) }
+    };
+    // SAFETY: `bytes` holds exactly `dims` elements of `dt`.
+    unsafe { Tensor::from_raw_dt(dt, &dims, bytes) }
+}
+
+impl OrtEngine {
+    /// Runs once (blocking).
+    pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let values: Vec<(String, DynValue)> = self
+            .inputs
+            .iter()
+            .zip(inputs.iter())
+            .map(|(name, t)| Ok((name.clone(), to_ort(t)?)))
+            .collect::<TractResult<_>>()?;
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session.run(values).map_err(|e| format_err!("{e}"))?;
+        outputs.values().map(|v| Ok(from_ort(&v)?.into_tvalue())).collect()
+    }
+}

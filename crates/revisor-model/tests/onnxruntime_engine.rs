@@ -1,0 +1,140 @@
+//! The ONNX Runtime engine (`--engine onnxruntime`): the same protocol over the same models as tract,
+//! with the same answers. scripts/test.sh installs onnxruntime in a venv and points
+//! REVISOR_ONNXRUNTIME_LIB at the library its wheel ships.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use revisor_model::examples::{write_all, Example};
+use revisor_model::model::Engine;
+use revisor_model::{router, state, Model};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run ./scripts/test.sh, which installs onnxruntime in a venv and sets it")
+    })
+}
+
+fn ort() -> Engine {
+    Engine::OnnxRuntime {
+        library: PathBuf::from(env("REVISOR_ONNXRUNTIME_LIB")),
+    }
+}
+
+fn load(uri: &str, engine: &Engine, name: &str) -> Arc<Model> {
+    let cache = tempfile::tempdir().unwrap();
+    let m = Model::load_with(uri, None, cache.path(), name, "1", engine).unwrap();
+    m.warm_up().unwrap();
+    Arc::new(m)
+}
+
+async fn call(model: &Arc<Model>, method: &str, uri: &str, body: String) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let resp = router(state(model.clone())).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v["outputs"][0]["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no outputs: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn close(a: &[f64], b: &[f64], tol: f64) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    assert!(worst < tol, "largest difference: {worst}");
+    worst
+}
+
+#[tokio::test]
+async fn the_example_models_answer_as_with_tract_and_client_mistakes_are_refused_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    write_all(dir.path()).unwrap();
+    let uri = |e: Example| format!("file://{}", dir.path().join(e.file_name()).display());
+    let body = json!({ "id": "x", "inputs": [{ "name": "features", "shape": [3, 4], "datatype": "FP32",
+        "data": [[1, 2, 3, 4], [0.5, -1, 2, 0], [9, 9, 9, 9]] }] })
+    .to_string();
+    for e in [Example::V1, Example::V2] {
+        let (o, t) = (
+            load(&uri(e), &ort(), "tabular"),
+            load(&uri(e), &Engine::Tract, "tabular"),
+        );
+        assert_eq!(o.inputs, t.inputs, "metadata: inputs");
+        assert_eq!(o.outputs, t.outputs, "metadata: outputs");
+        let (so, vo) = call(&o, "POST", "/v2/models/tabular/infer", body.clone()).await;
+        let (st, vt) = call(&t, "POST", "/v2/models/tabular/infer", body.clone()).await;
+        assert_eq!((so, st), (StatusCode::OK, StatusCode::OK), "{vo} {vt}");
+        assert_eq!(vo["outputs"][0]["shape"], json!([3, 3]), "{vo}");
+        assert_eq!(vo["id"], "x");
+        close(&floats(&vo), &floats(&vt), 1e-5);
+    }
+    let faulty = load(&uri(Example::V3Faulty), &ort(), "tabular");
+    let (s, v) = call(&faulty, "POST", "/v2/models/tabular/infer", body).await;
+    assert_eq!(
+        s,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the faulty model fails with either engine: {v}"
+    );
+    let m = load(&uri(Example::V1), &ort(), "tabular");
+    for (bad, want) in [
+        (json!([1, 5]), "does not fit the model's [-1, 4]"),
+        (json!([2, 4]), "holds 8 elements, but data has 4"),
+    ] {
+        let req = json!({ "inputs": [{ "name": "features", "shape": bad, "datatype": "FP32", "data": [1, 2, 3, 4] }] });
+        let (s, v) = call(&m, "POST", "/v2/models/tabular/infer", req.to_string()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(want), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn magika_through_onnx_runtime_matches_tract_within_1e_4() {
+    let path = env("REVISOR_MAGIKA_MODEL");
+    let (o, t) = (load(&path, &ort(), "magika"), load(&path, &Engine::Tract, "magika"));
+    assert_eq!(
+        (o.inputs[0].datatype, o.inputs[0].shape.clone()),
+        ("INT32", vec![-1, 2048])
+    );
+    assert_eq!(
+        (o.outputs[0].datatype, o.outputs[0].shape.clone()),
+        ("FP32", vec![-1, 214])
+    );
+    let data: Vec<i32> = (0..2 * 2048).map(|i: i32| (i * 7919) % 257).collect();
+    let body =
+        json!({ "inputs": [{ "name": "bytes", "shape": [2, 2048], "datatype": "INT32", "data": data }] }).to_string();
+    let (_, vo) = call(&o, "POST", "/v2/models/magika/infer", body.clone()).await;
+    let (_, vt) = call(&t, "POST", "/v2/models/magika/infer", body).await;
+    assert_eq!(floats(&vo).len(), 2 * 214);
+    close(&floats(&vo), &floats(&vt), 1e-4);
+}
+
+#[test]
+fn a_missing_library_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.onnx");
+    std::fs::write(&model, b"irrelevant").unwrap();
+    let engine = Engine::OnnxRuntime {
+        library: PathBuf::from("/nonexistent/libonnxruntime.so"),
+    };
+    let e = Model::load_with(model.to_str().unwrap(), None, dir.path(), "m", "1", &engine)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("/nonexistent/libonnxruntime.so does not exist"), "{e}");
+}
