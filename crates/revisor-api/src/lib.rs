@@ -11,6 +11,7 @@ pub mod names;
 pub mod parse;
 pub mod podspec;
 pub mod revision;
+pub mod rollout;
 pub mod service;
 pub mod units;
 pub mod validate;
@@ -21,14 +22,39 @@ pub use field::{FieldError, FieldErrors, Path};
 pub use meta::{Condition, ConditionStatus, Conditions, ObjectMeta};
 pub use parse::{decode, read_documents, Document, Resource};
 pub use revision::{Revision, RevisionStatus};
+pub use rollout::{Rollout, RolloutSpec, RolloutStatus};
 pub use service::{Service, ServiceSpec, ServiceStatus, TrafficTarget};
 
 /// Decodes, defaults and validates one Service document: the whole admission path.
 pub fn admit_service(value: &serde_json::Value, defaults: &Defaults) -> Result<Service, FieldErrors> {
     let mut svc = match decode(value)? {
         Resource::Service(s) => *s,
+        Resource::Rollout(_) => {
+            return Err(FieldErrors(vec![FieldError::new(
+                "kind",
+                "expected a Service, got a Rollout",
+            )]))
+        }
     };
     defaults.apply(&mut svc);
     validate::validate_service(&svc, defaults)?;
     Ok(svc)
+}
+
+/// Decodes, defaults and validates one Rollout document.
+pub fn admit_rollout(value: &serde_json::Value) -> Result<Rollout, FieldErrors> {
+    let mut r = match decode(value)? {
+        Resource::Rollout(r) => *r,
+        Resource::Service(_) => {
+            return Err(FieldErrors(vec![FieldError::new(
+                "kind",
+                "expected a Rollout, got a Service",
+            )]))
+        }
+    };
+    if r.metadata.namespace.is_empty() {
+        r.metadata.namespace = defaults::DEFAULT_NAMESPACE.into();
+    }
+    rollout::validate_rollout(&r)?;
+    Ok(r)
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::field::{FieldError, FieldErrors, Path};
+use crate::rollout::{Rollout, ROLLOUT_API_VERSION};
 use crate::service::{Service, SERVING_API_VERSION};
 
 /// One document of a manifest file, numbered from 1 as it appears.
@@ -75,18 +76,21 @@ fn unpack_list(value: Value, index: usize) -> Vec<Document> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {
     Service(Box<Service>),
+    Rollout(Box<Rollout>),
 }
 
 impl Resource {
     pub fn kind(&self) -> &'static str {
         match self {
             Resource::Service(_) => "Service",
+            Resource::Rollout(_) => "Rollout",
         }
     }
 
     pub fn name(&self) -> &str {
         match self {
             Resource::Service(s) => &s.metadata.name,
+            Resource::Rollout(r) => &r.metadata.name,
         }
     }
 }
@@ -100,11 +104,15 @@ pub fn decode(value: &Value) -> Result<Resource, FieldErrors> {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
     match (api_version, kind) {
         (SERVING_API_VERSION, "Service") => Ok(Resource::Service(Box::new(decode_strict(value)?))),
+        (ROLLOUT_API_VERSION, "Rollout") => Ok(Resource::Rollout(Box::new(decode_strict(value)?))),
         ("", _) => Err(one("apiVersion", "missing field(s)")),
         (_, "") => Err(one("kind", "missing field(s)")),
         _ => Err(one(
             "kind",
-            format!("unsupported resource {api_version}/{kind}: revisor accepts {SERVING_API_VERSION} Service"),
+            format!(
+                "unsupported resource {api_version}/{kind}: revisor accepts {SERVING_API_VERSION} Service and \
+                 {ROLLOUT_API_VERSION} Rollout"
+            ),
         )),
     }
 }

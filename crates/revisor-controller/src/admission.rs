@@ -3,8 +3,9 @@
 //! Stateless checks (schema, defaults, field rules) happen before, in revisor-api; these add the rules
 //! that compare against what is stored, all in the same transaction as the write.
 
+use revisor_api::rollout::REQUESTS;
 use revisor_api::validate::validate_service_update;
-use revisor_api::{Configuration, FieldErrors, Revision, Service};
+use revisor_api::{Configuration, FieldErrors, Revision, Rollout, Service};
 use revisor_store::{Event, Store, StoreError, Tx};
 
 use crate::reconcile::revisions_of;
@@ -44,6 +45,8 @@ pub enum ApplyError {
     /// Internal: aborts a dry run's transaction after every check passed.
     #[error("dry run")]
     DryRun(ApplyOutcome, Box<Service>),
+    #[error("dry run")]
+    DryRunRollout(ApplyOutcome, Box<Rollout>),
 }
 
 /// Creates or updates a Service that revisor-api already admitted (decoded, defaulted, validated).
@@ -100,7 +103,20 @@ fn create(tx: &mut Tx, mut svc: Service) -> Result<(ApplyOutcome, Service), Appl
     Ok((ApplyOutcome::Created, created))
 }
 
-fn update(tx: &mut Tx, old: Service, svc: Service) -> Result<(ApplyOutcome, Service), ApplyError> {
+/// The Rollout that owns a service's traffic, if any.
+pub fn rollout_for(tx: &Tx, namespace: &str, service: &str) -> Result<Option<Rollout>, StoreError> {
+    Ok(tx
+        .list::<Rollout>(Some(namespace))?
+        .into_iter()
+        .find(|r| r.spec.service_ref.name == service))
+}
+
+fn update(tx: &mut Tx, old: Service, mut svc: Service) -> Result<(ApplyOutcome, Service), ApplyError> {
+    // A Rollout owns the traffic of its service (as Flagger and Argo Rollouts do): an apply changes
+    // the template, and the Rollout decides where requests go.
+    if rollout_for(tx, &old.metadata.namespace, &old.metadata.name)?.is_some() {
+        svc.spec.traffic = old.spec.traffic.clone();
+    }
     validate_service_update(&old, &svc).map_err(ApplyError::Invalid)?;
     let spec_changed = old.spec != svc.spec;
     let meta_changed =
@@ -159,6 +175,174 @@ fn check_byo_name(tx: &Tx, svc: &Service) -> Result<(), ApplyError> {
         );
     }
     errs.into_result().map_err(ApplyError::Invalid)
+}
+
+/// What applying a Rollout did (the stored object).
+pub type RolloutApplied = (ApplyOutcome, Rollout);
+
+/// Creates or updates a Rollout that revisor-api admitted. Its status is the controller's: an apply
+/// changes the spec (bumping the generation) and keeps the status. One Rollout per service.
+pub fn apply_rollout(
+    store: &Store,
+    rollout: Rollout,
+    mode: ApplyMode,
+    dry_run: bool,
+) -> Result<RolloutApplied, ApplyError> {
+    let result = store.write(|tx| {
+        let (ns, name) = (rollout.metadata.namespace.clone(), rollout.metadata.name.clone());
+        if let Some(other) = rollout_for(tx, &ns, &rollout.spec.service_ref.name)? {
+            if other.metadata.name != name {
+                let mut errs = FieldErrors::default();
+                errs.push(
+                    "spec.serviceRef.name",
+                    format!(
+                        "service {:?} is already rolled out by Rollout {:?}; a service has one Rollout",
+                        rollout.spec.service_ref.name, other.metadata.name
+                    ),
+                );
+                return Err(ApplyError::Invalid(errs));
+            }
+        }
+        let existing = tx.get::<Rollout>(&ns, &name)?;
+        let (outcome, stored) = match existing {
+            None if mode == ApplyMode::Replace => {
+                return Err(StoreError::NotFound {
+                    kind: "Rollout",
+                    key: format!("{ns}/{name}"),
+                }
+                .into())
+            }
+            Some(_) if mode == ApplyMode::Create => {
+                return Err(StoreError::AlreadyExists {
+                    kind: "Rollout",
+                    key: format!("{ns}/{name}"),
+                }
+                .into())
+            }
+            None => {
+                let mut r = rollout;
+                r.metadata.generation = Some(1);
+                r.metadata.resource_version = None;
+                r.status = None;
+                (ApplyOutcome::Created, tx.create(r)?)
+            }
+            Some(old) => {
+                if old.spec == rollout.spec
+                    && old.metadata.labels == rollout.metadata.labels
+                    && old.metadata.annotations == rollout.metadata.annotations
+                {
+                    (ApplyOutcome::Unchanged, old)
+                } else {
+                    if old.spec.service_ref != rollout.spec.service_ref {
+                        let mut errs = FieldErrors::default();
+                        errs.push(
+                            "spec.serviceRef.name",
+                            "is immutable: delete the Rollout and create another",
+                        );
+                        return Err(ApplyError::Invalid(errs));
+                    }
+                    let mut next = old.clone();
+                    if old.spec != rollout.spec {
+                        next.metadata.generation = Some(old.metadata.generation.unwrap_or(0) + 1);
+                    }
+                    next.spec = rollout.spec;
+                    next.metadata.labels = rollout.metadata.labels;
+                    next.metadata.annotations = rollout.metadata.annotations;
+                    next.metadata.resource_version = rollout
+                        .metadata
+                        .resource_version
+                        .or(old.metadata.resource_version.clone());
+                    (ApplyOutcome::Configured, tx.update(next)?)
+                }
+            }
+        };
+        if outcome != ApplyOutcome::Unchanged {
+            tx.record(
+                &ns,
+                &stored.spec.service_ref.name,
+                &Event::normal(
+                    format!("Rollout/{name}"),
+                    if outcome == ApplyOutcome::Created {
+                        "Created"
+                    } else {
+                        "Updated"
+                    },
+                    format!("Rollout {name} {}", outcome.as_str()),
+                ),
+            )?;
+        }
+        if dry_run {
+            return Err(ApplyError::DryRunRollout(outcome, Box::new(stored)));
+        }
+        Ok((outcome, stored))
+    });
+    match result {
+        Err(ApplyError::DryRunRollout(outcome, stored)) => Ok((outcome, *stored)),
+        other => other,
+    }
+}
+
+/// An operator's request to a Rollout (`revisor rollout promote|abort|retry|undo|pause|resume`).
+pub fn request_rollout(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+    action: &str,
+    to_revision: Option<&str>,
+) -> Result<Rollout, ApplyError> {
+    store.write(|tx| {
+        let mut r = tx
+            .get::<Rollout>(namespace, name)?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "Rollout",
+                key: format!("{namespace}/{name}"),
+            })?;
+        match action {
+            "pause" | "resume" => {
+                let paused = action == "pause";
+                if r.spec.paused.unwrap_or(false) != paused {
+                    r.spec.paused = paused.then_some(true);
+                    r.metadata.generation = Some(r.metadata.generation.unwrap_or(0) + 1);
+                }
+            }
+            a if REQUESTS.contains(&a) => {
+                let mut st = r.status();
+                st.requests.push(a.to_string());
+                if a == "undo" {
+                    if let Some(rev) = to_revision {
+                        if tx.get::<Revision>(namespace, rev)?.is_none() {
+                            let mut errs = FieldErrors::default();
+                            errs.push("toRevision", format!("revision {rev:?} does not exist"));
+                            return Err(ApplyError::Invalid(errs));
+                        }
+                        st.undo_to = Some(rev.to_string());
+                    }
+                }
+                r.status = Some(st);
+            }
+            other => {
+                let mut errs = FieldErrors::default();
+                errs.push(
+                    "action",
+                    format!("unknown action {other:?}: promote, promote-full, abort, retry, undo, pause or resume"),
+                );
+                return Err(ApplyError::Invalid(errs));
+            }
+        }
+        let service = r.spec.service_ref.name.clone();
+        let updated = tx.update(r)?;
+        tx.record(
+            namespace,
+            &service,
+            &Event::normal(format!("Rollout/{name}"), "Requested", format!("{action} requested")),
+        )?;
+        Ok(updated)
+    })
+}
+
+/// Deletes a Rollout; the service keeps its current traffic.
+pub fn delete_rollout(store: &Store, namespace: &str, name: &str) -> Result<Rollout, StoreError> {
+    store.write(|tx| tx.delete::<Rollout>(namespace, name))
 }
 
 /// Deletes a Service with everything it owns: configuration, revisions and event log.

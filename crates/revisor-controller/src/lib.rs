@@ -9,13 +9,18 @@ pub mod dataplane;
 pub mod health;
 pub mod reconcile;
 pub mod resources;
+pub mod rollouts;
 pub mod run;
 pub mod status;
 
-pub use admission::{apply_service, delete_revision, delete_service, ApplyError, ApplyMode, ApplyOutcome};
+pub use admission::{
+    apply_rollout, apply_service, delete_revision, delete_rollout, delete_service, request_rollout, ApplyError,
+    ApplyMode, ApplyOutcome,
+};
 pub use dataplane::{Backend, DesiredRevision, DesiredState, RoutedTarget, ServiceRoutes};
 pub use health::{record_health, RevisionHealth};
 pub use reconcile::reconcile_service;
+pub use rollouts::{MetricsSource, RolloutController};
 pub use run::Controller;
 
 /// What the controller needs to know about the server it runs in.

@@ -57,6 +57,32 @@ impl Backend for LocalBackend {
     }
 }
 
+/// Rollout analysis reads the gateway: a revision's counters summed over every route to it.
+struct GatewayMetrics(Gateway);
+
+impl revisor_controller::MetricsSource for GatewayMetrics {
+    fn counters(&self, namespace: &str, revision: &str) -> Option<revisor_rollout::Counters> {
+        let mut out: Option<revisor_rollout::Counters> = None;
+        for m in self.0.metrics() {
+            if m.labels.namespace != namespace || m.labels.revision != revision {
+                continue;
+            }
+            let c = out.get_or_insert_with(|| revisor_rollout::Counters {
+                requests: [0; 5],
+                bounds_ms: m.latency_buckets_ms.clone(),
+                latency_counts: vec![0; m.latency_counts.len()],
+            });
+            for (a, b) in c.requests.iter_mut().zip(m.requests) {
+                *a += b;
+            }
+            for (a, b) in c.latency_counts.iter_mut().zip(&m.latency_counts) {
+                *a += b;
+            }
+        }
+        out
+    }
+}
+
 /// What the loop knows about each revision beyond the runtime's snapshot.
 #[derive(Default)]
 struct Known {
@@ -103,6 +129,11 @@ impl LocalBackend {
             .await
         });
         LocalBackend { inner }
+    }
+
+    /// The gateway's counters, for rollout analysis.
+    pub fn metrics_source(&self) -> Arc<dyn revisor_controller::MetricsSource> {
+        Arc::new(GatewayMetrics(self.inner.gateway.clone()))
     }
 
     /// The autoscaler's metrics (desired and actual replicas, panic mode, observed values), in the

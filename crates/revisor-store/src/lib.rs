@@ -23,6 +23,7 @@ use tokio::sync::broadcast;
 pub(crate) const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 pub(crate) const CONFIGURATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("configurations");
 pub(crate) const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revisions");
+pub(crate) const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 pub(crate) const EVENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("events");
 pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 
@@ -54,6 +55,7 @@ impl Store {
         tx.open_table(SERVICES)?;
         tx.open_table(CONFIGURATIONS)?;
         tx.open_table(REVISIONS)?;
+        tx.open_table(ROLLOUTS)?;
         tx.open_table(EVENTS)?;
         tx.open_table(COUNTERS)?;
         tx.commit()?;

@@ -1,11 +1,11 @@
 //! What the store keeps: objects with Kubernetes metadata, one table per kind.
 
 use redb::{ReadableTable, TableDefinition};
-use revisor_api::{Configuration, ObjectMeta, Revision, Service};
+use revisor_api::{Configuration, ObjectMeta, Revision, Rollout, Service};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{StoreError, CONFIGURATIONS, REVISIONS, SERVICES};
+use crate::{StoreError, CONFIGURATIONS, REVISIONS, ROLLOUTS, SERVICES};
 
 /// The kinds of stored object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -13,6 +13,7 @@ pub enum Kind {
     Service,
     Configuration,
     Revision,
+    Rollout,
 }
 
 /// A stored object: serializable, with metadata, in its own table.
@@ -63,6 +64,21 @@ impl Object for Revision {
     const KIND: Kind = Kind::Revision;
     const KIND_NAME: &'static str = "Revision";
     const TABLE: TableDefinition<'static, &'static str, &'static [u8]> = REVISIONS;
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl Object for Rollout {
+    fn service(&self) -> Option<String> {
+        Some(self.spec.service_ref.name.clone())
+    }
+    const KIND: Kind = Kind::Rollout;
+    const KIND_NAME: &'static str = "Rollout";
+    const TABLE: TableDefinition<'static, &'static str, &'static [u8]> = ROLLOUTS;
     fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub const SERVING: &str = "/apis/serving.knative.dev/v1";
+pub const ROLLOUTS: &str = "/apis/revisor.dev/v1alpha1";
 
 /// A failure the server reported, with its field causes.
 #[derive(Debug)]

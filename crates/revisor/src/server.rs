@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use revisor_controller::{Controller, ControllerConfig};
+use revisor_controller::{Controller, ControllerConfig, RolloutController};
 use revisor_gateway::Gateway;
 use revisor_local::{LocalBackend, LocalConfig};
 use revisor_runtime::Runtime;
@@ -56,6 +56,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     Controller::new(store.clone(), controller)
         .with_backend(Arc::new(backend.clone()), cfg.defaults.clone())
         .spawn();
+    RolloutController::new(store.clone(), backend.metrics_source()).spawn();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);

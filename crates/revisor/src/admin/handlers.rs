@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::{AdminState, ApiError};
 
-type Params = Query<HashMap<String, String>>;
+pub(crate) type Params = Query<HashMap<String, String>>;
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -25,14 +25,19 @@ pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no such path {}", uri.path()))
 }
 
-fn list<T: serde::Serialize>(kind: &str, items: Vec<T>) -> Json<Value> {
-    Json(
-        json!({ "apiVersion": "serving.knative.dev/v1", "kind": format!("{kind}List"), "metadata": {}, "items": items }),
-    )
+pub(crate) fn list<T: serde::Serialize>(kind: &str, items: Vec<T>) -> Json<Value> {
+    let api_version = if kind == "Rollout" {
+        revisor_api::rollout::ROLLOUT_API_VERSION
+    } else {
+        "serving.knative.dev/v1"
+    };
+    Json(json!({ "apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {}, "items": items }))
 }
 
 /// Runs blocking store work off the async threads.
-async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R, ApiError> + Send + 'static) -> Result<R, ApiError> {
+pub(crate) async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, ApiError> + Send + 'static,
+) -> Result<R, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))?
@@ -144,7 +149,7 @@ pub async fn service_events(
 }
 
 /// The single document of a request body, as JSON or YAML by its content type.
-fn body_document(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
+pub(crate) fn body_document(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::PayloadTooLarge(format!("request body is larger than {} bytes", super::MAX_BODY_BYTES))
@@ -176,7 +181,18 @@ fn body_document(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Re
 }
 
 /// Admits a Service body for the object at `ns`/`name` (name `None` for a create, which takes the body's).
-fn admit(state: &AdminState, ns: &str, name: Option<&str>, mut value: Value) -> Result<Service, ApiError> {
+fn admit(state: &AdminState, ns: &str, name: Option<&str>, value: Value) -> Result<Service, ApiError> {
+    let value = placed(ns, name, value)?;
+    let shown = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    admit_service(&value, &state.defaults).map_err(|e| ApiError::invalid("Service", &shown, e))
+}
+
+/// The body with the request's namespace (and name) filled in, refusing a body that names others.
+pub(crate) fn placed(ns: &str, name: Option<&str>, mut value: Value) -> Result<Value, ApiError> {
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("");
         if body_ns.is_empty() {
@@ -198,12 +214,18 @@ fn admit(state: &AdminState, ns: &str, name: Option<&str>, mut value: Value) -> 
             }
         }
     }
-    let shown = value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    admit_service(&value, &state.defaults).map_err(|e| ApiError::invalid("Service", &shown, e))
+    Ok(value)
+}
+
+/// `?dryRun=All` or nothing.
+pub(crate) fn dry_run(params: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match params.get("dryRun").map(String::as_str) {
+        None => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "dryRun={other:?}: the only supported value is All"
+        ))),
+    }
 }
 
 async fn write_service(
@@ -216,15 +238,7 @@ async fn write_service(
     mode: ApplyMode,
 ) -> Result<Response, ApiError> {
     let value = body_document(&headers, body)?;
-    let dry_run = match params.get("dryRun").map(String::as_str) {
-        None => false,
-        Some("All") => true,
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!(
-                "dryRun={other:?}: the only supported value is All"
-            )))
-        }
-    };
+    let dry_run = dry_run(&params)?;
     let svc = admit(&s, &ns, name.as_deref(), value)?;
     let shown = svc.metadata.name.clone();
     let (outcome, stored) = blocking(move || {
@@ -270,7 +284,7 @@ pub async fn apply_service(
     write_service(s, ns, Some(name), headers, body, p, ApplyMode::Apply).await
 }
 
-fn deleted(kind: &str, name: &str) -> Json<Value> {
+pub(crate) fn deleted(kind: &str, name: &str) -> Json<Value> {
     Json(
         json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": { "name": name, "kind": kind } }),
     )

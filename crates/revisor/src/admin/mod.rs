@@ -2,6 +2,7 @@
 
 mod handlers;
 mod observe;
+mod rollouts;
 mod status;
 
 pub use status::ApiError;
@@ -32,6 +33,7 @@ pub struct AdminState {
 }
 
 const SERVING: &str = "/apis/serving.knative.dev/v1";
+const REVISOR: &str = "/apis/revisor.dev/v1alpha1";
 
 /// The admin API's routes; tests call `router(state).oneshot(request)` without a socket.
 pub fn router(state: AdminState) -> Router {
@@ -71,6 +73,22 @@ pub fn router(state: AdminState) -> Router {
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/revisions/{{name}}/log"),
             get(observe::revision_log),
+        )
+        .route(&format!("{REVISOR}/rollouts"), get(rollouts::list_all))
+        .route(
+            &format!("{REVISOR}/namespaces/{{ns}}/rollouts"),
+            get(rollouts::list_ns).post(rollouts::create),
+        )
+        .route(
+            &format!("{REVISOR}/namespaces/{{ns}}/rollouts/{{name}}"),
+            get(rollouts::get_one)
+                .put(rollouts::replace)
+                .patch(rollouts::apply)
+                .delete(rollouts::delete),
+        )
+        .route(
+            &format!("{REVISOR}/namespaces/{{ns}}/rollouts/{{name}}/{{action}}"),
+            axum::routing::post(rollouts::action),
         )
         .route("/metrics", get(observe::metrics))
         .route(

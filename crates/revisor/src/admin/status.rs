@@ -76,7 +76,9 @@ impl ApiError {
         match e {
             ApplyError::Invalid(errors) => Self::invalid(kind, name, errors),
             ApplyError::Store(e) => e.into(),
-            ApplyError::DryRun(..) => Self::Internal("a dry run escaped its transaction".into()),
+            ApplyError::DryRun(..) | ApplyError::DryRunRollout(..) => {
+                Self::Internal("a dry run escaped its transaction".into())
+            }
         }
     }
 }
@@ -92,7 +94,14 @@ impl IntoResponse for ApiError {
                     .collect();
                 let joined = errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ");
                 (
-                    format!("{kind}.serving.knative.dev {name:?} is invalid: {joined}"),
+                    format!(
+                        "{kind}.{} {name:?} is invalid: {joined}",
+                        if *kind == "Rollout" {
+                            "revisor.dev"
+                        } else {
+                            "serving.knative.dev"
+                        }
+                    ),
                     json!({ "name": name, "kind": kind.to_lowercase() + "s", "causes": causes }),
                 )
             }

@@ -9,11 +9,13 @@ use anyhow::{bail, Context, Result};
 use revisor_api::{decode, read_documents, Resource};
 use serde_json::Value;
 
-use crate::client::{Client, SERVING};
+use crate::client::{Client, ROLLOUTS, SERVING};
 
 /// One document to apply, with where it came from.
 struct Item {
     origin: String,
+    /// `service` or `rollout`.
+    kind: &'static str,
     namespace: String,
     name: String,
     value: Value,
@@ -21,7 +23,15 @@ struct Item {
 
 impl Item {
     fn path(&self) -> String {
-        format!("{SERVING}/namespaces/{}/services/{}", self.namespace, self.name)
+        match self.kind {
+            "rollout" => format!("{ROLLOUTS}/namespaces/{}/rollouts/{}", self.namespace, self.name),
+            _ => format!("{SERVING}/namespaces/{}/services/{}", self.namespace, self.name),
+        }
+    }
+
+    /// `service/NAME` or `rollout/NAME`.
+    fn id(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
     }
 }
 
@@ -59,15 +69,20 @@ fn load(files: &[PathBuf], ns_flag: Option<&str>) -> Result<(Vec<Item>, Vec<Stri
         }
         for doc in docs {
             let origin = format!("{shown}: document {}", doc.index);
-            match decode(&doc.value) {
-                Ok(Resource::Service(svc)) => match namespace_of(&svc.metadata.namespace, ns_flag) {
+            let decoded = decode(&doc.value).map(|r| match r {
+                Resource::Service(s) => ("service", s.metadata.namespace.clone(), s.metadata.name.clone()),
+                Resource::Rollout(r) => ("rollout", r.metadata.namespace.clone(), r.metadata.name.clone()),
+            });
+            match decoded {
+                Ok((kind, ns, name)) => match namespace_of(&ns, ns_flag) {
                     Ok(namespace) => {
                         let mut value = doc.value;
                         value["metadata"]["namespace"] = Value::String(namespace.clone());
                         items.push(Item {
                             origin,
+                            kind,
                             namespace,
-                            name: svc.metadata.name.clone(),
+                            name,
                             value,
                         });
                     }
@@ -100,7 +115,7 @@ pub fn run(client: &Client, files: &[PathBuf], ns_flag: Option<&str>, dry_run: b
     for item in &items {
         match client.apply(&item.path(), &item.value, true) {
             Ok((outcome, _)) => outcomes.push(outcome),
-            Err(e) => problems.push(format!("{} (service/{}): {e:#}", item.origin, item.name)),
+            Err(e) => problems.push(format!("{} ({}): {e:#}", item.origin, item.id())),
         }
     }
     if !problems.is_empty() {
@@ -108,16 +123,16 @@ pub fn run(client: &Client, files: &[PathBuf], ns_flag: Option<&str>, dry_run: b
     }
     if dry_run {
         for (item, outcome) in items.iter().zip(outcomes) {
-            println!("service/{} {outcome} (dry run)", item.name);
+            println!("{} {outcome} (dry run)", item.id());
         }
         return Ok(());
     }
     for item in &items {
         let (outcome, stored) = client
             .apply(&item.path(), &item.value, false)
-            .with_context(|| format!("{} (service/{})", item.origin, item.name))?;
-        println!("service/{} {outcome}", item.name);
-        if wait && outcome != "unchanged" {
+            .with_context(|| format!("{} ({})", item.origin, item.id()))?;
+        println!("{} {outcome}", item.id());
+        if wait && outcome != "unchanged" && item.kind == "service" {
             wait_observed(client, item, &stored);
         }
     }

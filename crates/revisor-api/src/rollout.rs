@@ -1,0 +1,485 @@
+//! The `Rollout` resource (revisor.dev/v1alpha1): how a Service's new revisions reach its traffic, step
+//! by step, judged by analysis, with automatic rollback. Its shapes follow Argo Rollouts (canary
+//! `steps`) and Flagger (`interval`, `stepWeight(s)`, `maxWeight`, `threshold`).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::field::{FieldErrors, Path};
+use crate::meta::{Condition, ObjectMeta};
+use crate::units::parse_go_duration;
+
+pub const ROLLOUT_API_VERSION: &str = "revisor.dev/v1alpha1";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    #[serde(default)]
+    pub api_version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: RolloutSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<RolloutStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// The Service whose `spec.traffic` this Rollout owns.
+    #[serde(default)]
+    pub service_ref: ServiceRef,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Checks run every `interval` while a canary takes traffic (Flagger's analysis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+    /// The longest a rollout waits for a canary to become ready or for enough data (Go duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress_deadline: Option<String>,
+    /// After promotion, the previous stable revision stays warm this long, so `undo` is instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_window: Option<String>,
+    /// A paused rollout holds its step (`revisor rollout pause|resume`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRef {
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Strategy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+    /// Blue-green (not implemented yet: refused at admission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Canary {
+    /// Argo Rollouts' shape: the steps in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<Step>>,
+    /// Flagger's shape: every `interval`, move `stepWeight` (or to the next of `stepWeights`) up to
+    /// `maxWeight`, then promote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_weights: Option<Vec<u32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Pause>,
+    /// A blocking analysis: the step ends after `count` successful analysis runs in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<StepAnalysis>,
+    /// Header routes (not implemented yet: refused at admission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_header_route: Option<Value>,
+    /// Mirroring (not implemented yet: refused at admission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_mirror_route: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pause {
+    /// Without a duration the rollout waits for `revisor rollout promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepAnalysis {
+    /// Successful analysis runs in a row that end the step (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// Time between analysis runs, and the window each run looks at (default 30s; Flagger's interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Failed runs before the rollout rolls back (Flagger's threshold; default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<u32>,
+    /// Argo Rollouts' name for `threshold`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_limit: Option<u32>,
+    /// Requests a window needs before a check says anything (default 20); fewer is inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_samples: Option<u64>,
+    #[serde(default)]
+    pub metrics: Vec<MetricCheck>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricCheck {
+    /// `success-rate` (non-5xx share, percent), `latency` (ms at `percentile`), `error-count` (5xx),
+    /// or `request-rate` (requests per second).
+    #[serde(default)]
+    pub name: String,
+    /// For `latency`: the percentile, 0 < p < 100 (default 99).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+    #[serde(default)]
+    pub threshold_range: ThresholdRange,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ThresholdRange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// Flagger's phases.
+pub mod phase {
+    pub const INITIALIZED: &str = "Initialized";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const PAUSED: &str = "Paused";
+    pub const PROMOTING: &str = "Promoting";
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+    pub const ROLLED_BACK: &str = "RolledBack";
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    #[serde(default)]
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_revision: Option<String>,
+    /// The stable revision before the last promotion (what `undo` goes back to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_stable_revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<DateTime<Utc>>,
+    /// A canary that was rolled back; it is not tried again unless `retry` asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_revision: Option<String>,
+    #[serde(default)]
+    pub canary_weight: u32,
+    #[serde(default)]
+    pub current_step: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_analysis_at: Option<DateTime<Utc>>,
+    /// Failed analysis runs of the current canary.
+    #[serde(default)]
+    pub failed_checks: u32,
+    /// Successful analysis runs in a row (for blocking analysis steps).
+    #[serde(default)]
+    pub successful_runs: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Every measurement of the current and previous rollouts (the most recent ones kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<Measurement>,
+    /// Requests from the CLI, taken by the controller at its next step: promote, promote-full,
+    /// abort, retry, undo.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requests: Vec<String>,
+    /// For `undo --to-revision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One check of one metric: its value against its threshold and the verdict.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Measurement {
+    pub time: DateTime<Utc>,
+    pub revision: String,
+    pub step: u32,
+    pub metric: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    #[serde(default)]
+    pub threshold: ThresholdRange,
+    /// Requests in the window.
+    pub samples: u64,
+    /// `Successful`, `Failed` or `Inconclusive`.
+    pub verdict: String,
+}
+
+/// Requests the controller understands in `status.requests`.
+pub const REQUESTS: [&str; 5] = ["promote", "promote-full", "abort", "retry", "undo"];
+
+impl Rollout {
+    pub fn status(&self) -> RolloutStatus {
+        self.status.clone().unwrap_or_default()
+    }
+}
+
+impl Analysis {
+    pub fn interval(&self) -> Duration {
+        self.interval
+            .as_deref()
+            .and_then(|s| parse_go_duration(s).ok())
+            .unwrap_or(Duration::from_secs(30))
+    }
+
+    pub fn failure_limit(&self) -> u32 {
+        self.threshold.or(self.failure_limit).unwrap_or(2).max(1)
+    }
+
+    pub fn min_samples(&self) -> u64 {
+        self.min_samples.unwrap_or(20)
+    }
+}
+
+/// One step of the canary as the controller runs it (Flagger's shape expanded into steps).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunStep {
+    SetWeight(u32),
+    /// `None`: until promoted.
+    Pause(Option<Duration>),
+    /// Successful analysis runs in a row needed.
+    Analysis(u32),
+}
+
+impl RolloutSpec {
+    /// The canary's steps. Flagger's shape becomes, for each weight, set it and run one analysis.
+    pub fn run_steps(&self) -> Vec<RunStep> {
+        let Some(c) = &self.strategy.canary else {
+            return Vec::new();
+        };
+        if let Some(steps) = &c.steps {
+            return steps
+                .iter()
+                .filter_map(|s| {
+                    if let Some(w) = s.set_weight {
+                        Some(RunStep::SetWeight(w))
+                    } else if let Some(p) = &s.pause {
+                        Some(RunStep::Pause(
+                            p.duration.as_deref().and_then(|d| parse_go_duration(d).ok()),
+                        ))
+                    } else {
+                        s.analysis
+                            .as_ref()
+                            .map(|a| RunStep::Analysis(a.count.unwrap_or(1).max(1)))
+                    }
+                })
+                .collect();
+        }
+        let max = c.max_weight.unwrap_or(100).min(100);
+        let weights: Vec<u32> = match (&c.step_weights, c.step_weight) {
+            (Some(ws), _) => ws.iter().copied().filter(|w| *w <= max).collect(),
+            (None, Some(step)) if step > 0 => (1..).map(|i| i * step).take_while(|w| *w <= max).collect(),
+            _ => Vec::new(),
+        };
+        weights
+            .into_iter()
+            .flat_map(|w| [RunStep::SetWeight(w), RunStep::Analysis(1)])
+            .collect()
+    }
+
+    pub fn progress_deadline(&self) -> Duration {
+        self.progress_deadline
+            .as_deref()
+            .and_then(|s| parse_go_duration(s).ok())
+            .unwrap_or(Duration::from_secs(600))
+    }
+
+    pub fn rollback_window(&self) -> Duration {
+        self.rollback_window
+            .as_deref()
+            .and_then(|s| parse_go_duration(s).ok())
+            .unwrap_or(Duration::from_secs(600))
+    }
+}
+
+/// Checks a Rollout; every error with its path.
+pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
+    let mut errs = FieldErrors::default();
+    let spec = Path::root("spec");
+    if let Some(e) = crate::names::dns1123_label_error(&r.metadata.name) {
+        errs.push(Path::root("metadata.name"), e);
+    }
+    if r.spec.service_ref.name.is_empty() {
+        errs.push(spec.field("serviceRef").field("name"), "missing field(s)");
+    }
+    let duration = |errs: &mut FieldErrors, p: Path, v: &Option<String>| {
+        if let Some(v) = v {
+            match parse_go_duration(v) {
+                Ok(d) if d.is_zero() => errs.push(p, "must be greater than 0"),
+                Ok(_) => {}
+                Err(e) => errs.push(p, e),
+            }
+        }
+    };
+    duration(&mut errs, spec.field("progressDeadline"), &r.spec.progress_deadline);
+    duration(&mut errs, spec.field("rollbackWindow"), &r.spec.rollback_window);
+    let strategy = spec.field("strategy");
+    if r.spec.strategy.blue_green.is_some() {
+        errs.push(
+            strategy.field("blueGreen"),
+            "blue-green rollouts are not implemented yet; use strategy.canary",
+        );
+    }
+    match &r.spec.strategy.canary {
+        None if r.spec.strategy.blue_green.is_none() => errs.push(strategy.field("canary"), "missing field(s)"),
+        None => {}
+        Some(c) => {
+            let canary = strategy.field("canary");
+            let flagger = c.step_weight.is_some() || c.step_weights.is_some() || c.max_weight.is_some();
+            match (&c.steps, flagger) {
+                (Some(_), true) => errs.push(
+                    canary.field("steps"),
+                    "set either steps (Argo Rollouts' shape) or stepWeight/stepWeights/maxWeight (Flagger's), not both",
+                ),
+                (None, false) => errs.push(
+                    canary.field("steps"),
+                    "missing: give steps, or stepWeight or stepWeights (with maxWeight)",
+                ),
+                _ => {}
+            }
+            if c.step_weight.is_some() && c.step_weights.is_some() {
+                errs.push(canary.field("stepWeights"), "set stepWeight or stepWeights, not both");
+            }
+            if c.step_weight == Some(0) {
+                errs.push(canary.field("stepWeight"), "must be greater than 0");
+            }
+            if let Some(m) = c.max_weight {
+                if m == 0 || m > 100 {
+                    errs.push(canary.field("maxWeight"), format!("must be in [1, 100], got {m}"));
+                }
+            }
+            if let Some(ws) = &c.step_weights {
+                let mut prev = 0;
+                for (i, w) in ws.iter().enumerate() {
+                    if *w == 0 || *w > 100 || *w <= prev {
+                        errs.push(
+                            canary.field("stepWeights").index(i),
+                            format!("weights must rise within [1, 100], got {w}"),
+                        );
+                    }
+                    prev = *w;
+                }
+            }
+            if flagger && r.spec.analysis.is_none() {
+                errs.push(
+                    spec.field("analysis"),
+                    "Flagger's shape (stepWeight) advances on analysis runs: give spec.analysis",
+                );
+            }
+            for (i, s) in c.steps.iter().flatten().enumerate() {
+                let p = canary.field("steps").index(i);
+                let set = [
+                    s.set_weight.is_some(),
+                    s.pause.is_some(),
+                    s.analysis.is_some(),
+                    s.set_header_route.is_some(),
+                    s.set_mirror_route.is_some(),
+                ]
+                .iter()
+                .filter(|x| **x)
+                .count();
+                if set != 1 {
+                    errs.push(
+                        p.clone(),
+                        "each step is exactly one of setWeight, pause, analysis, setHeaderRoute, setMirrorRoute",
+                    );
+                }
+                if let Some(w) = s.set_weight {
+                    if w > 100 {
+                        errs.push(p.field("setWeight"), format!("must be in [0, 100], got {w}"));
+                    }
+                }
+                if let Some(pause) = &s.pause {
+                    duration(&mut errs, p.field("pause").field("duration"), &pause.duration);
+                }
+                if s.analysis.is_some() && r.spec.analysis.is_none() {
+                    errs.push(
+                        p.field("analysis"),
+                        "an analysis step needs spec.analysis (its metrics)",
+                    );
+                }
+                if s.set_header_route.is_some() {
+                    errs.push(p.field("setHeaderRoute"), "header routes are not implemented yet");
+                }
+                if s.set_mirror_route.is_some() {
+                    errs.push(p.field("setMirrorRoute"), "mirroring is not implemented yet");
+                }
+            }
+        }
+    }
+    if let Some(a) = &r.spec.analysis {
+        let p = spec.field("analysis");
+        duration(&mut errs, p.field("interval"), &a.interval);
+        if a.threshold.is_some() && a.failure_limit.is_some() {
+            errs.push(p.field("failureLimit"), "set threshold or failureLimit, not both");
+        }
+        if a.threshold == Some(0) || a.failure_limit == Some(0) {
+            errs.push(p.field("threshold"), "must be at least 1");
+        }
+        if a.metrics.is_empty() {
+            errs.push(p.field("metrics"), "give at least one metric");
+        }
+        for (i, m) in a.metrics.iter().enumerate() {
+            let mp = p.field("metrics").index(i);
+            if !["success-rate", "latency", "error-count", "request-rate"].contains(&m.name.as_str()) {
+                errs.push(
+                    mp.field("name"),
+                    format!(
+                        "unknown metric {:?}: the built-in ones are success-rate, latency, error-count, request-rate",
+                        m.name
+                    ),
+                );
+            }
+            if let Some(pc) = m.percentile {
+                if m.name != "latency" {
+                    errs.push(mp.field("percentile"), "only the latency metric has a percentile");
+                } else if !(pc > 0.0 && pc < 100.0) {
+                    errs.push(mp.field("percentile"), format!("must be in (0, 100), got {pc}"));
+                }
+            }
+            let t = m.threshold_range;
+            if t.min.is_none() && t.max.is_none() {
+                errs.push(mp.field("thresholdRange"), "give min, max or both");
+            }
+            if let (Some(lo), Some(hi)) = (t.min, t.max) {
+                if lo > hi {
+                    errs.push(mp.field("thresholdRange"), format!("min {lo} is above max {hi}"));
+                }
+            }
+        }
+    }
+    errs.into_result()
+}

@@ -1,0 +1,204 @@
+//! The Rollout controller: a thread that, every quarter second (and at once when a Rollout changes),
+//! steps every Rollout's state machine (revisor-rollout) with its Service's latest revision and, when
+//! an analysis run is due, the canary's window from the data plane; then writes the Rollout's status,
+//! the Service's traffic and the events in one transaction. The Service's own reconcile then resolves
+//! the traffic and the backend moves requests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use revisor_api::meta::Conditions;
+use revisor_api::{ConditionStatus, Revision, Rollout, Service};
+use revisor_rollout::{advance, analysis_due, CanaryState, Counters, Input, Window};
+use revisor_store::{Event, Kind, Store, StoreError};
+
+/// Where analysis reads a revision's cumulative counters (locally the gateway; on Kubernetes,
+/// Prometheus).
+pub trait MetricsSource: Send + Sync {
+    /// The revision's counters summed over every route to it; `None` if the data plane has not seen it.
+    fn counters(&self, namespace: &str, revision: &str) -> Option<Counters>;
+}
+
+const TICK: Duration = Duration::from_millis(250);
+
+/// The baseline of the next analysis window of one Rollout.
+struct Baseline {
+    at: Instant,
+    revision: String,
+    counters: Counters,
+}
+
+pub struct RolloutController {
+    store: Store,
+    metrics: Arc<dyn MetricsSource>,
+    baselines: HashMap<(String, String), Baseline>,
+}
+
+impl RolloutController {
+    pub fn new(store: Store, metrics: Arc<dyn MetricsSource>) -> Self {
+        RolloutController {
+            store,
+            metrics,
+            baselines: HashMap::new(),
+        }
+    }
+
+    pub fn spawn(mut self) -> JoinHandle<()> {
+        let mut rx = self.store.subscribe();
+        std::thread::Builder::new()
+            .name("rollouts".into())
+            .spawn(move || loop {
+                self.tick();
+                let until = Instant::now() + TICK;
+                // Sleep a tick, waking early when a Rollout changes (an operator's request).
+                while Instant::now() < until {
+                    match rx.try_recv() {
+                        Ok(c) if c.kind == Kind::Rollout => break,
+                        Ok(_) => continue,
+                        Err(tokio::sync::broadcast::error::TryRecvError::Closed) => return,
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+            .expect("spawn the rollout controller")
+    }
+
+    /// Steps every Rollout once.
+    pub fn tick(&mut self) {
+        let rollouts = match self.store.list::<Rollout>(None) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("listing rollouts: {e}");
+                return;
+            }
+        };
+        self.baselines.retain(|(ns, name), _| {
+            rollouts
+                .iter()
+                .any(|r| &r.metadata.namespace == ns && &r.metadata.name == name)
+        });
+        for r in rollouts {
+            if let Err(e) = self.step(r) {
+                tracing::warn!("rollout step: {e}");
+            }
+        }
+    }
+
+    /// The canary's window when an analysis run is due: from the baseline taken at the last run.
+    fn window(&mut self, r: &Rollout, canary: &str) -> Option<Window> {
+        let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
+        let now = self
+            .metrics
+            .counters(&r.metadata.namespace, canary)
+            .unwrap_or_else(|| Counters {
+                bounds_ms: Vec::new(),
+                ..Default::default()
+            });
+        let interval = r.spec.analysis.as_ref().map(|a| a.interval()).unwrap_or_default();
+        let fresh = Baseline {
+            at: Instant::now(),
+            revision: canary.to_string(),
+            counters: now.clone(),
+        };
+        match self.baselines.insert(key, fresh) {
+            // A baseline of the same canary at least most of an interval old gives a window.
+            Some(b) if b.revision == canary && b.at.elapsed() >= interval.mul_f64(0.9) => {
+                Some(Window::between(&b.counters, &now, b.at.elapsed().as_secs_f64()))
+            }
+            _ => None,
+        }
+    }
+
+    fn step(&mut self, r: Rollout) -> Result<(), StoreError> {
+        let (ns, name) = (r.metadata.namespace.clone(), r.metadata.name.clone());
+        let Some(svc) = self.store.get::<Service>(&ns, &r.spec.service_ref.name)? else {
+            let mut st = r.status();
+            let msg = format!("service {:?} not found", r.spec.service_ref.name);
+            if st.message.as_deref() != Some(msg.as_str()) {
+                st.message = Some(msg);
+                let mut next = r.clone();
+                next.status = Some(st);
+                self.store.write(|tx| tx.update(next).map(|_| ()))?;
+            }
+            return Ok(());
+        };
+        let latest_name = svc.status().latest_created_revision_name;
+        let latest_rev = match &latest_name {
+            Some(n) => self.store.get::<Revision>(&ns, n)?,
+            None => None,
+        };
+        let latest = latest_name.as_deref().zip(latest_rev.as_ref()).map(|(n, rev)| {
+            let ready = rev
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.get_condition("Ready").cloned());
+            let state = match ready {
+                Some(c) if c.status == ConditionStatus::True => CanaryState::Ready,
+                Some(c) if c.status == ConditionStatus::False => CanaryState::Failed(format!(
+                    "{}: {}",
+                    c.reason.unwrap_or_default(),
+                    c.message.unwrap_or_default()
+                )),
+                _ => CanaryState::Pending,
+            };
+            (n, state)
+        });
+        let now = Utc::now();
+        let window = match (analysis_due(&r, now), r.status().canary_revision) {
+            (true, Some(canary)) => self.window(&r, &canary),
+            (false, Some(canary)) => {
+                // Keep a baseline from the canary's first traffic on.
+                let key = (ns.clone(), name.clone());
+                if self.baselines.get(&key).is_none_or(|b| b.revision != canary) {
+                    self.window(&r, &canary);
+                }
+                None
+            }
+            _ => None,
+        };
+        let store = self.store.clone();
+        let exists = move |rev: &str| store.get::<Revision>(&ns, rev).ok().flatten().is_some();
+        let out = advance(&Input {
+            rollout: &r,
+            latest,
+            exists: &exists,
+            now,
+            window,
+        });
+        let traffic_changed = svc.spec.traffic() != out.traffic.as_slice();
+        if Some(&out.status) == r.status.as_ref() && !traffic_changed && out.events.is_empty() {
+            return Ok(());
+        }
+        let (ns, service) = (r.metadata.namespace.clone(), r.spec.service_ref.name.clone());
+        let result = self.store.write(|tx| {
+            let mut next = r.clone();
+            next.status = Some(out.status.clone());
+            tx.update(next)?;
+            if traffic_changed {
+                if let Some(mut s) = tx.get::<Service>(&ns, &service)? {
+                    s.spec.traffic = Some(out.traffic.clone());
+                    s.metadata.generation = Some(s.generation() + 1);
+                    tx.update(s)?;
+                }
+            }
+            for e in &out.events {
+                let object = format!("Rollout/{}", r.metadata.name);
+                let event = if e.warning {
+                    Event::warning(object, &e.reason, e.message.clone())
+                } else {
+                    Event::normal(object, &e.reason, e.message.clone())
+                };
+                tx.record(&ns, &service, &event)?;
+            }
+            Ok(())
+        });
+        match result {
+            // Someone (an operator's request) wrote the Rollout meanwhile: step again next tick.
+            Err(StoreError::Conflict { .. }) => Ok(()),
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Progressive delivery as pure functions of their inputs: `analysis.rs` turns two readings of a
+//! revision's cumulative counters into a window (requests, errors, latency histogram) and judges it
+//! against a Rollout's metrics; `machine.rs` is the Rollout state machine, which, given the Service's
+//! revisions, the time and (when due) the canary's window, says what the status, the Service's
+//! traffic and the events become. The controller reads the store and the data plane, calls these,
+//! and writes the results in one transaction.
+
+pub mod analysis;
+pub mod machine;
+
+pub use analysis::{evaluate, Counters, Run, Window};
+pub use machine::{advance, analysis_due, CanaryState, Event, Input, Output, CANARY_TAG};

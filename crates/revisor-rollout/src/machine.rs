@@ -1,0 +1,677 @@
+//! The Rollout state machine: one call per controller step, from the Rollout, its Service's latest
+//! revision, the time and (when an analysis run is due) the canary's window, to the new status, the
+//! Service's traffic and the events to record.
+
+use chrono::{DateTime, Utc};
+use revisor_api::rollout::{phase, Rollout, RolloutStatus, RunStep};
+use revisor_api::TrafficTarget;
+
+use crate::analysis::{evaluate, Window};
+
+/// The tag the canary is reachable by during a rollout (`canary-<service>.<ns>.<domain>`).
+pub const CANARY_TAG: &str = "canary";
+/// Measurements kept in a Rollout's status (the most recent).
+pub const MAX_MEASUREMENTS: usize = 200;
+
+/// The latest revision's readiness.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CanaryState {
+    Ready,
+    /// Not ready yet.
+    Pending,
+    /// Ready=False, with its reason and message.
+    Failed(String),
+}
+
+pub struct Input<'a> {
+    pub rollout: &'a Rollout,
+    /// The Service's latest created revision and its readiness.
+    pub latest: Option<(&'a str, CanaryState)>,
+    /// Whether a revision of the Service exists (for `undo --to-revision`).
+    pub exists: &'a dyn Fn(&str) -> bool,
+    pub now: DateTime<Utc>,
+    /// The canary's window since the last analysis run, when a run is due.
+    pub window: Option<Window>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub status: RolloutStatus,
+    /// The Service's `spec.traffic` as it should be.
+    pub traffic: Vec<TrafficTarget>,
+    pub events: Vec<Event>,
+}
+
+/// Whether an analysis run is due: a canary takes traffic (or an analysis step runs) and an interval
+/// has passed since the last run.
+pub fn analysis_due(r: &Rollout, now: DateTime<Utc>) -> bool {
+    let (Some(a), st) = (&r.spec.analysis, r.status()) else {
+        return false;
+    };
+    let active = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED) && st.canary_revision.is_some();
+    let in_analysis_step = matches!(
+        r.spec.run_steps().get(st.current_step as usize),
+        Some(RunStep::Analysis(_))
+    );
+    let last = st.last_analysis_at.unwrap_or(now);
+    active && (st.canary_weight > 0 || in_analysis_step) && (now - last).to_std().unwrap_or_default() >= a.interval()
+}
+
+fn target(revision: Option<&str>, latest: bool, percent: u32, tag: Option<&str>) -> TrafficTarget {
+    TrafficTarget {
+        revision_name: revision.map(str::to_string),
+        latest_revision: Some(latest),
+        percent: Some(percent as i64),
+        tag: tag.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+fn traffic(st: &RolloutStatus) -> Vec<TrafficTarget> {
+    let Some(stable) = st.stable_revision.as_deref() else {
+        return vec![target(None, true, 100, None)];
+    };
+    let canary = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED | phase::PROMOTING)
+        && st.canary_revision.is_some();
+    if canary {
+        vec![
+            target(Some(stable), false, 100 - st.canary_weight.min(100), None),
+            target(None, true, st.canary_weight.min(100), Some(CANARY_TAG)),
+        ]
+    } else {
+        vec![target(Some(stable), false, 100, None)]
+    }
+}
+
+struct Machine<'a> {
+    input: &'a Input<'a>,
+    st: RolloutStatus,
+    events: Vec<Event>,
+}
+
+impl Machine<'_> {
+    fn event(&mut self, warning: bool, reason: &str, message: String) {
+        self.st.message = Some(message.clone());
+        self.events.push(Event {
+            warning,
+            reason: reason.into(),
+            message,
+        });
+    }
+
+    fn start(&mut self, canary: &str) {
+        let now = self.input.now;
+        self.st.phase = phase::PROGRESSING.into();
+        self.st.canary_revision = Some(canary.into());
+        self.st.canary_weight = 0;
+        self.st.current_step = 0;
+        self.st.step_started_at = Some(now);
+        self.st.last_analysis_at = Some(now);
+        self.st.failed_checks = 0;
+        self.st.successful_runs = 0;
+        let stable = self.st.stable_revision.clone().unwrap_or_default();
+        self.event(
+            false,
+            "Progressing",
+            format!("new revision {canary}: starting a canary rollout from {stable}"),
+        );
+    }
+
+    fn roll_back(&mut self, failed: bool, reason: &str, why: String) {
+        let canary = self.st.canary_revision.take().unwrap_or_default();
+        self.st.rejected_revision = Some(canary.clone());
+        self.st.canary_weight = 0;
+        self.st.phase = if failed { phase::FAILED } else { phase::ROLLED_BACK }.into();
+        let stable = self.st.stable_revision.clone().unwrap_or_default();
+        self.event(
+            true,
+            reason,
+            format!("{canary} rolled back, all traffic on {stable}: {why}"),
+        );
+    }
+
+    fn promote(&mut self) {
+        let Some(canary) = self.st.canary_revision.take() else {
+            return;
+        };
+        self.st.previous_stable_revision = self.st.stable_revision.replace(canary.clone());
+        self.st.promoted_at = Some(self.input.now);
+        self.st.canary_weight = 0;
+        self.st.phase = phase::SUCCEEDED.into();
+        let prev = self.st.previous_stable_revision.clone().unwrap_or_default();
+        self.event(
+            false,
+            "Promoted",
+            format!("{canary} promoted: all traffic on it; {prev} can be restored with `revisor rollout undo`"),
+        );
+    }
+
+    fn next_step(&mut self) {
+        self.st.current_step += 1;
+        self.st.step_started_at = Some(self.input.now);
+        self.st.successful_runs = 0;
+    }
+
+    fn since_step(&self) -> std::time::Duration {
+        self.st
+            .step_started_at
+            .map(|t| (self.input.now - t).to_std().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn handle_requests(&mut self) {
+        let requests = std::mem::take(&mut self.st.requests);
+        let progressing = matches!(self.st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+        for req in requests {
+            match req.as_str() {
+                "abort" if progressing => self.roll_back(false, "Aborted", "aborted by `revisor rollout abort`".into()),
+                "promote-full" if progressing => self.promote(),
+                "promote" if progressing => {
+                    let what = match self.input.rollout.spec.run_steps().get(self.st.current_step as usize) {
+                        Some(s) => format!("{s:?}"),
+                        None => "the last step".into(),
+                    };
+                    self.next_step();
+                    self.events.push(Event {
+                        warning: false,
+                        reason: "Promote".into(),
+                        message: format!("step {what} skipped by `revisor rollout promote`"),
+                    });
+                }
+                "retry" if !progressing => {
+                    if let Some(r) = self.st.rejected_revision.take() {
+                        self.events.push(Event {
+                            warning: false,
+                            reason: "Retry".into(),
+                            message: format!("{r} will be rolled out again"),
+                        });
+                    }
+                }
+                "undo" if !progressing => self.undo(),
+                other => self.events.push(Event {
+                    warning: true,
+                    reason: "Ignored".into(),
+                    message: format!("request {other:?} does not apply in phase {}", self.st.phase),
+                }),
+            }
+        }
+    }
+
+    fn undo(&mut self) {
+        let to = self
+            .st
+            .undo_to
+            .take()
+            .or_else(|| self.st.previous_stable_revision.clone());
+        let Some(to) = to else {
+            self.events.push(Event {
+                warning: true,
+                reason: "Ignored".into(),
+                message: "nothing to undo: no previous stable revision".into(),
+            });
+            return;
+        };
+        if !(self.input.exists)(&to) {
+            self.events.push(Event {
+                warning: true,
+                reason: "Ignored".into(),
+                message: format!("cannot undo to {to}: no such revision"),
+            });
+            return;
+        }
+        let from = self.st.stable_revision.replace(to.clone());
+        // The undone revision is not rolled out again by itself.
+        self.st.rejected_revision = from.clone();
+        self.st.previous_stable_revision = from.clone();
+        self.st.phase = phase::SUCCEEDED.into();
+        self.event(
+            false,
+            "Undone",
+            format!("all traffic back on {to} (from {})", from.unwrap_or_default()),
+        );
+    }
+
+    fn run(&mut self) {
+        let input = self.input;
+        let r = input.rollout;
+        if self.st.phase.is_empty() {
+            self.st.phase = phase::INITIALIZED.into();
+        }
+        self.handle_requests();
+        let latest = input.latest.as_ref();
+        // The first ready revision simply becomes stable.
+        if self.st.stable_revision.is_none() {
+            match latest {
+                Some((name, CanaryState::Ready)) => {
+                    self.st.stable_revision = Some(name.to_string());
+                    self.st.phase = phase::SUCCEEDED.into();
+                    self.event(false, "Initialized", format!("{name} is the stable revision"));
+                }
+                _ => self.st.message = Some("waiting for the service's first revision to become ready".into()),
+            }
+            return;
+        }
+        let progressing = matches!(self.st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+        if !progressing {
+            if let Some((name, _)) = latest {
+                let new = Some(*name) != self.st.stable_revision.as_deref()
+                    && Some(*name) != self.st.rejected_revision.as_deref();
+                if new {
+                    self.start(name);
+                }
+            }
+            if !matches!(self.st.phase.as_str(), phase::PROGRESSING) {
+                return;
+            }
+        }
+        // A newer revision replaces the canary: start again with it.
+        if let Some((name, _)) = latest {
+            if Some(*name) != self.st.canary_revision.as_deref() && Some(*name) != self.st.stable_revision.as_deref() {
+                let old = self.st.canary_revision.clone().unwrap_or_default();
+                self.events.push(Event {
+                    warning: false,
+                    reason: "Superseded".into(),
+                    message: format!("{old} superseded by {name} before it finished"),
+                });
+                self.start(name);
+            }
+        }
+        let canary = self.st.canary_revision.clone().unwrap_or_default();
+        let deadline = r.spec.progress_deadline();
+        match latest.map(|(_, s)| s) {
+            Some(CanaryState::Failed(why)) => {
+                let why = format!("the canary revision failed: {why}");
+                return self.roll_back(true, "CanaryFailed", why);
+            }
+            Some(CanaryState::Pending) => {
+                if self.st.canary_weight == 0 && self.since_step() >= deadline {
+                    let why = format!("the canary did not become ready within {deadline:?}");
+                    return self.roll_back(true, "ProgressDeadlineExceeded", why);
+                }
+                self.st.message = Some(format!("waiting for {canary} to become ready"));
+                return;
+            }
+            _ => {}
+        }
+        // Analysis.
+        if let (Some(a), Some(w)) = (&r.spec.analysis, &input.window) {
+            self.st.last_analysis_at = Some(input.now);
+            let run = evaluate(a, w, &canary, self.st.current_step, input.now);
+            self.st.measurements.extend(run.measurements.iter().cloned());
+            let excess = self.st.measurements.len().saturating_sub(MAX_MEASUREMENTS);
+            self.st.measurements.drain(..excess);
+            if run.failed {
+                self.st.failed_checks += 1;
+                self.st.successful_runs = 0;
+                let failed: Vec<String> = run
+                    .measurements
+                    .iter()
+                    .filter(|m| m.verdict == "Failed")
+                    .map(|m| {
+                        format!(
+                            "{} = {} (range {}..{})",
+                            m.metric,
+                            m.value.map(|v| format!("{v:.3}")).unwrap_or_default(),
+                            m.threshold.min.map(|v| v.to_string()).unwrap_or_default(),
+                            m.threshold.max.map(|v| v.to_string()).unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                let limit = a.failure_limit();
+                let why = format!(
+                    "analysis failed {}/{limit} times; last: {}",
+                    self.st.failed_checks,
+                    failed.join(", ")
+                );
+                if self.st.failed_checks >= limit {
+                    return self.roll_back(false, "AnalysisFailed", why);
+                }
+                self.event(true, "AnalysisFailed", why);
+            } else if run.inconclusive {
+                if self.since_step() >= deadline {
+                    let why = format!(
+                        "fewer than {} requests per analysis window for {deadline:?} (progressDeadline)",
+                        a.min_samples()
+                    );
+                    return self.roll_back(false, "NotEnoughData", why);
+                }
+            } else {
+                self.st.successful_runs += 1;
+            }
+        }
+        if r.spec.paused == Some(true) {
+            self.st.phase = phase::PAUSED.into();
+            self.st.message = Some("paused by `revisor rollout pause`".into());
+            return;
+        }
+        self.st.phase = phase::PROGRESSING.into();
+        let steps = r.spec.run_steps();
+        match steps.get(self.st.current_step as usize) {
+            None => self.promote(),
+            Some(RunStep::SetWeight(w)) => {
+                self.st.canary_weight = *w;
+                self.st.message = Some(format!("{canary} at {w}%"));
+                self.next_step();
+            }
+            Some(RunStep::Pause(Some(d))) => {
+                if self.since_step() >= *d {
+                    self.next_step();
+                } else {
+                    self.st.message = Some(format!("pausing {d:?} at {}%", self.st.canary_weight));
+                }
+            }
+            Some(RunStep::Pause(None)) => {
+                self.st.phase = phase::PAUSED.into();
+                self.st.message = Some(format!(
+                    "paused at {}% until `revisor rollout promote`",
+                    self.st.canary_weight
+                ));
+            }
+            Some(RunStep::Analysis(n)) => {
+                if self.st.successful_runs >= *n {
+                    self.next_step();
+                } else {
+                    self.st.message = Some(format!(
+                        "analysing {canary} at {}%: {}/{n} successful runs",
+                        self.st.canary_weight, self.st.successful_runs
+                    ));
+                }
+            }
+        }
+        if self.st.current_step as usize >= steps.len() && self.st.phase == phase::PROGRESSING {
+            self.promote();
+        }
+    }
+}
+
+/// One step of the state machine.
+pub fn advance(input: &Input) -> Output {
+    let mut m = Machine {
+        input,
+        st: input.rollout.status(),
+        events: Vec::new(),
+    };
+    m.st.observed_generation = input.rollout.metadata.generation;
+    m.run();
+    let traffic = traffic(&m.st);
+    Output {
+        status: m.st,
+        traffic,
+        events: m.events,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use revisor_api::rollout::*;
+
+    fn rollout(steps: Vec<Step>, analysis: Option<Analysis>) -> Rollout {
+        Rollout {
+            spec: RolloutSpec {
+                service_ref: ServiceRef { name: "svc".into() },
+                strategy: Strategy {
+                    canary: Some(Canary {
+                        steps: Some(steps),
+                        ..Default::default()
+                    }),
+                    blue_green: None,
+                },
+                analysis,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn weight(w: u32) -> Step {
+        Step {
+            set_weight: Some(w),
+            ..Default::default()
+        }
+    }
+
+    fn pause(d: Option<&str>) -> Step {
+        Step {
+            pause: Some(Pause {
+                duration: d.map(str::to_string),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn analysis(min: f64) -> Analysis {
+        Analysis {
+            interval: Some("10s".into()),
+            threshold: Some(2),
+            min_samples: Some(10),
+            metrics: vec![MetricCheck {
+                name: "success-rate".into(),
+                percentile: None,
+                threshold_range: ThresholdRange {
+                    min: Some(min),
+                    max: None,
+                },
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn window(ok: u64, errors: u64) -> Window {
+        Window {
+            requests: ok + errors,
+            errors,
+            seconds: 10.0,
+            ..Default::default()
+        }
+    }
+
+    struct Sim {
+        r: Rollout,
+        now: DateTime<Utc>,
+        events: Vec<Event>,
+        traffic: Vec<TrafficTarget>,
+    }
+
+    impl Sim {
+        fn new(r: Rollout) -> Sim {
+            Sim {
+                r,
+                now: Utc::now(),
+                events: vec![],
+                traffic: vec![],
+            }
+        }
+
+        fn step(&mut self, latest: &str, state: CanaryState, secs: i64, w: Option<Window>) -> &RolloutStatus {
+            self.now += chrono::Duration::seconds(secs);
+            let out = advance(&Input {
+                rollout: &self.r,
+                latest: Some((latest, state)),
+                exists: &|_| true,
+                now: self.now,
+                window: w,
+            });
+            self.events.extend(out.events);
+            self.traffic = out.traffic;
+            self.r.status = Some(out.status);
+            self.r.status.as_ref().unwrap()
+        }
+
+        fn split(&self) -> Vec<(Option<String>, i64)> {
+            self.traffic
+                .iter()
+                .map(|t| (t.revision_name.clone(), t.percent()))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_good_canary_goes_through_every_step_and_is_promoted() {
+        let mut s = Sim::new(rollout(
+            vec![weight(20), pause(Some("30s")), weight(50), pause(None)],
+            Some(analysis(95.0)),
+        ));
+        assert_eq!(s.step("svc-1", CanaryState::Ready, 0, None).phase, phase::SUCCEEDED);
+        assert_eq!(
+            s.split(),
+            vec![(Some("svc-1".into()), 100)],
+            "the first revision is stable"
+        );
+        assert_eq!(s.step("svc-2", CanaryState::Pending, 1, None).phase, phase::PROGRESSING);
+        assert_eq!(s.split()[1].1, 0, "no traffic before the canary is ready");
+        let st = s.step("svc-2", CanaryState::Ready, 1, None);
+        assert_eq!((st.canary_weight, st.current_step), (20, 1));
+        assert_eq!(s.split(), vec![(Some("svc-1".into()), 80), (None, 20)]);
+        assert_eq!(
+            s.step("svc-2", CanaryState::Ready, 10, Some(window(100, 0)))
+                .current_step,
+            1,
+            "pausing"
+        );
+        assert_eq!(
+            s.step("svc-2", CanaryState::Ready, 25, None).current_step,
+            2,
+            "30s passed"
+        );
+        assert_eq!(s.step("svc-2", CanaryState::Ready, 1, None).canary_weight, 50);
+        let st = s.step("svc-2", CanaryState::Ready, 100, None);
+        assert_eq!(st.phase, phase::PAUSED, "an open pause waits");
+        s.r.status.as_mut().unwrap().requests.push("promote".into());
+        let st = s.step("svc-2", CanaryState::Ready, 1, None).clone();
+        assert_eq!(st.phase, phase::SUCCEEDED, "{st:?}");
+        assert_eq!(st.stable_revision.as_deref(), Some("svc-2"));
+        assert_eq!(st.previous_stable_revision.as_deref(), Some("svc-1"));
+        assert_eq!(s.split(), vec![(Some("svc-2".into()), 100)]);
+        assert!(s.events.iter().any(|e| e.reason == "Promoted"));
+        assert_eq!(st.measurements.len(), 1);
+        assert_eq!(st.measurements[0].verdict, "Successful");
+    }
+
+    #[test]
+    fn failed_checks_roll_back_at_the_threshold_and_the_canary_is_not_retried() {
+        let mut s = Sim::new(rollout(vec![weight(10), pause(Some("10m"))], Some(analysis(99.0))));
+        s.step("svc-1", CanaryState::Ready, 0, None);
+        s.step("svc-2", CanaryState::Ready, 1, None);
+        s.step("svc-2", CanaryState::Ready, 1, None);
+        assert_eq!(s.split()[1].1, 10);
+        let st = s.step("svc-2", CanaryState::Ready, 10, Some(window(50, 50)));
+        assert_eq!((st.phase.as_str(), st.failed_checks), (phase::PROGRESSING, 1));
+        let st = s.step("svc-2", CanaryState::Ready, 10, Some(window(5, 2))).clone();
+        assert_eq!(
+            st.failed_checks, 1,
+            "7 requests < minSamples 10: inconclusive, not failed"
+        );
+        let st2 = s.step("svc-2", CanaryState::Ready, 10, Some(window(40, 60))).clone();
+        assert_eq!(st2.phase, phase::ROLLED_BACK);
+        assert_eq!(st2.rejected_revision.as_deref(), Some("svc-2"));
+        assert!(
+            st2.message
+                .as_deref()
+                .unwrap()
+                .contains("success-rate = 40.000 (range 99.."),
+            "{st2:?}"
+        );
+        assert_eq!(s.split(), vec![(Some("svc-1".into()), 100)]);
+        assert_eq!(
+            s.step("svc-2", CanaryState::Ready, 10, None).phase,
+            phase::ROLLED_BACK,
+            "not retried by itself"
+        );
+        assert_eq!(st.measurements.len(), 2);
+        s.r.status.as_mut().unwrap().requests.push("retry".into());
+        assert_eq!(
+            s.step("svc-2", CanaryState::Ready, 1, None).phase,
+            phase::PROGRESSING,
+            "retry asks again"
+        );
+    }
+
+    #[test]
+    fn a_canary_that_fails_or_never_gets_ready_is_rejected_without_traffic() {
+        let mut s = Sim::new(rollout(vec![weight(50)], None));
+        s.step("svc-1", CanaryState::Ready, 0, None);
+        s.step("svc-2", CanaryState::Pending, 1, None);
+        let st = s.step("svc-2", CanaryState::Failed("ExitCode1: boom".into()), 1, None);
+        assert_eq!(st.phase, phase::FAILED);
+        assert!(st.message.as_deref().unwrap().contains("boom"));
+        assert_eq!(s.split(), vec![(Some("svc-1".into()), 100)]);
+        let mut s = Sim::new(Rollout {
+            spec: RolloutSpec {
+                progress_deadline: Some("60s".into()),
+                ..rollout(vec![weight(50)], None).spec
+            },
+            ..Default::default()
+        });
+        s.step("svc-1", CanaryState::Ready, 0, None);
+        s.step("svc-2", CanaryState::Pending, 1, None);
+        assert_eq!(
+            s.step("svc-2", CanaryState::Pending, 30, None).phase,
+            phase::PROGRESSING
+        );
+        assert_eq!(s.step("svc-2", CanaryState::Pending, 31, None).phase, phase::FAILED);
+    }
+
+    #[test]
+    fn flaggers_shape_steps_on_analysis_and_abort_and_undo_work() {
+        let mut r = rollout(vec![], Some(analysis(90.0)));
+        r.spec.strategy.canary = Some(Canary {
+            step_weight: Some(25),
+            max_weight: Some(50),
+            ..Default::default()
+        });
+        assert_eq!(
+            r.spec.run_steps(),
+            vec![
+                RunStep::SetWeight(25),
+                RunStep::Analysis(1),
+                RunStep::SetWeight(50),
+                RunStep::Analysis(1)
+            ]
+        );
+        let mut s = Sim::new(r);
+        s.step("svc-1", CanaryState::Ready, 0, None);
+        s.step("svc-2", CanaryState::Ready, 1, None);
+        assert_eq!(s.step("svc-2", CanaryState::Ready, 1, None).canary_weight, 25);
+        s.step("svc-2", CanaryState::Ready, 10, Some(window(100, 0)));
+        assert_eq!(s.step("svc-2", CanaryState::Ready, 1, None).canary_weight, 50);
+        s.step("svc-2", CanaryState::Ready, 10, Some(window(100, 0)));
+        assert_eq!(s.step("svc-2", CanaryState::Ready, 1, None).phase, phase::SUCCEEDED);
+        s.r.status.as_mut().unwrap().requests.push("undo".into());
+        let st = s.step("svc-2", CanaryState::Ready, 1, None).clone();
+        assert_eq!(st.stable_revision.as_deref(), Some("svc-1"));
+        assert_eq!(s.split(), vec![(Some("svc-1".into()), 100)]);
+        assert_eq!(
+            s.step("svc-2", CanaryState::Ready, 1, None).phase,
+            phase::SUCCEEDED,
+            "undone: not re-rolled"
+        );
+        s.step("svc-3", CanaryState::Ready, 1, None);
+        s.r.status.as_mut().unwrap().requests.push("abort".into());
+        let st = s.step("svc-3", CanaryState::Ready, 1, None);
+        assert_eq!(st.phase, phase::ROLLED_BACK);
+        assert!(s.events.iter().any(|e| e.reason == "Aborted"));
+    }
+
+    #[test]
+    fn analysis_is_due_every_interval_while_the_canary_has_traffic() {
+        let mut s = Sim::new(rollout(vec![weight(10), pause(None)], Some(analysis(90.0))));
+        s.step("svc-1", CanaryState::Ready, 0, None);
+        s.step("svc-2", CanaryState::Pending, 1, None);
+        assert!(
+            !analysis_due(&s.r, s.now + chrono::Duration::seconds(60)),
+            "no traffic yet"
+        );
+        s.step("svc-2", CanaryState::Ready, 1, None);
+        assert_eq!(s.r.status().canary_weight, 10);
+        assert!(!analysis_due(&s.r, s.now + chrono::Duration::seconds(5)));
+        assert!(analysis_due(&s.r, s.now + chrono::Duration::seconds(10)));
+    }
+}

@@ -1,0 +1,138 @@
+//! The Rollout endpoints: `/apis/revisor.dev/v1alpha1/[namespaces/{ns}/]rollouts[/{name}]`, with the
+//! same apply, create, replace and delete semantics as Services, and `POST .../rollouts/{name}/{action}`
+//! for an operator's request (promote, promote-full, abort, retry, undo, pause, resume).
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use revisor_api::{admit_rollout, Rollout};
+use revisor_controller::ApplyMode;
+use serde_json::Value;
+
+use super::handlers::{blocking, body_document, deleted, dry_run, list, placed, Params};
+use super::{AdminState, ApiError};
+
+pub async fn list_all(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let items = blocking(move || Ok(s.store.list::<Rollout>(None)?)).await?;
+    Ok(list("Rollout", items))
+}
+
+pub async fn list_ns(State(s): State<AdminState>, Path(ns): Path<String>) -> Result<Json<Value>, ApiError> {
+    let items = blocking(move || Ok(s.store.list::<Rollout>(Some(&ns))?)).await?;
+    Ok(list("Rollout", items))
+}
+
+pub async fn get_one(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Rollout>, ApiError> {
+    blocking(move || {
+        s.store
+            .get::<Rollout>(&ns, &name)?
+            .map(Json)
+            .ok_or_else(|| ApiError::NotFound(format!("Rollout \"{ns}/{name}\" not found")))
+    })
+    .await
+}
+
+async fn write(
+    s: AdminState,
+    ns: String,
+    name: Option<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    params: std::collections::HashMap<String, String>,
+    mode: ApplyMode,
+) -> Result<Response, ApiError> {
+    let value = placed(&ns, name.as_deref(), body_document(&headers, body)?)?;
+    let dry_run = dry_run(&params)?;
+    let shown = value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let rollout = admit_rollout(&value).map_err(|e| ApiError::invalid("Rollout", &shown, e))?;
+    let (outcome, stored) = blocking(move || {
+        revisor_controller::apply_rollout(&s.store, rollout, mode, dry_run)
+            .map_err(|e| ApiError::from_apply("Rollout", &shown, e))
+    })
+    .await?;
+    let code = if outcome == revisor_controller::ApplyOutcome::Created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, [("revisor-apply-result", outcome.as_str())], Json(stored)).into_response())
+}
+
+pub async fn create(
+    State(s): State<AdminState>,
+    Path(ns): Path<String>,
+    Query(p): Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    write(s, ns, None, headers, body, p, ApplyMode::Create).await
+}
+
+pub async fn replace(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(p): Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    write(s, ns, Some(name), headers, body, p, ApplyMode::Replace).await
+}
+
+pub async fn apply(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(p): Params,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    write(s, ns, Some(name), headers, body, p, ApplyMode::Apply).await
+}
+
+pub async fn delete(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let n = name.clone();
+    blocking(move || Ok(revisor_controller::delete_rollout(&s.store, &ns, &n)?)).await?;
+    Ok(deleted("rollouts", &name))
+}
+
+/// `POST .../rollouts/{name}/{action}`, body optional: `{"toRevision": "..."}` for undo.
+pub async fn action(
+    State(s): State<AdminState>,
+    Path((ns, name, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<Json<Rollout>, ApiError> {
+    let to: Option<String> = if body.is_empty() {
+        None
+    } else {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::BadRequest(format!("request body is not JSON: {e}")))?;
+        match v.get("toRevision") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(r)) => Some(r.clone()),
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "toRevision must be a revision name, got {other}"
+                )))
+            }
+        }
+    };
+    let shown = name.clone();
+    blocking(move || {
+        revisor_controller::request_rollout(&s.store, &ns, &name, &action, to.as_deref())
+            .map(Json)
+            .map_err(|e| ApiError::from_apply("Rollout", &shown, e))
+    })
+    .await
+}
