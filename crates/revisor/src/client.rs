@@ -109,6 +109,15 @@ impl Client {
         Ok((outcome, resp.json()?))
     }
 
+    /// POST with an optional JSON body.
+    pub fn post(&self, path: &str, body: Option<&Value>) -> Result<Value> {
+        let mut req = self.http.post(self.url(path));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        Ok(self.send(req)?.json()?)
+    }
+
     pub fn put(&self, path: &str, body: &Value) -> Result<Value> {
         Ok(self.send(self.http.put(self.url(path)).json(body))?.json()?)
     }

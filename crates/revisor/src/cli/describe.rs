@@ -11,6 +11,12 @@ pub fn run(client: &Client, kind: Kind, name: &str, ns: &str) -> Result<()> {
     match kind {
         Kind::Services => service(client, name, ns),
         Kind::Revisions => revision(client, name, ns),
+        Kind::Rollouts => {
+            let r: revisor_api::Rollout =
+                client.get(&format!("{}/namespaces/{ns}/rollouts/{name}", crate::client::ROLLOUTS))?;
+            print!("{}", super::rollout::status_text(&r));
+            Ok(())
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `revisor get services|revisions`: kn's columns, or the objects as YAML or JSON.
+//! `revisor get services|revisions|rollouts`: kn's columns, or the objects as YAML or JSON.
 
 use anyhow::Result;
 use revisor_api::{ConditionStatus, Revision, Service};
@@ -7,22 +7,19 @@ use serde_json::Value;
 use super::{print_value, table, Kind, Output};
 use crate::client::{Client, SERVING};
 
-fn collection(kind: &str, ns: Option<&str>) -> String {
+fn collection(kind: Kind, ns: Option<&str>) -> String {
+    let (base, plural) = (kind.base(), kind.plural());
     match ns {
-        Some(ns) => format!("{SERVING}/namespaces/{ns}/{kind}"),
-        None => format!("{SERVING}/{kind}"),
+        Some(ns) => format!("{base}/namespaces/{ns}/{plural}"),
+        None => format!("{base}/{plural}"),
     }
 }
 
 pub fn run(client: &Client, kind: Kind, name: Option<&str>, ns: Option<&str>, output: Output) -> Result<()> {
-    let plural = match kind {
-        Kind::Services => "services",
-        Kind::Revisions => "revisions",
-    };
     let value: Value = match (name, ns) {
-        (Some(n), Some(ns)) => client.get(&format!("{}/{n}", collection(plural, Some(ns))))?,
+        (Some(n), Some(ns)) => client.get(&format!("{}/{n}", collection(kind, Some(ns))))?,
         (Some(n), None) => anyhow::bail!("a name ({n}) needs a namespace: drop --all-namespaces"),
-        (None, ns) => client.get(&collection(plural, ns))?,
+        (None, ns) => client.get(&collection(kind, ns))?,
     };
     if output != Output::Table {
         return print_value(&value, output);
@@ -35,6 +32,7 @@ pub fn run(client: &Client, kind: Kind, name: Option<&str>, ns: Option<&str>, ou
     match kind {
         Kind::Services => services_table(items, all_ns),
         Kind::Revisions => revisions_table(client, items, all_ns),
+        Kind::Rollouts => super::rollout::table(items, all_ns),
     }
 }
 

@@ -3,6 +3,7 @@
 mod apply;
 mod describe;
 mod get;
+mod rollout;
 mod table;
 mod traffic;
 
@@ -154,6 +155,11 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Operate a Rollout: status, watch, promote, abort, retry, pause, resume, undo.
+    Rollout {
+        #[command(subcommand)]
+        command: rollout::RolloutCommand,
+    },
     /// Show a service's events.
     Events {
         service: String,
@@ -176,6 +182,26 @@ pub enum Kind {
     Services,
     #[value(alias = "revision", alias = "rev")]
     Revisions,
+    #[value(alias = "rollout", alias = "ro")]
+    Rollouts,
+}
+
+impl Kind {
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Services => "services",
+            Kind::Revisions => "revisions",
+            Kind::Rollouts => "rollouts",
+        }
+    }
+
+    /// The API group path the kind lives under.
+    pub fn base(self) -> &'static str {
+        match self {
+            Kind::Rollouts => crate::client::ROLLOUTS,
+            _ => crate::client::SERVING,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -260,14 +286,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Describe { kind, name, namespace } => describe::run(&client, kind, &name, &namespace),
         Command::Delete { kind, name, namespace } => {
-            let plural = match kind {
-                Kind::Services => "services",
-                Kind::Revisions => "revisions",
-            };
-            client.delete(&format!(
-                "{}/namespaces/{namespace}/{plural}/{name}",
-                crate::client::SERVING
-            ))?;
+            let plural = kind.plural();
+            client.delete(&format!("{}/namespaces/{namespace}/{plural}/{name}", kind.base()))?;
             println!("{}/{name} deleted", &plural[..plural.len() - 1]);
             Ok(())
         }
@@ -299,6 +319,15 @@ pub fn run(cli: Cli) -> Result<()> {
             namespace,
             output,
         } => describe::events(&client, &service, &namespace, output),
+        Command::Rollout { command } => {
+            let code = rollout::run(&client, command)?;
+            if code != 0 {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::process::exit(code);
+            }
+            Ok(())
+        }
     }
 }
 

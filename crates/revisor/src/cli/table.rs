@@ -4,13 +4,20 @@ use chrono::{DateTime, Utc};
 
 /// Prints rows under headers, columns padded to their widest cell, three spaces apart.
 pub fn print(headers: &[&str], rows: &[Vec<String>]) {
+    let mut out = Vec::new();
+    write(&mut out, headers, rows);
+    print!("{}", String::from_utf8_lossy(&out));
+}
+
+/// [`print`] into a buffer.
+pub fn write(buf: &mut Vec<u8>, headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
+    let mut line = |cells: Vec<&str>| {
         let mut out = String::new();
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
@@ -19,7 +26,8 @@ pub fn print(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}   ", w = *w));
             }
         }
-        println!("{}", out.trim_end());
+        buf.extend_from_slice(out.trim_end().as_bytes());
+        buf.push(b'\n');
     };
     line(headers.to_vec());
     for row in rows {

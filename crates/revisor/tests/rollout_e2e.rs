@@ -1,0 +1,233 @@
+//! Rollouts end to end, with real processes under continuous load: a good canary is promoted through
+//! its steps, a canary answering 5xx and a slow one are rolled back by analysis with the reason, the
+//! only failed requests are the faulty canary's own, `undo` moves traffic back at once, and a kill -9
+//! of the server mid-rollout resumes at the same step.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const ROLLOUT: &str = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  serviceRef:
+    name: web
+  strategy:
+    canary:
+      steps:
+        - setWeight: 20
+        - analysis: {count: 1}
+        - setWeight: 50
+        - analysis: {count: 1}
+  analysis:
+    interval: 2s
+    threshold: 2
+    minSamples: 10
+    metrics:
+      - name: success-rate
+        thresholdRange: {min: 95}
+      - name: latency
+        percentile: 99
+        thresholdRange: {max: 150}
+";
+
+fn rollout_json(s: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(s, &["get", "rollout", "web", "-o", "json"])).unwrap()
+}
+
+fn phase(s: &str) -> String {
+    rollout_json(s)["status"]["phase"].as_str().unwrap_or("").to_string()
+}
+
+fn web(version: &str, env: &[(&str, &str)]) -> String {
+    let mut all = vec![("VERSION", version)];
+    all.extend_from_slice(env);
+    upstream_service("web", &all, &[("autoscaling.knative.dev/min-scale", "1")], "")
+}
+
+/// Runs `revisor rollout watch web` to its end: (exit code, output).
+fn watch(s: &str) -> (i32, String) {
+    let r = cli(s, &["rollout", "watch", "web"]);
+    (r.code, format!("{}{}", r.stdout, r.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn promote_then_roll_back_under_load_then_undo() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.clone();
+    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
+    apply(&s, dir.path(), "rollout.yaml", ROLLOUT);
+    wait_ready(&s, "web", &["web-00001"]);
+    wait_until("the first revision to become stable", Duration::from_secs(10), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    let listing = ok(&s, &["get", "rollouts"]);
+    assert!(
+        listing.starts_with("NAME") && listing.contains("web-00001"),
+        "{listing}"
+    );
+
+    let load = Load::start(server.gateway_addr(), "web.default.localhost", 5, 60);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // A good canary: promoted through every step.
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
+    let started = Instant::now();
+    let (code, out) = tokio::task::spawn_blocking({
+        let s = s.clone();
+        move || watch(&s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "promoted:\n{out}");
+    assert!(
+        out.contains("20%") && out.contains("50%"),
+        "went through the steps:\n{out}"
+    );
+    let r = rollout_json(&s);
+    assert_eq!(r["status"]["phase"], "Succeeded");
+    assert_eq!(r["status"]["stableRevision"], "web-00002");
+    assert!(started.elapsed() < Duration::from_secs(40), "{:?}", started.elapsed());
+    let svc = service_json(&s, "web");
+    assert_eq!(
+        svc["spec"]["traffic"][0]["revisionName"], "web-00002",
+        "{}",
+        svc["spec"]
+    );
+    assert_eq!(svc["spec"]["traffic"][0]["percent"], 100);
+
+    // A canary answering 500 to half its requests: rolled back by analysis.
+    apply(&s, dir.path(), "web.yaml", &web("v3", &[("FAIL_PERCENT", "50")]));
+    let (code, out) = tokio::task::spawn_blocking({
+        let s = s.clone();
+        move || watch(&s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "rolled back:\n{out}");
+    let r = rollout_json(&s);
+    assert_eq!(r["status"]["phase"], "RolledBack", "{}", r["status"]);
+    assert_eq!(r["status"]["stableRevision"], "web-00002");
+    assert_eq!(r["status"]["rejectedRevision"], "web-00003");
+    let msg = r["status"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("success-rate"), "the reason names the metric: {msg}");
+    let events = ok(&s, &["events", "web"]);
+    assert!(events.contains("AnalysisFailed"), "{events}");
+    // The fault began when the canary got traffic; the rollback came within interval × threshold
+    // (2 s × 2) plus a tick and a window's slack.
+    let failed: Vec<&serde_json::Value> = r["status"]["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["revision"] == "web-00003" && m["verdict"] == "Failed")
+        .collect();
+    assert!(
+        failed.len() >= 2,
+        "every measurement is kept: {}",
+        r["status"]["measurements"]
+    );
+    let t = |m: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(m["time"].as_str().unwrap()).unwrap();
+    let span = t(failed.last().unwrap()) - t(failed.first().unwrap());
+    assert!(
+        span <= chrono::Duration::seconds(5),
+        "two failed runs within ~2 intervals: {span}"
+    );
+
+    // Undo: back to web-00001 at once.
+    let t0 = Instant::now();
+    ok(&s, &["rollout", "undo", "web"]);
+    wait_until("undo", Duration::from_secs(5), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    wait_until("traffic back on web-00001", Duration::from_secs(5), || {
+        service_json(&s, "web")["status"]["traffic"][0]["revisionName"] == "web-00001"
+    });
+    let undo_time = t0.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (ok_count, rate, failures) = load.stop().await;
+    eprintln!("{ok_count} requests at {rate:.0}/s, undo took {undo_time:?}");
+    assert!(rate >= 200.0, "load of at least 200 requests/s: {rate}");
+    assert!(undo_time < Duration::from_secs(2), "{undo_time:?}");
+    // The only failures: web-00003's own 500s, before the rollback.
+    let foreign: Vec<&String> = failures.iter().filter(|f| !f.starts_with("500: web-00003")).collect();
+    assert!(foreign.is_empty(), "requests failed because traffic moved: {foreign:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_is_rolled_back_on_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.clone();
+    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
+    apply(&s, dir.path(), "rollout.yaml", ROLLOUT);
+    wait_until("stable", Duration::from_secs(20), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    let load = Load::start(server.gateway_addr(), "web.default.localhost", 8, 30);
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[("LATENCY_MS", "300")]));
+    let (code, out) = tokio::task::spawn_blocking({
+        let s = s.clone();
+        move || watch(&s)
+    })
+    .await
+    .unwrap();
+    let (_, _, failures) = load.stop().await;
+    assert_eq!(code, 1, "{out}");
+    let msg = rollout_json(&s)["status"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("latency-p99"), "{msg}");
+    assert!(failures.is_empty(), "a slow canary fails no request: {failures:?}");
+}
+
+#[test]
+fn kill_9_mid_rollout_resumes_at_the_same_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gateway = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_on(&data, &gateway);
+    let s = server.admin.clone();
+    let paused = ROLLOUT.replace(
+        "        - analysis: {count: 1}\n        - setWeight: 50",
+        "        - pause: {}\n        - setWeight: 50",
+    );
+    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
+    apply(&s, dir.path(), "rollout.yaml", &paused);
+    wait_until("stable", Duration::from_secs(20), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
+    wait_until("paused at 20%", Duration::from_secs(20), || phase(&s) == "Paused");
+    let before = rollout_json(&s)["status"].clone();
+    assert_eq!(before["canaryWeight"], 20);
+    server.kill9();
+
+    let server = Server::start_on(&data, &gateway);
+    let s = server.admin.clone();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = rollout_json(&s)["status"].clone();
+    assert_eq!(
+        (
+            &after["phase"],
+            &after["currentStep"],
+            &after["canaryWeight"],
+            &after["canaryRevision"]
+        ),
+        (
+            &before["phase"],
+            &before["currentStep"],
+            &before["canaryWeight"],
+            &before["canaryRevision"]
+        ),
+        "resumed where it stopped"
+    );
+    let svc = service_json(&s, "web");
+    assert_eq!(svc["spec"]["traffic"][1]["percent"], 20, "{}", svc["spec"]);
+    ok(&s, &["rollout", "promote", "web", "--full"]);
+    wait_until("promoted", Duration::from_secs(10), || phase(&s) == "Succeeded");
+    assert_eq!(rollout_json(&s)["status"]["stableRevision"], "web-00002");
+}
