@@ -4,5 +4,6 @@ pub mod admin;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod model_server;
 pub mod server;

@@ -155,6 +155,9 @@ pub enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Show the whole thing in a minute or two: a model rolled out to live traffic, a canary
+    /// promoted on live metrics, a faulty one rolled back by itself. Needs nothing else running.
+    Demo,
     /// Operate a Rollout: status, watch, promote, abort, retry, pause, resume, undo.
     Rollout {
         #[command(subcommand)]
@@ -261,11 +264,12 @@ pub fn run(cli: Cli) -> Result<()> {
             return crate::model_server::run(&source, name, version, host, *port, batching);
         }
         Command::ExampleModels { out } => return crate::model_server::write_examples(out),
+        Command::Demo => return crate::demo::run(),
         _ => {}
     }
     let client = Client::new(&cli.server)?;
     match cli.command {
-        Command::Serve { .. } | Command::ModelServer { .. } | Command::ExampleModels { .. } => {
+        Command::Serve { .. } | Command::ModelServer { .. } | Command::ExampleModels { .. } | Command::Demo => {
             unreachable!("handled above")
         }
         Command::Apply {
@@ -329,6 +333,11 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints an aligned table (for other modules of the binary).
+pub fn table_print(headers: &[&str], rows: &[Vec<String>]) {
+    table::print(headers, rows)
 }
 
 /// Prints a value as YAML or JSON.
