@@ -142,18 +142,20 @@ fn apply(client: &Client, path: &str, yaml: &str) -> Result<()> {
     Ok(())
 }
 
+/// Per model version: latencies (ms) of answered requests, and failures.
+type Seen = BTreeMap<String, (Vec<f64>, u64)>;
+
 /// Live traffic: `workers` threads posting one V2 inference each, about `rps` in all.
 struct Traffic {
     stop: Arc<AtomicBool>,
-    /// Per model version: latencies (ms) of answered requests, and failures.
-    seen: Arc<Mutex<BTreeMap<String, (Vec<f64>, u64)>>>,
+    seen: Arc<Mutex<Seen>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Traffic {
     fn start(gateway: &str, workers: usize, rps: u64) -> Traffic {
         let stop = Arc::new(AtomicBool::new(false));
-        let seen: Arc<Mutex<BTreeMap<String, (Vec<f64>, u64)>>> = Arc::default();
+        let seen: Arc<Mutex<Seen>> = Arc::default();
         let url = format!("http://{gateway}/v2/models/tabular/infer");
         let body = json!({ "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2] }] })
             .to_string();
@@ -206,7 +208,7 @@ impl Traffic {
         Traffic { stop, seen, threads }
     }
 
-    fn stop(self) -> BTreeMap<String, (Vec<f64>, u64)> {
+    fn stop(self) -> Seen {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads {
             let _ = t.join();
