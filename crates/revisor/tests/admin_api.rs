@@ -250,3 +250,121 @@ async fn delete_removes_the_service_and_everything_it_owns() {
         StatusCode::NOT_FOUND
     );
 }
+
+const ROLLOUTS: &str = "/apis/revisor.dev/v1alpha1/namespaces/default/rollouts";
+
+fn rollout(name: &str, service: &str) -> String {
+    format!(
+        "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: {name}\nspec:\n  serviceRef:\n    name: {service}\n  strategy:\n    canary:\n      steps: [{{setWeight: 10}}, {{pause: {{}}}}]\n"
+    )
+}
+
+#[tokio::test]
+async fn rollouts_apply_list_act_and_refuse_what_is_wrong() {
+    let api = Api::new();
+    let ty = "application/apply-patch+yaml";
+    let (s, outcome, v) = api
+        .call("PATCH", &format!("{ROLLOUTS}/web"), ty, rollout("web", "web"))
+        .await;
+    assert_eq!((s, outcome.as_deref()), (StatusCode::CREATED, Some("created")), "{v}");
+    let (s, outcome, _) = api
+        .call("PATCH", &format!("{ROLLOUTS}/web"), ty, rollout("web", "web"))
+        .await;
+    assert_eq!((s, outcome.as_deref()), (StatusCode::OK, Some("unchanged")));
+    let (s, v) = api.get(ROLLOUTS).await;
+    assert_eq!(
+        (s, v["kind"].as_str(), v["items"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some("RolloutList"), Some(1))
+    );
+
+    let (s, _, v) = api
+        .call("PATCH", &format!("{ROLLOUTS}/other"), ty, rollout("other", "web"))
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(v["details"]["causes"][0]["field"], "spec.serviceRef.name", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rollout.revisor.dev \"other\" is invalid"),
+        "{v}"
+    );
+
+    let bad = "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: bad\nspec:\n  serviceRef:\n    name: x\n  strategy:\n    canary:\n      steps: [{setWeight: 101}]\n";
+    let (s, _, v) = api.call("PATCH", &format!("{ROLLOUTS}/bad"), ty, bad).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        v["details"]["causes"][0]["field"],
+        "spec.strategy.canary.steps[0].setWeight"
+    );
+    assert_eq!(
+        api.get(&format!("{ROLLOUTS}/bad")).await.0,
+        StatusCode::NOT_FOUND,
+        "nothing written"
+    );
+
+    let (s, _, v) = api
+        .call("POST", &format!("{ROLLOUTS}/web/promote"), "application/json", "")
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["status"]["requests"][0], "promote");
+    let (s, _, v) = api
+        .call("POST", &format!("{ROLLOUTS}/web/pause"), "application/json", "")
+        .await;
+    assert_eq!((s, v["spec"]["paused"].as_bool()), (StatusCode::OK, Some(true)));
+    let (s, _, v) = api
+        .call("POST", &format!("{ROLLOUTS}/web/explode"), "application/json", "")
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("unknown action \"explode\""),
+        "{v}"
+    );
+    let (s, _, v) = api
+        .call(
+            "POST",
+            &format!("{ROLLOUTS}/web/undo"),
+            "application/json",
+            r#"{"toRevision": "nope-00009"}"#,
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("does not exist"), "{v}");
+    let (s, _, _) = api
+        .call("POST", &format!("{ROLLOUTS}/ghost/abort"), "application/json", "")
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = api
+        .call("DELETE", &format!("{ROLLOUTS}/web"), "application/json", "")
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(api.get(&format!("{ROLLOUTS}/web")).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_rollout_owns_its_services_traffic() {
+    let api = Api::new();
+    let svc = |image: &str, traffic: &str| {
+        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - image: {image}\n{traffic}")
+    };
+    api.apply("web", &svc("img:1", "")).await;
+    let ty = "application/apply-patch+yaml";
+    api.call("PATCH", &format!("{ROLLOUTS}/web"), ty, rollout("web", "web"))
+        .await;
+    let before = api.get(&format!("{SVC}/web")).await.1["spec"]["traffic"].clone();
+    let (s, _, v) = api
+        .apply(
+            "web",
+            &svc(
+                "img:2",
+                "  traffic:\n    - latestRevision: true\n      percent: 100\n      tag: mine\n",
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v["spec"]["template"]["spec"]["containers"][0]["image"], "img:2",
+        "the template changes"
+    );
+    assert_eq!(v["spec"]["traffic"], before, "the traffic stays the Rollout's");
+}

@@ -1,0 +1,121 @@
+//! Table-driven admission tests for Rollouts: each bad manifest is refused with its field path.
+
+use revisor_api::{admit_rollout, read_documents};
+
+fn rollout(spec: &str) -> String {
+    format!("apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: web\nspec:\n  serviceRef:\n    name: web\n{spec}")
+}
+
+const STEPS: &str =
+    "  strategy:\n    canary:\n      steps:\n        - setWeight: 20\n        - pause: {duration: 30s}\n";
+const ANALYSIS: &str =
+    "  analysis:\n    interval: 10s\n    metrics:\n      - name: success-rate\n        thresholdRange: {min: 99}\n";
+
+fn errors(yaml: &str) -> Vec<String> {
+    let docs = read_documents(yaml).expect("test manifest parses");
+    match admit_rollout(&docs[0].value) {
+        Ok(_) => vec![],
+        Err(e) => e.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn valid_rollouts() {
+    assert_eq!(errors(&rollout(STEPS)), Vec::<String>::new());
+    assert_eq!(errors(&rollout(&format!("{STEPS}{ANALYSIS}"))), Vec::<String>::new());
+    let flagger = format!("  strategy:\n    canary:\n      stepWeight: 10\n      maxWeight: 50\n{ANALYSIS}");
+    assert_eq!(errors(&rollout(&flagger)), Vec::<String>::new());
+}
+
+#[test]
+fn bad_rollouts_are_refused_with_their_paths() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: web\nspec:\n  strategy:\n    canary:\n      steps: [{setWeight: 10}]\n".into(),
+            "spec.serviceRef.name",
+            "missing",
+        ),
+        (rollout("  strategy: {}\n"), "spec.strategy.canary", "missing"),
+        (rollout("  strategy:\n    canary: {}\n"), "spec.strategy.canary.steps", "give steps"),
+        (
+            rollout("  strategy:\n    canary:\n      steps: [{setWeight: 10}]\n      stepWeight: 10\n"),
+            "spec.strategy.canary.steps",
+            "not both",
+        ),
+        (
+            rollout("  strategy:\n    canary:\n      steps: [{setWeight: 120}]\n"),
+            "spec.strategy.canary.steps[0].setWeight",
+            "[0, 100]",
+        ),
+        (
+            rollout("  strategy:\n    canary:\n      steps: [{setWeight: 10, pause: {}}]\n"),
+            "spec.strategy.canary.steps[0]",
+            "exactly one of",
+        ),
+        (
+            rollout("  strategy:\n    canary:\n      steps: [{pause: {duration: soon}}]\n"),
+            "spec.strategy.canary.steps[0].pause.duration",
+            "",
+        ),
+        (
+            rollout("  strategy:\n    canary:\n      steps: [{analysis: {count: 2}}]\n"),
+            "spec.strategy.canary.steps[0].analysis",
+            "needs spec.analysis",
+        ),
+        (
+            rollout("  strategy:\n    canary:\n      steps: [{setHeaderRoute: {match: []}}]\n"),
+            "spec.strategy.canary.steps[0].setHeaderRoute",
+            "not implemented yet",
+        ),
+        (
+            rollout("  strategy:\n    blueGreen: {}\n"),
+            "spec.strategy.blueGreen",
+            "not implemented yet",
+        ),
+        (
+            rollout("  strategy:\n    canary:\n      stepWeights: [10, 5]\n  analysis:\n    metrics: [{name: success-rate, thresholdRange: {min: 1}}]\n"),
+            "spec.strategy.canary.stepWeights[1]",
+            "must rise",
+        ),
+        (
+            rollout("  strategy:\n    canary:\n      stepWeight: 10\n"),
+            "spec.analysis",
+            "give spec.analysis",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: accuracy, thresholdRange: {{min: 1}}}}]\n")),
+            "spec.analysis.metrics[0].name",
+            "unknown metric \"accuracy\"",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: success-rate}}]\n")),
+            "spec.analysis.metrics[0].thresholdRange",
+            "give min, max or both",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: latency, percentile: 100, thresholdRange: {{max: 1}}}}]\n")),
+            "spec.analysis.metrics[0].percentile",
+            "(0, 100)",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    threshold: 2\n    failureLimit: 2\n    metrics: [{{name: error-count, thresholdRange: {{max: 1}}}}]\n")),
+            "spec.analysis.failureLimit",
+            "not both",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: success-rate, thresholdRange: {{min: 9, max: 1}}}}]\n")),
+            "spec.analysis.metrics[0].thresholdRange",
+            "above max",
+        ),
+        (rollout(&format!("{STEPS}  progressDeadline: 0s\n")), "spec.progressDeadline", "greater than 0"),
+        (rollout(&format!("{STEPS}  colour: blue\n")), "spec.colour", "unknown field"),
+    ];
+    for (yaml, path, msg) in cases {
+        let errs = errors(&yaml);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{path}:")) && e.contains(msg)),
+            "want {path}: ...{msg}... for\n{yaml}\ngot {errs:?}"
+        );
+    }
+}
