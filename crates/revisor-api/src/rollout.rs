@@ -147,8 +147,21 @@ pub struct MetricCheck {
     /// For `latency`: the percentile, 0 < p < 100 (default 99).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentile: Option<f64>,
+    /// Absolute bounds on the canary's value (optional when `relativeTo` judges it).
     #[serde(default)]
     pub threshold_range: ThresholdRange,
+    /// `stable`: judge the canary against the stable revision over the same window, so a slow or
+    /// noisy baseline does not fail a good canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relative_to: Option<String>,
+    /// With `relativeTo` (latency, request-rate): the canary's value may be at most this many times
+    /// the stable one's (e.g. 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ratio: Option<f64>,
+    /// With `relativeTo` (success-rate, error-count): fail only if the canary's error rate is higher
+    /// than the stable one's by a one-sided two-proportion z-test at this confidence (e.g. 0.95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -232,6 +245,12 @@ pub struct Measurement {
     pub value: Option<f64>,
     #[serde(default)]
     pub threshold: ThresholdRange,
+    /// The stable revision's value over the same window, for a relative check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<f64>,
+    /// How the relative check judged (`<= 1.2 × stable`, `z = 3.1 > 1.64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<String>,
     /// Requests in the window.
     pub samples: u64,
     /// `Successful`, `Failed` or `Inconclusive`.
@@ -471,8 +490,39 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
                 }
             }
             let t = m.threshold_range;
-            if t.min.is_none() && t.max.is_none() {
-                errs.push(mp.field("thresholdRange"), "give min, max or both");
+            match m.relative_to.as_deref() {
+                None => {
+                    if t.min.is_none() && t.max.is_none() {
+                        errs.push(mp.field("thresholdRange"), "give min, max or both");
+                    }
+                    if m.max_ratio.is_some() || m.confidence.is_some() {
+                        errs.push(
+                            mp.field("relativeTo"),
+                            "maxRatio and confidence need relativeTo: stable",
+                        );
+                    }
+                }
+                Some("stable") => {
+                    let ratio_metric = matches!(m.name.as_str(), "latency" | "request-rate");
+                    match (ratio_metric, m.max_ratio, m.confidence) {
+                        (true, Some(r), None) if r > 0.0 => {}
+                        (true, Some(r), None) => errs.push(mp.field("maxRatio"), format!("must be greater than 0, got {r}")),
+                        (true, _, _) => errs.push(
+                            mp.field("maxRatio"),
+                            format!("{} relative to stable is judged by maxRatio (and not confidence)", m.name),
+                        ),
+                        (false, None, Some(c)) if c > 0.5 && c < 1.0 => {}
+                        (false, None, Some(c)) => errs.push(mp.field("confidence"), format!("must be in (0.5, 1), got {c}")),
+                        (false, _, _) => errs.push(
+                            mp.field("confidence"),
+                            format!(
+                                "{} relative to stable is judged by a two-proportion test: give confidence (and not maxRatio)",
+                                m.name
+                            ),
+                        ),
+                    }
+                }
+                Some(other) => errs.push(mp.field("relativeTo"), format!("must be \"stable\", got {other:?}")),
             }
             if let (Some(lo), Some(hi)) = (t.min, t.max) {
                 if lo > hi {

@@ -25,6 +25,10 @@ fn valid_rollouts() {
     assert_eq!(errors(&rollout(&format!("{STEPS}{ANALYSIS}"))), Vec::<String>::new());
     let flagger = format!("  strategy:\n    canary:\n      stepWeight: 10\n      maxWeight: 50\n{ANALYSIS}");
     assert_eq!(errors(&rollout(&flagger)), Vec::<String>::new());
+    let relative = format!(
+        "{STEPS}  analysis:\n    metrics:\n      - {{name: latency, relativeTo: stable, maxRatio: 1.2}}\n      - {{name: success-rate, relativeTo: stable, confidence: 0.95, thresholdRange: {{min: 90}}}}\n"
+    );
+    assert_eq!(errors(&rollout(&relative)), Vec::<String>::new());
 }
 
 #[test]
@@ -108,6 +112,31 @@ fn bad_rollouts_are_refused_with_their_paths() {
             "above max",
         ),
         (rollout(&format!("{STEPS}  progressDeadline: 0s\n")), "spec.progressDeadline", "greater than 0"),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: latency, relativeTo: baseline, maxRatio: 1.2}}]\n")),
+            "spec.analysis.metrics[0].relativeTo",
+            "must be \"stable\"",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: latency, relativeTo: stable, confidence: 0.9}}]\n")),
+            "spec.analysis.metrics[0].maxRatio",
+            "judged by maxRatio",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: success-rate, relativeTo: stable, confidence: 1.5}}]\n")),
+            "spec.analysis.metrics[0].confidence",
+            "(0.5, 1)",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: error-count, relativeTo: stable, maxRatio: 2}}]\n")),
+            "spec.analysis.metrics[0].confidence",
+            "two-proportion test",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: latency, maxRatio: 2, thresholdRange: {{max: 1}}}}]\n")),
+            "spec.analysis.metrics[0].relativeTo",
+            "need relativeTo",
+        ),
         (rollout(&format!("{STEPS}  colour: blue\n")), "spec.colour", "unknown field"),
     ];
     for (yaml, path, msg) in cases {

@@ -29,6 +29,8 @@ struct Baseline {
     at: Instant,
     revision: String,
     counters: Counters,
+    /// The stable revision's counters at the same moment (for checks relative to stable).
+    stable: Option<(String, Counters)>,
 }
 
 pub struct RolloutController {
@@ -87,28 +89,34 @@ impl RolloutController {
         }
     }
 
-    /// The canary's window when an analysis run is due: from the baseline taken at the last run.
-    fn window(&mut self, r: &Rollout, canary: &str) -> Option<Window> {
-        let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
-        let now = self
-            .metrics
-            .counters(&r.metadata.namespace, canary)
-            .unwrap_or_else(|| Counters {
-                bounds_ms: Vec::new(),
-                ..Default::default()
-            });
+    /// The canary's (and the stable revision's) window when an analysis run is due: from the
+    /// baseline taken at the last run.
+    fn window(&mut self, r: &Rollout, canary: &str) -> (Option<Window>, Option<Window>) {
+        let ns = &r.metadata.namespace;
+        let key = (ns.clone(), r.metadata.name.clone());
+        let now = self.metrics.counters(ns, canary).unwrap_or_default();
+        let stable = r
+            .status()
+            .stable_revision
+            .map(|s| (s.clone(), self.metrics.counters(ns, &s).unwrap_or_default()));
         let interval = r.spec.analysis.as_ref().map(|a| a.interval()).unwrap_or_default();
         let fresh = Baseline {
             at: Instant::now(),
             revision: canary.to_string(),
             counters: now.clone(),
+            stable: stable.clone(),
         };
         match self.baselines.insert(key, fresh) {
             // A baseline of the same canary at least most of an interval old gives a window.
             Some(b) if b.revision == canary && b.at.elapsed() >= interval.mul_f64(0.9) => {
-                Some(Window::between(&b.counters, &now, b.at.elapsed().as_secs_f64()))
+                let secs = b.at.elapsed().as_secs_f64();
+                let stable_window = match (b.stable, stable) {
+                    (Some((n0, c0)), Some((n1, c1))) if n0 == n1 => Some(Window::between(&c0, &c1, secs)),
+                    _ => None,
+                };
+                (Some(Window::between(&b.counters, &now, secs)), stable_window)
             }
-            _ => None,
+            _ => (None, None),
         }
     }
 
@@ -147,7 +155,7 @@ impl RolloutController {
             (n, state)
         });
         let now = Utc::now();
-        let window = match (analysis_due(&r, now), r.status().canary_revision) {
+        let (window, stable_window) = match (analysis_due(&r, now), r.status().canary_revision) {
             (true, Some(canary)) => self.window(&r, &canary),
             (false, Some(canary)) => {
                 // Keep a baseline from the canary's first traffic on.
@@ -155,9 +163,9 @@ impl RolloutController {
                 if self.baselines.get(&key).is_none_or(|b| b.revision != canary) {
                     self.window(&r, &canary);
                 }
-                None
+                (None, None)
             }
-            _ => None,
+            _ => (None, None),
         };
         let store = self.store.clone();
         let exists = move |rev: &str| store.get::<Revision>(&ns, rev).ok().flatten().is_some();
@@ -167,6 +175,7 @@ impl RolloutController {
             exists: &exists,
             now,
             window,
+            stable_window,
         });
         let traffic_changed = svc.spec.traffic() != out.traffic.as_slice();
         if Some(&out.status) == r.status.as_ref() && !traffic_changed && out.events.is_empty() {

@@ -101,10 +101,66 @@ fn value(m: &MetricCheck, w: &Window) -> Option<f64> {
     }
 }
 
-/// Judges a window: each metric against its range. Below `minSamples` requests a check is
-/// inconclusive, except an error count already over its maximum, which more requests cannot undo.
-pub fn evaluate(analysis: &Analysis, w: &Window, revision: &str, step: u32, now: DateTime<Utc>) -> Run {
-    let enough = w.requests >= analysis.min_samples();
+/// The standard normal CDF (erf by Abramowitz and Stegun 7.1.26, error below 1.5e-7).
+fn normal_cdf(z: f64) -> f64 {
+    let x = z.abs() / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.327_591_1 * x);
+    let poly =
+        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let erf = 1.0 - poly * (-x * x).exp();
+    if z >= 0.0 {
+        0.5 * (1.0 + erf)
+    } else {
+        0.5 * (1.0 - erf)
+    }
+}
+
+/// The one-sided critical value: the z with `normal_cdf(z) = confidence` (by bisection).
+pub fn z_critical(confidence: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0, 10.0);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if normal_cdf(mid) < confidence {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+/// One-sided two-proportion z statistic for "the canary's error rate is higher than stable's".
+pub fn two_proportion_z(errors_c: u64, n_c: u64, errors_s: u64, n_s: u64) -> f64 {
+    let (e1, n1, e2, n2) = (errors_c as f64, n_c as f64, errors_s as f64, n_s as f64);
+    let (p1, p2) = (e1 / n1, e2 / n2);
+    let pooled = (e1 + e2) / (n1 + n2);
+    let se = (pooled * (1.0 - pooled) * (1.0 / n1 + 1.0 / n2)).sqrt();
+    if se == 0.0 {
+        return if p1 > p2 { f64::INFINITY } else { 0.0 };
+    }
+    (p1 - p2) / se
+}
+
+enum Verdict {
+    Successful,
+    Failed,
+    Inconclusive,
+}
+
+/// Judges the canary's window, and for `relativeTo: stable` checks the stable revision's window over
+/// the same time: each metric against its range and its comparison. Below `minSamples` requests (in
+/// either window a check needs) a check is inconclusive, except an error count already over its
+/// maximum, which more requests cannot undo.
+pub fn evaluate(
+    analysis: &Analysis,
+    w: &Window,
+    stable: Option<&Window>,
+    revision: &str,
+    step: u32,
+    now: DateTime<Utc>,
+) -> Run {
+    let min = analysis.min_samples();
+    let enough = w.requests >= min;
     let mut failed = false;
     let mut inconclusive = false;
     let measurements = analysis
@@ -113,16 +169,73 @@ pub fn evaluate(analysis: &Analysis, w: &Window, revision: &str, step: u32, now:
         .map(|m| {
             let v = value(m, w);
             let t = m.threshold_range;
+            let absolute = t.min.is_some() || t.max.is_some();
             let out_of_range = v.is_some_and(|v| t.min.is_some_and(|lo| v < lo) || t.max.is_some_and(|hi| v > hi));
             let certain = m.name == "error-count" && out_of_range;
-            let verdict = if v.is_none() || (!enough && !certain) {
-                inconclusive = true;
-                "Inconclusive"
+            let mut verdict = if !absolute {
+                Verdict::Successful
+            } else if v.is_none() || (!enough && !certain) {
+                Verdict::Inconclusive
             } else if out_of_range {
-                failed = true;
-                "Failed"
+                Verdict::Failed
             } else {
-                "Successful"
+                Verdict::Successful
+            };
+            let (mut baseline, mut comparison) = (None, None);
+            if m.relative_to.as_deref() == Some("stable") && !matches!(verdict, Verdict::Failed) {
+                let s = stable.filter(|s| s.requests >= min && enough);
+                baseline = stable.and_then(|s| value(m, s));
+                let relative = match (s, m.max_ratio, m.confidence) {
+                    (None, _, _) => Verdict::Inconclusive,
+                    (Some(s), Some(ratio), _) => match (v, value(m, s)) {
+                        (Some(c), Some(b)) if b > 0.0 => {
+                            let ok = c <= ratio * b;
+                            comparison = Some(format!(
+                                "{c:.3} {} {ratio} x stable {b:.3}",
+                                if ok { "<=" } else { ">" }
+                            ));
+                            if ok {
+                                Verdict::Successful
+                            } else {
+                                Verdict::Failed
+                            }
+                        }
+                        _ => Verdict::Inconclusive,
+                    },
+                    (Some(s), None, Some(confidence)) => {
+                        let z = two_proportion_z(w.errors, w.requests, s.errors, s.requests);
+                        let crit = z_critical(confidence);
+                        let worse = z > crit;
+                        comparison = Some(format!(
+                            "error rate {:.4} vs stable {:.4}: z = {z:.2} {} {crit:.2} ({confidence})",
+                            w.errors as f64 / w.requests as f64,
+                            s.errors as f64 / s.requests as f64,
+                            if worse { ">" } else { "<=" }
+                        ));
+                        if worse {
+                            Verdict::Failed
+                        } else {
+                            Verdict::Successful
+                        }
+                    }
+                    _ => Verdict::Inconclusive,
+                };
+                verdict = match (verdict, relative) {
+                    (_, Verdict::Failed) => Verdict::Failed,
+                    (Verdict::Inconclusive, _) | (_, Verdict::Inconclusive) => Verdict::Inconclusive,
+                    _ => Verdict::Successful,
+                };
+            }
+            let verdict = match verdict {
+                Verdict::Failed => {
+                    failed = true;
+                    "Failed"
+                }
+                Verdict::Inconclusive => {
+                    inconclusive = true;
+                    "Inconclusive"
+                }
+                Verdict::Successful => "Successful",
             };
             Measurement {
                 time: now,
@@ -134,6 +247,8 @@ pub fn evaluate(analysis: &Analysis, w: &Window, revision: &str, step: u32, now:
                 },
                 value: v,
                 threshold: t,
+                baseline,
+                comparison,
                 samples: w.requests,
                 verdict: verdict.to_string(),
             }
@@ -162,8 +277,8 @@ mod tests {
     fn check(name: &str, min: Option<f64>, max: Option<f64>) -> MetricCheck {
         MetricCheck {
             name: name.into(),
-            percentile: None,
             threshold_range: ThresholdRange { min, max },
+            ..Default::default()
         }
     }
 
@@ -203,9 +318,9 @@ mod tests {
             percentile: Some(90.0),
             ..check("latency", None, Some(50.0))
         };
-        let r = evaluate(&a(vec![sr.clone(), lat.clone()], 20), &good, "c", 0, now);
+        let r = evaluate(&a(vec![sr.clone(), lat.clone()], 20), &good, None, "c", 0, now);
         assert!(!r.failed && !r.inconclusive, "{r:?}");
-        let r = evaluate(&a(vec![sr.clone(), lat.clone()], 20), &bad, "c", 0, now);
+        let r = evaluate(&a(vec![sr.clone(), lat.clone()], 20), &bad, None, "c", 0, now);
         assert!(r.failed);
         assert_eq!(r.measurements[0].verdict, "Failed");
         assert_eq!(r.measurements[0].value, Some(90.0));
@@ -214,11 +329,90 @@ mod tests {
             r.measurements[1].verdict, "Failed",
             "p90 is in the open bucket, above 50 ms"
         );
-        let r = evaluate(&a(vec![sr.clone()], 20), &few, "c", 0, now);
+        let r = evaluate(&a(vec![sr.clone()], 20), &few, None, "c", 0, now);
         assert!(r.inconclusive && !r.failed, "5 requests < 20: {r:?}");
-        let r = evaluate(&a(vec![check("error-count", None, Some(1.0))], 20), &few, "c", 0, now);
+        let r = evaluate(
+            &a(vec![check("error-count", None, Some(1.0))], 20),
+            &few,
+            None,
+            "c",
+            0,
+            now,
+        );
         assert!(r.failed, "2 errors already exceed 1, whatever comes next");
-        let r = evaluate(&a(vec![check("request-rate", Some(5.0), None)], 1), &few, "c", 0, now);
+        let r = evaluate(
+            &a(vec![check("request-rate", Some(5.0), None)], 1),
+            &few,
+            None,
+            "c",
+            0,
+            now,
+        );
         assert!(r.failed, "0.5 rps is below 5");
+    }
+
+    #[test]
+    fn relative_checks_judge_the_canary_against_stable_over_the_same_window() {
+        let now = Utc::now();
+        let a = |m: MetricCheck| Analysis {
+            metrics: vec![m],
+            min_samples: Some(50),
+            ..Default::default()
+        };
+        let lat = MetricCheck {
+            name: "latency".into(),
+            percentile: Some(50.0),
+            relative_to: Some("stable".into()),
+            max_ratio: Some(1.2),
+            ..Default::default()
+        };
+        let slow_stable = Window::between(&Counters::default(), &counters(100, 0, &[0, 0, 100, 0]), 10.0);
+        let slow_canary = slow_stable.clone();
+        let r = evaluate(&a(lat.clone()), &slow_canary, Some(&slow_stable), "c", 0, now);
+        assert!(
+            !r.failed && !r.inconclusive,
+            "a slow baseline does not fail an equally slow canary: {r:?}"
+        );
+        let fast_stable = Window::between(&Counters::default(), &counters(100, 0, &[0, 100, 0, 0]), 10.0);
+        let r = evaluate(&a(lat.clone()), &slow_canary, Some(&fast_stable), "c", 0, now);
+        assert!(r.failed, "{r:?}");
+        assert!(
+            r.measurements[0]
+                .comparison
+                .as_deref()
+                .unwrap()
+                .contains("> 1.2 x stable"),
+            "{r:?}"
+        );
+        let r = evaluate(&a(lat), &slow_canary, None, "c", 0, now);
+        assert!(r.inconclusive, "no stable window: inconclusive");
+
+        let errors = MetricCheck {
+            name: "success-rate".into(),
+            relative_to: Some("stable".into()),
+            confidence: Some(0.95),
+            ..Default::default()
+        };
+        let w =
+            |ok: u64, err: u64| Window::between(&Counters::default(), &counters(ok, err, &[ok + err, 0, 0, 0]), 10.0);
+        let r = evaluate(&a(errors.clone()), &w(190, 10), Some(&w(950, 50)), "c", 0, now);
+        assert!(
+            !r.failed,
+            "5% vs 5%: the noisy baseline does not fail the canary: {r:?}"
+        );
+        let r = evaluate(&a(errors.clone()), &w(186, 14), Some(&w(950, 50)), "c", 0, now);
+        assert!(
+            !r.failed,
+            "7% vs 5% on 200 requests is not significant (z = 1.15 < 1.64): {r:?}"
+        );
+        let r = evaluate(&a(errors), &w(180, 20), Some(&w(950, 50)), "c", 0, now);
+        assert!(r.failed, "10% vs 5%: z = 2.75 > 1.64: {r:?}");
+    }
+
+    #[test]
+    fn the_normal_quantiles_are_right() {
+        assert!((z_critical(0.95) - 1.6449).abs() < 1e-3);
+        assert!((z_critical(0.99) - 2.3263).abs() < 1e-3);
+        assert!((two_proportion_z(20, 200, 50, 1000) - 2.7541).abs() < 1e-3);
     }
 }

@@ -32,6 +32,8 @@ pub struct Input<'a> {
     pub now: DateTime<Utc>,
     /// The canary's window since the last analysis run, when a run is due.
     pub window: Option<Window>,
+    /// The stable revision's window over the same time (for checks relative to stable).
+    pub stable_window: Option<Window>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -303,7 +305,14 @@ impl Machine<'_> {
         // Analysis.
         if let (Some(a), Some(w)) = (&r.spec.analysis, &input.window) {
             self.st.last_analysis_at = Some(input.now);
-            let run = evaluate(a, w, &canary, self.st.current_step, input.now);
+            let run = evaluate(
+                a,
+                w,
+                input.stable_window.as_ref(),
+                &canary,
+                self.st.current_step,
+                input.now,
+            );
             self.st.measurements.extend(run.measurements.iter().cloned());
             let excess = self.st.measurements.len().saturating_sub(MAX_MEASUREMENTS);
             self.st.measurements.drain(..excess);
@@ -314,14 +323,15 @@ impl Machine<'_> {
                     .measurements
                     .iter()
                     .filter(|m| m.verdict == "Failed")
-                    .map(|m| {
-                        format!(
+                    .map(|m| match &m.comparison {
+                        Some(c) => format!("{} {c}", m.metric),
+                        None => format!(
                             "{} = {} (range {}..{})",
                             m.metric,
                             m.value.map(|v| format!("{v:.3}")).unwrap_or_default(),
                             m.threshold.min.map(|v| v.to_string()).unwrap_or_default(),
                             m.threshold.max.map(|v| v.to_string()).unwrap_or_default()
-                        )
+                        ),
                     })
                     .collect();
                 let limit = a.failure_limit();
@@ -454,11 +464,11 @@ mod tests {
             min_samples: Some(10),
             metrics: vec![MetricCheck {
                 name: "success-rate".into(),
-                percentile: None,
                 threshold_range: ThresholdRange {
                     min: Some(min),
                     max: None,
                 },
+                ..Default::default()
             }],
             ..Default::default()
         }
@@ -498,6 +508,7 @@ mod tests {
                 exists: &|_| true,
                 now: self.now,
                 window: w,
+                stable_window: None,
             });
             self.events.extend(out.events);
             self.traffic = out.traffic;

@@ -231,3 +231,63 @@ fn kill_9_mid_rollout_resumes_at_the_same_step() {
     wait_until("promoted", Duration::from_secs(10), || phase(&s) == "Succeeded");
     assert_eq!(rollout_json(&s)["status"]["stableRevision"], "web-00002");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_relative_to_stable_pass_a_slow_baseline_and_catch_a_slower_canary() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.clone();
+    let relative = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  serviceRef:
+    name: web
+  strategy:
+    canary:
+      steps:
+        - setWeight: 50
+        - analysis: {count: 2}
+  analysis:
+    interval: 2s
+    threshold: 2
+    minSamples: 10
+    metrics:
+      - name: latency
+        percentile: 50
+        relativeTo: stable
+        maxRatio: 1.5
+      - name: success-rate
+        relativeTo: stable
+        confidence: 0.95
+";
+    apply(&s, dir.path(), "web.yaml", &web("v1", &[("LATENCY_MS", "80")]));
+    apply(&s, dir.path(), "rollout.yaml", relative);
+    wait_until("stable", Duration::from_secs(20), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    let load = Load::start(server.gateway_addr(), "web.default.localhost", 16, 20);
+    // As slow as stable, far above any absolute bound one would write for a fast service: promoted.
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[("LATENCY_MS", "80")]));
+    let (code, out) = tokio::task::spawn_blocking({
+        let s = s.clone();
+        move || watch(&s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{}", rollout_json(&s)["status"]);
+    // Three times slower than stable: rolled back, the comparison in the reason.
+    apply(&s, dir.path(), "web.yaml", &web("v3", &[("LATENCY_MS", "240")]));
+    let (code, out) = tokio::task::spawn_blocking({
+        let s = s.clone();
+        move || watch(&s)
+    })
+    .await
+    .unwrap();
+    let (_, _, failures) = load.stop().await;
+    assert_eq!(code, 1, "{out}");
+    let msg = rollout_json(&s)["status"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("latency-p50") && msg.contains("x stable"), "{msg}");
+    assert!(failures.is_empty(), "{failures:?}");
+}

@@ -125,11 +125,15 @@ pub fn status_text(r: &Rollout) -> String {
         let rows: Vec<Vec<String>> = recent
             .iter()
             .map(|m| {
-                let range = format!(
-                    "{}..{}",
-                    m.threshold.min.map(|v| v.to_string()).unwrap_or_default(),
-                    m.threshold.max.map(|v| v.to_string()).unwrap_or_default()
-                );
+                let range = match (&m.comparison, m.threshold.min.is_some() || m.threshold.max.is_some()) {
+                    (Some(c), _) => c.clone(),
+                    (None, true) => format!(
+                        "{}..{}",
+                        m.threshold.min.map(|v| v.to_string()).unwrap_or_default(),
+                        m.threshold.max.map(|v| v.to_string()).unwrap_or_default()
+                    ),
+                    (None, false) => "relative to stable".into(),
+                };
                 vec![
                     format!("  {}", table::age(Some(m.time))),
                     m.revision.clone(),
@@ -144,7 +148,15 @@ pub fn status_text(r: &Rollout) -> String {
         let mut buf = Vec::new();
         table::write(
             &mut buf,
-            &["  AGE", "REVISION", "METRIC", "VALUE", "RANGE", "SAMPLES", "VERDICT"],
+            &[
+                "  AGE",
+                "REVISION",
+                "METRIC",
+                "VALUE",
+                "RANGE OR COMPARISON",
+                "SAMPLES",
+                "VERDICT",
+            ],
             &rows,
         );
         out.push_str(&String::from_utf8_lossy(&buf));
