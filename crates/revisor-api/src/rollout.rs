@@ -94,12 +94,49 @@ pub struct Step {
     /// A blocking analysis: the step ends after `count` successful analysis runs in a row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<StepAnalysis>,
-    /// Header routes (not implemented yet: refused at admission).
+    /// Requests whose headers match go to the canary, whatever the weights (A/B). Stays until the
+    /// rollout ends; an empty `match` list removes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set_header_route: Option<Value>,
-    /// Mirroring (not implemented yet: refused at admission).
+    pub set_header_route: Option<HeaderRoute>,
+    /// A share of the stable revision's requests is copied to the canary; the copy's answer is only
+    /// measured (and, for model predictions, compared with stable's). `percentage: 0` stops it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set_mirror_route: Option<Value>,
+    pub set_mirror_route: Option<MirrorRoute>,
+}
+
+/// Argo Rollouts' `setHeaderRoute`: every match must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderMatch {
+    pub header_name: String,
+    pub header_value: StringMatch,
+}
+
+/// Exactly one of exact, prefix, regex.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StringMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorRoute {
+    /// Share of the stable revision's requests copied to the canary, 0-100.
+    #[serde(default)]
+    pub percentage: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -141,7 +178,8 @@ pub struct Analysis {
 #[serde(rename_all = "camelCase")]
 pub struct MetricCheck {
     /// `success-rate` (non-5xx share, percent), `latency` (ms at `percentile`), `error-count` (5xx),
-    /// or `request-rate` (requests per second).
+    /// `request-rate` (requests per second), or `prediction-agreement` (percent of mirrored Open
+    /// Inference Protocol requests where the canary's outputs agree with stable's).
     #[serde(default)]
     pub name: String,
     /// For `latency`: the percentile, 0 < p < 100 (default 99).
@@ -162,6 +200,13 @@ pub struct MetricCheck {
     /// than the stable one's by a one-sided two-proportion z-test at this confidence (e.g. 0.95).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
+    /// For `prediction-agreement`: a mirrored request agrees when every output's argmax (per row) is
+    /// the same (`argmax`, the default), or when no output element differs by more than
+    /// `tolerance` (`tolerance`; compared at a power of ten, rounded down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -226,6 +271,12 @@ pub struct RolloutStatus {
     /// abort, retry, undo.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requests: Vec<String>,
+    /// The header route in force for the canary (set by a `setHeaderRoute` step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_route: Option<HeaderRoute>,
+    /// The share of stable's requests mirrored to the canary (set by a `setMirrorRoute` step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror_percentage: Option<u32>,
     /// For `undo --to-revision`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo_to: Option<String>,
@@ -291,6 +342,8 @@ pub enum RunStep {
     Pause(Option<Duration>),
     /// Successful analysis runs in a row needed.
     Analysis(u32),
+    HeaderRoute(HeaderRoute),
+    Mirror(u32),
 }
 
 impl RolloutSpec {
@@ -305,6 +358,10 @@ impl RolloutSpec {
                 .filter_map(|s| {
                     if let Some(w) = s.set_weight {
                         Some(RunStep::SetWeight(w))
+                    } else if let Some(h) = &s.set_header_route {
+                        Some(RunStep::HeaderRoute(h.clone()))
+                    } else if let Some(m) = &s.set_mirror_route {
+                        Some(RunStep::Mirror(m.percentage))
                     } else if let Some(p) = &s.pause {
                         Some(RunStep::Pause(
                             p.duration.as_deref().and_then(|d| parse_go_duration(d).ok()),
@@ -342,6 +399,14 @@ impl RolloutSpec {
             .and_then(|s| parse_go_duration(s).ok())
             .unwrap_or(Duration::from_secs(600))
     }
+}
+
+/// Whether a header name is not a valid HTTP token.
+fn hyper_header_name_error(name: &str) -> bool {
+    name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Checks a Rollout; every error with its path.
@@ -450,11 +515,37 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
                         "an analysis step needs spec.analysis (its metrics)",
                     );
                 }
-                if s.set_header_route.is_some() {
-                    errs.push(p.field("setHeaderRoute"), "header routes are not implemented yet");
+                if let Some(h) = &s.set_header_route {
+                    for (j, m) in h.matches.iter().enumerate() {
+                        let mp = p.field("setHeaderRoute").field("match").index(j);
+                        if hyper_header_name_error(&m.header_name) {
+                            errs.push(
+                                mp.field("headerName"),
+                                format!("{:?} is not a valid HTTP header name", m.header_name),
+                            );
+                        }
+                        let v = &m.header_value;
+                        let set = [v.exact.is_some(), v.prefix.is_some(), v.regex.is_some()]
+                            .iter()
+                            .filter(|x| **x)
+                            .count();
+                        if set != 1 {
+                            errs.push(mp.field("headerValue"), "give exactly one of exact, prefix, regex");
+                        }
+                        if let Some(re) = &v.regex {
+                            if let Err(e) = regex_lite::Regex::new(re) {
+                                errs.push(mp.field("headerValue").field("regex"), format!("not a regular expression: {e}"));
+                            }
+                        }
+                    }
                 }
-                if s.set_mirror_route.is_some() {
-                    errs.push(p.field("setMirrorRoute"), "mirroring is not implemented yet");
+                if let Some(m) = &s.set_mirror_route {
+                    if m.percentage > 100 {
+                        errs.push(
+                            p.field("setMirrorRoute").field("percentage"),
+                            format!("must be in [0, 100], got {}", m.percentage),
+                        );
+                    }
                 }
             }
         }
@@ -473,14 +564,35 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
         }
         for (i, m) in a.metrics.iter().enumerate() {
             let mp = p.field("metrics").index(i);
-            if !["success-rate", "latency", "error-count", "request-rate"].contains(&m.name.as_str()) {
+            if !["success-rate", "latency", "error-count", "request-rate", "prediction-agreement"].contains(&m.name.as_str()) {
                 errs.push(
                     mp.field("name"),
                     format!(
-                        "unknown metric {:?}: the built-in ones are success-rate, latency, error-count, request-rate",
+                        "unknown metric {:?}: the built-in ones are success-rate, latency, error-count, request-rate, prediction-agreement",
                         m.name
                     ),
                 );
+            }
+            if m.name == "prediction-agreement" {
+                match (m.agreement.as_deref(), m.tolerance) {
+                    (None | Some("argmax"), None) => {}
+                    (Some("tolerance"), Some(t)) if t > 0.0 => {}
+                    (Some("tolerance"), _) => {
+                        errs.push(mp.field("tolerance"), "agreement: tolerance needs a tolerance > 0")
+                    }
+                    (None | Some("argmax"), Some(_)) => {
+                        errs.push(mp.field("tolerance"), "a tolerance needs agreement: tolerance")
+                    }
+                    (Some(other), _) => errs.push(
+                        mp.field("agreement"),
+                        format!("must be argmax or tolerance, got {other:?}"),
+                    ),
+                }
+                if m.relative_to.is_some() {
+                    errs.push(mp.field("relativeTo"), "prediction agreement already compares with stable");
+                }
+            } else if m.agreement.is_some() || m.tolerance.is_some() {
+                errs.push(mp.field("agreement"), "only prediction-agreement takes agreement and tolerance");
             }
             if let Some(pc) = m.percentile {
                 if m.name != "latency" {

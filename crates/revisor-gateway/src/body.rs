@@ -22,6 +22,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// never polled.
 pub enum RequestBody {
     Empty,
+    /// A body read whole first (a mirrored request, sent twice).
+    Full(Option<Bytes>),
     Shared {
         slot: Arc<Mutex<Slot>>,
         limit: u64,
@@ -38,6 +40,7 @@ pub struct Slot {
 #[derive(Clone)]
 pub enum BodySlot {
     Empty,
+    Buffered(Bytes),
     Shared { slot: Arc<Mutex<Slot>>, limit: u64 },
 }
 
@@ -58,7 +61,7 @@ impl BodySlot {
     /// Whether any of the body has been sent (or asked for) upstream.
     pub fn was_polled(&self) -> bool {
         match self {
-            BodySlot::Empty => false,
+            BodySlot::Empty | BodySlot::Buffered(_) => false,
             BodySlot::Shared { slot, .. } => slot.lock().unwrap().polled,
         }
     }
@@ -66,6 +69,7 @@ impl BodySlot {
     pub fn body(&self) -> RequestBody {
         match self {
             BodySlot::Empty => RequestBody::Empty,
+            BodySlot::Buffered(b) => RequestBody::Full(Some(b.clone())),
             BodySlot::Shared { slot, limit } => RequestBody::Shared {
                 slot: slot.clone(),
                 limit: *limit,
@@ -84,8 +88,10 @@ impl Body for RequestBody {
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let RequestBody::Shared { slot, limit, seen } = self.get_mut() else {
-            return Poll::Ready(None);
+        let (slot, limit, seen) = match self.get_mut() {
+            RequestBody::Shared { slot, limit, seen } => (slot, limit, seen),
+            RequestBody::Full(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Empty => return Poll::Ready(None),
         };
         let mut guard = slot.lock().unwrap();
         guard.polled = true;
@@ -111,6 +117,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Full(d) => d.is_none(),
             RequestBody::Shared { slot, .. } => slot.lock().unwrap().body.as_ref().is_none_or(|b| b.is_end_stream()),
         }
     }
@@ -118,6 +125,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Full(d) => SizeHint::with_exact(d.as_ref().map(|d| d.len() as u64).unwrap_or(0)),
             RequestBody::Shared { slot, .. } => slot
                 .lock()
                 .unwrap()
@@ -150,6 +158,38 @@ pub struct ResponseBody {
     inner: Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
     accounting: Option<Accounting>,
+    tee: Option<Tee>,
+}
+
+/// A copy of a response body as it streams by (up to a limit), handed over when it ends whole.
+pub struct Tee {
+    buf: Vec<u8>,
+    limit: usize,
+    tx: Option<tokio::sync::oneshot::Sender<Bytes>>,
+}
+
+impl Tee {
+    pub fn new(limit: usize, tx: tokio::sync::oneshot::Sender<Bytes>) -> Tee {
+        Tee {
+            buf: Vec::new(),
+            limit,
+            tx: Some(tx),
+        }
+    }
+
+    fn data(&mut self, d: &Bytes) {
+        if self.buf.len() + d.len() > self.limit {
+            self.tx = None;
+        } else if self.tx.is_some() {
+            self.buf.extend_from_slice(d);
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Bytes::from(std::mem::take(&mut self.buf)));
+        }
+    }
 }
 
 impl ResponseBody {
@@ -159,7 +199,14 @@ impl ResponseBody {
             inner,
             deadline,
             accounting: Some(accounting),
+            tee: None,
         }
+    }
+
+    /// Copies the body as it streams, for comparison with a mirrored answer.
+    pub fn with_tee(mut self, tee: Option<Tee>) -> Self {
+        self.tee = tee;
+        self
     }
 }
 
@@ -175,13 +222,22 @@ impl Body for ResponseBody {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(None) => {
                 self.accounting = None;
+                if let Some(t) = self.tee.as_mut() {
+                    t.end();
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
                 self.accounting = None;
+                self.tee = None;
                 Poll::Ready(Some(Err(Box::new(e))))
             }
-            Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+            Poll::Ready(Some(Ok(f))) => {
+                if let (Some(t), Some(d)) = (self.tee.as_mut(), f.data_ref()) {
+                    t.data(d);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     self.accounting = None;

@@ -6,15 +6,18 @@
 //! finishes on the table it started with, so publishing never disturbs requests in flight.
 
 mod body;
+pub mod compare;
 mod endpoint;
 mod metrics;
 mod proxy;
 mod routes;
 
 pub use endpoint::{Breaker, Endpoint};
-pub use metrics::{prometheus_text, Labels, MetricsSnapshot, RevisionMetrics, LATENCY_BUCKETS_MS};
+pub use metrics::{prometheus_text, Labels, MetricsSnapshot, RevisionMetrics, DIFF_BUCKETS, LATENCY_BUCKETS_MS};
 pub use proxy::TAG_HEADER;
-pub use routes::{Protocol, RevisionSpec, RoutesSpec, ServiceSpec, TargetSpec};
+pub use routes::{
+    HeaderMatchSpec, HeaderRouteSpec, MatchSpec, MirrorSpec, Protocol, RevisionSpec, RoutesSpec, ServiceSpec, TargetSpec,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -30,7 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::RequestBody;
-use crate::routes::{Activation, HostRoute, RevisionTarget, RouteTable, ServiceRoute};
+use crate::routes::{Activation, HeaderRoute, HostRoute, Matcher, Mirror, RevisionTarget, RouteTable, ServiceRoute};
 
 /// Limits of the gateway.
 #[derive(Debug, Clone, PartialEq)]
@@ -294,8 +297,58 @@ fn build(reg: &mut Registry, spec: &RoutesSpec) -> RouteTable {
                 }
             }
         }
+        fn find<'a>(
+            svc: &ServiceSpec,
+            revisions: &HashMap<(&str, &str), &'a RevisionSpec>,
+            name: &str,
+        ) -> Option<&'a RevisionSpec> {
+            svc.targets
+                .iter()
+                .find(|t| t.revision == name)
+                .and_then(|t| revisions.get(&(svc.namespace.as_str(), t.revision.as_str())).copied())
+        }
+        let mut header_routes = Vec::new();
+        for h in &svc.header_routes {
+            let Some(rev) = find(svc, &revisions, &h.revision) else {
+                continue;
+            };
+            let mut matches = Vec::new();
+            for m in &h.matches {
+                let Ok(name) = hyper::header::HeaderName::from_bytes(m.name.as_bytes()) else {
+                    continue;
+                };
+                let matcher = match &m.value {
+                    MatchSpec::Exact(v) => Matcher::Exact(v.clone()),
+                    MatchSpec::Prefix(v) => Matcher::Prefix(v.clone()),
+                    MatchSpec::Regex(v) => match regex_lite::Regex::new(v) {
+                        Ok(r) => Matcher::Regex(r),
+                        Err(e) => {
+                            tracing::warn!(service = %svc.name, "header route regex {v:?}: {e}");
+                            continue;
+                        }
+                    },
+                };
+                matches.push((name, matcher));
+            }
+            if matches.len() == h.matches.len() && !matches.is_empty() {
+                header_routes.push(HeaderRoute {
+                    matches,
+                    target: target(reg, rev, ""),
+                });
+            }
+        }
+        let mirror = svc.mirror.as_ref().and_then(|m| {
+            let to = find(svc, &revisions, &m.to)?;
+            (m.percent > 0 && m.from != m.to).then(|| Mirror {
+                from: m.from.clone(),
+                to: target(reg, to, "mirror"),
+                percent: m.percent.min(100),
+            })
+        });
         let route = ServiceRoute {
             name: svc.name.clone(),
+            header_routes,
+            mirror,
             split,
             total,
             tags,

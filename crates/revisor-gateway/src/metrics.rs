@@ -14,6 +14,9 @@ pub const LATENCY_BUCKETS_MS: [f64; 25] = [
     1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 50000.0, 100000.0,
 ];
 
+/// Upper bounds of the buckets of prediction differences (the last bucket is above 1).
+pub const DIFF_BUCKETS: [f64; 10] = [1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
+
 /// Which revision, reached through which route (`tag` is empty for the service's own URL).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Labels {
@@ -36,6 +39,10 @@ pub struct RevisionMetrics {
     /// [`clock_us`]'s origin, so that adding `in_flight × now` gives the request-seconds up to now
     /// with atomics only.
     busy_us: AtomicI64,
+    /// Mirrored answers compared with the primary's, and how they compared.
+    compared: AtomicU64,
+    argmax_agreed: AtomicU64,
+    diff_buckets: [AtomicU64; DIFF_BUCKETS.len() + 1],
 }
 
 /// Microseconds since a process-wide origin (a monotonic clock; the origin lies a day before first use,
@@ -62,6 +69,11 @@ pub struct MetricsSnapshot {
     /// Request-seconds spent in flight since the revision was first routed: its growth over an
     /// interval divided by the interval is the average concurrency (what Knative's autoscaler scales on).
     pub busy_seconds: f64,
+    /// Mirrored answers compared with the primary revision's (model predictions).
+    pub compared: u64,
+    pub argmax_agreed: u64,
+    /// Count per bucket of the largest absolute difference (bounds [`DIFF_BUCKETS`], then above).
+    pub diff_counts: Vec<u64>,
 }
 
 impl MetricsSnapshot {
@@ -79,7 +91,23 @@ impl RevisionMetrics {
             sum_us: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             busy_us: AtomicI64::new(0),
+            compared: AtomicU64::new(0),
+            argmax_agreed: AtomicU64::new(0),
+            diff_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+
+    /// Records how a mirrored answer compared with the primary's.
+    pub fn record_comparison(&self, c: crate::compare::Comparison) {
+        self.compared.fetch_add(1, Ordering::Relaxed);
+        if c.argmax_agree {
+            self.argmax_agreed.fetch_add(1, Ordering::Relaxed);
+        }
+        let idx = DIFF_BUCKETS
+            .iter()
+            .position(|b| c.max_abs_diff <= *b)
+            .unwrap_or(DIFF_BUCKETS.len());
+        self.diff_buckets[idx].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request in flight from `at`.
@@ -119,6 +147,9 @@ impl RevisionMetrics {
             latency_sum_ms: self.sum_us.load(Ordering::Relaxed) as f64 / 1000.0,
             in_flight,
             busy_seconds: busy as f64 / 1e6,
+            compared: self.compared.load(Ordering::Relaxed),
+            argmax_agreed: self.argmax_agreed.load(Ordering::Relaxed),
+            diff_counts: self.diff_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
         }
     }
 }
@@ -158,6 +189,17 @@ pub fn prometheus_text(snaps: &[MetricsSnapshot]) -> String {
         let _ = writeln!(out, "revision_request_latencies_bucket{{{labels},le=\"+Inf\"}} {cum}");
         let _ = writeln!(out, "revision_request_latencies_sum{{{labels}}} {}", s.latency_sum_ms);
         let _ = writeln!(out, "revision_request_latencies_count{{{labels}}} {cum}");
+    }
+    out.push_str("# HELP revisor_prediction_comparisons_total Mirrored answers compared with the primary revision's\n");
+    out.push_str("# TYPE revisor_prediction_comparisons_total counter\n");
+    for s in snaps.iter().filter(|s| s.compared > 0) {
+        let labels = label_text(&s.labels);
+        let _ = writeln!(out, "revisor_prediction_comparisons_total{{{labels}}} {}", s.compared);
+        let _ = writeln!(
+            out,
+            "revisor_prediction_argmax_agreements_total{{{labels}}} {}",
+            s.argmax_agreed
+        );
     }
     out.push_str("# HELP revision_concurrent_requests Requests in flight to a revision\n");
     out.push_str("# TYPE revision_concurrent_requests gauge\n");

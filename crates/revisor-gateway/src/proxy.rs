@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
-use crate::body::{Accounting, BodySlot, GatewayBody, ResponseBody};
+use crate::body::{Accounting, BodySlot, GatewayBody, ResponseBody, Tee};
 use crate::endpoint::{pick, Endpoint};
 use crate::routes::{HostRoute, Protocol, RevisionTarget, RouteTable};
 use crate::Inner;
@@ -65,28 +65,61 @@ pub async fn handle(inner: Arc<Inner>, req: Request<Incoming>, remote: SocketAdd
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let table = inner.routes.load_full();
-    match resolve(&table, &host, tag.as_deref()) {
-        Ok(target) => proxy(&inner, target, req, remote, (&host, tag.as_deref())).await,
+    let picked = resolve(&table, &host, tag.as_deref(), req.headers());
+    match picked {
+        Ok((target, mirror)) => {
+            let headers = req.headers().clone();
+            proxy(&inner, target, mirror, req, remote, (&host, tag.as_deref(), &headers)).await
+        }
         Err(resp) => *resp,
     }
 }
+
+/// Where a request was addressed: its host, its tag header, its headers (for header routes).
+type RouteKey<'a> = (&'a str, Option<&'a str>, &'a HeaderMap);
 
 /// A response the gateway gives itself instead of proxying.
 type Refusal = Box<Response<GatewayBody>>;
 
 /// The revision a request goes to: by host (a tag's own host, or the service's, where the tag header
-/// can select a tag), then by weight.
-fn resolve(table: &RouteTable, host: &str, tag: Option<&str>) -> Result<Arc<RevisionTarget>, Refusal> {
+/// can select a tag), then by header route, then by weight; and the revision a copy goes to, when
+/// the request is one of those mirrored.
+fn resolve(
+    table: &RouteTable,
+    host: &str,
+    tag: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(Arc<RevisionTarget>, Option<Arc<RevisionTarget>>), Refusal> {
     match table.hosts.get(host) {
         None => Err(Box::new(local(
             StatusCode::NOT_FOUND,
             format!("no service for host {host:?}"),
         ))),
-        Some(HostRoute::Tag(t)) => Ok(t.clone()),
+        Some(HostRoute::Tag(t)) => Ok((t.clone(), None)),
         Some(HostRoute::Split(route)) => {
-            let by_header = tag.and_then(|t| route.tags.get(t));
-            match by_header.or_else(|| route.pick()) {
-                Some(t) => Ok(t.clone()),
+            let by_tag = tag.and_then(|t| route.tags.get(t));
+            let by_header = || {
+                route
+                    .header_routes
+                    .iter()
+                    .find(|h| {
+                        h.matches.iter().all(|(name, m)| {
+                            headers
+                                .get_all(name)
+                                .iter()
+                                .any(|v| v.to_str().is_ok_and(|v| m.matches(v)))
+                        })
+                    })
+                    .map(|h| &h.target)
+            };
+            match by_tag.or_else(by_header).or_else(|| route.pick()) {
+                Some(t) => {
+                    let mirror = route
+                        .mirror
+                        .as_ref()
+                        .filter(|m| by_tag.is_none() && m.from == t.name && fastrand::u32(0..100) < m.percent);
+                    Ok((t.clone(), mirror.map(|m| m.to.clone())))
+                }
                 None => Err(Box::new(local(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("service {:?} has no traffic targets", route.name),
@@ -102,7 +135,7 @@ fn resolve(table: &RouteTable, host: &str, tag: Option<&str>) -> Result<Arc<Revi
 async fn activate(
     inner: &Inner,
     mut target: Arc<RevisionTarget>,
-    route: (&str, Option<&str>),
+    route: RouteKey<'_>,
     deadline: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
 ) -> Result<Arc<RevisionTarget>, Refusal> {
     let Some(_held) = target.activation.enter(inner.config.activation_queue_depth) else {
@@ -118,7 +151,7 @@ async fn activate(
         let table = inner.routes.load_full();
         target = match table.revisions.get(&(target.namespace.clone(), target.name.clone())) {
             Some(t) => t.clone(),
-            None => resolve(&table, route.0, route.1)?,
+            None => resolve(&table, route.0, route.1, route.2)?.0,
         };
         if !target.endpoints.is_empty() {
             return Ok(target);
@@ -148,12 +181,18 @@ fn too_large(inner: &Inner, req: &Request<Incoming>) -> bool {
             .is_some_and(|n| n > limit)
 }
 
+/// Mirrored requests are read whole first (to be sent twice); larger ones are not mirrored.
+const MIRROR_BODY_LIMIT: u64 = 1 << 20;
+/// Answers larger than this are not compared.
+const COMPARE_LIMIT: usize = 4 << 20;
+
 async fn proxy(
     inner: &Inner,
     target: Arc<RevisionTarget>,
+    mirror: Option<Arc<RevisionTarget>>,
     req: Request<Incoming>,
     remote: SocketAddr,
-    route: (&str, Option<&str>),
+    route: RouteKey<'_>,
 ) -> Response<GatewayBody> {
     if too_large(inner, &req) {
         let limit = inner.config.max_body_bytes;
@@ -196,7 +235,29 @@ async fn proxy(
     }
     let (mut parts, body) = req.into_parts();
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let slot = BodySlot::new(body, inner.config.max_body_bytes);
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mirror = mirror.filter(|_| hyper::body::Body::is_end_stream(&body) || declared.is_some_and(|n| n <= MIRROR_BODY_LIMIT));
+    let mut tee = None;
+    let slot = match mirror {
+        None => BodySlot::new(body, inner.config.max_body_bytes),
+        Some(to) => {
+            let bytes = match http_body_util::Limited::new(body, MIRROR_BODY_LIMIT as usize).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) => {
+                    acct.status = 400;
+                    return local(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"));
+                }
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tee = Some(Tee::new(COMPARE_LIMIT, tx));
+            spawn_mirror(&parts, bytes.clone(), to, rx);
+            BodySlot::Buffered(bytes)
+        }
+    };
     let mut skip = None;
     loop {
         let Some(ep) = pick(&target.endpoints, target.breaker.is_some(), skip) else {
@@ -226,7 +287,7 @@ async fn proxy(
                 let msg = format!("revision {rev:?} did not answer within {:?}", target.timeout);
                 return local(StatusCode::GATEWAY_TIMEOUT, msg);
             }
-            Some(Ok(resp)) => return respond(resp, deadline, acct),
+            Some(Ok(resp)) => return respond(resp, deadline, acct, tee),
             Some(Err(e)) => {
                 // Retry once, elsewhere, only what cannot have reached the application twice: a failed
                 // connect, or a safe method whose body was never sent and that got no response.
@@ -321,11 +382,84 @@ fn respond(
     resp: Response<Incoming>,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     mut acct: Accounting,
+    tee: Option<Tee>,
 ) -> Response<GatewayBody> {
     acct.status = resp.status().as_u16();
+    // Only a successful answer is compared with the mirror's.
+    let tee = tee.filter(|_| resp.status().is_success());
     let (mut parts, body) = resp.into_parts();
     for h in &HOP_BY_HOP {
         parts.headers.remove(h);
     }
-    Response::from_parts(parts, GatewayBody::Proxied(ResponseBody::new(body, deadline, acct)))
+    Response::from_parts(
+        parts,
+        GatewayBody::Proxied(ResponseBody::new(body, deadline, acct).with_tee(tee)),
+    )
+}
+
+/// Sends a copy of a request to the mirror target, measures it under the tag `mirror`, discards its
+/// answer, and compares it with the primary's (when both are Open Inference Protocol answers).
+fn spawn_mirror(
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+    to: Arc<RevisionTarget>,
+    primary: tokio::sync::oneshot::Receiver<Bytes>,
+) {
+    let Some(ep) = pick(&to.endpoints, false, None).cloned() else {
+        return; // no replica: a copy is never held or queued
+    };
+    let pq = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    if to.protocol == Protocol::H2c {
+        headers.remove(header::HOST);
+    }
+    let method = parts.method.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        to.metrics.start(started);
+        let _in_flight = ep.acquire();
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(ep.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .expect("valid uri");
+        let mut req = Request::new(crate::body::RequestBody::Full(Some(body)));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = match to.protocol {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::H2c => Version::HTTP_2,
+        };
+        *req.headers_mut() = headers;
+        let answer = tokio::time::timeout(to.timeout, async {
+            let resp = crate::with_client(to.protocol, |c| c.request(req)).await.map_err(|_| 502u16)?;
+            let status = resp.status().as_u16();
+            let bytes = http_body_util::Limited::new(resp.into_body(), COMPARE_LIMIT)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .ok();
+            Ok::<_, u16>((status, bytes))
+        })
+        .await;
+        let (status, mine) = match answer {
+            Ok(Ok((status, bytes))) => (status, bytes.filter(|_| (200..300).contains(&status))),
+            Ok(Err(code)) => (code, None),
+            Err(_) => (504, None),
+        };
+        to.metrics.finish(status, started, started.elapsed());
+        if let Some(mine) = mine {
+            if let Ok(Ok(theirs)) = tokio::time::timeout(to.timeout, primary).await {
+                if let Some(c) = crate::compare::compare(&theirs, &mine) {
+                    to.metrics.record_comparison(c);
+                }
+            }
+        }
+    });
 }

@@ -43,12 +43,45 @@ pub struct TargetSpec {
 }
 
 /// One service's routes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceSpec {
     pub namespace: String,
     pub name: String,
     pub host: String,
     pub targets: Vec<TargetSpec>,
+    /// Requests matching every header match go to the revision, before the weighted split (A/B).
+    pub header_routes: Vec<HeaderRouteSpec>,
+    /// A share of the requests routed to one revision copied to another (measured, never answered).
+    pub mirror: Option<MirrorSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderRouteSpec {
+    pub matches: Vec<HeaderMatchSpec>,
+    pub revision: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeaderMatchSpec {
+    pub name: String,
+    pub value: MatchSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MatchSpec {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorSpec {
+    /// Requests routed to this revision are mirrored...
+    pub from: String,
+    /// ...to this one...
+    pub to: String,
+    /// ...this often (percent).
+    pub percent: u32,
 }
 
 /// Everything the gateway routes, as the control plane sees it.
@@ -108,8 +141,41 @@ pub enum HostRoute {
     Tag(Arc<RevisionTarget>),
 }
 
+/// A compiled header match.
+pub enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Regex(regex_lite::Regex),
+}
+
+impl Matcher {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Matcher::Exact(s) => value == s,
+            Matcher::Prefix(p) => value.starts_with(p.as_str()),
+            Matcher::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// A built header route: all of `matches` (header name, matcher) must hold.
+pub struct HeaderRoute {
+    pub matches: Vec<(hyper::header::HeaderName, Matcher)>,
+    pub target: Arc<RevisionTarget>,
+}
+
+/// A built mirror.
+pub struct Mirror {
+    pub from: String,
+    /// The copy's target (its metrics carry the tag `mirror`).
+    pub to: Arc<RevisionTarget>,
+    pub percent: u32,
+}
+
 pub struct ServiceRoute {
     pub name: String,
+    pub header_routes: Vec<HeaderRoute>,
+    pub mirror: Option<Mirror>,
     /// Targets with a positive percent, with cumulative weights for one random draw.
     pub split: Vec<(u32, Arc<RevisionTarget>)>,
     pub total: u32,

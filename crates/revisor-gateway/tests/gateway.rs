@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use revisor_gateway::{Gateway, GatewayConfig, Protocol, RevisionSpec, RoutesSpec, ServiceSpec, TargetSpec};
+use revisor_gateway::{
+    Gateway, GatewayConfig, HeaderMatchSpec, HeaderRouteSpec, MatchSpec, MirrorSpec, Protocol, RevisionSpec, RoutesSpec,
+    ServiceSpec, TargetSpec,
+};
 
 struct Upstream {
     child: Child,
@@ -73,6 +76,7 @@ fn routes(targets: Vec<TargetSpec>, revisions: Vec<RevisionSpec>) -> RoutesSpec 
             name: "svc".into(),
             host: "svc.default.localhost".into(),
             targets,
+            ..Default::default()
         }],
         revisions,
     }
@@ -500,4 +504,74 @@ async fn a_held_request_follows_traffic_that_moves_to_another_revision() {
     ));
     let (status, body) = held.await.unwrap();
     assert_eq!((status, body.contains("svc-2")), (200, true), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_routes_send_matching_requests_to_their_revision() {
+    let (a, b) = (upstream("svc-1", &[]), upstream("svc-2", &[]));
+    let gw = Gateway::new(GatewayConfig::default());
+    let mut spec = routes(
+        vec![target("svc-1", 100, None), target("svc-2", 0, Some("canary"))],
+        vec![rev("svc-1", vec![a.addr], 0, 5000), rev("svc-2", vec![b.addr], 0, 5000)],
+    );
+    let m = |name: &str, value: MatchSpec| HeaderMatchSpec { name: name.into(), value };
+    spec.services[0].header_routes = vec![HeaderRouteSpec {
+        matches: vec![
+            m("x-group", MatchSpec::Exact("beta".into())),
+            m("user-agent", MatchSpec::Regex("^curl/[0-9.]+$".into())),
+            m("x-region", MatchSpec::Prefix("eu-".into())),
+        ],
+        revision: "svc-2".into(),
+    }];
+    gw.publish(&spec);
+    let addr = start(&gw).await;
+    let c = client();
+    let host = "svc.default.localhost";
+    let all = [("x-group", "beta"), ("user-agent", "curl/8.5.0"), ("x-region", "eu-west")];
+    assert!(get(&c, addr, host, "/", &all).await.1.contains("svc-2"), "every match holds");
+    let cases: [&[(&str, &str)]; 4] = [
+        &[],
+        &[("x-group", "beta"), ("user-agent", "curl/8.5.0")],
+        &[("x-group", "betamax"), ("user-agent", "curl/8.5.0"), ("x-region", "eu-west")],
+        &[("x-group", "beta"), ("user-agent", "Mozilla/5.0"), ("x-region", "eu-west")],
+    ];
+    for h in cases {
+        assert!(get(&c, addr, host, "/", h).await.1.contains("svc-1"), "{h:?} goes by weight");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirrored_revision_gets_copies_and_clients_only_see_the_primary() {
+    let (a, b) = (upstream("svc-1", &[]), upstream("svc-2", &[("FAIL_PERCENT", "100")]));
+    let gw = Gateway::new(GatewayConfig::default());
+    let mut spec = routes(
+        vec![target("svc-1", 100, None), target("svc-2", 0, Some("canary"))],
+        vec![rev("svc-1", vec![a.addr], 0, 5000), rev("svc-2", vec![b.addr], 0, 5000)],
+    );
+    spec.services[0].mirror = Some(MirrorSpec {
+        from: "svc-1".into(),
+        to: "svc-2".into(),
+        percent: 100,
+    });
+    gw.publish(&spec);
+    let addr = start(&gw).await;
+    let c = client();
+    for _ in 0..20 {
+        let (status, body) = get(&c, addr, "svc.default.localhost", "/", &[]).await;
+        assert_eq!((status, body.trim()), (200, "svc-1"), "the client never sees the mirror's 500");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let copies = gw
+            .metrics()
+            .into_iter()
+            .find(|m| m.labels.revision == "svc-2" && m.labels.tag == "mirror")
+            .map(|m| m.requests[4])
+            .unwrap_or(0);
+        if copies == 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the mirror got {copies} of 20 copies");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

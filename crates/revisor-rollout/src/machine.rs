@@ -118,6 +118,8 @@ impl Machine<'_> {
         self.st.last_analysis_at = Some(now);
         self.st.failed_checks = 0;
         self.st.successful_runs = 0;
+        self.st.header_route = None;
+        self.st.mirror_percentage = None;
         let stable = self.st.stable_revision.clone().unwrap_or_default();
         self.event(
             false,
@@ -130,6 +132,8 @@ impl Machine<'_> {
         let canary = self.st.canary_revision.take().unwrap_or_default();
         self.st.rejected_revision = Some(canary.clone());
         self.st.canary_weight = 0;
+        self.st.header_route = None;
+        self.st.mirror_percentage = None;
         self.st.phase = if failed { phase::FAILED } else { phase::ROLLED_BACK }.into();
         let stable = self.st.stable_revision.clone().unwrap_or_default();
         self.event(
@@ -146,6 +150,8 @@ impl Machine<'_> {
         self.st.previous_stable_revision = self.st.stable_revision.replace(canary.clone());
         self.st.promoted_at = Some(self.input.now);
         self.st.canary_weight = 0;
+        self.st.header_route = None;
+        self.st.mirror_percentage = None;
         self.st.phase = phase::SUCCEEDED.into();
         let prev = self.st.previous_stable_revision.clone().unwrap_or_default();
         self.event(
@@ -368,6 +374,17 @@ impl Machine<'_> {
             Some(RunStep::SetWeight(w)) => {
                 self.st.canary_weight = *w;
                 self.st.message = Some(format!("{canary} at {w}%"));
+                self.next_step();
+            }
+            Some(RunStep::HeaderRoute(h)) => {
+                let n = h.matches.len();
+                self.st.header_route = (n > 0).then(|| h.clone());
+                self.st.message = Some(format!("{canary}: header route with {n} match(es)"));
+                self.next_step();
+            }
+            Some(RunStep::Mirror(p)) => {
+                self.st.mirror_percentage = (*p > 0).then_some(*p);
+                self.st.message = Some(format!("{canary} gets copies of {p}% of stable's requests"));
                 self.next_step();
             }
             Some(RunStep::Pause(Some(d))) => {

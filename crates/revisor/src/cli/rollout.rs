@@ -84,6 +84,8 @@ fn step_text(r: &Rollout) -> String {
                 RunStep::Pause(Some(d)) => format!("pause {d:?}"),
                 RunStep::Pause(None) => "pause (until promoted)".into(),
                 RunStep::Analysis(n) => format!("analysis ({n} runs)"),
+                RunStep::HeaderRoute(h) => format!("setHeaderRoute ({} matches)", h.matches.len()),
+                RunStep::Mirror(p) => format!("setMirrorRoute {p}%"),
             };
             format!("{}/{} {what}", st.current_step + 1, steps.len())
         }
