@@ -105,14 +105,14 @@ pub struct Step {
 }
 
 /// Argo Rollouts' `setHeaderRoute`: every match must hold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderRoute {
     #[serde(default, rename = "match")]
     pub matches: Vec<HeaderMatch>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderMatch {
     pub header_name: String,
@@ -120,7 +120,7 @@ pub struct HeaderMatch {
 }
 
 /// Exactly one of exact, prefix, regex.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StringMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -534,7 +534,10 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
                         }
                         if let Some(re) = &v.regex {
                             if let Err(e) = regex_lite::Regex::new(re) {
-                                errs.push(mp.field("headerValue").field("regex"), format!("not a regular expression: {e}"));
+                                errs.push(
+                                    mp.field("headerValue").field("regex"),
+                                    format!("not a regular expression: {e}"),
+                                );
                             }
                         }
                     }
@@ -564,7 +567,15 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
         }
         for (i, m) in a.metrics.iter().enumerate() {
             let mp = p.field("metrics").index(i);
-            if !["success-rate", "latency", "error-count", "request-rate", "prediction-agreement"].contains(&m.name.as_str()) {
+            if ![
+                "success-rate",
+                "latency",
+                "error-count",
+                "request-rate",
+                "prediction-agreement",
+            ]
+            .contains(&m.name.as_str())
+            {
                 errs.push(
                     mp.field("name"),
                     format!(
@@ -589,10 +600,16 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
                     ),
                 }
                 if m.relative_to.is_some() {
-                    errs.push(mp.field("relativeTo"), "prediction agreement already compares with stable");
+                    errs.push(
+                        mp.field("relativeTo"),
+                        "prediction agreement already compares with stable",
+                    );
                 }
             } else if m.agreement.is_some() || m.tolerance.is_some() {
-                errs.push(mp.field("agreement"), "only prediction-agreement takes agreement and tolerance");
+                errs.push(
+                    mp.field("agreement"),
+                    "only prediction-agreement takes agreement and tolerance",
+                );
             }
             if let Some(pc) = m.percentile {
                 if m.name != "latency" {

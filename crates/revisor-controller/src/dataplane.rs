@@ -3,7 +3,8 @@
 
 use revisor_api::annotations::{parse_autoscaling, AutoscalingAnnotations};
 use revisor_api::meta::Conditions;
-use revisor_api::{ConditionStatus, Defaults, Path, Revision, Service};
+use revisor_api::rollout::HeaderMatch;
+use revisor_api::{ConditionStatus, Defaults, Path, Revision, Rollout, Service};
 
 /// The engine that runs revisions and routes requests (locally: processes and the gateway).
 pub trait Backend: Send + Sync {
@@ -29,12 +30,16 @@ pub struct RoutedTarget {
 }
 
 /// The programmed routes of one service.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceRoutes {
     pub namespace: String,
     pub service: String,
     pub host: String,
     pub targets: Vec<RoutedTarget>,
+    /// A Rollout's header route: matching requests go to `revision` (A/B).
+    pub header_routes: Vec<(Vec<HeaderMatch>, String)>,
+    /// A Rollout's mirror: (from, to, percent).
+    pub mirror: Option<(String, String, u32)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -73,7 +78,12 @@ fn revision_ready(rev: &Revision) -> bool {
 /// Derives the desired data plane: a revision runs when the service's programmed or declared traffic
 /// reaches it (by percent or tag), or when it is its service's latest revision and not yet ready (so it
 /// can become ready); everything else runs nothing.
-pub fn desired_state(services: &[Service], revisions: &[Revision], defaults: &Defaults) -> DesiredState {
+pub fn desired_state(
+    services: &[Service],
+    revisions: &[Revision],
+    rollouts: &[Rollout],
+    defaults: &Defaults,
+) -> DesiredState {
     let mut out = DesiredState::default();
     for svc in services {
         let st = svc.status();
@@ -91,12 +101,28 @@ pub fn desired_state(services: &[Service], revisions: &[Revision], defaults: &De
                     })
                 })
                 .collect();
-            out.routes.push(ServiceRoutes {
+            let mut routes = ServiceRoutes {
                 namespace: ns.clone(),
                 service: name.clone(),
                 host: host_of(url),
                 targets,
-            });
+                ..Default::default()
+            };
+            let rollout = rollouts
+                .iter()
+                .find(|r| &r.metadata.namespace == ns && &r.spec.service_ref.name == name)
+                .and_then(|r| r.status.as_ref());
+            if let Some(st) = rollout {
+                if let Some(canary) = &st.canary_revision {
+                    if let Some(h) = &st.header_route {
+                        routes.header_routes.push((h.matches.clone(), canary.clone()));
+                    }
+                    if let (Some(p), Some(stable)) = (st.mirror_percentage, &st.stable_revision) {
+                        routes.mirror = Some((stable.clone(), canary.clone(), p));
+                    }
+                }
+            }
+            out.routes.push(routes);
         }
     }
     for rev in revisions {
@@ -249,7 +275,7 @@ mod tests {
             ),
         ];
         for (name, s, want) in cases {
-            let got = desired_state(&[s], &[r1.clone(), r2.clone(), r3.clone()], &d);
+            let got = desired_state(&[s], &[r1.clone(), r2.clone(), r3.clone()], &[], &d);
             let want: Vec<(String, u32)> = want.into_iter().map(|(n, r)| (n.to_string(), r)).collect();
             assert_eq!(replicas(&got), want, "{name}");
         }
@@ -266,7 +292,7 @@ mod tests {
             "svc-00002",
             Some("svc-00002"),
         );
-        let d = desired_state(&[s], &[], &Defaults::default());
+        let d = desired_state(&[s], &[], &[], &Defaults::default());
         assert_eq!(d.routes[0].host, "svc.default.localhost");
         assert_eq!(
             d.routes[0].targets[0].tag_host.as_deref(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use chrono::Utc;
-use revisor_api::{Defaults, Revision, Service};
+use revisor_api::{Defaults, Revision, Rollout, Service};
 use revisor_store::{Store, StoreError};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -84,14 +84,21 @@ impl Controller {
     /// Sends the desired data plane to the backend when it changed.
     fn sync_backend(&mut self) {
         let Some(backend) = &self.backend else { return };
-        let (services, revisions) = match (self.store.list::<Service>(None), self.store.list::<Revision>(None)) {
-            (Ok(s), Ok(r)) => (s, r),
-            (Err(e), _) | (_, Err(e)) => {
+        let read = || -> Result<_, StoreError> {
+            Ok((
+                self.store.list::<Service>(None)?,
+                self.store.list::<Revision>(None)?,
+                self.store.list::<Rollout>(None)?,
+            ))
+        };
+        let (services, revisions, rollouts) = match read() {
+            Ok(x) => x,
+            Err(e) => {
                 tracing::error!("reading the store for the data plane: {e}");
                 return;
             }
         };
-        let desired = desired_state(&services, &revisions, &self.defaults);
+        let desired = desired_state(&services, &revisions, &rollouts, &self.defaults);
         if self.last.as_ref() != Some(&desired) {
             backend.sync(desired.clone());
             self.last = Some(desired);

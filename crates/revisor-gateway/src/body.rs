@@ -233,8 +233,13 @@ impl Body for ResponseBody {
                 Poll::Ready(Some(Err(Box::new(e))))
             }
             Poll::Ready(Some(Ok(f))) => {
+                let ended = self.inner.is_end_stream();
                 if let (Some(t), Some(d)) = (self.tee.as_mut(), f.data_ref()) {
                     t.data(d);
+                    // With a known length the last frame may be the last poll.
+                    if ended {
+                        t.end();
+                    }
                 }
                 Poll::Ready(Some(Ok(f)))
             }

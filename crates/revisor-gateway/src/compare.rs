@@ -35,7 +35,10 @@ fn argmax_rows(data: &[f64], rows: usize) -> Vec<usize> {
             let row = &data[r * cols..(r + 1) * cols];
             row.iter()
                 .enumerate()
-                .fold((0, f64::NEG_INFINITY), |best, (i, v)| if *v > best.1 { (i, *v) } else { best })
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |best, (i, v)| if *v > best.1 { (i, *v) } else { best },
+                )
                 .0
         })
         .collect()
@@ -100,7 +103,10 @@ mod tests {
         let same = compare(&a, &a).unwrap();
         assert_eq!((same.argmax_agree, same.max_abs_diff), (true, 0.0));
         let close = compare(&a, &resp("[0.2, 0.8, 0.7, 0.3]", "[2, 2]")).unwrap();
-        assert!(close.argmax_agree && (close.max_abs_diff - 0.1).abs() < 1e-9, "{close:?}");
+        assert!(
+            close.argmax_agree && (close.max_abs_diff - 0.1).abs() < 1e-9,
+            "{close:?}"
+        );
         let flipped = compare(&a, &resp("[0.1, 0.9, 0.2, 0.8]", "[2, 2]")).unwrap();
         assert!(!flipped.argmax_agree, "the second row's argmax differs");
         let nested = compare(&a, &resp("[[0.1, 0.9], [0.8, 0.2]]", "[2, 2]")).unwrap();
@@ -108,6 +114,10 @@ mod tests {
         let other_shape = compare(&a, &resp("[0.1, 0.9, 0.8]", "[1, 3]")).unwrap();
         assert!(!other_shape.argmax_agree && other_shape.max_abs_diff.is_infinite());
         assert_eq!(compare(b"not json", &a), None);
-        assert_eq!(compare(br#"{"error": "x"}"#, &a), None, "an error answer is not compared");
+        assert_eq!(
+            compare(br#"{"error": "x"}"#, &a),
+            None,
+            "an error answer is not compared"
+        );
     }
 }

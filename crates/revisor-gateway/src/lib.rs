@@ -16,7 +16,8 @@ pub use endpoint::{Breaker, Endpoint};
 pub use metrics::{prometheus_text, Labels, MetricsSnapshot, RevisionMetrics, DIFF_BUCKETS, LATENCY_BUCKETS_MS};
 pub use proxy::TAG_HEADER;
 pub use routes::{
-    HeaderMatchSpec, HeaderRouteSpec, MatchSpec, MirrorSpec, Protocol, RevisionSpec, RoutesSpec, ServiceSpec, TargetSpec,
+    HeaderMatchSpec, HeaderRouteSpec, MatchSpec, MirrorSpec, Protocol, RevisionSpec, RoutesSpec, ServiceSpec,
+    TargetSpec,
 };
 
 use std::collections::{BTreeMap, HashMap};

@@ -240,12 +240,16 @@ async fn proxy(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mirror = mirror.filter(|_| hyper::body::Body::is_end_stream(&body) || declared.is_some_and(|n| n <= MIRROR_BODY_LIMIT));
+    let mirror =
+        mirror.filter(|_| hyper::body::Body::is_end_stream(&body) || declared.is_some_and(|n| n <= MIRROR_BODY_LIMIT));
     let mut tee = None;
     let slot = match mirror {
         None => BodySlot::new(body, inner.config.max_body_bytes),
         Some(to) => {
-            let bytes = match http_body_util::Limited::new(body, MIRROR_BODY_LIMIT as usize).collect().await {
+            let bytes = match http_body_util::Limited::new(body, MIRROR_BODY_LIMIT as usize)
+                .collect()
+                .await
+            {
                 Ok(c) => c.to_bytes(),
                 Err(e) => {
                     acct.status = 400;
@@ -438,7 +442,9 @@ fn spawn_mirror(
         };
         *req.headers_mut() = headers;
         let answer = tokio::time::timeout(to.timeout, async {
-            let resp = crate::with_client(to.protocol, |c| c.request(req)).await.map_err(|_| 502u16)?;
+            let resp = crate::with_client(to.protocol, |c| c.request(req))
+                .await
+                .map_err(|_| 502u16)?;
             let status = resp.status().as_u16();
             let bytes = http_body_util::Limited::new(resp.into_body(), COMPARE_LIMIT)
                 .collect()

@@ -6,8 +6,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use revisor_gateway::{
-    Gateway, GatewayConfig, HeaderMatchSpec, HeaderRouteSpec, MatchSpec, MirrorSpec, Protocol, RevisionSpec, RoutesSpec,
-    ServiceSpec, TargetSpec,
+    Gateway, GatewayConfig, HeaderMatchSpec, HeaderRouteSpec, MatchSpec, MirrorSpec, Protocol, RevisionSpec,
+    RoutesSpec, ServiceSpec, TargetSpec,
 };
 
 struct Upstream {
@@ -514,7 +514,10 @@ async fn header_routes_send_matching_requests_to_their_revision() {
         vec![target("svc-1", 100, None), target("svc-2", 0, Some("canary"))],
         vec![rev("svc-1", vec![a.addr], 0, 5000), rev("svc-2", vec![b.addr], 0, 5000)],
     );
-    let m = |name: &str, value: MatchSpec| HeaderMatchSpec { name: name.into(), value };
+    let m = |name: &str, value: MatchSpec| HeaderMatchSpec {
+        name: name.into(),
+        value,
+    };
     spec.services[0].header_routes = vec![HeaderRouteSpec {
         matches: vec![
             m("x-group", MatchSpec::Exact("beta".into())),
@@ -527,16 +530,34 @@ async fn header_routes_send_matching_requests_to_their_revision() {
     let addr = start(&gw).await;
     let c = client();
     let host = "svc.default.localhost";
-    let all = [("x-group", "beta"), ("user-agent", "curl/8.5.0"), ("x-region", "eu-west")];
-    assert!(get(&c, addr, host, "/", &all).await.1.contains("svc-2"), "every match holds");
+    let all = [
+        ("x-group", "beta"),
+        ("user-agent", "curl/8.5.0"),
+        ("x-region", "eu-west"),
+    ];
+    assert!(
+        get(&c, addr, host, "/", &all).await.1.contains("svc-2"),
+        "every match holds"
+    );
     let cases: [&[(&str, &str)]; 4] = [
         &[],
         &[("x-group", "beta"), ("user-agent", "curl/8.5.0")],
-        &[("x-group", "betamax"), ("user-agent", "curl/8.5.0"), ("x-region", "eu-west")],
-        &[("x-group", "beta"), ("user-agent", "Mozilla/5.0"), ("x-region", "eu-west")],
+        &[
+            ("x-group", "betamax"),
+            ("user-agent", "curl/8.5.0"),
+            ("x-region", "eu-west"),
+        ],
+        &[
+            ("x-group", "beta"),
+            ("user-agent", "Mozilla/5.0"),
+            ("x-region", "eu-west"),
+        ],
     ];
     for h in cases {
-        assert!(get(&c, addr, host, "/", h).await.1.contains("svc-1"), "{h:?} goes by weight");
+        assert!(
+            get(&c, addr, host, "/", h).await.1.contains("svc-1"),
+            "{h:?} goes by weight"
+        );
     }
 }
 
@@ -558,7 +579,11 @@ async fn a_mirrored_revision_gets_copies_and_clients_only_see_the_primary() {
     let c = client();
     for _ in 0..20 {
         let (status, body) = get(&c, addr, "svc.default.localhost", "/", &[]).await;
-        assert_eq!((status, body.trim()), (200, "svc-1"), "the client never sees the mirror's 500");
+        assert_eq!(
+            (status, body.trim()),
+            (200, "svc-1"),
+            "the client never sees the mirror's 500"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

@@ -27,7 +27,10 @@ use revisor_controller::{record_health, Backend, DesiredState, RevisionHealth, R
 use revisor_store::Event;
 
 use crate::autoscale::{counters, drive, Autoscaling};
-use revisor_gateway::{Gateway, Protocol, RevisionSpec, RoutesSpec, ServiceSpec, TargetSpec};
+use revisor_gateway::{
+    Gateway, HeaderMatchSpec, HeaderRouteSpec, MatchSpec, MirrorSpec, Protocol, RevisionSpec, RoutesSpec, ServiceSpec,
+    TargetSpec,
+};
 use revisor_runtime::{RevisionKey, Runtime, Snapshot};
 use revisor_store::Store;
 use tokio::sync::Notify;
@@ -71,11 +74,19 @@ impl revisor_controller::MetricsSource for GatewayMetrics {
                 requests: [0; 5],
                 bounds_ms: m.latency_buckets_ms.clone(),
                 latency_counts: vec![0; m.latency_counts.len()],
+                diff_bounds: revisor_gateway::DIFF_BUCKETS.to_vec(),
+                diff_counts: vec![0; m.diff_counts.len()],
+                ..Default::default()
             });
             for (a, b) in c.requests.iter_mut().zip(m.requests) {
                 *a += b;
             }
             for (a, b) in c.latency_counts.iter_mut().zip(&m.latency_counts) {
+                *a += b;
+            }
+            c.compared += m.compared;
+            c.argmax_agreed += m.argmax_agreed;
+            for (a, b) in c.diff_counts.iter_mut().zip(&m.diff_counts) {
                 *a += b;
             }
         }
@@ -356,11 +367,36 @@ fn routes(desired: &DesiredState, effective: &[ServiceRoutes], snapshot: &Snapsh
                 tag_host: t.tag_host.clone(),
             })
             .collect();
+        let header_routes = r
+            .header_routes
+            .iter()
+            .map(|(matches, revision)| HeaderRouteSpec {
+                matches: matches
+                    .iter()
+                    .map(|m| HeaderMatchSpec {
+                        name: m.header_name.to_ascii_lowercase(),
+                        value: match (&m.header_value.exact, &m.header_value.prefix, &m.header_value.regex) {
+                            (Some(v), _, _) => MatchSpec::Exact(v.clone()),
+                            (_, Some(v), _) => MatchSpec::Prefix(v.clone()),
+                            (_, _, Some(v)) => MatchSpec::Regex(v.clone()),
+                            _ => MatchSpec::Exact(String::new()),
+                        },
+                    })
+                    .collect(),
+                revision: revision.clone(),
+            })
+            .collect();
         spec.services.push(ServiceSpec {
             namespace: r.namespace.clone(),
             name: r.service.clone(),
             host: r.host.clone(),
             targets,
+            header_routes,
+            mirror: r.mirror.as_ref().map(|(from, to, percent)| MirrorSpec {
+                from: from.clone(),
+                to: to.clone(),
+                percent: *percent,
+            }),
         });
         for t in &r.targets {
             let Some(rev) = by_name.get(&(r.namespace.as_str(), t.revision.as_str())) else {
@@ -481,6 +517,7 @@ mod tests {
             service: "s".into(),
             host: "s.ns.localhost".into(),
             targets,
+            ..Default::default()
         };
         DesiredState {
             revisions: vec![],

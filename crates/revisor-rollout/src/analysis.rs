@@ -13,6 +13,13 @@ pub struct Counters {
     pub bounds_ms: Vec<f64>,
     /// Count per bucket (not cumulative); one more than `bounds_ms` (the last is above every bound).
     pub latency_counts: Vec<u64>,
+    /// Mirrored answers compared with stable's, and those whose argmax agreed.
+    pub compared: u64,
+    pub argmax_agreed: u64,
+    /// Upper bounds of the buckets of the largest absolute difference, and the count per bucket (one
+    /// more than the bounds).
+    pub diff_bounds: Vec<f64>,
+    pub diff_counts: Vec<u64>,
 }
 
 /// What happened between two readings.
@@ -23,30 +30,57 @@ pub struct Window {
     pub bounds_ms: Vec<f64>,
     pub latency_counts: Vec<u64>,
     pub seconds: f64,
+    pub compared: u64,
+    pub argmax_agreed: u64,
+    pub diff_bounds: Vec<f64>,
+    pub diff_counts: Vec<u64>,
 }
 
 impl Window {
     /// The window between `before` and `after`, `seconds` apart.
     pub fn between(before: &Counters, after: &Counters, seconds: f64) -> Window {
         let total = |c: &Counters| c.requests.iter().sum::<u64>();
-        let latency_counts = after
-            .latency_counts
-            .iter()
-            .enumerate()
-            .map(|(i, n)| n.saturating_sub(before.latency_counts.get(i).copied().unwrap_or(0)))
-            .collect();
+        let diff = |a: &[u64], b: &[u64]| -> Vec<u64> {
+            a.iter()
+                .enumerate()
+                .map(|(i, n)| n.saturating_sub(b.get(i).copied().unwrap_or(0)))
+                .collect()
+        };
         Window {
             requests: total(after).saturating_sub(total(before)),
             errors: after.requests[4].saturating_sub(before.requests[4]),
             bounds_ms: after.bounds_ms.clone(),
-            latency_counts,
+            latency_counts: diff(&after.latency_counts, &before.latency_counts),
             seconds,
+            compared: after.compared.saturating_sub(before.compared),
+            argmax_agreed: after.argmax_agreed.saturating_sub(before.argmax_agreed),
+            diff_bounds: after.diff_bounds.clone(),
+            diff_counts: diff(&after.diff_counts, &before.diff_counts),
         }
     }
 
     /// Share of responses that were not 5xx, in percent.
     pub fn success_rate(&self) -> Option<f64> {
         (self.requests > 0).then(|| 100.0 * (self.requests - self.errors) as f64 / self.requests as f64)
+    }
+
+    /// Percent of compared predictions that agree: by argmax, or (with a tolerance) whose largest
+    /// difference falls in a bucket whose bound is at most the tolerance.
+    pub fn prediction_agreement(&self, tolerance: Option<f64>) -> Option<f64> {
+        if self.compared == 0 {
+            return None;
+        }
+        let agreed = match tolerance {
+            None => self.argmax_agreed,
+            Some(t) => self
+                .diff_bounds
+                .iter()
+                .zip(&self.diff_counts)
+                .filter(|(b, _)| **b <= t)
+                .map(|(_, n)| n)
+                .sum(),
+        };
+        Some(100.0 * agreed as f64 / self.compared as f64)
     }
 
     pub fn request_rate(&self) -> f64 {
@@ -97,6 +131,10 @@ fn value(m: &MetricCheck, w: &Window) -> Option<f64> {
         "latency" => w.latency_percentile(m.percentile.unwrap_or(99.0)),
         "error-count" => Some(w.errors as f64),
         "request-rate" => Some(w.request_rate()),
+        "prediction-agreement" => w.prediction_agreement(match m.agreement.as_deref() {
+            Some("tolerance") => m.tolerance,
+            _ => None,
+        }),
         _ => None,
     }
 }
@@ -172,6 +210,11 @@ pub fn evaluate(
             let absolute = t.min.is_some() || t.max.is_some();
             let out_of_range = v.is_some_and(|v| t.min.is_some_and(|lo| v < lo) || t.max.is_some_and(|hi| v > hi));
             let certain = m.name == "error-count" && out_of_range;
+            let enough = if m.name == "prediction-agreement" {
+                w.compared >= min
+            } else {
+                enough
+            };
             let mut verdict = if !absolute {
                 Verdict::Successful
             } else if v.is_none() || (!enough && !certain) {
@@ -249,7 +292,11 @@ pub fn evaluate(
                 threshold: t,
                 baseline,
                 comparison,
-                samples: w.requests,
+                samples: if m.name == "prediction-agreement" {
+                    w.compared
+                } else {
+                    w.requests
+                },
                 verdict: verdict.to_string(),
             }
         })
@@ -271,6 +318,7 @@ mod tests {
             requests: [0, ok, 0, 0, errors],
             bounds_ms: vec![1.0, 10.0, 100.0],
             latency_counts: latency.to_vec(),
+            ..Default::default()
         }
     }
 
@@ -407,6 +455,39 @@ mod tests {
         );
         let r = evaluate(&a(errors), &w(180, 20), Some(&w(950, 50)), "c", 0, now);
         assert!(r.failed, "10% vs 5%: z = 2.75 > 1.64: {r:?}");
+    }
+
+    #[test]
+    fn prediction_agreement_by_argmax_or_tolerance() {
+        let c = |compared, agreed, diffs: Vec<u64>| Counters {
+            compared,
+            argmax_agreed: agreed,
+            diff_bounds: vec![1e-6, 1e-3, 1.0],
+            diff_counts: diffs,
+            ..Default::default()
+        };
+        let w = Window::between(&c(10, 10, vec![10, 0, 0, 0]), &c(110, 90, vec![60, 30, 5, 5]), 10.0);
+        assert_eq!((w.compared, w.argmax_agreed), (100, 80));
+        assert_eq!(w.prediction_agreement(None), Some(80.0));
+        assert_eq!(w.prediction_agreement(Some(1e-3)), Some(80.0), "50 + 30 within 1e-3");
+        assert_eq!(w.prediction_agreement(Some(1e-6)), Some(50.0));
+        let a = Analysis {
+            min_samples: Some(50),
+            metrics: vec![MetricCheck {
+                name: "prediction-agreement".into(),
+                threshold_range: ThresholdRange {
+                    min: Some(95.0),
+                    max: None,
+                },
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let r = evaluate(&a, &w, None, "c", 0, Utc::now());
+        assert!(r.failed, "80% < 95%: {r:?}");
+        assert_eq!(r.measurements[0].samples, 100, "samples are the compared predictions");
+        let few = Window::between(&c(0, 0, vec![0; 4]), &c(10, 5, vec![5, 0, 0, 5]), 10.0);
+        assert!(evaluate(&a, &few, None, "c", 0, Utc::now()).inconclusive);
     }
 
     #[test]

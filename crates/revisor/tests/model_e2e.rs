@@ -124,3 +124,153 @@ fn the_onnx_runtime_engine_needs_its_library() {
         "{err}"
     );
 }
+
+const MIRROR_ROLLOUT: &str = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: tabular
+spec:
+  serviceRef:
+    name: tabular
+  strategy:
+    canary:
+      steps:
+        - setMirrorRoute: {percentage: 100}
+        - analysis: {count: 1}
+        - setWeight: 50
+        - analysis: {count: 1}
+  analysis:
+    interval: 2s
+    threshold: 2
+    minSamples: 10
+    metrics:
+      - name: prediction-agreement
+        agreement: tolerance
+        tolerance: 0.001
+        thresholdRange: {min: 95}
+      - name: success-rate
+        thresholdRange: {min: 99}
+";
+
+fn rollout(s: &str) -> serde_json::Value {
+    serde_json::from_str(&common::ok(s, &["get", "rollout", "tabular", "-o", "json"])).unwrap()
+}
+
+/// Inference traffic with varied rows until stopped: the model versions that answered, and failures.
+fn traffic(
+    gateway: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(std::collections::BTreeMap<String, u64>, Vec<String>)> {
+    tokio::spawn(async move {
+        let c = reqwest::Client::new();
+        let (mut seen, mut failures) = (std::collections::BTreeMap::new(), Vec::new());
+        let mut i = 0u32;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            i += 1;
+            let x = (i % 17) as f32 / 4.0;
+            let body = serde_json::json!({ "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32", "data": [x, 1.0 - x, x * 0.5, 2.0] }] });
+            let resp = c
+                .post(format!("http://{gateway}/v2/models/tabular/infer"))
+                .header("host", "tabular.default.localhost")
+                .json(&body)
+                .send()
+                .await;
+            match resp {
+                Ok(r) if r.status().is_success() => {
+                    let v: serde_json::Value = r.json().await.unwrap_or_default();
+                    *seen
+                        .entry(v["model_version"].as_str().unwrap_or("?").to_string())
+                        .or_insert(0) += 1;
+                }
+                Ok(r) => failures.push(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+                Err(e) => failures.push(e.to_string()),
+            }
+            tokio::time::sleep(Duration::from_millis(8)).await;
+        }
+        (seen, failures)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_model_canary_is_judged_on_prediction_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    revisor_model::examples::write_all(&models).unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.clone();
+    apply(
+        &s,
+        dir.path(),
+        "m.yaml",
+        &model_service(&models, "tabular-v1.onnx", "v1", ""),
+    );
+    apply(&s, dir.path(), "r.yaml", MIRROR_ROLLOUT);
+    common::wait_until("v1 stable", Duration::from_secs(30), || {
+        rollout(&s)["status"]["stableRevision"] == "tabular-00001"
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = traffic(server.gateway_addr(), stop.clone());
+
+    // The same model again: every mirrored prediction agrees; promoted.
+    apply(
+        &s,
+        dir.path(),
+        "m.yaml",
+        &model_service(&models, "tabular-v1.onnx", "v1-again", ""),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while rollout(&s)["status"]["stableRevision"] != "tabular-00002" {
+        if std::time::Instant::now() > deadline {
+            let st = rollout(&s)["status"].clone();
+            let metrics = common::admin_get(&s, "/metrics");
+            let lines: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.contains("prediction") || l.contains("tag=\"mirror\""))
+                .collect();
+            panic!(
+                "not promoted: {}\n{}",
+                serde_json::to_string_pretty(&st).unwrap(),
+                lines.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let agreed: Vec<serde_json::Value> = rollout(&s)["status"]["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["metric"] == "prediction-agreement" && m["revision"] == "tabular-00002")
+        .cloned()
+        .collect();
+    assert!(
+        !agreed.is_empty() && agreed.iter().all(|m| m["value"] == 100.0),
+        "{agreed:?}"
+    );
+
+    // Retrained weights: probabilities differ by more than the tolerance; rolled back while it only
+    // received copies, so no client ever got its answers.
+    apply(
+        &s,
+        dir.path(),
+        "m.yaml",
+        &model_service(&models, "tabular-v2.onnx", "v2", ""),
+    );
+    common::wait_until("v2 rolled back", Duration::from_secs(40), || {
+        rollout(&s)["status"]["phase"] == "RolledBack"
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (seen, failures) = load.await.unwrap();
+    let r = rollout(&s);
+    let msg = r["status"]["message"].as_str().unwrap();
+    assert!(msg.contains("prediction-agreement"), "{msg}");
+    assert_eq!(r["status"]["rejectedRevision"], "tabular-00003");
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(
+        !seen.contains_key("v2"),
+        "clients never saw the mirrored canary's answers: {seen:?}"
+    );
+    assert!(
+        seen.get("v1").copied().unwrap_or(0) > 0 && seen.get("v1-again").copied().unwrap_or(0) > 0,
+        "{seen:?}"
+    );
+}
