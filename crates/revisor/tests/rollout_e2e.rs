@@ -291,3 +291,67 @@ spec:
     assert!(msg.contains("latency-p50") && msg.contains("x stable"), "{msg}");
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_route_sends_matching_requests_to_the_canary() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.clone();
+    let ab = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  serviceRef:
+    name: web
+  strategy:
+    canary:
+      steps:
+        - setHeaderRoute:
+            match:
+              - headerName: X-Canary
+                headerValue: {exact: \"yes\"}
+              - headerName: User-Agent
+                headerValue: {regex: \"^beta-.*\"}
+        - pause: {}
+";
+    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
+    apply(&s, dir.path(), "rollout.yaml", ab);
+    wait_until("stable", Duration::from_secs(20), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
+    wait_until("paused with the header route", Duration::from_secs(20), || {
+        let st = rollout_json(&s)["status"].clone();
+        st["phase"] == "Paused" && st["headerRoute"].is_object()
+    });
+    let c = http_client();
+    let gw = server.gateway_addr();
+    let host = "web.default.localhost";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !get(&c, gw, host, &[("x-canary", "yes"), ("user-agent", "beta-7")])
+        .await
+        .is_ok_and(|(_, b)| b.contains("web-00002"))
+    {
+        assert!(Instant::now() < deadline, "the header route was never programmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..20 {
+        let (_, body) = get(&c, gw, host, &[("x-canary", "yes"), ("user-agent", "beta-7")])
+            .await
+            .unwrap();
+        assert!(body.contains("web-00002"), "{body}");
+        let (_, body) = get(&c, gw, host, &[("x-canary", "yes"), ("user-agent", "curl")])
+            .await
+            .unwrap();
+        assert!(body.contains("web-00001"), "all matches must hold: {body}");
+        let (_, body) = get(&c, gw, host, &[]).await.unwrap();
+        assert!(body.contains("web-00001"), "{body}");
+    }
+    ok(&s, &["rollout", "promote", "web", "--full"]);
+    wait_until("promoted", Duration::from_secs(10), || phase(&s) == "Succeeded");
+    assert!(
+        rollout_json(&s)["status"]["headerRoute"].is_null(),
+        "the header route ends with the rollout"
+    );
+}
