@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::field::{FieldErrors, Path};
 use crate::meta::{Condition, ObjectMeta};
@@ -63,9 +62,10 @@ pub struct ServiceRef {
 pub struct Strategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<Canary>,
-    /// Blue-green (not implemented yet: refused at admission).
+    /// Blue-green (Argo Rollouts' shape): the new revision waits beside the old one with no traffic
+    /// (reachable by the `preview` tag), then takes all traffic at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blue_green: Option<Value>,
+    pub blue_green: Option<BlueGreen>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -102,6 +102,25 @@ pub struct Step {
     /// measured (and, for model predictions, compared with stable's). `percentage: 0` stops it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_mirror_route: Option<MirrorRoute>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlueGreen {
+    /// Successful runs of `spec.analysis` on the preview (its requests through the `preview` tag)
+    /// before promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_promotion_analysis: Option<StepAnalysis>,
+    /// Promote this long after the preview is ready (and its pre-promotion analysis passed); without
+    /// it, wait for `revisor rollout promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_promotion_seconds: Option<u64>,
+    /// Successful runs of `spec.analysis` after the switch; a failure switches back at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_promotion_analysis: Option<StepAnalysis>,
+    /// The old revision stays tagged `previous` (and warm) this long after promotion (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_delay_seconds: Option<u64>,
 }
 
 /// Argo Rollouts' `setHeaderRoute`: every match must hold.
@@ -277,6 +296,9 @@ pub struct RolloutStatus {
     /// The share of stable's requests mirrored to the canary (set by a `setMirrorRoute` step).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror_percentage: Option<u32>,
+    /// The stable revision's ready replicas when the rollout began: it never runs fewer meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_floor: Option<u32>,
     /// For `undo --to-revision`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo_to: Option<String>,
@@ -349,6 +371,18 @@ pub enum RunStep {
 impl RolloutSpec {
     /// The canary's steps. Flagger's shape becomes, for each weight, set it and run one analysis.
     pub fn run_steps(&self) -> Vec<RunStep> {
+        if let Some(bg) = &self.strategy.blue_green {
+            let mut steps = Vec::new();
+            if let Some(a) = &bg.pre_promotion_analysis {
+                steps.push(RunStep::Analysis(a.count.unwrap_or(1).max(1)));
+            }
+            steps.push(RunStep::Pause(bg.auto_promotion_seconds.map(Duration::from_secs)));
+            steps.push(RunStep::SetWeight(100));
+            if let Some(a) = &bg.post_promotion_analysis {
+                steps.push(RunStep::Analysis(a.count.unwrap_or(1).max(1)));
+            }
+            return steps;
+        }
         let Some(c) = &self.strategy.canary else {
             return Vec::new();
         };
@@ -393,11 +427,20 @@ impl RolloutSpec {
             .unwrap_or(Duration::from_secs(600))
     }
 
+    /// How long the previous stable revision stays tagged `previous` and warm after a promotion:
+    /// blue-green's `scaleDownDelaySeconds` (default 30 s), else `rollbackWindow` (default 10 min).
     pub fn rollback_window(&self) -> Duration {
+        if let Some(bg) = &self.strategy.blue_green {
+            return Duration::from_secs(bg.scale_down_delay_seconds.unwrap_or(30));
+        }
         self.rollback_window
             .as_deref()
             .and_then(|s| parse_go_duration(s).ok())
             .unwrap_or(Duration::from_secs(600))
+    }
+
+    pub fn is_blue_green(&self) -> bool {
+        self.strategy.blue_green.is_some()
     }
 }
 
@@ -431,14 +474,31 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
     duration(&mut errs, spec.field("progressDeadline"), &r.spec.progress_deadline);
     duration(&mut errs, spec.field("rollbackWindow"), &r.spec.rollback_window);
     let strategy = spec.field("strategy");
-    if r.spec.strategy.blue_green.is_some() {
-        errs.push(
-            strategy.field("blueGreen"),
-            "blue-green rollouts are not implemented yet; use strategy.canary",
-        );
+    if let Some(bg) = &r.spec.strategy.blue_green {
+        let p = strategy.field("blueGreen");
+        if r.spec.strategy.canary.is_some() {
+            errs.push(p.clone(), "set either canary or blueGreen, not both");
+        }
+        if (bg.pre_promotion_analysis.is_some() || bg.post_promotion_analysis.is_some()) && r.spec.analysis.is_none() {
+            errs.push(
+                spec.field("analysis"),
+                "pre- and post-promotion analysis run spec.analysis: give it",
+            );
+        }
+        for (name, a) in [
+            ("prePromotionAnalysis", &bg.pre_promotion_analysis),
+            ("postPromotionAnalysis", &bg.post_promotion_analysis),
+        ] {
+            if a.as_ref().is_some_and(|a| a.count == Some(0)) {
+                errs.push(p.field(name).field("count"), "must be at least 1");
+            }
+        }
     }
     match &r.spec.strategy.canary {
-        None if r.spec.strategy.blue_green.is_none() => errs.push(strategy.field("canary"), "missing field(s)"),
+        None if r.spec.strategy.blue_green.is_none() => errs.push(
+            strategy.field("canary"),
+            "missing: give strategy.canary or strategy.blueGreen",
+        ),
         None => {}
         Some(c) => {
             let canary = strategy.field("canary");

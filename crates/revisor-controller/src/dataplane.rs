@@ -17,6 +17,9 @@ pub trait Backend: Send + Sync {
 pub struct DesiredRevision {
     pub revision: Revision,
     pub replicas: u32,
+    /// Replicas a Rollout keeps whatever the autoscaler says (stable during a rollout, the previous
+    /// stable within its rollback window).
+    pub min_replicas: u32,
 }
 
 /// One routed target of a service.
@@ -83,6 +86,7 @@ pub fn desired_state(
     revisions: &[Revision],
     rollouts: &[Rollout],
     defaults: &Defaults,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> DesiredState {
     let mut out = DesiredState::default();
     for svc in services {
@@ -142,9 +146,18 @@ pub fn desired_state(
         )
         .unwrap_or_default();
         let replicas = if needed { initial_replicas(&a) } else { 0 };
+        let min_replicas = rollouts
+            .iter()
+            .filter(|r| r.metadata.namespace == rev.metadata.namespace)
+            .flat_map(|r| revisor_rollout::floors(r, now))
+            .filter(|(name, _)| *name == rev.metadata.name)
+            .map(|(_, n)| n)
+            .max()
+            .unwrap_or(0);
         out.revisions.push(DesiredRevision {
             revision: rev.clone(),
             replicas,
+            min_replicas,
         });
     }
     out
@@ -275,7 +288,7 @@ mod tests {
             ),
         ];
         for (name, s, want) in cases {
-            let got = desired_state(&[s], &[r1.clone(), r2.clone(), r3.clone()], &[], &d);
+            let got = desired_state(&[s], &[r1.clone(), r2.clone(), r3.clone()], &[], &d, chrono::Utc::now());
             let want: Vec<(String, u32)> = want.into_iter().map(|(n, r)| (n.to_string(), r)).collect();
             assert_eq!(replicas(&got), want, "{name}");
         }
@@ -292,7 +305,7 @@ mod tests {
             "svc-00002",
             Some("svc-00002"),
         );
-        let d = desired_state(&[s], &[], &[], &Defaults::default());
+        let d = desired_state(&[s], &[], &[], &Defaults::default(), chrono::Utc::now());
         assert_eq!(d.routes[0].host, "svc.default.localhost");
         assert_eq!(
             d.routes[0].targets[0].tag_host.as_deref(),

@@ -167,6 +167,16 @@ impl RolloutController {
             }
             _ => (None, None),
         };
+        let stable_replicas = match &r.status().stable_revision {
+            Some(s) => self
+                .store
+                .get::<Revision>(&ns, s)?
+                .and_then(|rev| rev.status)
+                .and_then(|st| st.actual_replicas)
+                .unwrap_or(0)
+                .max(0) as u32,
+            None => 0,
+        };
         let store = self.store.clone();
         let exists = move |rev: &str| store.get::<Revision>(&ns, rev).ok().flatten().is_some();
         let out = advance(&Input {
@@ -176,6 +186,7 @@ impl RolloutController {
             now,
             window,
             stable_window,
+            stable_replicas,
         });
         let traffic_changed = svc.spec.traffic() != out.traffic.as_slice();
         if Some(&out.status) == r.status.as_ref() && !traffic_changed && out.events.is_empty() {

@@ -98,7 +98,7 @@ impl Controller {
                 return;
             }
         };
-        let desired = desired_state(&services, &revisions, &rollouts, &self.defaults);
+        let desired = desired_state(&services, &revisions, &rollouts, &self.defaults, Utc::now());
         if self.last.as_ref() != Some(&desired) {
             backend.sync(desired.clone());
             self.last = Some(desired);

@@ -323,7 +323,7 @@ fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], sna
                 let wanted = if d.replicas > 0 {
                     initial_replicas(&d.revision, &inner.config)
                 } else {
-                    0
+                    d.min_replicas
                 };
                 known.replicas.insert(key.clone(), wanted);
                 known.unrunnable.insert(key, u);

@@ -9,4 +9,6 @@ pub mod analysis;
 pub mod machine;
 
 pub use analysis::{evaluate, Counters, Run, Window};
-pub use machine::{advance, analysis_due, CanaryState, Event, Input, Output, CANARY_TAG};
+pub use machine::{
+    advance, analysis_due, floors, CanaryState, Event, Input, Output, CANARY_TAG, PREVIEW_TAG, PREVIOUS_TAG,
+};

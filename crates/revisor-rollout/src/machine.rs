@@ -34,6 +34,8 @@ pub struct Input<'a> {
     pub window: Option<Window>,
     /// The stable revision's window over the same time (for checks relative to stable).
     pub stable_window: Option<Window>,
+    /// The stable revision's ready replicas now (its floor while a rollout runs).
+    pub stable_replicas: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,20 +78,63 @@ fn target(revision: Option<&str>, latest: bool, percent: u32, tag: Option<&str>)
     }
 }
 
-fn traffic(st: &RolloutStatus) -> Vec<TrafficTarget> {
+/// The Service's traffic for a status: the canary beside stable at its weight (tag `canary`), or for
+/// blue-green the preview at 0% then all of it (tag `preview`, the old one tagged `previous` at 0%);
+/// when idle, stable alone, plus the previous stable tagged `previous` within the rollback window.
+fn traffic(r: &Rollout, st: &RolloutStatus, now: DateTime<Utc>) -> Vec<TrafficTarget> {
     let Some(stable) = st.stable_revision.as_deref() else {
         return vec![target(None, true, 100, None)];
     };
-    let canary = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED | phase::PROMOTING)
+    let active = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED | phase::PROMOTING)
         && st.canary_revision.is_some();
-    if canary {
-        vec![
-            target(Some(stable), false, 100 - st.canary_weight.min(100), None),
-            target(None, true, st.canary_weight.min(100), Some(CANARY_TAG)),
-        ]
-    } else {
-        vec![target(Some(stable), false, 100, None)]
+    let w = st.canary_weight.min(100);
+    if active && r.spec.is_blue_green() {
+        let stable_target = if w >= 100 {
+            target(Some(stable), false, 0, Some(PREVIOUS_TAG))
+        } else {
+            target(Some(stable), false, 100 - w, None)
+        };
+        return vec![stable_target, target(None, true, w, Some(PREVIEW_TAG))];
     }
+    if active {
+        return vec![
+            target(Some(stable), false, 100 - w, None),
+            target(None, true, w, Some(CANARY_TAG)),
+        ];
+    }
+    let mut out = vec![target(Some(stable), false, 100, None)];
+    if let (Some(prev), Some(at)) = (st.previous_stable_revision.as_deref(), st.promoted_at) {
+        let within = (now - at).to_std().unwrap_or_default() < r.spec.rollback_window();
+        if prev != stable && within {
+            out.push(target(Some(prev), false, 0, Some(PREVIOUS_TAG)));
+        }
+    }
+    out
+}
+
+/// The blue-green preview's tag.
+pub const PREVIEW_TAG: &str = "preview";
+/// The previous stable revision's tag while it is kept warm.
+pub const PREVIOUS_TAG: &str = "previous";
+
+/// The replicas a Rollout asks a revision to keep whatever the autoscaler says: the stable revision
+/// keeps its replicas from the start of a rollout, and the previous stable one stays warm (one
+/// replica) within the rollback window.
+pub fn floors(r: &Rollout, now: DateTime<Utc>) -> Vec<(String, u32)> {
+    let st = r.status();
+    let mut out = Vec::new();
+    let active = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED | phase::PROMOTING);
+    if let (true, Some(stable), Some(floor)) = (active, &st.stable_revision, st.stable_floor) {
+        out.push((stable.clone(), floor.max(1)));
+    }
+    if let (Some(prev), Some(at)) = (&st.previous_stable_revision, st.promoted_at) {
+        if (now - at).to_std().unwrap_or_default() < r.spec.rollback_window()
+            && Some(prev) != st.stable_revision.as_ref()
+        {
+            out.push((prev.clone(), 1));
+        }
+    }
+    out
 }
 
 struct Machine<'a> {
@@ -120,6 +165,7 @@ impl Machine<'_> {
         self.st.successful_runs = 0;
         self.st.header_route = None;
         self.st.mirror_percentage = None;
+        self.st.stable_floor = Some(self.input.stable_replicas.max(1));
         let stable = self.st.stable_revision.clone().unwrap_or_default();
         self.event(
             false,
@@ -427,7 +473,9 @@ pub fn advance(input: &Input) -> Output {
     };
     m.st.observed_generation = input.rollout.metadata.generation;
     m.run();
-    let traffic = traffic(&m.st);
+    let mut rollout = input.rollout.clone();
+    rollout.status = Some(m.st.clone());
+    let traffic = traffic(&rollout, &m.st, input.now);
     Output {
         status: m.st,
         traffic,
@@ -526,6 +574,7 @@ mod tests {
                 now: self.now,
                 window: w,
                 stable_window: None,
+                stable_replicas: 1,
             });
             self.events.extend(out.events);
             self.traffic = out.traffic;
@@ -577,7 +626,12 @@ mod tests {
         assert_eq!(st.phase, phase::SUCCEEDED, "{st:?}");
         assert_eq!(st.stable_revision.as_deref(), Some("svc-2"));
         assert_eq!(st.previous_stable_revision.as_deref(), Some("svc-1"));
-        assert_eq!(s.split(), vec![(Some("svc-2".into()), 100)]);
+        assert_eq!(
+            s.split(),
+            vec![(Some("svc-2".into()), 100), (Some("svc-1".into()), 0)],
+            "the previous stable stays tagged (warm) within the rollback window"
+        );
+        assert_eq!(s.traffic[1].tag.as_deref(), Some("previous"));
         assert!(s.events.iter().any(|e| e.reason == "Promoted"));
         assert_eq!(st.measurements.len(), 1);
         assert_eq!(st.measurements[0].verdict, "Successful");
@@ -675,7 +729,7 @@ mod tests {
         s.r.status.as_mut().unwrap().requests.push("undo".into());
         let st = s.step("svc-2", CanaryState::Ready, 1, None).clone();
         assert_eq!(st.stable_revision.as_deref(), Some("svc-1"));
-        assert_eq!(s.split(), vec![(Some("svc-1".into()), 100)]);
+        assert_eq!(s.split(), vec![(Some("svc-1".into()), 100), (Some("svc-2".into()), 0)]);
         assert_eq!(
             s.step("svc-2", CanaryState::Ready, 1, None).phase,
             phase::SUCCEEDED,
@@ -686,6 +740,89 @@ mod tests {
         let st = s.step("svc-3", CanaryState::Ready, 1, None);
         assert_eq!(st.phase, phase::ROLLED_BACK);
         assert!(s.events.iter().any(|e| e.reason == "Aborted"));
+    }
+
+    #[test]
+    fn blue_green_previews_switches_at_once_and_keeps_the_old_one_warm() {
+        let mut r = rollout(vec![], Some(analysis(95.0)));
+        r.spec.strategy = Strategy {
+            canary: None,
+            blue_green: Some(BlueGreen {
+                pre_promotion_analysis: Some(StepAnalysis { count: Some(1) }),
+                auto_promotion_seconds: Some(10),
+                post_promotion_analysis: Some(StepAnalysis { count: Some(1) }),
+                scale_down_delay_seconds: Some(60),
+            }),
+        };
+        let mut s = Sim::new(r);
+        s.step("svc-1", CanaryState::Ready, 0, None);
+        s.step("svc-2", CanaryState::Ready, 1, None);
+        let tags = |s: &Sim| {
+            s.traffic
+                .iter()
+                .map(|t| (t.tag.clone(), t.percent()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            tags(&s),
+            vec![(None, 100), (Some("preview".into()), 0)],
+            "the preview has no traffic"
+        );
+        assert!(
+            analysis_due(&s.r, s.now + chrono::Duration::seconds(10)),
+            "pre-promotion analysis runs on the preview"
+        );
+        s.step("svc-2", CanaryState::Ready, 10, Some(window(100, 0)));
+        assert_eq!(
+            s.r.status().current_step,
+            1,
+            "analysis passed: auto-promotion countdown"
+        );
+        s.step("svc-2", CanaryState::Ready, 5, None);
+        assert_eq!(s.r.status().canary_weight, 0);
+        s.step("svc-2", CanaryState::Ready, 6, None);
+        s.step("svc-2", CanaryState::Ready, 1, None);
+        assert_eq!(s.r.status().canary_weight, 100, "all at once");
+        assert_eq!(
+            tags(&s),
+            vec![(Some("previous".into()), 0), (Some("preview".into()), 100)]
+        );
+        assert_eq!(
+            floors(&s.r, s.now),
+            vec![("svc-1".to_string(), 1)],
+            "stable kept at its replicas"
+        );
+        let st = s.step("svc-2", CanaryState::Ready, 10, Some(window(40, 60))).clone();
+        assert_eq!(st.failed_checks, 1, "post-promotion analysis");
+        let st = s.step("svc-2", CanaryState::Ready, 10, Some(window(40, 60))).clone();
+        assert_eq!(st.phase, phase::ROLLED_BACK, "switched back at once");
+        assert_eq!(s.split(), vec![(Some("svc-1".into()), 100)]);
+
+        s.r.status.as_mut().unwrap().requests.push("retry".into());
+        s.step("svc-2", CanaryState::Ready, 1, None);
+        s.step("svc-2", CanaryState::Ready, 10, Some(window(100, 0)));
+        s.step("svc-2", CanaryState::Ready, 11, None);
+        s.step("svc-2", CanaryState::Ready, 1, None);
+        let st = s.step("svc-2", CanaryState::Ready, 10, Some(window(100, 0))).clone();
+        assert_eq!(
+            (st.phase.as_str(), st.stable_revision.as_deref()),
+            (phase::SUCCEEDED, Some("svc-2"))
+        );
+        assert_eq!(
+            s.traffic
+                .iter()
+                .map(|t| (t.revision_name.clone(), t.tag.clone(), t.percent()))
+                .collect::<Vec<_>>(),
+            vec![
+                (Some("svc-2".into()), None, 100),
+                (Some("svc-1".into()), Some("previous".into()), 0)
+            ],
+            "the old one stays tagged within the scale-down delay"
+        );
+        assert_eq!(floors(&s.r, s.now), vec![("svc-1".to_string(), 1)]);
+        s.step("svc-2", CanaryState::Ready, 61, None);
+        assert_eq!(s.split(), vec![(Some("svc-2".into()), 100)], "then it goes");
+        assert!(floors(&s.r, s.now).is_empty());
     }
 
     #[test]

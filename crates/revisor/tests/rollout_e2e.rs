@@ -355,3 +355,89 @@ spec:
         "the header route ends with the rollout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blue_green_previews_then_switches_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.clone();
+    let bg = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  serviceRef:
+    name: web
+  strategy:
+    blueGreen:
+      prePromotionAnalysis: {count: 1}
+      autoPromotionSeconds: 2
+      postPromotionAnalysis: {count: 1}
+      scaleDownDelaySeconds: 4
+  analysis:
+    interval: 2s
+    minSamples: 10
+    metrics:
+      - name: success-rate
+        thresholdRange: {min: 99}
+";
+    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
+    apply(&s, dir.path(), "rollout.yaml", bg);
+    wait_until("stable", Duration::from_secs(20), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    let gw = server.gateway_addr();
+    let main = Load::start(gw, "web.default.localhost", 4, 50);
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
+    wait_until("the preview is routed", Duration::from_secs(20), || {
+        service_json(&s, "web")["status"]["traffic"]
+            .as_array()
+            .is_some_and(|t| {
+                t.iter()
+                    .any(|x| x["tag"] == "preview" && x["revisionName"] == "web-00002")
+            })
+    });
+    // Requests to the preview's own URL feed its pre-promotion analysis.
+    let preview = Load::start(gw, "preview-web.default.localhost", 2, 50);
+    let (code, out) = tokio::task::spawn_blocking({
+        let s = s.clone();
+        move || watch(&s)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}\n{}", rollout_json(&s)["status"]);
+    let (_, _, preview_failures) = preview.stop().await;
+    let svc = service_json(&s, "web");
+    let traffic = svc["status"]["traffic"].as_array().unwrap().clone();
+    assert!(
+        traffic
+            .iter()
+            .any(|t| t["revisionName"] == "web-00002" && t["percent"] == 100),
+        "{traffic:?}"
+    );
+    assert!(
+        traffic
+            .iter()
+            .any(|t| t["revisionName"] == "web-00001" && t["tag"] == "previous"),
+        "the old one stays reachable and warm: {traffic:?}"
+    );
+    let c = http_client();
+    let (_, body) = get(&c, gw, "previous-web.default.localhost", &[]).await.unwrap();
+    assert!(body.contains("web-00001"), "{body}");
+    wait_until("the scale-down delay to pass", Duration::from_secs(15), || {
+        service_json(&s, "web")["status"]["traffic"]
+            .as_array()
+            .is_some_and(|t| t.len() == 1)
+    });
+    let (_, _, failures) = main.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
+    // The preview URL goes away with the promotion; nothing else failed on it.
+    assert!(
+        preview_failures
+            .iter()
+            .all(|f| f.starts_with("404: revisor gateway: no service for host")),
+        "{preview_failures:?}"
+    );
+    let events = ok(&s, &["events", "web"]);
+    assert!(events.contains("Promoted"), "{events}");
+}
