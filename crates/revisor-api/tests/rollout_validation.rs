@@ -29,6 +29,10 @@ fn valid_rollouts() {
         "{STEPS}  analysis:\n    metrics:\n      - {{name: latency, relativeTo: stable, maxRatio: 1.2}}\n      - {{name: success-rate, relativeTo: stable, confidence: 0.95, thresholdRange: {{min: 90}}}}\n"
     );
     assert_eq!(errors(&rollout(&relative)), Vec::<String>::new());
+    let ab = "  strategy:\n    canary:\n      steps:\n        - setHeaderRoute: {match: [{headerName: X-Canary, headerValue: {exact: \"yes\"}}, {headerName: User-Agent, headerValue: {regex: \"^beta\"}}]}\n        - setMirrorRoute: {percentage: 50}\n        - pause: {}\n";
+    assert_eq!(errors(&rollout(ab)), Vec::<String>::new());
+    let bg = format!("  strategy:\n    blueGreen: {{prePromotionAnalysis: {{count: 2}}, autoPromotionSeconds: 30, scaleDownDelaySeconds: 60}}\n{ANALYSIS}");
+    assert_eq!(errors(&rollout(&bg)), Vec::<String>::new());
 }
 
 #[test]
@@ -67,14 +71,39 @@ fn bad_rollouts_are_refused_with_their_paths() {
             "needs spec.analysis",
         ),
         (
-            rollout("  strategy:\n    canary:\n      steps: [{setHeaderRoute: {match: []}}]\n"),
-            "spec.strategy.canary.steps[0].setHeaderRoute",
-            "not implemented yet",
+            rollout("  strategy:\n    canary:\n      steps: [{setHeaderRoute: {match: [{headerName: x-a, headerValue: {regex: \"(\"}}]}}]\n"),
+            "spec.strategy.canary.steps[0].setHeaderRoute.match[0].headerValue.regex",
+            "not a regular expression",
         ),
         (
-            rollout("  strategy:\n    blueGreen: {}\n"),
+            rollout("  strategy:\n    canary:\n      steps: [{setHeaderRoute: {match: [{headerName: x-a, headerValue: {exact: a, prefix: b}}]}}]\n"),
+            "spec.strategy.canary.steps[0].setHeaderRoute.match[0].headerValue",
+            "exactly one of",
+        ),
+        (
+            rollout("  strategy:\n    canary:\n      steps: [{setHeaderRoute: {match: [{headerName: \"bad name\", headerValue: {exact: a}}]}}]\n"),
+            "spec.strategy.canary.steps[0].setHeaderRoute.match[0].headerName",
+            "not a valid HTTP header name",
+        ),
+        (
+            rollout("  strategy:\n    canary:\n      steps: [{setMirrorRoute: {percentage: 150}}]\n"),
+            "spec.strategy.canary.steps[0].setMirrorRoute.percentage",
+            "[0, 100]",
+        ),
+        (
+            rollout("  strategy:\n    blueGreen: {prePromotionAnalysis: {count: 1}}\n"),
+            "spec.analysis",
+            "pre- and post-promotion analysis",
+        ),
+        (
+            rollout("  strategy:\n    blueGreen: {}\n    canary:\n      steps: [{setWeight: 5}]\n"),
             "spec.strategy.blueGreen",
-            "not implemented yet",
+            "not both",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: prediction-agreement, agreement: tolerance, thresholdRange: {{min: 99}}}}]\n")),
+            "spec.analysis.metrics[0].tolerance",
+            "needs a tolerance",
         ),
         (
             rollout("  strategy:\n    canary:\n      stepWeights: [10, 5]\n  analysis:\n    metrics: [{name: success-rate, thresholdRange: {min: 1}}]\n"),
