@@ -84,3 +84,14 @@ fn autoscaler_defaults_equal_knatives_config_autoscaler() {
     let parsed = revisor_autoscaler::AutoscalerConfig::from_map(&example).expect("Knative's example parses");
     assert_eq!(parsed, revisor_autoscaler::AutoscalerConfig::default());
 }
+
+#[test]
+fn gc_defaults_equal_knatives_config_gc() {
+    let example: std::collections::BTreeMap<String, String> = configmap_example("gc.yaml").into_iter().collect();
+    let keys: Vec<&str> = example.keys().map(String::as_str).collect();
+    let mut ours = revisor_controller::gc::KEYS.to_vec();
+    ours.sort();
+    assert_eq!(keys, ours, "revisor's [gc] keys are Knative's");
+    let parsed = revisor_controller::gc::GcConfig::from_map(&example).expect("Knative's example parses");
+    assert_eq!(parsed, revisor_controller::gc::GcConfig::default());
+}

@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod dataplane;
+pub mod gc;
 pub mod health;
 pub mod reconcile;
 pub mod resources;

@@ -57,6 +57,7 @@ pub fn reconcile_service(
         cfg_status = tx.update(updated)?.status.unwrap_or_default();
     }
     let status = service_status(&svc, &cfg_status, &revisions, config, now);
+    mark_routing_state(tx, &revisions, &status, now)?;
     if !same_ignoring_times(&svc.status, &Some(status.clone())) {
         record_transitions(tx, &svc, &status)?;
         let mut updated = svc.clone();
@@ -67,6 +68,38 @@ pub fn reconcile_service(
 }
 
 /// The Configuration for the Service's current template; its generation bumps when the template changes.
+/// Knative's routing-state label on each revision (`active` while the route references it, else
+/// `reserve`), with the time it last changed: what garbage collection judges inactivity by.
+fn mark_routing_state(
+    tx: &mut Tx,
+    revisions: &[Revision],
+    status: &revisor_api::ServiceStatus,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    use crate::gc::{ROUTING_STATE, ROUTING_STATE_MODIFIED};
+    for rev in revisions {
+        let routed = status
+            .traffic
+            .iter()
+            .any(|t| t.revision_name.as_deref() == Some(rev.metadata.name.as_str()));
+        let state = if routed { "active" } else { "reserve" };
+        if rev.metadata.label(ROUTING_STATE) == Some(state) {
+            continue;
+        }
+        let Some(mut current) = tx.get::<Revision>(&rev.metadata.namespace, &rev.metadata.name)? else {
+            continue;
+        };
+        current.metadata.set_label(ROUTING_STATE, state);
+        current
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ROUTING_STATE_MODIFIED.to_string(), now.to_rfc3339());
+        tx.update(current)?;
+    }
+    Ok(())
+}
+
 fn ensure_configuration(tx: &mut Tx, svc: &Service) -> Result<Configuration, StoreError> {
     let (ns, name) = (&svc.metadata.namespace, &svc.metadata.name);
     match tx.get::<Configuration>(ns, name)? {

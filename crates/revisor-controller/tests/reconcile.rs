@@ -248,3 +248,41 @@ fn a_stale_resource_version_is_refused() {
     assert!(matches!(err, ApplyError::Store(StoreError::Conflict { .. })), "{err}");
     assert_eq!(env.revisions(), ["svc-00001"]);
 }
+
+#[test]
+fn routing_state_is_marked_and_inactive_revisions_are_collected() {
+    use revisor_controller::gc::{collect, GcConfig, ROUTING_STATE, ROUTING_STATE_MODIFIED};
+    let env = Env::new();
+    let svc = |image: &str| {
+        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: svc\nspec:\n  template:\n    spec:\n      containers:\n        - image: {image}\n")
+    };
+    for (i, image) in ["img:1", "img:2", "img:3"].iter().enumerate() {
+        env.apply(&svc(image)).unwrap();
+        env.set_ready(&format!("svc-0000{}", i + 1), ConditionStatus::True);
+        env.reconcile();
+    }
+    let rev = |n: &str| env.store.get::<Revision>("default", n).unwrap().unwrap();
+    assert_eq!(rev("svc-00003").metadata.label(ROUTING_STATE), Some("active"));
+    assert_eq!(rev("svc-00001").metadata.label(ROUTING_STATE), Some("reserve"));
+    assert!(rev("svc-00001").metadata.annotation(ROUTING_STATE_MODIFIED).is_some());
+    let defaults = collect(&env.store, &GcConfig::default(), Utc::now()).unwrap();
+    assert_eq!(defaults, 0, "young revisions are retained by default");
+    let immediate = GcConfig {
+        retain_since_create_time: None,
+        retain_since_last_active_time: None,
+        min_non_active_revisions: 1,
+        max_non_active_revisions: Some(1),
+    };
+    assert_eq!(collect(&env.store, &immediate, Utc::now()).unwrap(), 1);
+    let mut left = env.revisions();
+    left.sort();
+    assert_eq!(
+        left,
+        vec!["svc-00002", "svc-00003"],
+        "the latest stays, and min-non-active keeps the newer inactive one"
+    );
+    let events = env.store.events("default", "svc").unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.reason == "GarbageCollected" && e.object == "Revision/svc-00001"));
+}

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use revisor_api::units::parse_go_duration;
 use revisor_api::Defaults;
 use revisor_autoscaler::AutoscalerConfig;
+use revisor_controller::gc::GcConfig;
 use revisor_gateway::GatewayConfig;
 use revisor_local::ImageCommand;
 use serde::Deserialize;
@@ -33,6 +34,9 @@ pub struct RawConfig {
     /// Knative's config-autoscaler keys, values as TOML numbers, booleans or strings.
     #[serde(default)]
     pub autoscaler: BTreeMap<String, toml::Value>,
+    /// Knative's config-gc keys (revision garbage collection).
+    #[serde(default)]
+    pub gc: BTreeMap<String, toml::Value>,
     /// Local commands for images whose containers give none.
     #[serde(default)]
     pub images: BTreeMap<String, ImageCommand>,
@@ -85,10 +89,11 @@ pub struct ServerConfig {
     pub progress_deadline: Duration,
     pub termination_grace: Duration,
     pub autoscaler: AutoscalerConfig,
+    pub gc: GcConfig,
 }
 
-/// Reads `[autoscaler]`: Knative's keys, each value a string, number or boolean as in a ConfigMap.
-pub fn autoscaler_config(raw: &BTreeMap<String, toml::Value>) -> Result<AutoscalerConfig> {
+/// A table of Knative keys with TOML values, as the strings a ConfigMap would hold.
+fn knative_map(section: &str, raw: &BTreeMap<String, toml::Value>) -> Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
     for (k, v) in raw {
         let s = match v {
@@ -96,10 +101,21 @@ pub fn autoscaler_config(raw: &BTreeMap<String, toml::Value>) -> Result<Autoscal
             toml::Value::Integer(i) => i.to_string(),
             toml::Value::Float(f) => f.to_string(),
             toml::Value::Boolean(b) => b.to_string(),
-            other => bail!("[autoscaler] {k}: expected a string, number or boolean, got {other}"),
+            other => bail!("[{section}] {k}: expected a string, number or boolean, got {other}"),
         };
         map.insert(k.clone(), s);
     }
+    Ok(map)
+}
+
+/// Reads `[gc]`: Knative's config-gc keys.
+pub fn gc_config(raw: &BTreeMap<String, toml::Value>) -> Result<GcConfig> {
+    GcConfig::from_map(&knative_map("gc", raw)?).map_err(|e| anyhow::anyhow!("[gc] in the config file: {e}"))
+}
+
+/// Reads `[autoscaler]`: Knative's keys, each value a string, number or boolean as in a ConfigMap.
+pub fn autoscaler_config(raw: &BTreeMap<String, toml::Value>) -> Result<AutoscalerConfig> {
+    let map = knative_map("autoscaler", raw)?;
     AutoscalerConfig::from_map(&map).map_err(|e| anyhow::anyhow!("[autoscaler] in the config file: {e}"))
 }
 
@@ -175,6 +191,7 @@ impl ServerConfig {
             .validate()
             .map_err(|e| anyhow::anyhow!("[defaults] in the config file: {e}"))?;
         let autoscaler = autoscaler_config(&raw.autoscaler)?;
+        let gc = gc_config(&raw.gc)?;
         let mut defaults = raw.defaults;
         defaults.allow_zero_initial_scale = autoscaler.allow_zero_initial_scale;
         defaults.max_scale_limit = autoscaler.max_scale_limit as i64;
@@ -220,6 +237,7 @@ impl ServerConfig {
             progress_deadline,
             termination_grace,
             autoscaler,
+            gc,
         })
     }
 }
@@ -257,6 +275,12 @@ mod tests {
             "every key is documented"
         );
         assert_eq!(autoscaler_config(&raw.autoscaler).unwrap(), AutoscalerConfig::default());
+        assert_eq!(
+            raw.gc.len(),
+            revisor_controller::gc::KEYS.len(),
+            "every gc key is documented"
+        );
+        assert_eq!(gc_config(&raw.gc).unwrap(), GcConfig::default());
     }
 
     #[test]

@@ -57,6 +57,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         .with_backend(Arc::new(backend.clone()), cfg.defaults.clone())
         .spawn();
     RolloutController::new(store.clone(), backend.metrics_source()).spawn();
+    revisor_controller::gc::spawn(store.clone(), cfg.gc.clone(), std::time::Duration::from_secs(30));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
