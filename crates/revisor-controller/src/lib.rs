@@ -31,6 +31,9 @@ pub struct ControllerConfig {
     pub domain: String,
     /// The gateway's port, written into URLs unless it is 80.
     pub gateway_port: u16,
+    /// Knative's config-network `rollout-duration`: how long traffic takes to move to a new latest
+    /// revision (per service: the `serving.knative.dev/rollout-duration` annotation). 0 is at once.
+    pub rollout_duration: std::time::Duration,
 }
 
 impl Default for ControllerConfig {
@@ -38,6 +41,7 @@ impl Default for ControllerConfig {
         Self {
             domain: "localhost".into(),
             gateway_port: 8080,
+            rollout_duration: std::time::Duration::ZERO,
         }
     }
 }

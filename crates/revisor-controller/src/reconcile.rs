@@ -6,6 +6,10 @@ use revisor_api::meta::Conditions;
 use revisor_api::{Condition, ConditionStatus, Configuration, Revision, Service};
 use revisor_store::{Event, StoreError, Tx};
 
+use revisor_api::annotations::ROLLOUT_DURATION;
+use revisor_api::units::parse_go_duration;
+use revisor_traffic::gradual::{self, Gradual};
+
 use crate::resources::{desired_revision_name, make_configuration, make_revision};
 use crate::status::{configuration_status, same_ignoring_times, service_status};
 use crate::ControllerConfig;
@@ -56,7 +60,8 @@ pub fn reconcile_service(
         updated.status = Some(cfg_status.clone());
         cfg_status = tx.update(updated)?.status.unwrap_or_default();
     }
-    let status = service_status(&svc, &cfg_status, &revisions, config, now);
+    let gradual = gradual_rollout(tx, &svc, &cfg_status, config, now)?;
+    let status = service_status(&svc, &cfg_status, &revisions, config, gradual.as_ref(), now);
     mark_routing_state(tx, &revisions, &status, now)?;
     if !same_ignoring_times(&svc.status, &Some(status.clone())) {
         record_transitions(tx, &svc, &status)?;
@@ -68,6 +73,75 @@ pub fn reconcile_service(
 }
 
 /// The Configuration for the Service's current template; its generation bumps when the template changes.
+/// Where a Configuration keeps its gradual rollout's state (Knative keeps it on the Route).
+pub const GRADUAL_STATE: &str = "serving.knative.dev/rollout";
+
+/// Steps the service's gradual rollout (Knative's `rollout-duration`) for its untagged
+/// `latestRevision` targets and keeps the state on the Configuration. `None` when nothing is rolling.
+fn gradual_rollout(
+    tx: &mut Tx,
+    svc: &Service,
+    cfg_status: &revisor_api::ConfigurationStatus,
+    config: &ControllerConfig,
+    now: DateTime<Utc>,
+) -> Result<Option<Gradual>, StoreError> {
+    let duration = svc
+        .metadata
+        .annotation(ROLLOUT_DURATION)
+        .and_then(|v| parse_go_duration(v).ok())
+        .unwrap_or(config.rollout_duration);
+    let percent: i64 = svc
+        .spec
+        .traffic()
+        .iter()
+        .filter(|t| t.is_latest() && t.tag().is_none())
+        .map(|t| t.percent())
+        .sum();
+    let (Some(goal), true) = (cfg_status.latest_ready_revision_name.as_deref(), percent > 0) else {
+        return Ok(None);
+    };
+    let Some(mut cfg) = tx.get::<Configuration>(&svc.metadata.namespace, &svc.metadata.name)? else {
+        return Ok(None);
+    };
+    let prev: Option<Gradual> = cfg
+        .metadata
+        .annotation(GRADUAL_STATE)
+        .and_then(|v| serde_json::from_str(v).ok());
+    let next = gradual::advance(
+        prev.as_ref(),
+        goal,
+        percent.clamp(0, 100) as u32,
+        duration,
+        now.timestamp_millis(),
+    );
+    if prev.as_ref() != Some(&next) {
+        if next.in_progress()
+            && prev
+                .as_ref()
+                .is_none_or(|p| p.revisions.last() != next.revisions.last())
+        {
+            tx.record(
+                &svc.metadata.namespace,
+                &svc.metadata.name,
+                &Event::normal(
+                    format!("Service/{}", svc.metadata.name),
+                    "GradualRollout",
+                    format!(
+                        "moving traffic to {goal} over {duration:?}: 1% now, then {}% every {} ms",
+                        next.step_size, next.step_ms
+                    ),
+                ),
+            )?;
+        }
+        cfg.metadata.annotations.get_or_insert_with(Default::default).insert(
+            GRADUAL_STATE.to_string(),
+            serde_json::to_string(&next).unwrap_or_default(),
+        );
+        tx.update(cfg)?;
+    }
+    Ok(next.in_progress().then_some(next))
+}
+
 /// Knative's routing-state label on each revision (`active` while the route references it, else
 /// `reserve`), with the time it last changed: what garbage collection judges inactivity by.
 fn mark_routing_state(
@@ -111,6 +185,12 @@ fn ensure_configuration(tx: &mut Tx, svc: &Service) -> Result<Configuration, Sto
             let bump = i64::from(cfg.spec.template != svc.spec.template);
             let mut next = make_configuration(svc, cfg.metadata.generation.unwrap_or(1) + bump);
             next.metadata.resource_version = cfg.metadata.resource_version.clone();
+            if let Some(state) = cfg.metadata.annotation(GRADUAL_STATE) {
+                next.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(GRADUAL_STATE.to_string(), state.to_string());
+            }
             next.status = cfg.status.clone();
             tx.update(next)
         }

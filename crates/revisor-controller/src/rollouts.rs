@@ -37,14 +37,40 @@ pub struct RolloutController {
     store: Store,
     metrics: Arc<dyn MetricsSource>,
     baselines: HashMap<(String, String), Baseline>,
+    config: crate::ControllerConfig,
 }
 
 impl RolloutController {
-    pub fn new(store: Store, metrics: Arc<dyn MetricsSource>) -> Self {
+    pub fn new(store: Store, metrics: Arc<dyn MetricsSource>, config: crate::ControllerConfig) -> Self {
         RolloutController {
             store,
             metrics,
             baselines: HashMap::new(),
+            config,
+        }
+    }
+
+    /// Reconciles the services whose gradual rollout (Knative's `rollout-duration`) has a step due.
+    fn step_gradual(&self) {
+        let Ok(configs) = self.store.list::<revisor_api::Configuration>(None) else {
+            return;
+        };
+        let now = Utc::now();
+        for cfg in configs {
+            let due = cfg
+                .metadata
+                .annotation(crate::reconcile::GRADUAL_STATE)
+                .and_then(|v| serde_json::from_str::<revisor_traffic::gradual::Gradual>(v).ok())
+                .is_some_and(|g| g.in_progress() && g.next_step_ms <= now.timestamp_millis());
+            if due {
+                let (ns, name) = (&cfg.metadata.namespace, &cfg.metadata.name);
+                let result = self
+                    .store
+                    .write(|tx| crate::reconcile_service(tx, ns, name, &self.config, now));
+                if let Err(e) = result {
+                    tracing::warn!("gradual rollout of {ns}/{name}: {e}");
+                }
+            }
         }
     }
 
@@ -68,8 +94,9 @@ impl RolloutController {
             .expect("spawn the rollout controller")
     }
 
-    /// Steps every Rollout once.
+    /// Steps every Rollout once, and every gradual rollout that is due.
     pub fn tick(&mut self) {
+        self.step_gradual();
         let rollouts = match self.store.list::<Rollout>(None) {
             Ok(r) => r,
             Err(e) => {

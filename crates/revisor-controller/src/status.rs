@@ -80,6 +80,7 @@ pub fn service_status(
     cfg: &ConfigurationStatus,
     revisions: &[Revision],
     config: &ControllerConfig,
+    gradual: Option<&revisor_traffic::gradual::Gradual>,
     now: DateTime<Utc>,
 ) -> ServiceStatus {
     let mut st = svc.status();
@@ -114,6 +115,25 @@ pub fn service_status(
         &states,
     ) {
         Ok(mut targets) => {
+            if let Some(g) = gradual {
+                // During a gradual rollout the untagged latestRevision targets become the revisions
+                // the traffic is moving between, as Knative reports them.
+                let keep: Vec<_> = targets
+                    .drain(..)
+                    .filter(|t| !(t.is_latest() && t.tag().is_none()))
+                    .collect();
+                targets = g
+                    .revisions
+                    .iter()
+                    .map(|(rev, percent)| revisor_api::TrafficTarget {
+                        revision_name: Some(rev.clone()),
+                        latest_revision: Some(true),
+                        percent: Some(*percent as i64),
+                        ..Default::default()
+                    })
+                    .chain(keep)
+                    .collect();
+            }
             for t in &mut targets {
                 t.url = t.tag().map(|tag| config.url(&format!("{tag}-{name}"), ns));
             }

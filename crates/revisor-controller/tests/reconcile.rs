@@ -286,3 +286,48 @@ fn routing_state_is_marked_and_inactive_revisions_are_collected() {
         .iter()
         .any(|e| e.reason == "GarbageCollected" && e.object == "Revision/svc-00001"));
 }
+
+#[test]
+fn rollout_duration_moves_traffic_gradually_one_percent_first() {
+    let env = Env::new();
+    let svc = |image: &str| {
+        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: svc\n  annotations:\n    serving.knative.dev/rollout-duration: \"5s\"\nspec:\n  template:\n    spec:\n      containers:\n        - image: {image}\n")
+    };
+    let at = |env: &Env, t: chrono::DateTime<Utc>| {
+        env.store
+            .write(|tx| reconcile_service(tx, "default", "svc", &ControllerConfig::default(), t))
+            .unwrap();
+        env.svc()
+            .status
+            .unwrap()
+            .traffic
+            .iter()
+            .map(|t| (t.revision_name.clone().unwrap_or_default(), t.percent()))
+            .collect::<Vec<_>>()
+    };
+    env.apply(&svc("img:1")).unwrap();
+    env.set_ready("svc-00001", ConditionStatus::True);
+    assert_eq!(at(&env, Utc::now()), vec![("svc-00001".to_string(), 100)]);
+    env.apply(&svc("img:2")).unwrap();
+    env.set_ready("svc-00002", ConditionStatus::True);
+    let t0 = Utc::now();
+    assert_eq!(
+        at(&env, t0),
+        vec![("svc-00001".to_string(), 99), ("svc-00002".to_string(), 1)],
+        "1% first"
+    );
+    let s = |secs: i64| t0 + chrono::Duration::seconds(secs);
+    assert_eq!(
+        at(&env, s(1)),
+        vec![("svc-00001".to_string(), 74), ("svc-00002".to_string(), 26)]
+    );
+    at(&env, s(2));
+    at(&env, s(3));
+    assert_eq!(
+        at(&env, s(4)),
+        vec![("svc-00002".to_string(), 100)],
+        "all moved within the duration"
+    );
+    let events = env.store.events("default", "svc").unwrap();
+    assert!(events.iter().any(|e| e.reason == "GradualRollout"), "{events:?}");
+}

@@ -3,6 +3,7 @@
 //! Pure functions only: no I/O, no clocks.
 
 pub mod edit;
+pub mod gradual;
 pub mod resolve;
 
 pub use edit::{compute, TrafficEdit};

@@ -64,6 +64,8 @@ pub struct RawServer {
     pub admin_addr: Option<String>,
     pub gateway_addr: Option<String>,
     pub domain: Option<String>,
+    /// Knative's config-network `rollout-duration` (seconds, or a Go duration).
+    pub rollout_duration: Option<toml::Value>,
 }
 
 /// Flags of `revisor serve`, which override the file.
@@ -90,6 +92,7 @@ pub struct ServerConfig {
     pub termination_grace: Duration,
     pub autoscaler: AutoscalerConfig,
     pub gc: GcConfig,
+    pub rollout_duration: Duration,
 }
 
 /// A table of Knative keys with TOML values, as the strings a ConfigMap would hold.
@@ -192,6 +195,15 @@ impl ServerConfig {
             .map_err(|e| anyhow::anyhow!("[defaults] in the config file: {e}"))?;
         let autoscaler = autoscaler_config(&raw.autoscaler)?;
         let gc = gc_config(&raw.gc)?;
+        let rollout_duration = match &raw.server.rollout_duration {
+            None => Duration::ZERO,
+            Some(toml::Value::Integer(n)) if *n >= 0 => Duration::from_secs(*n as u64),
+            Some(toml::Value::String(s)) => match s.parse::<u64>() {
+                Ok(n) => Duration::from_secs(n),
+                Err(_) => parse_go_duration(s).map_err(|e| anyhow::anyhow!("[server] rollout-duration: {e}"))?,
+            },
+            Some(other) => bail!("[server] rollout-duration: expected seconds or a duration like \"60s\", got {other}"),
+        };
         let mut defaults = raw.defaults;
         defaults.allow_zero_initial_scale = autoscaler.allow_zero_initial_scale;
         defaults.max_scale_limit = autoscaler.max_scale_limit as i64;
@@ -238,6 +250,7 @@ impl ServerConfig {
             termination_grace,
             autoscaler,
             gc,
+            rollout_duration,
         })
     }
 }

@@ -52,11 +52,12 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     let controller = ControllerConfig {
         domain: cfg.domain.clone(),
         gateway_port: gateway_addr.port(),
+        rollout_duration: cfg.rollout_duration,
     };
-    Controller::new(store.clone(), controller)
+    Controller::new(store.clone(), controller.clone())
         .with_backend(Arc::new(backend.clone()), cfg.defaults.clone())
         .spawn();
-    RolloutController::new(store.clone(), backend.metrics_source()).spawn();
+    RolloutController::new(store.clone(), backend.metrics_source(), controller).spawn();
     revisor_controller::gc::spawn(store.clone(), cfg.gc.clone(), std::time::Duration::from_secs(30));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
