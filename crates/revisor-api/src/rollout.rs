@@ -191,6 +191,37 @@ pub struct Analysis {
     pub min_samples: Option<u64>,
     #[serde(default)]
     pub metrics: Vec<MetricCheck>,
+    /// Flagger's webhooks, called over HTTP POST with `{name, namespace, phase, metadata}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
+}
+
+/// The kinds of webhook, as Flagger names them.
+pub const WEBHOOK_TYPES: [&str; 6] = [
+    "confirm-rollout",
+    "pre-rollout",
+    "rollout",
+    "confirm-promotion",
+    "post-rollout",
+    "rollback",
+];
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    pub name: String,
+    /// `confirm-rollout` (a new canary waits until it answers 2xx), `pre-rollout` (before the canary
+    /// gets traffic; a failure counts as a failed check), `rollout` (with every analysis run; a
+    /// failure counts as a failed check), `confirm-promotion` (promotion waits until 2xx),
+    /// `post-rollout` (told after a promotion or rollback), `rollback` (2xx rolls the canary back).
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub url: String,
+    /// Go duration (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -622,8 +653,27 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
         if a.threshold == Some(0) || a.failure_limit == Some(0) {
             errs.push(p.field("threshold"), "must be at least 1");
         }
-        if a.metrics.is_empty() {
-            errs.push(p.field("metrics"), "give at least one metric");
+        if a.metrics.is_empty() && !a.webhooks.iter().any(|w| w.type_ == "rollout") {
+            errs.push(p.field("metrics"), "give at least one metric (or a rollout webhook)");
+        }
+        for (i, w) in a.webhooks.iter().enumerate() {
+            let wp = p.field("webhooks").index(i);
+            if w.name.is_empty() {
+                errs.push(wp.field("name"), "missing field(s)");
+            }
+            if !WEBHOOK_TYPES.contains(&w.type_.as_str()) {
+                errs.push(
+                    wp.field("type"),
+                    format!("must be one of {}, got {:?}", WEBHOOK_TYPES.join(", "), w.type_),
+                );
+            }
+            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+                errs.push(
+                    wp.field("url"),
+                    format!("must be an http:// or https:// URL, got {:?}", w.url),
+                );
+            }
+            duration(&mut errs, wp.field("timeout"), &w.timeout);
         }
         for (i, m) in a.metrics.iter().enumerate() {
             let mp = p.field("metrics").index(i);

@@ -167,6 +167,16 @@ fn bad_rollouts_are_refused_with_their_paths() {
             "need relativeTo",
         ),
         (rollout(&format!("{STEPS}  colour: blue\n")), "spec.colour", "unknown field"),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: success-rate, thresholdRange: {{min: 1}}}}]\n    webhooks: [{{name: a, type: pre-promotion, url: \"http://x\"}}]\n")),
+            "spec.analysis.webhooks[0].type",
+            "must be one of confirm-rollout",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: success-rate, thresholdRange: {{min: 1}}}}]\n    webhooks: [{{name: a, type: rollout, url: \"ftp://x\"}}]\n")),
+            "spec.analysis.webhooks[0].url",
+            "http:// or https://",
+        ),
     ];
     for (yaml, path, msg) in cases {
         let errs = errors(&yaml);

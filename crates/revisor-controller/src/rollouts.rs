@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use revisor_api::meta::Conditions;
+use revisor_api::rollout::Webhook;
+use revisor_api::units::parse_go_duration;
 use revisor_api::{ConditionStatus, Revision, Rollout, Service};
-use revisor_rollout::{advance, analysis_due, CanaryState, Counters, Input, Window};
+use revisor_rollout::{advance, analysis_due, hooks_due, CanaryState, Counters, Hooks, Input, Window};
 use revisor_store::{Event, Kind, Store, StoreError};
 
 /// Where analysis reads a revision's cumulative counters (locally the gateway; on Kubernetes,
@@ -38,6 +40,49 @@ pub struct RolloutController {
     metrics: Arc<dyn MetricsSource>,
     baselines: HashMap<(String, String), Baseline>,
     config: crate::ControllerConfig,
+    /// The last answer of each (namespace, rollout, webhook kind), reused for a second.
+    hook_cache: HashMap<(String, String, &'static str), (Instant, HookAnswer)>,
+    /// Made on the controller's own thread (a blocking client cannot be made inside an async runtime).
+    http: Option<reqwest::blocking::Client>,
+}
+
+#[derive(Clone)]
+enum HookAnswer {
+    Confirm(Result<(), String>),
+    Rollback(Option<String>),
+}
+
+/// Calls one webhook with Flagger's payload; Ok on 2xx.
+fn call_hook(http: &reqwest::blocking::Client, r: &Rollout, hook: &Webhook) -> Result<(), String> {
+    let timeout = hook
+        .timeout
+        .as_deref()
+        .and_then(|t| parse_go_duration(t).ok())
+        .unwrap_or(Duration::from_secs(10));
+    let payload = serde_json::json!({
+        "name": r.metadata.name,
+        "namespace": r.metadata.namespace,
+        "phase": r.status().phase,
+        "metadata": hook.metadata,
+    });
+    match http.post(&hook.url).timeout(timeout).json(&payload).send() {
+        Ok(resp) if resp.status().is_success() => Ok(()),
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            let body: String = resp.text().unwrap_or_default().chars().take(200).collect();
+            Err(format!("{} answered {code}: {}", hook.name, body.trim()))
+        }
+        Err(e) => Err(format!("{}: {e}", hook.name)),
+    }
+}
+
+fn hooks_of<'a>(r: &'a Rollout, kind: &str) -> Vec<&'a Webhook> {
+    r.spec
+        .analysis
+        .iter()
+        .flat_map(|a| a.webhooks.iter())
+        .filter(|w| w.type_ == kind)
+        .collect()
 }
 
 impl RolloutController {
@@ -47,7 +92,73 @@ impl RolloutController {
             metrics,
             baselines: HashMap::new(),
             config,
+            hook_cache: HashMap::new(),
+            http: None,
         }
+    }
+
+    /// The webhooks due before this step, called (or their answer of the last second reused).
+    fn hooks(&mut self, r: &Rollout, latest: Option<&str>, analysing: bool) -> Hooks {
+        let mut out = Hooks::default();
+        let has_hooks = r.spec.analysis.as_ref().is_some_and(|a| !a.webhooks.is_empty());
+        if !has_hooks {
+            return out;
+        }
+        let http = self.http.get_or_insert_with(reqwest::blocking::Client::new).clone();
+        for kind in hooks_due(r, latest) {
+            let key = (r.metadata.namespace.clone(), r.metadata.name.clone(), kind);
+            let fresh = self
+                .hook_cache
+                .get(&key)
+                .filter(|(at, _)| at.elapsed() < Duration::from_secs(1))
+                .map(|(_, a)| a.clone());
+            let answer = fresh.unwrap_or_else(|| {
+                let hooks = hooks_of(r, kind);
+                let a = if kind == "rollback" {
+                    HookAnswer::Rollback(
+                        hooks
+                            .iter()
+                            .find(|h| call_hook(&http, r, h).is_ok())
+                            .map(|h| h.name.clone()),
+                    )
+                } else {
+                    HookAnswer::Confirm(hooks.iter().try_for_each(|h| call_hook(&http, r, h)))
+                };
+                self.hook_cache.insert(key, (Instant::now(), a.clone()));
+                a
+            });
+            match (kind, answer) {
+                ("confirm-rollout", HookAnswer::Confirm(a)) => out.confirm_rollout = Some(a),
+                ("pre-rollout", HookAnswer::Confirm(a)) => out.pre_rollout = Some(a),
+                ("confirm-promotion", HookAnswer::Confirm(a)) => out.confirm_promotion = Some(a),
+                ("rollback", HookAnswer::Rollback(a)) => out.rollback = a,
+                _ => {}
+            }
+        }
+        if analysing {
+            out.rollout = hooks_of(r, "rollout")
+                .into_iter()
+                .map(|h| (h.name.clone(), call_hook(&http, r, h)))
+                .collect();
+        }
+        out
+    }
+
+    /// Tells the post-rollout webhooks how a rollout ended (in the background; answers are ignored).
+    fn post_rollout(&mut self, r: &Rollout) {
+        let hooks: Vec<Webhook> = hooks_of(r, "post-rollout").into_iter().cloned().collect();
+        if hooks.is_empty() {
+            return;
+        }
+        let http = self.http.get_or_insert_with(reqwest::blocking::Client::new).clone();
+        let r = r.clone();
+        std::thread::spawn(move || {
+            for h in &hooks {
+                if let Err(e) = call_hook(&http, &r, h) {
+                    tracing::warn!("post-rollout webhook: {e}");
+                }
+            }
+        });
     }
 
     /// Reconciles the services whose gradual rollout (Knative's `rollout-duration`) has a step due.
@@ -204,6 +315,7 @@ impl RolloutController {
                 .max(0) as u32,
             None => 0,
         };
+        let hooks = self.hooks(&r, latest.as_ref().map(|(n, _)| *n), window.is_some());
         let store = self.store.clone();
         let exists = move |rev: &str| store.get::<Revision>(&ns, rev).ok().flatten().is_some();
         let out = advance(&Input {
@@ -214,6 +326,7 @@ impl RolloutController {
             window,
             stable_window,
             stable_replicas,
+            hooks,
         });
         let traffic_changed = svc.spec.traffic() != out.traffic.as_slice();
         if Some(&out.status) == r.status.as_ref() && !traffic_changed && out.events.is_empty() {
@@ -242,9 +355,17 @@ impl RolloutController {
             }
             Ok(())
         });
+        let was_active = matches!(r.status().phase.as_str(), "Progressing" | "Paused");
+        let ended = matches!(out.status.phase.as_str(), "Succeeded" | "RolledBack" | "Failed");
         match result {
             // Someone (an operator's request) wrote the Rollout meanwhile: step again next tick.
             Err(StoreError::Conflict { .. }) => Ok(()),
+            Ok(()) if was_active && ended => {
+                let mut done = r.clone();
+                done.status = Some(out.status);
+                self.post_rollout(&done);
+                Ok(())
+            }
             other => other,
         }
     }

@@ -10,5 +10,6 @@ pub mod machine;
 
 pub use analysis::{evaluate, Counters, Run, Window};
 pub use machine::{
-    advance, analysis_due, floors, CanaryState, Event, Input, Output, CANARY_TAG, PREVIEW_TAG, PREVIOUS_TAG,
+    advance, analysis_due, floors, hooks_due, CanaryState, Event, Hooks, Input, Output, CANARY_TAG, PREVIEW_TAG,
+    PREVIOUS_TAG,
 };

@@ -23,6 +23,49 @@ pub enum CanaryState {
     Failed(String),
 }
 
+/// What the webhooks answered this step (the controller calls them; `None`: not called).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Hooks {
+    pub confirm_rollout: Option<Result<(), String>>,
+    pub pre_rollout: Option<Result<(), String>>,
+    /// With an analysis run: each rollout hook's name and answer.
+    pub rollout: Vec<(String, Result<(), String>)>,
+    pub confirm_promotion: Option<Result<(), String>>,
+    /// A rollback hook that answered 2xx.
+    pub rollback: Option<String>,
+}
+
+fn has_hook(r: &Rollout, kind: &str) -> bool {
+    r.spec
+        .analysis
+        .as_ref()
+        .is_some_and(|a| a.webhooks.iter().any(|w| w.type_ == kind))
+}
+
+/// Which webhooks the controller should call before this step: (kind, reason to call).
+pub fn hooks_due(r: &Rollout, latest: Option<&str>) -> Vec<&'static str> {
+    let st = r.status();
+    let progressing = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+    let mut out = Vec::new();
+    let starting = !progressing
+        && st.stable_revision.is_some()
+        && latest
+            .is_some_and(|l| Some(l) != st.stable_revision.as_deref() && Some(l) != st.rejected_revision.as_deref());
+    if starting && has_hook(r, "confirm-rollout") {
+        out.push("confirm-rollout");
+    }
+    if progressing && st.current_step == 0 && st.canary_weight == 0 && has_hook(r, "pre-rollout") {
+        out.push("pre-rollout");
+    }
+    if progressing && st.current_step as usize >= r.spec.run_steps().len() && has_hook(r, "confirm-promotion") {
+        out.push("confirm-promotion");
+    }
+    if progressing && has_hook(r, "rollback") {
+        out.push("rollback");
+    }
+    out
+}
+
 pub struct Input<'a> {
     pub rollout: &'a Rollout,
     /// The Service's latest created revision and its readiness.
@@ -36,6 +79,7 @@ pub struct Input<'a> {
     pub stable_window: Option<Window>,
     /// The stable revision's ready replicas now (its floor while a rollout runs).
     pub stable_replicas: u32,
+    pub hooks: Hooks,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -207,6 +251,20 @@ impl Machine<'_> {
         );
     }
 
+    /// Promotes, unless confirm-promotion webhooks have not said yes.
+    fn confirmed_promote(&mut self) {
+        let canary = self.st.canary_revision.clone().unwrap_or_default();
+        match &self.input.hooks.confirm_promotion {
+            Some(Err(e)) => {
+                self.st.message = Some(format!("{canary} waits for the confirm-promotion webhook: {e}"));
+            }
+            None if has_hook(self.input.rollout, "confirm-promotion") => {
+                self.st.message = Some(format!("{canary} waits for the confirm-promotion webhook"));
+            }
+            _ => self.promote(),
+        }
+    }
+
     fn next_step(&mut self) {
         self.st.current_step += 1;
         self.st.step_started_at = Some(self.input.now);
@@ -318,6 +376,14 @@ impl Machine<'_> {
                 let new = Some(*name) != self.st.stable_revision.as_deref()
                     && Some(*name) != self.st.rejected_revision.as_deref();
                 if new {
+                    if let Some(Err(e)) = &input.hooks.confirm_rollout {
+                        self.st.message = Some(format!("{name} waits for the confirm-rollout webhook: {e}"));
+                        return;
+                    }
+                    if has_hook(r, "confirm-rollout") && input.hooks.confirm_rollout.is_none() {
+                        self.st.message = Some(format!("{name} waits for the confirm-rollout webhook"));
+                        return;
+                    }
                     self.start(name);
                 }
             }
@@ -354,10 +420,32 @@ impl Machine<'_> {
             }
             _ => {}
         }
+        if let Some(hook) = &input.hooks.rollback {
+            let why = format!("the rollback webhook {hook:?} asked for it");
+            return self.roll_back(false, "RollbackWebhook", why);
+        }
+        if self.st.current_step == 0 && self.st.canary_weight == 0 {
+            match &input.hooks.pre_rollout {
+                Some(Err(e)) => {
+                    self.st.failed_checks += 1;
+                    let limit = r.spec.analysis.as_ref().map(|a| a.failure_limit()).unwrap_or(1);
+                    let why = format!("pre-rollout webhook failed ({}/{limit}): {e}", self.st.failed_checks);
+                    if self.st.failed_checks >= limit {
+                        return self.roll_back(false, "PreRolloutFailed", why);
+                    }
+                    return self.event(true, "PreRolloutFailed", why);
+                }
+                None if has_hook(r, "pre-rollout") => {
+                    self.st.message = Some(format!("{canary} waits for the pre-rollout webhooks"));
+                    return;
+                }
+                _ => {}
+            }
+        }
         // Analysis.
         if let (Some(a), Some(w)) = (&r.spec.analysis, &input.window) {
             self.st.last_analysis_at = Some(input.now);
-            let run = evaluate(
+            let mut run = evaluate(
                 a,
                 w,
                 input.stable_window.as_ref(),
@@ -365,6 +453,23 @@ impl Machine<'_> {
                 self.st.current_step,
                 input.now,
             );
+            for (name, result) in &input.hooks.rollout {
+                let failed = result.is_err();
+                run.failed |= failed;
+                run.measurements.push(revisor_api::rollout::Measurement {
+                    time: input.now,
+                    revision: canary.clone(),
+                    step: self.st.current_step,
+                    metric: format!("webhook/{name}"),
+                    comparison: result.as_ref().err().cloned(),
+                    samples: 1,
+                    verdict: if failed { "Failed" } else { "Successful" }.into(),
+                    ..Default::default()
+                });
+            }
+            if run.failed {
+                run.inconclusive = false;
+            }
             self.st.measurements.extend(run.measurements.iter().cloned());
             let excess = self.st.measurements.len().saturating_sub(MAX_MEASUREMENTS);
             self.st.measurements.drain(..excess);
@@ -416,7 +521,7 @@ impl Machine<'_> {
         self.st.phase = phase::PROGRESSING.into();
         let steps = r.spec.run_steps();
         match steps.get(self.st.current_step as usize) {
-            None => self.promote(),
+            None => self.confirmed_promote(),
             Some(RunStep::SetWeight(w)) => {
                 self.st.canary_weight = *w;
                 self.st.message = Some(format!("{canary} at {w}%"));
@@ -459,7 +564,7 @@ impl Machine<'_> {
             }
         }
         if self.st.current_step as usize >= steps.len() && self.st.phase == phase::PROGRESSING {
-            self.promote();
+            self.confirmed_promote();
         }
     }
 }
@@ -566,6 +671,17 @@ mod tests {
         }
 
         fn step(&mut self, latest: &str, state: CanaryState, secs: i64, w: Option<Window>) -> &RolloutStatus {
+            self.step_with(latest, state, secs, w, Hooks::default())
+        }
+
+        fn step_with(
+            &mut self,
+            latest: &str,
+            state: CanaryState,
+            secs: i64,
+            w: Option<Window>,
+            hooks: Hooks,
+        ) -> &RolloutStatus {
             self.now += chrono::Duration::seconds(secs);
             let out = advance(&Input {
                 rollout: &self.r,
@@ -575,6 +691,7 @@ mod tests {
                 window: w,
                 stable_window: None,
                 stable_replicas: 1,
+                hooks,
             });
             self.events.extend(out.events);
             self.traffic = out.traffic;
@@ -823,6 +940,145 @@ mod tests {
         s.step("svc-2", CanaryState::Ready, 61, None);
         assert_eq!(s.split(), vec![(Some("svc-2".into()), 100)], "then it goes");
         assert!(floors(&s.r, s.now).is_empty());
+    }
+
+    #[test]
+    fn webhooks_gate_fail_and_roll_back() {
+        let hook = |name: &str, kind: &str| Webhook {
+            name: name.into(),
+            type_: kind.into(),
+            url: "http://127.0.0.1:1/hook".into(),
+            ..Default::default()
+        };
+        let mut a = analysis(90.0);
+        a.webhooks = vec![
+            hook("gate", "confirm-rollout"),
+            hook("smoke", "pre-rollout"),
+            hook("load", "rollout"),
+            hook("approve", "confirm-promotion"),
+            hook("panic-button", "rollback"),
+        ];
+        let mut s = Sim::new(rollout(vec![weight(50)], Some(a)));
+        s.step("svc-1", CanaryState::Ready, 0, None);
+        assert_eq!(hooks_due(&s.r, Some("svc-2")), vec!["confirm-rollout"]);
+        let no = |e: &str| Some(Err(e.to_string()));
+        let st = s.step_with(
+            "svc-2",
+            CanaryState::Ready,
+            1,
+            None,
+            Hooks {
+                confirm_rollout: no("not yet"),
+                ..Default::default()
+            },
+        );
+        assert_eq!(st.phase, phase::SUCCEEDED, "waits for confirm-rollout");
+        assert!(st.message.as_deref().unwrap().contains("not yet"));
+        let st = s.step_with(
+            "svc-2",
+            CanaryState::Ready,
+            1,
+            None,
+            Hooks {
+                confirm_rollout: Some(Ok(())),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            (st.phase.as_str(), st.canary_weight),
+            (phase::PROGRESSING, 0),
+            "waits for pre-rollout"
+        );
+        assert_eq!(hooks_due(&s.r, Some("svc-2")), vec!["pre-rollout", "rollback"]);
+        let st = s.step_with(
+            "svc-2",
+            CanaryState::Ready,
+            1,
+            None,
+            Hooks {
+                pre_rollout: no("smoke failed"),
+                ..Default::default()
+            },
+        );
+        assert_eq!((st.failed_checks, st.canary_weight), (1, 0));
+        let st = s.step_with(
+            "svc-2",
+            CanaryState::Ready,
+            1,
+            None,
+            Hooks {
+                pre_rollout: Some(Ok(())),
+                ..Default::default()
+            },
+        );
+        assert_eq!(st.canary_weight, 50);
+        let st = s
+            .step_with(
+                "svc-2",
+                CanaryState::Ready,
+                10,
+                Some(window(100, 0)),
+                Hooks {
+                    rollout: vec![("load".into(), Ok(()))],
+                    ..Default::default()
+                },
+            )
+            .clone();
+        assert_eq!(
+            st.phase,
+            phase::PROGRESSING,
+            "steps done, but confirm-promotion was not asked: {st:?}"
+        );
+        assert!(st
+            .measurements
+            .iter()
+            .any(|m| m.metric == "webhook/load" && m.verdict == "Successful"));
+        assert_eq!(hooks_due(&s.r, Some("svc-2")), vec!["confirm-promotion", "rollback"]);
+        let st = s.step_with(
+            "svc-2",
+            CanaryState::Ready,
+            1,
+            None,
+            Hooks {
+                confirm_promotion: no("403"),
+                ..Default::default()
+            },
+        );
+        assert_eq!(st.phase, phase::PROGRESSING);
+        let st = s.step_with(
+            "svc-2",
+            CanaryState::Ready,
+            1,
+            None,
+            Hooks {
+                confirm_promotion: Some(Ok(())),
+                ..Default::default()
+            },
+        );
+        assert_eq!(st.phase, phase::SUCCEEDED);
+
+        s.step_with(
+            "svc-3",
+            CanaryState::Ready,
+            1,
+            None,
+            Hooks {
+                confirm_rollout: Some(Ok(())),
+                ..Default::default()
+            },
+        );
+        let st = s.step_with(
+            "svc-3",
+            CanaryState::Ready,
+            1,
+            None,
+            Hooks {
+                rollback: Some("panic-button".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(st.phase, phase::ROLLED_BACK);
+        assert!(st.message.as_deref().unwrap().contains("panic-button"));
     }
 
     #[test]

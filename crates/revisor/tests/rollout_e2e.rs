@@ -441,3 +441,143 @@ spec:
     let events = ok(&s, &["events", "web"]);
     assert!(events.contains("Promoted"), "{events}");
 }
+
+/// A webhook receiver: answers each path with its configured status and records the payloads.
+struct Hooks {
+    addr: std::net::SocketAddr,
+    status: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u16>>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+}
+
+impl Hooks {
+    fn start() -> Hooks {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u16>>> = Default::default();
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>> = Default::default();
+        let (st, sn) = (status.clone(), seen.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (st, sn) = (st.clone(), sn.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(conn.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let mut len = 0;
+                    loop {
+                        let mut h = String::new();
+                        reader.read_line(&mut h).unwrap();
+                        if h == "\r\n" || h.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body).unwrap();
+                    sn.lock()
+                        .unwrap()
+                        .push((path.clone(), serde_json::from_slice(&body).unwrap_or_default()));
+                    let code = st.lock().unwrap().get(&path).copied().unwrap_or(200);
+                    let mut conn = conn;
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 {code} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                    );
+                });
+            }
+        });
+        Hooks { addr, status, seen }
+    }
+
+    fn set(&self, path: &str, code: u16) {
+        self.status.lock().unwrap().insert(path.to_string(), code);
+    }
+
+    fn calls(&self, path: &str) -> Vec<serde_json::Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_gate_promotion_count_as_checks_and_hear_the_outcome() {
+    let hooks = Hooks::start();
+    hooks.set("/approve", 403);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.clone();
+    let h = hooks.addr;
+    let rollout = format!(
+        "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  serviceRef:
+    name: web
+  strategy:
+    canary:
+      steps:
+        - setWeight: 30
+        - analysis: {{count: 1}}
+  analysis:
+    interval: 2s
+    minSamples: 5
+    metrics:
+      - name: success-rate
+        thresholdRange: {{min: 90}}
+    webhooks:
+      - {{name: load-check, type: rollout, url: \"http://{h}/check\"}}
+      - {{name: approval, type: confirm-promotion, url: \"http://{h}/approve\", metadata: {{ticket: CHG-42}}}}
+      - {{name: notify, type: post-rollout, url: \"http://{h}/done\"}}
+"
+    );
+    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
+    apply(&s, dir.path(), "rollout.yaml", &rollout);
+    wait_until("stable", Duration::from_secs(20), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    let load = Load::start(server.gateway_addr(), "web.default.localhost", 4, 30);
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
+    wait_until("waiting for approval", Duration::from_secs(30), || {
+        rollout_json(&s)["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("confirm-promotion"))
+    });
+    assert_eq!(phase(&s), "Progressing", "not promoted without approval");
+    let approvals = hooks.calls("/approve");
+    assert!(!approvals.is_empty());
+    assert_eq!(approvals[0]["name"], "web");
+    assert_eq!(approvals[0]["namespace"], "default");
+    assert_eq!(approvals[0]["metadata"]["ticket"], "CHG-42");
+    assert!(
+        !hooks.calls("/check").is_empty(),
+        "the rollout hook ran with the analysis"
+    );
+    hooks.set("/approve", 200);
+    wait_until("promoted", Duration::from_secs(10), || phase(&s) == "Succeeded");
+    wait_until("post-rollout told", Duration::from_secs(5), || {
+        !hooks.calls("/done").is_empty()
+    });
+    assert_eq!(hooks.calls("/done")[0]["phase"], "Succeeded");
+
+    // A failing rollout hook counts as a failed check: rolled back at the threshold.
+    hooks.set("/check", 500);
+    apply(&s, dir.path(), "web.yaml", &web("v3", &[]));
+    wait_until("rolled back", Duration::from_secs(30), || phase(&s) == "RolledBack");
+    let msg = rollout_json(&s)["status"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("webhook/load-check"), "{msg}");
+    let (_, _, failures) = load.stop().await;
+    assert!(failures.is_empty(), "{failures:?}");
+}
