@@ -191,9 +191,33 @@ pub struct Analysis {
     pub min_samples: Option<u64>,
     #[serde(default)]
     pub metrics: Vec<MetricCheck>,
+    /// Synthetic requests to the canary while it is analysed (Flagger's load tester, built in), so
+    /// that a canary with little real traffic still gets a verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_test: Option<LoadTest>,
     /// Flagger's webhooks, called over HTTP POST with `{name, namespace, phase, metadata}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
+}
+
+/// The built-in load generator's requests: sent to the canary's own URL (the `canary` or `preview`
+/// tag) through the gateway.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadTest {
+    /// Requests per second (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rps: Option<u32>,
+    /// `GET` (default) or `POST`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// The kinds of webhook, as Flagger names them.
@@ -655,6 +679,20 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
         }
         if a.metrics.is_empty() && !a.webhooks.iter().any(|w| w.type_ == "rollout") {
             errs.push(p.field("metrics"), "give at least one metric (or a rollout webhook)");
+        }
+        if let Some(l) = &a.load_test {
+            let lp = p.field("loadTest");
+            if l.rps.is_some_and(|r| r == 0 || r > 10_000) {
+                errs.push(lp.field("rps"), "must be in [1, 10000]");
+            }
+            if let Some(m) = &l.method {
+                if m != "GET" && m != "POST" {
+                    errs.push(lp.field("method"), format!("must be GET or POST, got {m:?}"));
+                }
+            }
+            if l.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+                errs.push(lp.field("path"), "must start with /");
+            }
         }
         for (i, w) in a.webhooks.iter().enumerate() {
             let wp = p.field("webhooks").index(i);

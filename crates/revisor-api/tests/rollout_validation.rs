@@ -173,6 +173,16 @@ fn bad_rollouts_are_refused_with_their_paths() {
             "must be one of confirm-rollout",
         ),
         (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: success-rate, thresholdRange: {{min: 1}}}}]\n    loadTest: {{rps: 0, method: PUT, path: probe}}\n")),
+            "spec.analysis.loadTest.rps",
+            "[1, 10000]",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: success-rate, thresholdRange: {{min: 1}}}}]\n    loadTest: {{method: PUT}}\n")),
+            "spec.analysis.loadTest.method",
+            "GET or POST",
+        ),
+        (
             rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: success-rate, thresholdRange: {{min: 1}}}}]\n    webhooks: [{{name: a, type: rollout, url: \"ftp://x\"}}]\n")),
             "spec.analysis.webhooks[0].url",
             "http:// or https://",

@@ -34,6 +34,8 @@ pub struct ControllerConfig {
     /// Knative's config-network `rollout-duration`: how long traffic takes to move to a new latest
     /// revision (per service: the `serving.knative.dev/rollout-duration` annotation). 0 is at once.
     pub rollout_duration: std::time::Duration,
+    /// Where the gateway can be reached from this process (for the rollout load generator).
+    pub gateway_ip: std::net::IpAddr,
 }
 
 impl Default for ControllerConfig {
@@ -42,6 +44,7 @@ impl Default for ControllerConfig {
             domain: "localhost".into(),
             gateway_port: 8080,
             rollout_duration: std::time::Duration::ZERO,
+            gateway_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use revisor_api::meta::Conditions;
-use revisor_api::rollout::Webhook;
+use revisor_api::rollout::{LoadTest, Webhook};
 use revisor_api::units::parse_go_duration;
 use revisor_api::{ConditionStatus, Revision, Rollout, Service};
 use revisor_rollout::{advance, analysis_due, hooks_due, CanaryState, Counters, Hooks, Input, Window};
@@ -44,6 +44,31 @@ pub struct RolloutController {
     hook_cache: HashMap<(String, String, &'static str), (Instant, HookAnswer)>,
     /// Made on the controller's own thread (a blocking client cannot be made inside an async runtime).
     http: Option<reqwest::blocking::Client>,
+    /// Running load generators, by (namespace, rollout): the host they aim at, and their stop flag.
+    loads: HashMap<(String, String), (String, Arc<std::sync::atomic::AtomicBool>)>,
+}
+
+/// Sends the load test's requests to `host` through the gateway until `stop` turns true.
+fn run_load(gateway: std::net::SocketAddr, host: String, spec: LoadTest, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let http = reqwest::blocking::Client::new();
+    let url = format!("http://{gateway}{}", spec.path.as_deref().unwrap_or("/"));
+    let period = Duration::from_secs_f64(1.0 / spec.rps.unwrap_or(10).max(1) as f64);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let t = Instant::now();
+        let mut req = match spec.method.as_deref() {
+            Some("POST") => http.post(&url).body(spec.body.clone().unwrap_or_default()),
+            _ => http.get(&url),
+        }
+        .header("host", &host)
+        .timeout(Duration::from_secs(10));
+        for (k, v) in &spec.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        let _ = req.send().and_then(|r| r.bytes());
+        if let Some(rest) = period.checked_sub(t.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -94,6 +119,7 @@ impl RolloutController {
             config,
             hook_cache: HashMap::new(),
             http: None,
+            loads: HashMap::new(),
         }
     }
 
@@ -142,6 +168,42 @@ impl RolloutController {
                 .collect();
         }
         out
+    }
+
+    /// Keeps the rollout's load generator running while a canary (or preview) is analysed, aimed at
+    /// its tag's host; stops it otherwise.
+    fn load(&mut self, r: &Rollout) {
+        let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
+        let st = r.status();
+        let active = matches!(st.phase.as_str(), "Progressing" | "Paused") && st.canary_revision.is_some();
+        let spec = r.spec.analysis.as_ref().and_then(|a| a.load_test.clone());
+        let tag = if r.spec.is_blue_green() && st.canary_weight < 100 {
+            revisor_rollout::PREVIEW_TAG
+        } else {
+            revisor_rollout::CANARY_TAG
+        };
+        let host = format!(
+            "{tag}-{}.{}.{}",
+            r.spec.service_ref.name, r.metadata.namespace, self.config.domain
+        );
+        let wanted = match (active, spec) {
+            (true, Some(s)) => Some((host, s)),
+            _ => None,
+        };
+        let running = self.loads.get(&key).map(|(h, _)| h.clone());
+        if running.as_ref() == wanted.as_ref().map(|(h, _)| h) {
+            return;
+        }
+        if let Some((_, stop)) = self.loads.remove(&key) {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some((host, spec)) = wanted {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let gateway = std::net::SocketAddr::new(self.config.gateway_ip, self.config.gateway_port);
+            let (h, s) = (host.clone(), stop.clone());
+            std::thread::spawn(move || run_load(gateway, h, spec, s));
+            self.loads.insert(key, (host, stop));
+        }
     }
 
     /// Tells the post-rollout webhooks how a rollout ended (in the background; answers are ignored).
@@ -215,6 +277,15 @@ impl RolloutController {
                 return;
             }
         };
+        self.loads.retain(|(ns, name), (_, stop)| {
+            let keep = rollouts
+                .iter()
+                .any(|r| &r.metadata.namespace == ns && &r.metadata.name == name);
+            if !keep {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            keep
+        });
         self.baselines.retain(|(ns, name), _| {
             rollouts
                 .iter()
@@ -259,6 +330,7 @@ impl RolloutController {
     }
 
     fn step(&mut self, r: Rollout) -> Result<(), StoreError> {
+        self.load(&r);
         let (ns, name) = (r.metadata.namespace.clone(), r.metadata.name.clone());
         let Some(svc) = self.store.get::<Service>(&ns, &r.spec.service_ref.name)? else {
             let mut st = r.status();

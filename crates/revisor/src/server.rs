@@ -53,6 +53,11 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         domain: cfg.domain.clone(),
         gateway_port: gateway_addr.port(),
         rollout_duration: cfg.rollout_duration,
+        gateway_ip: if gateway_addr.ip().is_unspecified() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            gateway_addr.ip()
+        },
     };
     Controller::new(store.clone(), controller.clone())
         .with_backend(Arc::new(backend.clone()), cfg.defaults.clone())

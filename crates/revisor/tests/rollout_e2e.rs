@@ -581,3 +581,59 @@ spec:
     let (_, _, failures) = load.stop().await;
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+#[test]
+fn the_built_in_load_generator_gives_an_idle_canary_a_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.clone();
+    let rollout = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  serviceRef:
+    name: web
+  strategy:
+    canary:
+      steps:
+        - setWeight: 10
+        - analysis: {count: 2}
+  analysis:
+    interval: 2s
+    threshold: 2
+    minSamples: 20
+    loadTest:
+      rps: 40
+      path: /probe
+      headers: {x-load-test: \"1\"}
+    metrics:
+      - name: success-rate
+        thresholdRange: {min: 99}
+";
+    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
+    apply(&s, dir.path(), "rollout.yaml", rollout);
+    wait_until("stable", Duration::from_secs(20), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    // No client sends anything: the load generator's requests to the canary's URL decide.
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
+    let (code, out) = watch(&s);
+    assert_eq!(code, 0, "promoted on synthetic traffic alone:\n{out}");
+    let measured: Vec<u64> = rollout_json(&s)["status"]["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["revision"] == "web-00002")
+        .map(|m| m["samples"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(measured.iter().all(|n| *n >= 20), "{measured:?}");
+
+    apply(&s, dir.path(), "web.yaml", &web("v3", &[("FAIL_PERCENT", "100")]));
+    let (code, out) = watch(&s);
+    assert_eq!(code, 1, "a broken canary is caught without any client:\n{out}");
+    assert!(rollout_json(&s)["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("success-rate"));
+}
