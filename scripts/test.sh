@@ -2,7 +2,8 @@
 # The whole test suite, as README's Quick start gives it and as .ci/run calls it.
 # It installs what the tests need first:
 # - onnxruntime and numpy in a venv (.venv-test), the reference the model server is compared with;
-# - magika 1.0.3's wheel from PyPI, from which the pretrained model the tests serve is extracted.
+# - magika 1.0.3's wheel from PyPI, from which the pretrained model the tests serve is extracted;
+# - Debian's prometheus, which a rollout test starts on loopback as a metric provider.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -14,6 +15,11 @@ fi
 if ! command -v python3 >/dev/null 2>&1; then
   echo "installing python3 with apt-get" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
+fi
+
+if ! command -v prometheus >/dev/null 2>&1; then
+  echo "installing prometheus with apt-get" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 VENV="$ROOT/.venv-test"

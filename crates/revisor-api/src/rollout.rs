@@ -281,6 +281,27 @@ pub struct MetricCheck {
     pub agreement: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerance: Option<f64>,
+    /// Where the value comes from instead of the gateway's counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<MetricProvider>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricProvider {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusQuery>,
+}
+
+/// A PromQL query whose result (a scalar, or the first sample of a vector) is judged by the
+/// metric's `thresholdRange`. `{{revision}}` (the canary), `{{stable}}`, `{{namespace}}`,
+/// `{{service}}` and `{{interval}}` (e.g. `30s`) are replaced before it is sent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusQuery {
+    /// The server, e.g. `http://127.0.0.1:9090`.
+    pub address: String,
+    pub query: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -715,6 +736,35 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
         }
         for (i, m) in a.metrics.iter().enumerate() {
             let mp = p.field("metrics").index(i);
+            if let Some(prov) = &m.provider {
+                match &prov.prometheus {
+                    None => errs.push(mp.field("provider"), "give provider.prometheus"),
+                    Some(q) => {
+                        if !(q.address.starts_with("http://") || q.address.starts_with("https://")) {
+                            errs.push(
+                                mp.field("provider").field("prometheus").field("address"),
+                                format!("must be an http:// or https:// URL, got {:?}", q.address),
+                            );
+                        }
+                        if q.query.trim().is_empty() {
+                            errs.push(
+                                mp.field("provider").field("prometheus").field("query"),
+                                "missing field(s)",
+                            );
+                        }
+                    }
+                }
+                if m.relative_to.is_some() || m.agreement.is_some() {
+                    errs.push(
+                        mp.field("provider"),
+                        "a provider's value is judged by thresholdRange only",
+                    );
+                }
+                if m.threshold_range.min.is_none() && m.threshold_range.max.is_none() {
+                    errs.push(mp.field("thresholdRange"), "give min, max or both");
+                }
+                continue;
+            }
             if ![
                 "success-rate",
                 "latency",

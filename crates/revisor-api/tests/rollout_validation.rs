@@ -173,6 +173,16 @@ fn bad_rollouts_are_refused_with_their_paths() {
             "must be one of confirm-rollout",
         ),
         (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: q, provider: {{prometheus: {{address: \"127.0.0.1:9090\", query: up}}}}, thresholdRange: {{min: 1}}}}]\n")),
+            "spec.analysis.metrics[0].provider.prometheus.address",
+            "http:// or https://",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: q, provider: {{prometheus: {{address: \"http://p\", query: up}}}}}}]\n")),
+            "spec.analysis.metrics[0].thresholdRange",
+            "give min, max or both",
+        ),
+        (
             rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: success-rate, thresholdRange: {{min: 1}}}}]\n    loadTest: {{rps: 0, method: PUT, path: probe}}\n")),
             "spec.analysis.loadTest.rps",
             "[1, 10000]",

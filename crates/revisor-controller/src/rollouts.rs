@@ -77,6 +77,60 @@ enum HookAnswer {
     Rollback(Option<String>),
 }
 
+/// Runs a metric's Prometheus query (its placeholders filled) and reads the scalar, or the first
+/// sample of the vector; `Ok(None)` when the query has no data.
+fn query_prometheus(
+    http: &reqwest::blocking::Client,
+    q: &revisor_api::rollout::PrometheusQuery,
+    r: &Rollout,
+) -> Result<Option<f64>, String> {
+    let st = r.status();
+    let interval = r
+        .spec
+        .analysis
+        .as_ref()
+        .map(|a| a.interval())
+        .unwrap_or(Duration::from_secs(30));
+    let query = q
+        .query
+        .replace("{{revision}}", st.canary_revision.as_deref().unwrap_or(""))
+        .replace("{{stable}}", st.stable_revision.as_deref().unwrap_or(""))
+        .replace("{{namespace}}", &r.metadata.namespace)
+        .replace("{{service}}", &r.spec.service_ref.name)
+        .replace("{{interval}}", &format!("{}s", interval.as_secs().max(1)));
+    let url = format!("{}/api/v1/query", q.address.trim_end_matches('/'));
+    let resp = http
+        .get(&url)
+        .query(&[("query", query.as_str())])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .map_err(|e| format!("Prometheus at {}: {e}", q.address))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp
+        .json()
+        .map_err(|e| format!("Prometheus at {}: not JSON: {e}", q.address))?;
+    if !status.is_success() || body["status"] != "success" {
+        return Err(format!(
+            "Prometheus at {} refused {query:?}: {}",
+            q.address,
+            body["error"].as_str().unwrap_or(status.as_str())
+        ));
+    }
+    let data = &body["data"];
+    let sample = match data["resultType"].as_str() {
+        Some("scalar") => Some(&data["result"]),
+        Some("vector") => data["result"].get(0).map(|s| &s["value"]),
+        other => return Err(format!("Prometheus answered a {other:?}, not a scalar or vector")),
+    };
+    match sample.and_then(|s| s.get(1)).and_then(|v| v.as_str()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<f64>()
+            .map(Some)
+            .map_err(|_| format!("Prometheus answered {v:?}, not a number")),
+    }
+}
+
 /// Calls one webhook with Flagger's payload; Ok on 2xx.
 fn call_hook(http: &reqwest::blocking::Client, r: &Rollout, hook: &Webhook) -> Result<(), String> {
     let timeout = hook
@@ -388,6 +442,19 @@ impl RolloutController {
             None => 0,
         };
         let hooks = self.hooks(&r, latest.as_ref().map(|(n, _)| *n), window.is_some());
+        let provided = match (&window, &r.spec.analysis) {
+            (Some(_), Some(a)) if a.metrics.iter().any(|m| m.provider.is_some()) => {
+                let http = self.http.get_or_insert_with(reqwest::blocking::Client::new).clone();
+                a.metrics
+                    .iter()
+                    .filter_map(|m| {
+                        let q = m.provider.as_ref()?.prometheus.as_ref()?;
+                        Some((m.name.clone(), query_prometheus(&http, q, &r)))
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         let store = self.store.clone();
         let exists = move |rev: &str| store.get::<Revision>(&ns, rev).ok().flatten().is_some();
         let out = advance(&Input {
@@ -399,6 +466,7 @@ impl RolloutController {
             stable_window,
             stable_replicas,
             hooks,
+            provided,
         });
         let traffic_changed = svc.spec.traffic() != out.traffic.as_slice();
         if Some(&out.status) == r.status.as_ref() && !traffic_changed && out.events.is_empty() {

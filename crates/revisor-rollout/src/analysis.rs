@@ -197,6 +197,22 @@ pub fn evaluate(
     step: u32,
     now: DateTime<Utc>,
 ) -> Run {
+    evaluate_with(analysis, w, stable, &[], revision, step, now)
+}
+
+/// The value a provider (Prometheus) gave a metric: a number, no data (`None`), or the error.
+pub type Provided = (String, Result<Option<f64>, String>);
+
+/// [`evaluate`], with the values external providers gave this run (by metric name).
+pub fn evaluate_with(
+    analysis: &Analysis,
+    w: &Window,
+    stable: Option<&Window>,
+    provided: &[Provided],
+    revision: &str,
+    step: u32,
+    now: DateTime<Utc>,
+) -> Run {
     let min = analysis.min_samples();
     let enough = w.requests >= min;
     let mut failed = false;
@@ -205,8 +221,39 @@ pub fn evaluate(
         .metrics
         .iter()
         .map(|m| {
-            let v = value(m, w);
             let t = m.threshold_range;
+            if m.provider.is_some() {
+                let got = provided.iter().find(|(n, _)| n == &m.name).map(|(_, r)| r.clone());
+                let (value, note) = match got {
+                    Some(Ok(v)) => (v, v.is_none().then(|| "the query returned no data".to_string())),
+                    Some(Err(e)) => (None, Some(e)),
+                    None => (None, Some("the provider was not queried".to_string())),
+                };
+                let verdict = match value {
+                    None => {
+                        inconclusive = true;
+                        "Inconclusive"
+                    }
+                    Some(v) if t.min.is_some_and(|lo| v < lo) || t.max.is_some_and(|hi| v > hi) => {
+                        failed = true;
+                        "Failed"
+                    }
+                    Some(_) => "Successful",
+                };
+                return Measurement {
+                    time: now,
+                    revision: revision.to_string(),
+                    step,
+                    metric: m.name.clone(),
+                    value,
+                    threshold: t,
+                    comparison: note,
+                    samples: 1,
+                    verdict: verdict.to_string(),
+                    ..Default::default()
+                };
+            }
+            let v = value(m, w);
             let absolute = t.min.is_some() || t.max.is_some();
             let out_of_range = v.is_some_and(|v| t.min.is_some_and(|lo| v < lo) || t.max.is_some_and(|hi| v > hi));
             let certain = m.name == "error-count" && out_of_range;

@@ -8,7 +8,7 @@
 pub mod analysis;
 pub mod machine;
 
-pub use analysis::{evaluate, Counters, Run, Window};
+pub use analysis::{evaluate, evaluate_with, Counters, Provided, Run, Window};
 pub use machine::{
     advance, analysis_due, floors, hooks_due, CanaryState, Event, Hooks, Input, Output, CANARY_TAG, PREVIEW_TAG,
     PREVIOUS_TAG,

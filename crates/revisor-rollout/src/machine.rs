@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use revisor_api::rollout::{phase, Rollout, RolloutStatus, RunStep};
 use revisor_api::TrafficTarget;
 
-use crate::analysis::{evaluate, Window};
+use crate::analysis::Window;
 
 /// The tag the canary is reachable by during a rollout (`canary-<service>.<ns>.<domain>`).
 pub const CANARY_TAG: &str = "canary";
@@ -80,6 +80,8 @@ pub struct Input<'a> {
     /// The stable revision's ready replicas now (its floor while a rollout runs).
     pub stable_replicas: u32,
     pub hooks: Hooks,
+    /// With an analysis run: what the external providers (Prometheus) answered, by metric name.
+    pub provided: Vec<crate::analysis::Provided>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -445,10 +447,11 @@ impl Machine<'_> {
         // Analysis.
         if let (Some(a), Some(w)) = (&r.spec.analysis, &input.window) {
             self.st.last_analysis_at = Some(input.now);
-            let mut run = evaluate(
+            let mut run = crate::analysis::evaluate_with(
                 a,
                 w,
                 input.stable_window.as_ref(),
+                &input.provided,
                 &canary,
                 self.st.current_step,
                 input.now,
@@ -692,6 +695,7 @@ mod tests {
                 stable_window: None,
                 stable_replicas: 1,
                 hooks,
+                provided: Vec::new(),
             });
             self.events.extend(out.events);
             self.traffic = out.traffic;

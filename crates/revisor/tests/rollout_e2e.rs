@@ -637,3 +637,152 @@ spec:
         .unwrap()
         .contains("success-rate"));
 }
+
+/// Debian's Prometheus on loopback, scraping `target` every second; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    address: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    fn start(target: std::net::SocketAddr) -> Prometheus {
+        let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("prometheus is not installed: ./scripts/test.sh installs it (apt-get install prometheus)");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: models\n    static_configs:\n      - targets: [\"{target}\"]\n"),
+        )
+        .unwrap();
+        let port = free_port();
+        let child = std::process::Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let address = format!("http://127.0.0.1:{port}");
+        let p = Prometheus {
+            child,
+            address,
+            _dir: dir,
+        };
+        let ready = format!("{}/-/ready", p.address);
+        wait_until("Prometheus ready", Duration::from_secs(30), || {
+            reqwest::blocking::get(&ready).is_ok_and(|r| r.status().is_success())
+        });
+        p
+    }
+}
+
+/// A /metrics endpoint of the test's own: `model_quality{revision="..."}` per revision.
+fn quality_endpoint(values: std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>>) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() || line == "\r\n" || line.is_empty() {
+                    break;
+                }
+            }
+            let body: String = values
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(r, v)| format!("model_quality{{revision=\"{r}\"}} {v}\n"))
+                .collect();
+            let mut conn = conn;
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_prometheus_query_judges_the_canary() {
+    let values = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        ("web-00002".to_string(), 0.97),
+        ("web-00003".to_string(), 0.42),
+    ]));
+    let prometheus = Prometheus::start(quality_endpoint(values.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.clone();
+    let rollout = format!(
+        "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  serviceRef:
+    name: web
+  strategy:
+    canary:
+      steps:
+        - setWeight: 20
+        - analysis: {{count: 1}}
+  analysis:
+    interval: 2s
+    threshold: 1
+    metrics:
+      - name: model-quality
+        provider:
+          prometheus:
+            address: {}
+            query: 'max(model_quality{{revision=\"{{{{revision}}}}\"}})'
+        thresholdRange: {{min: 0.9}}
+",
+        prometheus.address
+    );
+    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
+    apply(&s, dir.path(), "rollout.yaml", &rollout);
+    wait_until("stable", Duration::from_secs(20), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
+    let (code, out) = watch(&s);
+    assert_eq!(
+        code,
+        0,
+        "quality 0.97 >= 0.9: promoted\n{out}\n{}",
+        rollout_json(&s)["status"]
+    );
+    let m = rollout_json(&s)["status"]["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|m| m["metric"] == "model-quality")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (m["value"].as_f64(), m["verdict"].as_str()),
+        (Some(0.97), Some("Successful")),
+        "{m}"
+    );
+    apply(&s, dir.path(), "web.yaml", &web("v3", &[]));
+    let (code, out) = watch(&s);
+    assert_eq!(code, 1, "{out}");
+    let msg = rollout_json(&s)["status"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("model-quality = 0.420"), "{msg}");
+}
