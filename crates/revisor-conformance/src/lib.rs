@@ -49,3 +49,90 @@ pub fn configmap_example(name: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The `openAPIV3Schema` of a Knative CRD (`service.yaml`, ...), for its first served version.
+pub fn crd_schema(file: &str) -> serde_json::Value {
+    let path = reference_dir().join("knative/crds").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("CRD parses");
+    let doc: serde_json::Value = serde_json::to_value(doc).expect("CRD is JSON");
+    doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+/// Validates `v` as the Kubernetes API server does a custom resource against its structural schema:
+/// types (with `int-or-string`), required fields, enums, items, additionalProperties, and fields the
+/// schema does not know (an error, as with `kubectl apply --validate=strict`, unless the schema
+/// preserves unknown fields). `metadata` is only checked to be an object. Returns every problem with
+/// its path.
+pub fn validate_structural(schema: &serde_json::Value, v: &serde_json::Value) -> Vec<String> {
+    let mut errs = Vec::new();
+    check(schema, v, "", &mut errs);
+    errs
+}
+
+fn check(schema: &serde_json::Value, v: &serde_json::Value, path: &str, errs: &mut Vec<String>) {
+    use serde_json::Value;
+    let at = if path.is_empty() { "<root>" } else { path };
+    if v.is_null() && schema["nullable"] == true {
+        return;
+    }
+    if schema["x-kubernetes-int-or-string"] == true {
+        if !(v.is_i64() || v.is_u64() || v.is_string()) {
+            errs.push(format!("{at}: expected an integer or a string, got {v}"));
+        }
+        return;
+    }
+    let ty = schema["type"].as_str();
+    let ok = match (ty, v) {
+        (None, _) => true,
+        (Some("object"), Value::Object(_)) => true,
+        (Some("array"), Value::Array(_)) => true,
+        (Some("string"), Value::String(_)) => true,
+        (Some("boolean"), Value::Bool(_)) => true,
+        (Some("integer"), Value::Number(n)) => n.is_i64() || n.is_u64(),
+        (Some("number"), Value::Number(_)) => true,
+        _ => false,
+    };
+    if !ok {
+        errs.push(format!("{at}: expected {}, got {v}", ty.unwrap_or("?")));
+        return;
+    }
+    if let Some(options) = schema["enum"].as_array() {
+        if !options.contains(v) {
+            errs.push(format!("{at}: {v} is not one of {options:?}"));
+        }
+    }
+    match v {
+        Value::Object(o) => {
+            if path == ".metadata" {
+                return;
+            }
+            for r in schema["required"].as_array().into_iter().flatten() {
+                if let Some(k) = r.as_str() {
+                    if !o.contains_key(k) {
+                        errs.push(format!("{at}: missing required field {k:?}"));
+                    }
+                }
+            }
+            let preserve = schema["x-kubernetes-preserve-unknown-fields"] == true;
+            for (k, x) in o {
+                let sub = format!("{path}.{k}");
+                if let Some(p) = schema["properties"].get(k) {
+                    check(p, x, &sub, errs);
+                } else if let Some(ap) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                    check(ap, x, &sub, errs);
+                } else if !preserve && schema.get("properties").is_some() {
+                    errs.push(format!("{sub}: unknown field"));
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = schema.get("items") {
+                for (i, x) in items.iter().enumerate() {
+                    check(item, x, &format!("{path}[{i}]"), errs);
+                }
+            }
+        }
+        _ => {}
+    }
+}

@@ -95,3 +95,42 @@ fn gc_defaults_equal_knatives_config_gc() {
     let parsed = revisor_controller::gc::GcConfig::from_map(&example).expect("Knative's example parses");
     assert_eq!(parsed, revisor_controller::gc::GcConfig::default());
 }
+
+#[test]
+fn exported_services_validate_against_knatives_service_crd() {
+    use revisor::cli::export::{clean, render, Format};
+    let schema = revisor_conformance::crd_schema("service.yaml");
+    assert!(schema.is_object(), "the service CRD has an openAPIV3Schema");
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for (name, text) in examples() {
+        for doc in revisor_api::read_documents(&text).unwrap() {
+            if doc.value["kind"] != "Service" {
+                continue;
+            }
+            let exported = clean(&doc.value);
+            for e in revisor_conformance::validate_structural(&schema, &exported) {
+                problems.push(format!("{name}: {e}"));
+            }
+            // The Pulumi program declares the very same object.
+            let program: serde_json::Value =
+                serde_yaml::from_str(&render(std::slice::from_ref(&exported), Format::PulumiYaml).unwrap()).unwrap();
+            let declared = program["resources"].as_object().unwrap().values().next().unwrap();
+            assert_eq!(declared["type"], "kubernetes:apiextensions.k8s.io:CustomResource");
+            assert_eq!(declared["properties"], exported, "{name}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} services exported");
+    assert!(problems.is_empty(), "schema violations:\n{}", problems.join("\n"));
+    // And the validator does refuse what the API server would.
+    let bad = serde_json::json!({"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "x"},
+        "spec": {"template": {"spec": {"containers": [{"image": 3, "colour": "blue"}]}}, "traffic": [{"percent": "ten"}]}});
+    let errs = revisor_conformance::validate_structural(&schema, &bad);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains(".spec.template.spec.containers[0].image")),
+        "{errs:?}"
+    );
+    assert!(errs.iter().any(|e| e.contains(".spec.traffic[0].percent")), "{errs:?}");
+}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{cli, ok, write, Server};
+use common::{cli, ok, write, Server, BIN};
 
 const REFERENCE: &str = "apiVersion: serving.knative.dev/v1
 kind: Service
@@ -270,4 +270,82 @@ fn traffic_tags_describe_and_delete() {
     assert_eq!(ok(s, &["get", "revisions"]), "No revisions found.\n");
     let r = cli(s, &["delete", "service", "web"]);
     assert!(r.code == 1 && r.stderr.contains("not found"), "{}", r.stderr);
+}
+
+#[test]
+fn export_writes_knative_yaml_and_pulumi_programs_that_declare_the_same_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = write(
+        dir.path(),
+        "svc.yaml",
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: model\n  labels: {team: ml}\nspec:\n  template:\n    metadata:\n      annotations: {autoscaling.knative.dev/target: \"10\"}\n    spec:\n      containers:\n        - image: example.com/model:v1\n          env: [{name: ON, value: \"true\"}]\n  traffic:\n    - {latestRevision: true, percent: 100}\n---\napiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: model\nspec:\n  serviceRef: {name: model}\n  strategy:\n    canary:\n      steps: [{setWeight: 10}, {pause: {}}]\n",
+    );
+    let f = manifest.to_str().unwrap();
+    let run = |format: &str| {
+        let out = std::process::Command::new(BIN)
+            .args(["export", "-f", f, "--format", format])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let knative: Vec<serde_json::Value> = revisor_api::read_documents(&run("knative"))
+        .unwrap()
+        .into_iter()
+        .map(|d| d.value)
+        .collect();
+    assert_eq!(knative.len(), 2);
+    assert_eq!(knative[0]["metadata"]["namespace"], "default");
+    assert_eq!(knative[0]["spec"]["traffic"][0]["percent"], 100);
+    assert_eq!(knative[1]["kind"], "Rollout");
+    assert!(revisor_api::admit_service(&knative[0], &revisor_api::Defaults::default()).is_ok());
+
+    let program: serde_json::Value = serde_yaml::from_str(&run("pulumi-yaml")).unwrap();
+    assert_eq!(program["runtime"], "yaml");
+    let svc = &program["resources"]["service-default-model"];
+    assert_eq!(svc["type"], "kubernetes:apiextensions.k8s.io:CustomResource");
+    assert_eq!(
+        svc["properties"], knative[0],
+        "the Pulumi YAML declares the same Service"
+    );
+
+    // The Python program: parse it, and read back each CustomResource call's arguments.
+    let py = write(dir.path(), "__main__.py", &run("pulumi-python"));
+    let python = std::env::var("REVISOR_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = r#"
+import ast, json, sys
+tree = ast.parse(open(sys.argv[1]).read())
+calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "CustomResource"]
+out = []
+for c in calls:
+    kw = {k.arg: ast.literal_eval(k.value) for k in c.keywords}
+    out.append({"name": ast.literal_eval(c.args[0]), "apiVersion": kw["api_version"], "kind": kw["kind"], "metadata": kw["metadata"], "spec": kw["spec"]})
+print(json.dumps(out))
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&py)
+        .output()
+        .unwrap_or_else(|e| panic!("{python} is needed to check the Python program ({e}): run ./scripts/test.sh"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let calls: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(calls.len(), 2);
+
+    // From the server: the stored Service and its Rollout, without anything the server manages.
+    let server = Server::start(&dir.path().join("data"));
+    ok(&server.admin, &["apply", "-f", f]);
+    let stored: Vec<serde_json::Value> = revisor_api::read_documents(&ok(&server.admin, &["export", "model"]))
+        .unwrap()
+        .into_iter()
+        .map(|d| d.value)
+        .collect();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(stored[0].get("status").is_none() && stored[0]["metadata"].get("uid").is_none());
+    assert_eq!(stored[1]["kind"], "Rollout");
+    assert_eq!(calls[0]["name"], "service-default-model");
+    for (call, object) in calls.iter().zip(&knative) {
+        for k in ["apiVersion", "kind", "metadata", "spec"] {
+            assert_eq!(call[k], object[k], "the Python program declares the same {k}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 mod apply;
 mod describe;
+pub mod export;
 mod get;
 mod rollout;
 mod table;
@@ -158,6 +159,19 @@ pub enum Command {
     /// Show the whole thing in a minute or two: a model rolled out to live traffic, a canary
     /// promoted on live metrics, a faulty one rolled back by itself. Needs nothing else running.
     Demo,
+    /// Write Services (and their Rollouts) for another tool: Knative YAML for kubectl, or a Pulumi
+    /// program (YAML or Python) declaring the same Knative Service.
+    Export {
+        /// Manifest files to export (without the server).
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        /// A service to export from the server, with its Rollout.
+        service: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(long, value_enum, default_value_t = export::Format::Knative)]
+        format: export::Format,
+    },
     /// Operate a Rollout: status, watch, promote, abort, retry, pause, resume, undo.
     Rollout {
         #[command(subcommand)]
@@ -265,6 +279,16 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::ExampleModels { out } => return crate::model_server::write_examples(out),
         Command::Demo => return crate::demo::run(),
+        Command::Export {
+            files,
+            service: None,
+            namespace,
+            format,
+        } => {
+            let objects = export::objects(None, files, None, namespace)?;
+            print!("{}", export::render(&objects, *format)?);
+            return Ok(());
+        }
         _ => {}
     }
     let client = Client::new(&cli.server)?;
@@ -323,6 +347,16 @@ pub fn run(cli: Cli) -> Result<()> {
             namespace,
             output,
         } => describe::events(&client, &service, &namespace, output),
+        Command::Export {
+            files,
+            service,
+            namespace,
+            format,
+        } => {
+            let objects = export::objects(Some(&client), &files, service.as_deref(), &namespace)?;
+            print!("{}", export::render(&objects, format)?);
+            Ok(())
+        }
         Command::Rollout { command } => {
             let code = rollout::run(&client, command)?;
             if code != 0 {
