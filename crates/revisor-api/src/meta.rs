@@ -80,7 +80,7 @@ pub struct OwnerReference {
 }
 
 /// `True`, `False` or `Unknown`, as Knative writes them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub enum ConditionStatus {
     True,
     False,
@@ -99,7 +99,7 @@ impl ConditionStatus {
 }
 
 /// One status condition (`Ready`, `RoutesReady`, ...).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]

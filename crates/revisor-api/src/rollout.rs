@@ -28,7 +28,7 @@ pub struct Rollout {
     pub status: Option<RolloutStatus>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
     /// The Service whose `spec.traffic` this Rollout owns.
@@ -50,14 +50,14 @@ pub struct RolloutSpec {
     pub paused: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceRef {
     #[serde(default)]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Strategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,7 +68,7 @@ pub struct Strategy {
     pub blue_green: Option<BlueGreen>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Canary {
     /// Argo Rollouts' shape: the steps in order.
@@ -84,7 +84,7 @@ pub struct Canary {
     pub max_weight: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,7 +104,7 @@ pub struct Step {
     pub set_mirror_route: Option<MirrorRoute>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BlueGreen {
     /// Successful runs of `spec.analysis` on the preview (its requests through the `preview` tag)
@@ -124,14 +124,14 @@ pub struct BlueGreen {
 }
 
 /// Argo Rollouts' `setHeaderRoute`: every match must hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderRoute {
     #[serde(default, rename = "match")]
     pub matches: Vec<HeaderMatch>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HeaderMatch {
     pub header_name: String,
@@ -139,7 +139,7 @@ pub struct HeaderMatch {
 }
 
 /// Exactly one of exact, prefix, regex.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StringMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -150,7 +150,7 @@ pub struct StringMatch {
     pub regex: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MirrorRoute {
     /// Share of the stable revision's requests copied to the canary, 0-100.
@@ -158,7 +158,7 @@ pub struct MirrorRoute {
     pub percentage: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Pause {
     /// Without a duration the rollout waits for `revisor rollout promote`.
@@ -166,7 +166,7 @@ pub struct Pause {
     pub duration: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StepAnalysis {
     /// Successful analysis runs in a row that end the step (default 1).
@@ -174,7 +174,7 @@ pub struct StepAnalysis {
     pub count: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Analysis {
     /// Time between analysis runs, and the window each run looks at (default 30s; Flagger's interval).
@@ -202,7 +202,7 @@ pub struct Analysis {
 
 /// The built-in load generator's requests: sent to the canary's own URL (the `canary` or `preview`
 /// tag) through the gateway.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadTest {
     /// Requests per second (default 10).
@@ -230,7 +230,7 @@ pub const WEBHOOK_TYPES: [&str; 6] = [
     "rollback",
 ];
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Webhook {
     pub name: String,
@@ -248,7 +248,7 @@ pub struct Webhook {
     pub metadata: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricCheck {
     /// `success-rate` (non-5xx share, percent), `latency` (ms at `percentile`), `error-count` (5xx),
@@ -286,7 +286,7 @@ pub struct MetricCheck {
     pub provider: Option<MetricProvider>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MetricProvider {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,7 +296,7 @@ pub struct MetricProvider {
 /// A PromQL query whose result (a scalar, or the first sample of a vector) is judged by the
 /// metric's `thresholdRange`. `{{revision}}` (the canary), `{{stable}}`, `{{namespace}}`,
 /// `{{service}}` and `{{interval}}` (e.g. `30s`) are replaced before it is sent.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusQuery {
     /// The server, e.g. `http://127.0.0.1:9090`.
@@ -304,7 +304,7 @@ pub struct PrometheusQuery {
     pub query: String,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ThresholdRange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -324,7 +324,7 @@ pub mod phase {
     pub const ROLLED_BACK: &str = "RolledBack";
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     #[serde(default)]
@@ -383,7 +383,7 @@ pub struct RolloutStatus {
 }
 
 /// One check of one metric: its value against its threshold and the verdict.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Measurement {
     pub time: DateTime<Utc>,
@@ -859,4 +859,97 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
         }
     }
     errs.into_result()
+}
+
+/// The `rollouts.revisor.dev` CustomResourceDefinition, its schema generated from these types
+/// (`revisor crd` prints it): structural, as Kubernetes requires, with the status subresource and
+/// the columns of `revisor get rollouts`.
+pub fn crd() -> serde_json::Value {
+    use serde_json::{json, Value};
+    fn schema_of<T: schemars::JsonSchema>() -> Value {
+        let settings = schemars::gen::SchemaSettings::openapi3().with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        });
+        let root = settings.into_generator().into_root_schema_for::<T>();
+        let mut v = serde_json::to_value(root).expect("schemas serialize");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("title");
+            o.remove("definitions");
+        }
+        structural(&mut v);
+        v
+    }
+    /// Makes a generated schema structural: single `allOf` wrappers (schemars' way of saying
+    /// "nullable struct") merged into their node, unsigned formats mapped to Kubernetes' `int64`.
+    fn structural(v: &mut Value) {
+        if let Some(o) = v.as_object_mut() {
+            if let Some(Value::Array(all)) = o.get("allOf").cloned() {
+                if all.len() == 1 {
+                    o.remove("allOf");
+                    if let Value::Object(inner) = &all[0] {
+                        for (k, x) in inner {
+                            o.entry(k.clone()).or_insert_with(|| x.clone());
+                        }
+                    }
+                }
+            }
+            if let Some(Value::String(f)) = o.get("format") {
+                if f.starts_with("uint") || f == "int32" || f == "double" || f == "float" {
+                    let int = f.starts_with("uint") || f == "int32";
+                    o.insert(
+                        "format".into(),
+                        Value::String(if int { "int64" } else { "double" }.into()),
+                    );
+                }
+            }
+            for x in o.values_mut() {
+                structural(x);
+            }
+        } else if let Some(a) = v.as_array_mut() {
+            a.iter_mut().for_each(structural);
+        }
+    }
+    let column = |name: &str, path: &str| json!({ "name": name, "type": "string", "jsonPath": path });
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": { "name": "rollouts.revisor.dev" },
+        "spec": {
+            "group": "revisor.dev",
+            "scope": "Namespaced",
+            "names": {
+                "kind": "Rollout",
+                "listKind": "RolloutList",
+                "plural": "rollouts",
+                "singular": "rollout",
+                "shortNames": ["ro"],
+            },
+            "versions": [{
+                "name": "v1alpha1",
+                "served": true,
+                "storage": true,
+                "subresources": { "status": {} },
+                "additionalPrinterColumns": [
+                    column("Service", ".spec.serviceRef.name"),
+                    column("Stable", ".status.stableRevision"),
+                    column("Canary", ".status.canaryRevision"),
+                    { "name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight" },
+                    column("Phase", ".status.phase"),
+                ],
+                "schema": { "openAPIV3Schema": {
+                    "type": "object",
+                    "description": "A Rollout moves a Knative Service's traffic to its new revisions step by step, judged by analysis, with automatic rollback.",
+                    "properties": {
+                        "apiVersion": { "type": "string" },
+                        "kind": { "type": "string" },
+                        "metadata": { "type": "object" },
+                        "spec": schema_of::<RolloutSpec>(),
+                        "status": schema_of::<RolloutStatus>(),
+                    },
+                    "required": ["spec"],
+                } },
+            }],
+        },
+    })
 }

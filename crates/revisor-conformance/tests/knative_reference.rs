@@ -134,3 +134,29 @@ fn exported_services_validate_against_knatives_service_crd() {
     );
     assert!(errs.iter().any(|e| e.contains(".spec.traffic[0].percent")), "{errs:?}");
 }
+
+#[test]
+fn exported_rollouts_validate_against_the_generated_crd() {
+    use revisor::cli::export::clean;
+    let crd = revisor_api::rollout::crd();
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let rollouts = [
+        "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata: {name: a, namespace: default}\nspec:\n  serviceRef: {name: web}\n  strategy:\n    canary:\n      steps:\n        - setWeight: 10\n        - pause: {duration: 1m}\n        - setHeaderRoute: {match: [{headerName: X-Canary, headerValue: {exact: \"yes\"}}]}\n        - setMirrorRoute: {percentage: 50}\n        - analysis: {count: 2}\n        - pause: {}\n  analysis:\n    interval: 30s\n    threshold: 2\n    minSamples: 20\n    loadTest: {rps: 20, method: POST, path: /v2/models/m/infer, body: '{}', headers: {content-type: application/json}}\n    metrics:\n      - {name: success-rate, thresholdRange: {min: 99}}\n      - {name: latency, percentile: 99, relativeTo: stable, maxRatio: 1.2}\n      - {name: prediction-agreement, agreement: tolerance, tolerance: 0.001, thresholdRange: {min: 95}}\n      - {name: quality, provider: {prometheus: {address: \"http://p:9090\", query: up}}, thresholdRange: {min: 1}}\n    webhooks:\n      - {name: gate, type: confirm-promotion, url: \"http://h/ok\", timeout: 5s, metadata: {ticket: CHG-1}}\n  progressDeadline: 10m\n  rollbackWindow: 15m\n",
+        "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata: {name: b}\nspec:\n  serviceRef: {name: web}\n  strategy:\n    canary: {stepWeights: [5, 20, 50], maxWeight: 50}\n  analysis:\n    metrics: [{name: error-count, thresholdRange: {max: 5}}]\n",
+        "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata: {name: c}\nspec:\n  serviceRef: {name: web}\n  strategy:\n    blueGreen: {prePromotionAnalysis: {count: 1}, autoPromotionSeconds: 30, postPromotionAnalysis: {count: 1}, scaleDownDelaySeconds: 60}\n  analysis:\n    metrics: [{name: request-rate, thresholdRange: {min: 1}}]\n",
+    ];
+    for text in rollouts {
+        let doc = &revisor_api::read_documents(text).unwrap()[0];
+        revisor_api::admit_rollout(&doc.value).expect("a valid Rollout");
+        let errs = revisor_conformance::validate_structural(schema, &clean(&doc.value));
+        assert!(errs.is_empty(), "{errs:?}\n{text}");
+    }
+    let bad = serde_json::json!({"apiVersion": "revisor.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "x"},
+        "spec": {"serviceRef": {"name": "web"}, "strategy": {"canary": {"steps": [{"setWeight": "ten"}]}}}});
+    let errs = revisor_conformance::validate_structural(schema, &bad);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains(".spec.strategy.canary.steps[0].setWeight")),
+        "{errs:?}"
+    );
+}

@@ -172,6 +172,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = export::Format::Knative)]
         format: export::Format,
     },
+    /// Print the Rollout CustomResourceDefinition (rollouts.revisor.dev) for `kubectl apply`.
+    Crd,
     /// Operate a Rollout: status, watch, promote, abort, retry, pause, resume, undo.
     Rollout {
         #[command(subcommand)]
@@ -279,6 +281,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::ExampleModels { out } => return crate::model_server::write_examples(out),
         Command::Demo => return crate::demo::run(),
+        Command::Crd => {
+            print!("{}", serde_yaml::to_string(&revisor_api::rollout::crd())?);
+            return Ok(());
+        }
         Command::Export {
             files,
             service: None,
@@ -293,7 +299,11 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     let client = Client::new(&cli.server)?;
     match cli.command {
-        Command::Serve { .. } | Command::ModelServer { .. } | Command::ExampleModels { .. } | Command::Demo => {
+        Command::Serve { .. }
+        | Command::ModelServer { .. }
+        | Command::ExampleModels { .. }
+        | Command::Demo
+        | Command::Crd => {
             unreachable!("handled above")
         }
         Command::Apply {
