@@ -49,6 +49,21 @@ fn web(version: &str, env: &[(&str, &str)]) -> String {
     upstream_service("web", &all, &[("autoscaling.knative.dev/min-scale", "1")], "")
 }
 
+/// Applies web v1 (with `env`) and `rollout`, and waits for web-00001 to be the stable revision.
+fn start_stable(s: &str, dir: &std::path::Path, env: &[(&str, &str)], rollout: &str) {
+    apply(s, dir, "web.yaml", &web("v1", env));
+    apply(s, dir, "rollout.yaml", rollout);
+    wait_until("stable", Duration::from_secs(20), || {
+        rollout_json(s)["status"]["stableRevision"] == "web-00001"
+    });
+}
+
+/// [`watch`] from async code.
+async fn watch_async(s: &str) -> (i32, String) {
+    let s = s.to_string();
+    tokio::task::spawn_blocking(move || watch(&s)).await.unwrap()
+}
+
 /// Runs `revisor rollout watch web` to its end: (exit code, output).
 fn watch(s: &str) -> (i32, String) {
     let r = cli(s, &["rollout", "watch", "web"]);
@@ -78,12 +93,7 @@ async fn promote_then_roll_back_under_load_then_undo() {
     // A good canary: promoted through every step.
     apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
     let started = Instant::now();
-    let (code, out) = tokio::task::spawn_blocking({
-        let s = s.clone();
-        move || watch(&s)
-    })
-    .await
-    .unwrap();
+    let (code, out) = watch_async(&s).await;
     assert_eq!(code, 0, "promoted:\n{out}");
     assert!(
         out.contains("20%") && out.contains("50%"),
@@ -103,12 +113,7 @@ async fn promote_then_roll_back_under_load_then_undo() {
 
     // A canary answering 500 to half its requests: rolled back by analysis.
     apply(&s, dir.path(), "web.yaml", &web("v3", &[("FAIL_PERCENT", "50")]));
-    let (code, out) = tokio::task::spawn_blocking({
-        let s = s.clone();
-        move || watch(&s)
-    })
-    .await
-    .unwrap();
+    let (code, out) = watch_async(&s).await;
     assert_eq!(code, 1, "rolled back:\n{out}");
     let r = rollout_json(&s);
     assert_eq!(r["status"]["phase"], "RolledBack", "{}", r["status"]);
@@ -164,19 +169,10 @@ async fn a_slow_canary_is_rolled_back_on_latency() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let s = server.admin.clone();
-    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
-    apply(&s, dir.path(), "rollout.yaml", ROLLOUT);
-    wait_until("stable", Duration::from_secs(20), || {
-        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
-    });
+    start_stable(&s, dir.path(), &[], ROLLOUT);
     let load = Load::start(server.gateway_addr(), "web.default.localhost", 8, 30);
     apply(&s, dir.path(), "web.yaml", &web("v2", &[("LATENCY_MS", "300")]));
-    let (code, out) = tokio::task::spawn_blocking({
-        let s = s.clone();
-        move || watch(&s)
-    })
-    .await
-    .unwrap();
+    let (code, out) = watch_async(&s).await;
     let (_, _, failures) = load.stop().await;
     assert_eq!(code, 1, "{out}");
     let msg = rollout_json(&s)["status"]["message"].as_str().unwrap().to_string();
@@ -195,11 +191,7 @@ fn kill_9_mid_rollout_resumes_at_the_same_step() {
         "        - analysis: {count: 1}\n        - setWeight: 50",
         "        - pause: {}\n        - setWeight: 50",
     );
-    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
-    apply(&s, dir.path(), "rollout.yaml", &paused);
-    wait_until("stable", Duration::from_secs(20), || {
-        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
-    });
+    start_stable(&s, dir.path(), &[], &paused);
     apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
     wait_until("paused at 20%", Duration::from_secs(20), || phase(&s) == "Paused");
     let before = rollout_json(&s)["status"].clone();
@@ -262,29 +254,15 @@ spec:
         relativeTo: stable
         confidence: 0.95
 ";
-    apply(&s, dir.path(), "web.yaml", &web("v1", &[("LATENCY_MS", "80")]));
-    apply(&s, dir.path(), "rollout.yaml", relative);
-    wait_until("stable", Duration::from_secs(20), || {
-        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
-    });
+    start_stable(&s, dir.path(), &[("LATENCY_MS", "80")], relative);
     let load = Load::start(server.gateway_addr(), "web.default.localhost", 16, 20);
     // As slow as stable, far above any absolute bound one would write for a fast service: promoted.
     apply(&s, dir.path(), "web.yaml", &web("v2", &[("LATENCY_MS", "80")]));
-    let (code, out) = tokio::task::spawn_blocking({
-        let s = s.clone();
-        move || watch(&s)
-    })
-    .await
-    .unwrap();
+    let (code, out) = watch_async(&s).await;
     assert_eq!(code, 0, "{out}\n{}", rollout_json(&s)["status"]);
     // Three times slower than stable: rolled back, the comparison in the reason.
     apply(&s, dir.path(), "web.yaml", &web("v3", &[("LATENCY_MS", "240")]));
-    let (code, out) = tokio::task::spawn_blocking({
-        let s = s.clone();
-        move || watch(&s)
-    })
-    .await
-    .unwrap();
+    let (code, out) = watch_async(&s).await;
     let (_, _, failures) = load.stop().await;
     assert_eq!(code, 1, "{out}");
     let msg = rollout_json(&s)["status"]["message"].as_str().unwrap().to_string();
@@ -315,11 +293,7 @@ spec:
                 headerValue: {regex: \"^beta-.*\"}
         - pause: {}
 ";
-    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
-    apply(&s, dir.path(), "rollout.yaml", ab);
-    wait_until("stable", Duration::from_secs(20), || {
-        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
-    });
+    start_stable(&s, dir.path(), &[], ab);
     apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
     wait_until("paused with the header route", Duration::from_secs(20), || {
         let st = rollout_json(&s)["status"].clone();
@@ -381,11 +355,7 @@ spec:
       - name: success-rate
         thresholdRange: {min: 99}
 ";
-    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
-    apply(&s, dir.path(), "rollout.yaml", bg);
-    wait_until("stable", Duration::from_secs(20), || {
-        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
-    });
+    start_stable(&s, dir.path(), &[], bg);
     let gw = server.gateway_addr();
     let main = Load::start(gw, "web.default.localhost", 4, 50);
     apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
@@ -399,12 +369,7 @@ spec:
     });
     // Requests to the preview's own URL feed its pre-promotion analysis.
     let preview = Load::start(gw, "preview-web.default.localhost", 2, 50);
-    let (code, out) = tokio::task::spawn_blocking({
-        let s = s.clone();
-        move || watch(&s)
-    })
-    .await
-    .unwrap();
+    let (code, out) = watch_async(&s).await;
     assert_eq!(code, 0, "{out}\n{}", rollout_json(&s)["status"]);
     let (_, _, preview_failures) = preview.stop().await;
     let svc = service_json(&s, "web");
@@ -543,11 +508,7 @@ spec:
       - {{name: notify, type: post-rollout, url: \"http://{h}/done\"}}
 "
     );
-    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
-    apply(&s, dir.path(), "rollout.yaml", &rollout);
-    wait_until("stable", Duration::from_secs(20), || {
-        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
-    });
+    start_stable(&s, dir.path(), &[], &rollout);
     let load = Load::start(server.gateway_addr(), "web.default.localhost", 4, 30);
     apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
     wait_until("waiting for approval", Duration::from_secs(30), || {
@@ -611,11 +572,7 @@ spec:
       - name: success-rate
         thresholdRange: {min: 99}
 ";
-    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
-    apply(&s, dir.path(), "rollout.yaml", rollout);
-    wait_until("stable", Duration::from_secs(20), || {
-        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
-    });
+    start_stable(&s, dir.path(), &[], rollout);
     // No client sends anything: the load generator's requests to the canary's URL decide.
     apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
     let (code, out) = watch(&s);
@@ -755,11 +712,7 @@ spec:
 ",
         prometheus.address
     );
-    apply(&s, dir.path(), "web.yaml", &web("v1", &[]));
-    apply(&s, dir.path(), "rollout.yaml", &rollout);
-    wait_until("stable", Duration::from_secs(20), || {
-        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
-    });
+    start_stable(&s, dir.path(), &[], &rollout);
     apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
     let (code, out) = watch(&s);
     assert_eq!(
