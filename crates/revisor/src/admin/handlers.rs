@@ -183,11 +183,7 @@ pub(crate) fn body_document(headers: &HeaderMap, body: Result<Bytes, BytesReject
 /// Admits a Service body for the object at `ns`/`name` (name `None` for a create, which takes the body's).
 fn admit(state: &AdminState, ns: &str, name: Option<&str>, value: Value) -> Result<Service, ApiError> {
     let value = placed(ns, name, value)?;
-    let shown = value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let shown = body_name(&value);
     admit_service(&value, &state.defaults).map_err(|e| ApiError::invalid("Service", &shown, e))
 }
 
@@ -246,12 +242,26 @@ async fn write_service(
             .map_err(|e| ApiError::from_apply("Service", &shown, e))
     })
     .await?;
+    Ok(applied(outcome, stored))
+}
+
+/// An apply's answer: 201 when created, else 200, with the outcome in `revisor-apply-result`.
+pub(crate) fn applied(outcome: revisor_controller::ApplyOutcome, stored: impl serde::Serialize) -> Response {
     let code = if outcome == revisor_controller::ApplyOutcome::Created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((code, [("revisor-apply-result", outcome.as_str())], Json(stored)).into_response())
+    (code, [("revisor-apply-result", outcome.as_str())], Json(stored)).into_response()
+}
+
+/// The body's `metadata.name`, for error messages.
+pub(crate) fn body_name(value: &Value) -> String {
+    value
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
 }
 
 pub async fn create_service(

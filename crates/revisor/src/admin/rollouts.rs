@@ -5,14 +5,14 @@
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use axum::Json;
 use revisor_api::{admit_rollout, Rollout};
 use revisor_controller::ApplyMode;
 use serde_json::Value;
 
-use super::handlers::{blocking, body_document, deleted, dry_run, list, placed, Params};
+use super::handlers::{applied, blocking, body_document, body_name, deleted, dry_run, list, placed, Params};
 use super::{AdminState, ApiError};
 
 pub async fn list_all(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
@@ -49,23 +49,14 @@ async fn write(
 ) -> Result<Response, ApiError> {
     let value = placed(&ns, name.as_deref(), body_document(&headers, body)?)?;
     let dry_run = dry_run(&params)?;
-    let shown = value
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let shown = body_name(&value);
     let rollout = admit_rollout(&value).map_err(|e| ApiError::invalid("Rollout", &shown, e))?;
     let (outcome, stored) = blocking(move || {
         revisor_controller::apply_rollout(&s.store, rollout, mode, dry_run)
             .map_err(|e| ApiError::from_apply("Rollout", &shown, e))
     })
     .await?;
-    let code = if outcome == revisor_controller::ApplyOutcome::Created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((code, [("revisor-apply-result", outcome.as_str())], Json(stored)).into_response())
+    Ok(applied(outcome, stored))
 }
 
 pub async fn create(
