@@ -21,7 +21,7 @@ pub use admission::{
 pub use dataplane::{Backend, DesiredRevision, DesiredState, RoutedTarget, ServiceRoutes};
 pub use health::{record_health, RevisionHealth};
 pub use reconcile::reconcile_service;
-pub use rollouts::{MetricsSource, RolloutController};
+pub use rollouts::{Commit, MetricsSource, RolloutController, RolloutWorld, StoreWorld};
 pub use run::Controller;
 
 /// What the controller needs to know about the server it runs in.

@@ -1,8 +1,10 @@
 //! The Rollout controller: a thread that, every quarter second (and at once when a Rollout changes),
 //! steps every Rollout's state machine (revisor-rollout) with its Service's latest revision and, when
 //! an analysis run is due, the canary's window from the data plane; then writes the Rollout's status,
-//! the Service's traffic and the events in one transaction. The Service's own reconcile then resolves
-//! the traffic and the backend moves requests.
+//! the Service's traffic and the events. Where Rollouts, Services and Revisions live is a
+//! `RolloutWorld`: locally the store (`StoreWorld`, one transaction per step, after which the
+//! Service's own reconcile resolves the traffic and the backend moves requests); on Kubernetes the
+//! cluster (revisor-kube).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use revisor_api::meta::Conditions;
+use revisor_api::rollout::RolloutStatus;
 use revisor_api::rollout::{LoadTest, Webhook};
 use revisor_api::units::parse_go_duration;
-use revisor_api::{ConditionStatus, Revision, Rollout, Service};
+use revisor_api::{ConditionStatus, Revision, Rollout, Service, TrafficTarget};
 use revisor_rollout::{advance, analysis_due, hooks_due, CanaryState, Counters, Hooks, Input, Window};
 use revisor_store::{Event, Kind, Store, StoreError};
 
@@ -22,6 +25,43 @@ use revisor_store::{Event, Kind, Store, StoreError};
 pub trait MetricsSource: Send + Sync {
     /// The revision's counters summed over every route to it; `None` if the data plane has not seen it.
     fn counters(&self, namespace: &str, revision: &str) -> Option<Counters>;
+    /// The revision's window over the last `seconds`, for a source that computes windows itself
+    /// (Prometheus: `increase()` over a range, which survives pods coming and going). `None`: the
+    /// controller takes the difference of two readings of `counters`.
+    fn window(&self, _namespace: &str, _revision: &str, _seconds: f64) -> Option<Window> {
+        None
+    }
+}
+
+/// One step's outcome to write.
+pub struct Commit<'a> {
+    pub rollout: &'a Rollout,
+    pub status: &'a RolloutStatus,
+    /// The Service's new `spec.traffic`, when it changed.
+    pub traffic: Option<&'a [TrafficTarget]>,
+    pub events: &'a [revisor_rollout::Event],
+}
+
+/// Where the Rollout controller finds Rollouts, Services and Revisions and writes its decisions:
+/// locally the store, on Kubernetes the cluster.
+pub trait RolloutWorld: Send {
+    fn rollouts(&mut self) -> Result<Vec<Rollout>, String>;
+    fn service(&mut self, namespace: &str, name: &str) -> Result<Option<Service>, String>;
+    fn revision(&mut self, namespace: &str, name: &str) -> Result<Option<Revision>, String>;
+    /// Writes the Rollout's status, the Service's traffic and the events. `Ok(false)` when someone
+    /// wrote the Rollout or the Service meanwhile: nothing is written and the step runs again.
+    fn commit(&mut self, c: Commit<'_>) -> Result<bool, String>;
+    /// Why this world cannot run `r` as written (say, a header route that the cluster's networking
+    /// layer cannot express), if it cannot.
+    fn refusal(&mut self, _r: &Rollout) -> Option<String> {
+        None
+    }
+    /// Where the load generator sends requests for `tag`'s revision: the URL and a Host header.
+    fn load_target(&mut self, r: &Rollout, tag: &str) -> Option<(String, Option<String>)>;
+    /// The world's own periodic work (locally: Knative's gradual rollouts).
+    fn housekeeping(&mut self) {}
+    /// Sleeps up to `d`, waking early when a Rollout changes; `false` once the world is gone.
+    fn wait(&mut self, d: Duration) -> bool;
 }
 
 const TICK: Duration = Duration::from_millis(250);
@@ -36,22 +76,22 @@ struct Baseline {
 }
 
 pub struct RolloutController {
-    store: Store,
+    world: Box<dyn RolloutWorld>,
     metrics: Arc<dyn MetricsSource>,
     baselines: HashMap<(String, String), Baseline>,
-    config: crate::ControllerConfig,
     /// The last answer of each (namespace, rollout, webhook kind), reused for a second.
     hook_cache: HashMap<(String, String, &'static str), (Instant, HookAnswer)>,
     /// Made on the controller's own thread (a blocking client cannot be made inside an async runtime).
     http: Option<reqwest::blocking::Client>,
-    /// Running load generators, by (namespace, rollout): the host they aim at, and their stop flag.
+    /// Running load generators, by (namespace, rollout): the URL they aim at, and their stop flag.
     loads: HashMap<(String, String), (String, Arc<std::sync::atomic::AtomicBool>)>,
 }
 
-/// Sends the load test's requests to `host` through the gateway until `stop` turns true.
-fn run_load(gateway: std::net::SocketAddr, host: String, spec: LoadTest, stop: Arc<std::sync::atomic::AtomicBool>) {
+/// Sends the load test's requests to `base` (with `host` as the Host header, if any) until `stop`
+/// turns true.
+fn run_load(base: String, host: Option<String>, spec: LoadTest, stop: Arc<std::sync::atomic::AtomicBool>) {
     let http = reqwest::blocking::Client::new();
-    let url = format!("http://{gateway}{}", spec.path.as_deref().unwrap_or("/"));
+    let url = format!("{}{}", base.trim_end_matches('/'), spec.path.as_deref().unwrap_or("/"));
     let period = Duration::from_secs_f64(1.0 / spec.rps.unwrap_or(10).max(1) as f64);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let t = Instant::now();
@@ -59,8 +99,10 @@ fn run_load(gateway: std::net::SocketAddr, host: String, spec: LoadTest, stop: A
             Some("POST") => http.post(&url).body(spec.body.clone().unwrap_or_default()),
             _ => http.get(&url),
         }
-        .header("host", &host)
         .timeout(Duration::from_secs(10));
+        if let Some(h) = &host {
+            req = req.header("host", h.as_str());
+        }
         for (k, v) in &spec.headers {
             req = req.header(k.as_str(), v.as_str());
         }
@@ -164,13 +206,124 @@ fn hooks_of<'a>(r: &'a Rollout, kind: &str) -> Vec<&'a Webhook> {
         .collect()
 }
 
+/// The local world: Rollouts, Services and Revisions in the store; each step's writes in one
+/// transaction; the load generator aims at the gateway with the tag's host.
+pub struct StoreWorld {
+    store: Store,
+    config: crate::ControllerConfig,
+    rx: tokio::sync::broadcast::Receiver<revisor_store::Change>,
+}
+
+impl StoreWorld {
+    pub fn new(store: Store, config: crate::ControllerConfig) -> Self {
+        let rx = store.subscribe();
+        StoreWorld { store, config, rx }
+    }
+}
+
+impl RolloutWorld for StoreWorld {
+    fn rollouts(&mut self) -> Result<Vec<Rollout>, String> {
+        self.store.list::<Rollout>(None).map_err(|e| e.to_string())
+    }
+
+    fn service(&mut self, namespace: &str, name: &str) -> Result<Option<Service>, String> {
+        self.store.get::<Service>(namespace, name).map_err(|e| e.to_string())
+    }
+
+    fn revision(&mut self, namespace: &str, name: &str) -> Result<Option<Revision>, String> {
+        self.store.get::<Revision>(namespace, name).map_err(|e| e.to_string())
+    }
+
+    fn commit(&mut self, c: Commit<'_>) -> Result<bool, String> {
+        let r = c.rollout;
+        let (ns, service) = (r.metadata.namespace.clone(), r.spec.service_ref.name.clone());
+        let result = self.store.write(|tx| {
+            let mut next = r.clone();
+            next.status = Some(c.status.clone());
+            tx.update(next)?;
+            if let Some(traffic) = c.traffic {
+                if let Some(mut s) = tx.get::<Service>(&ns, &service)? {
+                    s.spec.traffic = Some(traffic.to_vec());
+                    s.metadata.generation = Some(s.generation() + 1);
+                    tx.update(s)?;
+                }
+            }
+            for e in c.events {
+                let object = format!("Rollout/{}", r.metadata.name);
+                let event = if e.warning {
+                    Event::warning(object, &e.reason, e.message.clone())
+                } else {
+                    Event::normal(object, &e.reason, e.message.clone())
+                };
+                tx.record(&ns, &service, &event)?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict { .. }) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn load_target(&mut self, r: &Rollout, tag: &str) -> Option<(String, Option<String>)> {
+        let host = format!(
+            "{tag}-{}.{}.{}",
+            r.spec.service_ref.name, r.metadata.namespace, self.config.domain
+        );
+        let gateway = std::net::SocketAddr::new(self.config.gateway_ip, self.config.gateway_port);
+        Some((format!("http://{gateway}"), Some(host)))
+    }
+
+    /// Reconciles the services whose gradual rollout (Knative's `rollout-duration`) has a step due.
+    fn housekeeping(&mut self) {
+        let Ok(configs) = self.store.list::<revisor_api::Configuration>(None) else {
+            return;
+        };
+        let now = Utc::now();
+        for cfg in configs {
+            let due = cfg
+                .metadata
+                .annotation(crate::reconcile::GRADUAL_STATE)
+                .and_then(|v| serde_json::from_str::<revisor_traffic::gradual::Gradual>(v).ok())
+                .is_some_and(|g| g.in_progress() && g.next_step_ms <= now.timestamp_millis());
+            if due {
+                let (ns, name) = (&cfg.metadata.namespace, &cfg.metadata.name);
+                let result = self
+                    .store
+                    .write(|tx| crate::reconcile_service(tx, ns, name, &self.config, now));
+                if let Err(e) = result {
+                    tracing::warn!("gradual rollout of {ns}/{name}: {e}");
+                }
+            }
+        }
+    }
+
+    fn wait(&mut self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            match self.rx.try_recv() {
+                Ok(c) if c.kind == Kind::Rollout => return true,
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::TryRecvError::Closed) => return false,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        true
+    }
+}
+
 impl RolloutController {
+    /// The local controller: Rollouts in `store`, windows from `metrics` (the gateway).
     pub fn new(store: Store, metrics: Arc<dyn MetricsSource>, config: crate::ControllerConfig) -> Self {
+        Self::with_world(Box::new(StoreWorld::new(store, config)), metrics)
+    }
+
+    pub fn with_world(world: Box<dyn RolloutWorld>, metrics: Arc<dyn MetricsSource>) -> Self {
         RolloutController {
-            store,
+            world,
             metrics,
             baselines: HashMap::new(),
-            config,
             hook_cache: HashMap::new(),
             http: None,
             loads: HashMap::new(),
@@ -225,7 +378,7 @@ impl RolloutController {
     }
 
     /// Keeps the rollout's load generator running while a canary (or preview) is analysed, aimed at
-    /// its tag's host; stops it otherwise.
+    /// its tag; stops it otherwise.
     fn load(&mut self, r: &Rollout) {
         let key = (r.metadata.namespace.clone(), r.metadata.name.clone());
         let st = r.status();
@@ -236,27 +389,24 @@ impl RolloutController {
         } else {
             revisor_rollout::CANARY_TAG
         };
-        let host = format!(
-            "{tag}-{}.{}.{}",
-            r.spec.service_ref.name, r.metadata.namespace, self.config.domain
-        );
         let wanted = match (active, spec) {
-            (true, Some(s)) => Some((host, s)),
+            (true, Some(s)) => self.world.load_target(r, tag).map(|t| (t, s)),
             _ => None,
         };
+        let aim = |t: &(String, Option<String>)| format!("{} {}", t.0, t.1.as_deref().unwrap_or(""));
         let running = self.loads.get(&key).map(|(h, _)| h.clone());
-        if running.as_ref() == wanted.as_ref().map(|(h, _)| h) {
+        if running == wanted.as_ref().map(|(t, _)| aim(t)) {
             return;
         }
         if let Some((_, stop)) = self.loads.remove(&key) {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
-        if let Some((host, spec)) = wanted {
+        if let Some((target, spec)) = wanted {
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let gateway = std::net::SocketAddr::new(self.config.gateway_ip, self.config.gateway_port);
-            let (h, s) = (host.clone(), stop.clone());
-            std::thread::spawn(move || run_load(gateway, h, spec, s));
-            self.loads.insert(key, (host, stop));
+            let s = stop.clone();
+            let aimed = aim(&target);
+            std::thread::spawn(move || run_load(target.0, target.1, spec, s));
+            self.loads.insert(key, (aimed, stop));
         }
     }
 
@@ -277,45 +427,14 @@ impl RolloutController {
         });
     }
 
-    /// Reconciles the services whose gradual rollout (Knative's `rollout-duration`) has a step due.
-    fn step_gradual(&self) {
-        let Ok(configs) = self.store.list::<revisor_api::Configuration>(None) else {
-            return;
-        };
-        let now = Utc::now();
-        for cfg in configs {
-            let due = cfg
-                .metadata
-                .annotation(crate::reconcile::GRADUAL_STATE)
-                .and_then(|v| serde_json::from_str::<revisor_traffic::gradual::Gradual>(v).ok())
-                .is_some_and(|g| g.in_progress() && g.next_step_ms <= now.timestamp_millis());
-            if due {
-                let (ns, name) = (&cfg.metadata.namespace, &cfg.metadata.name);
-                let result = self
-                    .store
-                    .write(|tx| crate::reconcile_service(tx, ns, name, &self.config, now));
-                if let Err(e) = result {
-                    tracing::warn!("gradual rollout of {ns}/{name}: {e}");
-                }
-            }
-        }
-    }
-
     pub fn spawn(mut self) -> JoinHandle<()> {
-        let mut rx = self.store.subscribe();
         std::thread::Builder::new()
             .name("rollouts".into())
             .spawn(move || loop {
                 self.tick();
-                let until = Instant::now() + TICK;
                 // Sleep a tick, waking early when a Rollout changes (an operator's request).
-                while Instant::now() < until {
-                    match rx.try_recv() {
-                        Ok(c) if c.kind == Kind::Rollout => break,
-                        Ok(_) => continue,
-                        Err(tokio::sync::broadcast::error::TryRecvError::Closed) => return,
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                    }
+                if !self.world.wait(TICK) {
+                    return;
                 }
             })
             .expect("spawn the rollout controller")
@@ -323,8 +442,8 @@ impl RolloutController {
 
     /// Steps every Rollout once, and every gradual rollout that is due.
     pub fn tick(&mut self) {
-        self.step_gradual();
-        let rollouts = match self.store.list::<Rollout>(None) {
+        self.world.housekeeping();
+        let rollouts = match self.world.rollouts() {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!("listing rollouts: {e}");
@@ -358,6 +477,12 @@ impl RolloutController {
         let ns = &r.metadata.namespace;
         let key = (ns.clone(), r.metadata.name.clone());
         let now = self.metrics.counters(ns, canary).unwrap_or_default();
+        let metrics = self.metrics.clone();
+        let window = |rev: &str, before: &Counters, after: &Counters, secs: f64| {
+            metrics
+                .window(ns, rev, secs)
+                .unwrap_or_else(|| Window::between(before, after, secs))
+        };
         let stable = r
             .status()
             .stable_revision
@@ -374,32 +499,60 @@ impl RolloutController {
             Some(b) if b.revision == canary && b.at.elapsed() >= interval.mul_f64(0.9) => {
                 let secs = b.at.elapsed().as_secs_f64();
                 let stable_window = match (b.stable, stable) {
-                    (Some((n0, c0)), Some((n1, c1))) if n0 == n1 => Some(Window::between(&c0, &c1, secs)),
+                    (Some((n0, c0)), Some((n1, c1))) if n0 == n1 => Some(window(&n1, &c0, &c1, secs)),
                     _ => None,
                 };
-                (Some(Window::between(&b.counters, &now, secs)), stable_window)
+                (Some(window(canary, &b.counters, &now, secs)), stable_window)
             }
             _ => (None, None),
         }
     }
 
-    fn step(&mut self, r: Rollout) -> Result<(), StoreError> {
+    /// Marks a Rollout this world cannot run as Failed with the reason (once).
+    fn refuse(&mut self, r: &Rollout, why: String) -> Result<(), String> {
+        let mut st = r.status();
+        if st.phase == revisor_api::rollout::phase::FAILED && st.message.as_deref() == Some(why.as_str()) {
+            return Ok(());
+        }
+        st.phase = revisor_api::rollout::phase::FAILED.into();
+        st.message = Some(why.clone());
+        let events = [revisor_rollout::Event {
+            warning: true,
+            reason: "Refused".into(),
+            message: why,
+        }];
+        self.world.commit(Commit {
+            rollout: r,
+            status: &st,
+            traffic: None,
+            events: &events,
+        })?;
+        Ok(())
+    }
+
+    fn step(&mut self, r: Rollout) -> Result<(), String> {
+        if let Some(why) = self.world.refusal(&r) {
+            return self.refuse(&r, why);
+        }
         self.load(&r);
         let (ns, name) = (r.metadata.namespace.clone(), r.metadata.name.clone());
-        let Some(svc) = self.store.get::<Service>(&ns, &r.spec.service_ref.name)? else {
+        let Some(svc) = self.world.service(&ns, &r.spec.service_ref.name)? else {
             let mut st = r.status();
             let msg = format!("service {:?} not found", r.spec.service_ref.name);
             if st.message.as_deref() != Some(msg.as_str()) {
                 st.message = Some(msg);
-                let mut next = r.clone();
-                next.status = Some(st);
-                self.store.write(|tx| tx.update(next).map(|_| ()))?;
+                self.world.commit(Commit {
+                    rollout: &r,
+                    status: &st,
+                    traffic: None,
+                    events: &[],
+                })?;
             }
             return Ok(());
         };
         let latest_name = svc.status().latest_created_revision_name;
         let latest_rev = match &latest_name {
-            Some(n) => self.store.get::<Revision>(&ns, n)?,
+            Some(n) => self.world.revision(&ns, n)?,
             None => None,
         };
         let latest = latest_name.as_deref().zip(latest_rev.as_ref()).map(|(n, rev)| {
@@ -433,8 +586,8 @@ impl RolloutController {
         };
         let stable_replicas = match &r.status().stable_revision {
             Some(s) => self
-                .store
-                .get::<Revision>(&ns, s)?
+                .world
+                .revision(&ns, s)?
                 .and_then(|rev| rev.status)
                 .and_then(|st| st.actual_replicas)
                 .unwrap_or(0)
@@ -455,8 +608,9 @@ impl RolloutController {
             }
             _ => Vec::new(),
         };
-        let store = self.store.clone();
-        let exists = move |rev: &str| store.get::<Revision>(&ns, rev).ok().flatten().is_some();
+        // `undo --to-revision` asks whether a revision exists; only then is the world asked.
+        let world = std::cell::RefCell::new(&mut self.world);
+        let exists = |rev: &str| world.borrow_mut().revision(&ns, rev).ok().flatten().is_some();
         let out = advance(&Input {
             rollout: &r,
             latest,
@@ -472,41 +626,20 @@ impl RolloutController {
         if Some(&out.status) == r.status.as_ref() && !traffic_changed && out.events.is_empty() {
             return Ok(());
         }
-        let (ns, service) = (r.metadata.namespace.clone(), r.spec.service_ref.name.clone());
-        let result = self.store.write(|tx| {
-            let mut next = r.clone();
-            next.status = Some(out.status.clone());
-            tx.update(next)?;
-            if traffic_changed {
-                if let Some(mut s) = tx.get::<Service>(&ns, &service)? {
-                    s.spec.traffic = Some(out.traffic.clone());
-                    s.metadata.generation = Some(s.generation() + 1);
-                    tx.update(s)?;
-                }
-            }
-            for e in &out.events {
-                let object = format!("Rollout/{}", r.metadata.name);
-                let event = if e.warning {
-                    Event::warning(object, &e.reason, e.message.clone())
-                } else {
-                    Event::normal(object, &e.reason, e.message.clone())
-                };
-                tx.record(&ns, &service, &event)?;
-            }
-            Ok(())
-        });
+        let committed = self.world.commit(Commit {
+            rollout: &r,
+            status: &out.status,
+            traffic: traffic_changed.then_some(out.traffic.as_slice()),
+            events: &out.events,
+        })?;
         let was_active = matches!(r.status().phase.as_str(), "Progressing" | "Paused");
         let ended = matches!(out.status.phase.as_str(), "Succeeded" | "RolledBack" | "Failed");
-        match result {
-            // Someone (an operator's request) wrote the Rollout meanwhile: step again next tick.
-            Err(StoreError::Conflict { .. }) => Ok(()),
-            Ok(()) if was_active && ended => {
-                let mut done = r.clone();
-                done.status = Some(out.status);
-                self.post_rollout(&done);
-                Ok(())
-            }
-            other => other,
+        // Not committed: someone (an operator's request) wrote meanwhile; the next tick steps again.
+        if committed && was_active && ended {
+            let mut done = r.clone();
+            done.status = Some(out.status);
+            self.post_rollout(&done);
         }
+        Ok(())
     }
 }
