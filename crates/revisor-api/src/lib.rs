@@ -20,7 +20,7 @@ pub use configuration::{Configuration, ConfigurationStatus};
 pub use defaults::Defaults;
 pub use field::{FieldError, FieldErrors, Path};
 pub use meta::{Condition, ConditionStatus, Conditions, ObjectMeta};
-pub use parse::{decode, read_documents, Document, Resource};
+pub use parse::{cluster_manifest, decode, read_documents, Document, Resource};
 pub use revision::{Revision, RevisionStatus};
 pub use rollout::{Rollout, RolloutSpec, RolloutStatus};
 pub use service::{Service, ServiceSpec, ServiceStatus, TrafficTarget};

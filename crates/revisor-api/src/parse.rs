@@ -72,6 +72,23 @@ fn unpack_list(value: Value, index: usize) -> Vec<Document> {
     }
 }
 
+/// What a cluster should get of an object: apiVersion, kind, the user's metadata (name, namespace,
+/// labels, annotations) and spec; nothing the server manages.
+pub fn cluster_manifest(v: &Value) -> Value {
+    let mut meta = serde_json::Map::new();
+    for k in ["name", "namespace", "labels", "annotations"] {
+        if let Some(x) = v.pointer(&format!("/metadata/{k}")).filter(|x| !x.is_null()) {
+            meta.insert(k.into(), x.clone());
+        }
+    }
+    serde_json::json!({
+        "apiVersion": v["apiVersion"],
+        "kind": v["kind"],
+        "metadata": meta,
+        "spec": v.get("spec").cloned().unwrap_or_else(|| serde_json::json!({})),
+    })
+}
+
 /// A resource revisor understands, decoded and type-checked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resource {

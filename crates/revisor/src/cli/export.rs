@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use revisor_api::{decode, read_documents, Resource};
+use revisor_api::{cluster_manifest as clean, decode, read_documents, Resource};
 use serde_json::{json, Map, Value};
 
 use crate::client::{Client, ROLLOUTS, SERVING};
@@ -18,23 +18,6 @@ pub enum Format {
     PulumiYaml,
     /// A Pulumi Python program (`__main__.py`).
     PulumiPython,
-}
-
-/// What a cluster should get of an object: apiVersion, kind, the user's metadata (name, namespace,
-/// labels, annotations) and spec; nothing the server manages.
-pub fn clean(v: &Value) -> Value {
-    let mut meta = Map::new();
-    for k in ["name", "namespace", "labels", "annotations"] {
-        if let Some(x) = v.pointer(&format!("/metadata/{k}")).filter(|x| !x.is_null()) {
-            meta.insert(k.into(), x.clone());
-        }
-    }
-    json!({
-        "apiVersion": v["apiVersion"],
-        "kind": v["kind"],
-        "metadata": meta,
-        "spec": v.get("spec").cloned().unwrap_or_else(|| json!({})),
-    })
 }
 
 /// The objects to export: every document of the files, or the named service (with its Rollout) from

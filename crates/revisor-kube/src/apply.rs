@@ -1,0 +1,83 @@
+//! Server-side apply of the Services and Rollouts revisor is given, as the field manager `revisor`.
+
+use kube::api::{Patch, PatchParams};
+use revisor_api::{admit_rollout, admit_service, cluster_manifest, decode, Defaults, FieldErrors, Resource};
+use serde_json::Value;
+
+use crate::cluster::{Cluster, ROLLOUT, SERVICE};
+
+/// The field manager of everything revisor applies.
+pub const FIELD_MANAGER: &str = "revisor";
+/// The field manager of the traffic the Rollout controller writes.
+pub const ROLLOUT_FIELD_MANAGER: &str = "revisor-rollouts";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The document is not a valid Service or Rollout; nothing was sent.
+    #[error("{0}")]
+    Invalid(FieldErrors),
+    /// Another field manager owns a field the document sets; nothing changed.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("Kubernetes API: {0}")]
+    Api(String),
+}
+
+/// Checks one document as revisor's admission does, then server-side applies the fields it sets (and
+/// nothing revisor would default) as the field manager `revisor`. A conflict with another manager is
+/// reported, never forced. A Service whose traffic a Rollout owns is applied without `spec.traffic`,
+/// which stays the Rollout's. `namespace` fills in a missing `metadata.namespace`. Returns the object as
+/// the cluster holds it after the apply (or would, with `dry_run`).
+pub async fn apply(
+    cluster: &Cluster,
+    doc: &Value,
+    defaults: &Defaults,
+    namespace: &str,
+    dry_run: bool,
+) -> Result<Value, ApplyError> {
+    let mut doc = doc.clone();
+    if doc.pointer("/metadata/namespace").is_none_or(Value::is_null) {
+        if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.insert("namespace".into(), Value::String(namespace.to_string()));
+        }
+    }
+    let (kind, ns, name, owned_by_rollout) = match decode(&doc).map_err(ApplyError::Invalid)? {
+        Resource::Service(_) => {
+            let svc = admit_service(&doc, defaults).map_err(ApplyError::Invalid)?;
+            let (ns, name) = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
+            let owned = cluster
+                .rollouts(Some(&ns))
+                .iter()
+                .any(|r| r.spec.service_ref.name == name);
+            (&SERVICE, ns, name, owned)
+        }
+        Resource::Rollout(_) => {
+            let r = admit_rollout(&doc).map_err(ApplyError::Invalid)?;
+            (&ROLLOUT, r.metadata.namespace.clone(), r.metadata.name.clone(), false)
+        }
+    };
+    let mut manifest = cluster_manifest(&doc);
+    if owned_by_rollout {
+        if let Some(spec) = manifest.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("traffic");
+        }
+    }
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    if dry_run {
+        params = params.dry_run();
+    }
+    let api = cluster.api(kind, Some(&ns));
+    match api.patch(&name, &params, &Patch::Apply(&manifest)).await {
+        Ok(obj) => serde_json::to_value(obj).map_err(|e| ApplyError::Api(e.to_string())),
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(ApplyError::Conflict(format!(
+            "{} {ns}/{name}: {} (revisor does not force a conflicting apply: change the field back, or have its \
+             manager give it up)",
+            kind.kind, e.message
+        ))),
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => Err(ApplyError::Api(format!(
+            "{} {ns}/{name} refused by the cluster: {}",
+            kind.kind, e.message
+        ))),
+        Err(e) => Err(ApplyError::Api(format!("{} {ns}/{name}: {e}", kind.kind))),
+    }
+}
