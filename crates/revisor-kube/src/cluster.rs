@@ -218,6 +218,46 @@ impl Cluster {
         Self::all(&self.rollouts, ns)
     }
 
+    /// The Kubernetes Events about a Service and its Rollouts, oldest first, in revisor's event shape
+    /// (`time`, `type`, `reason`, `message`, `object`).
+    pub async fn events(&self, ns: &str, service: &str) -> Result<Vec<serde_json::Value>, kube::Error> {
+        let rollouts: Vec<String> = self
+            .rollouts(Some(ns))
+            .into_iter()
+            .filter(|r| r.spec.service_ref.name == service)
+            .map(|r| r.metadata.name)
+            .collect();
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), ns);
+        let mut out: Vec<(String, serde_json::Value)> = Vec::new();
+        for e in api.list(&ListParams::default()).await?.items {
+            let Some(r) = &e.regarding else { continue };
+            let (kind, name) = (r.kind.as_deref().unwrap_or(""), r.name.as_deref().unwrap_or(""));
+            let ours =
+                (kind == "Rollout" && rollouts.iter().any(|n| n == name)) || (kind == "Service" && name == service);
+            if !ours {
+                continue;
+            }
+            let time = e
+                .series
+                .as_ref()
+                .map(|s| s.last_observed_time.0.to_string())
+                .or_else(|| e.event_time.as_ref().map(|t| t.0.to_string()))
+                .unwrap_or_default();
+            out.push((
+                time.clone(),
+                serde_json::json!({
+                    "time": time,
+                    "type": e.type_.as_deref().unwrap_or("Normal"),
+                    "reason": e.reason.as_deref().unwrap_or(""),
+                    "message": e.note.as_deref().unwrap_or(""),
+                    "object": format!("{kind}/{name}"),
+                }),
+            ));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out.into_iter().map(|(_, v)| v).collect())
+    }
+
     /// The Knative networking layer the cluster routes with: `config-network`'s `ingress-class` in
     /// `knative-serving` (Knative's default, Kourier's class, when unset or unreadable).
     pub async fn ingress_class(&self) -> String {

@@ -12,9 +12,11 @@
 pub mod apply;
 pub mod cluster;
 pub mod prometheus;
+pub mod request;
 pub mod world;
 
 pub use apply::{apply, ApplyError, FIELD_MANAGER};
 pub use cluster::{connect, Cluster, ClusterError, REVISION, ROLLOUT, SERVICE};
 pub use prometheus::PrometheusMetrics;
+pub use request::request;
 pub use world::KnativeWorld;

@@ -23,6 +23,8 @@ pub struct KnativeWorld {
     recorder: Recorder,
     /// The cluster's networking layer (`config-network`'s `ingress-class`), read once.
     ingress_class: Option<String>,
+    /// Whether a Prometheus with the queue-proxy metrics was given (built-in analysis metrics need one).
+    prometheus: bool,
 }
 
 impl KnativeWorld {
@@ -41,15 +43,37 @@ impl KnativeWorld {
             changes,
             recorder,
             ingress_class: None,
+            prometheus: true,
         }
+    }
+
+    /// Without a Prometheus, Rollouts whose analysis uses the built-in metrics are refused.
+    pub fn with_prometheus(mut self, prometheus: bool) -> Self {
+        self.prometheus = prometheus;
+        self
     }
 }
 
 /// Why a Rollout cannot run on Knative as written: Knative's traffic block (and so revisor on any
 /// networking layer) can split by percent and reach revisions by tag, but cannot route by header or
 /// mirror requests, and only revisor's own gateway compares mirrored predictions.
-pub fn refusal(r: &Rollout, ingress_class: &str) -> Option<String> {
+pub fn refusal(r: &Rollout, ingress_class: &str, prometheus: bool) -> Option<String> {
     let mut needs = Vec::new();
+    let built_in = r
+        .spec
+        .analysis
+        .iter()
+        .flat_map(|a| a.metrics.iter())
+        .filter(|m| m.provider.is_none() && m.name != "prediction-agreement")
+        .map(|m| m.name.as_str())
+        .collect::<Vec<_>>();
+    if !prometheus && !built_in.is_empty() {
+        return Some(format!(
+            "cannot run on this cluster: analysis metric(s) {} read the queue-proxy's request metrics from \
+             Prometheus; start revisor with --prometheus URL",
+            built_in.join(", ")
+        ));
+    }
     for (i, step) in r.spec.run_steps().iter().enumerate() {
         match step {
             RunStep::HeaderRoute(_) => needs.push(format!("step {i} routes by header (setHeaderRoute)")),
@@ -151,7 +175,7 @@ impl RolloutWorld for KnativeWorld {
         let class = self
             .ingress_class
             .get_or_insert_with(|| self.runtime.block_on(self.cluster.ingress_class()));
-        refusal(r, class)
+        refusal(r, class, self.prometheus)
     }
 
     /// The tag's URL from the Knative Service's `status.traffic`.
@@ -177,13 +201,11 @@ impl RolloutWorld for KnativeWorld {
             Ok(()) => return true,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
-        match self
-            .changes
-            .recv_timeout(until.saturating_duration_since(std::time::Instant::now()))
-        {
-            Err(mpsc::RecvTimeoutError::Disconnected) => false,
-            _ => true,
-        }
+        let rest = until.saturating_duration_since(std::time::Instant::now());
+        !matches!(
+            self.changes.recv_timeout(rest),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        )
     }
 }
 
@@ -205,13 +227,13 @@ mod tests {
             "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata: {name: r}\nspec:\n  serviceRef: {name: s}\n  \
              strategy:\n    canary:\n      steps:\n      - setWeight: 20\n      - pause: {duration: 10s}\n",
         );
-        assert_eq!(refusal(&plain, "kourier.ingress.networking.knative.dev"), None);
+        assert_eq!(refusal(&plain, "kourier.ingress.networking.knative.dev", false), None);
         let ab = rollout(
             "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata: {name: r}\nspec:\n  serviceRef: {name: s}\n  \
              strategy:\n    canary:\n      steps:\n      - setHeaderRoute:\n          match:\n          - headerName: x-beta\n            \
              headerValue: {exact: \"1\"}\n      - setMirrorRoute: {percentage: 50}\n      - setWeight: 50\n",
         );
-        let why = refusal(&ab, "istio.ingress.networking.knative.dev").expect("refused");
+        let why = refusal(&ab, "istio.ingress.networking.knative.dev", true).expect("refused");
         assert!(why.contains("step 0 routes by header"), "{why}");
         assert!(why.contains("step 1 mirrors requests"), "{why}");
         assert!(why.contains("istio.ingress.networking.knative.dev"), "{why}");

@@ -97,6 +97,51 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     Ok(())
 }
 
+/// Where `revisor serve --backend knative` finds its cluster and Prometheus.
+pub struct KnativeFlags {
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
+    pub namespace: Option<String>,
+    pub prometheus: Option<String>,
+}
+
+/// `revisor serve --backend knative`: no store, gateway or replicas here; the cluster holds the
+/// objects and Knative runs them. Watches the cluster, runs the Rollout controller over it, and serves
+/// the admin API (applies go to the cluster).
+pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()> {
+    let client = revisor_kube::connect(flags.kubeconfig.as_deref(), flags.context.as_deref()).await?;
+    let (cluster, changes) = revisor_kube::Cluster::start(client, flags.namespace.clone()).await?;
+    let metrics: Arc<dyn revisor_controller::MetricsSource> = match &flags.prometheus {
+        Some(url) => Arc::new(revisor_kube::PrometheusMetrics::new(url)),
+        None => Arc::new(revisor_kube::prometheus::NoMetrics),
+    };
+    let world = revisor_kube::KnativeWorld::new(cluster.clone(), changes, tokio::runtime::Handle::current())
+        .with_prometheus(flags.prometheus.is_some());
+    RolloutController::with_world(Box::new(world), metrics).spawn();
+    let admin_listener = TcpListener::bind(cfg.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin API to {}", cfg.admin_addr))?;
+    let admin_addr = admin_listener.local_addr()?;
+    eprintln!(
+        "revisor: driving Knative Serving in {}; admin API listening on http://{admin_addr}",
+        flags
+            .namespace
+            .as_deref()
+            .map(|n| format!("namespace {n}"))
+            .unwrap_or("every namespace".into())
+    );
+    let state = crate::admin::cluster::ClusterState {
+        cluster,
+        defaults: Arc::new(cfg.defaults),
+    };
+    axum::serve(admin_listener, crate::admin::cluster::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("admin API")?;
+    eprintln!("revisor: stopped");
+    Ok(())
+}
+
 pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -595,56 +595,6 @@ spec:
         .contains("success-rate"));
 }
 
-/// Debian's Prometheus on loopback, scraping `target` every second; killed on drop.
-struct Prometheus {
-    child: std::process::Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Prometheus {
-    fn start(target: std::net::SocketAddr) -> Prometheus {
-        let bin = ["/usr/bin/prometheus", "/usr/local/bin/prometheus"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .expect("prometheus is not installed: ./scripts/test.sh installs it (apt-get install prometheus)");
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: models\n    static_configs:\n      - targets: [\"{target}\"]\n"),
-        )
-        .unwrap();
-        let port = free_port();
-        let child = std::process::Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let address = format!("http://127.0.0.1:{port}");
-        let p = Prometheus {
-            child,
-            address,
-            _dir: dir,
-        };
-        let ready = format!("{}/-/ready", p.address);
-        wait_until("Prometheus ready", Duration::from_secs(30), || {
-            reqwest::blocking::get(&ready).is_ok_and(|r| r.status().is_success())
-        });
-        p
-    }
-}
-
 /// A /metrics endpoint of the test's own: `model_quality{revision="..."}` per revision.
 fn quality_endpoint(values: std::sync::Arc<std::sync::Mutex<Vec<(String, f64)>>>) -> std::net::SocketAddr {
     use std::io::{BufRead, BufReader, Write};

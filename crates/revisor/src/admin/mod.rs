@@ -1,5 +1,6 @@
 //! The admin API: Kubernetes-style paths over the store, JSON in and out, errors as `Status` objects.
 
+pub mod cluster;
 mod handlers;
 mod observe;
 mod rollouts;

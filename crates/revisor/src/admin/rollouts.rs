@@ -104,21 +104,7 @@ pub async fn action(
     Path((ns, name, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Result<Json<Rollout>, ApiError> {
-    let to: Option<String> = if body.is_empty() {
-        None
-    } else {
-        let v: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("request body is not JSON: {e}")))?;
-        match v.get("toRevision") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(r)) => Some(r.clone()),
-            Some(other) => {
-                return Err(ApiError::BadRequest(format!(
-                    "toRevision must be a revision name, got {other}"
-                )))
-            }
-        }
-    };
+    let to = to_revision(&body)?;
     let shown = name.clone();
     blocking(move || {
         revisor_controller::request_rollout(&s.store, &ns, &name, &action, to.as_deref())
@@ -126,4 +112,20 @@ pub async fn action(
             .map_err(|e| ApiError::from_apply("Rollout", &shown, e))
     })
     .await
+}
+
+/// An action's optional body: `{"toRevision": "..."}`.
+pub(crate) fn to_revision(body: &Bytes) -> Result<Option<String>, ApiError> {
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("request body is not JSON: {e}")))?;
+    match v.get("toRevision") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(r)) => Ok(Some(r.clone())),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "toRevision must be a revision name, got {other}"
+        ))),
+    }
 }

@@ -49,6 +49,21 @@ pub enum Command {
         /// Domain of service URLs [default: localhost].
         #[arg(long)]
         domain: Option<String>,
+        /// What runs the revisions: this machine, or a Kubernetes cluster with Knative Serving.
+        #[arg(long, value_enum, default_value_t = BackendArg::Local)]
+        backend: BackendArg,
+        /// With --backend knative: the kubeconfig [default: $KUBECONFIG, ~/.kube/config, or in-cluster].
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// With --backend knative: the kubeconfig context [default: its current context].
+        #[arg(long)]
+        context: Option<String>,
+        /// With --backend knative: the one namespace to work in [default: every namespace].
+        #[arg(long)]
+        namespace: Option<String>,
+        /// With --backend knative: the Prometheus that scrapes Knative's queue-proxies (for analysis).
+        #[arg(long)]
+        prometheus: Option<String>,
     },
     /// Serve one ONNX model over the Open Inference Protocol (what a model revision runs).
     ModelServer {
@@ -224,6 +239,14 @@ impl Kind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// Revisions as local processes behind revisor's gateway.
+    Local,
+    /// Knative Serving on a Kubernetes cluster; revisor drives the Rollouts.
+    Knative,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
     Yaml,
@@ -237,6 +260,11 @@ pub fn run(cli: Cli) -> Result<()> {
         admin_addr,
         gateway_addr,
         domain,
+        backend,
+        kubeconfig,
+        context,
+        namespace,
+        prometheus,
     } = cli.command
     {
         let cfg = ServerConfig::resolve(ServeFlags {
@@ -247,7 +275,29 @@ pub fn run(cli: Cli) -> Result<()> {
             domain,
         })?;
         let rt = tokio::runtime::Runtime::new()?;
-        return rt.block_on(crate::server::serve(cfg));
+        return match backend {
+            BackendArg::Local => {
+                let cluster_flags = [
+                    ("--kubeconfig", kubeconfig.is_some()),
+                    ("--context", context.is_some()),
+                    ("--namespace", namespace.is_some()),
+                    ("--prometheus", prometheus.is_some()),
+                ];
+                if let Some((flag, _)) = cluster_flags.iter().find(|(_, set)| *set) {
+                    anyhow::bail!("{flag} needs --backend knative");
+                }
+                rt.block_on(crate::server::serve(cfg))
+            }
+            BackendArg::Knative => rt.block_on(crate::server::serve_knative(
+                cfg,
+                crate::server::KnativeFlags {
+                    kubeconfig,
+                    context,
+                    namespace,
+                    prometheus,
+                },
+            )),
+        };
     }
     match &cli.command {
         Command::ModelServer {

@@ -1,0 +1,320 @@
+//! `revisor serve --backend knative` end to end, against a fake Kubernetes API server that plays
+//! Knative Serving (crates/revisor-fakekube) and a real Prometheus (Debian's, on loopback) scraping the
+//! fake queue-proxies: the CLI applies through revisor's admin API, revisor server-side applies to the
+//! cluster through kube-rs, watches it, moves traffic by patching the Knative Service, writes the
+//! Rollout's status subresource and Events, and judges canaries on Prometheus' numbers.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use revisor_fakekube::FakeCluster;
+use serde_json::{json, Value};
+
+const KSVC: &str = "serving.knative.dev/v1/services";
+const ROLLOUTS: &str = "revisor.dev/v1alpha1/rollouts";
+const EVENTS: &str = "events.k8s.io/v1/events";
+
+/// `revisor serve --backend knative` against `kubeconfig`; killed on drop.
+struct KnativeServer {
+    child: Child,
+    admin: String,
+}
+
+impl Drop for KnativeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl KnativeServer {
+    fn start(kubeconfig: &Path, extra: &[&str]) -> KnativeServer {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--backend",
+                "knative",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .args(extra)
+            .env("REVISOR_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start revisor serve --backend knative");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let admin = loop {
+            let line = lines.next().expect("server printed its address").unwrap();
+            if let Some((_, rest)) = line.split_once("admin API listening on ") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+            assert!(!line.starts_with("Error"), "revisor serve failed: {line}");
+        };
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                eprintln!("[revisor] {l}");
+            }
+        });
+        KnativeServer { child, admin }
+    }
+}
+
+/// A Knative Service whose container sets `env` (the fake reads FAKE_* from it).
+fn ksvc(env: &[(&str, &str)]) -> String {
+    let mut s = String::from(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: model\nspec:\n  template:\n    spec:\n      \
+         containers:\n        - image: ghcr.io/example/model:1\n          env:\n",
+    );
+    for (k, v) in env {
+        s.push_str(&format!("            - name: {k}\n              value: \"{v}\"\n"));
+    }
+    s
+}
+
+const ROLLOUT: &str = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: model
+spec:
+  serviceRef:
+    name: model
+  strategy:
+    canary:
+      steps:
+        - setWeight: 20
+        - analysis: {count: 1}
+        - setWeight: 50
+        - analysis: {count: 1}
+  analysis:
+    interval: 3s
+    threshold: 2
+    minSamples: 20
+    metrics:
+      - name: success-rate
+        thresholdRange: {min: 95}
+      - name: latency
+        percentile: 99
+        thresholdRange: {max: 250}
+";
+
+fn rollout(fake: &FakeCluster) -> Value {
+    fake.get(ROLLOUTS, "default", "model")
+        .expect("the Rollout is in the cluster")
+}
+
+fn status_of(fake: &FakeCluster, key: &str) -> String {
+    rollout(fake)["status"][key].as_str().unwrap_or("").to_string()
+}
+
+/// The Knative Service's `spec.traffic` (`part` "spec") or resolved `status.traffic` ("status") as
+/// (revision or "@latest", percent, tag).
+fn traffic_in(fake: &FakeCluster, part: &str) -> Vec<(String, u64, String)> {
+    let svc = fake.get(KSVC, "default", "model").unwrap();
+    svc[part]["traffic"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            (
+                t["revisionName"].as_str().unwrap_or("@latest").to_string(),
+                t["percent"].as_u64().unwrap_or(0),
+                t["tag"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Where requests go: the Knative Service's resolved `status.traffic`.
+fn traffic(fake: &FakeCluster) -> Vec<(String, u64, String)> {
+    traffic_in(fake, "status")
+}
+
+fn event_reasons(fake: &FakeCluster) -> Vec<String> {
+    fake.list(EVENTS, "default")
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "Rollout")
+        .map(|e| e["reason"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+fn install_crd(fake: &FakeCluster) {
+    let crd = serde_json::to_value(revisor_api::rollout::crd()).unwrap();
+    fake.apply_as("kubectl", "apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        .unwrap();
+}
+
+#[test]
+fn a_canary_on_knative_promotes_then_rolls_back_through_kube_and_prometheus() {
+    let fake = FakeCluster::start();
+    install_crd(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let prometheus = Prometheus::start(fake.addr);
+    let server = KnativeServer::start(&fake.kubeconfig(dir.path()), &["--prometheus", &prometheus.address]);
+    let s = server.admin.as_str();
+
+    apply(s, dir.path(), "v1.yaml", &ksvc(&[("VERSION", "1")]));
+    apply(s, dir.path(), "rollout.yaml", ROLLOUT);
+    wait_until("model-00001 becomes stable", Duration::from_secs(30), || {
+        status_of(&fake, "stableRevision") == "model-00001"
+    });
+    // The Service went to the cluster by server-side apply as revisor's field manager.
+    assert!(fake.requests().iter().any(|(m, p)| m == "PATCH"
+        && p.starts_with("/apis/serving.knative.dev/v1/namespaces/default/services/model?")
+        && p.contains("fieldManager=revisor")));
+    let listed = ok(s, &["get", "revisions"]);
+    assert!(listed.contains("model-00001"), "{listed}");
+
+    // v2 is healthy: 20%, analysis, 50%, analysis, promoted.
+    apply(s, dir.path(), "v2.yaml", &ksvc(&[("VERSION", "2")]));
+    wait_until("model-00002 is the canary", Duration::from_secs(30), || {
+        status_of(&fake, "canaryRevision") == "model-00002"
+    });
+    wait_until("the canary takes 20%", Duration::from_secs(30), || {
+        traffic(&fake).contains(&("model-00002".into(), 20, "canary".into()))
+    });
+    assert!(
+        traffic(&fake).contains(&("model-00001".into(), 80, "".into())),
+        "{:?}",
+        traffic(&fake)
+    );
+    // As the issue asks: stable by revisionName, the canary as `latestRevision: true` tagged canary.
+    let spec = traffic_in(&fake, "spec");
+    assert!(spec.contains(&("model-00001".into(), 80, "".into())), "{spec:?}");
+    assert!(spec.contains(&("@latest".into(), 20, "canary".into())), "{spec:?}");
+    wait_until("model-00002 is promoted", Duration::from_secs(90), || {
+        status_of(&fake, "phase") == "Succeeded"
+    });
+    assert_eq!(status_of(&fake, "stableRevision"), "model-00002");
+    let t = traffic(&fake);
+    assert!(t.contains(&("model-00002".into(), 100, "".into())), "{t:?}");
+    let r = rollout(&fake);
+    let measured: Vec<&Value> = r["status"]["measurements"].as_array().unwrap().iter().collect();
+    assert!(
+        measured
+            .iter()
+            .any(|m| m["metric"] == "success-rate" && m["verdict"] == "Successful"),
+        "{measured:?}"
+    );
+    // Events follow the status write.
+    wait_until("the Promoted event", Duration::from_secs(10), || {
+        event_reasons(&fake).contains(&"Promoted".to_string())
+    });
+
+    // v3 fails half its requests: rolled back on success-rate, traffic back on model-00002.
+    apply(
+        s,
+        dir.path(),
+        "v3.yaml",
+        &ksvc(&[("VERSION", "3"), ("FAKE_ERROR_RATE", "0.5")]),
+    );
+    wait_until("model-00003 is rolled back", Duration::from_secs(90), || {
+        status_of(&fake, "phase") == "RolledBack"
+    });
+    assert_eq!(status_of(&fake, "rejectedRevision"), "model-00003");
+    let message = status_of(&fake, "message");
+    assert!(message.contains("success-rate"), "{message}");
+    let t = traffic(&fake);
+    assert!(t.contains(&("model-00002".into(), 100, "".into())), "{t:?}");
+    assert!(!t.iter().any(|(r, p, _)| r == "model-00003" && *p > 0), "{t:?}");
+    wait_until("the AnalysisFailed event", Duration::from_secs(10), || {
+        event_reasons(&fake).contains(&"AnalysisFailed".to_string())
+    });
+    // The CLI reads the same through revisor's admin API.
+    let status = ok(s, &["rollout", "status", "model"]);
+    assert!(status.contains("RolledBack"), "{status}");
+    let events = ok(s, &["events", "model"]);
+    assert!(
+        events.contains("Promoted") && events.contains("AnalysisFailed"),
+        "{events}"
+    );
+    // Every status write went to the status subresource.
+    assert!(fake.requests().iter().any(
+        |(m, p)| m == "PUT" && p.starts_with("/apis/revisor.dev/v1alpha1/namespaces/default/rollouts/model/status")
+    ));
+}
+
+#[test]
+fn conflicts_are_reported_unsupported_routes_refused_and_bad_manifests_change_nothing() {
+    let fake = FakeCluster::start();
+    install_crd(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let server = KnativeServer::start(&fake.kubeconfig(dir.path()), &[]);
+    let s = server.admin.as_str();
+
+    // Someone else owns the template: revisor reports the conflict and does not force it.
+    let theirs: Value = serde_json::to_value(
+        revisor_api::read_documents(&ksvc(&[("OWNER", "kubectl")])).unwrap()[0]
+            .value
+            .clone(),
+    )
+    .unwrap();
+    let mut theirs = theirs;
+    theirs["metadata"]["namespace"] = json!("default");
+    fake.apply_as("kubectl", KSVC, theirs).unwrap();
+    let before = fake.get(KSVC, "default", "model").unwrap();
+    let file = write(dir.path(), "mine.yaml", &ksvc(&[("OWNER", "revisor")]));
+    let run = cli(s, &["apply", "-f", file.to_str().unwrap()]);
+    assert_ne!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("conflict with \"kubectl\"") && run.stderr.contains(".spec.template"),
+        "{}",
+        run.stderr
+    );
+    let after = fake.get(KSVC, "default", "model").unwrap();
+    assert_eq!(
+        before["metadata"]["resourceVersion"],
+        after["metadata"]["resourceVersion"]
+    );
+
+    // An invalid Service never reaches the cluster, and the error names the field.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: other\nspec:\n  template:\n    spec:\n      \
+         containers:\n        - image: x\n          ports:\n            - containerPort: 99999\n",
+    );
+    let run = cli(s, &["apply", "-f", bad.to_str().unwrap()]);
+    assert_ne!(run.code, 0);
+    assert!(run.stderr.contains("containerPort"), "{}", run.stderr);
+    assert!(fake.get(KSVC, "default", "other").is_none());
+
+    // Header routes and mirroring cannot be said in Knative's traffic block: refused with the reason.
+    let ab = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: model
+spec:
+  serviceRef:
+    name: model
+  strategy:
+    canary:
+      steps:
+        - setHeaderRoute:
+            match:
+              - headerName: x-beta
+                headerValue: {exact: \"1\"}
+        - setWeight: 50
+";
+    apply(s, dir.path(), "ab.yaml", ab);
+    wait_until("the Rollout is refused", Duration::from_secs(30), || {
+        status_of(&fake, "phase") == "Failed"
+    });
+    let message = status_of(&fake, "message");
+    assert!(message.contains("routes by header"), "{message}");
+    assert!(message.contains("kourier.ingress.networking.knative.dev"), "{message}");
+    wait_until("the Refused event", Duration::from_secs(10), || {
+        event_reasons(&fake).contains(&"Refused".to_string())
+    });
+    // Without --prometheus, built-in analysis metrics are refused too (not judged on nothing).
+    apply(s, dir.path(), "rollout.yaml", ROLLOUT);
+    wait_until("the analysing Rollout is refused", Duration::from_secs(30), || {
+        status_of(&fake, "message").contains("--prometheus")
+    });
+}
