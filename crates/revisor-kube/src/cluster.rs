@@ -161,6 +161,29 @@ impl Cluster {
         ))
     }
 
+    /// A handle whose caches hold `objects` (Knative Services, Revisions and Rollouts, told apart by
+    /// kind) and are never refreshed: for tests of the calls revisor makes, and one-shot tools.
+    pub fn from_objects(client: kube::Client, namespace: Option<String>, objects: Vec<DynamicObject>) -> Cluster {
+        let mut writers = [&SERVICE, &REVISION, &ROLLOUT].map(|k| reflector::store::Writer::new(k.resource()));
+        for obj in objects {
+            let kind = obj.types.as_ref().map(|t| t.kind.as_str()).unwrap_or("");
+            let i = match kind {
+                "Service" => 0,
+                "Revision" => 1,
+                _ => 2,
+            };
+            writers[i].apply_watcher_event(&watcher::Event::Apply(obj));
+        }
+        let [services, revisions, rollouts] = writers.map(|w| w.as_reader());
+        Cluster {
+            client,
+            namespace,
+            services,
+            revisions,
+            rollouts,
+        }
+    }
+
     fn cached<T: DeserializeOwned>(
         store: &Store<DynamicObject>,
         kind: &Kind,
