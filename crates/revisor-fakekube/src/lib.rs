@@ -612,6 +612,44 @@ fn write(
     query: &BTreeMap<String, String>,
     body: &[u8],
 ) -> (u16, Value) {
+    if method == "DELETE" && sub.is_none() {
+        let mut inner = shared.0.lock().unwrap();
+        let Some(gone) = inner.objects.remove(&Inner::key(res, ns, name)) else {
+            return failure(404, "NotFound", format!("{res} \"{name}\" not found"));
+        };
+        inner.rv += 1;
+        let rv = inner.rv;
+        let mut value = gone.value;
+        value["metadata"]["resourceVersion"] = json!(rv.to_string());
+        inner
+            .log
+            .push((rv, res.to_string(), ns.to_string(), "DELETED", value.clone()));
+        if res == KSVC {
+            // Knative's owner references: the revisions go with their Service.
+            let revisions: Vec<String> = inner
+                .objects
+                .iter()
+                .filter(|((r, n, _), s)| {
+                    r == KREV && n == ns && s.value["metadata"]["labels"]["serving.knative.dev/service"] == name
+                })
+                .map(|((_, _, rname), _)| rname.clone())
+                .collect();
+            for rname in revisions {
+                if let Some(rev) = inner.objects.remove(&Inner::key(KREV, ns, &rname)) {
+                    inner.rv += 1;
+                    let rv = inner.rv;
+                    inner
+                        .log
+                        .push((rv, KREV.to_string(), ns.to_string(), "DELETED", rev.value));
+                }
+            }
+            inner.configs.remove(&(ns.to_string(), name.to_string()));
+        }
+        let rv = inner.rv;
+        drop(inner);
+        shared.1.send_replace(rv);
+        return (200, value);
+    }
     let parsed: Result<Value, String> = serde_json::from_slice(body)
         .or_else(|_| serde_yaml::from_slice(body))
         .map_err(|e| e.to_string());

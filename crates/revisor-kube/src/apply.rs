@@ -16,6 +16,8 @@ pub enum ApplyError {
     /// The document is not a valid Service or Rollout; nothing was sent.
     #[error("{0}")]
     Invalid(FieldErrors),
+    #[error("{0}")]
+    NotFound(String),
     /// Another field manager owns a field the document sets; nothing changed.
     #[error("{0}")]
     Conflict(String),
@@ -79,5 +81,17 @@ pub async fn apply(
             kind.kind, e.message
         ))),
         Err(e) => Err(ApplyError::Api(format!("{} {ns}/{name}: {e}", kind.kind))),
+    }
+}
+
+/// Deletes a Knative Service (Knative deletes its revisions) or a Rollout.
+pub async fn delete(cluster: &Cluster, kind: &crate::cluster::Kind, ns: &str, name: &str) -> Result<(), ApplyError> {
+    let api = cluster.api(kind, Some(ns));
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            Err(ApplyError::NotFound(format!("{} \"{ns}/{name}\" not found", kind.kind)))
+        }
+        Err(e) => Err(ApplyError::Api(format!("deleting {} {ns}/{name}: {e}", kind.kind))),
     }
 }

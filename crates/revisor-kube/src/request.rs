@@ -22,11 +22,7 @@ pub async fn request(
 ) -> Result<Rollout, ApplyError> {
     let api = cluster.api(&ROLLOUT, Some(ns));
     let api_error = |e: kube::Error| match e {
-        kube::Error::Api(s) if s.code == 404 => {
-            let mut errs = FieldErrors::default();
-            errs.push("metadata.name", format!("Rollout \"{ns}/{name}\" not found"));
-            ApplyError::Invalid(errs)
-        }
+        kube::Error::Api(s) if s.code == 404 => ApplyError::NotFound(format!("Rollout \"{ns}/{name}\" not found")),
         e => ApplyError::Api(format!("Rollout {ns}/{name}: {e}")),
     };
     let typed = |o: &kube::api::DynamicObject| from_dynamic::<Rollout>(o).map_err(|e| ApplyError::Api(e.to_string()));

@@ -122,6 +122,9 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
         .await
         .with_context(|| format!("binding the admin API to {}", cfg.admin_addr))?;
     let admin_addr = admin_listener.local_addr()?;
+    if !admin_addr.ip().is_loopback() {
+        tracing::warn!("the admin API listens on {admin_addr}, beyond loopback, and has no authentication");
+    }
     eprintln!(
         "revisor: driving Knative Serving in {}; admin API listening on http://{admin_addr}",
         flags

@@ -144,6 +144,73 @@ fn event_reasons(fake: &FakeCluster) -> Vec<String> {
         .collect()
 }
 
+/// The repository's deploy/ directory.
+fn deploy(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml_docs(text: &str) -> Vec<Value> {
+    revisor_api::read_documents(text)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.value)
+        .collect()
+}
+
+/// Whether deploy/rbac.yaml lets revisor's service account do `verb` on `resource` (`plural` or
+/// `plural/subresource`) of `group` in `namespace`.
+fn rbac_allows(rbac: &[Value], verb: &str, group: &str, resource: &str, namespace: &str, name: &str) -> bool {
+    rbac.iter()
+        .filter(|d| d["kind"] == "ClusterRole" || (d["kind"] == "Role" && d["metadata"]["namespace"] == namespace))
+        .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+        .any(|rule| {
+            let has = |key: &str, v: &str| rule[key].as_array().is_some_and(|a| a.iter().any(|x| x == v));
+            let names_ok = rule["resourceNames"]
+                .as_array()
+                .is_none_or(|a| a.iter().any(|x| x == name));
+            has("apiGroups", group) && has("resources", resource) && has("verbs", verb) && names_ok
+        })
+}
+
+/// Every request the fake answered is one deploy/rbac.yaml allows.
+fn assert_rbac_covers(fake: &FakeCluster) {
+    let rbac = yaml_docs(&deploy("rbac.yaml"));
+    for (method, uri) in fake.requests() {
+        let (path, query) = uri.split_once('?').unwrap_or((&uri, ""));
+        if path == "/metrics" {
+            continue;
+        }
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (group, rest) = match parts.as_slice() {
+            ["api", _v, rest @ ..] => ("", rest),
+            ["apis", g, _v, rest @ ..] => (*g, rest),
+            _ => panic!("not an API path: {uri}"),
+        };
+        let (namespace, resource, name) = match rest {
+            [plural] => ("", plural.to_string(), ""),
+            ["namespaces", ns, plural] => (*ns, plural.to_string(), ""),
+            ["namespaces", ns, plural, name] => (*ns, plural.to_string(), *name),
+            ["namespaces", ns, plural, name, sub] => (*ns, format!("{plural}/{sub}"), *name),
+            _ => panic!("not a resource path: {uri}"),
+        };
+        let verb = match (method.as_str(), name.is_empty()) {
+            ("GET", true) if query.contains("watch=true") => "watch",
+            ("GET", true) => "list",
+            ("GET", false) => "get",
+            ("POST", _) => "create",
+            ("PATCH", _) => "patch",
+            ("PUT", _) => "update",
+            ("DELETE", _) => "delete",
+            _ => panic!("unexpected method {method}"),
+        };
+        assert!(
+            rbac_allows(&rbac, verb, group, &resource, namespace, name),
+            "deploy/rbac.yaml does not allow {verb} {group}/{resource} {namespace}/{name} ({method} {uri})"
+        );
+    }
+}
+
 fn install_crd(fake: &FakeCluster) {
     let crd = serde_json::to_value(revisor_api::rollout::crd()).unwrap();
     fake.apply_as("kubectl", "apiextensions.k8s.io/v1/customresourcedefinitions", crd)
@@ -234,6 +301,8 @@ fn a_canary_on_knative_promotes_then_rolls_back_through_kube_and_prometheus() {
         events.contains("Promoted") && events.contains("AnalysisFailed"),
         "{events}"
     );
+    // deploy/rbac.yaml allows every call revisor made.
+    assert_rbac_covers(&fake);
     // Every status write went to the status subresource.
     assert!(fake.requests().iter().any(
         |(m, p)| m == "PUT" && p.starts_with("/apis/revisor.dev/v1alpha1/namespaces/default/rollouts/model/status")
@@ -317,4 +386,54 @@ spec:
     wait_until("the analysing Rollout is refused", Duration::from_secs(30), || {
         status_of(&fake, "message").contains("--prometheus")
     });
+
+    // Deletes go to the cluster; Knative takes the revisions with the Service.
+    ok(s, &["delete", "rollout", "model"]);
+    ok(s, &["delete", "service", "model"]);
+    assert!(fake.get(ROLLOUTS, "default", "model").is_none());
+    assert!(fake.get(KSVC, "default", "model").is_none());
+    let run = cli(s, &["delete", "service", "model"]);
+    assert!(run.code != 0 && run.stderr.contains("not found"), "{}", run.stderr);
+    assert_rbac_covers(&fake);
+}
+
+#[test]
+fn the_deploy_manifests_match_the_binary() {
+    // deploy/crd.yaml is what `revisor crd` prints.
+    assert_eq!(
+        deploy("crd.yaml"),
+        ok("http://127.0.0.1:1", &["crd"]),
+        "regenerate: revisor crd > deploy/crd.yaml"
+    );
+    // The Deployment's arguments are ones `revisor` takes: with them (and no cluster) it gets as far as
+    // looking for the in-cluster service account.
+    let docs = yaml_docs(&deploy("deployment.yaml"));
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(&args[..3], ["serve", "--backend", "knative"]);
+    let out = Command::new(BIN)
+        .args(&args)
+        .env_remove("KUBECONFIG")
+        .env("HOME", "/nonexistent")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("kubeconfig"), "{stderr}");
+    assert!(!stderr.contains("Usage:"), "the arguments are not revisor's: {stderr}");
+    assert_eq!(deployment["spec"]["template"]["spec"]["serviceAccountName"], "revisor");
+    // The service account the Deployment runs as is the one the RBAC binds.
+    let rbac = yaml_docs(&deploy("rbac.yaml"));
+    assert!(rbac
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRoleBinding")
+        .any(|b| b["subjects"][0]["name"] == "revisor"
+            && b["subjects"][0]["namespace"] == deployment["metadata"]["namespace"]));
 }

@@ -38,7 +38,10 @@ pub fn router(state: ClusterState) -> Router {
         )
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/services/{{name}}"),
-            get(get_service).patch(apply_service).put(apply_service),
+            get(get_service)
+                .patch(apply_service)
+                .put(apply_service)
+                .delete(delete_service),
         )
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/services/{{name}}/events"),
@@ -57,7 +60,10 @@ pub fn router(state: ClusterState) -> Router {
         )
         .route(
             &format!("{REVISOR}/namespaces/{{ns}}/rollouts/{{name}}"),
-            get(get_rollout).patch(apply_rollout).put(apply_rollout),
+            get(get_rollout)
+                .patch(apply_rollout)
+                .put(apply_rollout)
+                .delete(delete_rollout),
         )
         .route(
             &format!("{REVISOR}/namespaces/{{ns}}/rollouts/{{name}}/{{action}}"),
@@ -70,8 +76,8 @@ pub fn router(state: ClusterState) -> Router {
 
 async fn not_served(uri: Uri) -> ApiError {
     ApiError::NotFound(format!(
-        "no such path {} with --backend knative (deletes, configurations, logs and gateway metrics belong to the \
-         cluster: use kubectl)",
+        "no such path {} with --backend knative (configurations, revision deletes, logs and gateway metrics \
+         belong to the cluster: use kubectl)",
         uri.path()
     ))
 }
@@ -80,6 +86,7 @@ fn from_apply(kind: &'static str, name: &str, e: ApplyError) -> ApiError {
     match e {
         ApplyError::Invalid(errors) => ApiError::invalid(kind, name, errors),
         ApplyError::Conflict(m) => ApiError::Conflict(m),
+        ApplyError::NotFound(m) => ApiError::NotFound(m),
         ApplyError::Api(m) => ApiError::Internal(m),
     }
 }
@@ -236,4 +243,24 @@ async fn rollout_action(
         .await
         .map(|r| Json(r).into_response())
         .map_err(|e| from_apply("Rollout", &name, e))
+}
+
+async fn delete_service(
+    State(s): State<ClusterState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    revisor_kube::delete(&s.cluster, &revisor_kube::SERVICE, &ns, &name)
+        .await
+        .map_err(|e| from_apply("Service", &name, e))?;
+    Ok(super::handlers::deleted("services", &name))
+}
+
+async fn delete_rollout(
+    State(s): State<ClusterState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    revisor_kube::delete(&s.cluster, &revisor_kube::ROLLOUT, &ns, &name)
+        .await
+        .map_err(|e| from_apply("Rollout", &name, e))?;
+    Ok(super::handlers::deleted("rollouts", &name))
 }
