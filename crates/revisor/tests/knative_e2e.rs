@@ -237,6 +237,8 @@ fn a_canary_on_knative_promotes_then_rolls_back_through_kube_and_prometheus() {
         && p.contains("fieldManager=revisor")));
     let listed = ok(s, &["get", "revisions"]);
     assert!(listed.contains("model-00001"), "{listed}");
+    let described = ok(s, &["describe", "service", "model"]);
+    assert!(described.contains("model-00001"), "{described}");
 
     // v2 is healthy: 20%, analysis, 50%, analysis, promoted.
     apply(s, dir.path(), "v2.yaml", &ksvc(&[("VERSION", "2")]));

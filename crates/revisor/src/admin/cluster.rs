@@ -109,12 +109,40 @@ async fn get_service(
         .ok_or_else(|| ApiError::NotFound(format!("Service \"{ns}/{name}\" not found")))
 }
 
-async fn list_revisions_all(State(s): State<ClusterState>) -> Json<Value> {
-    list("Revision", s.cluster.revisions(None))
+/// Revisions, with `?labelSelector=k=v[,k=v]` as Kubernetes reads equality selectors.
+fn revisions(s: &ClusterState, ns: Option<&str>, p: &HashMap<String, String>) -> Result<Json<Value>, ApiError> {
+    let mut wanted = Vec::new();
+    for term in p.get("labelSelector").map(String::as_str).unwrap_or("").split(',') {
+        let term = term.trim();
+        if term.is_empty() {
+            continue;
+        }
+        let (k, v) = term.split_once('=').ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "labelSelector term {term:?}: only key=value terms are supported"
+            ))
+        })?;
+        wanted.push((k.trim_end_matches('=').to_string(), v.to_string()));
+    }
+    let items: Vec<_> = s
+        .cluster
+        .revisions(ns)
+        .into_iter()
+        .filter(|r| wanted.iter().all(|(k, v)| r.metadata.label(k) == Some(v.as_str())))
+        .collect();
+    Ok(list("Revision", items))
 }
 
-async fn list_revisions(State(s): State<ClusterState>, Path(ns): Path<String>) -> Json<Value> {
-    list("Revision", s.cluster.revisions(Some(&ns)))
+async fn list_revisions_all(State(s): State<ClusterState>, Query(p): Params) -> Result<Json<Value>, ApiError> {
+    revisions(&s, None, &p)
+}
+
+async fn list_revisions(
+    State(s): State<ClusterState>,
+    Path(ns): Path<String>,
+    Query(p): Params,
+) -> Result<Json<Value>, ApiError> {
+    revisions(&s, Some(&ns), &p)
 }
 
 async fn get_revision(
