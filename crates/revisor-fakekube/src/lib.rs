@@ -9,8 +9,9 @@
 //! `FAKE_FAIL=reason`), and the Service's status (latest revisions, resolved traffic with tag URLs,
 //! conditions) follows. It also plays the queue-proxies: every 100 ms each routed revision gets its
 //! share of 100 requests per second, failing at its container's `FAKE_ERROR_RATE` and taking
-//! `FAKE_LATENCY_MS`, counted in Knative's `revision_request_count` and `revision_request_latencies`
-//! on `/metrics`.
+//! `FAKE_LATENCY_MS`, counted on `/metrics` under the names of Knative before 1.19
+//! (`revision_request_count`, `revision_request_latencies`) or, after `set_metric_names`, of 1.19 and
+//! later (OpenTelemetry's `http_server_request_duration_seconds`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,8 +39,24 @@ const KREV: &str = "serving.knative.dev/v1/revisions";
 struct Counters {
     ok: f64,
     errors: f64,
-    buckets: Vec<f64>,
+    /// Requests by their latency in ms.
+    by_latency_ms: BTreeMap<u64, f64>,
     sum_ms: f64,
+}
+
+/// OpenTelemetry's default HTTP duration buckets, in seconds (Knative 1.19+).
+pub const OTEL_BUCKETS_S: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// How the fake queue-proxies name their metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MetricNames {
+    /// Knative before 1.19 (OpenCensus): `revision_request_count`, `revision_request_latencies` (ms).
+    #[default]
+    OpenCensus,
+    /// Knative 1.19 and later: OpenTelemetry's `http_server_request_duration_seconds`.
+    OpenTelemetry,
 }
 
 struct Stored {
@@ -62,6 +79,7 @@ struct Inner {
     counters: BTreeMap<(String, String, String), Counters>,
     /// Every request the server answered: (method, path and query).
     requests: Vec<(String, String)>,
+    metric_names: MetricNames,
 }
 
 /// The fake cluster; stops with the process.
@@ -367,51 +385,68 @@ impl Inner {
                     .or_default();
                 c.errors += n * error_rate;
                 c.ok += n * (1.0 - error_rate);
-                if c.buckets.is_empty() {
-                    c.buckets = vec![0.0; BUCKETS_MS.len() + 1];
-                }
-                let i = BUCKETS_MS
-                    .iter()
-                    .position(|b| latency <= *b)
-                    .unwrap_or(BUCKETS_MS.len());
-                c.buckets[i] += n;
+                *c.by_latency_ms.entry(latency.round() as u64).or_default() += n;
                 c.sum_ms += n * latency;
             }
         }
     }
 
-    /// The queue-proxies' metrics in Prometheus' text format.
+    /// The queue-proxies' metrics in Prometheus' text format, named as `metric_names` says.
     fn metrics(&self) -> String {
-        let mut out =
-            String::from("# TYPE revision_request_count counter\n# TYPE revision_request_latencies histogram\n");
+        let otel = self.metric_names == MetricNames::OpenTelemetry;
+        let mut out = String::new();
         for ((ns, svc, rev), c) in &self.counters {
-            let labels = format!(
-                "namespace_name=\"{ns}\",service_name=\"{svc}\",configuration_name=\"{svc}\",revision_name=\"{rev}\",\
-                 container_name=\"queue-proxy\",pod_name=\"{rev}-deployment-0\""
-            );
-            out += &format!(
-                "revision_request_count{{{labels},response_code=\"200\",response_code_class=\"2xx\"}} {}\n",
-                c.ok.floor()
-            );
-            out += &format!(
-                "revision_request_count{{{labels},response_code=\"500\",response_code_class=\"5xx\"}} {}\n",
-                c.errors.floor()
-            );
-            let mut cumulative = 0.0;
-            for (i, b) in BUCKETS_MS.iter().enumerate() {
-                cumulative += c.buckets[i];
-                out += &format!(
-                    "revision_request_latencies_bucket{{{labels},le=\"{b}\"}} {}\n",
-                    cumulative.floor()
-                );
+            // The label set, the bucket bounds in the metric's unit, ms per unit, the histogram's name.
+            let (labels, bounds, unit_ms, histogram): (String, Vec<f64>, f64, &str) = if otel {
+                (
+                    format!(
+                        "k8s_namespace_name=\"{ns}\",kn_service_name=\"{svc}\",kn_configuration_name=\"{svc}\",\
+                         kn_revision_name=\"{rev}\",k8s_pod_name=\"{rev}-deployment-0\",container_name=\"queue-proxy\",\
+                         http_request_method=\"GET\""
+                    ),
+                    OTEL_BUCKETS_S.to_vec(),
+                    1000.0,
+                    "http_server_request_duration_seconds",
+                )
+            } else {
+                (
+                    format!(
+                        "namespace_name=\"{ns}\",service_name=\"{svc}\",configuration_name=\"{svc}\",revision_name=\"{rev}\",\
+                         container_name=\"queue-proxy\",pod_name=\"{rev}-deployment-0\""
+                    ),
+                    BUCKETS_MS.to_vec(),
+                    1.0,
+                    "revision_request_latencies",
+                )
+            };
+            let total = c.ok + c.errors;
+            // One series per response code; each code has its share of every latency.
+            for (code, class, n) in [("200", "2xx", c.ok), ("500", "5xx", c.errors)] {
+                let share = if total > 0.0 { n / total } else { 0.0 };
+                let code_labels = if otel {
+                    format!("{labels},http_response_status_code=\"{code}\"")
+                } else {
+                    format!("{labels},response_code=\"{code}\",response_code_class=\"{class}\"")
+                };
+                if !otel {
+                    out += &format!("revision_request_count{{{code_labels}}} {}\n", n.floor());
+                }
+                for b in &bounds {
+                    let below: f64 = c
+                        .by_latency_ms
+                        .iter()
+                        .filter(|(ms, _)| **ms as f64 <= b * unit_ms)
+                        .map(|(_, n)| n)
+                        .sum();
+                    out += &format!(
+                        "{histogram}_bucket{{{code_labels},le=\"{b}\"}} {}\n",
+                        (below * share).floor()
+                    );
+                }
+                out += &format!("{histogram}_bucket{{{code_labels},le=\"+Inf\"}} {}\n", n.floor());
+                out += &format!("{histogram}_sum{{{code_labels}}} {}\n", c.sum_ms * share / unit_ms);
+                out += &format!("{histogram}_count{{{code_labels}}} {}\n", n.floor());
             }
-            cumulative += c.buckets[BUCKETS_MS.len()];
-            out += &format!(
-                "revision_request_latencies_bucket{{{labels},le=\"+Inf\"}} {}\n",
-                cumulative.floor()
-            );
-            out += &format!("revision_request_latencies_sum{{{labels}}} {}\n", c.sum_ms);
-            out += &format!("revision_request_latencies_count{{{labels}}} {}\n", cumulative.floor());
         }
         out
     }
@@ -513,6 +548,11 @@ impl FakeCluster {
         } else {
             Err(body["message"].as_str().unwrap_or_default().to_string())
         }
+    }
+
+    /// Names the fake queue-proxies' metrics as Knative 1.19+ (OpenTelemetry) or earlier releases do.
+    pub fn set_metric_names(&self, names: MetricNames) {
+        self.inner.lock().unwrap().metric_names = names;
     }
 
     /// Every request answered so far: (method, path and query).

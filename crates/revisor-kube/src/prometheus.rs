@@ -1,5 +1,13 @@
 //! Analysis windows from Prometheus: the request count and latency histogram that Knative's
 //! queue-proxy exports for every revision, summed over its pods with `increase()` over the window.
+//!
+//! Knative has named them two ways. Since 1.19 the queue-proxy reports OpenTelemetry's HTTP server
+//! metrics (`http.server.request.duration`, seconds, by `http.response.status_code`) with the
+//! attributes `k8s.namespace.name` and `kn.revision.name`; Prometheus sees
+//! `http_server_request_duration_seconds_{count,bucket}` with those names' dots as underscores.
+//! Before, with OpenCensus, it was `revision_request_count` (by `response_code_class`) and
+//! `revision_request_latencies_bucket` (milliseconds), labelled `namespace_name` and `revision_name`.
+//! Each window asks for the OpenTelemetry series first and falls back to the older ones.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -13,6 +21,14 @@ use serde_json::Value;
 pub const REQUEST_COUNT: &str = "revision_request_count";
 /// The queue-proxy's response-time histogram, in milliseconds.
 pub const REQUEST_LATENCIES: &str = "revision_request_latencies_bucket";
+/// The labels of the OpenCensus-era series.
+pub const OPENCENSUS_LABELS: (&str, &str) = ("namespace_name", "revision_name");
+/// Knative 1.19+: requests counted by OpenTelemetry's HTTP server histogram, by status code.
+pub const OTEL_REQUEST_COUNT: &str = "http_server_request_duration_seconds_count";
+/// Knative 1.19+: the same histogram's buckets, in seconds.
+pub const OTEL_REQUEST_DURATION: &str = "http_server_request_duration_seconds_bucket";
+/// The labels of the OpenTelemetry series.
+pub const OTEL_LABELS: (&str, &str) = ("k8s_namespace_name", "kn_revision_name");
 
 /// Reads revision windows from the Prometheus at `url`.
 pub struct PrometheusMetrics {
@@ -30,11 +46,21 @@ impl PrometheusMetrics {
         }
     }
 
-    /// The PromQL for `metric` of one revision, summed by `by` over `seconds`.
-    pub fn query(metric: &str, by: &str, namespace: &str, revision: &str, seconds: f64) -> String {
+    /// The PromQL for `metric` of one revision (its namespace and revision under `labels`), summed by
+    /// `by` over `seconds`.
+    pub fn query(
+        metric: &str,
+        by: &str,
+        labels: (&str, &str),
+        namespace: &str,
+        revision: &str,
+        seconds: f64,
+    ) -> String {
         format!(
-            "sum by ({by}) (increase({metric}{{namespace_name=\"{}\",revision_name=\"{}\"}}[{}s]))",
+            "sum by ({by}) (increase({metric}{{{}=\"{}\",{}=\"{}\"}}[{}s]))",
+            labels.0,
             escape(namespace),
+            labels.1,
             escape(revision),
             seconds.ceil().max(1.0) as u64
         )
@@ -69,12 +95,26 @@ impl PrometheusMetrics {
 
     /// The revision's window over the last `seconds`, or why it could not be read.
     pub fn read_window(&self, namespace: &str, revision: &str, seconds: f64) -> Result<Window, String> {
+        let (ns, rev) = (namespace, revision);
+        let code = "http_response_status_code";
+        let codes = self.vector(
+            &Self::query(OTEL_REQUEST_COUNT, code, OTEL_LABELS, ns, rev, seconds),
+            code,
+        )?;
+        if !codes.is_empty() {
+            let buckets = self.vector(
+                &Self::query(OTEL_REQUEST_DURATION, "le", OTEL_LABELS, ns, rev, seconds),
+                "le",
+            )?;
+            return Ok(otel_window(&codes, &buckets, seconds));
+        }
+        let class = "response_code_class";
         let classes = self.vector(
-            &Self::query(REQUEST_COUNT, "response_code_class", namespace, revision, seconds),
-            "response_code_class",
+            &Self::query(REQUEST_COUNT, class, OPENCENSUS_LABELS, ns, rev, seconds),
+            class,
         )?;
         let buckets = self.vector(
-            &Self::query(REQUEST_LATENCIES, "le", namespace, revision, seconds),
+            &Self::query(REQUEST_LATENCIES, "le", OPENCENSUS_LABELS, ns, rev, seconds),
             "le",
         )?;
         Ok(window_of(&classes, &buckets, seconds))
@@ -123,6 +163,27 @@ pub fn window_of(classes: &[(String, f64)], buckets: &[(String, f64)], seconds: 
     }
 }
 
+/// A window from OpenTelemetry's series: requests by status code (`503`), buckets by `le` in seconds.
+pub fn otel_window(codes: &[(String, f64)], buckets_s: &[(String, f64)], seconds: f64) -> Window {
+    let classes: Vec<(String, f64)> = codes
+        .iter()
+        .map(|(code, n)| (format!("{}xx", code.chars().next().unwrap_or('0')), *n))
+        .collect();
+    let buckets_ms: Vec<(String, f64)> = buckets_s
+        .iter()
+        .filter_map(|(le, n)| {
+            let le = if le == "+Inf" {
+                le.clone()
+            } else {
+                // Seconds to ms, without the binary fraction's noise (0.05 s is 50 ms).
+                ((le.parse::<f64>().ok()? * 1e9).round() / 1e6).to_string()
+            };
+            Some((le, *n))
+        })
+        .collect();
+    window_of(&classes, &buckets_ms, seconds)
+}
+
 /// Escapes a label value for PromQL.
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"")
@@ -166,7 +227,14 @@ mod tests {
     #[test]
     fn the_query_sums_one_revision_over_the_window() {
         assert_eq!(
-            PrometheusMetrics::query(REQUEST_COUNT, "response_code_class", "default", "model-00002", 29.2),
+            PrometheusMetrics::query(
+                REQUEST_COUNT,
+                "response_code_class",
+                OPENCENSUS_LABELS,
+                "default",
+                "model-00002",
+                29.2
+            ),
             "sum by (response_code_class) (increase(revision_request_count{namespace_name=\"default\",\
              revision_name=\"model-00002\"}[30s]))"
         );
@@ -190,6 +258,37 @@ mod tests {
         assert_eq!(w.bounds_ms, vec![10.0, 50.0, 100.0]);
         assert_eq!(w.latency_counts, vec![50, 40, 9, 2]);
         assert_eq!(w.success_rate().map(|r| (r * 10.0).round() / 10.0), Some(90.1));
+    }
+
+    #[test]
+    fn opentelemetry_codes_and_second_buckets_become_the_same_window() {
+        let codes = [
+            ("200".to_string(), 89.6),
+            ("503".to_string(), 10.2),
+            ("404".to_string(), 1.0),
+        ];
+        let buckets = [
+            ("+Inf".to_string(), 101.0),
+            ("0.01".to_string(), 50.0),
+            ("0.1".to_string(), 99.0),
+            ("0.05".to_string(), 90.0),
+        ];
+        let w = otel_window(&codes, &buckets, 10.0);
+        assert_eq!((w.requests, w.errors), (101, 10));
+        assert_eq!(w.bounds_ms, vec![10.0, 50.0, 100.0]);
+        assert_eq!(w.latency_counts, vec![50, 40, 9, 2]);
+        assert_eq!(
+            PrometheusMetrics::query(
+                OTEL_REQUEST_COUNT,
+                "http_response_status_code",
+                OTEL_LABELS,
+                "ns",
+                "r-1",
+                3.0
+            ),
+            "sum by (http_response_status_code) (increase(http_server_request_duration_seconds_count{\
+             k8s_namespace_name=\"ns\",kn_revision_name=\"r-1\"}[3s]))"
+        );
     }
 
     #[test]
