@@ -404,6 +404,34 @@ spec:
     assert!(fake.get(KSVC, "default", "model").is_none());
     let run = cli(s, &["delete", "service", "model"]);
     assert!(run.code != 0 && run.stderr.contains("not found"), "{}", run.stderr);
+
+    // An operator's request goes into the cluster's Rollout: a canary paused until promoted.
+    let paused = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: model
+spec:
+  serviceRef:
+    name: model
+  strategy:
+    canary:
+      steps:
+        - setWeight: 30
+        - pause: {}
+";
+    apply(s, dir.path(), "v1.yaml", &ksvc(&[("VERSION", "1")]));
+    apply(s, dir.path(), "paused.yaml", paused);
+    wait_until("model-00001 becomes stable", Duration::from_secs(30), || {
+        status_of(&fake, "stableRevision") == "model-00001"
+    });
+    apply(s, dir.path(), "v2.yaml", &ksvc(&[("VERSION", "2")]));
+    wait_until("the canary pauses at 30%", Duration::from_secs(30), || {
+        status_of(&fake, "phase") == "Paused" && traffic(&fake).contains(&("model-00002".into(), 30, "canary".into()))
+    });
+    ok(s, &["rollout", "promote", "model"]);
+    wait_until("promoted by the operator", Duration::from_secs(30), || {
+        status_of(&fake, "phase") == "Succeeded" && status_of(&fake, "stableRevision") == "model-00002"
+    });
     assert_rbac_covers(&fake);
 }
 
