@@ -409,6 +409,19 @@ pub struct Measurement {
 /// Requests the controller understands in `status.requests`.
 pub const REQUESTS: [&str; 5] = ["promote", "promote-full", "abort", "retry", "undo"];
 
+/// Refuses an operator's action that is neither a request (`REQUESTS`) nor `pause`/`resume`.
+pub fn check_action(action: &str) -> Result<(), crate::FieldErrors> {
+    if REQUESTS.contains(&action) || action == "pause" || action == "resume" {
+        return Ok(());
+    }
+    let mut errs = crate::FieldErrors::default();
+    errs.push(
+        "action",
+        format!("unknown action {action:?}: promote, promote-full, abort, retry, undo, pause or resume"),
+    );
+    Err(errs)
+}
+
 impl Rollout {
     pub fn status(&self) -> RolloutStatus {
         self.status.clone().unwrap_or_default()

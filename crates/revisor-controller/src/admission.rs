@@ -321,12 +321,9 @@ pub fn request_rollout(
                 r.status = Some(st);
             }
             other => {
-                let mut errs = FieldErrors::default();
-                errs.push(
-                    "action",
-                    format!("unknown action {other:?}: promote, promote-full, abort, retry, undo, pause or resume"),
-                );
-                return Err(ApplyError::Invalid(errs));
+                return Err(ApplyError::Invalid(
+                    revisor_api::rollout::check_action(other).unwrap_err(),
+                ))
             }
         }
         let service = r.spec.service_ref.name.clone();

@@ -26,28 +26,18 @@ pub async fn request(
         e => ApplyError::Api(format!("Rollout {ns}/{name}: {e}")),
     };
     let typed = |o: &kube::api::DynamicObject| from_dynamic::<Rollout>(o).map_err(|e| ApplyError::Api(e.to_string()));
-    match action {
-        "pause" | "resume" => {
-            let paused = if action == "pause" { json!(true) } else { json!(null) };
-            let params = PatchParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..Default::default()
-            };
-            let obj = api
-                .patch(name, &params, &Patch::Merge(json!({ "spec": { "paused": paused } })))
-                .await
-                .map_err(api_error)?;
-            return typed(&obj);
-        }
-        a if revisor_api::rollout::REQUESTS.contains(&a) => {}
-        other => {
-            let mut errs = FieldErrors::default();
-            errs.push(
-                "action",
-                format!("unknown action {other:?}: promote, promote-full, abort, retry, undo, pause or resume"),
-            );
-            return Err(ApplyError::Invalid(errs));
-        }
+    revisor_api::rollout::check_action(action).map_err(ApplyError::Invalid)?;
+    if action == "pause" || action == "resume" {
+        let paused = if action == "pause" { json!(true) } else { json!(null) };
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let obj = api
+            .patch(name, &params, &Patch::Merge(json!({ "spec": { "paused": paused } })))
+            .await
+            .map_err(api_error)?;
+        return typed(&obj);
     }
     if let Some(rev) = to_revision {
         if cluster.revision(ns, rev).is_none() {

@@ -27,13 +27,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     let gateway_listener = std::net::TcpListener::bind(cfg.gateway_addr)
         .with_context(|| format!("binding the gateway to {}", cfg.gateway_addr))?;
     let gateway_addr = gateway_listener.local_addr()?;
-    let admin_listener = TcpListener::bind(cfg.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin API to {}", cfg.admin_addr))?;
-    let admin_addr = admin_listener.local_addr()?;
-    if !admin_addr.ip().is_loopback() {
-        tracing::warn!("the admin API listens on {admin_addr}, beyond loopback, and has no authentication");
-    }
+    let (admin_listener, admin_addr) = bind_admin(cfg.admin_addr).await?;
 
     let gateway = Gateway::new(cfg.gateway.clone());
     let logs = cfg.data_dir.join(LOGS_DIR);
@@ -118,13 +112,7 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
     let world = revisor_kube::KnativeWorld::new(cluster.clone(), changes, tokio::runtime::Handle::current())
         .with_prometheus(flags.prometheus.is_some());
     RolloutController::with_world(Box::new(world), metrics).spawn();
-    let admin_listener = TcpListener::bind(cfg.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin API to {}", cfg.admin_addr))?;
-    let admin_addr = admin_listener.local_addr()?;
-    if !admin_addr.ip().is_loopback() {
-        tracing::warn!("the admin API listens on {admin_addr}, beyond loopback, and has no authentication");
-    }
+    let (admin_listener, admin_addr) = bind_admin(cfg.admin_addr).await?;
     eprintln!(
         "revisor: driving Knative Serving in {}; admin API listening on http://{admin_addr}",
         flags
@@ -143,6 +131,18 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
         .context("admin API")?;
     eprintln!("revisor: stopped");
     Ok(())
+}
+
+/// The admin API's listener, with a warning when it is reachable beyond loopback.
+async fn bind_admin(addr: std::net::SocketAddr) -> Result<(TcpListener, std::net::SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the admin API to {addr}"))?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        tracing::warn!("the admin API listens on {bound}, beyond loopback, and has no authentication");
+    }
+    Ok((listener, bound))
 }
 
 pub(crate) async fn shutdown_signal() {

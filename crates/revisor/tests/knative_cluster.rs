@@ -13,8 +13,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -31,31 +29,12 @@ fn a_canary_promotes_on_a_real_cluster() {
     let prometheus = std::env::var("REVISOR_E2E_PROMETHEUS").ok();
     let name = format!("revisor-e2e-{}", std::process::id());
 
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "serve",
-        "--backend",
-        "knative",
-        "--admin-addr",
-        "127.0.0.1:0",
-        "--kubeconfig",
-        &kubeconfig,
-    ])
-    .args(["--namespace", &namespace]);
+    let mut args = vec!["--namespace", namespace.as_str()];
     if let Some(p) = &prometheus {
-        cmd.args(["--prometheus", p]);
+        args.extend(["--prometheus", p.as_str()]);
     }
-    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let admin = loop {
-        let line = lines.next().expect("revisor serve printed its address").unwrap();
-        if let Some((_, rest)) = line.split_once("admin API listening on ") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-        assert!(!line.starts_with("Error"), "revisor serve failed: {line}");
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    let s = admin.as_str();
+    let server = KnativeServer::start(std::path::Path::new(&kubeconfig), &args);
+    let s = server.admin.as_str();
     let dir = tempfile::tempdir().unwrap();
     let service = |target: &str| {
         format!(
@@ -96,6 +75,4 @@ fn a_canary_promotes_on_a_real_cluster() {
     assert!(events.contains("Promoted"), "{events}");
     ok(s, &["delete", "rollout", &name, "-n", &namespace]);
     ok(s, &["delete", "service", &name, "-n", &namespace]);
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -18,53 +17,6 @@ use serde_json::{json, Value};
 const KSVC: &str = "serving.knative.dev/v1/services";
 const ROLLOUTS: &str = "revisor.dev/v1alpha1/rollouts";
 const EVENTS: &str = "events.k8s.io/v1/events";
-
-/// `revisor serve --backend knative` against `kubeconfig`; killed on drop.
-struct KnativeServer {
-    child: Child,
-    admin: String,
-}
-
-impl Drop for KnativeServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl KnativeServer {
-    fn start(kubeconfig: &Path, extra: &[&str]) -> KnativeServer {
-        let mut child = Command::new(BIN)
-            .args([
-                "serve",
-                "--backend",
-                "knative",
-                "--admin-addr",
-                "127.0.0.1:0",
-                "--kubeconfig",
-            ])
-            .arg(kubeconfig)
-            .args(extra)
-            .env("REVISOR_LOG", "warn")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start revisor serve --backend knative");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let admin = loop {
-            let line = lines.next().expect("server printed its address").unwrap();
-            if let Some((_, rest)) = line.split_once("admin API listening on ") {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-            assert!(!line.starts_with("Error"), "revisor serve failed: {line}");
-        };
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                eprintln!("[revisor] {l}");
-            }
-        });
-        KnativeServer { child, admin }
-    }
-}
 
 /// A Knative Service whose container sets `env` (the fake reads FAKE_* from it).
 fn ksvc(env: &[(&str, &str)]) -> String {
@@ -211,6 +163,18 @@ fn assert_rbac_covers(fake: &FakeCluster) {
     }
 }
 
+/// A fake cluster with the CRD, whose queue-proxies name their metrics `names`; a Prometheus scraping
+/// it; and revisor driving it with that Prometheus.
+fn with_prometheus(names: MetricNames) -> (FakeCluster, tempfile::TempDir, Prometheus, KnativeServer) {
+    let fake = FakeCluster::start();
+    fake.set_metric_names(names);
+    install_crd(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let prometheus = Prometheus::start(fake.addr);
+    let server = KnativeServer::start(&fake.kubeconfig(dir.path()), &["--prometheus", &prometheus.address]);
+    (fake, dir, prometheus, server)
+}
+
 fn install_crd(fake: &FakeCluster) {
     let crd = serde_json::to_value(revisor_api::rollout::crd()).unwrap();
     fake.apply_as("kubectl", "apiextensions.k8s.io/v1/customresourcedefinitions", crd)
@@ -219,11 +183,7 @@ fn install_crd(fake: &FakeCluster) {
 
 #[test]
 fn a_canary_on_knative_promotes_then_rolls_back_through_kube_and_prometheus() {
-    let fake = FakeCluster::start();
-    install_crd(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let prometheus = Prometheus::start(fake.addr);
-    let server = KnativeServer::start(&fake.kubeconfig(dir.path()), &["--prometheus", &prometheus.address]);
+    let (fake, dir, _prometheus, server) = with_prometheus(MetricNames::OpenCensus);
     let s = server.admin.as_str();
 
     apply(s, dir.path(), "v1.yaml", &ksvc(&[("VERSION", "1")]));
@@ -480,12 +440,7 @@ fn the_deploy_manifests_match_the_binary() {
 /// slower than the Rollout allows is rolled back on latency read from those series.
 #[test]
 fn opentelemetry_metric_names_of_knative_1_19_judge_a_slow_canary() {
-    let fake = FakeCluster::start();
-    fake.set_metric_names(MetricNames::OpenTelemetry);
-    install_crd(&fake);
-    let dir = tempfile::tempdir().unwrap();
-    let prometheus = Prometheus::start(fake.addr);
-    let server = KnativeServer::start(&fake.kubeconfig(dir.path()), &["--prometheus", &prometheus.address]);
+    let (fake, dir, _prometheus, server) = with_prometheus(MetricNames::OpenTelemetry);
     let s = server.admin.as_str();
     apply(s, dir.path(), "v1.yaml", &ksvc(&[("VERSION", "1")]));
     apply(s, dir.path(), "rollout.yaml", ROLLOUT);

@@ -34,13 +34,13 @@ pub fn router(state: ClusterState) -> Router {
         .route(&format!("{SERVING}/services"), get(list_services_all))
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/services"),
-            get(list_services).post(create_service),
+            get(list_services).post(create::<false>),
         )
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/services/{{name}}"),
             get(get_service)
-                .patch(apply_service)
-                .put(apply_service)
+                .patch(apply::<false>)
+                .put(apply::<false>)
                 .delete(delete_service),
         )
         .route(
@@ -56,13 +56,13 @@ pub fn router(state: ClusterState) -> Router {
         .route(&format!("{REVISOR}/rollouts"), get(list_rollouts_all))
         .route(
             &format!("{REVISOR}/namespaces/{{ns}}/rollouts"),
-            get(list_rollouts).post(create_rollout),
+            get(list_rollouts).post(create::<true>),
         )
         .route(
             &format!("{REVISOR}/namespaces/{{ns}}/rollouts/{{name}}"),
             get(get_rollout)
-                .patch(apply_rollout)
-                .put(apply_rollout)
+                .patch(apply::<true>)
+                .put(apply::<true>)
                 .delete(delete_rollout),
         )
         .route(
@@ -220,44 +220,35 @@ async fn write(
     Ok((code, [("revisor-apply-result", outcome)], Json(obj)).into_response())
 }
 
-async fn create_service(
+/// The kind a create or apply handler writes: `Rollout` when `ROLLOUT`, else `Service`.
+const fn kind_of(rollout: bool) -> &'static str {
+    if rollout {
+        "Rollout"
+    } else {
+        "Service"
+    }
+}
+
+/// `POST .../{services|rollouts}`.
+async fn create<const ROLLOUT: bool>(
     State(s): State<ClusterState>,
     Path(ns): Path<String>,
     Query(p): Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    write(s, "Service", ns, None, headers, body, p).await
+    write(s, kind_of(ROLLOUT), ns, None, headers, body, p).await
 }
 
-async fn apply_service(
+/// `PATCH` (server-side apply) or `PUT` of `.../{services|rollouts}/{name}`.
+async fn apply<const ROLLOUT: bool>(
     State(s): State<ClusterState>,
     Path((ns, name)): Path<(String, String)>,
     Query(p): Params,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    write(s, "Service", ns, Some(name), headers, body, p).await
-}
-
-async fn create_rollout(
-    State(s): State<ClusterState>,
-    Path(ns): Path<String>,
-    Query(p): Params,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    write(s, "Rollout", ns, None, headers, body, p).await
-}
-
-async fn apply_rollout(
-    State(s): State<ClusterState>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(p): Params,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    write(s, "Rollout", ns, Some(name), headers, body, p).await
+    write(s, kind_of(ROLLOUT), ns, Some(name), headers, body, p).await
 }
 
 /// `POST .../rollouts/{name}/{action}`, body optional: `{"toRevision": "..."}` for undo.

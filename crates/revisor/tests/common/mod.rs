@@ -370,3 +370,50 @@ impl Prometheus {
         p
     }
 }
+
+/// `revisor serve --backend knative` against `kubeconfig`; killed on drop.
+pub struct KnativeServer {
+    child: Child,
+    pub admin: String,
+}
+
+impl Drop for KnativeServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl KnativeServer {
+    pub fn start(kubeconfig: &Path, extra: &[&str]) -> KnativeServer {
+        let mut child = Command::new(BIN)
+            .args([
+                "serve",
+                "--backend",
+                "knative",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .args(extra)
+            .env("REVISOR_LOG", "warn")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start revisor serve --backend knative");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let admin = loop {
+            let line = lines.next().expect("server printed its address").unwrap();
+            if let Some((_, rest)) = line.split_once("admin API listening on ") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+            assert!(!line.starts_with("Error"), "revisor serve failed: {line}");
+        };
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                eprintln!("[revisor] {l}");
+            }
+        });
+        KnativeServer { child, admin }
+    }
+}
