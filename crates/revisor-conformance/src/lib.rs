@@ -136,3 +136,14 @@ fn check(schema: &serde_json::Value, v: &serde_json::Value, path: &str, errs: &m
         _ => {}
     }
 }
+
+/// Validates `v` against `schema` with a JSON-Schema validator (draft 4, which OpenAPI v3's schema
+/// objects extend; the `x-kubernetes-*` extensions are unknown keywords and ignored): a second
+/// opinion beside `validate_structural`. Returns every problem with its path.
+pub fn validate_json_schema(schema: &serde_json::Value, v: &serde_json::Value) -> Vec<String> {
+    let validator = jsonschema::draft4::new(schema).unwrap_or_else(|e| panic!("the schema is not JSON Schema: {e}"));
+    validator
+        .iter_errors(v)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect()
+}

@@ -98,7 +98,8 @@ fn gc_defaults_equal_knatives_config_gc() {
 
 #[test]
 fn exported_services_validate_against_knatives_service_crd() {
-    use revisor::cli::export::{clean, render, Format};
+    use revisor::cli::export::{render, Format};
+    use revisor_api::cluster_manifest as clean;
     let schema = revisor_conformance::crd_schema("service.yaml");
     assert!(schema.is_object(), "the service CRD has an openAPIV3Schema");
     let mut checked = 0;
@@ -111,6 +112,9 @@ fn exported_services_validate_against_knatives_service_crd() {
             let exported = clean(&doc.value);
             for e in revisor_conformance::validate_structural(&schema, &exported) {
                 problems.push(format!("{name}: {e}"));
+            }
+            for e in revisor_conformance::validate_json_schema(&schema, &exported) {
+                problems.push(format!("{name} (JSON Schema): {e}"));
             }
             // The Pulumi program declares the very same object.
             let program: serde_json::Value =
@@ -133,11 +137,18 @@ fn exported_services_validate_against_knatives_service_crd() {
         "{errs:?}"
     );
     assert!(errs.iter().any(|e| e.contains(".spec.traffic[0].percent")), "{errs:?}");
+    let errs = revisor_conformance::validate_json_schema(&schema, &bad);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("/spec/template/spec/containers/0/image")),
+        "{errs:?}"
+    );
+    assert!(errs.iter().any(|e| e.contains("/spec/traffic/0/percent")), "{errs:?}");
 }
 
 #[test]
 fn exported_rollouts_validate_against_the_generated_crd() {
-    use revisor::cli::export::clean;
+    use revisor_api::cluster_manifest as clean;
     let crd = revisor_api::rollout::crd();
     let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
     let rollouts = [
@@ -150,13 +161,44 @@ fn exported_rollouts_validate_against_the_generated_crd() {
         revisor_api::admit_rollout(&doc.value).expect("a valid Rollout");
         let errs = revisor_conformance::validate_structural(schema, &clean(&doc.value));
         assert!(errs.is_empty(), "{errs:?}\n{text}");
+        let errs = revisor_conformance::validate_json_schema(schema, &clean(&doc.value));
+        assert!(errs.is_empty(), "JSON Schema: {errs:?}\n{text}");
     }
+    // What the controller writes to the status subresource fits the CRD too.
+    let mut with_status = clean(&revisor_api::read_documents(rollouts[0]).unwrap()[0].value);
+    let status = revisor_api::RolloutStatus {
+        phase: "RolledBack".into(),
+        stable_revision: Some("web-00001".into()),
+        rejected_revision: Some("web-00002".into()),
+        canary_weight: 0,
+        current_step: 2,
+        failed_checks: 2,
+        message: Some("web-00002 rolled back".into()),
+        measurements: serde_json::from_value(serde_json::json!([{
+            "time": "2026-11-26T21:00:00Z", "revision": "web-00002", "step": 1, "metric": "success-rate",
+            "value": 50.0, "thresholdRange": {"min": 99.0}, "samples": 120, "verdict": "Failed"
+        }]))
+        .unwrap(),
+        requests: vec!["retry".into()],
+        ..Default::default()
+    };
+    with_status["status"] = serde_json::to_value(&status).unwrap();
+    let errs = revisor_conformance::validate_structural(schema, &with_status);
+    assert!(errs.is_empty(), "{errs:?}");
+    let errs = revisor_conformance::validate_json_schema(schema, &with_status);
+    assert!(errs.is_empty(), "JSON Schema: {errs:?}");
     let bad = serde_json::json!({"apiVersion": "revisor.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": "x"},
         "spec": {"serviceRef": {"name": "web"}, "strategy": {"canary": {"steps": [{"setWeight": "ten"}]}}}});
     let errs = revisor_conformance::validate_structural(schema, &bad);
     assert!(
         errs.iter()
             .any(|e| e.contains(".spec.strategy.canary.steps[0].setWeight")),
+        "{errs:?}"
+    );
+    let errs = revisor_conformance::validate_json_schema(schema, &bad);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("/spec/strategy/canary/steps/0/setWeight")),
         "{errs:?}"
     );
 }
