@@ -80,6 +80,8 @@ struct Inner {
     /// Every request the server answered: (method, path and query).
     requests: Vec<(String, String)>,
     metric_names: MetricNames,
+    /// Resources this cluster does not serve (a CRD not installed).
+    missing: Vec<String>,
 }
 
 /// The fake cluster; stops with the process.
@@ -555,6 +557,11 @@ impl FakeCluster {
         self.inner.lock().unwrap().metric_names = names;
     }
 
+    /// Stops serving `resource` (`revisor.dev/v1alpha1/rollouts`), as a cluster without its CRD.
+    pub fn remove_resource(&self, resource: &str) {
+        self.inner.lock().unwrap().missing.push(resource.to_string());
+    }
+
     /// Every request answered so far: (method, path and query).
     pub fn requests(&self) -> Vec<(String, String)> {
         self.inner.lock().unwrap().requests.clone()
@@ -581,6 +588,9 @@ async fn handle(
     let Some((res, ns, name, sub)) = parse_path(uri.path()) else {
         return status(404, "NotFound", format!("the server could not find {}", uri.path()));
     };
+    if shared.0.lock().unwrap().missing.contains(&res) {
+        return status(404, "NotFound", "the server could not find the requested resource");
+    }
     let ns = ns.unwrap_or_default();
     match (method.as_str(), name) {
         ("GET", None) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {

@@ -63,8 +63,8 @@ pub enum ClusterError {
 }
 
 /// A client from `kubeconfig` (or, without one, `$KUBECONFIG`, `~/.kube/config`, or the in-cluster
-/// service account), using `context` if given.
-pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<kube::Client, ClusterError> {
+/// service account), using `context` if given, and the API server's URL.
+pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result<(kube::Client, String), ClusterError> {
     let options = KubeConfigOptions {
         context: context.map(str::to_string),
         ..Default::default()
@@ -84,7 +84,8 @@ pub async fn connect(kubeconfig: Option<&Path>, context: Option<&str>) -> Result
             .await
             .map_err(|e| ClusterError::Config(e.to_string()))?,
     };
-    kube::Client::try_from(config).map_err(ClusterError::Api)
+    let url = config.cluster_url.to_string();
+    Ok((kube::Client::try_from(config).map_err(ClusterError::Api)?, url))
 }
 
 /// The cluster as revisor sees it: a client, the namespace it works in (`None`: all), and caches of

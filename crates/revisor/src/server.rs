@@ -103,8 +103,10 @@ pub struct KnativeFlags {
 /// objects and Knative runs them. Watches the cluster, runs the Rollout controller over it, and serves
 /// the admin API (applies go to the cluster).
 pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()> {
-    let client = revisor_kube::connect(flags.kubeconfig.as_deref(), flags.context.as_deref()).await?;
-    let (cluster, changes) = revisor_kube::Cluster::start(client, flags.namespace.clone()).await?;
+    let (client, url) = revisor_kube::connect(flags.kubeconfig.as_deref(), flags.context.as_deref()).await?;
+    let (cluster, changes) = revisor_kube::Cluster::start(client, flags.namespace.clone())
+        .await
+        .with_context(|| format!("the Kubernetes API server at {url}"))?;
     let metrics: Arc<dyn revisor_controller::MetricsSource> = match &flags.prometheus {
         Some(url) => Arc::new(revisor_kube::PrometheusMetrics::new(url)),
         None => Arc::new(revisor_kube::prometheus::NoMetrics),

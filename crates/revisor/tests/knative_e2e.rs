@@ -480,3 +480,57 @@ fn opentelemetry_metric_names_of_knative_1_19_judge_a_slow_canary() {
         traffic(&fake).contains(&("model-00001".into(), 100, "".into()))
     });
 }
+
+/// Bad flags and clusters revisor cannot drive are named, and nothing starts.
+#[test]
+fn bad_flags_and_unusable_clusters_are_named() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success(), "revisor {args:?} started");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = run(&["serve", "--prometheus", "http://127.0.0.1:9090"]);
+    assert!(err.contains("--prometheus needs --backend knative"), "{err}");
+    let err = run(&[
+        "serve",
+        "--backend",
+        "knative",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ]);
+    assert!(err.contains("/nonexistent/kubeconfig"), "{err}");
+    let err = run(&["serve", "--backend", "kubernetes"]);
+    assert!(
+        err.contains("invalid value 'kubernetes'") && err.contains("knative"),
+        "{err}"
+    );
+
+    // A cluster without revisor's CRD: the error says how to install it.
+    let fake = FakeCluster::start();
+    fake.remove_resource(ROLLOUTS);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let err = run(&[
+        "serve",
+        "--backend",
+        "knative",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("rollouts") && err.contains("revisor crd | kubectl apply -f -"),
+        "{err}"
+    );
+    // A cluster without Knative Serving.
+    let fake = FakeCluster::start();
+    fake.remove_resource(KSVC);
+    let kubeconfig = fake.kubeconfig(dir.path());
+    let err = run(&[
+        "serve",
+        "--backend",
+        "knative",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    assert!(err.contains("is Knative Serving installed?"), "{err}");
+}
