@@ -21,6 +21,9 @@ pub enum ApplyError {
     /// Another field manager owns a field the document sets; nothing changed.
     #[error("{0}")]
     Conflict(String),
+    /// The API server refused the object (its own validation, or Knative's webhook); nothing changed.
+    #[error("{0}")]
+    Rejected(String),
     #[error("Kubernetes API: {0}")]
     Api(String),
 }
@@ -58,6 +61,14 @@ pub async fn apply(
             (&ROLLOUT, r.metadata.namespace.clone(), r.metadata.name.clone(), false)
         }
     };
+    if let Some(watched) = cluster.namespace.as_deref().filter(|w| *w != ns) {
+        let mut errs = FieldErrors::default();
+        errs.push(
+            "metadata.namespace",
+            format!("{ns:?} is not watched: this revisor works in namespace {watched:?} (--namespace)"),
+        );
+        return Err(ApplyError::Invalid(errs));
+    }
     let mut manifest = cluster_manifest(&doc);
     if owned_by_rollout {
         if let Some(spec) = manifest.get_mut("spec").and_then(Value::as_object_mut) {
@@ -76,7 +87,7 @@ pub async fn apply(
              manager give it up)",
             kind.kind, e.message
         ))),
-        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => Err(ApplyError::Api(format!(
+        Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => Err(ApplyError::Rejected(format!(
             "{} {ns}/{name} refused by the cluster: {}",
             kind.kind, e.message
         ))),

@@ -171,6 +171,40 @@ async fn a_conflict_is_reported_with_the_other_manager_and_an_invalid_manifest_i
     server.await.unwrap();
 }
 
+/// A revisor that watches one namespace refuses objects of another (it would never see them again),
+/// and the cluster's own refusal (Knative's webhook) comes back as a rejection, not a server fault.
+#[tokio::test]
+async fn other_namespaces_are_refused_and_the_clusters_refusal_is_reported() {
+    let (client, mut handle) = mocked();
+    let cluster = Cluster::from_objects(client, Some("models".into()), vec![]);
+    let err = revisor_kube::apply(&cluster, &service_doc(), &Defaults::default(), "default", false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::Invalid(e) if e.to_string().contains("metadata.namespace")),
+        "{err:?}"
+    );
+    let mut doc = service_doc();
+    doc["metadata"]["namespace"] = json!("models");
+    let server = tokio::spawn(async move {
+        let refusal = json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "admission webhook \"validation.webhook.serving.knative.dev\" denied the request", "reason": "BadRequest", "code": 400 });
+        expect(&mut handle, 400, refusal).await
+    });
+    let err = revisor_kube::apply(&cluster, &doc, &Defaults::default(), "default", false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ApplyError::Rejected(m) if m.contains("denied the request") && m.contains("models/model")),
+        "{err:?}"
+    );
+    assert!(server
+        .await
+        .unwrap()
+        .uri
+        .starts_with("/apis/serving.knative.dev/v1/namespaces/models/services/model?"));
+}
+
 /// A step's commit: the Rollout's status subresource on the resourceVersion read, then the Knative
 /// Service's traffic (merge patch, its own field manager), then an Event about the Rollout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,7 @@ fn from_apply(kind: &'static str, name: &str, e: ApplyError) -> ApiError {
         ApplyError::Invalid(errors) => ApiError::invalid(kind, name, errors),
         ApplyError::Conflict(m) => ApiError::Conflict(m),
         ApplyError::NotFound(m) => ApiError::NotFound(m),
+        ApplyError::Rejected(m) => ApiError::BadRequest(m),
         ApplyError::Api(m) => ApiError::Internal(m),
     }
 }
