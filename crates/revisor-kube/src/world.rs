@@ -25,6 +25,10 @@ pub struct KnativeWorld {
     ingress_class: Option<String>,
     /// Whether a Prometheus with the queue-proxy metrics was given (built-in analysis metrics need one).
     prometheus: bool,
+    /// Rollouts written since their cache was last updated: (namespace, name) -> the resourceVersion
+    /// the write replaced. Until the watch brings the new version they are not stepped again, so a
+    /// step never runs (and calls webhooks, or takes a window) on a status it has already replaced.
+    replaced: std::collections::HashMap<(String, String), Option<String>>,
 }
 
 impl KnativeWorld {
@@ -44,6 +48,7 @@ impl KnativeWorld {
             recorder,
             ingress_class: None,
             prometheus: true,
+            replaced: Default::default(),
         }
     }
 
@@ -100,7 +105,16 @@ pub fn refusal(r: &Rollout, ingress_class: &str, prometheus: bool) -> Option<Str
 
 impl RolloutWorld for KnativeWorld {
     fn rollouts(&mut self) -> Result<Vec<Rollout>, String> {
-        Ok(self.cluster.rollouts(None))
+        let all = self.cluster.rollouts(None);
+        let replaced = &mut self.replaced;
+        replaced.retain(|(ns, name), rv| {
+            all.iter()
+                .any(|r| &r.metadata.namespace == ns && &r.metadata.name == name && &r.metadata.resource_version == rv)
+        });
+        Ok(all
+            .into_iter()
+            .filter(|r| !replaced.contains_key(&(r.metadata.namespace.clone(), r.metadata.name.clone())))
+            .collect())
     }
 
     fn service(&mut self, namespace: &str, name: &str) -> Result<Option<Service>, String> {
@@ -127,7 +141,10 @@ impl RolloutWorld for KnativeWorld {
             .runtime
             .block_on(rollouts.replace_status(name, &PostParams::default(), &obj));
         match written {
-            Ok(_) => {}
+            Ok(_) => {
+                self.replaced
+                    .insert((ns.to_string(), name.to_string()), r.metadata.resource_version.clone());
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => return Ok(false),
             Err(e) => return Err(format!("writing the status of Rollout {ns}/{name}: {e}")),
         }

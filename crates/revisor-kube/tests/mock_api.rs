@@ -242,18 +242,21 @@ async fn a_step_writes_status_then_traffic_then_an_event() {
         reason: "Progressing".into(),
         message: "model-00002 takes 20%".into(),
     }];
-    let committed = tokio::task::spawn_blocking(move || {
-        world.commit(Commit {
+    let (committed, stepped_next) = tokio::task::spawn_blocking(move || {
+        assert_eq!(world.rollouts().unwrap().len(), 1);
+        let committed = world.commit(Commit {
             rollout: &rollout,
             status: &status,
             traffic: Some(&traffic),
             events: &events,
-        })
+        });
+        // Until the watch brings the written version, the Rollout is not stepped on the old one.
+        (committed, world.rollouts().unwrap().len())
     })
     .await
-    .unwrap()
     .unwrap();
-    assert!(committed);
+    assert!(committed.unwrap());
+    assert_eq!(stepped_next, 0);
     let (status, traffic, event) = server.await.unwrap();
     assert_eq!(status.method, "PUT");
     assert!(
