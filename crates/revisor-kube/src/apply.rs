@@ -28,17 +28,27 @@ pub enum ApplyError {
     Api(String),
 }
 
+/// How to apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// The API server checks everything and changes nothing.
+    pub dry_run: bool,
+    /// Take the fields other field managers own (server-side apply's `force`), as asked for.
+    pub force: bool,
+}
+
 /// Checks one document as revisor's admission does, then server-side applies the fields it sets (and
 /// nothing revisor would default) as the field manager `revisor`. A conflict with another manager is
-/// reported, never forced. A Service whose traffic a Rollout owns is applied without `spec.traffic`,
-/// which stays the Rollout's. `namespace` fills in a missing `metadata.namespace`. Returns the object as
-/// the cluster holds it after the apply (or would, with `dry_run`).
+/// reported, not forced unless `options.force` says so. A Service whose traffic a Rollout owns is
+/// applied without `spec.traffic`, which stays the Rollout's. `namespace` fills in a missing
+/// `metadata.namespace`. Returns the object as the cluster holds it after the apply (or would, with a
+/// dry run).
 pub async fn apply(
     cluster: &Cluster,
     doc: &Value,
     defaults: &Defaults,
     namespace: &str,
-    dry_run: bool,
+    options: ApplyOptions,
 ) -> Result<Value, ApplyError> {
     let mut doc = doc.clone();
     if doc.pointer("/metadata/namespace").is_none_or(Value::is_null) {
@@ -76,15 +86,18 @@ pub async fn apply(
         }
     }
     let mut params = PatchParams::apply(FIELD_MANAGER);
-    if dry_run {
+    if options.dry_run {
         params = params.dry_run();
+    }
+    if options.force {
+        params = params.force();
     }
     let api = cluster.api(kind, Some(&ns));
     match api.patch(&name, &params, &Patch::Apply(&manifest)).await {
         Ok(obj) => serde_json::to_value(obj).map_err(|e| ApplyError::Api(e.to_string())),
         Err(kube::Error::Api(e)) if e.code == 409 => Err(ApplyError::Conflict(format!(
-            "{} {ns}/{name}: {} (revisor does not force a conflicting apply: change the field back, or have its \
-             manager give it up)",
+            "{} {ns}/{name}: {} (revisor does not force a conflicting apply: change the field back, have its \
+             manager give it up, or take it with `revisor apply --force-conflicts`)",
             kind.kind, e.message
         ))),
         Err(kube::Error::Api(e)) if e.code == 422 || e.code == 400 => Err(ApplyError::Rejected(format!(

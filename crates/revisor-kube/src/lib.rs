@@ -15,7 +15,7 @@ pub mod prometheus;
 pub mod request;
 pub mod world;
 
-pub use apply::{apply, delete, ApplyError, FIELD_MANAGER};
+pub use apply::{apply, delete, ApplyError, ApplyOptions, FIELD_MANAGER};
 pub use cluster::{connect, Cluster, ClusterError, REVISION, ROLLOUT, SERVICE};
 pub use prometheus::PrometheusMetrics;
 pub use request::request;

@@ -8,7 +8,7 @@ use kube::api::DynamicObject;
 use kube::client::Body;
 use revisor_api::Defaults;
 use revisor_controller::{Commit, RolloutWorld};
-use revisor_kube::{ApplyError, Cluster, KnativeWorld};
+use revisor_kube::{ApplyError, ApplyOptions, Cluster, KnativeWorld};
 use serde_json::{json, Value};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -103,9 +103,15 @@ async fn apply_is_a_server_side_apply_of_the_users_fields_as_revisor() {
         answer["metadata"]["resourceVersion"] = json!("12");
         expect(&mut handle, 200, answer).await
     });
-    let out = revisor_kube::apply(&cluster, &service_doc(), &Defaults::default(), "default", false)
-        .await
-        .unwrap();
+    let out = revisor_kube::apply(
+        &cluster,
+        &service_doc(),
+        &Defaults::default(),
+        "default",
+        ApplyOptions::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(out["metadata"]["resourceVersion"], "12");
     let seen = server.await.unwrap();
     assert_eq!(seen.method, "PATCH");
@@ -127,9 +133,18 @@ async fn a_services_traffic_stays_with_its_rollout_and_a_dry_run_says_so() {
     let (client, mut handle) = mocked();
     let cluster = Cluster::from_objects(client, None, vec![object(rollout_obj(json!({})))]);
     let server = tokio::spawn(async move { expect(&mut handle, 200, service_doc()).await });
-    revisor_kube::apply(&cluster, &service_doc(), &Defaults::default(), "default", true)
-        .await
-        .unwrap();
+    revisor_kube::apply(
+        &cluster,
+        &service_doc(),
+        &Defaults::default(),
+        "default",
+        ApplyOptions {
+            dry_run: true,
+            force: false,
+        },
+    )
+    .await
+    .unwrap();
     let seen = server.await.unwrap();
     assert!(seen.uri.contains("dryRun=All"), "{}", seen.uri);
     assert!(seen.body["spec"].get("traffic").is_none(), "{}", seen.body);
@@ -149,9 +164,15 @@ async fn a_conflict_is_reported_with_the_other_manager_and_an_invalid_manifest_i
         .await;
         expect_nothing(&mut handle).await;
     });
-    let err = revisor_kube::apply(&cluster, &service_doc(), &Defaults::default(), "default", false)
-        .await
-        .unwrap_err();
+    let err = revisor_kube::apply(
+        &cluster,
+        &service_doc(),
+        &Defaults::default(),
+        "default",
+        ApplyOptions::default(),
+    )
+    .await
+    .unwrap_err();
     match &err {
         ApplyError::Conflict(m) => {
             assert!(m.contains("conflict with \"kubectl\": .spec.template"), "{m}");
@@ -161,7 +182,7 @@ async fn a_conflict_is_reported_with_the_other_manager_and_an_invalid_manifest_i
     }
     let mut bad = service_doc();
     bad["spec"]["template"]["spec"]["containers"][0]["ports"] = json!([{ "containerPort": 99999 }]);
-    match revisor_kube::apply(&cluster, &bad, &Defaults::default(), "default", false).await {
+    match revisor_kube::apply(&cluster, &bad, &Defaults::default(), "default", ApplyOptions::default()).await {
         Err(ApplyError::Invalid(errs)) => {
             let text = errs.to_string();
             assert!(text.contains("containerPort"), "{text}");
@@ -171,15 +192,42 @@ async fn a_conflict_is_reported_with_the_other_manager_and_an_invalid_manifest_i
     server.await.unwrap();
 }
 
+/// Forcing is only ever asked for: `--force-conflicts` becomes server-side apply's `force=true`.
+#[tokio::test]
+async fn force_is_sent_only_when_asked() {
+    let (client, mut handle) = mocked();
+    let cluster = Cluster::from_objects(client, None, vec![]);
+    let server = tokio::spawn(async move { expect(&mut handle, 200, service_doc()).await });
+    let forced = ApplyOptions {
+        dry_run: false,
+        force: true,
+    };
+    revisor_kube::apply(&cluster, &service_doc(), &Defaults::default(), "default", forced)
+        .await
+        .unwrap();
+    let seen = server.await.unwrap();
+    assert!(
+        seen.uri.contains("force=true") && seen.uri.contains("fieldManager=revisor"),
+        "{}",
+        seen.uri
+    );
+}
+
 /// A revisor that watches one namespace refuses objects of another (it would never see them again),
 /// and the cluster's own refusal (Knative's webhook) comes back as a rejection, not a server fault.
 #[tokio::test]
 async fn other_namespaces_are_refused_and_the_clusters_refusal_is_reported() {
     let (client, mut handle) = mocked();
     let cluster = Cluster::from_objects(client, Some("models".into()), vec![]);
-    let err = revisor_kube::apply(&cluster, &service_doc(), &Defaults::default(), "default", false)
-        .await
-        .unwrap_err();
+    let err = revisor_kube::apply(
+        &cluster,
+        &service_doc(),
+        &Defaults::default(),
+        "default",
+        ApplyOptions::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&err, ApplyError::Invalid(e) if e.to_string().contains("metadata.namespace")),
         "{err:?}"
@@ -191,7 +239,7 @@ async fn other_namespaces_are_refused_and_the_clusters_refusal_is_reported() {
             "message": "admission webhook \"validation.webhook.serving.knative.dev\" denied the request", "reason": "BadRequest", "code": 400 });
         expect(&mut handle, 400, refusal).await
     });
-    let err = revisor_kube::apply(&cluster, &doc, &Defaults::default(), "default", false)
+    let err = revisor_kube::apply(&cluster, &doc, &Defaults::default(), "default", ApplyOptions::default())
         .await
         .unwrap_err();
     assert!(

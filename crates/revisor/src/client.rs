@@ -88,12 +88,15 @@ impl Client {
     }
 
     /// Server-side apply; returns the outcome (`created`, `configured`, `unchanged`) and the object.
-    pub fn apply(&self, path: &str, body: &Value, dry_run: bool) -> Result<(String, Value)> {
-        let url = if dry_run {
-            format!("{}?dryRun=All&fieldManager=revisor", self.url(path))
-        } else {
-            format!("{}?fieldManager=revisor", self.url(path))
-        };
+    /// `force` takes fields other field managers own (on a cluster; locally there are none).
+    pub fn apply(&self, path: &str, body: &Value, dry_run: bool, force: bool) -> Result<(String, Value)> {
+        let mut url = format!("{}?fieldManager=revisor", self.url(path));
+        if dry_run {
+            url.push_str("&dryRun=All");
+        }
+        if force {
+            url.push_str("&force=true");
+        }
         let req = self
             .http
             .patch(url)

@@ -318,6 +318,15 @@ fn conflicts_are_reported_unsupported_routes_refused_and_bad_manifests_change_no
         after["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
         "kubectl"
     );
+    // Asked to, revisor takes the field, as `kubectl apply --server-side --force-conflicts` would.
+    ok(s, &["apply", "--force-conflicts", "-f", file.to_str().unwrap()]);
+    let taken = fake.get(KSVC, "default", "model").unwrap();
+    assert_eq!(
+        taken["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
+        "revisor"
+    );
+    let run = cli(s, &["apply", "-f", file.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "revisor owns the template now: {}", run.stderr);
 
     // An invalid Service never reaches the cluster, and the error names the field.
     let bad = write(

@@ -203,13 +203,16 @@ async fn write(
     params: HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let value = placed(&ns, name.as_deref(), body_document(&headers, body)?)?;
-    let dry_run = dry_run(&params)?;
+    let options = revisor_kube::ApplyOptions {
+        dry_run: dry_run(&params)?,
+        force: params.get("force").is_some_and(|f| f == "true"),
+    };
     let shown = body_name(&value);
     let before = match kind {
         "Service" => s.cluster.service(&ns, &shown).map(|o| o.metadata.resource_version),
         _ => s.cluster.rollout(&ns, &shown).map(|(o, _)| o.metadata.resource_version),
     };
-    let obj = revisor_kube::apply(&s.cluster, &value, &s.defaults, &ns, dry_run)
+    let obj = revisor_kube::apply(&s.cluster, &value, &s.defaults, &ns, options)
         .await
         .map_err(|e| from_apply(kind, &shown, e))?;
     let after = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str);

@@ -109,11 +109,23 @@ fn namespace_of(in_manifest: &str, flag: Option<&str>) -> Result<String, String>
     }
 }
 
-pub fn run(client: &Client, files: &[PathBuf], ns_flag: Option<&str>, dry_run: bool, wait: bool) -> Result<()> {
+/// How `revisor apply` applies.
+pub struct Flags {
+    pub dry_run: bool,
+    pub wait: bool,
+    pub force_conflicts: bool,
+}
+
+pub fn run(client: &Client, files: &[PathBuf], ns_flag: Option<&str>, flags: Flags) -> Result<()> {
+    let Flags {
+        dry_run,
+        wait,
+        force_conflicts: force,
+    } = flags;
     let (items, mut problems) = load(files, ns_flag)?;
     let mut outcomes = Vec::new();
     for item in &items {
-        match client.apply(&item.path(), &item.value, true) {
+        match client.apply(&item.path(), &item.value, true, force) {
             Ok((outcome, _)) => outcomes.push(outcome),
             Err(e) => problems.push(format!("{} ({}): {e:#}", item.origin, item.id())),
         }
@@ -129,7 +141,7 @@ pub fn run(client: &Client, files: &[PathBuf], ns_flag: Option<&str>, dry_run: b
     }
     for item in &items {
         let (outcome, stored) = client
-            .apply(&item.path(), &item.value, false)
+            .apply(&item.path(), &item.value, false, force)
             .with_context(|| format!("{} ({})", item.origin, item.id()))?;
         println!("{} {outcome}", item.id());
         if wait && outcome != "unchanged" && item.kind == "service" {

@@ -120,6 +120,9 @@ pub enum Command {
         /// Do not wait for the controller to observe the change.
         #[arg(long)]
         no_wait: bool,
+        /// Take fields that another field manager owns (with --backend knative; as kubectl's).
+        #[arg(long)]
+        force_conflicts: bool,
     },
     /// List services or revisions.
     Get {
@@ -361,7 +364,17 @@ pub fn run(cli: Cli) -> Result<()> {
             namespace,
             dry_run,
             no_wait,
-        } => apply::run(&client, &files, namespace.as_deref(), dry_run, !no_wait),
+            force_conflicts,
+        } => apply::run(
+            &client,
+            &files,
+            namespace.as_deref(),
+            apply::Flags {
+                dry_run,
+                wait: !no_wait,
+                force_conflicts,
+            },
+        ),
         Command::Get {
             kind,
             name,
