@@ -508,12 +508,29 @@ impl RolloutController {
         }
     }
 
-    /// Marks a Rollout this world cannot run as Failed with the reason (once).
+    /// Marks a Rollout this world cannot run as Failed with the reason (once). A canary it was running
+    /// is rejected and all traffic goes back to stable: nothing judges the canary any more.
     fn refuse(&mut self, r: &Rollout, why: String) -> Result<(), String> {
         let mut st = r.status();
         if st.phase == revisor_api::rollout::phase::FAILED && st.message.as_deref() == Some(why.as_str()) {
             return Ok(());
         }
+        let active = matches!(st.phase.as_str(), "Progressing" | "Paused");
+        let back_to_stable = match (active, st.canary_revision.take(), &st.stable_revision) {
+            (true, Some(canary), Some(stable)) => {
+                st.rejected_revision = Some(canary);
+                st.canary_weight = 0;
+                st.header_route = None;
+                st.mirror_percentage = None;
+                Some(vec![TrafficTarget {
+                    revision_name: Some(stable.clone()),
+                    latest_revision: Some(false),
+                    percent: Some(100),
+                    ..Default::default()
+                }])
+            }
+            _ => None,
+        };
         st.phase = revisor_api::rollout::phase::FAILED.into();
         st.message = Some(why.clone());
         let events = [revisor_rollout::Event {
@@ -524,7 +541,7 @@ impl RolloutController {
         self.world.commit(Commit {
             rollout: r,
             status: &st,
-            traffic: None,
+            traffic: back_to_stable.as_deref(),
             events: &events,
         })?;
         Ok(())

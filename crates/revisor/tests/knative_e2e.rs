@@ -408,6 +408,21 @@ spec:
     wait_until("promoted by the operator", Duration::from_secs(30), || {
         status_of(&fake, "phase") == "Succeeded" && status_of(&fake, "stableRevision") == "model-00002"
     });
+
+    // A Rollout changed mid-canary into one the cluster cannot run: refused, the canary rejected and
+    // all traffic back on stable, since nothing would judge the canary any more.
+    apply(s, dir.path(), "v3.yaml", &ksvc(&[("VERSION", "3")]));
+    wait_until("model-00003 pauses at 30%", Duration::from_secs(30), || {
+        status_of(&fake, "phase") == "Paused" && traffic(&fake).contains(&("model-00003".into(), 30, "canary".into()))
+    });
+    apply(s, dir.path(), "ab-again.yaml", ab);
+    wait_until("refused mid-canary", Duration::from_secs(30), || {
+        status_of(&fake, "phase") == "Failed"
+    });
+    assert_eq!(status_of(&fake, "rejectedRevision"), "model-00003");
+    wait_until("all traffic back on model-00002", Duration::from_secs(10), || {
+        traffic(&fake) == vec![("model-00002".to_string(), 100, String::new())]
+    });
     assert_rbac_covers(&fake);
 }
 
