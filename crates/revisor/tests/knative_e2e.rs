@@ -423,6 +423,12 @@ spec:
     wait_until("all traffic back on model-00002", Duration::from_secs(10), || {
         traffic(&fake) == vec![("model-00002".to_string(), 100, String::new())]
     });
+    // Fixed and retried, the canary runs again.
+    apply(s, dir.path(), "paused.yaml", paused);
+    ok(s, &["rollout", "retry", "model"]);
+    wait_until("model-00003 is retried", Duration::from_secs(30), || {
+        status_of(&fake, "phase") == "Paused" && traffic(&fake).contains(&("model-00003".into(), 30, "canary".into()))
+    });
     assert_rbac_covers(&fake);
 }
 
