@@ -124,8 +124,33 @@ async fn magika_through_onnx_runtime_matches_tract_within_1e_4() {
     close(&floats(&vo), &floats(&vt), 1e-4);
 }
 
+/// ONNX Runtime is loaded once per process, so this runs in a fresh one (this test binary again, for
+/// this test alone): the other tests of this file may already have loaded the real library.
 #[test]
 fn a_missing_library_is_named() {
+    if std::env::var_os("REVISOR_ORT_FRESH_PROCESS").is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "a_missing_library_is_named",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("REVISOR_ORT_FRESH_PROCESS", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "in a fresh process:\n{text}");
+        assert!(
+            text.contains("1 passed"),
+            "the test did not run in the fresh process:\n{text}"
+        );
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m.onnx");
     std::fs::write(&model, b"irrelevant").unwrap();
