@@ -59,6 +59,11 @@ async fn expect(handle: &mut Handle, code: u16, answer: Value) -> Seen {
     seen
 }
 
+/// revisor's apply of `doc` into namespace `default` (where the document names none).
+async fn apply(cluster: &Cluster, doc: &Value, options: ApplyOptions) -> Result<Value, ApplyError> {
+    revisor_kube::apply(cluster, doc, &Defaults::default(), "default", options).await
+}
+
 /// Asserts revisor sends nothing more for a while (or drops its client).
 async fn expect_nothing(handle: &mut Handle) {
     if let Ok(Some((r, _))) = tokio::time::timeout(Duration::from_millis(300), handle.next_request()).await {
@@ -103,15 +108,7 @@ async fn apply_is_a_server_side_apply_of_the_users_fields_as_revisor() {
         answer["metadata"]["resourceVersion"] = json!("12");
         expect(&mut handle, 200, answer).await
     });
-    let out = revisor_kube::apply(
-        &cluster,
-        &service_doc(),
-        &Defaults::default(),
-        "default",
-        ApplyOptions::default(),
-    )
-    .await
-    .unwrap();
+    let out = apply(&cluster, &service_doc(), ApplyOptions::default()).await.unwrap();
     assert_eq!(out["metadata"]["resourceVersion"], "12");
     let seen = server.await.unwrap();
     assert_eq!(seen.method, "PATCH");
@@ -133,11 +130,9 @@ async fn a_services_traffic_stays_with_its_rollout_and_a_dry_run_says_so() {
     let (client, mut handle) = mocked();
     let cluster = Cluster::from_objects(client, None, vec![object(rollout_obj(json!({})))]);
     let server = tokio::spawn(async move { expect(&mut handle, 200, service_doc()).await });
-    revisor_kube::apply(
+    apply(
         &cluster,
         &service_doc(),
-        &Defaults::default(),
-        "default",
         ApplyOptions {
             dry_run: true,
             force: false,
@@ -164,15 +159,9 @@ async fn a_conflict_is_reported_with_the_other_manager_and_an_invalid_manifest_i
         .await;
         expect_nothing(&mut handle).await;
     });
-    let err = revisor_kube::apply(
-        &cluster,
-        &service_doc(),
-        &Defaults::default(),
-        "default",
-        ApplyOptions::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = apply(&cluster, &service_doc(), ApplyOptions::default())
+        .await
+        .unwrap_err();
     match &err {
         ApplyError::Conflict(m) => {
             assert!(m.contains("conflict with \"kubectl\": .spec.template"), "{m}");
@@ -182,7 +171,7 @@ async fn a_conflict_is_reported_with_the_other_manager_and_an_invalid_manifest_i
     }
     let mut bad = service_doc();
     bad["spec"]["template"]["spec"]["containers"][0]["ports"] = json!([{ "containerPort": 99999 }]);
-    match revisor_kube::apply(&cluster, &bad, &Defaults::default(), "default", ApplyOptions::default()).await {
+    match apply(&cluster, &bad, ApplyOptions::default()).await {
         Err(ApplyError::Invalid(errs)) => {
             let text = errs.to_string();
             assert!(text.contains("containerPort"), "{text}");
@@ -202,9 +191,7 @@ async fn force_is_sent_only_when_asked() {
         dry_run: false,
         force: true,
     };
-    revisor_kube::apply(&cluster, &service_doc(), &Defaults::default(), "default", forced)
-        .await
-        .unwrap();
+    apply(&cluster, &service_doc(), forced).await.unwrap();
     let seen = server.await.unwrap();
     assert!(
         seen.uri.contains("force=true") && seen.uri.contains("fieldManager=revisor"),
@@ -219,15 +206,9 @@ async fn force_is_sent_only_when_asked() {
 async fn other_namespaces_are_refused_and_the_clusters_refusal_is_reported() {
     let (client, mut handle) = mocked();
     let cluster = Cluster::from_objects(client, Some("models".into()), vec![]);
-    let err = revisor_kube::apply(
-        &cluster,
-        &service_doc(),
-        &Defaults::default(),
-        "default",
-        ApplyOptions::default(),
-    )
-    .await
-    .unwrap_err();
+    let err = apply(&cluster, &service_doc(), ApplyOptions::default())
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, ApplyError::Invalid(e) if e.to_string().contains("metadata.namespace")),
         "{err:?}"
@@ -239,9 +220,7 @@ async fn other_namespaces_are_refused_and_the_clusters_refusal_is_reported() {
             "message": "admission webhook \"validation.webhook.serving.knative.dev\" denied the request", "reason": "BadRequest", "code": 400 });
         expect(&mut handle, 400, refusal).await
     });
-    let err = revisor_kube::apply(&cluster, &doc, &Defaults::default(), "default", ApplyOptions::default())
-        .await
-        .unwrap_err();
+    let err = apply(&cluster, &doc, ApplyOptions::default()).await.unwrap_err();
     assert!(
         matches!(&err, ApplyError::Rejected(m) if m.contains("denied the request") && m.contains("models/model")),
         "{err:?}"

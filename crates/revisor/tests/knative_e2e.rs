@@ -30,21 +30,23 @@ fn ksvc(env: &[(&str, &str)]) -> String {
     s
 }
 
-const ROLLOUT: &str = "apiVersion: revisor.dev/v1alpha1
-kind: Rollout
-metadata:
-  name: model
-spec:
-  serviceRef:
-    name: model
-  strategy:
-    canary:
-      steps:
-        - setWeight: 20
+/// A Rollout `model` of Service `model`: a canary with these `steps` lines, then `rest` of the spec.
+fn rollout_yaml(steps: &str, rest: &str) -> String {
+    format!(
+        "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: model\nspec:\n  serviceRef:\n    \
+         name: model\n  strategy:\n    canary:\n      steps:\n{steps}{rest}"
+    )
+}
+
+/// Two weights, each analysed on success rate and latency.
+fn analysed_rollout() -> String {
+    rollout_yaml(
+        "        - setWeight: 20
         - analysis: {count: 1}
         - setWeight: 50
         - analysis: {count: 1}
-  analysis:
+",
+        "  analysis:
     interval: 3s
     threshold: 2
     minSamples: 20
@@ -54,8 +56,9 @@ spec:
       - name: latency
         percentile: 99
         thresholdRange: {max: 250}
-";
-
+",
+    )
+}
 fn rollout(fake: &FakeCluster) -> Value {
     fake.get(ROLLOUTS, "default", "model")
         .expect("the Rollout is in the cluster")
@@ -187,7 +190,7 @@ fn a_canary_on_knative_promotes_then_rolls_back_through_kube_and_prometheus() {
     let s = server.admin.as_str();
 
     apply(s, dir.path(), "v1.yaml", &ksvc(&[("VERSION", "1")]));
-    apply(s, dir.path(), "rollout.yaml", ROLLOUT);
+    apply(s, dir.path(), "rollout.yaml", &analysed_rollout());
     wait_until("model-00001 becomes stable", Duration::from_secs(30), || {
         status_of(&fake, "stableRevision") == "model-00001"
     });
@@ -341,22 +344,15 @@ fn conflicts_are_reported_unsupported_routes_refused_and_bad_manifests_change_no
     assert!(fake.get(KSVC, "default", "other").is_none());
 
     // Header routes and mirroring cannot be said in Knative's traffic block: refused with the reason.
-    let ab = "apiVersion: revisor.dev/v1alpha1
-kind: Rollout
-metadata:
-  name: model
-spec:
-  serviceRef:
-    name: model
-  strategy:
-    canary:
-      steps:
-        - setHeaderRoute:
+    let ab = &rollout_yaml(
+        "        - setHeaderRoute:
             match:
               - headerName: x-beta
                 headerValue: {exact: \"1\"}
         - setWeight: 50
-";
+",
+        "",
+    );
     apply(s, dir.path(), "ab.yaml", ab);
     wait_until("the Rollout is refused", Duration::from_secs(30), || {
         status_of(&fake, "phase") == "Failed"
@@ -368,7 +364,7 @@ spec:
         event_reasons(&fake).contains(&"Refused".to_string())
     });
     // Without --prometheus, built-in analysis metrics are refused too (not judged on nothing).
-    apply(s, dir.path(), "rollout.yaml", ROLLOUT);
+    apply(s, dir.path(), "rollout.yaml", &analysed_rollout());
     wait_until("the analysing Rollout is refused", Duration::from_secs(30), || {
         status_of(&fake, "message").contains("--prometheus")
     });
@@ -382,19 +378,12 @@ spec:
     assert!(run.code != 0 && run.stderr.contains("not found"), "{}", run.stderr);
 
     // An operator's request goes into the cluster's Rollout: a canary paused until promoted.
-    let paused = "apiVersion: revisor.dev/v1alpha1
-kind: Rollout
-metadata:
-  name: model
-spec:
-  serviceRef:
-    name: model
-  strategy:
-    canary:
-      steps:
-        - setWeight: 30
+    let paused = &rollout_yaml(
+        "        - setWeight: 30
         - pause: {}
-";
+",
+        "",
+    );
     apply(s, dir.path(), "v1.yaml", &ksvc(&[("VERSION", "1")]));
     apply(s, dir.path(), "paused.yaml", paused);
     wait_until("model-00001 becomes stable", Duration::from_secs(30), || {
@@ -480,7 +469,7 @@ fn opentelemetry_metric_names_of_knative_1_19_judge_a_slow_canary() {
     let (fake, dir, _prometheus, server) = with_prometheus(MetricNames::OpenTelemetry);
     let s = server.admin.as_str();
     apply(s, dir.path(), "v1.yaml", &ksvc(&[("VERSION", "1")]));
-    apply(s, dir.path(), "rollout.yaml", ROLLOUT);
+    apply(s, dir.path(), "rollout.yaml", &analysed_rollout());
     wait_until("model-00001 becomes stable", Duration::from_secs(30), || {
         status_of(&fake, "stableRevision") == "model-00001"
     });
