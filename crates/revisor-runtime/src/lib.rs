@@ -18,6 +18,7 @@ pub use state::{Failure, ReadyReplica, RevisionState, Snapshot, StartTiming};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -33,32 +34,69 @@ struct ReplicaHandle {
 }
 
 struct Entry {
+    /// Which life of the revision this is: a revision deleted and made again under the same name (a
+    /// service deleted and applied again) is a new incarnation, and the replicas of the old one, still
+    /// draining, no longer touch its state.
+    incarnation: u64,
     spec: Arc<ProcessSpec>,
     replicas: Vec<ReplicaHandle>,
-    next_id: u64,
     deadline: Option<JoinHandle<()>>,
+}
+
+/// Every revision's state, with the incarnation it belongs to.
+#[derive(Default)]
+struct States {
+    by_key: BTreeMap<RevisionKey, RevisionState>,
+    incarnation: HashMap<RevisionKey, u64>,
 }
 
 pub(crate) struct Shared {
     logs: PathBuf,
-    states: Mutex<BTreeMap<RevisionKey, RevisionState>>,
+    states: Mutex<States>,
     snapshot: watch::Sender<Snapshot>,
     pub(crate) in_flight: InFlight,
+    /// Numbers replicas and incarnations, unique for the runtime's life (so log files never collide).
+    next_id: AtomicU64,
 }
 
 impl Shared {
-    /// Changes one revision's state and publishes a new snapshot.
-    pub(crate) fn update(&self, key: &RevisionKey, f: impl FnOnce(&mut RevisionState)) {
-        let mut states = self.states.lock().unwrap();
-        f(states.entry(key.clone()).or_default());
-        self.snapshot.send_replace(Arc::new(states.clone()));
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn forget(&self, key: &RevisionKey) {
+    /// Changes the state of one incarnation of a revision and publishes a new snapshot; a change from
+    /// an incarnation that is no longer current is dropped.
+    pub(crate) fn update(&self, key: &RevisionKey, incarnation: u64, f: impl FnOnce(&mut RevisionState)) {
         let mut states = self.states.lock().unwrap();
-        if states.remove(key).is_some() {
-            self.snapshot.send_replace(Arc::new(states.clone()));
+        if states.incarnation.get(key) != Some(&incarnation) {
+            return;
         }
+        f(states.by_key.entry(key.clone()).or_default());
+        self.snapshot.send_replace(Arc::new(states.by_key.clone()));
+    }
+
+    /// Starts a revision's incarnation with a fresh state.
+    fn begin(&self, key: &RevisionKey, incarnation: u64) {
+        let mut states = self.states.lock().unwrap();
+        states.incarnation.insert(key.clone(), incarnation);
+        states.by_key.insert(key.clone(), RevisionState::default());
+        self.snapshot.send_replace(Arc::new(states.by_key.clone()));
+    }
+
+    /// Forgets a revision, unless a newer incarnation of it has begun meanwhile.
+    fn forget(&self, key: &RevisionKey, incarnation: u64) {
+        let mut states = self.states.lock().unwrap();
+        if states.incarnation.get(key) != Some(&incarnation) {
+            return;
+        }
+        states.incarnation.remove(key);
+        if states.by_key.remove(key).is_some() {
+            self.snapshot.send_replace(Arc::new(states.by_key.clone()));
+        }
+    }
+
+    fn desired(&self, key: &RevisionKey) -> Option<u32> {
+        self.states.lock().unwrap().by_key.get(key).map(|st| st.desired)
     }
 
     pub(crate) fn log_path(&self, key: &RevisionKey, id: u64) -> PathBuf {
@@ -82,9 +120,10 @@ impl Runtime {
         let (snapshot, _) = watch::channel(Arc::new(BTreeMap::new()));
         let shared = Arc::new(Shared {
             logs,
-            states: Mutex::new(BTreeMap::new()),
+            states: Mutex::new(States::default()),
             snapshot,
             in_flight,
+            next_id: AtomicU64::new(0),
         });
         Runtime {
             shared,
@@ -106,12 +145,17 @@ impl Runtime {
     pub fn scale(&self, spec: ProcessSpec, replicas: u32) {
         let mut entries = self.entries.lock().unwrap();
         let key = spec.key.clone();
-        let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
-            spec: Arc::new(spec.clone()),
-            replicas: Vec::new(),
-            next_id: 0,
-            deadline: None,
+        let entry = entries.entry(key.clone()).or_insert_with(|| {
+            let incarnation = self.shared.next_id();
+            self.shared.begin(&key, incarnation);
+            Entry {
+                incarnation,
+                spec: Arc::new(spec.clone()),
+                replicas: Vec::new(),
+                deadline: None,
+            }
         });
+        let incarnation = entry.incarnation;
         if *entry.spec != spec && entry.replicas.is_empty() {
             entry.spec = Arc::new(spec);
         }
@@ -121,31 +165,27 @@ impl Runtime {
             self.start_deadline(entry);
         }
         while entry.replicas.len() < replicas as usize {
-            entry.next_id += 1;
+            let id = self.shared.next_id();
             let (stop, rx) = watch::channel(false);
-            let task = tokio::spawn(replica::run(self.shared.clone(), entry.spec.clone(), entry.next_id, rx));
-            entry.replicas.push(ReplicaHandle {
-                id: entry.next_id,
-                stop,
-                task,
-            });
+            let replica = replica::Replica {
+                shared: self.shared.clone(),
+                spec: entry.spec.clone(),
+                id,
+                incarnation,
+            };
+            let task = tokio::spawn(replica::run(replica, rx));
+            entry.replicas.push(ReplicaHandle { id, stop, task });
         }
         while entry.replicas.len() > replicas as usize {
             let r = entry.replicas.pop().expect("more replicas than wanted");
             // Out of the published snapshot at once, not when its task next runs, so nobody routes to
             // a replica that is already stopping.
-            self.shared.update(&key, |st| st.ready.retain(|x| x.id != r.id));
+            self.shared
+                .update(&key, incarnation, |st| st.ready.retain(|x| x.id != r.id));
             r.stop.send_replace(true);
         }
-        let changed = self
-            .shared
-            .states
-            .lock()
-            .unwrap()
-            .get(&key)
-            .is_none_or(|st| st.desired != replicas);
-        if changed {
-            self.shared.update(&key, |st| st.desired = replicas);
+        if self.shared.desired(&key) != Some(replicas) {
+            self.shared.update(&key, incarnation, |st| st.desired = replicas);
         }
     }
 
@@ -154,18 +194,19 @@ impl Runtime {
         if let Some(d) = entry.deadline.take() {
             d.abort();
         }
-        let (shared, key, deadline) = (
+        let (shared, key, deadline, incarnation) = (
             self.shared.clone(),
             entry.spec.key.clone(),
             entry.spec.progress_deadline,
+            entry.incarnation,
         );
-        shared.update(&key, |st| {
+        shared.update(&key, incarnation, |st| {
             st.deadline_exceeded = false;
             st.ready_since_scale_up = false;
         });
         entry.deadline = Some(tokio::spawn(async move {
             tokio::time::sleep(deadline).await;
-            shared.update(&key, |st| {
+            shared.update(&key, incarnation, |st| {
                 if !st.ready_since_scale_up {
                     st.deadline_exceeded = true;
                 }
@@ -173,22 +214,29 @@ impl Runtime {
         }));
     }
 
-    /// Stops every replica of a revision and forgets it once they are gone.
-    pub async fn remove(&self, key: &RevisionKey) {
+    /// Stops every replica of a revision and forgets it once they are gone. The revision leaves the
+    /// runtime at once (a `scale` of the same name after this call starts a new incarnation); the
+    /// future waits for its replicas to drain and stop.
+    pub fn remove(&self, key: &RevisionKey) -> impl std::future::Future<Output = ()> + Send + 'static {
         let entry = self.entries.lock().unwrap().remove(key);
-        if let Some(entry) = entry {
-            if let Some(d) = entry.deadline {
+        let (shared, key) = (self.shared.clone(), key.clone());
+        if let Some(entry) = &entry {
+            if let Some(d) = &entry.deadline {
                 d.abort();
             }
             for r in &entry.replicas {
-                self.shared.update(key, |st| st.ready.retain(|x| x.id != r.id));
+                shared.update(&key, entry.incarnation, |st| st.ready.retain(|x| x.id != r.id));
                 r.stop.send_replace(true);
             }
-            for r in entry.replicas {
-                let _ = r.task.await;
+        }
+        async move {
+            if let Some(entry) = entry {
+                for r in entry.replicas {
+                    let _ = r.task.await;
+                }
+                shared.forget(&key, entry.incarnation);
             }
         }
-        self.shared.forget(key);
     }
 
     /// The revisions the runtime knows.
@@ -198,8 +246,10 @@ impl Runtime {
 
     /// Stops everything (server shutdown): drains and terminates every replica.
     pub async fn shutdown(&self) {
+        let mut stopping = tokio::task::JoinSet::new();
         for key in self.keys() {
-            self.remove(&key).await;
+            stopping.spawn(self.remove(&key));
         }
+        while stopping.join_next().await.is_some() {}
     }
 }

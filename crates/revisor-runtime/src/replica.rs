@@ -35,7 +35,33 @@ enum Phase {
 /// seen within a millisecond or two, and a slow one costs few probes.
 const FIRST_PROBE_INTERVAL: Duration = Duration::from_millis(1);
 
-pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mut stop: watch::Receiver<bool>) {
+/// One replica of one incarnation of a revision.
+pub(crate) struct Replica {
+    pub shared: Arc<Shared>,
+    pub spec: Arc<ProcessSpec>,
+    pub id: u64,
+    pub incarnation: u64,
+}
+
+impl Replica {
+    /// Changes this replica's revision state, unless its incarnation has ended.
+    fn update(&self, f: impl FnOnce(&mut crate::RevisionState)) {
+        self.shared.update(&self.spec.key, self.incarnation, f)
+    }
+
+    fn fail(&self, reason: &str, message: String) {
+        tracing::warn!(revision = %self.spec.key, reason, "{message}");
+        self.update(|st| {
+            st.last_failure = Some(Failure {
+                reason: reason.into(),
+                message,
+            })
+        });
+    }
+}
+
+pub(crate) async fn run(r: Replica, mut stop: watch::Receiver<bool>) {
+    let (shared, spec, id) = (&r.shared, &r.spec, r.id);
     let key = &spec.key;
     let log = shared.log_path(key, id);
     let mut backoff = MIN_BACKOFF;
@@ -43,7 +69,7 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
         let port = match free_port() {
             Ok(p) => p,
             Err(e) => {
-                fail(&shared, &spec, "PortUnavailable", format!("no free loopback port: {e}"));
+                r.fail("PortUnavailable", format!("no free loopback port: {e}"));
                 if wait_or_stop(&mut stop, backoff).await {
                     break;
                 }
@@ -56,7 +82,7 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start {}: {e}", spec.program.display());
-                fail(&shared, &spec, "ExecFailed", msg);
+                r.fail("ExecFailed", msg);
                 if wait_or_stop(&mut stop, backoff).await {
                     break;
                 }
@@ -65,7 +91,7 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
             }
         };
         let spawned = asked.elapsed();
-        shared.update(key, |st| st.running += 1);
+        r.update(|st| st.running += 1);
         let started = Instant::now();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let phase = match wait_ready(&spec, &mut child, port, &mut stop).await {
@@ -75,7 +101,7 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
                     ready: asked.elapsed(),
                     probes,
                 };
-                shared.update(key, |st| {
+                r.update(|st| {
                     st.last_start = Some(timing);
                     st.ready.push(ReadyReplica { id, addr });
                     st.ever_ready = true;
@@ -90,25 +116,20 @@ pub(crate) async fn run(shared: Arc<Shared>, spec: Arc<ProcessSpec>, id: u64, mu
             }
             other => other,
         };
-        shared.update(key, |st| st.ready.retain(|r| r.id != id));
+        r.update(|st| st.ready.retain(|x| x.id != id));
         match phase {
             Phase::Stopped => {
-                terminate(&shared, &spec, &mut child, addr).await;
-                shared.update(key, |st| st.running -= 1);
+                terminate(shared, spec, &mut child, addr).await;
+                r.update(|st| st.running -= 1);
                 mark(&log, &format!("replica {id} stopped"));
                 return;
             }
             Phase::Exited(status) => {
-                shared.update(key, |st| st.running -= 1);
+                r.update(|st| st.running -= 1);
                 let (reason, how) = describe_exit(&status);
                 mark(&log, &format!("replica {id} {how}"));
                 let output = tail(&log, LOG_TAIL_LINES);
-                fail(
-                    &shared,
-                    &spec,
-                    &reason,
-                    format!("replica {how}; last output:\n{output}"),
-                );
+                r.fail(&reason, format!("replica {how}; last output:\n{output}"));
                 backoff = if started.elapsed() >= STABLE_UPTIME {
                     MIN_BACKOFF
                 } else {
@@ -176,16 +197,6 @@ fn describe_exit(status: &std::io::Result<ExitStatus>) -> (String, String) {
         },
         Err(e) => ("Exited".into(), format!("could not be waited for: {e}")),
     }
-}
-
-fn fail(shared: &Shared, spec: &ProcessSpec, reason: &str, message: String) {
-    tracing::warn!(revision = %spec.key, reason, "{message}");
-    shared.update(&spec.key, |st| {
-        st.last_failure = Some(Failure {
-            reason: reason.into(),
-            message,
-        })
-    });
 }
 
 /// Waits for `d` unless told to stop first; true when stopped.

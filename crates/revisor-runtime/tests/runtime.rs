@@ -206,3 +206,44 @@ async fn a_stopping_replica_waits_for_in_flight_requests() {
     assert!(released.elapsed() < Duration::from_secs(3));
     assert!(TcpStream::connect(addr).is_err(), "the replica is gone after draining");
 }
+
+/// Issue 12: a service deleted while its replica answers a request and applied again at once gets a
+/// revision of the same name. The old replica's drain must not touch the new one's state: before, its
+/// end wiped the new replica from the snapshot, which then showed `0/1` forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revision_made_again_while_its_old_replicas_drain_keeps_its_new_replicas() {
+    let in_flight = Arc::new(AtomicUsize::new(1));
+    let (_d, rt) = runtime(in_flight.clone());
+    rt.scale(spec("again-00001", upstream(), &[]), 1);
+    let old = wait_for(&rt, "again-00001", "ready", |s| s.ready.len() == 1)
+        .await
+        .ready[0]
+        .addr;
+    let key = RevisionKey {
+        namespace: "default".into(),
+        name: "again-00001".into(),
+    };
+    let removing = tokio::spawn({
+        let rt = rt.clone();
+        let key = key.clone();
+        async move { rt.remove(&key).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    rt.scale(spec("again-00001", upstream(), &[]), 1);
+    let st = wait_for(&rt, "again-00001", "a new ready replica", |s| {
+        s.ready.len() == 1 && s.ready[0].addr != old
+    })
+    .await;
+    let new = st.ready[0].addr;
+    // The old replica finishes its request and stops.
+    in_flight.store(0, Ordering::SeqCst);
+    removing.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let now = rt.subscribe().borrow().get(&key).cloned();
+    let now = now.expect("the new revision is still in the snapshot");
+    assert_eq!(now.ready.iter().map(|r| r.addr).collect::<Vec<_>>(), vec![new]);
+    assert_eq!((now.desired, now.running), (1, 1), "{now:?}");
+    let body = tokio::task::spawn_blocking(move || get(new)).await.unwrap();
+    assert!(body.ends_with("again-00001\n"), "{body}");
+    rt.shutdown().await;
+}
