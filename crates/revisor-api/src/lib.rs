@@ -19,7 +19,7 @@ pub mod validate;
 pub use configuration::{Configuration, ConfigurationStatus};
 pub use defaults::Defaults;
 pub use field::{FieldError, FieldErrors, Path};
-pub use meta::{Condition, ConditionStatus, Conditions, ObjectMeta};
+pub use meta::{Condition, ConditionStatus, Conditions, ManagedFieldsEntry, ObjectMeta};
 pub use parse::{cluster_manifest, decode, read_documents, Document, Resource};
 pub use revision::{Revision, RevisionStatus};
 pub use rollout::{Rollout, RolloutSpec, RolloutStatus};

@@ -28,6 +28,28 @@ pub struct ObjectMeta {
     pub finalizers: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_references: Option<Vec<OwnerReference>>,
+    /// Which field manager set which fields, as Kubernetes records it. revisor records the owner of the
+    /// fields that more than one writer sets (a Service's `spec.traffic`: apply, `revisor traffic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_fields: Option<Vec<ManagedFieldsEntry>>,
+}
+
+/// One field manager's fields (Kubernetes' `managedFields` entry, `FieldsV1`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedFieldsEntry {
+    pub manager: String,
+    /// `Apply` or `Update`.
+    pub operation: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "fieldsV1")]
+    pub fields_v1: Option<serde_json::Value>,
 }
 
 impl ObjectMeta {

@@ -426,6 +426,17 @@ impl Rollout {
     pub fn status(&self) -> RolloutStatus {
         self.status.clone().unwrap_or_default()
     }
+
+    /// The status while its service does not exist. What the status said of revisions belonged to
+    /// the service that was deleted: one applied again under the name starts the Rollout afresh (its
+    /// first revision becomes stable).
+    pub fn status_without_service(&self) -> RolloutStatus {
+        RolloutStatus {
+            observed_generation: self.status().observed_generation,
+            message: Some(format!("service {:?} not found", self.spec.service_ref.name)),
+            ..Default::default()
+        }
+    }
 }
 
 impl Analysis {

@@ -36,13 +36,51 @@ pub enum ApplyMode {
     Replace,
 }
 
+/// Who writes, and how: the field manager (`?fieldManager=`), and for an apply whether it takes fields
+/// other managers own (`?force=true`) and whether its manifest declares `spec.traffic` (after defaulting
+/// every Service has traffic, so the request body tells).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    pub mode: ApplyMode,
+    pub manager: String,
+    pub force: bool,
+    pub declares_traffic: bool,
+}
+
+impl Writer {
+    /// `revisor apply`'s writer: manager `revisor`, its manifest declaring traffic or not.
+    pub fn apply(declares_traffic: bool) -> Writer {
+        Writer {
+            mode: ApplyMode::Apply,
+            manager: APPLY_MANAGER.into(),
+            force: false,
+            declares_traffic,
+        }
+    }
+}
+
+/// The field manager of `revisor apply` (as kubectl's is `kubectl`).
+pub const APPLY_MANAGER: &str = "revisor";
+/// The field manager of a replace or create that names none.
+pub const UPDATE_MANAGER: &str = "revisor-update";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("{0}")]
     Invalid(FieldErrors),
+    /// An apply would change a field another field manager set (server-side apply's conflict).
+    #[error("Apply failed with 1 conflict: conflict with \"{manager}\": {field}; {hint}")]
+    FieldConflict {
+        field: &'static str,
+        manager: String,
+        hint: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Internal: aborts a dry run's transaction after every check passed.
+    /// A delete of something still in use.
+    #[error("{0}")]
+    Referenced(String),
     #[error("dry run")]
     DryRun(ApplyOutcome, Box<Service>),
     #[error("dry run")]
@@ -55,24 +93,24 @@ pub enum ApplyError {
 pub fn apply_service(
     store: &Store,
     svc: Service,
-    mode: ApplyMode,
+    writer: &Writer,
     dry_run: bool,
 ) -> Result<(ApplyOutcome, Service), ApplyError> {
     let result = store.write(|tx| {
         let (ns, name) = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
         match tx.get::<Service>(&ns, &name)? {
-            None if mode == ApplyMode::Replace => Err(StoreError::NotFound {
+            None if writer.mode == ApplyMode::Replace => Err(StoreError::NotFound {
                 kind: "Service",
                 key: format!("{ns}/{name}"),
             }
             .into()),
-            None => create(tx, svc),
-            Some(_) if mode == ApplyMode::Create => Err(StoreError::AlreadyExists {
+            None => create(tx, svc, writer),
+            Some(_) if writer.mode == ApplyMode::Create => Err(StoreError::AlreadyExists {
                 kind: "Service",
                 key: format!("{ns}/{name}"),
             }
             .into()),
-            Some(old) => update(tx, old, svc),
+            Some(old) => update(tx, old, svc, writer),
         }
         .and_then(|(outcome, stored)| {
             if dry_run {
@@ -88,8 +126,12 @@ pub fn apply_service(
     }
 }
 
-fn create(tx: &mut Tx, mut svc: Service) -> Result<(ApplyOutcome, Service), ApplyError> {
+fn create(tx: &mut Tx, mut svc: Service, writer: &Writer) -> Result<(ApplyOutcome, Service), ApplyError> {
     check_byo_name(tx, &svc)?;
+    svc.metadata.managed_fields = None;
+    if writer.declares_traffic || writer.mode != ApplyMode::Apply {
+        set_traffic_owner(&mut svc, writer);
+    }
     svc.metadata.generation = Some(1);
     svc.metadata.resource_version = None;
     svc.status = None;
@@ -111,11 +153,16 @@ pub fn rollout_for(tx: &Tx, namespace: &str, service: &str) -> Result<Option<Rol
         .find(|r| r.spec.service_ref.name == service))
 }
 
-fn update(tx: &mut Tx, old: Service, mut svc: Service) -> Result<(ApplyOutcome, Service), ApplyError> {
+fn update(tx: &mut Tx, old: Service, mut svc: Service, writer: &Writer) -> Result<(ApplyOutcome, Service), ApplyError> {
     // A Rollout owns the traffic of its service (as Flagger and Argo Rollouts do): an apply changes
-    // the template, and the Rollout decides where requests go.
-    if rollout_for(tx, &old.metadata.namespace, &old.metadata.name)?.is_some() {
+    // the template, and the Rollout decides where requests go; any other write of traffic is refused.
+    if let Some(r) = rollout_for(tx, &old.metadata.namespace, &old.metadata.name)? {
+        if writer.mode != ApplyMode::Apply && svc.spec.traffic != old.spec.traffic {
+            return Err(ApplyError::Invalid(rollout_owns_traffic(&old, &r)));
+        }
         svc.spec.traffic = old.spec.traffic.clone();
+    } else {
+        take_traffic(&old, &mut svc, writer)?;
     }
     validate_service_update(&old, &svc).map_err(ApplyError::Invalid)?;
     let spec_changed = old.spec != svc.spec;
@@ -128,6 +175,16 @@ fn update(tx: &mut Tx, old: Service, mut svc: Service) -> Result<(ApplyOutcome, 
         check_byo_name(tx, &svc)?;
     }
     let mut next = old.clone();
+    if next.spec.traffic != svc.spec.traffic {
+        if writer.mode == ApplyMode::Apply && !writer.declares_traffic {
+            // The applier's own traffic, left out of its manifest now: back to the default, unowned.
+            next.metadata.managed_fields = None;
+        } else {
+            set_traffic_owner(&mut next, writer);
+        }
+    } else if writer.mode == ApplyMode::Apply && writer.declares_traffic {
+        set_traffic_owner(&mut next, writer);
+    }
     next.spec = svc.spec;
     next.metadata.labels = svc.metadata.labels;
     next.metadata.annotations = svc.metadata.annotations;
@@ -149,6 +206,73 @@ fn update(tx: &mut Tx, old: Service, mut svc: Service) -> Result<(ApplyOutcome, 
         &Event::normal(format!("Service/{name}"), "Updated", format!("Updated Service: {what}")),
     )?;
     Ok((ApplyOutcome::Configured, updated))
+}
+
+/// Why a write of a Rollout-owned service's traffic is refused, and what moves it instead.
+fn rollout_owns_traffic(svc: &Service, r: &Rollout) -> FieldErrors {
+    let mut errs = FieldErrors::default();
+    errs.push(
+        "spec.traffic",
+        format!(
+            "service {:?} is rolled out by Rollout {:?}, which owns its traffic: move it with \
+             `revisor rollout promote|abort|undo|pause|resume {}` (or delete the Rollout first)",
+            svc.metadata.name, r.metadata.name, r.metadata.name
+        ),
+    );
+    errs
+}
+
+/// The field manager that set a service's `spec.traffic`, if one is recorded.
+pub fn traffic_owner(svc: &Service) -> Option<&str> {
+    svc.metadata
+        .managed_fields
+        .as_ref()?
+        .iter()
+        .find(|e| {
+            e.fields_v1
+                .as_ref()
+                .and_then(|f| f.pointer("/f:spec/f:traffic"))
+                .is_some()
+        })
+        .map(|e| e.manager.as_str())
+}
+
+fn set_traffic_owner(svc: &mut Service, writer: &Writer) {
+    let operation = if writer.mode == ApplyMode::Apply {
+        "Apply"
+    } else {
+        "Update"
+    };
+    svc.metadata.managed_fields = Some(vec![revisor_api::ManagedFieldsEntry {
+        manager: writer.manager.clone(),
+        operation: operation.into(),
+        api_version: Some("serving.knative.dev/v1".into()),
+        time: Some(chrono::Utc::now()),
+        fields_type: Some("FieldsV1".into()),
+        fields_v1: Some(serde_json::json!({ "f:spec": { "f:traffic": {} } })),
+    }]);
+}
+
+/// Server-side apply's rule for `spec.traffic`: a manifest that leaves traffic out keeps what another
+/// manager (`revisor traffic`) set; one that declares a different traffic than another manager set
+/// conflicts unless forced. A replace or create takes the field.
+fn take_traffic(old: &Service, svc: &mut Service, writer: &Writer) -> Result<(), ApplyError> {
+    if writer.mode != ApplyMode::Apply {
+        return Ok(());
+    }
+    let Some(owner) = traffic_owner(old).filter(|o| *o != writer.manager) else {
+        return Ok(());
+    };
+    if !writer.declares_traffic {
+        svc.spec.traffic = old.spec.traffic.clone();
+    } else if svc.spec.traffic != old.spec.traffic && !writer.force {
+        return Err(ApplyError::FieldConflict {
+            field: ".spec.traffic",
+            manager: owner.to_string(),
+            hint: "leave traffic out of the manifest to keep it, or apply with --force-conflicts to take it".into(),
+        });
+    }
+    Ok(())
 }
 
 /// A bring-your-own revision name must be free, or name this service's revision of the same template.
@@ -310,9 +434,20 @@ pub fn request_rollout(
                 st.requests.push(a.to_string());
                 if a == "undo" {
                     if let Some(rev) = to_revision {
-                        if tx.get::<Revision>(namespace, rev)?.is_none() {
+                        let service = &r.spec.service_ref.name;
+                        let problem = match tx.get::<Revision>(namespace, rev)? {
+                            None => Some(format!(
+                                "revision {rev:?} does not exist (deleted?); `revisor get revisions` lists service {service:?}'s"
+                            )),
+                            Some(found) if found.service_name() != Some(service.as_str()) => Some(format!(
+                                "revision {rev:?} belongs to service {:?}, not to {service:?}",
+                                found.service_name().unwrap_or("?")
+                            )),
+                            Some(_) => None,
+                        };
+                        if let Some(problem) = problem {
                             let mut errs = FieldErrors::default();
-                            errs.push("toRevision", format!("revision {rev:?} does not exist"));
+                            errs.push("toRevision", problem);
                             return Err(ApplyError::Invalid(errs));
                         }
                         st.undo_to = Some(rev.to_string());
@@ -353,14 +488,35 @@ pub fn delete_service(store: &Store, namespace: &str, name: &str) -> Result<Serv
             tx.delete::<Revision>(namespace, &rev.metadata.name)?;
         }
         tx.clear_events(namespace, name)?;
+        // The Rollout stays (it names the service, as Argo's names its workload), and starts afresh
+        // in the same transaction, so a service applied again at once never meets its old status.
+        if let Some(mut r) = rollout_for(tx, namespace, name)? {
+            r.status = Some(r.status_without_service());
+            tx.update(r)?;
+        }
         Ok(svc)
     })
 }
 
 /// Deletes one Revision. As in Knative, the revision of a configuration's current generation is made
-/// again by the next reconcile; traffic that names a deleted revision reports RevisionMissing.
-pub fn delete_revision(store: &Store, namespace: &str, name: &str) -> Result<Revision, StoreError> {
+/// again by the next reconcile. A revision that traffic, a tag or a Rollout references is kept unless
+/// `force`: deleting it would leave its requests without a revision (503s) or its Rollout without a
+/// stable to go back to.
+pub fn delete_revision(store: &Store, namespace: &str, name: &str, force: bool) -> Result<Revision, ApplyError> {
     store.write(|tx| {
+        let rev = tx
+            .get::<Revision>(namespace, name)?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: "Revision",
+                key: format!("{namespace}/{name}"),
+            })?;
+        let refs = references(tx, &rev)?;
+        if !refs.is_empty() && !force {
+            return Err(ApplyError::Referenced(format!(
+                "revision {name:?} is in use: {}; move traffic away first, or delete it anyway with --force",
+                refs.join("; ")
+            )));
+        }
         let rev = tx.delete::<Revision>(namespace, name)?;
         if let Some(svc) = rev.service_name() {
             tx.record(
@@ -375,4 +531,52 @@ pub fn delete_revision(store: &Store, namespace: &str, name: &str) -> Result<Rev
         }
         Ok(rev)
     })
+}
+
+/// What references a revision: its service's traffic (by name, tag, or as the latest ready revision that
+/// `latestRevision` resolves to) and its Rollout's stable, canary and previous stable.
+fn references(tx: &Tx, rev: &Revision) -> Result<Vec<String>, StoreError> {
+    let (ns, name) = (&rev.metadata.namespace, rev.metadata.name.as_str());
+    let Some(service) = rev.service_name() else {
+        return Ok(vec![]);
+    };
+    let mut refs = Vec::new();
+    if let Some(svc) = tx.get::<Service>(ns, service)? {
+        for (i, t) in svc.spec.traffic().iter().enumerate() {
+            if t.revision_name.as_deref() == Some(name) {
+                let tag = t.tag.as_ref().map(|t| format!(", tag {t:?}")).unwrap_or_default();
+                refs.push(format!(
+                    "service {service:?} sends it {}%{tag} (spec.traffic[{i}])",
+                    t.percent.unwrap_or(0)
+                ));
+            }
+        }
+        let latest = svc.status().traffic.iter().any(|t| {
+            t.latest_revision == Some(true)
+                && t.revision_name.as_deref() == Some(name)
+                && (t.percent.unwrap_or(0) > 0 || t.tag.is_some())
+        });
+        if latest {
+            refs.push(format!(
+                "service {service:?} routes to it as its latest ready revision (latestRevision: true)"
+            ));
+        }
+    }
+    if let Some(r) = rollout_for(tx, ns, service)? {
+        let st = r.status();
+        let roles = [
+            (st.stable_revision, "stable revision"),
+            (st.canary_revision, "canary"),
+            (
+                st.previous_stable_revision,
+                "previous stable revision (what undo goes back to)",
+            ),
+        ];
+        for (rev, role) in roles {
+            if rev.as_deref() == Some(name) {
+                refs.push(format!("it is Rollout {:?}'s {role}", r.metadata.name));
+            }
+        }
+    }
+    Ok(refs)
 }

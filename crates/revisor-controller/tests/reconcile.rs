@@ -5,7 +5,7 @@ use revisor_api::meta::Conditions;
 use revisor_api::{
     admit_service, read_documents, Condition, ConditionStatus, Configuration, Defaults, Revision, Service,
 };
-use revisor_controller::admission::ApplyMode;
+use revisor_controller::admission::{ApplyMode, Writer};
 use revisor_controller::{
     apply_service, delete_revision, reconcile_service, ApplyError, ApplyOutcome, ControllerConfig,
 };
@@ -26,7 +26,8 @@ impl Env {
     fn apply(&self, yaml: &str) -> Result<ApplyOutcome, ApplyError> {
         let doc = &read_documents(yaml).unwrap()[0];
         let svc = admit_service(&doc.value, &Defaults::default()).map_err(ApplyError::Invalid)?;
-        let (outcome, _) = apply_service(&self.store, svc, ApplyMode::Apply, false)?;
+        let declares_traffic = doc.value.pointer("/spec/traffic").is_some();
+        let (outcome, _) = apply_service(&self.store, svc, &Writer::apply(declares_traffic), false)?;
         self.reconcile();
         Ok(outcome)
     }
@@ -233,8 +234,8 @@ fn the_current_revision_is_made_again_after_a_delete() {
     let env = Env::new();
     env.apply(&manifest("img:v1", "")).unwrap();
     env.apply(&manifest("img:v2", "")).unwrap();
-    delete_revision(&env.store, "default", "svc-00002").unwrap();
-    delete_revision(&env.store, "default", "svc-00001").unwrap();
+    delete_revision(&env.store, "default", "svc-00002", false).unwrap();
+    delete_revision(&env.store, "default", "svc-00001", false).unwrap();
     env.reconcile();
     assert_eq!(env.revisions(), ["svc-00002"]);
 }
@@ -330,4 +331,62 @@ fn rollout_duration_moves_traffic_gradually_one_percent_first() {
     );
     let events = env.store.events("default", "svc").unwrap();
     assert!(events.iter().any(|e| e.reason == "GradualRollout"), "{events:?}");
+}
+
+/// Server-side apply's rule for `spec.traffic` (issue 12): what `revisor traffic` set survives an apply
+/// whose manifest leaves traffic out; a manifest declaring other traffic conflicts unless forced; the
+/// applier's own traffic, later left out, goes back to the default.
+#[test]
+fn apply_keeps_traffic_that_another_manager_set() {
+    let env = Env::new();
+    env.apply(&manifest("img:v1", "")).unwrap();
+    env.apply(&manifest("img:v2", "")).unwrap();
+    let split = "  traffic:\n    - revisionName: svc-00001\n      percent: 90\n      tag: old\n    - latestRevision: true\n      percent: 10\n";
+    let write = |yaml: &str, writer: Writer| {
+        let doc = &read_documents(yaml).unwrap()[0];
+        let svc = admit_service(&doc.value, &Defaults::default()).unwrap();
+        apply_service(&env.store, svc, &writer, false).map(|(o, _)| o)
+    };
+    let traffic_cmd = Writer {
+        mode: ApplyMode::Replace,
+        manager: "revisor-traffic".into(),
+        force: false,
+        declares_traffic: true,
+    };
+    assert_eq!(
+        write(&manifest("img:v2", split), traffic_cmd).unwrap(),
+        ApplyOutcome::Configured
+    );
+    let set = env.svc().spec.traffic;
+    assert_eq!(set.as_ref().map(Vec::len), Some(2));
+    assert_eq!(env.apply(&manifest("img:v2", "")).unwrap(), ApplyOutcome::Unchanged);
+    assert_eq!(env.svc().spec.traffic, set);
+    // A template change through apply keeps the traffic too.
+    assert_eq!(env.apply(&manifest("img:v3", "")).unwrap(), ApplyOutcome::Configured);
+    assert_eq!(env.svc().spec.traffic, set);
+
+    let all_latest = "  traffic:\n    - latestRevision: true\n      percent: 100\n";
+    match env.apply(&manifest("img:v3", all_latest)) {
+        Err(ApplyError::FieldConflict { manager, .. }) => assert_eq!(manager, "revisor-traffic"),
+        other => panic!("want a conflict, got {other:?}"),
+    }
+    assert_eq!(env.svc().spec.traffic, set, "a conflict changes nothing");
+    let forced = Writer {
+        force: true,
+        ..Writer::apply(true)
+    };
+    assert_eq!(
+        write(&manifest("img:v3", all_latest), forced).unwrap(),
+        ApplyOutcome::Configured
+    );
+    assert_eq!(env.svc().spec.traffic.map(|t| t.len()), Some(1));
+
+    // Now apply owns traffic: leaving it out again means the default.
+    assert_eq!(env.apply(&manifest("img:v3", split)).unwrap(), ApplyOutcome::Configured);
+    assert_eq!(env.apply(&manifest("img:v3", "")).unwrap(), ApplyOutcome::Configured);
+    let t = env.svc().spec.traffic.unwrap();
+    assert_eq!(
+        (t.len(), t[0].latest_revision, t[0].percent),
+        (1, Some(true), Some(100))
+    );
 }

@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use revisor_api::{admit_service, read_documents, Configuration, Revision, Service};
-use revisor_controller::admission::ApplyMode;
+use revisor_controller::admission::{ApplyMode, Writer};
 use revisor_store::Object;
 use serde_json::{json, Value};
 
@@ -235,14 +235,43 @@ async fn write_service(
 ) -> Result<Response, ApiError> {
     let value = body_document(&headers, body)?;
     let dry_run = dry_run(&params)?;
+    let writer = writer(mode, &params, &value)?;
     let svc = admit(&s, &ns, name.as_deref(), value)?;
     let shown = svc.metadata.name.clone();
     let (outcome, stored) = blocking(move || {
-        revisor_controller::apply_service(&s.store, svc, mode, dry_run)
+        revisor_controller::apply_service(&s.store, svc, &writer, dry_run)
             .map_err(|e| ApiError::from_apply("Service", &shown, e))
     })
     .await?;
     Ok(applied(outcome, stored))
+}
+
+/// The writer of a Service request: `?fieldManager=` (apply's default `revisor`, a replace's or create's
+/// `revisor-update`), `?force=true`, and whether the body declares `spec.traffic`.
+fn writer(mode: ApplyMode, params: &HashMap<String, String>, body: &Value) -> Result<Writer, ApiError> {
+    let manager = match params.get("fieldManager").map(String::as_str) {
+        Some("") => return Err(ApiError::BadRequest("fieldManager must not be empty".into())),
+        Some(m) if m.len() > 128 => {
+            return Err(ApiError::BadRequest(format!(
+                "fieldManager is {} characters long; the limit is 128",
+                m.len()
+            )))
+        }
+        Some(m) => m.to_string(),
+        None if mode == ApplyMode::Apply => revisor_controller::admission::APPLY_MANAGER.into(),
+        None => revisor_controller::admission::UPDATE_MANAGER.into(),
+    };
+    let force = match params.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(ApiError::BadRequest(format!("force={other:?}: want true or false"))),
+    };
+    Ok(Writer {
+        mode,
+        manager,
+        force,
+        declares_traffic: body.pointer("/spec/traffic").is_some_and(|t| !t.is_null()),
+    })
 }
 
 /// An apply's answer: 201 when created, else 200, with the outcome in `revisor-apply-result`.
@@ -312,8 +341,14 @@ pub async fn delete_service(
 pub async fn delete_revision(
     State(s): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
+    Query(p): Params,
 ) -> Result<Json<Value>, ApiError> {
     let n = name.clone();
-    blocking(move || Ok(revisor_controller::delete_revision(&s.store, &ns, &n)?)).await?;
+    let force = p.get("force").is_some_and(|f| f == "true");
+    blocking(move || {
+        revisor_controller::delete_revision(&s.store, &ns, &n, force)
+            .map_err(|e| ApiError::from_apply("Revision", &n, e))
+    })
+    .await?;
     Ok(deleted("revisions", &name))
 }

@@ -29,7 +29,11 @@ pub fn run(client: &Client, service: &str, ns: &str, edit: TrafficEdit) -> Resul
         let mut next = svc.clone();
         next.spec.traffic = Some(traffic);
         next.status = None;
-        match client.put(&path, &serde_json::to_value(&next)?) {
+        // As its own field manager, so a later `revisor apply` of a manifest without traffic keeps it.
+        match client.put(
+            &format!("{path}?fieldManager=revisor-traffic"),
+            &serde_json::to_value(&next)?,
+        ) {
             Ok(_) => {
                 println!("service/{service} traffic updated");
                 for t in next.spec.traffic() {
