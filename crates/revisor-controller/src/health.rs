@@ -12,6 +12,9 @@ use crate::status::same_ignoring_times;
 pub struct RevisionHealth {
     pub namespace: String,
     pub name: String,
+    /// The revision object the report is about: a report about a deleted revision is not written
+    /// into another made since under the same name.
+    pub uid: Option<String>,
     pub desired: u32,
     /// Replicas with a live process.
     pub running: u32,
@@ -23,6 +26,9 @@ pub struct RevisionHealth {
     pub deadline_exceeded: bool,
     /// The autoscaler found the revision idle (Active=False, NoTraffic), replicas or not.
     pub inactive: bool,
+    /// The revision starts at zero (`initial-scale: "0"` where `allow-zero-initial-scale` permits): as in
+    /// Knative it is Ready without a replica, and the first request starts one.
+    pub starts_at_zero: bool,
 }
 
 fn cond(t: &str, s: ConditionStatus, reason: &str, message: &str) -> Condition {
@@ -66,7 +72,7 @@ pub fn revision_status(old: &RevisionStatus, h: &RevisionHealth, now: DateTime<U
         )
     } else if h.desired == 0 {
         let no_traffic = cond("", False, "NoTraffic", "The target is not receiving traffic.");
-        if was_ready {
+        if was_ready || (h.starts_at_zero && h.failure.is_none()) {
             (
                 Condition::truthy(""),
                 Condition::truthy(""),
@@ -128,6 +134,9 @@ pub fn record_health(store: &Store, reports: &[RevisionHealth], now: DateTime<Ut
             let Some(mut rev) = tx.get::<Revision>(&h.namespace, &h.name)? else {
                 continue;
             };
+            if h.uid.is_some() && rev.metadata.uid != h.uid {
+                continue;
+            }
             let old = rev.status();
             let new = revision_status(&old, h, now);
             if same_ignoring_times(&old, &new) {

@@ -554,10 +554,8 @@ impl RolloutController {
         self.load(&r);
         let (ns, name) = (r.metadata.namespace.clone(), r.metadata.name.clone());
         let Some(svc) = self.world.service(&ns, &r.spec.service_ref.name)? else {
-            let mut st = r.status();
-            let msg = format!("service {:?} not found", r.spec.service_ref.name);
-            if st.message.as_deref() != Some(msg.as_str()) {
-                st.message = Some(msg);
+            let st = r.status_without_service();
+            if r.status.as_ref() != Some(&st) {
                 self.world.commit(Commit {
                     rollout: &r,
                     status: &st,

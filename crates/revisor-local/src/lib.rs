@@ -102,6 +102,9 @@ struct Known {
     reported: BTreeMap<RevisionKey, RevisionHealth>,
     /// Replicas last asked of the runtime.
     replicas: HashMap<RevisionKey, u32>,
+    /// The uid of the revision each runtime entry runs: a revision deleted and made again under the
+    /// same name (a service deleted and applied again) is another object, whose replicas start afresh.
+    uids: HashMap<RevisionKey, Option<String>>,
     /// The targets last published per service (namespace, service).
     published: HashMap<(String, String), Vec<RoutedTarget>>,
 }
@@ -260,7 +263,7 @@ fn decider_spec(rev: &revisor_api::Revision, cfg: &LocalConfig) -> Option<Decide
 }
 
 /// What a needed revision runs before the autoscaler takes it over: its initial scale (at least one,
-/// so it can become ready), within min and max scale.
+/// so it can become ready, unless zero is allowed and asked for), within min and max scale.
 fn initial_replicas(rev: &revisor_api::Revision, cfg: &LocalConfig) -> u32 {
     let annotations = rev.metadata.annotations_map();
     let limits = cfg.autoscaler.annotation_limits();
@@ -271,7 +274,8 @@ fn initial_replicas(rev: &revisor_api::Revision, cfg: &LocalConfig) -> u32 {
     if max > 0 {
         n = n.min(max);
     }
-    n.clamp(1, u32::MAX as i64) as u32
+    let least = if c.allow_zero_initial_scale { 0 } else { 1 };
+    n.clamp(least, u32::MAX as i64) as u32
 }
 
 /// Replicas to run: none unless the controller needs the revision; for a routed one, the autoscaler's
@@ -308,6 +312,11 @@ fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], sna
     for d in &desired.revisions {
         let key = key_of(&d.revision.metadata.namespace, &d.revision.metadata.name);
         wanted.push(key.clone());
+        let uid = d.revision.metadata.uid.clone();
+        if known.uids.get(&key).is_some_and(|u| *u != uid) {
+            forget(inner, known, &key);
+        }
+        known.uids.insert(key.clone(), uid);
         match process_spec(&d.revision, &inner.config) {
             Ok((spec, protocol)) => {
                 known.unrunnable.remove(&key);
@@ -332,12 +341,17 @@ fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], sna
     }
     inner.autoscaling.retain(|k| managed.contains(k));
     for key in inner.runtime.keys().into_iter().filter(|k| !wanted.contains(k)) {
-        let runtime = inner.runtime.clone();
-        known.protocols.remove(&key);
-        known.reported.remove(&key);
-        known.replicas.remove(&key);
-        tokio::spawn(async move { runtime.remove(&key).await });
+        forget(inner, known, &key);
+        known.uids.remove(&key);
     }
+}
+
+/// Stops a revision's replicas (they drain in the background) and forgets what was known of it.
+fn forget(inner: &Inner, known: &mut Known, key: &RevisionKey) {
+    known.protocols.remove(key);
+    known.reported.remove(key);
+    known.replicas.remove(key);
+    tokio::spawn(inner.runtime.remove(key));
 }
 
 /// The gateway's routes: the effective traffic, with each revision's ready replicas.
@@ -449,6 +463,7 @@ async fn report(inner: &Arc<Inner>, desired: &DesiredState, snapshot: &Snapshot,
         let h = RevisionHealth {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
+            uid: d.revision.metadata.uid.clone(),
             desired: known.replicas.get(&key).copied().unwrap_or(0),
             inactive: inner.autoscaling.inactive(&key),
             running: st.running,
@@ -459,6 +474,7 @@ async fn report(inner: &Arc<Inner>, desired: &DesiredState, snapshot: &Snapshot,
                 .map(|u| (u.reason.to_string(), u.message.clone())),
             failure: st.last_failure.map(|f| (f.reason, f.message)),
             deadline_exceeded: st.deadline_exceeded,
+            starts_at_zero: initial_replicas(&d.revision, &inner.config) == 0,
         };
         if known.reported.get(&key) != Some(&h) {
             known.reported.insert(key, h.clone());
