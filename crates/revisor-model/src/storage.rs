@@ -57,13 +57,13 @@ pub fn fetch(uri: &str, sha256: Option<&str>, cache: &Path) -> Result<PathBuf, L
     let path = if remote {
         download(uri, want.as_deref(), cache)?
     } else if let Some(rest) = uri.strip_prefix("file://") {
-        PathBuf::from(rest)
+        local(rest).map_err(err)?
     } else if uri.contains("://") {
         return Err(err(
             "unsupported storage URI: use a path, file://, http:// or https://".into()
         ));
     } else {
-        PathBuf::from(uri)
+        local(uri).map_err(err)?
     };
     if let (Some(w), false) = (&want, remote) {
         let got = file_digest(&path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
@@ -72,6 +72,25 @@ pub fn fetch(uri: &str, sha256: Option<&str>, cache: &Path) -> Result<PathBuf, L
         }
     }
     Ok(path)
+}
+
+/// A local model file as an absolute path; when it cannot be read, the error says where it looked and,
+/// for a relative path, what it was relative to.
+fn local(given: &str) -> Result<PathBuf, String> {
+    let path = Path::new(given);
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let abs = cwd.join(path);
+    match std::fs::metadata(&abs) {
+        Ok(_) => Ok(abs),
+        Err(e) if path.is_relative() => Err(format!(
+            "cannot read {}: {e} ({given:?} is relative to the model server's working directory {}: a \
+             revision's replicas run in its container's workingDir, else where `revisor serve` was \
+             started; give an absolute path, or an http(s):// URL with --sha256)",
+            abs.display(),
+            cwd.display()
+        )),
+        Err(e) => Err(format!("cannot read {}: {e}", abs.display())),
+    }
 }
 
 fn download(uri: &str, want: Option<&str>, cache: &Path) -> Result<PathBuf, LoadError> {
@@ -122,4 +141,29 @@ fn download(uri: &str, want: Option<&str>, cache: &Path) -> Result<PathBuf, Load
         .map_err(|e| err(format!("cannot write the cache: {e}")))?;
     std::fs::rename(&tmp, &target).map_err(|e| err(format!("cannot write the cache: {e}")))?;
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_relative_model_says_where_it_looked_and_relative_to_what() {
+        let cache = tempfile::tempdir().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        for uri in ["no-such-iris-v1.onnx", "file://no-such-iris-v1.onnx"] {
+            let e = fetch(uri, None, cache.path()).unwrap_err().to_string();
+            let abs = cwd.join("no-such-iris-v1.onnx");
+            assert!(e.contains(&abs.display().to_string()), "{e}");
+            assert!(e.contains("relative to the model server's working directory"), "{e}");
+            assert!(e.contains("workingDir"), "{e}");
+        }
+        let e = fetch("/no/such/model.onnx", None, cache.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot read /no/such/model.onnx") && !e.contains("relative"),
+            "{e}"
+        );
+    }
 }
