@@ -24,8 +24,13 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     let store_path = cfg.data_dir.join(STORE_FILE);
     let store =
         Store::open(&store_path).with_context(|| "is another `revisor serve` using this data dir? pass --data-dir")?;
-    let gateway_listener = std::net::TcpListener::bind(cfg.gateway_addr)
-        .with_context(|| format!("binding the gateway to {}", cfg.gateway_addr))?;
+    let gateway_listener = std::net::TcpListener::bind(cfg.gateway_addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "gateway address {} is in use: pass --gateway-addr (or set gateway-addr under [server] in revisor.toml)",
+            cfg.gateway_addr
+        ),
+        _ => anyhow::Error::new(e).context(format!("binding the gateway to {}", cfg.gateway_addr)),
+    })?;
     let gateway_addr = gateway_listener.local_addr()?;
     let (admin_listener, admin_addr) = bind_admin(cfg.admin_addr).await?;
 
@@ -137,9 +142,12 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
 
 /// The admin API's listener, with a warning when it is reachable beyond loopback.
 async fn bind_admin(addr: std::net::SocketAddr) -> Result<(TcpListener, std::net::SocketAddr)> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the admin API to {addr}"))?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "admin API address {addr} is in use: pass --admin-addr (or set admin-addr under [server] in revisor.toml)"
+        ),
+        _ => anyhow::Error::new(e).context(format!("binding the admin API to {addr}")),
+    })?;
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         tracing::warn!("the admin API listens on {bound}, beyond loopback, and has no authentication");
