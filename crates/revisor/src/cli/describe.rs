@@ -4,10 +4,15 @@ use anyhow::Result;
 use revisor_api::{Condition, Revision, Service};
 use serde_json::Value;
 
-use super::{print_value, table, Kind, Output};
+use super::{print_value, table, Kind, ObjectOutput, Output};
 use crate::client::{Client, SERVING};
 
-pub fn run(client: &Client, kind: Kind, name: &str, ns: &str) -> Result<()> {
+/// Describes the object, or with `output` prints it as YAML or JSON.
+pub fn run(client: &Client, kind: Kind, name: &str, ns: &str, output: Option<ObjectOutput>) -> Result<()> {
+    if let Some(output) = output {
+        let v: Value = client.get(&format!("{}/namespaces/{ns}/{}/{name}", kind.base(), kind.plural()))?;
+        return print_value(&v, output.into());
+    }
     match kind {
         Kind::Services => service(client, name, ns),
         Kind::Revisions => revision(client, name, ns),

@@ -11,7 +11,7 @@ mod traffic;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::client::Client;
 use crate::config::{ServeFlags, ServerConfig, DEFAULT_ADMIN_ADDR};
@@ -23,11 +23,16 @@ use crate::config::{ServeFlags, ServerConfig, DEFAULT_ADMIN_ADDR};
     about = "Knative-style revisions and progressive delivery for ML models, in one binary"
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--server`, on the commands that talk to the admin API (and, through `rollout`, its subcommands).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArg {
     /// The revisor server to talk to.
     #[arg(long, global = true, env = "REVISOR_SERVER", default_value_t = format!("http://{DEFAULT_ADMIN_ADDR}"))]
     pub server: String,
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +109,7 @@ pub enum Command {
     },
     /// Write the example models (tabular v1, v2 and a faulty v3) into a directory.
     ExampleModels {
+        /// The directory to write them into (created if missing).
         #[arg(long, default_value = "models")]
         out: PathBuf,
     },
@@ -112,6 +118,7 @@ pub enum Command {
         /// Manifest files; `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
+        /// Namespace of objects that name none; an object naming another one is refused.
         #[arg(short, long)]
         namespace: Option<String>,
         /// Check everything on the server, change nothing.
@@ -123,36 +130,65 @@ pub enum Command {
         /// Take fields that another field manager owns (with --backend knative; as kubectl's).
         #[arg(long)]
         force_conflicts: bool,
+        #[command(flatten)]
+        server: ServerArg,
     },
-    /// List services or revisions.
+    /// List services, revisions or Rollouts.
     Get {
+        /// What to list: services (ksvc, svc), revisions (rev) or rollouts (ro).
         kind: Kind,
+        /// Only this one.
         name: Option<String>,
+        /// The namespace to look in.
         #[arg(short, long, default_value = "default")]
         namespace: String,
         /// Every namespace.
         #[arg(short = 'A', long)]
         all_namespaces: bool,
+        /// Only objects with these labels: key=value[,key=value].
+        #[arg(short = 'l', long, conflicts_with = "name")]
+        selector: Option<String>,
+        /// After the list, keep printing objects as they change (every second), until interrupted.
+        #[arg(short, long)]
+        watch: bool,
+        /// A table, or the objects as YAML or JSON.
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        #[command(flatten)]
+        server: ServerArg,
     },
-    /// Show a service in detail.
+    /// Show a service, a revision or a Rollout in detail.
     Describe {
+        /// What to show: a service (ksvc, svc), a revision (rev) or a rollout (ro).
         kind: Kind,
+        /// Its name.
         name: String,
+        /// Its namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Print the object as YAML or JSON instead of the description.
+        #[arg(short, long, value_enum)]
+        output: Option<ObjectOutput>,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Delete a service (with its revisions) or one revision.
     Delete {
+        /// What to delete: a service (ksvc, svc), a revision (rev) or a rollout (ro).
         kind: Kind,
+        /// Its name.
         name: String,
+        /// Its namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Change a service's traffic split and tags, kn-style.
     Traffic {
+        /// The service.
         service: String,
+        /// Its namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
         /// REF=PERCENT, where REF is a revision, a tag or @latest; one target left out gets the rest.
@@ -164,15 +200,21 @@ pub enum Command {
         /// Remove a tag.
         #[arg(long = "untag", value_delimiter = ',')]
         untags: Vec<String>,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Show the output of a revision's replicas.
     Logs {
+        /// The revision.
         revision: String,
+        /// Its namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
         /// Keep printing new output.
         #[arg(short, long)]
         follow: bool,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Show the whole thing in a minute or two: a model rolled out to live traffic, a canary
     /// promoted on live metrics, a faulty one rolled back by itself. Needs nothing else running.
@@ -185,10 +227,14 @@ pub enum Command {
         files: Vec<PathBuf>,
         /// A service to export from the server, with its Rollout.
         service: Option<String>,
+        /// The namespace of the service, and of manifest objects that name none.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// What to write.
         #[arg(long, value_enum, default_value_t = export::Format::Knative)]
         format: export::Format,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Print the Rollout CustomResourceDefinition (rollouts.revisor.dev) for `kubectl apply`.
     Crd,
@@ -196,29 +242,79 @@ pub enum Command {
     Rollout {
         #[command(subcommand)]
         command: rollout::RolloutCommand,
+        #[command(flatten)]
+        server: ServerArg,
     },
     /// Show a service's events.
     Events {
+        /// The service.
         service: String,
+        /// Its namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// A table, or the events as YAML or JSON.
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+        #[command(flatten)]
+        server: ServerArg,
     },
+    /// Print a shell completion script: `source <(revisor completions bash)`, or save it where the
+    /// shell loads completions from.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Command {
+    /// The admin API a command talks to, or `None` for one that talks to no server.
+    pub fn server(&self) -> Option<&str> {
+        match self {
+            Command::Apply { server, .. }
+            | Command::Get { server, .. }
+            | Command::Describe { server, .. }
+            | Command::Delete { server, .. }
+            | Command::Traffic { server, .. }
+            | Command::Logs { server, .. }
+            | Command::Export { server, .. }
+            | Command::Rollout { server, .. }
+            | Command::Events { server, .. } => Some(&server.server),
+            Command::Serve { .. }
+            | Command::ModelServer { .. }
+            | Command::ExampleModels { .. }
+            | Command::Demo
+            | Command::Crd
+            | Command::Completions { .. } => None,
+        }
+    }
+
+    /// Whether the command runs a server, which must outlive clients that hang up on it.
+    pub fn is_server(&self) -> bool {
+        matches!(
+            self,
+            Command::Serve { .. } | Command::ModelServer { .. } | Command::Demo
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EngineArg {
+    /// tract, built into revisor.
     Tract,
+    /// ONNX Runtime, loaded from --onnxruntime-lib.
     Onnxruntime,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Kind {
+    /// Knative Services (also service, ksvc, svc).
     #[value(alias = "service", alias = "ksvc", alias = "svc")]
     Services,
+    /// Revisions (also revision, rev).
     #[value(alias = "revision", alias = "rev")]
     Revisions,
+    /// Rollouts (also rollout, ro).
     #[value(alias = "rollout", alias = "ro")]
     Rollouts,
 }
@@ -251,9 +347,30 @@ pub enum BackendArg {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Output {
+    /// Aligned columns.
     Table,
+    /// The objects as YAML.
     Yaml,
+    /// The objects as JSON.
     Json,
+}
+
+/// What `describe` and `rollout status` print instead of their text: the object itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ObjectOutput {
+    /// The object as YAML.
+    Yaml,
+    /// The object as JSON.
+    Json,
+}
+
+impl From<ObjectOutput> for Output {
+    fn from(o: ObjectOutput) -> Output {
+        match o {
+            ObjectOutput::Yaml => Output::Yaml,
+            ObjectOutput::Json => Output::Json,
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -333,6 +450,10 @@ pub fn run(cli: Cli) -> Result<()> {
             return crate::model_server::run(&source, name, version, host, *port, batching);
         }
         Command::ExampleModels { out } => return crate::model_server::write_examples(out),
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "revisor", &mut std::io::stdout().lock());
+            return Ok(());
+        }
         Command::Demo => return crate::demo::run(),
         Command::Crd => {
             print!("{}", serde_yaml::to_string(&revisor_api::rollout::crd())?);
@@ -343,6 +464,7 @@ pub fn run(cli: Cli) -> Result<()> {
             service: None,
             namespace,
             format,
+            server: _,
         } => {
             let objects = export::objects(None, files, None, namespace)?;
             print!("{}", export::render(&objects, *format)?);
@@ -350,13 +472,18 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         _ => {}
     }
-    let client = Client::new(&cli.server)?;
+    let client = Client::new(
+        cli.command
+            .server()
+            .expect("commands without a server are handled above"),
+    )?;
     match cli.command {
         Command::Serve { .. }
         | Command::ModelServer { .. }
         | Command::ExampleModels { .. }
         | Command::Demo
-        | Command::Crd => {
+        | Command::Crd
+        | Command::Completions { .. } => {
             unreachable!("handled above")
         }
         Command::Apply {
@@ -365,6 +492,7 @@ pub fn run(cli: Cli) -> Result<()> {
             dry_run,
             no_wait,
             force_conflicts,
+            server: _,
         } => apply::run(
             &client,
             &files,
@@ -380,13 +508,33 @@ pub fn run(cli: Cli) -> Result<()> {
             name,
             namespace,
             all_namespaces,
+            selector,
+            watch,
             output,
+            server: _,
         } => {
             let ns = if all_namespaces { None } else { Some(namespace.as_str()) };
-            get::run(&client, kind, name.as_deref(), ns, output)
+            let query = get::Query {
+                kind,
+                name: name.as_deref(),
+                ns,
+                selector: get::selector(selector.as_deref())?,
+            };
+            get::run(&client, &query, output, watch)
         }
-        Command::Describe { kind, name, namespace } => describe::run(&client, kind, &name, &namespace),
-        Command::Delete { kind, name, namespace } => {
+        Command::Describe {
+            kind,
+            name,
+            namespace,
+            output,
+            server: _,
+        } => describe::run(&client, kind, &name, &namespace, output),
+        Command::Delete {
+            kind,
+            name,
+            namespace,
+            server: _,
+        } => {
             let plural = kind.plural();
             client.delete(&format!("{}/namespaces/{namespace}/{plural}/{name}", kind.base()))?;
             println!("{}/{name} deleted", &plural[..plural.len() - 1]);
@@ -398,6 +546,7 @@ pub fn run(cli: Cli) -> Result<()> {
             traffic,
             tags,
             untags,
+            server: _,
         } => traffic::run(
             &client,
             &service,
@@ -408,6 +557,7 @@ pub fn run(cli: Cli) -> Result<()> {
             revision,
             namespace,
             follow,
+            server: _,
         } => {
             let path = format!(
                 "{}/namespaces/{namespace}/revisions/{revision}/log?follow={follow}",
@@ -419,18 +569,20 @@ pub fn run(cli: Cli) -> Result<()> {
             service,
             namespace,
             output,
+            server: _,
         } => describe::events(&client, &service, &namespace, output),
         Command::Export {
             files,
             service,
             namespace,
             format,
+            server: _,
         } => {
             let objects = export::objects(Some(&client), &files, service.as_deref(), &namespace)?;
             print!("{}", export::render(&objects, format)?);
             Ok(())
         }
-        Command::Rollout { command } => {
+        Command::Rollout { command, server: _ } => {
             let code = rollout::run(&client, command)?;
             if code != 0 {
                 use std::io::Write;
@@ -454,4 +606,88 @@ pub fn print_value(v: &serde_json::Value, output: Output) -> Result<()> {
         _ => print!("{}", serde_yaml::to_string(v)?),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command and every argument says what it is for in `--help` (clap's own help and version
+    /// flags aside).
+    #[test]
+    fn every_command_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("`{path}` argument {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("`{path}`"));
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "revisor", &mut missing);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn only_commands_that_talk_to_a_server_take_server() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let takes = |path: &[&str]| {
+            let mut c = &cmd;
+            for name in path {
+                c = c.find_subcommand(name).unwrap();
+            }
+            c.get_arguments().any(|a| a.get_id() == "server")
+        };
+        for path in [
+            &["apply"][..],
+            &["get"],
+            &["describe"],
+            &["delete"],
+            &["traffic"],
+            &["logs"],
+            &["events"],
+            &["export"],
+            &["rollout"],
+            &["rollout", "status"],
+            &["rollout", "undo"],
+        ] {
+            assert!(takes(path), "{path:?} has no --server");
+        }
+        for path in [
+            &["serve"][..],
+            &["model-server"],
+            &["demo"],
+            &["example-models"],
+            &["crd"],
+            &["completions"],
+        ] {
+            assert!(!takes(path), "{path:?} has --server");
+        }
+        assert!(!cmd.get_arguments().any(|a| a.get_id() == "server"));
+    }
+
+    #[test]
+    fn server_goes_before_or_after_a_rollout_subcommand() {
+        for args in [
+            &["revisor", "rollout", "--server", "http://h:1", "status", "r"][..],
+            &["revisor", "rollout", "status", "r", "--server", "http://h:1"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert_eq!(cli.command.server(), Some("http://h:1"), "{args:?}");
+        }
+    }
 }

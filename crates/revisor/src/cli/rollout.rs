@@ -7,19 +7,26 @@ use anyhow::Result;
 use revisor_api::rollout::{phase, Rollout, RunStep};
 use serde_json::{json, Value};
 
-use super::table;
+use super::{table, ObjectOutput};
 use crate::client::{Client, ROLLOUTS};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum RolloutCommand {
     /// The rollout's phase, step, weights and latest measurements.
-    Status(Target),
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// Print the Rollout as YAML or JSON instead.
+        #[arg(short, long, value_enum)]
+        output: Option<ObjectOutput>,
+    },
     /// Follow the rollout until it ends: exit 0 when promoted, 1 when rolled back or failed.
     Watch(Target),
     /// Skip the current step (an open pause ends); with --full, promote the canary now.
     Promote {
         #[command(flatten)]
         target: Target,
+        /// Skip every remaining step and analysis: the canary takes all traffic now.
         #[arg(long)]
         full: bool,
     },
@@ -35,6 +42,7 @@ pub enum RolloutCommand {
     Undo {
         #[command(flatten)]
         target: Target,
+        /// The revision to move all traffic to, instead of the previous stable one.
         #[arg(long)]
         to_revision: Option<String>,
     },
@@ -42,7 +50,9 @@ pub enum RolloutCommand {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
+    /// The Rollout.
     pub name: String,
+    /// Its namespace.
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
 }
@@ -53,9 +63,14 @@ fn path(t: &Target) -> String {
 
 pub fn run(client: &Client, cmd: RolloutCommand) -> Result<i32> {
     let (target, action, body) = match &cmd {
-        RolloutCommand::Status(t) => {
-            let r: Rollout = client.get(&path(t))?;
-            print!("{}", status_text(&r));
+        RolloutCommand::Status { target, output } => {
+            if let Some(output) = output {
+                let v: Value = client.get(&path(target))?;
+                super::print_value(&v, (*output).into())?;
+            } else {
+                let r: Rollout = client.get(&path(target))?;
+                print!("{}", status_text(&r));
+            }
             return Ok(0);
         }
         RolloutCommand::Watch(t) => return watch(client, t),
@@ -217,15 +232,11 @@ fn watch(client: &Client, t: &Target) -> Result<i32> {
     }
 }
 
-/// `revisor get rollouts`: NAME SERVICE STABLE CANARY WEIGHT PHASE STEP AGE.
-pub fn table(items: Vec<Value>, all_ns: bool) -> Result<()> {
-    if items.is_empty() {
-        println!("No rollouts found.");
-        return Ok(());
-    }
+/// The table of `revisor get rollouts`: NAME SERVICE STABLE CANARY WEIGHT PHASE STEP AGE, one row per item.
+pub fn rows(items: &[Value], all_ns: bool) -> Result<(Vec<&'static str>, Vec<Vec<String>>)> {
     let mut rows = Vec::new();
     for v in items {
-        let r: Rollout = serde_json::from_value(v)?;
+        let r: Rollout = serde_json::from_value(v.clone())?;
         let st = r.status();
         let mut row = vec![
             r.metadata.name.clone(),
@@ -246,6 +257,5 @@ pub fn table(items: Vec<Value>, all_ns: bool) -> Result<()> {
     if all_ns {
         headers.insert(0, "NAMESPACE");
     }
-    table::print(&headers, &rows);
-    Ok(())
+    Ok((headers, rows))
 }

@@ -11,28 +11,37 @@ pub fn print(headers: &[&str], rows: &[Vec<String>]) {
 
 /// [`print`] into a buffer.
 pub fn write(buf: &mut Vec<u8>, headers: &[&str], rows: &[Vec<String>]) {
+    let widths = widths(headers, rows);
+    buf.extend_from_slice(line(&widths, headers).as_bytes());
+    for row in rows {
+        buf.extend_from_slice(line(&widths, row).as_bytes());
+    }
+}
+
+/// The width of each column: its widest cell.
+pub fn widths(headers: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let mut line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}   ", w = *w));
-            }
+    widths
+}
+
+/// One line of a table whose columns are `widths` wide (a wider cell pushes the rest right).
+pub fn line(widths: &[usize], cells: &[impl AsRef<str>]) -> String {
+    let mut out = String::new();
+    for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        if i + 1 == cells.len() {
+            out.push_str(cell.as_ref());
+        } else {
+            out.push_str(&format!("{:<w$}   ", cell.as_ref(), w = *w));
         }
-        buf.extend_from_slice(out.trim_end().as_bytes());
-        buf.push(b'\n');
-    };
-    line(headers.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
     }
+    let mut out = out.trim_end().to_string();
+    out.push('\n');
+    out
 }
 
 /// `45s`, `3m`, `5h`, `2d` since `t`.
