@@ -13,6 +13,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = cli::Cli::parse();
+    if !cli.command.is_server() {
+        die_quietly_when_output_is_closed();
+    }
     if let Err(e) = cli::run(cli) {
         if is_broken_pipe(&e) {
             return;
@@ -27,4 +30,15 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// `revisor get services | head -1`: once the reader of standard output is gone, end the way a Unix tool
+/// does, killed by SIGPIPE without a word, instead of panicking in `println!` (Rust ignores SIGPIPE, so a
+/// write to a closed pipe is an error, and the print macros panic on it). Servers keep ignoring it: their
+/// clients hang up all the time.
+fn die_quietly_when_output_is_closed() {
+    // SAFETY: only restores the default action of SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }
