@@ -279,8 +279,20 @@ fn initial_replicas(rev: &revisor_api::Revision, cfg: &LocalConfig) -> u32 {
 }
 
 /// Replicas to run: none unless the controller needs the revision; for a routed one, the autoscaler's
-/// answer; otherwise its initial scale.
+/// answer; otherwise its initial scale. Never fewer than the Rollout's floor (the stable revision
+/// during a rollout, the previous stable within its rollback window), whatever the autoscaler says,
+/// so `rollout undo` switches to a warm revision.
 fn replicas_for(
+    inner: &Inner,
+    d: &revisor_controller::DesiredRevision,
+    effective: &[ServiceRoutes],
+    snapshot: &Snapshot,
+    key: &RevisionKey,
+) -> u32 {
+    autoscaled_replicas(inner, d, effective, snapshot, key).max(d.min_replicas)
+}
+
+fn autoscaled_replicas(
     inner: &Inner,
     d: &revisor_controller::DesiredRevision,
     effective: &[ServiceRoutes],
@@ -292,7 +304,11 @@ fn replicas_for(
     }
     let initial = initial_replicas(&d.revision, &inner.config);
     match decider_spec(&d.revision, &inner.config) {
-        Some(spec) if routed(effective, key) => {
+        Some(mut spec) if routed(effective, key) => {
+            // The floor is the autoscaler's minimum too, so it never takes the revision to zero
+            // meanwhile: when the floor goes (an undo makes the warm revision stable), the revision
+            // is still running and serves at once.
+            spec.min_scale = spec.min_scale.max(d.min_replicas);
             let running = snapshot
                 .get(key)
                 .map(|s| s.desired)

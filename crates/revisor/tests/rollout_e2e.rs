@@ -689,3 +689,83 @@ spec:
     let msg = rollout_json(&s)["status"]["message"].as_str().unwrap().to_string();
     assert!(msg.contains("model-quality = 0.420"), "{msg}");
 }
+
+/// Issue 13: after a promotion the previous stable revision keeps a ready replica for the rollback
+/// window whatever the autoscaler says. Without min-scale and with short autoscaler windows, it used
+/// to scale to zero after the stable window and grace period, so `undo` cold-started it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_previous_stable_revision_stays_warm_past_the_stable_window_and_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[autoscaler]\nstable-window = \"6s\"\nscale-to-zero-grace-period = \"6s\"\n";
+    let server = Server::start_with(&dir.path().join("data"), "127.0.0.1:0", Some(config));
+    let s = server.admin.clone();
+    let rollout = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: web
+spec:
+  serviceRef:
+    name: web
+  rollbackWindow: 10m
+  strategy:
+    canary:
+      steps:
+        - setWeight: 50
+";
+    apply(
+        &s,
+        dir.path(),
+        "v1.yaml",
+        &upstream_service("web", &[("VERSION", "v1")], &[], ""),
+    );
+    apply(&s, dir.path(), "rollout.yaml", rollout);
+    wait_until("stable", Duration::from_secs(20), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00001"
+    });
+    apply(
+        &s,
+        dir.path(),
+        "v2.yaml",
+        &upstream_service("web", &[("VERSION", "v2")], &[], ""),
+    );
+    wait_until("promoted", Duration::from_secs(30), || {
+        rollout_json(&s)["status"]["stableRevision"] == "web-00002"
+    });
+    let replicas = |rev: &str| {
+        let v: serde_json::Value = serde_json::from_str(&ok(&s, &["get", "revision", rev, "-o", "json"])).unwrap();
+        v["status"]["actualReplicas"].as_i64().unwrap_or(-1)
+    };
+    // Idle past the stable window (6 s) and the grace period (6 s), with room to spare.
+    tokio::time::sleep(Duration::from_secs(18)).await;
+    assert_eq!(replicas("web-00001"), 1, "the previous stable revision is warm");
+    let cold = || {
+        ok(&s, &["events", "web"])
+            .lines()
+            .filter(|l| l.contains("ColdStart") && l.contains("Revision/web-00001"))
+            .count()
+    };
+    let cold_before = cold();
+    let c = http_client();
+    let t0 = std::time::Instant::now();
+    ok(&s, &["rollout", "undo", "web"]);
+    loop {
+        let (code, body) = get(&c, server.gateway_addr(), "web.default.localhost", &[])
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        if body.trim() == "web-00001" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "undo never moved traffic");
+    }
+    eprintln!(
+        "undo: all traffic on the warm revision {:?} after the command started",
+        t0.elapsed()
+    );
+    assert_eq!(
+        cold(),
+        cold_before,
+        "undo went to a warm replica, no cold start:\n{}",
+        ok(&s, &["events", "web"])
+    );
+}
