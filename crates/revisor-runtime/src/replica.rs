@@ -78,7 +78,7 @@ pub(crate) async fn run(r: Replica, mut stop: watch::Receiver<bool>) {
         };
         mark(&log, &format!("replica {id} starting on port {port}"));
         let asked = Instant::now();
-        let mut child = match spawn(&spec, port, &log) {
+        let mut child = match spawn(spec, port, &log) {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start {}: {e}", spec.program.display());
@@ -94,7 +94,7 @@ pub(crate) async fn run(r: Replica, mut stop: watch::Receiver<bool>) {
         r.update(|st| st.running += 1);
         let started = Instant::now();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let phase = match wait_ready(&spec, &mut child, port, &mut stop).await {
+        let phase = match wait_ready(spec, &mut child, port, &mut stop).await {
             Phase::Ready(probes) => {
                 let timing = StartTiming {
                     spawn: spawned,

@@ -109,10 +109,35 @@ fn namespace_of(in_manifest: &str, flag: Option<&str>) -> Result<String, String>
     }
 }
 
+/// How long `revisor apply` waits after writing a service.
+pub enum Wait {
+    /// Not at all (`--no-wait`).
+    No,
+    /// Until the controller has observed the new generation, so a following `get` sees its revisions
+    /// (the default: quick, and what kubectl users expect of apply).
+    Observed,
+    /// Until the service is Ready, at most this long (`--wait`, as kn waits).
+    Ready(Duration),
+}
+
+impl Wait {
+    /// From `--wait [--timeout D]` and `--no-wait`.
+    pub fn from_flags(wait: bool, no_wait: bool, timeout: &str) -> Result<Wait> {
+        Ok(match (wait, no_wait) {
+            (true, _) => Wait::Ready(
+                revisor_api::units::parse_go_duration(timeout)
+                    .map_err(|e| anyhow::anyhow!("--timeout {timeout:?}: {e}"))?,
+            ),
+            (false, true) => Wait::No,
+            (false, false) => Wait::Observed,
+        })
+    }
+}
+
 /// How `revisor apply` applies.
 pub struct Flags {
     pub dry_run: bool,
-    pub wait: bool,
+    pub wait: Wait,
     pub force_conflicts: bool,
 }
 
@@ -139,24 +164,116 @@ pub fn run(client: &Client, files: &[PathBuf], ns_flag: Option<&str>, flags: Fla
         }
         return Ok(());
     }
+    let mut written = Vec::new();
     for item in &items {
         let (outcome, stored) = client
             .apply(&item.path(), &item.value, false, force)
             .with_context(|| format!("{} ({})", item.origin, item.id()))?;
         println!("{} {outcome}", item.id());
-        if wait && outcome != "unchanged" && item.kind == "service" {
-            wait_observed(client, item, &stored);
+        if item.kind == "service" {
+            written.push((item, outcome, stored));
         }
     }
-    Ok(())
+    match wait {
+        Wait::No => Ok(()),
+        Wait::Observed => {
+            for (item, outcome, stored) in written {
+                if outcome != "unchanged" {
+                    wait_observed(client, item, &stored);
+                }
+            }
+            Ok(())
+        }
+        Wait::Ready(timeout) => wait_ready(client, &written, Instant::now() + timeout),
+    }
+}
+
+/// Waits until every written service is Ready at its applied generation and prints its URL; a service
+/// that fails, or is still not Ready at the deadline, is an error with its revision's reason.
+fn wait_ready(client: &Client, written: &[(&Item, String, Value)], deadline: Instant) -> Result<()> {
+    let mut failures = Vec::new();
+    for (item, _, stored) in written {
+        let want = generation(stored);
+        match wait_service_ready(client, item, want, deadline) {
+            Ok(url) => println!("service/{} ready at {url}", item.name),
+            Err(why) => failures.push(format!("service/{}: {why}", item.name)),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    bail!("not ready:\n{}", failures.join("\n"))
+}
+
+fn generation(v: &Value) -> i64 {
+    v.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0)
+}
+
+/// The `Ready` condition of an object: its status and `reason: message`.
+fn ready_condition(v: &Value) -> Option<(String, String)> {
+    let c = v
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")?;
+    let s = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    Some((s("status"), format!("{}: {}", s("reason"), s("message"))))
+}
+
+/// Polls one service until it is Ready (its URL) or failed or out of time (the reason, from the
+/// service's latest created revision when it has one).
+fn wait_service_ready(client: &Client, item: &Item, want: i64, deadline: Instant) -> Result<String, String> {
+    loop {
+        let svc: Value = client.get(&item.path()).map_err(|e| format!("{e:#}"))?;
+        let observed = svc
+            .pointer("/status/observedGeneration")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            >= want;
+        let ready = ready_condition(&svc);
+        if observed {
+            match ready {
+                Some((s, _)) if s == "True" => {
+                    return Ok(svc
+                        .pointer("/status/url")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string())
+                }
+                Some((s, why)) if s == "False" => {
+                    return Err(format!(
+                        "Ready=False, {}",
+                        revision_reason(client, item, &svc).unwrap_or(why)
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if Instant::now() >= deadline {
+            let why = revision_reason(client, item, &svc)
+                .or(ready.map(|(_, why)| why))
+                .unwrap_or_else(|| "the controller has not observed it".into());
+            return Err(format!("not Ready in time; {why}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `revision NAME: reason: message` of the service's latest created revision, when it is not Ready.
+fn revision_reason(client: &Client, item: &Item, svc: &Value) -> Option<String> {
+    let name = svc.pointer("/status/latestCreatedRevisionName")?.as_str()?;
+    let rev: Value = client
+        .get(&format!("{SERVING}/namespaces/{}/revisions/{name}", item.namespace))
+        .ok()?;
+    match ready_condition(&rev)? {
+        (s, _) if s == "True" => None,
+        (_, why) => Some(format!("revision {name}: {why}")),
+    }
 }
 
 /// Waits until the controller has observed the applied generation, so a following `get` sees its revisions.
 fn wait_observed(client: &Client, item: &Item, stored: &Value) {
-    let want = stored
-        .pointer("/metadata/generation")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
+    let want = generation(stored);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok(v) = client.get::<Value>(&item.path()) {

@@ -125,8 +125,15 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Do not wait for the controller to observe the change.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wait")]
         no_wait: bool,
+        /// Wait until every applied service is Ready and print its URL; fail with the revision's reason
+        /// if it is not Ready within --timeout.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits (Go duration, like 90s or 5m).
+        #[arg(long, default_value = "5m", requires = "wait")]
+        timeout: String,
         /// Take fields that another field manager owns (with --backend knative; as kubectl's).
         #[arg(long)]
         force_conflicts: bool,
@@ -172,7 +179,7 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// Delete a service (with its revisions) or one revision.
+    /// Delete a service (with its revisions), a revision or a Rollout.
     Delete {
         /// What to delete: a service (ksvc, svc), a revision (rev) or a rollout (ro).
         kind: Kind,
@@ -181,6 +188,9 @@ pub enum Command {
         /// Its namespace.
         #[arg(short, long, default_value = "default")]
         namespace: String,
+        /// Delete a revision even though traffic, a tag or a Rollout references it.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -491,6 +501,8 @@ pub fn run(cli: Cli) -> Result<()> {
             namespace,
             dry_run,
             no_wait,
+            wait,
+            timeout,
             force_conflicts,
             server: _,
         } => apply::run(
@@ -499,7 +511,7 @@ pub fn run(cli: Cli) -> Result<()> {
             namespace.as_deref(),
             apply::Flags {
                 dry_run,
-                wait: !no_wait,
+                wait: apply::Wait::from_flags(wait, no_wait, &timeout)?,
                 force_conflicts,
             },
         ),
@@ -533,10 +545,15 @@ pub fn run(cli: Cli) -> Result<()> {
             kind,
             name,
             namespace,
+            force,
             server: _,
         } => {
             let plural = kind.plural();
-            client.delete(&format!("{}/namespaces/{namespace}/{plural}/{name}", kind.base()))?;
+            let force = if force { "?force=true" } else { "" };
+            client.delete(&format!(
+                "{}/namespaces/{namespace}/{plural}/{name}{force}",
+                kind.base()
+            ))?;
             println!("{}/{name} deleted", &plural[..plural.len() - 1]);
             Ok(())
         }
