@@ -13,7 +13,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::endpoint::InFlightGuard;
-use crate::metrics::RevisionMetrics;
+use crate::metrics::{NotCounted, RevisionMetrics};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -34,6 +34,8 @@ pub enum RequestBody {
 pub struct Slot {
     body: Option<Incoming>,
     polled: bool,
+    /// Reading the client's body failed (malformed chunking, too large, the client went away).
+    client_failed: bool,
 }
 
 /// The proxy's handle on a request body it may want back.
@@ -53,6 +55,7 @@ impl BodySlot {
             slot: Arc::new(Mutex::new(Slot {
                 body: Some(body),
                 polled: false,
+                client_failed: false,
             })),
             limit,
         }
@@ -63,6 +66,14 @@ impl BodySlot {
         match self {
             BodySlot::Empty | BodySlot::Buffered(_) => false,
             BodySlot::Shared { slot, .. } => slot.lock().unwrap().polled,
+        }
+    }
+
+    /// Whether the client's body failed to read: the upstream's failure then is the client's doing.
+    pub fn client_failed(&self) -> bool {
+        match self {
+            BodySlot::Empty | BodySlot::Buffered(_) => false,
+            BodySlot::Shared { slot, .. } => slot.lock().unwrap().client_failed,
         }
     }
 
@@ -103,12 +114,16 @@ impl Body for RequestBody {
                 if let Some(d) = frame.data_ref() {
                     *seen += d.len() as u64;
                     if *limit > 0 && *seen > *limit {
+                        guard.client_failed = true;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(*limit)))));
                     }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                guard.client_failed = true;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -142,14 +157,20 @@ impl Body for RequestBody {
 pub struct Accounting {
     pub metrics: Arc<RevisionMetrics>,
     pub started: Instant,
-    pub status: u16,
+    /// How the request ended: the revision's status, or why it does not count. Until a status is set,
+    /// a request dropped on the way (its client went away) is `ClientClosed`.
+    pub outcome: Result<u16, NotCounted>,
     pub in_flight: Option<InFlightGuard>,
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Accounting {
     fn drop(&mut self) {
-        self.metrics.finish(self.status, self.started, self.started.elapsed());
+        let elapsed = self.started.elapsed();
+        match self.outcome {
+            Ok(status) => self.metrics.finish(status, self.started, elapsed),
+            Err(why) => self.metrics.finish_not_counted(why, self.started, elapsed),
+        }
     }
 }
 

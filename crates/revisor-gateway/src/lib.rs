@@ -13,7 +13,10 @@ mod proxy;
 mod routes;
 
 pub use endpoint::{Breaker, Endpoint};
-pub use metrics::{prometheus_text, Labels, MetricsSnapshot, RevisionMetrics, DIFF_BUCKETS, LATENCY_BUCKETS_MS};
+pub use metrics::{
+    prometheus_text, Labels, MetricsSnapshot, NotCounted, RevisionMetrics, DIFF_BUCKETS, LATENCY_BUCKETS_MS,
+    NOT_COUNTED_REASONS,
+};
 pub use proxy::TAG_HEADER;
 pub use routes::{
     HeaderMatchSpec, HeaderRouteSpec, MatchSpec, MirrorSpec, Protocol, RevisionSpec, RoutesSpec, ServiceSpec,

@@ -17,6 +17,19 @@ pub const LATENCY_BUCKETS_MS: [f64; 25] = [
 /// Upper bounds of the buckets of prediction differences (the last bucket is above 1).
 pub const DIFF_BUCKETS: [f64; 10] = [1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0];
 
+/// Why a request that reached a revision's route is reported but not counted as the revision's
+/// answer (so rollout analysis never blames a canary for it): the client went away before the answer,
+/// the client's request body was malformed, or the gateway shed it (the revision's queue was full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotCounted {
+    ClientClosed = 0,
+    BadRequest = 1,
+    Shed = 2,
+}
+
+/// The `reason` label of each [`NotCounted`], by its index.
+pub const NOT_COUNTED_REASONS: [&str; 3] = ["client-closed", "bad-request", "shed"];
+
 /// Which revision, reached through which route (`tag` is empty for the service's own URL).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Labels {
@@ -43,6 +56,8 @@ pub struct RevisionMetrics {
     compared: AtomicU64,
     argmax_agreed: AtomicU64,
     diff_buckets: [AtomicU64; DIFF_BUCKETS.len() + 1],
+    /// Requests reported but not counted, by [`NotCounted`].
+    not_counted: [AtomicU64; 3],
 }
 
 /// Microseconds since a process-wide origin (a monotonic clock; the origin lies a day before first use,
@@ -74,6 +89,8 @@ pub struct MetricsSnapshot {
     pub argmax_agreed: u64,
     /// Count per bucket of the largest absolute difference (bounds [`DIFF_BUCKETS`], then above).
     pub diff_counts: Vec<u64>,
+    /// Requests reported but not counted in `requests` or the latencies, by [`NotCounted`].
+    pub not_counted: [u64; 3],
 }
 
 impl MetricsSnapshot {
@@ -94,6 +111,7 @@ impl RevisionMetrics {
             compared: AtomicU64::new(0),
             argmax_agreed: AtomicU64::new(0),
             diff_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            not_counted: Default::default(),
         }
     }
 
@@ -116,10 +134,21 @@ impl RevisionMetrics {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records a finished request that took `elapsed` since its start.
-    pub fn finish(&self, status: u16, started: Instant, elapsed: Duration) {
+    /// Records a request that ended without the revision's answer to count (see [`NotCounted`]); it
+    /// was in flight all the same.
+    pub fn finish_not_counted(&self, why: NotCounted, started: Instant, elapsed: Duration) {
+        self.end(started, elapsed);
+        self.not_counted[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn end(&self, started: Instant, elapsed: Duration) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.busy_us.fetch_add(clock_us(started + elapsed), Ordering::Relaxed);
+    }
+
+    /// Records a finished request that took `elapsed` since its start.
+    pub fn finish(&self, status: u16, started: Instant, elapsed: Duration) {
+        self.end(started, elapsed);
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.classes[class].fetch_add(1, Ordering::Relaxed);
         let ms = elapsed.as_secs_f64() * 1000.0;
@@ -150,6 +179,7 @@ impl RevisionMetrics {
             compared: self.compared.load(Ordering::Relaxed),
             argmax_agreed: self.argmax_agreed.load(Ordering::Relaxed),
             diff_counts: self.diff_buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
+            not_counted: std::array::from_fn(|i| self.not_counted[i].load(Ordering::Relaxed)),
         }
     }
 }
@@ -200,6 +230,17 @@ pub fn prometheus_text(snaps: &[MetricsSnapshot]) -> String {
             "revisor_prediction_argmax_agreements_total{{{labels}}} {}",
             s.argmax_agreed
         );
+    }
+    out.push_str("# HELP revisor_requests_not_counted_total Requests not counted as the revision's answers: the client closed the connection first, sent a malformed body, or the gateway shed them\n");
+    out.push_str("# TYPE revisor_requests_not_counted_total counter\n");
+    for s in snaps {
+        for (reason, n) in NOT_COUNTED_REASONS.iter().zip(s.not_counted) {
+            let labels = label_text(&s.labels);
+            let _ = writeln!(
+                out,
+                "revisor_requests_not_counted_total{{{labels},reason=\"{reason}\"}} {n}"
+            );
+        }
     }
     out.push_str("# HELP revision_concurrent_requests Requests in flight to a revision\n");
     out.push_str("# TYPE revision_concurrent_requests gauge\n");

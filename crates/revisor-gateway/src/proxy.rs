@@ -14,6 +14,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::body::{Accounting, BodySlot, GatewayBody, ResponseBody, Tee};
 use crate::endpoint::{pick, Endpoint};
+use crate::metrics::NotCounted;
 use crate::routes::{HostRoute, Protocol, RevisionTarget, RouteTable};
 use crate::Inner;
 
@@ -206,7 +207,7 @@ async fn proxy(
     let mut acct = Accounting {
         metrics: target.metrics.clone(),
         started,
-        status: 503,
+        outcome: Err(NotCounted::ClientClosed),
         in_flight: None,
         permit: None,
     };
@@ -216,7 +217,11 @@ async fn proxy(
         match activate(inner, target, route, &mut deadline).await {
             Ok(t) => t,
             Err(resp) => {
-                acct.status = resp.status().as_u16();
+                acct.outcome = match resp.status() {
+                    // The gateway is shutting down: not the revision's answer.
+                    StatusCode::SERVICE_UNAVAILABLE => Err(NotCounted::Shed),
+                    status => Ok(status.as_u16()),
+                };
                 return *resp;
             }
         }
@@ -228,6 +233,7 @@ async fn proxy(
         match b.enter().await {
             Ok(p) => acct.permit = Some(p),
             Err(_) => {
+                acct.outcome = Err(NotCounted::Shed);
                 let msg = format!("revision {rev:?} is at capacity and its queue is full");
                 return local(StatusCode::SERVICE_UNAVAILABLE, msg);
             }
@@ -252,7 +258,7 @@ async fn proxy(
             {
                 Ok(c) => c.to_bytes(),
                 Err(e) => {
-                    acct.status = 400;
+                    acct.outcome = Err(NotCounted::BadRequest);
                     return local(StatusCode::BAD_REQUEST, format!("reading the request body: {e}"));
                 }
             };
@@ -265,7 +271,7 @@ async fn proxy(
     let mut skip = None;
     loop {
         let Some(ep) = pick(&target.endpoints, target.breaker.is_some(), skip) else {
-            acct.status = 502;
+            acct.outcome = Ok(502);
             return local(
                 StatusCode::BAD_GATEWAY,
                 format!("revision {rev:?}: no replica could be reached"),
@@ -287,7 +293,7 @@ async fn proxy(
         };
         match result {
             None => {
-                acct.status = 504;
+                acct.outcome = Ok(504);
                 let msg = format!("revision {rev:?} did not answer within {:?}", target.timeout);
                 return local(StatusCode::GATEWAY_TIMEOUT, msg);
             }
@@ -301,7 +307,14 @@ async fn proxy(
                     skip = Some(ep.addr);
                     continue;
                 }
-                acct.status = 502;
+                if slot.client_failed() {
+                    // The client's body broke (malformed chunking, too large): a bad request, not
+                    // the replica's failure.
+                    acct.outcome = Err(NotCounted::BadRequest);
+                    let msg = format!("reading the request body: {}", error_chain(&e));
+                    return local(StatusCode::BAD_REQUEST, msg);
+                }
+                acct.outcome = Ok(502);
                 let msg = format!("revision {rev:?}, replica {}: {}", ep.addr, error_chain(&e));
                 return local(StatusCode::BAD_GATEWAY, msg);
             }
@@ -388,7 +401,7 @@ fn respond(
     mut acct: Accounting,
     tee: Option<Tee>,
 ) -> Response<GatewayBody> {
-    acct.status = resp.status().as_u16();
+    acct.outcome = Ok(resp.status().as_u16());
     // Only a successful answer is compared with the mirror's.
     let tee = tee.filter(|_| resp.status().is_success());
     let (mut parts, body) = resp.into_parts();

@@ -600,3 +600,74 @@ async fn a_mirrored_revision_gets_copies_and_clients_only_see_the_primary() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Issue 13: only the revision's own failures count against it. A client that goes away before the
+/// answer, a malformed (chunked) request body and requests the breaker sheds are reported under
+/// `not_counted`, never as the revision's 5xx (they used to roll healthy canaries back).
+#[tokio::test(flavor = "multi_thread")]
+async fn client_failures_and_shed_requests_are_reported_but_not_counted_as_the_revisions_errors() {
+    use std::io::{Read, Write};
+    let slow = upstream("svc-00001", &[("LATENCY_MS", "300")]);
+    let gw = Gateway::new(GatewayConfig::default());
+    gw.publish(&routes(
+        vec![target("svc-00001", 100, None)],
+        vec![rev("svc-00001", vec![slow.addr], 1, 60_000)],
+    ));
+    let addr = start(&gw).await;
+    let raw = move |request: &'static str, hang_up_after: Option<Duration>| {
+        std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            if let Some(d) = hang_up_after {
+                std::thread::sleep(d);
+                return String::new();
+            }
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            out
+        })
+    };
+    let get = "GET / HTTP/1.1\r\nHost: svc.default.localhost\r\nConnection: close\r\n\r\n";
+    for _ in 0..3 {
+        raw(get, Some(Duration::from_millis(50))).join().unwrap();
+    }
+    let malformed = "POST / HTTP/1.1\r\nHost: svc.default.localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nnot a chunk\r\n";
+    let answer = raw(malformed, None).join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Wait for the aborted requests' upstream answers to pass, then overload the breaker.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = client();
+    let reqs: Vec<_> = (0..16)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { get_status(&c, addr).await })
+        })
+        .collect();
+    let mut shed = 0;
+    for r in reqs {
+        if r.await.unwrap() == 503 {
+            shed += 1;
+        }
+    }
+    assert!(
+        shed > 0,
+        "the breaker shed some of 16 requests to one slot and a queue of 10"
+    );
+    let m = gw
+        .metrics()
+        .into_iter()
+        .find(|m| m.labels.revision == "svc-00001")
+        .unwrap();
+    assert_eq!(m.requests[4], 0, "no 5xx counted against the revision: {m:?}");
+    assert_eq!(m.not_counted, [3, 1, shed], "client-closed, bad-request, shed: {m:?}");
+    assert_eq!(m.requests[1], 16 - shed, "{m:?}");
+    let text = revisor_gateway::prometheus_text(&[m]);
+    assert!(
+        text.contains("reason=\"client-closed\"} 3") && text.contains("reason=\"bad-request\"} 1"),
+        "{text}"
+    );
+}
+
+async fn get_status(c: &Client, gw: SocketAddr) -> u16 {
+    get(c, gw, "svc.default.localhost", "/", &[]).await.0
+}

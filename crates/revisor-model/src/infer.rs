@@ -226,7 +226,15 @@ impl Runner {
         let model = &self.model;
         let tensors = inputs(model, &req, binary.as_deref())?;
         let wanted = wanted_outputs(model, &req)?;
+        let nonfinite_input = tensors.iter().any(|t| tensor::has_non_finite(t));
         let results = self.run(tensors).await?;
+        // A value JSON cannot carry, made from the client's own NaN or infinity, is the client's doing.
+        let blame = |e: InferError| match e {
+            InferError::Model(m) if nonfinite_input => InferError::BadRequest(format!(
+                "{m}: the request's input holds NaN or infinite values, which the model carried into its output"
+            )),
+            e => e,
+        };
         let mut outputs = Vec::with_capacity(wanted.len());
         let mut section: Option<Vec<u8>> = None;
         for (i, as_binary) in wanted {
@@ -244,7 +252,7 @@ impl Runner {
                     data: None,
                 });
             } else {
-                let (dt, shape, data) = tensor::to_json(&results[i])?;
+                let (dt, shape, data) = tensor::to_json(&results[i]).map_err(blame)?;
                 outputs.push(ResponseOutput {
                     name,
                     shape,

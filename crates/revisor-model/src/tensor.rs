@@ -90,6 +90,23 @@ pub fn from_json(name: &str, dt: DataType, shape: &[usize], data: &Value) -> Res
     t.map_err(|e| InferError::BadRequest(format!("input {name:?}: {e}")))
 }
 
+/// Whether a floating-point tensor holds NaN or an infinity.
+pub fn has_non_finite(t: &Tensor) -> bool {
+    match t.datum_type() {
+        DatumType::F32 => t
+            .to_plain_array_view::<f32>()
+            .is_ok_and(|a| a.iter().any(|x| !x.is_finite())),
+        DatumType::F64 => t
+            .to_plain_array_view::<f64>()
+            .is_ok_and(|a| a.iter().any(|x| !x.is_finite())),
+        DatumType::F16 => t.cast_to::<f32>().is_ok_and(|c| {
+            c.to_plain_array_view::<f32>()
+                .is_ok_and(|a| a.iter().any(|x| !x.is_finite()))
+        }),
+        _ => false,
+    }
+}
+
 fn number(x: f64) -> Result<Value, InferError> {
     Number::from_f64(x)
         .map(Value::Number)

@@ -347,3 +347,39 @@ async fn metrics_count_inferences_and_failures() {
     );
     assert!(text.contains("revisor_model_inference_compute_duration_us"), "{text}");
 }
+
+/// Issue 13: NaN sent in a binary input, carried by the model into an output JSON cannot hold, is the
+/// client's doing: 400, not a 500 that would count against a canary. The faulty model's NaN on finite
+/// input stays a 500.
+#[tokio::test]
+async fn a_nan_from_the_clients_input_is_a_400_and_the_models_own_nan_a_500() {
+    let (_d, m) = load(Example::V1, "1");
+    let features: Vec<f32> = vec![f32::NAN, 2.0, 3.0, 4.0];
+    let bin: Vec<u8> = features.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let head = json!({
+        "inputs": [{ "name": "features", "shape": [1, 4], "datatype": "FP32", "parameters": { "binary_data_size": bin.len() } }]
+    })
+    .to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend_from_slice(&bin);
+    let (s, _, out) = raw(
+        &m,
+        "/v2/models/tabular/infer",
+        &[("inference-header-content-length", head.len().to_string())],
+        body,
+    )
+    .await;
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{out}");
+    assert!(out.contains("input holds NaN or infinite values"), "{out}");
+
+    let (_d3, faulty) = load(Example::V3Faulty, "3");
+    let (s, v) = call(
+        &faulty,
+        "POST",
+        "/v2/models/tabular/infer",
+        request(json!([1, 2, 3, 4]), json!([1, 4])),
+    )
+    .await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+}
