@@ -48,6 +48,9 @@ struct Entry {
 struct States {
     by_key: BTreeMap<RevisionKey, RevisionState>,
     incarnation: HashMap<RevisionKey, u64>,
+    /// The last replica number of each revision name, kept across incarnations so that replicas (and
+    /// their log files) are numbered 1, 2, ... per revision and never collide.
+    last_replica: HashMap<RevisionKey, u64>,
 }
 
 pub(crate) struct Shared {
@@ -55,13 +58,20 @@ pub(crate) struct Shared {
     states: Mutex<States>,
     snapshot: watch::Sender<Snapshot>,
     pub(crate) in_flight: InFlight,
-    /// Numbers replicas and incarnations, unique for the runtime's life (so log files never collide).
-    next_id: AtomicU64,
+    /// Numbers incarnations, unique for the runtime's life.
+    next_incarnation: AtomicU64,
 }
 
 impl Shared {
-    fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    fn next_incarnation(&self) -> u64 {
+        self.next_incarnation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn next_replica(&self, key: &RevisionKey) -> u64 {
+        let mut states = self.states.lock().unwrap();
+        let n = states.last_replica.entry(key.clone()).or_default();
+        *n += 1;
+        *n
     }
 
     /// Changes the state of one incarnation of a revision and publishes a new snapshot; a change from
@@ -123,7 +133,7 @@ impl Runtime {
             states: Mutex::new(States::default()),
             snapshot,
             in_flight,
-            next_id: AtomicU64::new(0),
+            next_incarnation: AtomicU64::new(0),
         });
         Runtime {
             shared,
@@ -146,7 +156,7 @@ impl Runtime {
         let mut entries = self.entries.lock().unwrap();
         let key = spec.key.clone();
         let entry = entries.entry(key.clone()).or_insert_with(|| {
-            let incarnation = self.shared.next_id();
+            let incarnation = self.shared.next_incarnation();
             self.shared.begin(&key, incarnation);
             Entry {
                 incarnation,
@@ -165,7 +175,7 @@ impl Runtime {
             self.start_deadline(entry);
         }
         while entry.replicas.len() < replicas as usize {
-            let id = self.shared.next_id();
+            let id = self.shared.next_replica(&key);
             let (stop, rx) = watch::channel(false);
             let replica = replica::Replica {
                 shared: self.shared.clone(),
