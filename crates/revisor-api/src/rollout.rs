@@ -378,8 +378,44 @@ pub struct RolloutStatus {
     /// For `undo --to-revision`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub undo_to: Option<String>,
+    /// Where the next analysis window starts. In the store, so a restart of the controller loses at
+    /// most one look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis_baseline: Option<AnalysisBaseline>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The canary's (and stable's) cumulative counters when the current analysis window began.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisBaseline {
+    pub at: DateTime<Utc>,
+    pub canary: CounterReading,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<CounterReading>,
+}
+
+/// One revision's cumulative request counters as the data plane reported them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CounterReading {
+    pub revision: String,
+    /// Responses by class, 1xx to 5xx.
+    pub requests: Vec<u64>,
+    /// Requests per latency bucket (not cumulative).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_counts: Vec<u64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub compared: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub argmax_agreed: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diff_counts: Vec<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One check of one metric: its value against its threshold and the verdict.

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use revisor_api::meta::Conditions;
-use revisor_api::rollout::RolloutStatus;
+use revisor_api::rollout::{AnalysisBaseline, RolloutStatus};
 use revisor_api::rollout::{LoadTest, Webhook};
 use revisor_api::units::parse_go_duration;
 use revisor_api::{ConditionStatus, Revision, Rollout, Service, TrafficTarget};
-use revisor_rollout::{advance, analysis_due, hooks_due, CanaryState, Counters, Hooks, Input, Window};
+use revisor_rollout::{advance, hooks_due, CanaryState, Counters, Hooks, Input, Window};
 use revisor_store::{Event, Kind, Store, StoreError};
 
 /// Where analysis reads a revision's cumulative counters (locally the gateway; on Kubernetes,
@@ -66,19 +66,9 @@ pub trait RolloutWorld: Send {
 
 const TICK: Duration = Duration::from_millis(250);
 
-/// The baseline of the next analysis window of one Rollout.
-struct Baseline {
-    at: Instant,
-    revision: String,
-    counters: Counters,
-    /// The stable revision's counters at the same moment (for checks relative to stable).
-    stable: Option<(String, Counters)>,
-}
-
 pub struct RolloutController {
     world: Box<dyn RolloutWorld>,
     metrics: Arc<dyn MetricsSource>,
-    baselines: HashMap<(String, String), Baseline>,
     /// The last answer of each (namespace, rollout, webhook kind), reused for a second.
     hook_cache: HashMap<(String, String, &'static str), (Instant, HookAnswer)>,
     /// Made on the controller's own thread (a blocking client cannot be made inside an async runtime).
@@ -323,7 +313,6 @@ impl RolloutController {
         RolloutController {
             world,
             metrics,
-            baselines: HashMap::new(),
             hook_cache: HashMap::new(),
             http: None,
             loads: HashMap::new(),
@@ -459,11 +448,6 @@ impl RolloutController {
             }
             keep
         });
-        self.baselines.retain(|(ns, name), _| {
-            rollouts
-                .iter()
-                .any(|r| &r.metadata.namespace == ns && &r.metadata.name == name)
-        });
         for r in rollouts {
             if let Err(e) = self.step(r) {
                 tracing::warn!("rollout step: {e}");
@@ -471,41 +455,29 @@ impl RolloutController {
         }
     }
 
-    /// The canary's (and the stable revision's) window when an analysis run is due: from the
-    /// baseline taken at the last run.
-    fn window(&mut self, r: &Rollout, canary: &str) -> (Option<Window>, Option<Window>) {
+    /// The canary's analysis window due now, if any (and stable's over the same time), from the
+    /// baseline stored in the Rollout's status; a metrics source that computes windows itself
+    /// (Prometheus) answers for the same span.
+    fn windows(
+        &self,
+        r: &Rollout,
+        now: chrono::DateTime<Utc>,
+        canary: &str,
+    ) -> (Option<revisor_rollout::baseline::Windows>, AnalysisBaseline) {
         let ns = &r.metadata.namespace;
-        let key = (ns.clone(), r.metadata.name.clone());
-        let now = self.metrics.counters(ns, canary).unwrap_or_default();
-        let metrics = self.metrics.clone();
-        let window = |rev: &str, before: &Counters, after: &Counters, secs: f64| {
-            metrics
-                .window(ns, rev, secs)
-                .unwrap_or_else(|| Window::between(before, after, secs))
-        };
-        let stable = r
-            .status()
-            .stable_revision
-            .map(|s| (s.clone(), self.metrics.counters(ns, &s).unwrap_or_default()));
-        let interval = r.spec.analysis.as_ref().map(|a| a.interval()).unwrap_or_default();
-        let fresh = Baseline {
-            at: Instant::now(),
-            revision: canary.to_string(),
-            counters: now.clone(),
-            stable: stable.clone(),
-        };
-        match self.baselines.insert(key, fresh) {
-            // A baseline of the same canary at least most of an interval old gives a window.
-            Some(b) if b.revision == canary && b.at.elapsed() >= interval.mul_f64(0.9) => {
-                let secs = b.at.elapsed().as_secs_f64();
-                let stable_window = match (b.stable, stable) {
-                    (Some((n0, c0)), Some((n1, c1))) if n0 == n1 => Some(window(&n1, &c0, &c1, secs)),
-                    _ => None,
-                };
-                (Some(window(canary, &b.counters, &now, secs)), stable_window)
-            }
-            _ => (None, None),
-        }
+        let canary_now = self.metrics.counters(ns, canary).unwrap_or_default();
+        let stable = r.status().stable_revision;
+        let stable_now = stable
+            .as_ref()
+            .map(|s| self.metrics.counters(ns, s).unwrap_or_default());
+        let stable_reading = stable.as_deref().zip(stable_now.as_ref());
+        let (windows, baseline) = revisor_rollout::next_window(r, now, (canary, &canary_now), stable_reading);
+        let windows = windows.map(|(c, s)| {
+            let own = |rev: &str, w: Window| self.metrics.window(ns, rev, w.seconds).unwrap_or(w);
+            let s = s.zip(stable.as_deref()).map(|(w, name)| own(name, w));
+            (own(canary, c), s)
+        });
+        (windows, baseline)
     }
 
     /// Marks a Rollout this world cannot run as Failed with the reason (once). A canary it was running
@@ -552,7 +524,7 @@ impl RolloutController {
             return self.refuse(&r, why);
         }
         self.load(&r);
-        let (ns, name) = (r.metadata.namespace.clone(), r.metadata.name.clone());
+        let ns = r.metadata.namespace.clone();
         let Some(svc) = self.world.service(&ns, &r.spec.service_ref.name)? else {
             let st = r.status_without_service();
             if r.status.as_ref() != Some(&st) {
@@ -587,17 +559,16 @@ impl RolloutController {
             (n, state)
         });
         let now = Utc::now();
-        let (window, stable_window) = match (analysis_due(&r, now), r.status().canary_revision) {
-            (true, Some(canary)) => self.window(&r, &canary),
-            (false, Some(canary)) => {
-                // Keep a baseline from the canary's first traffic on.
-                let key = (ns.clone(), name.clone());
-                if self.baselines.get(&key).is_none_or(|b| b.revision != canary) {
-                    self.window(&r, &canary);
-                }
-                (None, None)
+        let (windows, baseline) = match r.status().canary_revision {
+            Some(canary) => {
+                let (w, b) = self.windows(&r, now, &canary);
+                (w, Some(b))
             }
-            _ => (None, None),
+            None => (None, None),
+        };
+        let (window, stable_window) = match windows {
+            Some((w, s)) => (Some(w), s),
+            None => (None, None),
         };
         let stable_replicas = match &r.status().stable_revision {
             Some(s) => self
@@ -636,6 +607,7 @@ impl RolloutController {
             stable_replicas,
             hooks,
             provided,
+            baseline,
         });
         let traffic_changed = svc.spec.traffic() != out.traffic.as_slice();
         if Some(&out.status) == r.status.as_ref() && !traffic_changed && out.events.is_empty() {

@@ -82,6 +82,8 @@ pub struct Input<'a> {
     pub hooks: Hooks,
     /// With an analysis run: what the external providers (Prometheus) answered, by metric name.
     pub provided: Vec<crate::analysis::Provided>,
+    /// Where the canary's next analysis window starts ([`crate::next_window`]); kept in the status.
+    pub baseline: Option<revisor_api::rollout::AnalysisBaseline>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -352,6 +354,20 @@ impl Machine<'_> {
         );
     }
 
+    /// The analysis baseline of the canary being analysed; none otherwise.
+    fn keep_baseline(&mut self) {
+        let active = matches!(self.st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+        let canary = self.st.canary_revision.as_deref().filter(|_| active);
+        let of_canary = |b: &&revisor_api::rollout::AnalysisBaseline| Some(b.canary.revision.as_str()) == canary;
+        self.st.analysis_baseline = self
+            .input
+            .baseline
+            .as_ref()
+            .filter(of_canary)
+            .or(self.st.analysis_baseline.as_ref().filter(of_canary))
+            .cloned();
+    }
+
     fn run(&mut self) {
         let input = self.input;
         let r = input.rollout;
@@ -581,6 +597,7 @@ pub fn advance(input: &Input) -> Output {
     };
     m.st.observed_generation = input.rollout.metadata.generation;
     m.run();
+    m.keep_baseline();
     let mut rollout = input.rollout.clone();
     rollout.status = Some(m.st.clone());
     let traffic = traffic(&rollout, &m.st, input.now);
@@ -696,6 +713,7 @@ mod tests {
                 stable_replicas: 1,
                 hooks,
                 provided: Vec::new(),
+                baseline: None,
             });
             self.events.extend(out.events);
             self.traffic = out.traffic;

@@ -769,3 +769,42 @@ spec:
         ok(&s, &["events", "web"])
     );
 }
+
+/// Issue 13: a `kill -9` mid-analysis loses at most one look. After the restart the analysis goes on:
+/// a new measurement within two intervals, and the canary's next verdict (here: the faulty canary's
+/// rollback). Before, the in-memory baseline was replaced every tick once a run was due, so analysis
+/// never ran again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysis_goes_on_after_a_kill_9_mid_analysis() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let gateway = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_on(&data, &gateway);
+    let s = server.admin.clone();
+    let rollout = ROLLOUT.replace("threshold: 2", "threshold: 3");
+    start_stable(&s, dir.path(), &[], &rollout);
+    let load = Load::start(server.gateway_addr(), "web.default.localhost", 4, 25);
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[("FAIL_PERCENT", "30")]));
+    wait_until("a first failed analysis", Duration::from_secs(30), || {
+        rollout_json(&s)["status"]["failedChecks"] == 1
+    });
+    let _ = load.stop().await;
+    server.kill9();
+    // Down for more than an interval: analysis is due the moment the server is back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let server = Server::start_on(&data, &gateway);
+    let s = server.admin.clone();
+    let before = rollout_json(&s)["status"].clone();
+    let load = Load::start(server.gateway_addr(), "web.default.localhost", 4, 25);
+    // Interval 2 s: a new look within two intervals (plus the replicas' start).
+    wait_until("a look after the restart", Duration::from_secs(8), || {
+        rollout_json(&s)["status"]["lastAnalysisAt"] != before["lastAnalysisAt"]
+    });
+    wait_until("the faulty canary rolled back", Duration::from_secs(20), || {
+        phase(&s) == "RolledBack"
+    });
+    let _ = load.stop().await;
+    let msg = rollout_json(&s)["status"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("success-rate"), "{msg}");
+}
