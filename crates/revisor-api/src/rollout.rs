@@ -198,6 +198,24 @@ pub struct Analysis {
     /// Flagger's webhooks, called over HTTP POST with `{name, namespace, phase, metadata}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
+    /// How `success-rate` and `latency` are judged: `sequential` (the default: evidence from the
+    /// canary's start, anytime-valid tests at every look, worse / not worse / not yet known) or
+    /// `interval` (Flagger's shape: each interval's window against the thresholds, `threshold`
+    /// failed runs roll back). Other metrics are judged per interval either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// With `sequential`: the chance, in percent, that a canary as good as its tolerances is rolled
+    /// back by the analysis over the whole rollout, however long it runs (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_false_rollback: Option<f64>,
+    /// With `sequential`: what a step does when its evidence is still not conclusive after
+    /// `inconclusiveAfter`: `hold` (the default: stay, with a Warning event and condition), `rollback`
+    /// or `promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_inconclusive: Option<String>,
+    /// Go duration (default 30m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inconclusive_after: Option<String>,
 }
 
 /// The built-in load generator's requests: sent to the canary's own URL (the `canary` or `preview`
@@ -284,6 +302,12 @@ pub struct MetricCheck {
     /// Where the value comes from instead of the gateway's counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<MetricProvider>,
+    /// For a check relative to stable, with sequential analysis: differences below this never fail
+    /// a canary. For `latency` a Go duration (default 5ms), so sub-millisecond noise is no
+    /// regression; for `success-rate` percentage points (default "0.5%"), so a few 5xx where stable
+    /// had none are not either.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_difference: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -382,6 +406,10 @@ pub struct RolloutStatus {
     /// most one look.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis_baseline: Option<AnalysisBaseline>,
+    /// The sequential analysis' evidence: everything the canary and stable answered since the canary
+    /// started. In the store, so a restart loses at most one look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
@@ -394,6 +422,25 @@ pub struct AnalysisBaseline {
     pub canary: CounterReading,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable: Option<CounterReading>,
+}
+
+/// The sequential analysis' evidence for one canary.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Evidence {
+    /// When the last look was.
+    pub at: DateTime<Utc>,
+    /// The data plane's counters at the last look (increments are taken from them).
+    pub last_canary: CounterReading,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stable: Option<CounterReading>,
+    /// What the canary answered since it started (requests by class, latency buckets).
+    pub canary: CounterReading,
+    /// What stable answered over the same time.
+    pub stable: CounterReading,
+    /// Whether the inconclusive hold was announced for the current step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 /// One revision's cumulative request counters as the data plane reported them.
@@ -489,6 +536,60 @@ impl Analysis {
 
     pub fn min_samples(&self) -> u64 {
         self.min_samples.unwrap_or(20)
+    }
+
+    /// Whether success rate and latency are judged sequentially (the default).
+    pub fn sequential(&self) -> bool {
+        self.method.as_deref() != Some(METHOD_INTERVAL)
+    }
+
+    /// The false-rollback budget of the whole rollout, as a probability.
+    pub fn false_rollback_budget(&self) -> f64 {
+        self.max_false_rollback.unwrap_or(1.0) / 100.0
+    }
+
+    pub fn inconclusive_after(&self) -> Duration {
+        self.inconclusive_after
+            .as_deref()
+            .and_then(|s| parse_go_duration(s).ok())
+            .unwrap_or(Duration::from_secs(1800))
+    }
+}
+
+/// `analysis.method`: judged sequentially (default) or per interval.
+pub const METHOD_SEQUENTIAL: &str = "sequential";
+pub const METHOD_INTERVAL: &str = "interval";
+/// `analysis.onInconclusive`.
+pub const ON_INCONCLUSIVE: [&str; 3] = ["hold", "rollback", "promote"];
+
+impl MetricCheck {
+    /// For relative latency: the smallest difference that counts, in ms.
+    pub fn min_difference_ms(&self) -> f64 {
+        self.min_difference
+            .as_deref()
+            .and_then(|s| parse_go_duration(s).ok())
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(5.0)
+    }
+
+    /// For relative success rate: the smallest difference that counts, in percentage points.
+    pub fn min_difference_percent(&self) -> Option<f64> {
+        parse_percent(self.min_difference.as_deref()?).ok()
+    }
+}
+
+/// `"0.5%"` (or `"0.5"`) as 0.5; a percentage in [0, 100].
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage (like \"0.5%\")"))?;
+    if (0.0..=100.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s:?} is not in [0%, 100%]"))
     }
 }
 
@@ -752,6 +853,26 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
     if let Some(a) = &r.spec.analysis {
         let p = spec.field("analysis");
         duration(&mut errs, p.field("interval"), &a.interval);
+        duration(&mut errs, p.field("inconclusiveAfter"), &a.inconclusive_after);
+        if let Some(m) = a
+            .method
+            .as_deref()
+            .filter(|m| ![METHOD_SEQUENTIAL, METHOD_INTERVAL].contains(m))
+        {
+            errs.push(p.field("method"), format!("must be sequential or interval, got {m:?}"));
+        }
+        if let Some(b) = a.max_false_rollback.filter(|b| !(*b > 0.0 && *b <= 50.0)) {
+            errs.push(
+                p.field("maxFalseRollback"),
+                format!("must be a percentage in (0, 50], got {b}"),
+            );
+        }
+        if let Some(o) = a.on_inconclusive.as_deref().filter(|o| !ON_INCONCLUSIVE.contains(o)) {
+            errs.push(
+                p.field("onInconclusive"),
+                format!("must be hold, rollback or promote, got {o:?}"),
+            );
+        }
         if a.threshold.is_some() && a.failure_limit.is_some() {
             errs.push(p.field("failureLimit"), "set threshold or failureLimit, not both");
         }
@@ -796,6 +917,20 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
         }
         for (i, m) in a.metrics.iter().enumerate() {
             let mp = p.field("metrics").index(i);
+            if let Some(d) = &m.min_difference {
+                match (m.name.as_str(), m.relative_to.is_some()) {
+                    ("latency", true) => duration(&mut errs, mp.field("minDifference"), &m.min_difference),
+                    ("success-rate", true) => {
+                        if let Err(e) = parse_percent(d) {
+                            errs.push(mp.field("minDifference"), e);
+                        }
+                    }
+                    _ => errs.push(
+                        mp.field("minDifference"),
+                        "only latency and success-rate relative to stable take minDifference",
+                    ),
+                }
+            }
             if let Some(prov) = &m.provider {
                 match &prov.prometheus {
                     None => errs.push(mp.field("provider"), "give provider.prometheus"),
@@ -900,10 +1035,15 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
                         ),
                         (false, None, Some(c)) if c > 0.5 && c < 1.0 => {}
                         (false, None, Some(c)) => errs.push(mp.field("confidence"), format!("must be in (0.5, 1), got {c}")),
+                        // Sequential analysis: the error rate may be at most maxRatio times stable's.
+                        (false, Some(r), None) if r >= 1.0 && m.name == "success-rate" => {}
+                        (false, Some(r), None) if m.name == "success-rate" => {
+                            errs.push(mp.field("maxRatio"), format!("must be at least 1, got {r}"))
+                        }
                         (false, _, _) => errs.push(
                             mp.field("confidence"),
                             format!(
-                                "{} relative to stable is judged by a two-proportion test: give confidence (and not maxRatio)",
+                                "{} relative to stable takes confidence (per interval) or maxRatio (the tolerated error-rate ratio), not both",
                                 m.name
                             ),
                         ),

@@ -66,6 +66,9 @@ pub trait RolloutWorld: Send {
 
 const TICK: Duration = Duration::from_millis(250);
 
+/// The canary's and the stable revision's cumulative counters now.
+type Readings = (Counters, Option<Counters>);
+
 pub struct RolloutController {
     world: Box<dyn RolloutWorld>,
     metrics: Arc<dyn MetricsSource>,
@@ -457,15 +460,21 @@ impl RolloutController {
 
     /// The canary's analysis window due now, if any (and stable's over the same time), from the
     /// baseline stored in the Rollout's status; a metrics source that computes windows itself
-    /// (Prometheus) answers for the same span.
+    /// (Prometheus) answers for the same span. Also the counters now, for sequential analysis, when
+    /// the source has counters.
     fn windows(
         &self,
         r: &Rollout,
         now: chrono::DateTime<Utc>,
         canary: &str,
-    ) -> (Option<revisor_rollout::baseline::Windows>, AnalysisBaseline) {
+    ) -> (
+        Option<revisor_rollout::baseline::Windows>,
+        AnalysisBaseline,
+        Option<Readings>,
+    ) {
         let ns = &r.metadata.namespace;
-        let canary_now = self.metrics.counters(ns, canary).unwrap_or_default();
+        let counted = self.metrics.counters(ns, canary);
+        let canary_now = counted.clone().unwrap_or_default();
         let stable = r.status().stable_revision;
         let stable_now = stable
             .as_ref()
@@ -477,7 +486,7 @@ impl RolloutController {
             let s = s.zip(stable.as_deref()).map(|(w, name)| own(name, w));
             (own(canary, c), s)
         });
-        (windows, baseline)
+        (windows, baseline, counted.map(|c| (c, stable_now)))
     }
 
     /// Marks a Rollout this world cannot run as Failed with the reason (once). A canary it was running
@@ -559,12 +568,12 @@ impl RolloutController {
             (n, state)
         });
         let now = Utc::now();
-        let (windows, baseline) = match r.status().canary_revision {
+        let (windows, baseline, readings) = match r.status().canary_revision {
             Some(canary) => {
-                let (w, b) = self.windows(&r, now, &canary);
-                (w, Some(b))
+                let (w, b, readings) = self.windows(&r, now, &canary);
+                (w, Some(b), readings)
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let (window, stable_window) = match windows {
             Some((w, s)) => (Some(w), s),
@@ -608,6 +617,7 @@ impl RolloutController {
             hooks,
             provided,
             baseline,
+            readings,
         });
         let traffic_changed = svc.spec.traffic() != out.traffic.as_slice();
         if Some(&out.status) == r.status.as_ref() && !traffic_changed && out.events.is_empty() {

@@ -7,6 +7,8 @@ use revisor_api::rollout::{phase, Rollout, RolloutStatus, RunStep};
 use revisor_api::TrafficTarget;
 
 use crate::analysis::Window;
+use crate::sequential::{self, Verdict};
+use revisor_api::rollout::Analysis;
 
 /// The tag the canary is reachable by during a rollout (`canary-<service>.<ns>.<domain>`).
 pub const CANARY_TAG: &str = "canary";
@@ -84,6 +86,9 @@ pub struct Input<'a> {
     pub provided: Vec<crate::analysis::Provided>,
     /// Where the canary's next analysis window starts ([`crate::next_window`]); kept in the status.
     pub baseline: Option<revisor_api::rollout::AnalysisBaseline>,
+    /// The canary's and the stable revision's cumulative counters now, for sequential analysis; `None`
+    /// where the metrics source has no counters (Prometheus), which judges per interval instead.
+    pub readings: Option<(crate::analysis::Counters, Option<crate::analysis::Counters>)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +208,7 @@ impl Machine<'_> {
 
     fn start(&mut self, canary: &str) {
         let now = self.input.now;
+        self.st.evidence = None;
         self.st.phase = phase::PROGRESSING.into();
         self.st.canary_revision = Some(canary.into());
         self.st.canary_weight = 0;
@@ -273,6 +279,9 @@ impl Machine<'_> {
         self.st.current_step += 1;
         self.st.step_started_at = Some(self.input.now);
         self.st.successful_runs = 0;
+        if let Some(ev) = &mut self.st.evidence {
+            ev.held = false;
+        }
     }
 
     fn since_step(&self) -> std::time::Duration {
@@ -354,9 +363,12 @@ impl Machine<'_> {
         );
     }
 
-    /// The analysis baseline of the canary being analysed; none otherwise.
+    /// The analysis baseline of the canary being analysed; none otherwise (and no evidence).
     fn keep_baseline(&mut self) {
         let active = matches!(self.st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+        if !active {
+            self.st.evidence = None;
+        }
         let canary = self.st.canary_revision.as_deref().filter(|_| active);
         let of_canary = |b: &&revisor_api::rollout::AnalysisBaseline| Some(b.canary.revision.as_str()) == canary;
         self.st.analysis_baseline = self
@@ -460,11 +472,34 @@ impl Machine<'_> {
                 _ => {}
             }
         }
-        // Analysis.
+        // Sequential analysis: a look at the evidence, at once when it shows the canary worse.
+        let sequential = r
+            .spec
+            .analysis
+            .as_ref()
+            .filter(|a| a.sequential() && input.readings.is_some());
+        if let Some(a) = sequential {
+            if let Some(why) = self.sequential_look(a) {
+                return self.roll_back(false, "AnalysisFailed", why);
+            }
+        }
+        // Analysis runs, each interval.
         if let (Some(a), Some(w)) = (&r.spec.analysis, &input.window) {
             self.st.last_analysis_at = Some(input.now);
+            let per_interval = match sequential {
+                Some(a) => revisor_api::rollout::Analysis {
+                    metrics: a
+                        .metrics
+                        .iter()
+                        .filter(|m| !sequential::is_sequential(m))
+                        .cloned()
+                        .collect(),
+                    ..a.clone()
+                },
+                None => a.clone(),
+            };
             let mut run = crate::analysis::evaluate_with(
-                a,
+                &per_interval,
                 w,
                 input.stable_window.as_ref(),
                 &input.provided,
@@ -485,6 +520,9 @@ impl Machine<'_> {
                     verdict: if failed { "Failed" } else { "Successful" }.into(),
                     ..Default::default()
                 });
+            }
+            if let Some(a) = sequential {
+                self.sequential_measurements(a, &mut run);
             }
             if run.failed {
                 run.inconclusive = false;
@@ -520,6 +558,10 @@ impl Machine<'_> {
                     return self.roll_back(false, "AnalysisFailed", why);
                 }
                 self.event(true, "AnalysisFailed", why);
+            } else if run.inconclusive && sequential.is_some() {
+                if self.inconclusive(a) {
+                    return;
+                }
             } else if run.inconclusive {
                 if self.since_step() >= deadline {
                     let why = format!(
@@ -585,6 +627,118 @@ impl Machine<'_> {
         if self.st.current_step as usize >= steps.len() && self.st.phase == phase::PROGRESSING {
             self.confirmed_promote();
         }
+    }
+}
+
+impl Machine<'_> {
+    /// Adds a look to the evidence (at most one a second) and says why the canary is worse, if a
+    /// sequential check finds it so.
+    fn sequential_look(&mut self, a: &Analysis) -> Option<String> {
+        let (canary, stable) = self.input.readings.as_ref()?;
+        let ev = sequential::look(self.st.evidence.as_ref(), self.input.now, canary, stable.as_ref())?;
+        let worse = a.metrics.iter().enumerate().find_map(|(i, m)| {
+            if !sequential::is_sequential(m) {
+                return None;
+            }
+            match sequential::judge(a, i, &ev, &canary.bounds_ms) {
+                Verdict::Worse(why) => Some(format!("{} is worse: {why}", metric_label(m))),
+                _ => None,
+            }
+        });
+        self.st.evidence = Some(ev);
+        worse
+    }
+
+    /// The sequential checks' verdicts as this run's measurements; a check not yet known makes the
+    /// run inconclusive (a hold, never a failure).
+    fn sequential_measurements(&mut self, a: &Analysis, run: &mut crate::analysis::Run) {
+        let (Some(ev), Some((canary, _))) = (&self.st.evidence, &self.input.readings) else {
+            run.inconclusive = true;
+            return;
+        };
+        for (i, m) in a
+            .metrics
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| sequential::is_sequential(m))
+        {
+            let (verdict, comparison) = match sequential::judge(a, i, ev, &canary.bounds_ms) {
+                Verdict::Worse(s) => ("Failed", s),
+                Verdict::NotWorse(s) => ("Successful", s),
+                Verdict::Unknown(s) => {
+                    run.inconclusive = true;
+                    ("Inconclusive", s)
+                }
+            };
+            let window = |r: &revisor_api::rollout::CounterReading| crate::analysis::Window {
+                requests: r.requests.iter().sum(),
+                errors: r.requests.get(4).copied().unwrap_or(0),
+                bounds_ms: canary.bounds_ms.clone(),
+                latency_counts: r.latency_counts.clone(),
+                ..Default::default()
+            };
+            let value = |w: &crate::analysis::Window| match m.name.as_str() {
+                "latency" => w.latency_percentile(m.percentile.unwrap_or(99.0)),
+                _ => w.success_rate(),
+            };
+            let (c, s) = (window(&ev.canary), window(&ev.stable));
+            run.measurements.push(revisor_api::rollout::Measurement {
+                time: self.input.now,
+                revision: self.st.canary_revision.clone().unwrap_or_default(),
+                step: self.st.current_step,
+                metric: metric_label(m),
+                value: value(&c),
+                threshold: m.threshold_range,
+                baseline: m.relative_to.as_ref().and_then(|_| value(&s)),
+                comparison: Some(format!("sequential, since the canary started: {comparison}")),
+                samples: c.requests,
+                verdict: verdict.into(),
+            });
+        }
+    }
+
+    /// A step whose evidence is still not conclusive after `inconclusiveAfter`: hold (announced
+    /// once), roll back or promote, as the analysis says. True when the step ends here.
+    fn inconclusive(&mut self, a: &Analysis) -> bool {
+        let after = a.inconclusive_after();
+        if self.since_step() < after {
+            return false;
+        }
+        let canary = self.st.canary_revision.clone().unwrap_or_default();
+        let why = format!("the evidence on {canary} is still not conclusive after {after:?} at this step");
+        match a.on_inconclusive.as_deref().unwrap_or("hold") {
+            "rollback" => {
+                self.roll_back(false, "Inconclusive", why);
+                true
+            }
+            "promote" => {
+                self.event(
+                    false,
+                    "Inconclusive",
+                    format!("{why}: promoting, as onInconclusive says"),
+                );
+                self.confirmed_promote();
+                true
+            }
+            _ => {
+                let held = self.st.evidence.as_ref().is_some_and(|e| e.held);
+                if !held {
+                    self.event(true, "Inconclusive", format!("{why}: holding (onInconclusive: hold); more traffic, or the load generator, gives a verdict sooner"));
+                    if let Some(ev) = &mut self.st.evidence {
+                        ev.held = true;
+                    }
+                }
+                false
+            }
+        }
+    }
+}
+
+/// How a metric is named in measurements: `latency-p99`, `success-rate`.
+fn metric_label(m: &revisor_api::rollout::MetricCheck) -> String {
+    match m.name.as_str() {
+        "latency" => format!("latency-p{}", m.percentile.unwrap_or(99.0)),
+        n => n.to_string(),
     }
 }
 
@@ -714,6 +868,7 @@ mod tests {
                 hooks,
                 provided: Vec::new(),
                 baseline: None,
+                readings: None,
             });
             self.events.extend(out.events);
             self.traffic = out.traffic;

@@ -5,6 +5,7 @@ mod describe;
 pub mod export;
 mod get;
 mod rollout;
+mod simulate;
 mod table;
 mod traffic;
 
@@ -248,6 +249,22 @@ pub enum Command {
     },
     /// Print the Rollout CustomResourceDefinition (rollouts.revisor.dev) for `kubectl apply`.
     Crd,
+    /// Run a Rollout many times on a simulated clock against synthetic traffic (the real state machine
+    /// and analysis), and say how often and how fast it promotes or rolls back.
+    Simulate {
+        /// A manifest file holding the Rollout (other documents in it are ignored).
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// The scenario: rate, duration, and each revision's errorRate and latency (median, sigma).
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Rollouts to simulate, with seeds 0, 1, ... (each reproduces on its own).
+        #[arg(long, default_value_t = 1000)]
+        seeds: u64,
+        /// A summary table, or one JSON object per seed and then `{"summary": ...}`.
+        #[arg(short, long, value_enum, default_value_t = SimOutput::Table)]
+        output: SimOutput,
+    },
     /// Operate a Rollout: status, watch, promote, abort, retry, pause, resume, undo.
     Rollout {
         #[command(subcommand)]
@@ -295,6 +312,7 @@ impl Command {
             | Command::ExampleModels { .. }
             | Command::Demo
             | Command::Crd
+            | Command::Simulate { .. }
             | Command::Completions { .. } => None,
         }
     }
@@ -306,6 +324,12 @@ impl Command {
             Command::Serve { .. } | Command::ModelServer { .. } | Command::Demo
         )
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SimOutput {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -469,6 +493,12 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", serde_yaml::to_string(&revisor_api::rollout::crd())?);
             return Ok(());
         }
+        Command::Simulate {
+            file,
+            scenario,
+            seeds,
+            output,
+        } => return simulate::run(file, scenario, *seeds, *output == SimOutput::Json),
         Command::Export {
             files,
             service: None,
@@ -493,6 +523,7 @@ pub fn run(cli: Cli) -> Result<()> {
         | Command::ExampleModels { .. }
         | Command::Demo
         | Command::Crd
+        | Command::Simulate { .. }
         | Command::Completions { .. } => {
             unreachable!("handled above")
         }

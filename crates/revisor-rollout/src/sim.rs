@@ -1,0 +1,464 @@
+//! Rollouts on a simulated clock against synthetic traffic (`revisor simulate`): the real state
+//! machine ([`advance`]) and the real windowing ([`next_window`]), stepped as the controller steps
+//! them, with Poisson requests split by the canary's weight, Bernoulli 5xx and lognormal latencies
+//! counted into the gateway's latency buckets. Deterministic for a seed.
+
+use chrono::{DateTime, Utc};
+use revisor_api::rollout::{phase, Rollout, RolloutStatus};
+
+use crate::analysis::Counters;
+use crate::baseline::next_window;
+use crate::machine::{advance, CanaryState, Hooks, Input};
+
+/// How one revision answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Behaviour {
+    /// Share of requests answered 5xx.
+    pub error_rate: f64,
+    /// Median latency, ms.
+    pub median_ms: f64,
+    /// The lognormal's sigma (of the natural log).
+    pub sigma: f64,
+}
+
+/// The traffic and the two revisions of a scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Requests per second to the service, Poisson.
+    pub rate: f64,
+    /// The longest a simulated rollout runs, seconds.
+    pub duration: f64,
+    pub stable: Behaviour,
+    pub canary: Behaviour,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Promoted,
+    RolledBack,
+    Undecided,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Promoted => "promoted",
+            Outcome::RolledBack => "rolledBack",
+            Outcome::Undecided => "undecided",
+        }
+    }
+}
+
+/// What happened to one simulated rollout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimResult {
+    pub seed: u64,
+    pub outcome: Outcome,
+    /// From the canary's start to the decision (or the cap).
+    pub seconds: f64,
+    pub canary_requests: u64,
+    pub canary_errors: u64,
+    /// The Rollout's last message (why it ended).
+    pub reason: String,
+}
+
+/// The controller's step (its tick), simulated.
+const TICK_MS: i64 = 250;
+const STABLE: &str = "sim-00001";
+const CANARY: &str = "sim-00002";
+
+/// Runs one rollout of `rollout` (its spec; the status is the simulation's) with `seed`. `bounds_ms`
+/// are the latency buckets' upper bounds (the gateway's).
+pub fn simulate(rollout: &Rollout, scenario: &Scenario, bounds_ms: &[f64], seed: u64) -> SimResult {
+    let mut rng = Rng::new(seed);
+    let mut r = rollout.clone();
+    let start = DateTime::from_timestamp(1_700_000_000, 0).expect("a fixed epoch");
+    r.status = Some(RolloutStatus {
+        phase: phase::SUCCEEDED.into(),
+        stable_revision: Some(STABLE.into()),
+        ..Default::default()
+    });
+    let new = |bounds: &[f64]| Counters {
+        bounds_ms: bounds.to_vec(),
+        latency_counts: vec![0; bounds.len() + 1],
+        ..Default::default()
+    };
+    let (mut stable, mut canary) = (new(bounds_ms), new(bounds_ms));
+    let exists = |_: &str| true;
+    let dt = TICK_MS as f64 / 1000.0;
+    let ticks = (scenario.duration / dt).ceil() as i64;
+    let mut began = None;
+    for tick in 0..=ticks {
+        let now = start + chrono::Duration::milliseconds(tick * TICK_MS);
+        let st = r.status();
+        let active = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+        if began.is_none() && st.canary_revision.is_some() {
+            began = Some(now);
+        }
+        let w = if active { st.canary_weight.min(100) } else { 0 } as f64 / 100.0;
+        let n = rng.poisson(scenario.rate * dt);
+        let to_canary = rng.binomial(n, w);
+        serve(&mut rng, &mut canary, &scenario.canary, to_canary, bounds_ms);
+        serve(&mut rng, &mut stable, &scenario.stable, n - to_canary, bounds_ms);
+        let (windows, baseline) = match &st.canary_revision {
+            Some(c) => {
+                let (w, b) = next_window(&r, now, (c, &canary), Some((STABLE, &stable)));
+                (w, Some(b))
+            }
+            None => (None, None),
+        };
+        let (window, stable_window) = match windows {
+            Some((c, s)) => (Some(c), s),
+            None => (None, None),
+        };
+        let out = advance(&Input {
+            rollout: &r,
+            latest: Some((CANARY, CanaryState::Ready)),
+            exists: &exists,
+            now,
+            window,
+            stable_window,
+            stable_replicas: 1,
+            hooks: Hooks::default(),
+            provided: Vec::new(),
+            baseline,
+            readings: st
+                .canary_revision
+                .as_ref()
+                .map(|_| (canary.clone(), Some(stable.clone()))),
+        });
+        r.status = Some(out.status);
+        let st = r.status();
+        let outcome = match st.phase.as_str() {
+            phase::SUCCEEDED if st.stable_revision.as_deref() == Some(CANARY) => Some(Outcome::Promoted),
+            phase::ROLLED_BACK | phase::FAILED => Some(Outcome::RolledBack),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            return result(seed, outcome, began.unwrap_or(now), now, &canary, st.message);
+        }
+    }
+    let end = start + chrono::Duration::milliseconds(ticks * TICK_MS);
+    let message = r.status().message;
+    result(seed, Outcome::Undecided, began.unwrap_or(end), end, &canary, message)
+}
+
+fn result(
+    seed: u64,
+    outcome: Outcome,
+    began: DateTime<Utc>,
+    now: DateTime<Utc>,
+    canary: &Counters,
+    message: Option<String>,
+) -> SimResult {
+    SimResult {
+        seed,
+        outcome,
+        seconds: (now - began).num_milliseconds() as f64 / 1000.0,
+        canary_requests: canary.requests.iter().sum(),
+        canary_errors: canary.requests[4],
+        reason: message.unwrap_or_default(),
+    }
+}
+
+/// Answers `n` requests the way `b` does, into cumulative counters.
+fn serve(rng: &mut Rng, c: &mut Counters, b: &Behaviour, n: u64, bounds_ms: &[f64]) {
+    for _ in 0..n {
+        if rng.uniform() < b.error_rate {
+            c.requests[4] += 1;
+        } else {
+            c.requests[1] += 1;
+        }
+        let ms = b.median_ms * (b.sigma * rng.normal()).exp();
+        let i = bounds_ms.iter().position(|x| ms <= *x).unwrap_or(bounds_ms.len());
+        c.latency_counts[i] += 1;
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so results reproduce for a seed on any platform.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box-Muller).
+    fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// Poisson by inversion for small means, else a rounded normal approximation.
+    fn poisson(&mut self, mean: f64) -> u64 {
+        if mean <= 0.0 {
+            return 0;
+        }
+        if mean > 30.0 {
+            return (mean + mean.sqrt() * self.normal()).round().max(0.0) as u64;
+        }
+        let (limit, mut k, mut p) = ((-mean).exp(), 0u64, 1.0);
+        loop {
+            p *= self.uniform();
+            if p <= limit {
+                return k;
+            }
+            k += 1;
+        }
+    }
+
+    fn binomial(&mut self, n: u64, p: f64) -> u64 {
+        (0..n).filter(|_| self.uniform() < p).count() as u64
+    }
+}
+
+/// The share of each outcome and the median seconds to a decision over many results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub runs: usize,
+    pub promoted: f64,
+    pub rolled_back: f64,
+    pub undecided: f64,
+    /// Median seconds to rollback, over the rolled-back runs.
+    pub median_seconds_to_rollback: Option<f64>,
+    /// Median failed canary requests before rollback, over the rolled-back runs.
+    pub median_errors_to_rollback: Option<f64>,
+    pub median_seconds: f64,
+}
+
+pub fn summarize(results: &[SimResult]) -> Summary {
+    let runs = results.len();
+    let share = |o: Outcome| results.iter().filter(|r| r.outcome == o).count() as f64 / runs.max(1) as f64;
+    let rolled: Vec<&SimResult> = results.iter().filter(|r| r.outcome == Outcome::RolledBack).collect();
+    Summary {
+        runs,
+        promoted: share(Outcome::Promoted),
+        rolled_back: share(Outcome::RolledBack),
+        undecided: share(Outcome::Undecided),
+        median_seconds_to_rollback: median(rolled.iter().map(|r| r.seconds).collect()),
+        median_errors_to_rollback: median(rolled.iter().map(|r| r.canary_errors as f64).collect()),
+        median_seconds: median(results.iter().map(|r| r.seconds).collect()).unwrap_or(0.0),
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    let m = xs.len() / 2;
+    Some(if xs.len().is_multiple_of(2) {
+        (xs[m - 1] + xs[m]) / 2.0
+    } else {
+        xs[m]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use revisor_api::rollout::*;
+
+    const BOUNDS: [f64; 6] = [5.0, 10.0, 20.0, 40.0, 80.0, 160.0];
+
+    fn rollout() -> Rollout {
+        let step = |w: u32| Step {
+            set_weight: Some(w),
+            ..Default::default()
+        };
+        let analysis_step = Step {
+            analysis: Some(StepAnalysis { count: Some(1) }),
+            ..Default::default()
+        };
+        Rollout {
+            spec: RolloutSpec {
+                service_ref: ServiceRef { name: "sim".into() },
+                strategy: Strategy {
+                    canary: Some(Canary {
+                        steps: Some(vec![step(20), analysis_step.clone(), step(50), analysis_step]),
+                        ..Default::default()
+                    }),
+                    blue_green: None,
+                },
+                analysis: Some(Analysis {
+                    interval: Some("10s".into()),
+                    threshold: Some(2),
+                    min_samples: Some(20),
+                    metrics: vec![MetricCheck {
+                        name: "success-rate".into(),
+                        threshold_range: ThresholdRange {
+                            min: Some(95.0),
+                            max: None,
+                        },
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn scenario(canary_errors: f64) -> Scenario {
+        let b = |e| Behaviour {
+            error_rate: e,
+            median_ms: 20.0,
+            sigma: 0.5,
+        };
+        Scenario {
+            rate: 50.0,
+            duration: 600.0,
+            stable: b(0.0),
+            canary: b(canary_errors),
+        }
+    }
+
+    #[test]
+    fn the_real_machine_promotes_a_good_canary_and_rolls_back_a_bad_one_reproducibly() {
+        let good = simulate(&rollout(), &scenario(0.0), &BOUNDS, 7);
+        assert_eq!(good.outcome, Outcome::Promoted, "{good:?}");
+        assert!(good.canary_requests > 100 && good.canary_errors == 0, "{good:?}");
+        // Two analysis steps of one 10 s run each, after the weights are set.
+        assert!((15.0..=40.0).contains(&good.seconds), "{good:?}");
+        assert_eq!(
+            simulate(&rollout(), &scenario(0.0), &BOUNDS, 7),
+            good,
+            "same seed, same run"
+        );
+
+        let bad = simulate(&rollout(), &scenario(0.5), &BOUNDS, 7);
+        assert_eq!(bad.outcome, Outcome::RolledBack, "{bad:?}");
+        assert!(bad.reason.contains("success-rate"), "{bad:?}");
+        assert!(bad.canary_errors > 0);
+
+        let results: Vec<SimResult> = (0..20)
+            .map(|s| simulate(&rollout(), &scenario(0.5), &BOUNDS, s))
+            .collect();
+        let sum = summarize(&results);
+        assert_eq!((sum.runs, sum.rolled_back), (20, 1.0), "{sum:?}");
+        assert!(sum.median_seconds_to_rollback.is_some());
+    }
+
+    /// The recommended shape (bench/judgement/sequential-relative.yaml): success rate and p50 latency
+    /// against stable, judged sequentially.
+    fn relative() -> Rollout {
+        let mut r = rollout();
+        let a = r.spec.analysis.as_mut().unwrap();
+        a.interval = Some("30s".into());
+        a.metrics = vec![
+            MetricCheck {
+                name: "success-rate".into(),
+                relative_to: Some("stable".into()),
+                max_ratio: Some(1.5),
+                ..Default::default()
+            },
+            MetricCheck {
+                name: "latency".into(),
+                percentile: Some(50.0),
+                relative_to: Some("stable".into()),
+                max_ratio: Some(1.5),
+                ..Default::default()
+            },
+        ];
+        r
+    }
+
+    fn scenario_at(rate: f64, errors: f64, median_ms: f64) -> Scenario {
+        let b = |e, m| Behaviour {
+            error_rate: e,
+            median_ms: m,
+            sigma: 0.5,
+        };
+        Scenario {
+            rate,
+            duration: 3600.0,
+            stable: b(0.005, 20.0),
+            canary: b(errors, median_ms),
+        }
+    }
+
+    /// Issue 13's targets on a few seeds (bench/judgement.sh measures them on 1,000): a 20%-error
+    /// canary at 100 req/s is rolled back within 10 s of reaching traffic with fewer than 30 failed
+    /// requests, at once rather than after an interval and a threshold count; a good canary is not
+    /// rolled back, and at 1 req/s it waits rather than failing for want of data.
+    #[test]
+    fn sequential_verdicts_roll_back_at_once_and_never_for_want_of_data() {
+        let bad: Vec<SimResult> = (0..40)
+            .map(|s| simulate(&relative(), &scenario_at(100.0, 0.2, 20.0), &BOUNDS, s))
+            .collect();
+        let sum = summarize(&bad);
+        assert_eq!(sum.rolled_back, 1.0, "{sum:?}");
+        assert!(sum.median_seconds_to_rollback.unwrap() < 10.0, "{sum:?}");
+        assert!(sum.median_errors_to_rollback.unwrap() < 30.0, "{sum:?}");
+        assert!(bad[0].reason.contains("success-rate is worse"), "{:?}", bad[0]);
+
+        let good: Vec<SimResult> = (0..40)
+            .map(|s| simulate(&relative(), &scenario_at(100.0, 0.005, 20.0), &BOUNDS, s))
+            .collect();
+        assert!(
+            good.iter().all(|r| r.outcome != Outcome::RolledBack),
+            "{:?}",
+            summarize(&good)
+        );
+
+        let mut short = scenario_at(1.0, 0.005, 20.0);
+        short.duration = 900.0;
+        let idle: Vec<SimResult> = (0..10).map(|s| simulate(&relative(), &short, &BOUNDS, s)).collect();
+        assert!(
+            idle.iter().all(|r| r.outcome == Outcome::Undecided),
+            "{:?}",
+            summarize(&idle)
+        );
+    }
+
+    #[test]
+    fn inconclusive_evidence_does_what_on_inconclusive_says_after_its_time() {
+        let mut r = relative();
+        let a = r.spec.analysis.as_mut().unwrap();
+        a.on_inconclusive = Some("rollback".into());
+        a.inconclusive_after = Some("5m".into());
+        let mut s = scenario_at(1.0, 0.005, 20.0);
+        s.duration = 900.0;
+        let out = simulate(&r, &s, &BOUNDS, 3);
+        assert_eq!(out.outcome, Outcome::RolledBack, "{out:?}");
+        assert!(out.reason.contains("not conclusive"), "{out:?}");
+        assert!((295.0..=400.0).contains(&out.seconds), "{out:?}");
+
+        r.spec.analysis.as_mut().unwrap().on_inconclusive = Some("promote".into());
+        let out = simulate(&r, &s, &BOUNDS, 3);
+        assert_eq!(out.outcome, Outcome::Promoted, "{out:?}");
+    }
+
+    #[test]
+    fn the_generator_is_poisson_and_lognormal_enough() {
+        let mut rng = Rng::new(1);
+        let n = 20_000;
+        let mean = (0..n).map(|_| rng.poisson(2.5) as f64).sum::<f64>() / n as f64;
+        assert!((mean - 2.5).abs() < 0.05, "{mean}");
+        let big = (0..n).map(|_| rng.poisson(100.0) as f64).sum::<f64>() / n as f64;
+        assert!((big - 100.0).abs() < 0.5, "{big}");
+        let mut below = 0;
+        for _ in 0..n {
+            if 20.0 * (0.5 * rng.normal()).exp() <= 20.0 {
+                below += 1;
+            }
+        }
+        let share = below as f64 / n as f64;
+        assert!((share - 0.5).abs() < 0.02, "the median is the median: {share}");
+    }
+}
