@@ -527,9 +527,7 @@ impl Machine<'_> {
             if run.failed {
                 run.inconclusive = false;
             }
-            self.st.measurements.extend(run.measurements.iter().cloned());
-            let excess = self.st.measurements.len().saturating_sub(MAX_MEASUREMENTS);
-            self.st.measurements.drain(..excess);
+            self.keep_measurements(run.measurements.clone());
             if run.failed {
                 self.st.failed_checks += 1;
                 self.st.successful_runs = 0;
@@ -646,7 +644,23 @@ impl Machine<'_> {
             }
         });
         self.st.evidence = Some(ev);
+        if worse.is_some() {
+            // The verdict that rolls back is kept with the other measurements.
+            let mut run = crate::analysis::Run {
+                measurements: Vec::new(),
+                failed: true,
+                inconclusive: false,
+            };
+            self.sequential_measurements(a, &mut run);
+            self.keep_measurements(run.measurements);
+        }
         worse
+    }
+
+    fn keep_measurements(&mut self, ms: Vec<revisor_api::rollout::Measurement>) {
+        self.st.measurements.extend(ms);
+        let excess = self.st.measurements.len().saturating_sub(MAX_MEASUREMENTS);
+        self.st.measurements.drain(..excess);
     }
 
     /// The sequential checks' verdicts as this run's measurements; a check not yet known makes the

@@ -340,6 +340,35 @@ mod tests {
     }
 
     #[test]
+    fn evidence_adds_each_look_and_survives_counters_that_went_back() {
+        let c = |ok: u64, errors: u64| Counters {
+            requests: [0, ok, 0, 0, errors],
+            bounds_ms: vec![10.0],
+            latency_counts: vec![ok + errors, 0],
+            ..Default::default()
+        };
+        let t = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let first = look(None, t(0), &c(100, 1), Some(&c(900, 5))).unwrap();
+        assert_eq!(
+            first.canary.requests.iter().sum::<u64>(),
+            0,
+            "a first look notes the counters"
+        );
+        assert!(
+            look(Some(&first), t(0), &c(150, 1), None).is_none(),
+            "looks are a second apart"
+        );
+        let second = look(Some(&first), t(1), &c(150, 3), Some(&c(1000, 5))).unwrap();
+        assert_eq!(second.canary.requests, vec![0, 50, 0, 0, 2]);
+        assert_eq!(second.stable.requests, vec![0, 100, 0, 0, 0]);
+        // The server restarted (its counters are back near zero); the stored evidence is kept and the
+        // new counts are added from zero.
+        let third = look(Some(&second), t(5), &c(20, 1), Some(&c(30, 0))).unwrap();
+        assert_eq!(third.canary.requests, vec![0, 70, 0, 0, 3]);
+        assert_eq!(third.stable.requests, vec![0, 130, 0, 0, 0]);
+    }
+
+    #[test]
     fn latency_above_a_bound_is_interpolated_in_its_bucket() {
         let c = CounterReading {
             latency_counts: vec![10, 10, 10],
