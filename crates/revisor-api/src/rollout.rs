@@ -304,7 +304,7 @@ pub struct MetricCheck {
     pub provider: Option<MetricProvider>,
     /// For a check relative to stable, with sequential analysis: differences below this never fail
     /// a canary. For `latency` a Go duration (default 5ms), so sub-millisecond noise is no
-    /// regression; for `success-rate` percentage points (default "0.5%"), so a few 5xx where stable
+    /// regression; for `success-rate` percentage points (default "0.25%"), so a few 5xx where stable
     /// had none are not either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_difference: Option<String>,

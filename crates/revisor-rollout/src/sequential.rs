@@ -9,7 +9,7 @@
 //! their likelihood at p0; closed form from the totals since the canary started.
 //! Checks relative to stable take their tolerance from stable's totals over the same time (far more
 //! requests than the canary's): an error rate up to `maxRatio` times stable's or stable's plus
-//! `minDifference` (percentage points, default 0.5), whichever is larger; a latency up to `maxRatio`
+//! `minDifference` (percentage points, default 0.25), whichever is larger; a latency up to `maxRatio`
 //! times stable's percentile or that plus `minDifference` (default 5ms), whichever is larger. The
 //! floors keep noise that no user cares about (sub-millisecond, a few 5xx where stable had none)
 //! from ever failing a canary.
@@ -30,10 +30,10 @@ pub const LOOK_EVERY_MS: i64 = 1000;
 /// The relative error-rate tolerance when a check names none.
 pub const DEFAULT_RATIO: f64 = 1.5;
 /// The error-rate floor of a check relative to stable when it names none, in percentage points.
-pub const DEFAULT_ERROR_FLOOR: f64 = 0.5;
+pub const DEFAULT_ERROR_FLOOR: f64 = 0.25;
 
 /// Alternatives, as shifts of the log-odds away from the bound.
-const SHIFTS: [f64; 8] = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.5];
+const SHIFTS: [f64; 6] = [0.3, 0.75, 1.25, 1.75, 2.5, 4.0];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
