@@ -207,9 +207,21 @@ pub fn run(file: &Path, scenario_file: &Path, seeds: u64, json_out: bool) -> Res
     Ok(())
 }
 
-/// A reason without the numbers that differ from run to run, to group runs by it.
+/// A reason without the names and numbers that differ from run to run, to group runs by it:
+/// `rolled back: success-rate is worse`, `analysis failed: latency-p99`, `analysing at %`.
 fn shorten(reason: &str) -> String {
-    let cut = reason.find(" = ").or_else(|| reason.find(": ")).unwrap_or(reason.len());
-    let head: String = reason[..cut].chars().filter(|c| !c.is_ascii_digit()).collect();
-    head.replace("sim-", "")
+    if let Some(i) = reason.find(" is worse") {
+        let start = reason[..i].rfind(": ").map(|j| j + 2).unwrap_or(0);
+        return format!("rolled back: {} is worse", &reason[start..i]);
+    }
+    if let Some(i) = reason.find("; last: ") {
+        let rest = &reason[i + 8..];
+        let metric = rest.split([' ', ',']).next().unwrap_or(rest);
+        return format!("rolled back: analysis failed on {metric}");
+    }
+    let words: Vec<&str> = reason
+        .split_whitespace()
+        .filter(|w| !w.starts_with("sim-") && !w.chars().any(|c| c.is_ascii_digit()))
+        .collect();
+    words.join(" ")
 }
