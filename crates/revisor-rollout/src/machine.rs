@@ -8,7 +8,9 @@ use revisor_api::TrafficTarget;
 
 use crate::analysis::Window;
 use crate::sequential::{self, Verdict};
+use revisor_api::meta::Conditions;
 use revisor_api::rollout::Analysis;
+use revisor_api::ConditionStatus;
 
 /// The tag the canary is reachable by during a rollout (`canary-<service>.<ns>.<domain>`).
 pub const CANARY_TAG: &str = "canary";
@@ -570,6 +572,10 @@ impl Machine<'_> {
                 }
             } else {
                 self.st.successful_runs += 1;
+                if sequential.is_some() {
+                    let msg = "every sequential check is not worse than its tolerance".to_string();
+                    self.analysis_condition(ConditionStatus::True, "NotWorse", msg);
+                }
             }
         }
         if r.spec.paused == Some(true) {
@@ -644,7 +650,8 @@ impl Machine<'_> {
             }
         });
         self.st.evidence = Some(ev);
-        if worse.is_some() {
+        if let Some(why) = &worse {
+            self.analysis_condition(ConditionStatus::False, "Worse", why.clone());
             // The verdict that rolls back is kept with the other measurements.
             let mut run = crate::analysis::Run {
                 measurements: Vec::new(),
@@ -655,6 +662,13 @@ impl Machine<'_> {
             self.keep_measurements(run.measurements);
         }
         worse
+    }
+
+    /// The `Analysis` condition: True when the last run found every sequential check not worse,
+    /// False when one was worse, Unknown while the evidence is still not conclusive past its time.
+    fn analysis_condition(&mut self, status: ConditionStatus, reason: &str, message: String) {
+        let c = revisor_api::Condition::new("Analysis", status, Some(reason), Some(message));
+        self.st.conditions.set_condition(c, self.input.now);
     }
 
     fn keep_measurements(&mut self, ms: Vec<revisor_api::rollout::Measurement>) {
@@ -736,6 +750,7 @@ impl Machine<'_> {
             }
             _ => {
                 let held = self.st.evidence.as_ref().is_some_and(|e| e.held);
+                self.analysis_condition(ConditionStatus::Unknown, "Inconclusive", why.clone());
                 if !held {
                     self.event(true, "Inconclusive", format!("{why}: holding (onInconclusive: hold); more traffic, or the load generator, gives a verdict sooner"));
                     if let Some(ev) = &mut self.st.evidence {

@@ -60,6 +60,8 @@ pub struct SimResult {
     pub canary_errors: u64,
     /// The Rollout's last message (why it ended).
     pub reason: String,
+    /// The Rollout's status at the end.
+    pub status: RolloutStatus,
 }
 
 /// The controller's step (its tick), simulated.
@@ -140,12 +142,11 @@ pub fn simulate(rollout: &Rollout, scenario: &Scenario, bounds_ms: &[f64], seed:
             _ => None,
         };
         if let Some(outcome) = outcome {
-            return result(seed, outcome, began.unwrap_or(now), now, &canary, st.message);
+            return result(seed, outcome, began.unwrap_or(now), now, &canary, st);
         }
     }
     let end = start + chrono::Duration::milliseconds(ticks * TICK_MS);
-    let message = r.status().message;
-    result(seed, Outcome::Undecided, began.unwrap_or(end), end, &canary, message)
+    result(seed, Outcome::Undecided, began.unwrap_or(end), end, &canary, r.status())
 }
 
 fn result(
@@ -154,7 +155,7 @@ fn result(
     began: DateTime<Utc>,
     now: DateTime<Utc>,
     canary: &Counters,
-    message: Option<String>,
+    status: RolloutStatus,
 ) -> SimResult {
     SimResult {
         seed,
@@ -162,7 +163,8 @@ fn result(
         seconds: (now - began).num_milliseconds() as f64 / 1000.0,
         canary_requests: canary.requests.iter().sum(),
         canary_errors: canary.requests[4],
-        reason: message.unwrap_or_default(),
+        reason: status.message.clone().unwrap_or_default(),
+        status,
     }
 }
 
@@ -443,6 +445,21 @@ mod tests {
         assert_eq!(out.outcome, Outcome::RolledBack, "{out:?}");
         assert!(out.reason.contains("not conclusive"), "{out:?}");
         assert!((295.0..=400.0).contains(&out.seconds), "{out:?}");
+
+        // hold (the default): still waiting at the end, with the condition saying why.
+        r.spec.analysis.as_mut().unwrap().on_inconclusive = None;
+        let held = simulate(&r, &s, &BOUNDS, 3);
+        assert_eq!(held.outcome, Outcome::Undecided, "{held:?}");
+        use revisor_api::meta::Conditions;
+        let c = held
+            .status
+            .conditions
+            .get_condition("Analysis")
+            .expect("the Analysis condition");
+        assert_eq!(
+            (c.status, c.reason.as_deref()),
+            (revisor_api::ConditionStatus::Unknown, Some("Inconclusive"))
+        );
 
         r.spec.analysis.as_mut().unwrap().on_inconclusive = Some("promote".into());
         let out = simulate(&r, &s, &BOUNDS, 3);
