@@ -190,9 +190,10 @@ fn escape(v: &str) -> String {
 }
 
 impl MetricsSource for PrometheusMetrics {
-    /// Windows come from `increase()`; the controller only needs a reading to start one from.
+    /// Windows come from `increase()`; there are no cumulative counters to read, so the controller
+    /// judges success rate and latency per interval here.
     fn counters(&self, _namespace: &str, _revision: &str) -> Option<Counters> {
-        Some(Counters::default())
+        None
     }
 
     fn window(&self, namespace: &str, revision: &str, seconds: f64) -> Option<Window> {
