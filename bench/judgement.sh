@@ -26,8 +26,11 @@ for r in "${ROLLOUTS[@]}"; do
 import json, sys
 r, rate, name = sys.argv[1:4]
 s = json.load(sys.stdin)["summary"]
-fmt = lambda x: "-" if x is None else f"{x:.0f}"
-print(f"| {r} | {rate} | {name} | {100*s[\"promoted\"]:.1f}% | {100*s[\"rolledBack\"]:.1f}% | {100*s[\"undecided\"]:.1f}% | {fmt(s[\"medianSecondsToRollback\"])} | {fmt(s[\"medianFailedRequestsToRollback\"])} |")
+fmt = lambda x: "-" if x is None else "%.0f" % x
+pct = lambda k: "%.1f%%" % (100 * s[k])
+cells = [r, rate, name, pct("promoted"), pct("rolledBack"), pct("undecided"),
+         fmt(s["medianSecondsToRollback"]), fmt(s["medianFailedRequestsToRollback"])]
+print("| " + " | ".join(cells) + " |")
 ' "$(basename "$r" .yaml)" "$rate" "$1"
     done
   done
