@@ -1042,10 +1042,14 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
                         }
                         (false, _, _) => errs.push(
                             mp.field("confidence"),
-                            format!(
-                                "{} relative to stable takes confidence (per interval) or maxRatio (the tolerated error-rate ratio), not both",
-                                m.name
-                            ),
+                            if m.name == "success-rate" {
+                                "success-rate relative to stable takes confidence (a two-proportion test per interval) or maxRatio (the tolerated error-rate ratio), not both".to_string()
+                            } else {
+                                format!(
+                                    "{} relative to stable is judged by a two-proportion test: give confidence (and not maxRatio)",
+                                    m.name
+                                )
+                            },
                         ),
                     }
                 }

@@ -35,7 +35,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
         total += value * scale;
     }
-    Ok(Duration::from_secs_f64(total))
+    Duration::try_from_secs_f64(total).map_err(|_| format!("{s:?} is longer than any duration revisor can keep"))
 }
 
 /// Parses a Kubernetes quantity into its value in base units (cores, bytes).

@@ -197,6 +197,31 @@ fn bad_rollouts_are_refused_with_their_paths() {
             "spec.analysis.webhooks[0].url",
             "http:// or https://",
         ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    method: bayesian\n    metrics: [{{name: success-rate, thresholdRange: {{min: 99}}}}]\n")),
+            "spec.analysis.method",
+            "sequential or interval",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    maxFalseRollback: 0\n    metrics: [{{name: success-rate, thresholdRange: {{min: 99}}}}]\n")),
+            "spec.analysis.maxFalseRollback",
+            "(0, 50]",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    onInconclusive: wait\n    inconclusiveAfter: 99999999999999999999h\n    metrics: [{{name: success-rate, thresholdRange: {{min: 99}}}}]\n")),
+            "spec.analysis.onInconclusive",
+            "hold, rollback or promote",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: success-rate, relativeTo: stable, maxRatio: 1.5, minDifference: lots}}]\n")),
+            "spec.analysis.metrics[0].minDifference",
+            "not a percentage",
+        ),
+        (
+            rollout(&format!("{STEPS}  analysis:\n    metrics: [{{name: latency, thresholdRange: {{max: 100}}, minDifference: 5ms}}]\n")),
+            "spec.analysis.metrics[0].minDifference",
+            "relative to stable",
+        ),
     ];
     for (yaml, path, msg) in cases {
         let errs = errors(&yaml);
@@ -204,6 +229,23 @@ fn bad_rollouts_are_refused_with_their_paths() {
             errs.iter()
                 .any(|e| e.starts_with(&format!("{path}:")) && e.contains(msg)),
             "want {path}: ...{msg}... for\n{yaml}\ngot {errs:?}"
+        );
+    }
+}
+
+/// Issue 14 (found here): a Go duration too long for any clock is an error naming the field, not a
+/// panic of the handler.
+#[test]
+fn a_duration_too_long_for_any_clock_is_refused_not_a_panic() {
+    for field in ["interval", "inconclusiveAfter"] {
+        let yaml = rollout(&format!(
+            "{STEPS}  analysis:\n    {field}: 99999999999999999999h\n    metrics: [{{name: success-rate, thresholdRange: {{min: 99}}}}]\n"
+        ));
+        let errs = errors(&yaml);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("spec.analysis.{field}:")) && e.contains("longer than")),
+            "{errs:?}"
         );
     }
 }
