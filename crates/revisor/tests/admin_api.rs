@@ -368,3 +368,24 @@ async fn a_rollout_owns_its_services_traffic() {
     );
     assert_eq!(v["spec"]["traffic"], before, "the traffic stays the Rollout's");
 }
+
+/// Issue 14 (security): `..%2F..` in a namespace read any directory through the log endpoint. Names
+/// and namespaces must be DNS labels before they reach a path.
+#[tokio::test]
+async fn the_log_endpoint_reads_no_directory_outside_the_logs() {
+    let mut api = Api::new();
+    let root = api._dir.path().to_path_buf();
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    std::fs::create_dir_all(root.join("secret")).unwrap();
+    std::fs::write(root.join("secret/replica-1.log"), "TOPSECRET\n").unwrap();
+    api.state.logs = Some(root.join("logs"));
+    for uri in [
+        "/apis/serving.knative.dev/v1/namespaces/%2E%2E/revisions/secret/log",
+        "/apis/serving.knative.dev/v1/namespaces/default/revisions/..%2F..%2Fsecret/log",
+    ] {
+        let (status, body) = api.get(uri).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {body}");
+        assert!(!body.to_string().contains("TOPSECRET"), "{uri}: {body}");
+        assert!(body.to_string().contains("DNS-1123"), "{uri}: {body}");
+    }
+}

@@ -44,6 +44,12 @@ pub async fn revision_log(
     Path((ns, name)): Path<(String, String)>,
     Query(p): Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    // The path below is built from the request: only DNS labels may reach it (never `..` or `/`).
+    for (what, v) in [("namespace", &ns), ("revision name", &name)] {
+        if let Some(e) = revisor_api::names::dns1123_label_error(v) {
+            return Err(ApiError::BadRequest(format!("{what} {v:?}: {e}")));
+        }
+    }
     let logs = s
         .logs
         .clone()
