@@ -301,3 +301,26 @@ fn a_taken_port_names_the_flag_to_change() {
         );
     }
 }
+
+/// Issue 14: names go into URLs only as DNS labels. `revisor delete revision ../services/rv1` used to
+/// delete the service `rv1` (the URL's `..` was resolved); now it is refused before any request.
+#[test]
+fn names_that_would_change_the_url_are_refused_before_any_request() {
+    let server = "http://127.0.0.1:1";
+    for args in [
+        &["delete", "revision", "../services/rv1"][..],
+        &["get", "services", "-n", ".."][..],
+        &["describe", "service", "a/b"][..],
+        &["rollout", "undo", "web", "--to-revision", "../x"][..],
+        &["logs", "web-00001", "-n", "default/../x"][..],
+    ] {
+        let r = cli(server, args);
+        assert_eq!(r.code, 2, "{args:?}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("DNS-1123"), "{args:?}: {}", r.stderr);
+        assert!(
+            !r.stderr.contains("cannot reach"),
+            "refused before any request: {}",
+            r.stderr
+        );
+    }
+}

@@ -120,7 +120,7 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
         /// Namespace of objects that name none; an object naming another one is refused.
-        #[arg(short, long)]
+        #[arg(short, long, value_parser = object_name)]
         namespace: Option<String>,
         /// Check everything on the server, change nothing.
         #[arg(long)]
@@ -146,9 +146,10 @@ pub enum Command {
         /// What to list: services (ksvc, svc), revisions (rev) or rollouts (ro).
         kind: Kind,
         /// Only this one.
+        #[arg(value_parser = object_name)]
         name: Option<String>,
         /// The namespace to look in.
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value = "default", value_parser = object_name)]
         namespace: String,
         /// Every namespace.
         #[arg(short = 'A', long)]
@@ -170,9 +171,10 @@ pub enum Command {
         /// What to show: a service (ksvc, svc), a revision (rev) or a rollout (ro).
         kind: Kind,
         /// Its name.
+        #[arg(value_parser = object_name)]
         name: String,
         /// Its namespace.
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value = "default", value_parser = object_name)]
         namespace: String,
         /// Print the object as YAML or JSON instead of the description.
         #[arg(short, long, value_enum)]
@@ -185,9 +187,10 @@ pub enum Command {
         /// What to delete: a service (ksvc, svc), a revision (rev) or a rollout (ro).
         kind: Kind,
         /// Its name.
+        #[arg(value_parser = object_name)]
         name: String,
         /// Its namespace.
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value = "default", value_parser = object_name)]
         namespace: String,
         /// Delete a revision even though traffic, a tag or a Rollout references it.
         #[arg(long)]
@@ -198,9 +201,10 @@ pub enum Command {
     /// Change a service's traffic split and tags, kn-style.
     Traffic {
         /// The service.
+        #[arg(value_parser = object_name)]
         service: String,
         /// Its namespace.
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value = "default", value_parser = object_name)]
         namespace: String,
         /// REF=PERCENT, where REF is a revision, a tag or @latest; one target left out gets the rest.
         #[arg(long = "traffic", value_delimiter = ',')]
@@ -217,9 +221,10 @@ pub enum Command {
     /// Show the output of a revision's replicas.
     Logs {
         /// The revision.
+        #[arg(value_parser = object_name)]
         revision: String,
         /// Its namespace.
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value = "default", value_parser = object_name)]
         namespace: String,
         /// Keep printing new output.
         #[arg(short, long)]
@@ -237,9 +242,10 @@ pub enum Command {
         #[arg(short = 'f', long = "filename")]
         files: Vec<PathBuf>,
         /// A service to export from the server, with its Rollout.
+        #[arg(value_parser = object_name)]
         service: Option<String>,
         /// The namespace of the service, and of manifest objects that name none.
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value = "default", value_parser = object_name)]
         namespace: String,
         /// What to write.
         #[arg(long, value_enum, default_value_t = export::Format::Knative)]
@@ -275,9 +281,10 @@ pub enum Command {
     /// Show a service's events.
     Events {
         /// The service.
+        #[arg(value_parser = object_name)]
         service: String,
         /// Its namespace.
-        #[arg(short, long, default_value = "default")]
+        #[arg(short, long, default_value = "default", value_parser = object_name)]
         namespace: String,
         /// A table, or the events as YAML or JSON.
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
@@ -639,6 +646,15 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A name or namespace as the CLI puts it into a URL: a DNS-1123 label, so that nothing like
+/// `../services/x` can turn a request into another one.
+pub(crate) fn object_name(s: &str) -> Result<String, String> {
+    match revisor_api::names::dns1123_label_error(s) {
+        None => Ok(s.to_string()),
+        Some(e) => Err(e),
     }
 }
 

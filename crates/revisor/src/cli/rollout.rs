@@ -43,7 +43,7 @@ pub enum RolloutCommand {
         #[command(flatten)]
         target: Target,
         /// The revision to move all traffic to, instead of the previous stable one.
-        #[arg(long)]
+        #[arg(long, value_parser = super::object_name)]
         to_revision: Option<String>,
     },
 }
@@ -51,9 +51,10 @@ pub enum RolloutCommand {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
     /// The Rollout.
+    #[arg(value_parser = super::object_name)]
     pub name: String,
     /// Its namespace.
-    #[arg(short, long, default_value = "default")]
+    #[arg(short, long, default_value = "default", value_parser = super::object_name)]
     pub namespace: String,
 }
 
