@@ -45,7 +45,7 @@ pub fn next_window(
     (Some((canary_window, stable_window)), fresh)
 }
 
-fn reading((revision, c): Reading) -> CounterReading {
+pub(crate) fn reading((revision, c): Reading) -> CounterReading {
     CounterReading {
         revision: revision.to_string(),
         requests: c.requests.to_vec(),
@@ -58,7 +58,7 @@ fn reading((revision, c): Reading) -> CounterReading {
 
 /// A stored reading as counters (bucket bounds from `now`'s); zero when the counters went back since
 /// (the data plane restarted), so the window counts what came after the restart.
-fn counters(r: &CounterReading, now: &Counters) -> Counters {
+pub(crate) fn counters(r: &CounterReading, now: &Counters) -> Counters {
     let mut requests = [0; 5];
     for (a, b) in requests.iter_mut().zip(&r.requests) {
         *a = *b;

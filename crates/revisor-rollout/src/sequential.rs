@@ -90,38 +90,19 @@ fn bernoulli(n: f64, k: f64, p0: f64, alpha: f64, what: &str) -> Verdict {
     }
 }
 
-/// A stored reading as counters (bounds from `like`).
-fn counters(r: &CounterReading, like: &Counters) -> Counters {
-    let mut requests = [0; 5];
-    for (a, b) in requests.iter_mut().zip(&r.requests) {
-        *a = *b;
-    }
-    let mut latency_counts = r.latency_counts.clone();
-    latency_counts.resize(like.latency_counts.len(), 0);
-    Counters {
-        requests,
-        bounds_ms: like.bounds_ms.clone(),
-        latency_counts,
-        ..Default::default()
-    }
-}
-
 fn reading(c: &Counters) -> CounterReading {
-    CounterReading {
-        requests: c.requests.to_vec(),
-        latency_counts: c.latency_counts.clone(),
-        ..Default::default()
-    }
+    crate::baseline::reading(("", c))
 }
 
 /// What happened since the last reading (from zero if the counters went back: a data plane restart).
 fn delta(last: &CounterReading, now: &Counters) -> Counters {
-    let last = counters(last, now);
-    let total = |c: &Counters| c.requests.iter().sum::<u64>();
-    if total(now) < total(&last) {
-        return now.clone();
-    }
-    let sub = |a: &[u64], b: &[u64]| a.iter().zip(b).map(|(x, y)| x.saturating_sub(*y)).collect::<Vec<_>>();
+    let last = crate::baseline::counters(last, now);
+    let sub = |a: &[u64], b: &[u64]| -> Vec<u64> {
+        a.iter()
+            .enumerate()
+            .map(|(i, x)| x.saturating_sub(b.get(i).copied().unwrap_or(0)))
+            .collect()
+    };
     let mut requests = [0; 5];
     for (i, r) in requests.iter_mut().enumerate() {
         *r = now.requests[i].saturating_sub(last.requests[i]);

@@ -56,6 +56,16 @@ async fn answers(server: &Server, host: &str, n: usize) -> Vec<String> {
     out
 }
 
+/// Applies `name` v1 then v2 and waits for each to take the traffic; the v2 manifest's path.
+fn two_revisions(s: &str, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    apply(s, dir, "v1.yaml", &upstream_service(name, &[("V", "1")], &[], ""));
+    wait_ready(s, name, &[&format!("{name}-00001")]);
+    let v2 = write(dir, "v2.yaml", &upstream_service(name, &[("V", "2")], &[], ""));
+    ok(s, &["apply", "-f", v2.to_str().unwrap()]);
+    wait_ready(s, name, &[&format!("{name}-00002")]);
+    v2
+}
+
 /// Sends one request that takes `ms` to answer, in the background.
 fn slow_request(server: &Server, host: &str, ms: u64) -> std::thread::JoinHandle<String> {
     let (addr, host) = (server.gateway_addr(), host.to_string());
@@ -146,21 +156,8 @@ fn traffic_set_by_the_traffic_command_survives_an_apply_that_does_not_declare_it
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let s = server.admin.clone();
-    apply(
-        &s,
-        dir.path(),
-        "v1.yaml",
-        &upstream_service("hello", &[("V", "1")], &[], ""),
-    );
-    wait_ready(&s, "hello", &["hello-00001"]);
-    let v2 = write(
-        dir.path(),
-        "v2.yaml",
-        &upstream_service("hello", &[("V", "2")], &[], ""),
-    );
+    let v2 = two_revisions(&s, dir.path(), "hello");
     let v2 = v2.to_str().unwrap();
-    ok(&s, &["apply", "-f", v2]);
-    wait_ready(&s, "hello", &["hello-00002"]);
     ok(
         &s,
         &[
@@ -216,20 +213,7 @@ fn commands_that_would_misroute_traffic_are_refused_and_say_why() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let s = server.admin.clone();
-    apply(
-        &s,
-        dir.path(),
-        "v1.yaml",
-        &upstream_service("web", &[("V", "1")], &[], ""),
-    );
-    wait_ready(&s, "web", &["web-00001"]);
-    apply(
-        &s,
-        dir.path(),
-        "v2.yaml",
-        &upstream_service("web", &[("V", "2")], &[], ""),
-    );
-    wait_ready(&s, "web", &["web-00002"]);
+    two_revisions(&s, dir.path(), "web");
 
     // Deleting a revision that traffic reaches is refused, and the message says what reaches it.
     ok(&s, &["traffic", "web", "--traffic", "web-00001=50,@latest=50"]);
