@@ -8,9 +8,19 @@
 //! Before, with OpenCensus, it was `revision_request_count` (by `response_code_class`) and
 //! `revision_request_latencies_bucket` (milliseconds), labelled `namespace_name` and `revision_name`.
 //! Each window asks for the OpenTelemetry series first and falls back to the older ones.
+//!
+//! Sequential analysis needs cumulative counters rather than windows. A revision's counters are its
+//! pods' series summed by revisor itself, from one instant query per series name: each series (one
+//! pod's counter for one status class or bucket) adds what it grew since the last reading, or all of
+//! it when it went back (the pod's queue-proxy restarted) or is new (a new pod counts from zero).
+//! A series that leaves (a pod scaled away, a scrape that failed) keeps its last value, so coming back
+//! adds only its growth. Summing in PromQL instead would make the total fall whenever a pod goes away,
+//! and a fall reads as a data plane restart. Readings are cached for a second: the controller steps
+//! every quarter second, and looks are a second apart.
 
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use revisor_controller::MetricsSource;
 use revisor_rollout::{Counters, Window};
@@ -30,12 +40,61 @@ pub const OTEL_REQUEST_DURATION: &str = "http_server_request_duration_seconds_bu
 /// The labels of the OpenTelemetry series.
 pub const OTEL_LABELS: (&str, &str) = ("k8s_namespace_name", "kn_revision_name");
 
-/// Reads revision windows from the Prometheus at `url`.
+/// One series: its labels and its value.
+pub type Series = (BTreeMap<String, String>, f64);
+/// Values by one label's value (a status class, a bucket's `le`).
+type ByLabel = Vec<(String, f64)>;
+
+/// How long a revision's counters are reused before Prometheus is asked again.
+const COUNTERS_FRESH_FOR: Duration = Duration::from_secs(1);
+/// A revision whose counters nobody asked for this long is forgotten.
+const COUNTERS_FORGOTTEN_AFTER: Duration = Duration::from_secs(600);
+
+/// Reads revision windows and counters from the Prometheus at `url`.
 pub struct PrometheusMetrics {
     url: String,
     /// Made on first use, on the Rollout controller's thread (a blocking client cannot be made inside
     /// the async runtime).
     http: OnceLock<reqwest::blocking::Client>,
+    /// Per namespace and revision: the running totals and when they were last read.
+    counted: Mutex<HashMap<(String, String), Counted>>,
+}
+
+/// One revision's running totals.
+#[derive(Default)]
+struct Counted {
+    /// Per series name (a request count, a bucket series).
+    totals: HashMap<&'static str, Totals>,
+    read_at: Option<Instant>,
+    asked_at: Option<Instant>,
+    last: Option<Counters>,
+}
+
+/// Totals of one series name by one label, kept across pods coming, going and restarting.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Each series' last value, by its whole label set.
+    last: HashMap<String, f64>,
+    /// The running total by the label (`le`, a status code or class).
+    by: BTreeMap<String, f64>,
+}
+
+impl Totals {
+    /// Adds what each series grew since the last reading (all of it when it is new or went back) and
+    /// answers the running totals by `by`.
+    pub fn update(&mut self, series: &[Series], by: &str) -> Vec<(String, f64)> {
+        for (labels, value) in series {
+            let Some(group) = labels.get(by) else { continue };
+            let key = format!("{labels:?}");
+            let grew = match self.last.get(&key) {
+                Some(last) if value >= last => value - last,
+                _ => *value,
+            };
+            *self.by.entry(group.clone()).or_default() += grew;
+            self.last.insert(key, *value);
+        }
+        self.by.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
 }
 
 impl PrometheusMetrics {
@@ -43,7 +102,19 @@ impl PrometheusMetrics {
         PrometheusMetrics {
             url: url.trim_end_matches('/').to_string(),
             http: OnceLock::new(),
+            counted: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The PromQL selecting every series of `metric` of one revision (each pod's, unsummed).
+    pub fn selector(metric: &str, labels: (&str, &str), namespace: &str, revision: &str) -> String {
+        format!(
+            "{metric}{{{}=\"{}\",{}=\"{}\"}}",
+            labels.0,
+            escape(namespace),
+            labels.1,
+            escape(revision)
+        )
     }
 
     /// The PromQL for `metric` of one revision (its namespace and revision under `labels`), summed by
@@ -68,6 +139,15 @@ impl PrometheusMetrics {
 
     /// Runs an instant query and returns each series' label `by` with its value.
     fn vector(&self, query: &str, by: &str) -> Result<Vec<(String, f64)>, String> {
+        Ok(self
+            .instant(query)?
+            .into_iter()
+            .filter_map(|(labels, v)| Some((labels.get(by)?.clone(), v)))
+            .collect())
+    }
+
+    /// Runs an instant query and returns each series' labels with its value.
+    fn instant(&self, query: &str) -> Result<Vec<Series>, String> {
         let http = self.http.get_or_init(reqwest::blocking::Client::new);
         let resp = http
             .get(format!("{}/api/v1/query", self.url))
@@ -86,11 +166,53 @@ impl PrometheusMetrics {
             .into_iter()
             .flatten()
             .filter_map(|s| {
-                let label = s["metric"][by].as_str()?.to_string();
+                let labels = s["metric"]
+                    .as_object()?
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect();
                 let value = s["value"][1].as_str()?.parse::<f64>().ok()?;
-                Some((label, if value.is_finite() { value.max(0.0) } else { 0.0 }))
+                Some((labels, if value.is_finite() { value.max(0.0) } else { 0.0 }))
             })
             .collect())
+    }
+
+    /// The revision's cumulative counters now (see the module's doc), or why they could not be read.
+    pub fn read_counters(&self, namespace: &str, revision: &str) -> Result<Counters, String> {
+        let now = Instant::now();
+        let mut all = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|_, c| c.asked_at.is_some_and(|t| now - t < COUNTERS_FORGOTTEN_AFTER));
+        let c = all.entry((namespace.to_string(), revision.to_string())).or_default();
+        c.asked_at = Some(now);
+        if let (Some(at), Some(last)) = (c.read_at, &c.last) {
+            if now - at < COUNTERS_FRESH_FOR {
+                return Ok(last.clone());
+            }
+        }
+        let (ns, rev) = (namespace, revision);
+        let code = "http_response_status_code";
+        let codes = self.instant(&Self::selector(OTEL_REQUEST_COUNT, OTEL_LABELS, ns, rev))?;
+        let counters = if codes.iter().any(|(l, _)| l.contains_key(code)) {
+            let buckets = self.instant(&Self::selector(OTEL_REQUEST_DURATION, OTEL_LABELS, ns, rev))?;
+            let codes = c.totals.entry(OTEL_REQUEST_COUNT).or_default().update(&codes, code);
+            let buckets = c
+                .totals
+                .entry(OTEL_REQUEST_DURATION)
+                .or_default()
+                .update(&buckets, "le");
+            let (classes, buckets) = otel_to_opencensus(&codes, &buckets);
+            counters_of(&classes, &buckets)
+        } else {
+            let class = "response_code_class";
+            let classes = self.instant(&Self::selector(REQUEST_COUNT, OPENCENSUS_LABELS, ns, rev))?;
+            let buckets = self.instant(&Self::selector(REQUEST_LATENCIES, OPENCENSUS_LABELS, ns, rev))?;
+            let classes = c.totals.entry(REQUEST_COUNT).or_default().update(&classes, class);
+            let buckets = c.totals.entry(REQUEST_LATENCIES).or_default().update(&buckets, "le");
+            counters_of(&classes, &buckets)
+        };
+        c.read_at = Some(now);
+        c.last = Some(counters.clone());
+        Ok(counters)
     }
 
     /// The revision's window over the last `seconds`, or why it could not be read.
@@ -123,14 +245,19 @@ impl PrometheusMetrics {
 
 /// A window from requests by class (`2xx`..) and cumulative latency buckets by `le`.
 pub fn window_of(classes: &[(String, f64)], buckets: &[(String, f64)], seconds: f64) -> Window {
-    let mut requests = 0u64;
-    let mut errors = 0u64;
+    Window::between(&Counters::default(), &counters_of(classes, buckets), seconds)
+}
+
+/// Counters from requests by class (`2xx`..) and cumulative latency buckets by `le` (ms).
+pub fn counters_of(classes: &[(String, f64)], buckets: &[(String, f64)]) -> Counters {
+    let mut requests = [0u64; 5];
     for (class, n) in classes {
-        let n = n.round() as u64;
-        requests += n;
-        if class.starts_with('5') {
-            errors += n;
-        }
+        let i = match class.chars().next().and_then(|c| c.to_digit(10)) {
+            Some(d @ 1..=5) => d as usize - 1,
+            // Not an HTTP class: counted among requests, never as an error.
+            _ => 1,
+        };
+        requests[i] += n.round() as u64;
     }
     let mut cumulative: Vec<(f64, f64)> = buckets
         .iter()
@@ -153,23 +280,27 @@ pub fn window_of(classes: &[(String, f64)], buckets: &[(String, f64)], seconds: 
     if cumulative.last().is_some_and(|(b, _)| b.is_finite()) {
         latency_counts.push(0);
     }
-    Window {
+    Counters {
         requests,
-        errors,
         bounds_ms,
         latency_counts,
-        seconds,
-        ..Window::default()
+        ..Counters::default()
     }
 }
 
 /// A window from OpenTelemetry's series: requests by status code (`503`), buckets by `le` in seconds.
 pub fn otel_window(codes: &[(String, f64)], buckets_s: &[(String, f64)], seconds: f64) -> Window {
-    let classes: Vec<(String, f64)> = codes
+    let (classes, buckets_ms) = otel_to_opencensus(codes, buckets_s);
+    window_of(&classes, &buckets_ms, seconds)
+}
+
+/// OpenTelemetry's status codes as classes and its buckets in seconds as buckets in ms.
+fn otel_to_opencensus(codes: &[(String, f64)], buckets_s: &[(String, f64)]) -> (ByLabel, ByLabel) {
+    let classes = codes
         .iter()
         .map(|(code, n)| (format!("{}xx", code.chars().next().unwrap_or('0')), *n))
         .collect();
-    let buckets_ms: Vec<(String, f64)> = buckets_s
+    let buckets_ms = buckets_s
         .iter()
         .filter_map(|(le, n)| {
             let le = if le == "+Inf" {
@@ -181,7 +312,7 @@ pub fn otel_window(codes: &[(String, f64)], buckets_s: &[(String, f64)], seconds
             Some((le, *n))
         })
         .collect();
-    window_of(&classes, &buckets_ms, seconds)
+    (classes, buckets_ms)
 }
 
 /// Escapes a label value for PromQL.
@@ -190,10 +321,16 @@ fn escape(v: &str) -> String {
 }
 
 impl MetricsSource for PrometheusMetrics {
-    /// Windows come from `increase()`; there are no cumulative counters to read, so the controller
-    /// judges success rate and latency per interval here.
-    fn counters(&self, _namespace: &str, _revision: &str) -> Option<Counters> {
-        None
+    /// Counters summed over the revision's pods by revisor (for sequential analysis); `None` when
+    /// Prometheus cannot be read, so nothing is judged on a reading that did not happen.
+    fn counters(&self, namespace: &str, revision: &str) -> Option<Counters> {
+        match self.read_counters(namespace, revision) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("counters of {namespace}/{revision}: {e}");
+                None
+            }
+        }
     }
 
     fn window(&self, namespace: &str, revision: &str, seconds: f64) -> Option<Window> {
@@ -297,5 +434,60 @@ mod tests {
         let w = window_of(&[], &[], 5.0);
         assert_eq!((w.requests, w.latency_counts.len()), (0, 0));
         assert_eq!(w.success_rate(), None);
+    }
+
+    fn series(pod: &str, code: &str, v: f64) -> (BTreeMap<String, String>, f64) {
+        let labels = [("pod", pod), ("response_code_class", code)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (labels, v)
+    }
+
+    /// Pods that come, go, restart and miss a scrape never make the totals fall or count twice.
+    #[test]
+    fn totals_survive_pods_leaving_restarting_and_missing_a_scrape() {
+        let mut t = Totals::default();
+        let by = "response_code_class";
+        // First reading: everything counted so far.
+        let r = t.update(&[series("a", "2xx", 100.0), series("b", "2xx", 50.0)], by);
+        assert_eq!(r, vec![("2xx".to_string(), 150.0)]);
+        // Both grow; a 5xx series appears on a (new series: counted from zero).
+        let r = t.update(
+            &[
+                series("a", "2xx", 110.0),
+                series("b", "2xx", 60.0),
+                series("a", "5xx", 2.0),
+            ],
+            by,
+        );
+        assert_eq!(r, vec![("2xx".to_string(), 170.0), ("5xx".to_string(), 2.0)]);
+        // b scaled away (its series left): the total does not fall.
+        let r = t.update(&[series("a", "2xx", 115.0), series("a", "5xx", 2.0)], by);
+        assert_eq!(r, vec![("2xx".to_string(), 175.0), ("5xx".to_string(), 2.0)]);
+        // a's queue-proxy restarted (went back to 3) and a new pod c started with 7.
+        let r = t.update(
+            &[
+                series("a", "2xx", 3.0),
+                series("c", "2xx", 7.0),
+                series("a", "5xx", 0.0),
+            ],
+            by,
+        );
+        assert_eq!(r, vec![("2xx".to_string(), 185.0), ("5xx".to_string(), 2.0)]);
+        // c missed one scrape and came back: only its growth counts.
+        t.update(&[series("a", "2xx", 4.0)], by);
+        let r = t.update(&[series("a", "2xx", 4.0), series("c", "2xx", 9.0)], by);
+        assert_eq!(r, vec![("2xx".to_string(), 188.0), ("5xx".to_string(), 2.0)]);
+    }
+
+    #[test]
+    fn counters_keep_classes_apart() {
+        let c = counters_of(
+            &[("2xx".into(), 90.0), ("4xx".into(), 3.0), ("5xx".into(), 7.0)],
+            &[("10".into(), 60.0), ("+Inf".into(), 100.0)],
+        );
+        assert_eq!(c.requests, [0, 90, 0, 3, 7]);
+        assert_eq!((c.bounds_ms, c.latency_counts), (vec![10.0], vec![60, 40]));
     }
 }

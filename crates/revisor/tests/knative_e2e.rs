@@ -236,6 +236,15 @@ fn a_canary_on_knative_promotes_then_rolls_back_through_kube_and_prometheus() {
             .any(|m| m["metric"] == "success-rate" && m["verdict"] == "Successful"),
         "{measured:?}"
     );
+    // Judged sequentially (the default method), on counters summed from Prometheus' series: the
+    // evidence since the canary started, not one interval's window.
+    assert!(
+        measured
+            .iter()
+            .any(|m| m["metric"] == "success-rate"
+                && m["comparison"].as_str().is_some_and(|c| c.starts_with("sequential"))),
+        "{measured:?}"
+    );
     // Events follow the status write.
     wait_until("the Promoted event", Duration::from_secs(10), || {
         event_reasons(&fake).contains(&"Promoted".to_string())
@@ -254,6 +263,8 @@ fn a_canary_on_knative_promotes_then_rolls_back_through_kube_and_prometheus() {
     assert_eq!(status_of(&fake, "rejectedRevision"), "model-00003");
     let message = status_of(&fake, "message");
     assert!(message.contains("success-rate"), "{message}");
+    // The sequential verdict: the 5xx since the canary started, against the tolerance.
+    assert!(message.contains("success-rate is worse: 5xx: "), "{message}");
     wait_until("all traffic back on model-00002", Duration::from_secs(10), || {
         traffic(&fake).contains(&("model-00002".into(), 100, "".into()))
     });
