@@ -746,8 +746,11 @@ spec:
     };
     let cold_before = cold();
     let c = http_client();
+    // Timed from the API call (the CLI's own start-up is not part of the switch).
     let t0 = std::time::Instant::now();
-    ok(&s, &["rollout", "undo", "web"]);
+    let code = admin_post(&s, "/apis/revisor.dev/v1alpha1/namespaces/default/rollouts/web/undo");
+    assert_eq!(code, 200, "undo through the admin API");
+    let answered = t0.elapsed();
     loop {
         let (code, body) = get(&c, server.gateway_addr(), "web.default.localhost", &[])
             .await
@@ -759,7 +762,7 @@ spec:
         assert!(t0.elapsed() < Duration::from_secs(5), "undo never moved traffic");
     }
     eprintln!(
-        "undo: all traffic on the warm revision {:?} after the command started",
+        "undo: answered after {answered:?}, first request answered by the warm revision {:?} after the call",
         t0.elapsed()
     );
     assert_eq!(

@@ -176,6 +176,20 @@ pub fn admin_get(server: &str, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// POST an empty JSON body to a path on the admin API: the status code.
+pub fn admin_post(server: &str, path: &str) -> u16 {
+    use std::io::{Read, Write};
+    let addr = server.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
 /// The value of the first Prometheus sample named `name` whose labels contain `labels`.
 pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
     text.lines()
