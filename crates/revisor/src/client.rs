@@ -38,16 +38,39 @@ impl std::error::Error for ApiFailure {}
 pub struct Client {
     base: String,
     http: Http,
+    /// Whether a token is sent (to say what to do about a 401).
+    has_token: bool,
 }
 
 impl Client {
+    /// A client for the server at `server`, with the token the server wrote for that address.
     pub fn new(server: &str) -> Result<Client> {
+        Self::with_token_file(server, None)
+    }
+
+    /// A client for the server at `server` sending the token in `token_file` (else the token the
+    /// server wrote for that address, if any).
+    pub fn with_token_file(server: &str, token_file: Option<&std::path::Path>) -> Result<Client> {
         let base = server.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             anyhow::bail!("--server {server:?} must be a URL like http://127.0.0.1:7070");
         }
-        let http = Http::builder().timeout(std::time::Duration::from_secs(30)).build()?;
-        Ok(Client { base, http })
+        let token = crate::auth::client_token(&base, token_file)?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = &token {
+            let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))?;
+            v.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, v);
+        }
+        let http = Http::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .default_headers(headers)
+            .build()?;
+        Ok(Client {
+            base,
+            http,
+            has_token: token.is_some(),
+        })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -71,6 +94,22 @@ impl Client {
         }
         let code = resp.status().as_u16();
         let text = resp.text().unwrap_or_default();
+        if code == 401 {
+            let f = failure(code, &text);
+            let hint = match (self.has_token, crate::auth::credentials_path(&self.base)) {
+                (true, _) => "the token sent is not this server's: pass --token-file with the server's \
+                              DATA_DIR/admin-token"
+                    .to_string(),
+                (false, Some(p)) => format!(
+                    "no token found for {} (the server writes {} when it starts): pass --token-file \
+                     with the server's DATA_DIR/admin-token",
+                    self.base,
+                    p.display()
+                ),
+                (false, None) => "pass --token-file with the server's DATA_DIR/admin-token".to_string(),
+            };
+            anyhow::bail!("{}: {hint}", f.message);
+        }
         Err(failure(code, &text).into())
     }
 

@@ -64,6 +64,8 @@ pub struct RawServer {
     pub admin_addr: Option<String>,
     pub gateway_addr: Option<String>,
     pub domain: Option<String>,
+    /// The admin API's token file (else DATA_DIR/admin-token).
+    pub admin_token_file: Option<PathBuf>,
     /// Knative's config-network `rollout-duration` (seconds, or a Go duration).
     pub rollout_duration: Option<toml::Value>,
 }
@@ -76,12 +78,15 @@ pub struct ServeFlags {
     pub admin_addr: Option<String>,
     pub gateway_addr: Option<String>,
     pub domain: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// Where the admin token is read from; `None`: DATA_DIR/admin-token.
+    pub admin_token_file: Option<PathBuf>,
     pub admin_addr: SocketAddr,
     pub gateway_addr: SocketAddr,
     pub domain: String,
@@ -239,6 +244,7 @@ impl ServerConfig {
             DEFAULT_TERMINATION_GRACE,
         )?;
         Ok(ServerConfig {
+            admin_token_file: flags.admin_token_file.or(raw.server.admin_token_file),
             data_dir,
             admin_addr,
             gateway_addr,

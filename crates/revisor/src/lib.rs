@@ -1,6 +1,7 @@
 //! The revisor application: CLI, admin API and server wiring over the library crates.
 
 pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -21,6 +21,7 @@ pub const LOGS_DIR: &str = "logs";
 
 pub async fn serve(cfg: ServerConfig) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let token = crate::auth::server_token(&cfg.data_dir, cfg.admin_token_file.as_deref())?;
     let store_path = cfg.data_dir.join(STORE_FILE);
     let store =
         Store::open(&store_path).with_context(|| "is another `revisor serve` using this data dir? pass --data-dir")?;
@@ -70,6 +71,8 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         .spawn_workers(gateway_listener, workers, stop_rx)
         .context("starting the gateway")?;
     eprintln!("revisor: gateway listening on http://{gateway_addr}");
+    // Credentials first: whoever sees the address can find the token.
+    let guard = admin_guard(&cfg, token, admin_addr);
     eprintln!(
         "revisor: admin API listening on http://{admin_addr} (data in {})",
         cfg.data_dir.display()
@@ -84,7 +87,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
             Arc::new(move || b.autoscaler_metrics())
         }),
     };
-    axum::serve(admin_listener, router(state))
+    axum::serve(admin_listener, crate::admin::guard::guarded(router(state), guard))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("admin API")?;
@@ -108,6 +111,11 @@ pub struct KnativeFlags {
 /// objects and Knative runs them. Watches the cluster, runs the Rollout controller over it, and serves
 /// the admin API (applies go to the cluster).
 pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()> {
+    if cfg.admin_token_file.is_none() {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {} (for the admin token)", cfg.data_dir.display()))?;
+    }
+    let token = crate::auth::server_token(&cfg.data_dir, cfg.admin_token_file.as_deref())?;
     let (client, url) = revisor_kube::connect(flags.kubeconfig.as_deref(), flags.context.as_deref()).await?;
     let (cluster, changes) = revisor_kube::Cluster::start(client, flags.namespace.clone())
         .await
@@ -120,6 +128,7 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
         .with_prometheus(flags.prometheus.is_some());
     RolloutController::with_world(Box::new(world), metrics).spawn();
     let (admin_listener, admin_addr) = bind_admin(cfg.admin_addr).await?;
+    let guard = admin_guard(&cfg, token, admin_addr);
     eprintln!(
         "revisor: driving Knative Serving in {}; admin API listening on http://{admin_addr}",
         flags
@@ -132,7 +141,8 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
         cluster,
         defaults: Arc::new(cfg.defaults),
     };
-    axum::serve(admin_listener, crate::admin::cluster::router(state))
+    let app = crate::admin::guard::guarded(crate::admin::cluster::router(state), guard);
+    axum::serve(admin_listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("admin API")?;
@@ -150,9 +160,35 @@ async fn bind_admin(addr: std::net::SocketAddr) -> Result<(TcpListener, std::net
     })?;
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
-        tracing::warn!("the admin API listens on {bound}, beyond loopback, and has no authentication");
+        tracing::warn!(
+            "the admin API listens on {bound}, beyond loopback, over plain HTTP: the token guards it, but \
+             anyone on the path can read it; keep it on a trusted network"
+        );
     }
     Ok((listener, bound))
+}
+
+/// The admin API's guard, with the token written where the CLI on this machine finds it by itself.
+fn admin_guard(cfg: &ServerConfig, token: String, bound: std::net::SocketAddr) -> crate::admin::guard::Guard {
+    let mut urls = vec![format!("http://{bound}")];
+    if bound.ip().is_unspecified() {
+        urls.push(format!("http://127.0.0.1:{}", bound.port()));
+    }
+    for url in &urls {
+        if let Err(e) = crate::auth::remember(url, &token) {
+            tracing::warn!("the CLI will need --token-file: {e:#}");
+        }
+    }
+    let guard = crate::admin::guard::Guard::new(token, bound);
+    match &cfg.admin_token_file {
+        Some(f) => eprintln!("revisor: the admin API takes the token in {}", f.display()),
+        None => eprintln!(
+            "revisor: the admin API takes the token in {}; a browser logs in with {}",
+            cfg.data_dir.join(crate::auth::TOKEN_FILE).display(),
+            guard.login_link(&urls[urls.len() - 1])
+        ),
+    }
+    guard
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -86,7 +86,7 @@ async fn a_70_30_split_lands_70_30_and_tags_reach_their_revision() {
     assert_eq!(status, 404);
     assert!(body.contains("nothing.default.localhost"), "{body}");
 
-    let metrics = reqwest_text(&format!("{s}/metrics")).await;
+    let metrics = reqwest_text(&s, "/metrics").await;
     assert!(
         metrics.contains("revision_name=\"web-00002\",tag=\"candidate\",response_code_class=\"2xx\"} 40"),
         "{metrics}"
@@ -98,11 +98,19 @@ async fn a_70_30_split_lands_70_30_and_tags_reach_their_revision() {
     );
 }
 
-async fn reqwest_text(url: &str) -> String {
-    let url = url.to_string();
-    tokio::task::spawn_blocking(move || reqwest::blocking::get(url).unwrap().text().unwrap())
-        .await
-        .unwrap()
+async fn reqwest_text(server: &str, path: &str) -> String {
+    let (url, token) = (format!("{server}{path}"), common::token(server));
+    tokio::task::spawn_blocking(move || {
+        reqwest::blocking::Client::new()
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 fn run_cli(s: &str, args: &[&str]) {

@@ -452,6 +452,24 @@ fn the_deploy_manifests_match_the_binary() {
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
     assert_eq!(&args[..3], ["serve", "--backend", "knative"]);
+    // The token comes from the Secret mounted where --admin-token-file points.
+    let at = args
+        .iter()
+        .position(|a| a == "--admin-token-file")
+        .expect("the Deployment passes a token file");
+    let mounts = container["volumeMounts"]
+        .as_array()
+        .expect("the token's volume is mounted");
+    let secret_dir = mounts[0]["mountPath"].as_str().unwrap();
+    assert_eq!(args[at + 1], format!("{secret_dir}/admin-token"));
+    let volume = &deployment["spec"]["template"]["spec"]["volumes"][0];
+    assert_eq!(volume["name"], mounts[0]["name"]);
+    assert_eq!(volume["secret"]["secretName"], "revisor-admin-token");
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "a-token-from-the-secret-0123456789\n").unwrap();
+    let mut args = args.clone();
+    args[at + 1] = token_file.to_string_lossy().into_owned();
     let out = Command::new(BIN)
         .args(&args)
         .env_remove("KUBECONFIG")

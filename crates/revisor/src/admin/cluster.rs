@@ -259,9 +259,10 @@ async fn apply<const ROLLOUT: bool>(
 async fn rollout_action(
     State(s): State<ClusterState>,
     Path((ns, name, action)): Path<(String, String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let to = super::rollouts::to_revision(&body)?;
+    let to = super::rollouts::to_revision(&headers, &body)?;
     revisor_kube::request(&s.cluster, &ns, &name, &action, to.as_deref())
         .await
         .map(|r| Json(r).into_response())

@@ -156,11 +156,17 @@ pub(crate) fn body_document(headers: &HeaderMap, body: Result<Bytes, BytesReject
         }
         _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
     })?;
-    let ctype = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json");
-    let mime = ctype.split(';').next().unwrap_or("").trim();
+    // No default: a body without an explicit type (what a cross-site form or `fetch` sends as a
+    // "simple request") is refused.
+    let Some(ctype) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return Err(ApiError::UnsupportedMediaType(
+            "the request body has no Content-Type: send application/json, application/yaml or \
+             application/apply-patch+yaml"
+                .into(),
+        ));
+    };
+    let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = mime.as_str();
     if !matches!(
         mime,
         "application/json" | "application/yaml" | "application/apply-patch+yaml" | "text/yaml" | "application/x-yaml"

@@ -1,6 +1,7 @@
 //! The admin API: Kubernetes-style paths over the store, JSON in and out, errors as `Status` objects.
 
 pub mod cluster;
+pub mod guard;
 mod handlers;
 mod observe;
 mod rollouts;

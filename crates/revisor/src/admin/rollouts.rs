@@ -102,9 +102,10 @@ pub async fn delete(
 pub async fn action(
     State(s): State<AdminState>,
     Path((ns, name, action)): Path<(String, String, String)>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<Rollout>, ApiError> {
-    let to = to_revision(&body)?;
+    let to = to_revision(&headers, &body)?;
     let shown = name.clone();
     blocking(move || {
         revisor_controller::request_rollout(&s.store, &ns, &name, &action, to.as_deref())
@@ -115,9 +116,24 @@ pub async fn action(
 }
 
 /// An action's optional body: `{"toRevision": "..."}`.
-pub(crate) fn to_revision(body: &Bytes) -> Result<Option<String>, ApiError> {
+pub(crate) fn to_revision(headers: &axum::http::HeaderMap, body: &Bytes) -> Result<Option<String>, ApiError> {
     if body.is_empty() {
         return Ok(None);
+    }
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    if !json {
+        return Err(ApiError::UnsupportedMediaType(
+            "an action's body is JSON: send it with Content-Type: application/json".into(),
+        ));
     }
     let v: Value =
         serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("request body is not JSON: {e}")))?;

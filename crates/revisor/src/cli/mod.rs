@@ -34,6 +34,10 @@ pub struct ServerArg {
     /// The revisor server to talk to.
     #[arg(long, global = true, env = "REVISOR_SERVER", default_value_t = format!("http://{DEFAULT_ADMIN_ADDR}"))]
     pub server: String,
+    /// The file holding the server's admin token [default: the credentials the server wrote for its
+    /// address under ~/.config/revisor/credentials].
+    #[arg(long, global = true, env = "REVISOR_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +74,10 @@ pub enum Command {
         /// With --backend knative: the Prometheus that scrapes Knative's queue-proxies (for analysis).
         #[arg(long)]
         prometheus: Option<String>,
+        /// The admin API's bearer token, from this file [default: DATA_DIR/admin-token, made at first
+        /// start with mode 0600].
+        #[arg(long)]
+        admin_token_file: Option<PathBuf>,
     },
     /// Serve one ONNX model over the Open Inference Protocol (what a model revision runs).
     ModelServer {
@@ -304,6 +312,11 @@ pub enum Command {
 impl Command {
     /// The admin API a command talks to, or `None` for one that talks to no server.
     pub fn server(&self) -> Option<&str> {
+        self.server_arg().map(|s| s.server.as_str())
+    }
+
+    /// The `--server` and `--token-file` of a command that talks to the admin API.
+    pub fn server_arg(&self) -> Option<&ServerArg> {
         match self {
             Command::Apply { server, .. }
             | Command::Get { server, .. }
@@ -313,7 +326,7 @@ impl Command {
             | Command::Logs { server, .. }
             | Command::Export { server, .. }
             | Command::Rollout { server, .. }
-            | Command::Events { server, .. } => Some(&server.server),
+            | Command::Events { server, .. } => Some(server),
             Command::Serve { .. }
             | Command::ModelServer { .. }
             | Command::ExampleModels { .. }
@@ -426,6 +439,7 @@ pub fn run(cli: Cli) -> Result<()> {
         context,
         namespace,
         prometheus,
+        admin_token_file,
     } = cli.command
     {
         let cfg = ServerConfig::resolve(ServeFlags {
@@ -434,6 +448,7 @@ pub fn run(cli: Cli) -> Result<()> {
             admin_addr,
             gateway_addr,
             domain,
+            admin_token_file,
         })?;
         let rt = tokio::runtime::Runtime::new()?;
         return match backend {
@@ -519,11 +534,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         _ => {}
     }
-    let client = Client::new(
-        cli.command
-            .server()
-            .expect("commands without a server are handled above"),
-    )?;
+    let server = cli
+        .command
+        .server_arg()
+        .expect("commands without a server are handled above");
+    let client = Client::with_token_file(&server.server, server.token_file.as_deref())?;
     match cli.command {
         Command::Serve { .. }
         | Command::ModelServer { .. }

@@ -33,8 +33,17 @@ impl Server {
         Self::start_with(data, gateway, None)
     }
 
+    /// A server with more flags of `revisor serve`.
+    pub fn start_args(data: &Path, extra: &[&str]) -> Server {
+        Self::spawn(data, "127.0.0.1:0", None, extra)
+    }
+
     /// A server with `config` as its revisor.toml (written beside the data dir).
     pub fn start_with(data: &Path, gateway: &str, config: Option<&str>) -> Server {
+        Self::spawn(data, gateway, config, &[])
+    }
+
+    fn spawn(data: &Path, gateway: &str, config: Option<&str>, extra: &[&str]) -> Server {
         let mut cmd = Command::new(BIN);
         if let Some(text) = config {
             let file = data.with_extension("toml");
@@ -46,6 +55,7 @@ impl Server {
         let mut child = cmd
             .args(["--admin-addr", "127.0.0.1:0", "--gateway-addr", gateway, "--data-dir"])
             .arg(data)
+            .args(extra)
             .env("REVISOR_LOG", "warn")
             .stderr(Stdio::piped())
             .spawn()
@@ -161,13 +171,21 @@ pub fn service_json(server: &str, name: &str) -> serde_json::Value {
     serde_json::from_str(&ok(server, &["get", "service", name, "-o", "json"])).unwrap()
 }
 
-/// GET a path on the admin API: the body.
+/// The admin token the server at `server` wrote for the CLI.
+pub fn token(server: &str) -> String {
+    revisor::auth::client_token(server, None)
+        .unwrap()
+        .unwrap_or_else(|| panic!("the server at {server} wrote no credentials"))
+}
+
+/// GET a path on the admin API (with its token): the body.
 pub fn admin_get(server: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let addr = server.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let token = token(server);
     // One write, not one segment per piece of a format string.
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes())
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
@@ -176,13 +194,15 @@ pub fn admin_get(server: &str, path: &str) -> String {
         .unwrap_or_default()
 }
 
-/// POST an empty JSON body to a path on the admin API: the status code.
+/// POST an empty JSON body to a path on the admin API (with its token): the status code.
 pub fn admin_post(server: &str, path: &str) -> u16 {
     use std::io::{Read, Write};
     let addr = server.trim_start_matches("http://");
+    let token = token(server);
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     let req = format!(
-        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
     );
     s.write_all(req.as_bytes()).unwrap();
     let mut out = String::new();
@@ -391,6 +411,8 @@ impl Prometheus {
 pub struct KnativeServer {
     child: Child,
     pub admin: String,
+    /// Its data dir (where its admin token is).
+    _data: tempfile::TempDir,
 }
 
 impl Drop for KnativeServer {
@@ -402,6 +424,7 @@ impl Drop for KnativeServer {
 
 impl KnativeServer {
     pub fn start(kubeconfig: &Path, extra: &[&str]) -> KnativeServer {
+        let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(BIN)
             .args([
                 "serve",
@@ -412,6 +435,8 @@ impl KnativeServer {
                 "--kubeconfig",
             ])
             .arg(kubeconfig)
+            .arg("--data-dir")
+            .arg(data.path())
             .args(extra)
             .env("REVISOR_LOG", "warn")
             .stderr(Stdio::piped())
@@ -430,6 +455,10 @@ impl KnativeServer {
                 eprintln!("[revisor] {l}");
             }
         });
-        KnativeServer { child, admin }
+        KnativeServer {
+            child,
+            admin,
+            _data: data,
+        }
     }
 }

@@ -1,0 +1,233 @@
+//! Issue 14: who may use the admin API of a running `revisor serve`. Requests without the token, for
+//! another Host, from another site's page, or with a body of no declared type are refused and change
+//! nothing; the CLI on the same machine finds the token by itself.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+
+use common::{cli, ok, token, write, Server};
+
+/// Sends `head` (request line and headers, without the final blank line) and `body`; the status
+/// code and the whole answer.
+fn raw(server: &str, head: &str, body: &str) -> (u16, String) {
+    let addr = server.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let req = format!(
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, out)
+}
+
+const SERVICES: &str = "/apis/serving.knative.dev/v1/namespaces/default/services";
+
+/// A manifest whose command would run as the server's user.
+fn evil() -> String {
+    serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": "evil"},
+        "spec": {"template": {"spec": {"containers": [{
+            "image": "x", "command": ["sh", "-c", "touch /tmp/revisor-pwned; sleep 60"]
+        }]}}}
+    })
+    .to_string()
+}
+
+#[test]
+fn requests_without_the_token_for_another_host_or_from_another_site_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.as_str();
+    let addr = s.trim_start_matches("http://");
+    let t = token(s);
+    let body = evil();
+
+    // The outside test's reproduction: no Content-Type, another site's Origin, no token.
+    let (code, out) = raw(
+        s,
+        &format!("POST {SERVICES} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example"),
+        &body,
+    );
+    assert_eq!(code, 403, "{out}");
+    assert!(out.contains("cross-origin"), "{out}");
+    // Without a token: 401 with a Status saying what is needed, and how to send it.
+    let (code, out) = raw(
+        s,
+        &format!("POST {SERVICES} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json"),
+        &body,
+    );
+    assert_eq!(code, 401, "{out}");
+    assert!(out.to_ascii_lowercase().contains("www-authenticate: bearer"), "{out}");
+    assert!(
+        out.contains("\"kind\":\"Status\"") && out.contains("admin-token"),
+        "{out}"
+    );
+    // A wrong token, of the right length too.
+    let wrong = "0".repeat(t.len());
+    let (code, out) = raw(
+        s,
+        &format!(
+            "POST {SERVICES} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {wrong}\r\nContent-Type: application/json"
+        ),
+        &body,
+    );
+    assert_eq!(code, 401, "{out}");
+    // DNS rebinding: the right port under another name.
+    let (code, out) = raw(
+        s,
+        &format!(
+            "GET {SERVICES} HTTP/1.1\r\nHost: evil.example:{}\r\nAuthorization: Bearer {t}",
+            server.admin.rsplit(':').next().unwrap()
+        ),
+        "",
+    );
+    assert_eq!(code, 421, "{out}");
+    // Two Host headers.
+    let (code, out) = raw(
+        s,
+        &format!("GET {SERVICES} HTTP/1.1\r\nHost: {addr}\r\nHost: evil.example\r\nAuthorization: Bearer {t}"),
+        "",
+    );
+    assert_eq!(code, 400, "{out}");
+    // With the token but from a browser page of another site.
+    let (code, out) = raw(
+        s,
+        &format!(
+            "POST {SERVICES} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\n\
+             Sec-Fetch-Site: cross-site"
+        ),
+        &body,
+    );
+    assert_eq!(code, 403, "{out}");
+    // With the token but a body of no declared type (a "simple" cross-site request's shape).
+    let (code, out) = raw(
+        s,
+        &format!("POST {SERVICES} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}"),
+        &body,
+    );
+    assert_eq!(code, 415, "{out}");
+    assert!(out.contains("no Content-Type"), "{out}");
+    // Nothing was created by any of them.
+    let listed = ok(s, &["get", "services"]);
+    assert!(!listed.contains("evil"), "{listed}");
+
+    // Health checks need no token; everything else does, reads included.
+    assert_eq!(raw(s, &format!("GET /healthz HTTP/1.1\r\nHost: {addr}"), "").0, 200);
+    assert_eq!(raw(s, &format!("GET /metrics HTTP/1.1\r\nHost: {addr}"), "").0, 401);
+    // The same Origin as the API's own is a same-origin request: allowed with the token.
+    let (code, out) = raw(
+        s,
+        &format!("GET {SERVICES} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nAuthorization: Bearer {t}"),
+        "",
+    );
+    assert_eq!(code, 200, "{out}");
+    // localhost is this machine: allowed.
+    let port = addr.rsplit(':').next().unwrap();
+    let (code, out) = raw(
+        s,
+        &format!("GET {SERVICES} HTTP/1.1\r\nHost: localhost:{port}\r\nAuthorization: Bearer {t}"),
+        "",
+    );
+    assert_eq!(code, 200, "{out}");
+}
+
+#[test]
+fn the_token_is_private_found_by_the_cli_and_a_login_link_sets_a_strict_cookie() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let s = server.admin.as_str();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data.join("admin-token")), 0o600);
+    let creds = revisor::auth::credentials_path(s).unwrap();
+    assert_eq!(mode(&creds), 0o600);
+    assert_eq!(mode(creds.parent().unwrap()), 0o700);
+    let t = token(s);
+    assert_eq!(std::fs::read_to_string(data.join("admin-token")).unwrap().trim(), t);
+
+    // The CLI needs no flag on the server's machine (every other test relies on it too).
+    ok(s, &["get", "services"]);
+    // A token file that is not the server's: a clear error naming the fix.
+    let other = write(dir.path(), "other-token", "0123456789abcdef0123456789abcdef\n");
+    let r = cli(s, &["get", "services", "--token-file", other.to_str().unwrap()]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("token is wrong") && r.stderr.contains("--token-file"),
+        "{}",
+        r.stderr
+    );
+    let short = write(dir.path(), "short-token", "abc\n");
+    let r = cli(s, &["get", "services", "--token-file", short.to_str().unwrap()]);
+    assert!(r.stderr.contains("at least 16"), "{}", r.stderr);
+    // The right one, given explicitly.
+    let r = cli(
+        s,
+        &[
+            "get",
+            "services",
+            "--token-file",
+            data.join("admin-token").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // A login link sets an HttpOnly, SameSite=Strict cookie that stands for the token.
+    let addr = s.trim_start_matches("http://");
+    let (code, out) = raw(s, &format!("GET /login?token={t} HTTP/1.1\r\nHost: {addr}"), "");
+    assert_eq!(code, 303, "{out}");
+    let cookie = out
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {out}"));
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap();
+    let (code, out) = raw(
+        s,
+        &format!("GET {SERVICES} HTTP/1.1\r\nHost: {addr}\r\nCookie: theme=dark; {pair}"),
+        "",
+    );
+    assert_eq!(code, 200, "{out}");
+    let (code, _) = raw(s, &format!("GET /login?token=nope HTTP/1.1\r\nHost: {addr}"), "");
+    assert_eq!(code, 401);
+}
+
+#[test]
+fn a_token_file_of_the_operators_choice_replaces_the_generated_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = write(dir.path(), "token", "my-own-token-of-enough-length\n");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start_args(&data, &["--admin-token-file", file.to_str().unwrap()]);
+    let s = server.admin.as_str();
+    assert!(!data.join("admin-token").exists());
+    assert_eq!(token(s), "my-own-token-of-enough-length");
+    ok(s, &["get", "services"]);
+    // A token file without a usable token stops the server before it listens.
+    let bad = write(dir.path(), "bad", "\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_revisor"))
+        .args([
+            "serve",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--gateway-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data2"))
+        .args(["--admin-token-file", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--admin-token-file") && err.contains("no token"), "{err}");
+}
