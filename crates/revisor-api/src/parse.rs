@@ -26,6 +26,8 @@ pub struct SyntaxError {
 /// Splits text into documents: a JSON value (a `List` is unpacked) or YAML documents separated by `---`.
 /// Empty documents are skipped but still counted, so indexes match what the user sees.
 pub fn read_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
+    // A byte order mark (editors on Windows write one) is not part of the first document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let value: Value = serde_json::from_str(text).map_err(|e| SyntaxError {
@@ -140,6 +142,10 @@ pub fn decode_strict<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T
     let mut input = value.clone();
     if let Some(o) = input.as_object_mut() {
         o.remove("status");
+    }
+    // An empty name would not survive the round trip (it is not written out) and read as unknown.
+    if input.pointer("/metadata/name").and_then(Value::as_str) == Some("") {
+        return Err(one("metadata.name", "must not be empty"));
     }
     let typed: T = serde_path_to_error::deserialize(&input).map_err(|e| {
         let path = e.path().to_string();

@@ -76,7 +76,16 @@ pub fn parse_quantity(s: &str) -> Result<f64, String> {
     if value < 0.0 {
         return Err(format!("{s:?} must not be negative"));
     }
-    Ok(value * factor)
+    let q = value * factor;
+    // Kubernetes keeps a quantity in 64 bits; beyond that (or infinite, as 1e400 is in f64) no
+    // resource means anything.
+    if !q.is_finite() || q > i64::MAX as f64 {
+        return Err(format!(
+            "{s:?} is too large: a quantity is at most {} (64 bits)",
+            i64::MAX
+        ));
+    }
+    Ok(q)
 }
 
 #[cfg(test)]

@@ -381,8 +381,14 @@ fn validate_probe(p: &Probe, kind: &str, path: &Path, errs: &mut FieldErrors) {
         ("successThreshold", p.success_threshold),
         ("failureThreshold", p.failure_threshold),
     ] {
-        if let Some(v) = v.filter(|v| *v < 0) {
-            errs.push(path.field(field), format!("must not be negative, got {v}"));
+        match v {
+            Some(v) if v < 0 => errs.push(path.field(field), format!("must not be negative, got {v}")),
+            // Kubernetes' probe fields are int32.
+            Some(v) if v > i64::from(i32::MAX) => errs.push(
+                path.field(field),
+                format!("must be at most {} (an int32, as in Kubernetes), got {v}", i32::MAX),
+            ),
+            _ => {}
         }
     }
     if kind != "readinessProbe" && p.success_threshold.is_some_and(|s| s != 1) {

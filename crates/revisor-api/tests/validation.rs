@@ -124,3 +124,42 @@ fn syntax_errors_name_the_document() {
     assert_eq!(err.index, 2);
     assert!(err.message.contains("invalid YAML"), "{}", err.message);
 }
+
+/// Issue 14: inputs an outside test sent that were accepted or misreported.
+#[test]
+fn huge_probe_fields_huge_quantities_a_bom_and_an_empty_name_are_named() {
+    let c = "      containers:\n        - image: img\n";
+    let probe = format!(
+        "{c}          readinessProbe:\n            periodSeconds: 9223372036854775807\n            \
+         initialDelaySeconds: 2147483648\n            tcpSocket: {{port: 8080}}\n"
+    );
+    let errs = errors(&with_spec(&probe, ""));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("readinessProbe.periodSeconds") && e.contains("at most 2147483647")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.contains("readinessProbe.initialDelaySeconds")),
+        "{errs:?}"
+    );
+    let cpu = format!("{c}          resources:\n            limits:\n              cpu: \"1e400\"\n");
+    let errs = errors(&with_spec(&cpu, ""));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("resources.limits.cpu") && e.contains("too large")),
+        "{errs:?}"
+    );
+    // A byte order mark before the first document: one document, admitted.
+    let bom = format!("\u{feff}{BASE}");
+    let docs = read_documents(&bom).unwrap();
+    assert_eq!(docs.len(), 1);
+    assert_eq!(errors(&bom), Vec::<String>::new());
+    // An empty name says so.
+    let errs = errors(&BASE.replace("name: svc", "name: \"\""));
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("metadata.name") && !e.contains("unknown field")),
+        "{errs:?}"
+    );
+}

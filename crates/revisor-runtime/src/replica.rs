@@ -144,10 +144,17 @@ pub(crate) async fn run(r: Replica, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// `d` after `now`, or a year after it when that is beyond what the clock can hold (a probe's
+/// period can be as long as Kubernetes allows; time arithmetic must not panic).
+fn later(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    now.checked_add(d.min(YEAR)).unwrap_or(now)
+}
+
 /// Probes until the replica is ready, exits, or is told to stop.
 async fn wait_ready(spec: &ProcessSpec, child: &mut Child, port: u16, stop: &mut watch::Receiver<bool>) -> Phase {
     let probe = &spec.probe;
-    let mut next = tokio::time::Instant::now() + probe.initial_delay;
+    let mut next = later(tokio::time::Instant::now(), probe.initial_delay);
     let mut interval = if probe.period == AGGRESSIVE_PERIOD {
         FIRST_PROBE_INTERVAL
     } else {
@@ -163,8 +170,8 @@ async fn wait_ready(spec: &ProcessSpec, child: &mut Child, port: u16, stop: &mut
                 if check(&probe.action, port, probe.timeout).await {
                     return Phase::Ready(probes);
                 }
-                next = tokio::time::Instant::now() + interval;
-                interval = (interval * 5 / 4).min(probe.period);
+                next = later(tokio::time::Instant::now(), interval);
+                interval = (interval.saturating_mul(5) / 4).min(probe.period);
             }
         }
     }
@@ -220,5 +227,21 @@ fn mark(log: &std::path::Path, what: &str) {
     }
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
         let _ = writeln!(f, "--- revisor: {what} ---");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 14: a probe period of i64::MAX seconds made the supervisor panic on every respawn.
+    #[test]
+    fn the_longest_probe_times_never_overflow_the_clock() {
+        let now = tokio::time::Instant::now();
+        let far = later(now, Duration::from_secs(i64::MAX as u64));
+        assert!(far > now);
+        assert_eq!(later(now, Duration::from_millis(5)), now + Duration::from_millis(5));
+        let grown = Duration::MAX.saturating_mul(5) / 4;
+        assert!(grown > Duration::from_secs(1));
     }
 }
