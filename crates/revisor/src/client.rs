@@ -40,6 +40,8 @@ pub struct Client {
     http: Http,
     /// Whether a token is sent (to say what to do about a 401).
     has_token: bool,
+    /// What every request carries (the token), for clients made later.
+    headers: reqwest::header::HeaderMap,
 }
 
 impl Client {
@@ -64,12 +66,13 @@ impl Client {
         }
         let http = Http::builder()
             .timeout(std::time::Duration::from_secs(30))
-            .default_headers(headers)
+            .default_headers(headers.clone())
             .build()?;
         Ok(Client {
             base,
             http,
             has_token: token.is_some(),
+            headers,
         })
     }
 
@@ -166,7 +169,10 @@ impl Client {
 
     /// Copies a streamed response (a log) to `out` as it arrives; no timeout, for `--follow`.
     pub fn stream_to(&self, path: &str, out: &mut dyn std::io::Write) -> Result<()> {
-        let http = Http::builder().timeout(None).build()?;
+        let http = Http::builder()
+            .timeout(None)
+            .default_headers(self.headers.clone())
+            .build()?;
         let mut resp = self.send(http.get(self.url(path)))?;
         let mut buf = [0u8; 8192];
         loop {
