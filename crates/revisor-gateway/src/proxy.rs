@@ -56,6 +56,14 @@ fn host_of(req: &Request<Incoming>) -> Option<&str> {
 }
 
 pub async fn handle(inner: Arc<Inner>, req: Request<Incoming>, remote: SocketAddr) -> Response<GatewayBody> {
+    // RFC 9112 3.2: a request with more than one Host header is answered 400 (which one routes would
+    // otherwise be up to whoever reads it).
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        return local(
+            StatusCode::BAD_REQUEST,
+            "the request has more than one Host header".into(),
+        );
+    }
     let Some(host) = host_of(&req) else {
         return local(StatusCode::BAD_REQUEST, "the request has no Host header".into());
     };

@@ -360,7 +360,7 @@ async fn h2c_revisions_get_http2_with_prior_knowledge() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn oversized_bodies_and_headers_are_refused() {
+async fn oversized_bodies_and_headers_and_duplicate_hosts_are_refused() {
     use std::io::{Read, Write};
     let up = upstream("svc-00001", &[]);
     let gw = Gateway::new(GatewayConfig {
@@ -396,6 +396,15 @@ async fn oversized_bodies_and_headers_are_refused() {
     .await
     .unwrap();
     assert!(resp.starts_with("HTTP/1.1 431"), "{}", &resp[..resp.len().min(200)]);
+    // Issue 14: two Host headers are a 400 (RFC 9112), not routed by the first and forwarded both.
+    let resp = raw(
+        "GET / HTTP/1.1\r\nHost: svc.default.localhost\r\nHost: other.default.localhost\r\nConnection: close\r\n\r\n"
+            .into(),
+    )
+    .await
+    .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("more than one Host header"), "{resp}");
     let resp = raw("GET / HTTP/1.1\r\nHost: svc.default.localhost\r\nConnection: close\r\n\r\n".into())
         .await
         .unwrap();
