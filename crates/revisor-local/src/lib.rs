@@ -524,6 +524,8 @@ async fn report(inner: &Arc<Inner>, desired: &DesiredState, snapshot: &Snapshot,
     match result {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!("recording revision health: {e}"),
+        // The server is stopping: the runtime cancelled the write, and the next start reports afresh.
+        Err(e) if e.is_cancelled() => tracing::debug!("recording revision health: stopped ({e})"),
         Err(e) => tracing::error!("recording revision health: {e}"),
     }
 }

@@ -11,6 +11,9 @@ mod replica;
 mod spec;
 mod state;
 
+/// The directory under the logs where running replicas' process groups are recorded.
+pub const GROUPS_DIR: &str = ".groups";
+
 pub use process::tail;
 pub use spec::{Probe, ProbeAction, ProcessSpec, RevisionKey, AGGRESSIVE_PERIOD};
 pub use state::{Failure, ReadyReplica, RevisionState, Snapshot, StartTiming};
@@ -109,6 +112,12 @@ impl Shared {
         self.states.lock().unwrap().by_key.get(key).map(|st| st.desired)
     }
 
+    /// Where replicas' process groups are recorded while they run (beside the logs; a namespace is
+    /// a DNS label, so never `.groups`).
+    pub(crate) fn groups_dir(&self) -> PathBuf {
+        self.logs.join(GROUPS_DIR)
+    }
+
     pub(crate) fn log_path(&self, key: &RevisionKey, id: u64) -> PathBuf {
         self.logs
             .join(&key.namespace)
@@ -127,6 +136,10 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime keeping replica logs under `logs`.
     pub fn new(logs: PathBuf, in_flight: InFlight) -> Runtime {
+        let ended = process::end_leftovers(&logs.join(GROUPS_DIR));
+        if ended > 0 {
+            tracing::warn!("ended {ended} process group(s) that replicas of a previous run left behind");
+        }
         let (snapshot, _) = watch::channel(Arc::new(BTreeMap::new()));
         let shared = Arc::new(Shared {
             logs,

@@ -54,6 +54,97 @@ pub fn signal(child: &Child, sig: libc::c_int) {
     }
 }
 
+/// A replica's process group, recorded in a directory while it may have members, so that a server
+/// killed before it could stop them (SIGKILL: the parent-death signal reaches only the replica
+/// itself, not the processes it started) ends them at its next start. Dropping it ends the group:
+/// whatever the replica left behind when it exited or was stopped is killed.
+pub struct Group {
+    pgid: libc::pid_t,
+    record: Option<std::path::PathBuf>,
+}
+
+impl Group {
+    /// The group `child` leads, recorded in `dir` (file: the group id; content: the leader's start
+    /// time, to tell it from a later process with the same id).
+    pub fn new(child: &Child, dir: &Path) -> Group {
+        let pgid = child.id().unwrap_or(0) as libc::pid_t;
+        let record = (pgid > 0).then(|| start_time(pgid)).flatten().and_then(|t| {
+            std::fs::create_dir_all(dir).ok()?;
+            let path = dir.join(pgid.to_string());
+            std::fs::write(&path, t.to_string()).ok()?;
+            Some(path)
+        });
+        Group { pgid, record }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if self.pgid > 0 {
+            // SAFETY: kill(2) on the group this replica led; a group id is not reused while any of
+            // its members lives, and ESRCH (none left) is the usual answer.
+            unsafe {
+                libc::kill(-self.pgid, libc::SIGKILL);
+            }
+        }
+        if let Some(r) = &self.record {
+            let _ = std::fs::remove_file(r);
+        }
+    }
+}
+
+/// A process's start time (clock ticks since boot: field 22 of `/proc/PID/stat`).
+fn start_time(pid: libc::pid_t) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// The fields of `/proc/PID/stat` after the command name (field 3 first).
+fn stat_fields(pid: libc::pid_t) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// Whether any process is in group `pgid`.
+fn group_has_members(pgid: libc::pid_t) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .any(|pid| stat_fields(pid).and_then(|f| f.get(2)?.parse::<libc::pid_t>().ok()) == Some(pgid))
+}
+
+/// Ends the process groups a previous run recorded in `dir` and left running; returns how many.
+/// A group is ours when its leader is the process recorded (same start time), or when the leader is
+/// gone and members remain (the id cannot have been reused while they live).
+pub fn end_leftovers(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut ended = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        let Some(pgid) = e.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) else {
+            continue;
+        };
+        let recorded: Option<u64> = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok());
+        let ours = match start_time(pgid) {
+            Some(now) => Some(now) == recorded,
+            None => true,
+        };
+        if pgid > 0 && ours && group_has_members(pgid) {
+            // SAFETY: see `Group::drop`.
+            unsafe {
+                libc::kill(-pgid, libc::SIGKILL);
+            }
+            ended += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    ended
+}
+
 /// The last `n` lines of a log file (what a failed replica printed last).
 pub fn tail(log: &Path, n: usize) -> String {
     let Ok(bytes) = std::fs::read(log) else {

@@ -9,7 +9,7 @@ use tokio::process::Child;
 use tokio::sync::watch;
 
 use crate::probe::check;
-use crate::process::{free_port, signal, spawn, tail};
+use crate::process::{free_port, signal, spawn, tail, Group};
 use crate::spec::{ProcessSpec, AGGRESSIVE_PERIOD};
 use crate::state::{Failure, ReadyReplica, StartTiming};
 use crate::Shared;
@@ -65,6 +65,7 @@ pub(crate) async fn run(r: Replica, mut stop: watch::Receiver<bool>) {
     let key = &spec.key;
     let log = shared.log_path(key, id);
     let mut backoff = MIN_BACKOFF;
+    let mut crashes = 0u64;
     while !*stop.borrow() {
         let port = match free_port() {
             Ok(p) => p,
@@ -91,6 +92,8 @@ pub(crate) async fn run(r: Replica, mut stop: watch::Receiver<bool>) {
             }
         };
         let spawned = asked.elapsed();
+        // Ends whatever the replica started when it exits or is stopped (at the end of this turn).
+        let group = Group::new(&child, &shared.groups_dir());
         r.update(|st| st.running += 1);
         let started = Instant::now();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -120,21 +123,28 @@ pub(crate) async fn run(r: Replica, mut stop: watch::Receiver<bool>) {
         match phase {
             Phase::Stopped => {
                 terminate(shared, spec, &mut child, addr).await;
+                drop(group);
                 r.update(|st| st.running -= 1);
                 mark(&log, &format!("replica {id} stopped"));
                 return;
             }
             Phase::Exited(status) => {
+                drop(group);
                 r.update(|st| st.running -= 1);
                 let (reason, how) = describe_exit(&status);
                 mark(&log, &format!("replica {id} {how}"));
                 let output = tail(&log, LOG_TAIL_LINES);
-                r.fail(&reason, format!("replica {how}; last output:\n{output}"));
-                backoff = if started.elapsed() >= STABLE_UPTIME {
-                    MIN_BACKOFF
-                } else {
-                    (backoff * 2).min(MAX_BACKOFF)
-                };
+                backoff = next_backoff(backoff, started.elapsed());
+                crashes = if backoff == MIN_BACKOFF { 1 } else { crashes + 1 };
+                r.fail(
+                    &reason,
+                    format!(
+                        "replica {how} ({crashes} time(s) in a row; restarting in {:.1}s, a back-off that doubles \
+                         up to {}s); last output:\n{output}",
+                        backoff.as_secs_f64(),
+                        MAX_BACKOFF.as_secs()
+                    ),
+                );
                 if wait_or_stop(&mut stop, backoff).await {
                     break;
                 }
@@ -174,6 +184,17 @@ async fn wait_ready(spec: &ProcessSpec, child: &mut Child, port: u16, stop: &mut
                 interval = (interval.saturating_mul(5) / 4).min(probe.period);
             }
         }
+    }
+}
+
+/// The wait before restarting a replica that exited after `uptime`: from the start again after a
+/// stable run, else double the last wait, up to `MAX_BACKOFF` (a crash loop settles at one restart
+/// every ten seconds or so).
+fn next_backoff(last: Duration, uptime: Duration) -> Duration {
+    if uptime >= STABLE_UPTIME {
+        MIN_BACKOFF
+    } else {
+        (last * 2).min(MAX_BACKOFF)
     }
 }
 
@@ -243,5 +264,24 @@ mod tests {
         assert_eq!(later(now, Duration::from_millis(5)), now + Duration::from_millis(5));
         let grown = Duration::MAX.saturating_mul(5) / 4;
         assert!(grown > Duration::from_secs(1));
+    }
+
+    /// Issue 14: a crash loop's back-off reaches its cap and stays there; a stable run resets it.
+    #[test]
+    fn a_crash_loop_backs_off_to_its_cap() {
+        let quick = Duration::from_millis(50);
+        let mut b = MIN_BACKOFF;
+        let mut waits = vec![];
+        for _ in 0..10 {
+            b = next_backoff(b, quick);
+            waits.push(b);
+        }
+        assert_eq!(waits[0], Duration::from_millis(200));
+        assert_eq!(*waits.last().unwrap(), MAX_BACKOFF);
+        assert_eq!(waits[7], MAX_BACKOFF, "{waits:?}");
+        // 35 crash-loop restarts take at least 5 minutes once at the cap.
+        let total: Duration = (0..35).map(|i| waits[i.min(9)]).sum();
+        assert!(total >= Duration::from_secs(280), "{total:?}");
+        assert_eq!(next_backoff(MAX_BACKOFF, STABLE_UPTIME), MIN_BACKOFF);
     }
 }

@@ -149,6 +149,12 @@ async fn a_crashing_replica_misses_its_deadline_with_its_last_output() {
     let f = st.last_failure.unwrap();
     assert_eq!(f.reason, "ExitCode3");
     assert!(f.message.contains("exiting at start with code 3"), "{}", f.message);
+    // The status says that it restarts, and how long it waits.
+    assert!(
+        f.message.contains("in a row; restarting in") && f.message.contains("up to 10s"),
+        "{}",
+        f.message
+    );
     assert!(st.ready.is_empty() && !st.ever_ready);
     rt.shutdown().await;
 }

@@ -21,6 +21,8 @@ pub struct Server {
     pub child: Child,
     pub admin: String,
     pub gateway: String,
+    /// What the server printed to stderr after its addresses, so far.
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
@@ -71,11 +73,20 @@ impl Server {
                 gateway = Some(addr(rest));
             }
         }
-        std::thread::spawn(move || for _ in lines {});
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                let mut k = kept.lock().unwrap();
+                k.push_str(&l);
+                k.push('\n');
+            }
+        });
         Server {
             child,
             admin: admin.unwrap(),
             gateway: gateway.expect("gateway address"),
+            log,
         }
     }
 
@@ -86,6 +97,27 @@ impl Server {
     pub fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the server to exit: whether it did, and what it
+    /// printed.
+    pub fn terminate(mut self, timeout: Duration) -> (bool, String) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let exited = loop {
+            if self.child.try_wait().unwrap().is_some() {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let log = self.log.lock().unwrap().clone();
+        (exited, log)
     }
 }
 

@@ -1,0 +1,68 @@
+//! Issue 14: nothing a replica started outlives the server, whether it stops gracefully or is killed,
+//! and a graceful stop is quiet and bounded.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{apply, upstream_bin, wait_ready, wait_until, Server};
+
+/// The pids of processes whose command line contains `marker`.
+fn pids_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// A service whose replica starts a helper process of its own (as nginx starts workers), then
+/// becomes the test upstream. `marker` is the helper's sleep time, unique to the test.
+fn forking_service(marker: &str) -> String {
+    format!(
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: forks\nspec:\n  template:\n    \
+         spec:\n      containers:\n        - image: forks\n          command: [sh, -c, 'sleep {marker} & exec {}']\n",
+        upstream_bin().display()
+    )
+}
+
+#[test]
+fn processes_replicas_start_are_ended_on_a_graceful_stop_and_after_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let marker = format!("86399.{}", std::process::id());
+    let server = Server::start(&data);
+    apply(&server.admin, dir.path(), "forks.yaml", &forking_service(&marker));
+    wait_ready(&server.admin, "forks", &["forks-00001"]);
+    wait_until("the helper runs", Duration::from_secs(10), || {
+        !pids_with(&marker).is_empty()
+    });
+
+    // kill -9: the parent-death signal ends the replica, not the helper it started.
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !pids_with(&marker).is_empty(),
+        "the premise: a killed server cannot end its replicas' helpers itself"
+    );
+    // The next start ends what the killed run left behind, before it starts anything.
+    let server = Server::start(&data);
+    wait_until("the orphaned helper is ended", Duration::from_secs(10), || {
+        pids_with(&marker).is_empty()
+    });
+    wait_ready(&server.admin, "forks", &["forks-00001"]);
+    wait_until("the new replica's helper runs", Duration::from_secs(10), || {
+        !pids_with(&marker).is_empty()
+    });
+
+    // A graceful stop ends the replica's whole group, and logs no error.
+    let (exited, log) = server.terminate(Duration::from_secs(20));
+    assert!(exited, "revisor serve did not stop within 20 s of SIGTERM:\n{log}");
+    assert!(pids_with(&marker).is_empty(), "a helper outlived the server");
+    assert!(!log.contains("ERROR"), "a graceful stop logged an error:\n{log}");
+}
