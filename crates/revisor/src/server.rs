@@ -87,10 +87,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
             Arc::new(move || b.autoscaler_metrics())
         }),
     };
-    axum::serve(admin_listener, crate::admin::guard::guarded(router(state), guard))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("admin API")?;
+    serve_admin(admin_listener, crate::admin::guard::guarded(router(state), guard)).await?;
     eprintln!("revisor: stopping: draining replicas");
     stop_tx.send_replace(true);
     backend.shutdown().await;
@@ -142,12 +139,37 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
         defaults: Arc::new(cfg.defaults),
     };
     let app = crate::admin::guard::guarded(crate::admin::cluster::router(state), guard);
-    axum::serve(admin_listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("admin API")?;
+    serve_admin(admin_listener, app).await?;
     eprintln!("revisor: stopped");
     Ok(())
+}
+
+/// How long open admin connections (a followed log) may take to finish once the server stops.
+const ADMIN_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Serves the admin API until a stop signal, then lets open requests finish for at most
+/// `ADMIN_CLOSE_WAIT`: a client following a log never holds the server (and its replicas) up.
+async fn serve_admin(listener: TcpListener, app: axum::Router) -> Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = tx.send(true);
+    });
+    let signalled = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let serve = axum::serve(listener, app).with_graceful_shutdown(signalled(rx.clone()));
+    let deadline = async {
+        signalled(rx).await;
+        tokio::time::sleep(ADMIN_CLOSE_WAIT).await;
+    };
+    tokio::select! {
+        r = serve => r.context("admin API"),
+        _ = deadline => {
+            tracing::info!("closing admin connections still open {}s after the stop signal", ADMIN_CLOSE_WAIT.as_secs());
+            Ok(())
+        }
+    }
 }
 
 /// The admin API's listener, with a warning when it is reachable beyond loopback.

@@ -60,9 +60,20 @@ fn processes_replicas_start_are_ended_on_a_graceful_stop_and_after_a_kill_9() {
         !pids_with(&marker).is_empty()
     });
 
-    // A graceful stop ends the replica's whole group, and logs no error.
+    // A graceful stop ends the replica's whole group, and logs no error, even while a client
+    // follows a log (an open admin request used to hold the server up for as long as it stayed).
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_revisor"))
+        .args(["logs", "forks-00001", "-f", "--server", &server.admin])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let stopping = std::time::Instant::now();
     let (exited, log) = server.terminate(Duration::from_secs(20));
+    let _ = follow.kill();
+    let _ = follow.wait();
     assert!(exited, "revisor serve did not stop within 20 s of SIGTERM:\n{log}");
+    eprintln!("stopped {:?} after SIGTERM with a log followed", stopping.elapsed());
     assert!(pids_with(&marker).is_empty(), "a helper outlived the server");
     assert!(!log.contains("ERROR"), "a graceful stop logged an error:\n{log}");
 }
