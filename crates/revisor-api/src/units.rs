@@ -35,7 +35,13 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
         rest = &rest[unit_len..];
         total += value * scale;
     }
-    Duration::try_from_secs_f64(total).map_err(|_| format!("{s:?} is longer than any duration revisor can keep"))
+    // Go's own limit: a duration is an int64 of nanoseconds (about 292 years); longer does not parse
+    // in Go either, and no clock arithmetic downstream has to fear it.
+    if !total.is_finite() || total > i64::MAX as f64 / 1e9 {
+        return Err(format!("{s:?} is longer than a Go duration can be (about 292 years)"));
+    }
+    Duration::try_from_secs_f64(total)
+        .map_err(|_| format!("{s:?} is longer than a Go duration can be (about 292 years)"))
 }
 
 /// Parses a Kubernetes quantity into its value in base units (cores, bytes).

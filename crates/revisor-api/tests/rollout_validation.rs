@@ -248,4 +248,31 @@ fn a_duration_too_long_for_any_clock_is_refused_not_a_panic() {
             "{errs:?}"
         );
     }
+    // Longer than Go allows (int64 nanoseconds, about 292 years), wherever a duration is written.
+    let huge = "3000000h";
+    let cases = [
+        (
+            rollout(&format!("  progressDeadline: {huge}
+{STEPS}")),
+            "spec.progressDeadline",
+        ),
+        (
+            rollout(&format!(
+                "  strategy:\n    canary:\n      steps:\n        - setWeight: 20\n        - pause: {{duration: {huge}}}\n"
+            )),
+            "spec.strategy.canary.steps[1].pause.duration",
+        ),
+        (
+            rollout(&format!("{STEPS}{}", ANALYSIS.replace("10s", huge))),
+            "spec.analysis.interval",
+        ),
+    ];
+    for (yaml, path) in cases {
+        let errs = errors(&yaml);
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with(&format!("{path}:")) && e.contains("about 292 years")),
+            "want {path} for\n{yaml}\ngot {errs:?}"
+        );
+    }
 }

@@ -155,6 +155,17 @@ fn huge_probe_fields_huge_quantities_a_bom_and_an_empty_name_are_named() {
     let docs = read_documents(&bom).unwrap();
     assert_eq!(docs.len(), 1);
     assert_eq!(errors(&bom), Vec::<String>::new());
+    // A Go duration longer than Go allows, in an annotation.
+    let window = BASE.replace(
+        "  template:\n",
+        "  template:\n    metadata:\n      annotations:\n        autoscaling.knative.dev/window: 99999999999999999999h\n",
+    );
+    let errs = errors(&window);
+    assert!(
+        errs.iter()
+            .any(|e| e.contains("autoscaling.knative.dev/window") && e.contains("292 years")),
+        "{errs:?}"
+    );
     // An empty name says so.
     let errs = errors(&BASE.replace("name: svc", "name: \"\""));
     assert!(
