@@ -223,17 +223,42 @@ impl Gateway {
         Ok(handles)
     }
 
-    /// Serves until `shutdown` turns true; connections in progress are finished gracefully.
-    pub async fn serve(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    /// The connection builder: HTTP/1 and h2c, with the configured header limits.
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
             .max_buf_size(self.inner.config.max_header_bytes.max(8192))
+            // A client may close its side once it has sent its request (`nc -N`, `curl
+            // --upload-file` through some proxies): it still gets the answer.
+            .half_close(true)
             .timer(hyper_util::rt::TokioTimer::new());
         builder
             .http2()
             .max_header_list_size(self.inner.config.max_header_bytes as u32);
-        let builder = Arc::new(builder);
+        builder
+    }
+
+    /// Serves one connection on any byte stream, as `serve` does each accepted one (the fuzzer feeds
+    /// the gateway's request handling this way, without sockets).
+    pub async fn serve_connection<IO>(&self, io: IO, remote: std::net::SocketAddr) -> Result<(), String>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let inner = inner.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, remote).await) }
+        });
+        self.builder()
+            .serve_connection(TokioIo::new(io), svc)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Serves until `shutdown` turns true; connections in progress are finished gracefully.
+    pub async fn serve(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        let builder = Arc::new(self.builder());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let (stream, remote) = tokio::select! {
