@@ -112,8 +112,30 @@ pub fn credentials_path(url: &str) -> Option<PathBuf> {
     Some(credentials_dir()?.join(format!("{}_{port}", host.replace(':', "-"))))
 }
 
-/// Writes `token` as the credentials of the admin API at `url` (directory 0700, file 0600).
-pub fn remember(url: &str, token: &str) -> Result<PathBuf> {
+/// The CA certificate the server at `url` wrote for the CLI (beside its token).
+pub fn ca_path(url: &str) -> Option<PathBuf> {
+    credentials_path(url).map(|p| beside(&p, "crt"))
+}
+
+/// `path` with `.ext` added to its name (`127.0.0.1_7070` -> `127.0.0.1_7070.crt`).
+fn beside(path: &Path, ext: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{ext}"));
+    path.with_file_name(name)
+}
+
+/// Writes `token` and the CA `ca_pem` as the credentials of the admin API at `url` (directory 0700,
+/// token 0600).
+pub fn remember(url: &str, token: &str, ca_pem: &str) -> Result<PathBuf> {
+    let path = remember_token(url, token)?;
+    let ca = beside(&path, "crt");
+    let tmp = beside(&path, &format!("crt.{}", std::process::id()));
+    std::fs::write(&tmp, ca_pem).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &ca).with_context(|| format!("writing {}", ca.display()))?;
+    Ok(path)
+}
+
+fn remember_token(url: &str, token: &str) -> Result<PathBuf> {
     let path = credentials_path(url).context("neither XDG_CONFIG_HOME nor HOME is set")?;
     let dir = path.parent().expect("credentials live in a directory");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

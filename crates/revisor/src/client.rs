@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -42,20 +42,27 @@ pub struct Client {
     has_token: bool,
     /// What every request carries (the token), for clients made later.
     headers: reqwest::header::HeaderMap,
+    /// The CA trusted beside the system's, for clients made later.
+    ca: Option<reqwest::Certificate>,
 }
 
 impl Client {
     /// A client for the server at `server`, with the token the server wrote for that address.
     pub fn new(server: &str) -> Result<Client> {
-        Self::with_token_file(server, None)
+        Self::with_credentials(server, None, None)
     }
 
     /// A client for the server at `server` sending the token in `token_file` (else the token the
-    /// server wrote for that address, if any).
-    pub fn with_token_file(server: &str, token_file: Option<&std::path::Path>) -> Result<Client> {
+    /// server wrote for that address, if any) and trusting the CA in `ca_file` (else the one the
+    /// server wrote, else the system's).
+    pub fn with_credentials(
+        server: &str,
+        token_file: Option<&std::path::Path>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Client> {
         let base = server.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
-            anyhow::bail!("--server {server:?} must be a URL like http://127.0.0.1:7070");
+            anyhow::bail!("--server {server:?} must be a URL like https://127.0.0.1:7070");
         }
         let token = crate::auth::client_token(&base, token_file)?;
         let mut headers = reqwest::header::HeaderMap::new();
@@ -64,15 +71,32 @@ impl Client {
             v.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, v);
         }
-        let http = Http::builder()
+        let ca = match ca_file {
+            Some(f) => Some(
+                std::fs::read(f)
+                    .with_context(|| format!("--certificate-authority {}", f.display()))
+                    .and_then(|pem| {
+                        reqwest::Certificate::from_pem(&pem)
+                            .with_context(|| format!("--certificate-authority {}: not a PEM certificate", f.display()))
+                    })?,
+            ),
+            None => crate::auth::ca_path(&base)
+                .and_then(|p| std::fs::read(p).ok())
+                .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok()),
+        };
+        let mut b = Http::builder()
             .timeout(std::time::Duration::from_secs(30))
-            .default_headers(headers.clone())
-            .build()?;
+            .default_headers(headers.clone());
+        if let Some(ca) = &ca {
+            b = b.add_root_certificate(ca.clone());
+        }
+        let http = b.build()?;
         Ok(Client {
             base,
             http,
             has_token: token.is_some(),
             headers,
+            ca,
         })
     }
 
@@ -82,11 +106,33 @@ impl Client {
 
     fn send(&self, req: RequestBuilder) -> Result<Response> {
         let resp = req.send().map_err(|e| {
-            if e.is_connect() {
+            let chain = {
+                let mut parts = vec![e.to_string()];
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    parts.push(s.to_string());
+                    src = s.source();
+                }
+                parts.join(": ")
+            };
+            if chain.contains("certificate") || chain.contains("UnknownIssuer") {
+                anyhow::anyhow!(
+                    "the revisor server at {} has a certificate this machine does not trust ({}): pass \
+                     --certificate-authority with the server's DATA_DIR/tls/ca.crt",
+                    self.base,
+                    chain.rsplit(": ").next().unwrap_or("")
+                )
+            } else if e.is_connect() {
                 anyhow::anyhow!(
                     "cannot reach the revisor server at {}: nothing is listening there \
                      (start one with `revisor serve`, or point --server / REVISOR_SERVER at it)",
                     self.base
+                )
+            } else if self.base.starts_with("http://") {
+                anyhow::anyhow!(
+                    "request to {} failed: {e} (the admin API speaks HTTPS: use https://{})",
+                    self.base,
+                    self.base.trim_start_matches("http://")
                 )
             } else {
                 anyhow::anyhow!("request to {} failed: {e}", self.base)
@@ -169,10 +215,11 @@ impl Client {
 
     /// Copies a streamed response (a log) to `out` as it arrives; no timeout, for `--follow`.
     pub fn stream_to(&self, path: &str, out: &mut dyn std::io::Write) -> Result<()> {
-        let http = Http::builder()
-            .timeout(None)
-            .default_headers(self.headers.clone())
-            .build()?;
+        let mut b = Http::builder().timeout(None).default_headers(self.headers.clone());
+        if let Some(ca) = &self.ca {
+            b = b.add_root_certificate(ca.clone());
+        }
+        let http = b.build()?;
         let mut resp = self.send(http.get(self.url(path)))?;
         let mut buf = [0u8; 8192];
         loop {

@@ -66,6 +66,9 @@ pub struct RawServer {
     pub domain: Option<String>,
     /// The admin API's token file (else DATA_DIR/admin-token).
     pub admin_token_file: Option<PathBuf>,
+    /// More names (DNS or IP) the admin API's certificate covers.
+    #[serde(default)]
+    pub admin_tls_san: Vec<String>,
     /// Knative's config-network `rollout-duration` (seconds, or a Go duration).
     pub rollout_duration: Option<toml::Value>,
 }
@@ -79,6 +82,7 @@ pub struct ServeFlags {
     pub gateway_addr: Option<String>,
     pub domain: Option<String>,
     pub admin_token_file: Option<PathBuf>,
+    pub admin_tls_san: Vec<String>,
 }
 
 /// The checked configuration.
@@ -87,6 +91,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Where the admin token is read from; `None`: DATA_DIR/admin-token.
     pub admin_token_file: Option<PathBuf>,
+    /// Names the admin API's certificate covers beside loopback and the bound address.
+    pub admin_tls_sans: Vec<String>,
     pub admin_addr: SocketAddr,
     pub gateway_addr: SocketAddr,
     pub domain: String,
@@ -245,6 +251,11 @@ impl ServerConfig {
         )?;
         Ok(ServerConfig {
             admin_token_file: flags.admin_token_file.or(raw.server.admin_token_file),
+            admin_tls_sans: if flags.admin_tls_san.is_empty() {
+                raw.server.admin_tls_san
+            } else {
+                flags.admin_tls_san
+            },
             data_dir,
             admin_addr,
             gateway_addr,

@@ -8,3 +8,4 @@ pub mod config;
 pub mod demo;
 pub mod model_server;
 pub mod server;
+pub mod tls;

@@ -72,9 +72,9 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         .context("starting the gateway")?;
     eprintln!("revisor: gateway listening on http://{gateway_addr}");
     // Credentials first: whoever sees the address can find the token.
-    let guard = admin_guard(&cfg, token, admin_addr);
+    let (guard, tls) = admin_access(&cfg, token, admin_addr)?;
     eprintln!(
-        "revisor: admin API listening on http://{admin_addr} (data in {})",
+        "revisor: admin API listening on https://{admin_addr} (data in {})",
         cfg.data_dir.display()
     );
     let state = AdminState {
@@ -87,7 +87,7 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
             Arc::new(move || b.autoscaler_metrics())
         }),
     };
-    serve_admin(admin_listener, crate::admin::guard::guarded(router(state), guard)).await?;
+    serve_admin(admin_listener, crate::admin::guard::guarded(router(state), guard), tls).await?;
     eprintln!("revisor: stopping: draining replicas");
     stop_tx.send_replace(true);
     backend.shutdown().await;
@@ -108,10 +108,12 @@ pub struct KnativeFlags {
 /// objects and Knative runs them. Watches the cluster, runs the Rollout controller over it, and serves
 /// the admin API (applies go to the cluster).
 pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()> {
-    if cfg.admin_token_file.is_none() {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("creating data dir {} (for the admin token)", cfg.data_dir.display()))?;
-    }
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "creating data dir {} (for the admin API's token and CA)",
+            cfg.data_dir.display()
+        )
+    })?;
     let token = crate::auth::server_token(&cfg.data_dir, cfg.admin_token_file.as_deref())?;
     let (client, url) = revisor_kube::connect(flags.kubeconfig.as_deref(), flags.context.as_deref()).await?;
     let (cluster, changes) = revisor_kube::Cluster::start(client, flags.namespace.clone())
@@ -125,9 +127,9 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
         .with_prometheus(flags.prometheus.is_some());
     RolloutController::with_world(Box::new(world), metrics).spawn();
     let (admin_listener, admin_addr) = bind_admin(cfg.admin_addr).await?;
-    let guard = admin_guard(&cfg, token, admin_addr);
+    let (guard, tls) = admin_access(&cfg, token, admin_addr)?;
     eprintln!(
-        "revisor: driving Knative Serving in {}; admin API listening on http://{admin_addr}",
+        "revisor: driving Knative Serving in {}; admin API listening on https://{admin_addr}",
         flags
             .namespace
             .as_deref()
@@ -139,7 +141,7 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
         defaults: Arc::new(cfg.defaults),
     };
     let app = crate::admin::guard::guarded(crate::admin::cluster::router(state), guard);
-    serve_admin(admin_listener, app).await?;
+    serve_admin(admin_listener, app, tls).await?;
     eprintln!("revisor: stopped");
     Ok(())
 }
@@ -147,29 +149,61 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
 /// How long open admin connections (a followed log) may take to finish once the server stops.
 const ADMIN_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Serves the admin API until a stop signal, then lets open requests finish for at most
+/// Serves the admin API over TLS until a stop signal, then lets open requests finish for at most
 /// `ADMIN_CLOSE_WAIT`: a client following a log never holds the server (and its replicas) up.
-async fn serve_admin(listener: TcpListener, app: axum::Router) -> Result<()> {
-    let (tx, rx) = tokio::sync::watch::channel(false);
+async fn serve_admin(listener: TcpListener, app: axum::Router, tls: Arc<rustls::ServerConfig>) -> Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = tx.send(true);
     });
-    let signalled = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let serve = axum::serve(listener, app).with_graceful_shutdown(signalled(rx.clone()));
-    let deadline = async {
-        signalled(rx).await;
-        tokio::time::sleep(ADMIN_CLOSE_WAIT).await;
-    };
-    tokio::select! {
-        r = serve => r.context("admin API"),
-        _ = deadline => {
-            tracing::info!("closing admin connections still open {}s after the stop signal", ADMIN_CLOSE_WAIT.as_secs());
-            Ok(())
-        }
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder = Arc::new(hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()));
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("admin API accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = rx.wait_for(|stop| *stop) => break,
+        };
+        let (acceptor, app, builder, watcher) = (acceptor.clone(), app.clone(), builder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            // A handshake that never finishes (a plain-HTTP client, a stalled peer) is dropped.
+            let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
+            let stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!("admin API TLS handshake with {remote}: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!("admin API connection from {remote}: {e}");
+            }
+        });
     }
+    if tokio::time::timeout(ADMIN_CLOSE_WAIT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            "closing admin connections still open {}s after the stop signal",
+            ADMIN_CLOSE_WAIT.as_secs()
+        );
+    }
+    Ok(())
 }
 
 /// The admin API's listener, with a warning when it is reachable beyond loopback.
@@ -183,25 +217,32 @@ async fn bind_admin(addr: std::net::SocketAddr) -> Result<(TcpListener, std::net
     let bound = listener.local_addr()?;
     if !bound.ip().is_loopback() {
         tracing::warn!(
-            "the admin API listens on {bound}, beyond loopback, over plain HTTP: the token guards it, but \
-             anyone on the path can read it; keep it on a trusted network"
+            "the admin API listens on {bound}, beyond loopback: clients need its CA \
+             (DATA_DIR/tls/ca.crt) and token"
         );
     }
     Ok((listener, bound))
 }
 
-/// The admin API's guard, with the token written where the CLI on this machine finds it by itself.
-fn admin_guard(cfg: &ServerConfig, token: String, bound: std::net::SocketAddr) -> crate::admin::guard::Guard {
-    let mut urls = vec![format!("http://{bound}")];
+/// The admin API's guard and TLS, with the token and the CA written where the CLI on this machine
+/// finds them by itself.
+fn admin_access(
+    cfg: &ServerConfig,
+    token: String,
+    bound: std::net::SocketAddr,
+) -> Result<(crate::admin::guard::Guard, Arc<rustls::ServerConfig>)> {
+    let tls = crate::tls::admin_tls(&cfg.data_dir, bound, &cfg.admin_tls_sans)?;
+    let mut urls = vec![format!("https://{bound}")];
     if bound.ip().is_unspecified() {
-        urls.push(format!("http://127.0.0.1:{}", bound.port()));
+        urls.push(format!("https://127.0.0.1:{}", bound.port()));
     }
     for url in &urls {
-        if let Err(e) = crate::auth::remember(url, &token) {
-            tracing::warn!("the CLI will need --token-file: {e:#}");
+        if let Err(e) = crate::auth::remember(url, &token, &tls.ca_pem) {
+            tracing::warn!("the CLI will need --token-file and --certificate-authority: {e:#}");
         }
     }
     let guard = crate::admin::guard::Guard::new(token, bound);
+    eprintln!("revisor: the admin API's CA is {}", tls.ca_path.display());
     match &cfg.admin_token_file {
         Some(f) => eprintln!("revisor: the admin API takes the token in {}", f.display()),
         None => eprintln!(
@@ -210,7 +251,7 @@ fn admin_guard(cfg: &ServerConfig, token: String, bound: std::net::SocketAddr) -
             guard.login_link(&urls[urls.len() - 1])
         ),
     }
-    guard
+    Ok((guard, tls.config))
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -4,23 +4,18 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
-use common::{cli, ok, token, write, Server};
+use common::{admin_addr, admin_raw, cli, ok, token, write, Server};
 
-/// Sends `head` (request line and headers, without the final blank line) and `body`; the status
-/// code and the whole answer.
+/// Sends `head` (request line and headers, without the final blank line) and `body` over TLS; the
+/// status code and the whole answer.
 fn raw(server: &str, head: &str, body: &str) -> (u16, String) {
-    let addr = server.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
     let req = format!(
         "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = admin_raw(server, req.as_bytes());
     let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     (code, out)
 }
@@ -45,7 +40,7 @@ fn requests_without_the_token_for_another_host_or_from_another_site_change_nothi
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     let s = server.admin.as_str();
-    let addr = s.trim_start_matches("http://");
+    let addr = admin_addr(s);
     let t = token(s);
     let body = evil();
 
@@ -124,7 +119,7 @@ fn requests_without_the_token_for_another_host_or_from_another_site_change_nothi
     // The same Origin as the API's own is a same-origin request: allowed with the token.
     let (code, out) = raw(
         s,
-        &format!("GET {SERVICES} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nAuthorization: Bearer {t}"),
+        &format!("GET {SERVICES} HTTP/1.1\r\nHost: {addr}\r\nOrigin: https://{addr}\r\nAuthorization: Bearer {t}"),
         "",
     );
     assert_eq!(code, 200, "{out}");
@@ -179,7 +174,7 @@ fn the_token_is_private_found_by_the_cli_and_a_login_link_sets_a_strict_cookie()
     assert_eq!(r.code, 0, "{}", r.stderr);
 
     // A login link sets an HttpOnly, SameSite=Strict cookie that stands for the token.
-    let addr = s.trim_start_matches("http://");
+    let addr = admin_addr(s);
     let (code, out) = raw(s, &format!("GET /login?token={t} HTTP/1.1\r\nHost: {addr}"), "");
     assert_eq!(code, 303, "{out}");
     let cookie = out
@@ -230,4 +225,62 @@ fn a_token_file_of_the_operators_choice_replaces_the_generated_one() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--admin-token-file") && err.contains("no token"), "{err}");
+}
+
+#[test]
+fn the_api_speaks_only_https_with_a_ca_the_cli_trusts_by_itself_or_is_given() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data);
+    let s = server.admin.as_str();
+    assert!(s.starts_with("https://"), "{s}");
+    let addr = admin_addr(s);
+    // Plain HTTP gets no answer: the token never crosses the wire in the clear.
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(15))).unwrap();
+    tcp.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tcp.read_to_end(&mut out);
+    assert!(
+        !String::from_utf8_lossy(&out).contains("HTTP/1.1 200"),
+        "plain HTTP was answered"
+    );
+    // The CLI given http:// says to use https://.
+    let r = cli(&s.replace("https://", "http://"), &["get", "services"]);
+    assert!(r.stderr.contains("speaks HTTPS"), "{}", r.stderr);
+    // The certificate covers localhost too.
+    let port = addr.rsplit(':').next().unwrap();
+    ok(&format!("https://localhost:{port}"), &["get", "services"]);
+    // Without the credentials the server wrote (another user, another machine): the system's roots
+    // do not trust the server's CA...
+    let elsewhere = dir.path().join("elsewhere");
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_revisor"))
+            .args(["get", "services", "--server", s])
+            .args(extra)
+            .env("XDG_CONFIG_HOME", &elsewhere)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let token_file = data.join("admin-token");
+    let (okay, err) = run(&["--token-file", token_file.to_str().unwrap()]);
+    assert!(!okay, "an unknown CA was trusted");
+    assert!(
+        err.contains("does not trust") && err.contains("--certificate-authority"),
+        "{err}"
+    );
+    // ...and --certificate-authority with DATA_DIR/tls/ca.crt, plus the token, is all it takes.
+    let ca = data.join("tls/ca.crt");
+    let (okay, err) = run(&[
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--certificate-authority",
+        ca.to_str().unwrap(),
+    ]);
+    assert!(okay, "{err}");
+    let (okay, err) = run(&["--certificate-authority", token_file.to_str().unwrap()]);
+    assert!(!okay && err.contains("--certificate-authority"), "{err}");
 }

@@ -470,6 +470,22 @@ fn the_deploy_manifests_match_the_binary() {
     std::fs::write(&token_file, "a-token-from-the-secret-0123456789\n").unwrap();
     let mut args = args.clone();
     args[at + 1] = token_file.to_string_lossy().into_owned();
+    // The data dir (the admin API's CA) is an emptyDir volume, writable whatever the root filesystem.
+    let data_at = args
+        .iter()
+        .position(|a| a == "--data-dir")
+        .expect("the Deployment passes a data dir");
+    let data_mount = mounts
+        .iter()
+        .find(|m| m["mountPath"] == args[data_at + 1].as_str())
+        .expect("the data dir is mounted");
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"].as_array().unwrap();
+    assert!(volumes
+        .iter()
+        .any(|v| v["name"] == data_mount["name"] && v["emptyDir"].is_object()));
+    args[data_at + 1] = dir.path().join("data").to_string_lossy().into_owned();
+    // Probes speak HTTPS, as the admin API does.
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     let out = Command::new(BIN)
         .args(&args)
         .env_remove("KUBECONFIG")

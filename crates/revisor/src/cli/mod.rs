@@ -32,12 +32,16 @@ pub struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerArg {
     /// The revisor server to talk to.
-    #[arg(long, global = true, env = "REVISOR_SERVER", default_value_t = format!("http://{DEFAULT_ADMIN_ADDR}"))]
+    #[arg(long, global = true, env = "REVISOR_SERVER", default_value_t = format!("https://{DEFAULT_ADMIN_ADDR}"))]
     pub server: String,
     /// The file holding the server's admin token [default: the credentials the server wrote for its
     /// address under ~/.config/revisor/credentials].
     #[arg(long, global = true, env = "REVISOR_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The CA that signed the server's certificate [default: the one the server wrote beside its
+    /// credentials, else the system's].
+    #[arg(long, global = true, env = "REVISOR_CA_FILE")]
+    pub certificate_authority: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +82,9 @@ pub enum Command {
         /// start with mode 0600].
         #[arg(long)]
         admin_token_file: Option<PathBuf>,
+        /// Another name (DNS or IP) the admin API's certificate covers; repeat for more.
+        #[arg(long)]
+        admin_tls_san: Vec<String>,
     },
     /// Serve one ONNX model over the Open Inference Protocol (what a model revision runs).
     ModelServer {
@@ -440,6 +447,7 @@ pub fn run(cli: Cli) -> Result<()> {
         namespace,
         prometheus,
         admin_token_file,
+        admin_tls_san,
     } = cli.command
     {
         let cfg = ServerConfig::resolve(ServeFlags {
@@ -449,6 +457,7 @@ pub fn run(cli: Cli) -> Result<()> {
             gateway_addr,
             domain,
             admin_token_file,
+            admin_tls_san,
         })?;
         let rt = tokio::runtime::Runtime::new()?;
         return match backend {
@@ -538,7 +547,11 @@ pub fn run(cli: Cli) -> Result<()> {
         .command
         .server_arg()
         .expect("commands without a server are handled above");
-    let client = Client::with_token_file(&server.server, server.token_file.as_deref())?;
+    let client = Client::with_credentials(
+        &server.server,
+        server.token_file.as_deref(),
+        server.certificate_authority.as_deref(),
+    )?;
     match cli.command {
         Command::Serve { .. }
         | Command::ModelServer { .. }

@@ -210,17 +210,46 @@ pub fn token(server: &str) -> String {
         .unwrap_or_else(|| panic!("the server at {server} wrote no credentials"))
 }
 
+/// The admin API's address (`host:port`) from its URL.
+pub fn admin_addr(server: &str) -> &str {
+    server.trim_start_matches("https://").trim_start_matches("http://")
+}
+
+/// Sends `request` (whole, as bytes on the wire) to the admin API over TLS, trusting the CA the
+/// server wrote for the CLI; the whole answer (empty if the server closed without one).
+pub fn admin_raw(server: &str, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = revisor::auth::ca_path(server).expect("a credentials dir");
+    let pem = std::fs::read(&ca).unwrap_or_else(|e| panic!("the server's CA at {}: {e}", ca.display()));
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let tcp = std::net::TcpStream::connect(admin_addr(server)).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// GET a path on the admin API (with its token): the body.
 pub fn admin_get(server: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let addr = server.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let addr = admin_addr(server);
     let token = token(server);
-    // One write, not one segment per piece of a format string.
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes())
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = admin_raw(
+        server,
+        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes(),
+    );
     out.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default()
@@ -228,17 +257,13 @@ pub fn admin_get(server: &str, path: &str) -> String {
 
 /// POST an empty JSON body to a path on the admin API (with its token): the status code.
 pub fn admin_post(server: &str, path: &str) -> u16 {
-    use std::io::{Read, Write};
-    let addr = server.trim_start_matches("http://");
+    let addr = admin_addr(server);
     let token = token(server);
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
     let req = format!(
         "POST {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
     );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    let out = admin_raw(server, req.as_bytes());
     out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
 }
 
