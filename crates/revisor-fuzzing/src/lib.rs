@@ -197,7 +197,7 @@ pub fn gateway_exchange(data: &[u8]) -> Vec<u8> {
         let (mut client, server) = tokio::io::duplex(256 * 1024);
         let remote: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
         let gw = gw.clone();
-        let served = tokio::spawn(async move { gw.serve_connection(server, remote).await });
+        let served = tokio::spawn(async move { gw.serve_connection(server, remote, true).await });
         let _ = client.write_all(&data).await;
         let _ = client.shutdown().await;
         let mut out = Vec::new();

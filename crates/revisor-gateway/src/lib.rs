@@ -229,9 +229,6 @@ impl Gateway {
         builder
             .http1()
             .max_buf_size(self.inner.config.max_header_bytes.max(8192))
-            // A client may close its side once it has sent its request (`nc -N`, `curl
-            // --upload-file` through some proxies): it still gets the answer.
-            .half_close(true)
             .timer(hyper_util::rt::TokioTimer::new());
         builder
             .http2()
@@ -240,8 +237,15 @@ impl Gateway {
     }
 
     /// Serves one connection on any byte stream, as `serve` does each accepted one (the fuzzer feeds
-    /// the gateway's request handling this way, without sockets).
-    pub async fn serve_connection<IO>(&self, io: IO, remote: std::net::SocketAddr) -> Result<(), String>
+    /// the gateway's request handling this way, without sockets). With `half_close`, the end of the
+    /// client's stream does not cancel the request in progress (the fuzzer ends its input that way;
+    /// `serve` does not, since that end is how a client that went away is noticed).
+    pub async fn serve_connection<IO>(
+        &self,
+        io: IO,
+        remote: std::net::SocketAddr,
+        half_close: bool,
+    ) -> Result<(), String>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -250,7 +254,9 @@ impl Gateway {
             let inner = inner.clone();
             async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, remote).await) }
         });
-        self.builder()
+        let mut builder = self.builder();
+        builder.http1().half_close(half_close);
+        builder
             .serve_connection(TokioIo::new(io), svc)
             .await
             .map_err(|e| e.to_string())

@@ -36,11 +36,11 @@ pub struct ServerArg {
     pub server: String,
     /// The file holding the server's admin token [default: the credentials the server wrote for its
     /// address under ~/.config/revisor/credentials].
-    #[arg(long, global = true, env = "REVISOR_TOKEN_FILE")]
+    #[arg(long, global = true, env = "REVISOR_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// The CA that signed the server's certificate [default: the one the server wrote beside its
     /// credentials, else the system's].
-    #[arg(long, global = true, env = "REVISOR_CA_FILE")]
+    #[arg(long, global = true, env = "REVISOR_CA_FILE", value_name = "FILE")]
     pub certificate_authority: Option<PathBuf>,
 }
 
