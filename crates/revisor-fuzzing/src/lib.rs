@@ -203,6 +203,8 @@ pub fn gateway_exchange(data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut out)).await;
         served.abort();
+        // Wait until the connection's task is dropped, so nothing of this run outlives it.
+        let _ = served.await;
         if read.is_err() {
             out.clear();
         }

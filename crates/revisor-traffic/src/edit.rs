@@ -91,8 +91,17 @@ pub fn compute(
         for t in &mut traffic {
             t.percent = Some(0);
         }
+        let mut set: Vec<(usize, &str)> = Vec::new();
         for (r, pct) in &percents {
-            set_percent(&mut traffic, r, *pct, revisions)?;
+            let i = set_percent(&mut traffic, r, *pct, revisions)?;
+            // Two references to one target (its tag and @latest, say) would leave it the last one's
+            // share and the sum short of 100.
+            if let Some((_, other)) = set.iter().find(|(j, _)| *j == i) {
+                return Err(format!(
+                    "--traffic: {other:?} and {r:?} name the same target; give it one percent"
+                ));
+            }
+            set.push((i, r));
         }
         if let Some((who, rest)) = remainder_to {
             if let Some(t) = traffic.iter_mut().find(|t| ident(t) == who) {
@@ -199,29 +208,31 @@ fn tag_target(traffic: &mut Vec<TrafficTarget>, rev: &str, tag: &str, revisions:
     Ok(())
 }
 
-fn set_percent(traffic: &mut Vec<TrafficTarget>, r: &str, pct: i64, revisions: &[String]) -> Result<(), String> {
+/// Sets the percent of the target `r` names (made when none does); the target's index.
+fn set_percent(traffic: &mut Vec<TrafficTarget>, r: &str, pct: i64, revisions: &[String]) -> Result<usize, String> {
+    let found = if r == LATEST {
+        traffic.iter().position(|t| t.is_latest())
+    } else {
+        traffic
+            .iter()
+            .position(|t| t.tag() == Some(r))
+            .or_else(|| traffic.iter().position(|t| !t.is_latest() && t.revision() == Some(r)))
+    };
+    if let Some(i) = found {
+        traffic[i].percent = Some(pct);
+        return Ok(i);
+    }
     if r == LATEST {
-        match traffic.iter_mut().find(|t| t.is_latest()) {
-            Some(t) => t.percent = Some(pct),
-            None => traffic.push(TrafficTarget {
-                latest_revision: Some(true),
-                percent: Some(pct),
-                ..Default::default()
-            }),
-        }
-        return Ok(());
+        traffic.push(TrafficTarget {
+            latest_revision: Some(true),
+            percent: Some(pct),
+            ..Default::default()
+        });
+    } else {
+        check_revision(r, revisions).map_err(|e| format!("--traffic {r}: not a tag, and {e}"))?;
+        traffic.push(named(r, pct, None));
     }
-    if let Some(t) = traffic.iter_mut().find(|t| t.tag() == Some(r)) {
-        t.percent = Some(pct);
-        return Ok(());
-    }
-    if let Some(t) = traffic.iter_mut().find(|t| !t.is_latest() && t.revision() == Some(r)) {
-        t.percent = Some(pct);
-        return Ok(());
-    }
-    check_revision(r, revisions).map_err(|e| format!("--traffic {r}: not a tag, and {e}"))?;
-    traffic.push(named(r, pct, None));
-    Ok(())
+    Ok(traffic.len() - 1)
 }
 
 fn named(rev: &str, pct: i64, tag: Option<&str>) -> TrafficTarget {
@@ -399,5 +410,18 @@ mod tests {
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    /// Found by the `traffic` fuzzer (issue 14): a tag and `@latest` naming the same target left it
+    /// the second share and the sum at 90.
+    #[test]
+    fn two_references_to_one_target_are_refused() {
+        let mut current = latest(50);
+        current.tag = Some("current".into());
+        let cur = vec![current, named("s-00001", 50, None)];
+        let e = compute(&cur, &edit(&["current=10%", "0"], &[], &[]), &revs()).unwrap_err();
+        assert!(e.contains("\"current\" and \"@latest\" name the same target"), "{e}");
+        let e = compute(&cur, &edit(&["s-00001=90", "current=10"], &[], &[]), &revs());
+        assert!(e.is_ok(), "{e:?}");
     }
 }
