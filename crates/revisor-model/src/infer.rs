@@ -1,4 +1,5 @@
-//! One inference: the request checked against the model's inputs (JSON data or binary tensor data),
+//! One inference: the request parsed and checked against the model's inputs (JSON data decoded
+//! straight into tensors, or binary tensor data), large bodies decoded a few at a time and everything
 //! run off the async threads, and the requested outputs returned as JSON or binary.
 
 use std::collections::HashMap;
@@ -6,14 +7,24 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use tract_onnx::prelude::*;
 
 use crate::datatype::DataType;
 use crate::error::InferError;
 use crate::metrics::ModelMetrics;
 use crate::model::{Model, TensorSpec};
-use crate::protocol::{binary_size, flag, InferRequest, InferResponse, RequestInput, ResponseOutput};
+use crate::protocol::{binary_size, flag, Checked, InferRequest, InferResponse, RequestInput, ResponseOutput};
 use crate::tensor;
+
+/// How deeply an input's `data` may nest: serde_json parses fewer than 128 levels of arrays and objects,
+/// and the body, its `inputs` and the input itself take 3 of them.
+const DATA_DEPTH: usize = 124;
+
+/// Bodies up to this size are decoded on the async thread that read them; larger ones wait for a
+/// decoding permit and are decoded on a blocking thread.
+const INLINE_DECODE_BYTES: usize = 64 * 1024;
 
 /// What the server shares with every inference.
 pub struct Runner {
@@ -22,6 +33,9 @@ pub struct Runner {
     pub batcher: Option<crate::batching::Batcher>,
     /// Bounds concurrent inferences to the cores, so health checks stay fast under load.
     pub pool: Arc<tokio::sync::Semaphore>,
+    /// Bounds concurrent decoding of large request bodies to the cores, so many large requests at once
+    /// do not all hold their decoded tensors at once.
+    pub decoding: Arc<tokio::sync::Semaphore>,
     pub metrics: ModelMetrics,
 }
 
@@ -33,8 +47,18 @@ fn names(specs: &[TensorSpec]) -> String {
         .join(", ")
 }
 
-/// Checks one request input against the model's input and builds its tensor.
-fn input_tensor(spec: &TensorSpec, given: &RequestInput, binary: Option<&[u8]>) -> Result<Tensor, InferError> {
+fn not_valid(e: impl std::fmt::Display) -> InferError {
+    InferError::BadRequest(format!("request body is not a valid inference request: {e}"))
+}
+
+/// Checks one request input against the model's input and builds its tensor; `json` is the request's
+/// JSON, which a JSON input's `data` is a slice of.
+fn input_tensor(
+    spec: &TensorSpec,
+    given: &RequestInput<&RawValue>,
+    binary: Option<&[u8]>,
+    json: &[u8],
+) -> Result<Tensor, InferError> {
     let name = &spec.name;
     let dt = DataType::parse(&given.datatype).ok_or_else(|| {
         InferError::BadRequest(format!(
@@ -63,9 +87,9 @@ fn input_tensor(spec: &TensorSpec, given: &RequestInput, binary: Option<&[u8]>) 
         )));
     }
     let shape: Vec<usize> = given.shape.iter().map(|d| *d as usize).collect();
-    match (binary, &given.data) {
+    match (binary, given.data) {
         (Some(bytes), None) => tensor::from_binary(name, dt, &shape, bytes),
-        (None, Some(data)) => tensor::from_json(name, dt, &shape, data),
+        (None, Some(data)) => json_tensor(name, dt, &shape, data, json),
         (Some(_), Some(_)) => Err(InferError::BadRequest(format!(
             "input {name:?}: give data or binary_data_size, not both"
         ))),
@@ -73,8 +97,32 @@ fn input_tensor(spec: &TensorSpec, given: &RequestInput, binary: Option<&[u8]>) 
     }
 }
 
+/// Decodes one input's JSON `data` straight into its tensor.
+fn json_tensor(name: &str, dt: DataType, shape: &[usize], data: &RawValue, json: &[u8]) -> Result<Tensor, InferError> {
+    let text = data.get();
+    let mut de = serde_json::Deserializer::from_str(text);
+    // n elements take at least n bytes and n - 1 separators, whatever the shape claims.
+    let most = text.len().div_ceil(2);
+    tensor::decode_json(name, dt, shape, &mut de, most, DATA_DEPTH).unwrap_or_else(|e| Err(invalid_json(json, e)))
+}
+
+/// The error of a request whose JSON serde_json refuses. Scanning `data` as a slice of the body, and
+/// decoding it apart from the body, words some mistakes differently than one parse of the whole body
+/// does (a trailing comma is "expected value", nesting is counted from `data`, a number too large is
+/// found late), so the body is read again as a whole, building nothing, for the usual words and place.
+fn invalid_json(json: &[u8], found: serde_json::Error) -> InferError {
+    not_valid(
+        serde_json::from_slice::<InferRequest<Checked>>(json)
+            .err()
+            .unwrap_or(found),
+    )
+}
+
 /// Splits the binary section among the inputs that declare `binary_data_size`, in request order.
-fn binary_parts<'a>(req: &InferRequest, binary: Option<&'a [u8]>) -> Result<HashMap<String, &'a [u8]>, InferError> {
+fn binary_parts<'a>(
+    req: &InferRequest<&RawValue>,
+    binary: Option<&'a [u8]>,
+) -> Result<HashMap<String, &'a [u8]>, InferError> {
     let mut parts = HashMap::new();
     let mut rest = binary.unwrap_or_default();
     for input in &req.inputs {
@@ -107,7 +155,7 @@ fn binary_parts<'a>(req: &InferRequest, binary: Option<&'a [u8]>) -> Result<Hash
 }
 
 /// The outputs to return, each with whether it goes in the binary section.
-fn wanted_outputs(model: &Model, req: &InferRequest) -> Result<Vec<(usize, bool)>, InferError> {
+fn wanted_outputs(model: &Model, req: &InferRequest<&RawValue>) -> Result<Vec<(usize, bool)>, InferError> {
     let all_binary = flag(&req.parameters, "binary_data_output");
     match &req.outputs {
         None => Ok((0..model.outputs.len()).map(|i| (i, all_binary)).collect()),
@@ -127,8 +175,13 @@ fn wanted_outputs(model: &Model, req: &InferRequest) -> Result<Vec<(usize, bool)
     }
 }
 
-/// Builds the input tensors of a request (JSON or binary data).
-fn inputs(model: &Model, req: &InferRequest, binary: Option<&[u8]>) -> Result<TVec<TValue>, InferError> {
+/// Builds the input tensors of a request (JSON or binary data); `json` is the request's JSON.
+fn inputs(
+    model: &Model,
+    req: &InferRequest<&RawValue>,
+    binary: Option<&[u8]>,
+    json: &[u8],
+) -> Result<TVec<TValue>, InferError> {
     for given in &req.inputs {
         if !model.inputs.iter().any(|s| s.name == given.name) {
             return Err(InferError::BadRequest(format!(
@@ -151,9 +204,36 @@ fn inputs(model: &Model, req: &InferRequest, binary: Option<&[u8]>) -> Result<TV
                 spec.name
             )));
         }
-        tensors.push(input_tensor(spec, given, parts.get(&spec.name).copied())?.into_tvalue());
+        tensors.push(input_tensor(spec, given, parts.get(&spec.name).copied(), json)?.into_tvalue());
     }
     Ok(tensors)
+}
+
+/// A request decoded: its input tensors, the outputs it wants (each with whether it goes in the
+/// binary section), and what the response echoes. The body it came from is gone by then.
+struct Decoded {
+    tensors: TVec<TValue>,
+    wanted: Vec<(usize, bool)>,
+    id: Option<String>,
+    parameters: Option<Map<String, Value>>,
+}
+
+/// Parses a request body, whose first `json_len` bytes are JSON and the rest the binary section (all of
+/// it JSON without one), and builds its input tensors.
+fn decode(model: &Model, body: &[u8], json_len: Option<usize>) -> Result<Decoded, InferError> {
+    let (json, binary) = match json_len {
+        None => (body, None),
+        Some(n) => (&body[..n], Some(&body[n..])),
+    };
+    let req: InferRequest<&RawValue> = serde_json::from_slice(json).map_err(|e| invalid_json(json, e))?;
+    let tensors = inputs(model, &req, binary, json)?;
+    let wanted = wanted_outputs(model, &req)?;
+    Ok(Decoded {
+        tensors,
+        wanted,
+        id: req.id,
+        parameters: req.parameters,
+    })
 }
 
 impl Runner {
@@ -163,6 +243,7 @@ impl Runner {
             model,
             batcher: None,
             pool: Arc::new(tokio::sync::Semaphore::new(cores)),
+            decoding: Arc::new(tokio::sync::Semaphore::new(cores)),
             metrics: ModelMetrics::default(),
         }
     }
@@ -205,27 +286,50 @@ impl Runner {
         Ok(results)
     }
 
-    /// One V2 inference: the JSON response, and the binary section when any output asked for one.
+    /// One V2 inference from a request body (its first `json_len` bytes JSON and the rest binary tensor
+    /// data, or all JSON): the JSON response, and the binary section when any output asked for one.
     pub async fn infer(
         &self,
-        req: InferRequest,
-        binary: Option<Bytes>,
+        body: Bytes,
+        json_len: Option<usize>,
     ) -> Result<(InferResponse, Option<Vec<u8>>), InferError> {
-        let result = self.infer_inner(req, binary).await;
+        let result = self.infer_inner(body, json_len).await;
         if result.is_err() {
             self.metrics.failure();
         }
         result
     }
 
+    /// Decodes a request body into tensors: a small one right here, a large one on a blocking thread once
+    /// one of the cores' decoding permits is free. The body is dropped once decoded.
+    async fn decode(&self, body: Bytes, json_len: Option<usize>) -> Result<Decoded, InferError> {
+        if body.len() <= INLINE_DECODE_BYTES {
+            return decode(&self.model, &body, json_len);
+        }
+        let _permit = self
+            .decoding
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| InferError::Unavailable("the server is stopping".into()))?;
+        let model = self.model.clone();
+        tokio::task::spawn_blocking(move || decode(&model, &body, json_len))
+            .await
+            .map_err(|e| InferError::Model(format!("decoding worker failed: {e}")))?
+    }
+
     async fn infer_inner(
         &self,
-        req: InferRequest,
-        binary: Option<Bytes>,
+        body: Bytes,
+        json_len: Option<usize>,
     ) -> Result<(InferResponse, Option<Vec<u8>>), InferError> {
         let model = &self.model;
-        let tensors = inputs(model, &req, binary.as_deref())?;
-        let wanted = wanted_outputs(model, &req)?;
+        let Decoded {
+            tensors,
+            wanted,
+            id,
+            parameters,
+        } = self.decode(body, json_len).await?;
         let nonfinite_input = tensors.iter().any(|t| tensor::has_non_finite(t));
         let results = self.run(tensors).await?;
         // A value JSON cannot carry, made from the client's own NaN or infinity, is the client's doing.
@@ -252,7 +356,7 @@ impl Runner {
                     data: None,
                 });
             } else {
-                let (dt, shape, data) = tensor::to_json(&results[i]).map_err(blame)?;
+                let (dt, shape, data) = tensor::json_data(results[i].clone()).map_err(blame)?;
                 outputs.push(ResponseOutput {
                     name,
                     shape,
@@ -265,8 +369,8 @@ impl Runner {
         let response = InferResponse {
             model_name: model.name.clone(),
             model_version: model.version.clone(),
-            id: req.id,
-            parameters: req.parameters,
+            id,
+            parameters,
             outputs,
         };
         Ok((response, section))

@@ -76,10 +76,18 @@ impl Model {
         name: &str,
         version: &str,
     ) -> Result<Model, LoadError> {
-        Model::load_with(uri, sha256, cache, name, version, &Engine::Tract)
+        Model::load_with(
+            uri,
+            sha256,
+            cache,
+            name,
+            version,
+            &Engine::Tract,
+            crate::storage::DEFAULT_MAX_MODEL_BYTES,
+        )
     }
 
-    /// [`Model::load_from`] with a choice of engine.
+    /// [`Model::load_from`] with a choice of engine and a limit on the size of a download.
     pub fn load_with(
         uri: &str,
         sha256: Option<&str>,
@@ -87,12 +95,13 @@ impl Model {
         name: &str,
         version: &str,
         engine: &Engine,
+        max_bytes: u64,
     ) -> Result<Model, LoadError> {
         let err = |message: String| LoadError {
             uri: uri.to_string(),
             message,
         };
-        let path = crate::storage::fetch(uri, sha256, cache)?;
+        let path = crate::storage::fetch(uri, sha256, cache, max_bytes)?;
         let meta = std::fs::metadata(&path).map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
         if !meta.is_file() {
             return Err(err(format!("{} is not a file", path.display())));

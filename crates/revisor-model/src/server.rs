@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::error::InferError;
 use crate::infer::Runner;
 use crate::model::Model;
-use crate::protocol::{InferRequest, InferResponse, ModelMetadata, ServerMetadata};
+use crate::protocol::{InferResponse, ModelMetadata, ServerMetadata};
 
 /// Largest inference request accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
@@ -154,37 +154,85 @@ fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, InferError> 
     })
 }
 
-/// The JSON request and, with the binary tensor extension, the binary section after it.
-fn parse_request(headers: &HeaderMap, body: Bytes) -> Result<(InferRequest, Option<Bytes>), InferError> {
-    let (json_part, binary) = match headers.get(HEADER_LENGTH) {
-        None => (body, None),
-        Some(v) => {
-            let n: usize = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| InferError::BadRequest(format!("{HEADER_LENGTH} must be a byte count")))?;
-            if n > body.len() {
-                return Err(InferError::BadRequest(format!(
-                    "{HEADER_LENGTH} is {n}, but the body has {} bytes",
-                    body.len()
-                )));
+/// Reads an infer request's body into one buffer, reserved up front from its Content-Length (so a large
+/// body is held once, not as the chunks it arrived in plus their copy), refusing more than
+/// [`MAX_BODY_BYTES`].
+async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Bytes, InferError> {
+    use axum::body::HttpBody;
+    let too_large = || InferError::TooLarge(format!("request body is larger than {MAX_BODY_BYTES} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| InferError::BadRequest(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY_BYTES {
+                return Err(too_large());
             }
-            (body.slice(..n), Some(body.slice(n..)))
+            buf.extend_from_slice(&data);
         }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// How much of the body is JSON, with the binary tensor extension (the rest is binary tensor data).
+fn json_length(headers: &HeaderMap, body: &Bytes) -> Result<Option<usize>, InferError> {
+    let Some(v) = headers.get(HEADER_LENGTH) else {
+        return Ok(None);
     };
-    let req = serde_json::from_slice(&json_part)
-        .map_err(|e| InferError::BadRequest(format!("request body is not a valid inference request: {e}")))?;
-    Ok((req, binary))
+    let n: usize = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| InferError::BadRequest(format!("{HEADER_LENGTH} must be a byte count")))?;
+    if n > body.len() {
+        return Err(InferError::BadRequest(format!(
+            "{HEADER_LENGTH} is {n}, but the body has {} bytes",
+            body.len()
+        )));
+    }
+    Ok(Some(n))
+}
+
+/// Counts what is written to it.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The response's JSON followed by `extra` bytes of room: measured first, so a large answer is written
+/// once into a buffer of its size rather than into one doubling as it grows.
+fn response_json(response: &InferResponse, extra: usize) -> Vec<u8> {
+    let mut size = Counter(0);
+    serde_json::to_writer(&mut size, response).expect("responses serialize");
+    let mut json = Vec::with_capacity(size.0 + extra);
+    serde_json::to_writer(&mut json, response).expect("responses serialize");
+    json
 }
 
 fn respond(response: InferResponse, binary: Option<Vec<u8>>) -> Response {
-    let json = serde_json::to_vec(&response).expect("responses serialize");
     match binary {
-        None => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        None => (
+            [(header::CONTENT_TYPE, "application/json")],
+            response_json(&response, 0),
+        )
+            .into_response(),
         Some(bin) => {
-            let len = json.len();
-            let mut body = json;
+            let mut body = response_json(&response, bin.len());
+            let len = body.len();
             body.extend_from_slice(&bin);
             let headers = [
                 (header::CONTENT_TYPE, "application/octet-stream".to_string()),
@@ -195,19 +243,16 @@ fn respond(response: InferResponse, binary: Option<Vec<u8>>) -> Response {
     }
 }
 
-async fn run_infer(
-    s: ServerState,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, InferError> {
-    let (req, binary) = match body_bytes(body).and_then(|b| parse_request(&headers, b)) {
+async fn run_infer(s: ServerState, headers: HeaderMap, body: Body) -> Result<Response, InferError> {
+    let read = read_body(&headers, body).await;
+    let (body, json_len) = match read.and_then(|b| json_length(&headers, &b).map(|n| (b, n))) {
         Ok(x) => x,
         Err(e) => {
             s.metrics.failure();
             return Err(e);
         }
     };
-    let (response, bin) = s.infer(req, binary).await?;
+    let (response, bin) = s.infer(body, json_len).await?;
     Ok(respond(response, bin))
 }
 
@@ -215,7 +260,7 @@ async fn infer_latest(
     State(s): State<ServerState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, InferError> {
     find(&s, &name, None)?;
     run_infer(s, headers, body).await
@@ -225,7 +270,7 @@ async fn infer_version(
     State(s): State<ServerState>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, InferError> {
     find(&s, &name, Some(&version))?;
     run_infer(s, headers, body).await

@@ -1,5 +1,7 @@
 //! Where models come from: local paths and `file://` URIs as they are, `http://` and `https://`
-//! downloaded into a cache, verified by an optional sha256 and not downloaded again while it matches.
+//! downloaded into a cache (streamed to a temporary file, hashed on the way, up to a size limit, and
+//! renamed into place only once whole and verified), verified by an optional sha256 and not downloaded
+//! again while it matches.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -23,8 +25,16 @@ pub fn default_cache() -> PathBuf {
     home.join(".cache/revisor/models")
 }
 
+/// The largest model download accepted unless told otherwise (`--max-model-bytes`): 2 GiB, the most
+/// a single ONNX protobuf can hold.
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn hex_digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
 }
 
 fn file_digest(path: &Path) -> std::io::Result<String> {
@@ -38,11 +48,12 @@ fn file_digest(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex(&hasher.finalize()))
 }
 
-/// The local file for a model URI, downloading it if needed; checks `sha256` when given.
-pub fn fetch(uri: &str, sha256: Option<&str>, cache: &Path) -> Result<PathBuf, LoadError> {
+/// The local file for a model URI, downloading it (at most `max_bytes` of it) if needed; checks `sha256`
+/// when given.
+pub fn fetch(uri: &str, sha256: Option<&str>, cache: &Path, max_bytes: u64) -> Result<PathBuf, LoadError> {
     let err = |message: String| LoadError {
         uri: uri.to_string(),
         message,
@@ -55,7 +66,7 @@ pub fn fetch(uri: &str, sha256: Option<&str>, cache: &Path) -> Result<PathBuf, L
     }
     let remote = uri.starts_with("http://") || uri.starts_with("https://");
     let path = if remote {
-        download(uri, want.as_deref(), cache)?
+        download(uri, want.as_deref(), cache, max_bytes)?
     } else if let Some(rest) = uri.strip_prefix("file://") {
         local(rest).map_err(err)?
     } else if uri.contains("://") {
@@ -93,10 +104,15 @@ fn local(given: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn download(uri: &str, want: Option<&str>, cache: &Path) -> Result<PathBuf, LoadError> {
+fn download(uri: &str, want: Option<&str>, cache: &Path, max_bytes: u64) -> Result<PathBuf, LoadError> {
     let err = |message: String| LoadError {
         uri: uri.to_string(),
         message,
+    };
+    let too_large = || {
+        err(format!(
+            "the download is larger than the limit of {max_bytes} bytes (--max-model-bytes)"
+        ))
     };
     std::fs::create_dir_all(cache)
         .map_err(|e| err(format!("cannot create the model cache {}: {e}", cache.display())))?;
@@ -115,17 +131,44 @@ fn download(uri: &str, want: Option<&str>, cache: &Path) -> Result<PathBuf, Load
         .timeout(std::time::Duration::from_secs(600))
         .build()
         .map_err(|e| err(format!("cannot make an HTTP client: {e}")))?;
-    let resp = client
+    let mut resp = client
         .get(uri)
         .send()
         .map_err(|e| err(format!("download failed: {e}")))?;
     if !resp.status().is_success() {
         return Err(err(format!("download failed: the server answered {}", resp.status())));
     }
-    let bytes = resp
-        .bytes()
-        .map_err(|e| err(format!("download failed while reading: {e}")))?;
-    let got = hex_digest(&bytes);
+    if let Some(n) = resp.content_length().filter(|n| *n > max_bytes) {
+        return Err(err(format!(
+            "the server announces {n} bytes, more than the limit of {max_bytes} bytes (--max-model-bytes)"
+        )));
+    }
+    // Streamed into a temporary file beside the target, hashed on the way, and renamed into place only
+    // once whole and verified: an error, or a crash, never leaves a partial model in the cache (the
+    // temporary file is removed when dropped).
+    let cache_error = |e: std::io::Error| err(format!("cannot write the cache {}: {e}", cache.display()));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempfile_in(cache)
+        .map_err(cache_error)?;
+    let mut hasher = Sha256::new();
+    let mut total: u64 = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match resp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(err(format!("download failed while reading: {e}"))),
+        };
+        total += n as u64;
+        if total > max_bytes {
+            return Err(too_large());
+        }
+        hasher.update(&buf[..n]);
+        tmp.write_all(&buf[..n]).map_err(cache_error)?;
+    }
+    let got = hex(&hasher.finalize());
     if let Some(w) = want {
         if got != w {
             return Err(err(format!(
@@ -133,13 +176,8 @@ fn download(uri: &str, want: Option<&str>, cache: &Path) -> Result<PathBuf, Load
             )));
         }
     }
-    // Write beside the target and rename, so a crash never leaves a half-written model in the cache.
-    let tmp = cache.join(format!(".download-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| err(format!("cannot write the cache: {e}")))?;
-    f.write_all(&bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| err(format!("cannot write the cache: {e}")))?;
-    std::fs::rename(&tmp, &target).map_err(|e| err(format!("cannot write the cache: {e}")))?;
+    tmp.as_file().sync_all().map_err(cache_error)?;
+    tmp.persist(&target).map_err(|e| cache_error(e.error))?;
     Ok(target)
 }
 
@@ -152,13 +190,15 @@ mod tests {
         let cache = tempfile::tempdir().unwrap();
         let cwd = std::env::current_dir().unwrap();
         for uri in ["no-such-iris-v1.onnx", "file://no-such-iris-v1.onnx"] {
-            let e = fetch(uri, None, cache.path()).unwrap_err().to_string();
+            let e = fetch(uri, None, cache.path(), DEFAULT_MAX_MODEL_BYTES)
+                .unwrap_err()
+                .to_string();
             let abs = cwd.join("no-such-iris-v1.onnx");
             assert!(e.contains(&abs.display().to_string()), "{e}");
             assert!(e.contains("relative to the model server's working directory"), "{e}");
             assert!(e.contains("workingDir"), "{e}");
         }
-        let e = fetch("/no/such/model.onnx", None, cache.path())
+        let e = fetch("/no/such/model.onnx", None, cache.path(), DEFAULT_MAX_MODEL_BYTES)
             .unwrap_err()
             .to_string();
         assert!(

@@ -6,88 +6,443 @@ use tract_onnx::prelude::*;
 use crate::datatype::DataType;
 use crate::error::InferError;
 
-/// Flattens nested JSON arrays in row-major order.
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
-        other => out.push(other),
+/// A tensor element decoded from a JSON scalar, converted as `serde_json::Value`'s `as_u64`, `as_i64`,
+/// `as_f64`, `as_bool` and `as_str` convert (a JSON integer is a valid float, a float never a valid
+/// integer).
+trait Element: Sized {
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_f64(_: f64) -> Option<Self> {
+        None
+    }
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+    fn from_str(_: &str) -> Option<Self> {
+        None
     }
 }
 
-fn element_error(name: &str, i: usize, v: &Value, dt: DataType) -> InferError {
-    InferError::BadRequest(format!(
-        "input {name:?}: element {i} ({v}) is not a valid {}",
-        dt.name()
-    ))
-}
-
-macro_rules! ints {
-    ($name:expr, $dt:expr, $vals:expr, $shape:expr, $t:ty, $get:ident) => {{
-        let mut out: Vec<$t> = Vec::with_capacity($vals.len());
-        for (i, v) in $vals.iter().enumerate() {
-            let x = v
-                .$get()
-                .and_then(|x| <$t>::try_from(x).ok())
-                .ok_or_else(|| element_error($name, i, v, $dt))?;
-            out.push(x);
-        }
-        Tensor::from_shape::<$t>($shape, &out)
-    }};
-}
-
-macro_rules! floats {
-    ($name:expr, $dt:expr, $vals:expr, $shape:expr, $t:ty, $conv:expr) => {{
-        let mut out: Vec<$t> = Vec::with_capacity($vals.len());
-        for (i, v) in $vals.iter().enumerate() {
-            let x = v.as_f64().ok_or_else(|| element_error($name, i, v, $dt))?;
-            out.push($conv(x));
-        }
-        Tensor::from_shape::<$t>($shape, &out)
-    }};
-}
-
-/// Builds a tensor from an input's JSON `data`, checking every element against the datatype and the
-/// element count against the shape.
-pub fn from_json(name: &str, dt: DataType, shape: &[usize], data: &Value) -> Result<Tensor, InferError> {
-    let mut vals = Vec::new();
-    flatten(data, &mut vals);
-    let want: usize = shape.iter().product();
-    if vals.len() != want {
-        return Err(InferError::BadRequest(format!(
-            "input {name:?}: shape {shape:?} holds {want} elements, but data has {}",
-            vals.len()
-        )));
-    }
-    let t = match dt {
-        DataType::Bool => {
-            let mut out = Vec::with_capacity(vals.len());
-            for (i, v) in vals.iter().enumerate() {
-                out.push(v.as_bool().ok_or_else(|| element_error(name, i, v, dt))?);
+macro_rules! unsigned {
+    ($($t:ty),*) => {$(
+        impl Element for $t {
+            fn from_u64(x: u64) -> Option<Self> {
+                <$t>::try_from(x).ok()
             }
-            Tensor::from_shape::<bool>(shape, &out)
-        }
-        DataType::Uint8 => ints!(name, dt, vals, shape, u8, as_u64),
-        DataType::Uint16 => ints!(name, dt, vals, shape, u16, as_u64),
-        DataType::Uint32 => ints!(name, dt, vals, shape, u32, as_u64),
-        DataType::Uint64 => ints!(name, dt, vals, shape, u64, as_u64),
-        DataType::Int8 => ints!(name, dt, vals, shape, i8, as_i64),
-        DataType::Int16 => ints!(name, dt, vals, shape, i16, as_i64),
-        DataType::Int32 => ints!(name, dt, vals, shape, i32, as_i64),
-        DataType::Int64 => ints!(name, dt, vals, shape, i64, as_i64),
-        DataType::Fp16 => floats!(name, dt, vals, shape, f16, |x: f64| f16::from_f64(x)),
-        DataType::Fp32 => floats!(name, dt, vals, shape, f32, |x: f64| x as f32),
-        DataType::Fp64 => floats!(name, dt, vals, shape, f64, |x: f64| x),
-        DataType::Bytes => {
-            let mut out = Vec::with_capacity(vals.len());
-            for (i, v) in vals.iter().enumerate() {
-                out.push(v.as_str().ok_or_else(|| element_error(name, i, v, dt))?.to_string());
+            fn from_i64(x: i64) -> Option<Self> {
+                u64::try_from(x).ok().and_then(|x| <$t>::try_from(x).ok())
             }
-            tract_ndarray::ArrayD::from_shape_vec(shape, out)
-                .map(Tensor::from)
-                .map_err(|e| tract_onnx::prelude::TractError::msg(e.to_string()))
+        }
+    )*};
+}
+
+macro_rules! signed {
+    ($($t:ty),*) => {$(
+        impl Element for $t {
+            fn from_u64(x: u64) -> Option<Self> {
+                i64::try_from(x).ok().and_then(|x| <$t>::try_from(x).ok())
+            }
+            fn from_i64(x: i64) -> Option<Self> {
+                <$t>::try_from(x).ok()
+            }
+        }
+    )*};
+}
+
+macro_rules! float {
+    ($t:ty, $conv:expr) => {
+        impl Element for $t {
+            fn from_u64(x: u64) -> Option<Self> {
+                Some($conv(x as f64))
+            }
+            fn from_i64(x: i64) -> Option<Self> {
+                Some($conv(x as f64))
+            }
+            fn from_f64(x: f64) -> Option<Self> {
+                Some($conv(x))
+            }
         }
     };
-    t.map_err(|e| InferError::BadRequest(format!("input {name:?}: {e}")))
+}
+
+unsigned!(u8, u16, u32, u64);
+signed!(i8, i16, i32, i64);
+float!(f16, f16::from_f64);
+float!(f32, |x: f64| x as f32);
+float!(f64, |x: f64| x);
+
+impl Element for bool {
+    fn from_bool(b: bool) -> Option<Self> {
+        Some(b)
+    }
+}
+
+impl Element for String {
+    fn from_str(s: &str) -> Option<Self> {
+        Some(s.to_string())
+    }
+}
+
+/// The leaves of an input's `data`, flattened row-major as they stream past: the valid elements,
+/// written in place (while they fit), how many leaves there were, and the first one that is not a valid
+/// element, shown as JSON.
+struct Leaves<'o, T> {
+    out: &'o mut [T],
+    count: usize,
+    bad: Option<(usize, String)>,
+    /// How deeply arrays and objects may nest in `data`.
+    max_depth: usize,
+}
+
+impl<T> Leaves<'_, T> {
+    fn leaf(&mut self, x: Option<T>, show: impl FnOnce() -> String) {
+        let i = self.count;
+        self.count += 1;
+        match x {
+            Some(x) => {
+                if let Some(slot) = self.out.get_mut(i) {
+                    *slot = x;
+                }
+            }
+            None if self.bad.is_none() => self.bad = Some((i, show())),
+            None => {}
+        }
+    }
+}
+
+fn too_deep<E: serde::de::Error>() -> E {
+    // serde_json's own words, so the message reads as it did when the whole body was one Value.
+    E::custom("recursion limit exceeded")
+}
+
+/// One value of `data` at some depth: an array is walked, anything else is a leaf.
+struct Level<'a, 'o, T> {
+    leaves: &'a mut Leaves<'o, T>,
+    depth: usize,
+}
+
+impl<'de, T: Element> serde::de::DeserializeSeed<'de> for Level<'_, '_, T> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, T: Element> serde::de::Visitor<'de> for Level<'_, '_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("tensor data")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= self.leaves.max_depth {
+            return Err(too_deep());
+        }
+        while seq
+            .next_element_seed(Level {
+                leaves: &mut *self.leaves,
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        // An object is one (invalid) element; only the first invalid element is shown.
+        let leaves = self.leaves;
+        let mut shown = leaves.bad.is_none().then(String::new);
+        Compact {
+            out: shown.as_mut(),
+            depth: self.depth,
+            max_depth: leaves.max_depth,
+        }
+        .visit_map(map)?;
+        leaves.leaf(None, || shown.unwrap_or_default());
+        Ok(())
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<(), E> {
+        self.leaves.leaf(T::from_bool(b), || Value::from(b).to_string());
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, x: u64) -> Result<(), E> {
+        self.leaves.leaf(T::from_u64(x), || Value::from(x).to_string());
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, x: i64) -> Result<(), E> {
+        self.leaves.leaf(T::from_i64(x), || Value::from(x).to_string());
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, x: f64) -> Result<(), E> {
+        self.leaves.leaf(T::from_f64(x), || Value::from(x).to_string());
+        Ok(())
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        self.leaves.leaf(T::from_str(s), || Value::from(s).to_string());
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.leaves.leaf(None, || Value::Null.to_string());
+        Ok(())
+    }
+}
+
+/// Writes a value as compact JSON, as `serde_json::Value` displays it, without building one (or only
+/// walks it, when `out` is None).
+struct Compact<'a> {
+    out: Option<&'a mut String>,
+    depth: usize,
+    max_depth: usize,
+}
+
+impl Compact<'_> {
+    fn push(&mut self, s: &str) {
+        if let Some(out) = self.out.as_deref_mut() {
+            out.push_str(s);
+        }
+    }
+
+    fn inner(&mut self) -> Compact<'_> {
+        Compact {
+            out: self.out.as_deref_mut(),
+            depth: self.depth + 1,
+            max_depth: self.max_depth,
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Compact<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Compact<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= self.max_depth {
+            return Err(too_deep());
+        }
+        self.push("[");
+        let mut first = true;
+        loop {
+            if !first {
+                // Written before the element is known to exist, so taken back at the end.
+                self.push(",");
+            }
+            if seq.next_element_seed(self.inner())?.is_none() {
+                if !first {
+                    if let Some(out) = self.out.as_deref_mut() {
+                        out.pop();
+                    }
+                }
+                break;
+            }
+            first = false;
+        }
+        self.push("]");
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        if self.depth >= self.max_depth {
+            return Err(too_deep());
+        }
+        // As a Value's map keeps them: a repeated key keeps its first place and takes its last value.
+        let mut entries: Vec<(String, String)> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let mut value = self.out.is_some().then(String::new);
+            map.next_value_seed(Compact {
+                out: value.as_mut(),
+                depth: self.depth + 1,
+                max_depth: self.max_depth,
+            })?;
+            if let Some(value) = value {
+                match entries.iter_mut().find(|(k, _)| *k == key) {
+                    Some(entry) => entry.1 = value,
+                    None => entries.push((key, value)),
+                }
+            }
+        }
+        self.push("{");
+        for (i, (key, value)) in entries.iter().enumerate() {
+            if i > 0 {
+                self.push(",");
+            }
+            self.push(&Value::from(key.as_str()).to_string());
+            self.push(":");
+            self.push(value);
+        }
+        self.push("}");
+        Ok(())
+    }
+
+    fn visit_bool<E>(mut self, b: bool) -> Result<(), E> {
+        self.push(&Value::from(b).to_string());
+        Ok(())
+    }
+
+    fn visit_u64<E>(mut self, x: u64) -> Result<(), E> {
+        self.push(&Value::from(x).to_string());
+        Ok(())
+    }
+
+    fn visit_i64<E>(mut self, x: i64) -> Result<(), E> {
+        self.push(&Value::from(x).to_string());
+        Ok(())
+    }
+
+    fn visit_f64<E>(mut self, x: f64) -> Result<(), E> {
+        self.push(&Value::from(x).to_string());
+        Ok(())
+    }
+
+    fn visit_str<E>(mut self, s: &str) -> Result<(), E> {
+        self.push(&Value::from(s).to_string());
+        Ok(())
+    }
+
+    fn visit_unit<E>(mut self) -> Result<(), E> {
+        self.push("null");
+        Ok(())
+    }
+}
+
+/// Decodes `data` into `out` (as much as fits), then checks the element count against the shape and
+/// every element against the datatype, in that order.
+fn decode<'de, T: Element, D: serde::Deserializer<'de>>(
+    name: &str,
+    dt: DataType,
+    shape: &[usize],
+    data: D,
+    out: &mut [T],
+    max_depth: usize,
+) -> Result<Result<(), InferError>, D::Error> {
+    let want: usize = shape.iter().product();
+    let mut leaves = Leaves {
+        out,
+        count: 0,
+        bad: None,
+        max_depth,
+    };
+    serde::de::DeserializeSeed::deserialize(
+        Level {
+            leaves: &mut leaves,
+            depth: 0,
+        },
+        data,
+    )?;
+    if leaves.count != want {
+        return Ok(Err(InferError::BadRequest(format!(
+            "input {name:?}: shape {shape:?} holds {want} elements, but data has {}",
+            leaves.count
+        ))));
+    }
+    if let Some((i, shown)) = leaves.bad {
+        return Ok(Err(InferError::BadRequest(format!(
+            "input {name:?}: element {i} ({shown}) is not a valid {}",
+            dt.name()
+        ))));
+    }
+    if leaves.out.len() != want {
+        return Ok(Err(InferError::Model(format!(
+            "input {name:?}: {want} elements decoded without room for them"
+        ))));
+    }
+    Ok(Ok(()))
+}
+
+/// Builds a tensor from an input's JSON `data` (flat or nested, row-major), decoding it straight into
+/// the tensor: checks the element count against the shape and every element against the datatype.
+/// `data` holds at most `most` elements (as far as its size tells): the shape is the client's word, so
+/// room for more than that is never made, whatever it claims. `max_depth` bounds the nesting. The outer
+/// error is the deserializer's own (nesting too deep).
+pub fn decode_json<'de, D: serde::Deserializer<'de>>(
+    name: &str,
+    dt: DataType,
+    shape: &[usize],
+    data: D,
+    most: usize,
+    max_depth: usize,
+) -> Result<Result<Tensor, InferError>, D::Error> {
+    let want: usize = shape.iter().product();
+    let room = want <= most;
+    macro_rules! plain {
+        ($t:ty) => {{
+            let mut t = if room {
+                match Tensor::zero_dt(dt.datum(), shape) {
+                    Ok(t) => Some(t),
+                    Err(e) => return Ok(Err(tensor_error(name, e))),
+                }
+            } else {
+                None
+            };
+            let out: &mut [$t] = match t.as_mut().map(|t| t.to_plain_array_view_mut::<$t>()) {
+                Some(Ok(view)) => view.into_slice().expect("a new tensor is contiguous"),
+                Some(Err(e)) => return Ok(Err(tensor_error(name, e))),
+                None => &mut [],
+            };
+            decode::<$t, D>(name, dt, shape, data, out, max_depth)?.map(|()| t.expect("room was made"))
+        }};
+    }
+    Ok(match dt {
+        DataType::Bool => plain!(bool),
+        DataType::Uint8 => plain!(u8),
+        DataType::Uint16 => plain!(u16),
+        DataType::Uint32 => plain!(u32),
+        DataType::Uint64 => plain!(u64),
+        DataType::Int8 => plain!(i8),
+        DataType::Int16 => plain!(i16),
+        DataType::Int32 => plain!(i32),
+        DataType::Int64 => plain!(i64),
+        DataType::Fp16 => plain!(f16),
+        DataType::Fp32 => plain!(f32),
+        DataType::Fp64 => plain!(f64),
+        DataType::Bytes => {
+            let mut out = if room { vec![String::new(); want] } else { Vec::new() };
+            decode::<String, D>(name, dt, shape, data, &mut out, max_depth)?.and_then(|()| {
+                tract_ndarray::ArrayD::from_shape_vec(shape, out)
+                    .map(Tensor::from)
+                    .map_err(|e| tensor_error(name, TractError::msg(e.to_string())))
+            })
+        }
+    })
+}
+
+fn tensor_error(name: &str, e: TractError) -> InferError {
+    InferError::BadRequest(format!("input {name:?}: {e}"))
+}
+
+/// Builds a tensor from an input's JSON `data` (flat or nested, row-major), checking every element
+/// against the datatype and the element count against the shape.
+pub fn from_json(name: &str, dt: DataType, shape: &[usize], data: &Value) -> Result<Tensor, InferError> {
+    fn leaves(v: &Value) -> usize {
+        match v {
+            Value::Array(items) => items.iter().map(leaves).sum(),
+            _ => 1,
+        }
+    }
+    decode_json(name, dt, shape, data, leaves(data), usize::MAX)
+        .map_err(|e| InferError::BadRequest(format!("input {name:?}: {e}")))?
 }
 
 /// Whether a floating-point tensor holds NaN or an infinity.
@@ -217,6 +572,100 @@ pub fn to_json(t: &Tensor) -> Result<(DataType, Vec<usize>, Value), InferError> 
         })?,
     };
     Ok((dt, shape, data))
+}
+
+/// An output tensor's `data` as the protocol's flat JSON array, serialized straight from the tensor
+/// (as [`to_json`] would give it, without a `serde_json::Value` per element).
+#[derive(Debug)]
+pub struct JsonData(TValue);
+
+/// An output tensor as (datatype, shape, flat JSON data); refuses, as [`to_json`] does, a tensor holding
+/// a value JSON cannot carry.
+pub fn json_data(t: TValue) -> Result<(DataType, Vec<usize>, JsonData), InferError> {
+    let dt = DataType::from_datum(t.datum_type()).ok_or_else(|| {
+        InferError::Model(format!(
+            "the model produced a {:?} tensor, which the protocol cannot carry",
+            t.datum_type()
+        ))
+    })?;
+    let first_non_finite = match dt {
+        DataType::Fp16 => t
+            .to_plain_array_view::<f16>()
+            .map_err(model)?
+            .iter()
+            .map(|x| x.to_f64())
+            .find(|x| !x.is_finite()),
+        DataType::Fp32 => t
+            .to_plain_array_view::<f32>()
+            .map_err(model)?
+            .iter()
+            .map(|x| *x as f64)
+            .find(|x| !x.is_finite()),
+        DataType::Fp64 => t
+            .to_plain_array_view::<f64>()
+            .map_err(model)?
+            .iter()
+            .copied()
+            .find(|x| !x.is_finite()),
+        _ => None,
+    };
+    if let Some(x) = first_non_finite {
+        return Err(number(x).expect_err("a value that is not finite"));
+    }
+    // Every element's type is checked here, so serializing cannot fail on it.
+    let plain = match dt {
+        DataType::Bool => t.to_plain_array_view::<bool>().map(|_| ()),
+        DataType::Uint8 => t.to_plain_array_view::<u8>().map(|_| ()),
+        DataType::Uint16 => t.to_plain_array_view::<u16>().map(|_| ()),
+        DataType::Uint32 => t.to_plain_array_view::<u32>().map(|_| ()),
+        DataType::Uint64 => t.to_plain_array_view::<u64>().map(|_| ()),
+        DataType::Int8 => t.to_plain_array_view::<i8>().map(|_| ()),
+        DataType::Int16 => t.to_plain_array_view::<i16>().map(|_| ()),
+        DataType::Int32 => t.to_plain_array_view::<i32>().map(|_| ()),
+        DataType::Int64 => t.to_plain_array_view::<i64>().map(|_| ()),
+        DataType::Fp16 => t.to_plain_array_view::<f16>().map(|_| ()),
+        DataType::Fp32 => t.to_plain_array_view::<f32>().map(|_| ()),
+        DataType::Fp64 => t.to_plain_array_view::<f64>().map(|_| ()),
+        DataType::Bytes => t.to_plain_array_view::<String>().map(|_| ()),
+    };
+    plain.map_err(model)?;
+    let shape = t.shape().to_vec();
+    Ok((dt, shape, JsonData(t)))
+}
+
+impl serde::Serialize for JsonData {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let t = &self.0;
+        macro_rules! seq {
+            ($t:ty, $conv:expr) => {
+                s.collect_seq(
+                    t.to_plain_array_view::<$t>()
+                        .map_err(S::Error::custom)?
+                        .iter()
+                        .map($conv),
+                )
+            };
+        }
+        let dt = DataType::from_datum(t.datum_type())
+            .ok_or_else(|| S::Error::custom(format!("a {:?} tensor has no JSON form", t.datum_type())))?;
+        match dt {
+            DataType::Bool => seq!(bool, |x| *x),
+            DataType::Uint8 => seq!(u8, |x| *x),
+            DataType::Uint16 => seq!(u16, |x| *x),
+            DataType::Uint32 => seq!(u32, |x| *x),
+            DataType::Uint64 => seq!(u64, |x| *x),
+            DataType::Int8 => seq!(i8, |x| *x),
+            DataType::Int16 => seq!(i16, |x| *x),
+            DataType::Int32 => seq!(i32, |x| *x),
+            DataType::Int64 => seq!(i64, |x| *x),
+            // Floats as f64, as `serde_json::Value` would hold them.
+            DataType::Fp16 => seq!(f16, |x| x.to_f64()),
+            DataType::Fp32 => seq!(f32, |x| *x as f64),
+            DataType::Fp64 => seq!(f64, |x| *x),
+            DataType::Bytes => seq!(String, |x| x.as_str()),
+        }
+    }
 }
 
 fn model(e: impl std::fmt::Display) -> InferError {

@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use revisor_model::examples::{write_all, Example};
 use revisor_model::model::Engine;
+use revisor_model::storage::DEFAULT_MAX_MODEL_BYTES;
 use revisor_model::{router, state, Model};
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -28,7 +29,7 @@ fn ort() -> Engine {
 
 fn load(uri: &str, engine: &Engine, name: &str) -> Arc<Model> {
     let cache = tempfile::tempdir().unwrap();
-    let m = Model::load_with(uri, None, cache.path(), name, "1", engine).unwrap();
+    let m = Model::load_with(uri, None, cache.path(), name, "1", engine, DEFAULT_MAX_MODEL_BYTES).unwrap();
     m.warm_up().unwrap();
     Arc::new(m)
 }
@@ -157,9 +158,17 @@ fn a_missing_library_is_named() {
     let engine = Engine::OnnxRuntime {
         library: PathBuf::from("/nonexistent/libonnxruntime.so"),
     };
-    let e = Model::load_with(model.to_str().unwrap(), None, dir.path(), "m", "1", &engine)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = Model::load_with(
+        model.to_str().unwrap(),
+        None,
+        dir.path(),
+        "m",
+        "1",
+        &engine,
+        DEFAULT_MAX_MODEL_BYTES,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("/nonexistent/libonnxruntime.so does not exist"), "{e}");
 }

@@ -175,6 +175,91 @@ async fn client_mistakes_get_400_or_404_with_an_error_message() {
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
 }
 
+/// Issue 14: `data` is decoded straight into the tensor, not through a serde_json::Value; what a
+/// mistake in it is called, and where, is what it was when the whole body was parsed into a Value.
+#[tokio::test]
+async fn mistakes_in_json_data_are_worded_as_a_whole_body_parse_words_them() {
+    let (_d, m) = load(Example::V1, "1");
+    let with = |shape: &str, data: &str| {
+        format!(r#"{{"inputs": [{{"name": "features", "shape": {shape}, "datatype": "FP32", "data": {data}}}]}}"#)
+    };
+    let nested = |levels: usize| format!("{}1, 2, 3, 4{}", "[".repeat(levels), "]".repeat(levels));
+    let cases = [
+        (
+            with("[1, 4]", "[1, 2, 3, 4,]"),
+            "request body is not a valid inference request: trailing comma at line 1 column 91",
+        ),
+        (
+            with("[1, 4]", "[[1, 2], [3, 1e999]]"),
+            "request body is not a valid inference request: number out of range at line 1 column 96",
+        ),
+        // The body, `inputs` and the input take 3 of the 127 levels serde_json parses.
+        (
+            with("[1, 4]", &nested(125)),
+            "request body is not a valid inference request: recursion limit exceeded at line 1 column 203",
+        ),
+        (
+            with("[1, 4]", r#"[1, 2, 3, {"a": [1, 2]}]"#),
+            r#"input "features": element 3 ({"a":[1,2]}) is not a valid FP32"#,
+        ),
+        (
+            with("[1, 4]", r#"[1, 2, 3, {"a": 1, "b": "\u0041", "a": 2}]"#),
+            r#"input "features": element 3 ({"a":2,"b":"A"}) is not a valid FP32"#,
+        ),
+        (
+            with("[1, 4]", "[1, 2, null, 1e2]"),
+            r#"input "features": element 2 (null) is not a valid FP32"#,
+        ),
+        // No room is made for what a shape claims beyond what the data could hold.
+        (
+            with("[1000000000000, 4]", "[1, 2, 3, 4]"),
+            r#"input "features": shape [1000000000000, 4] holds 4000000000000 elements, but data has 4"#,
+        ),
+    ];
+    for (body, want) in cases {
+        let (s, v) = call(&m, "POST", "/v2/models/tabular/infer", body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v["error"].as_str(), Some(want), "{body}");
+    }
+    let (s, v) = call(&m, "POST", "/v2/models/tabular/infer", with("[1, 4]", &nested(124))).await;
+    assert_eq!(s, StatusCode::OK, "124 levels of data are parsed: {v}");
+    // `data` may come before the datatype and shape it is decoded by.
+    let before = r#"{"inputs": [{"data": [[1, 2, 3, 4]], "name": "features", "shape": [1, 4], "datatype": "FP32"}]}"#;
+    let (s, a) = call(&m, "POST", "/v2/models/tabular/infer", before).await;
+    let (_, b) = call(&m, "POST", "/v2/models/tabular/infer", with("[1, 4]", "[1, 2, 3, 4]")).await;
+    assert_eq!((s, &a["outputs"]), (StatusCode::OK, &b["outputs"]), "{a}");
+}
+
+/// Issue 14: large bodies are decoded a few at a time (as many as there are cores), small ones at once.
+#[tokio::test]
+async fn large_bodies_wait_for_a_decoding_permit_and_small_ones_do_not() {
+    let (_d, m) = load(Example::V1, "1");
+    let s = state(m);
+    let permits = s.decoding.available_permits() as u32;
+    let held = s.decoding.clone().acquire_many_owned(permits).await.unwrap();
+    let post = |body: String| {
+        let app = router(s.clone());
+        let req = Request::builder()
+            .method("POST")
+            .uri("/v2/models/tabular/infer")
+            .body(Body::from(body))
+            .unwrap();
+        tokio::spawn(async move { app.oneshot(req).await.unwrap().status() })
+    };
+    let rows: Vec<[f32; 4]> = vec![[0.5, -1.0, 2.0, 0.25]; 5000];
+    let large = request(json!(rows), json!([5000, 4]));
+    assert!(large.len() > 64 * 1024);
+    let waiting = post(large);
+    assert_eq!(
+        post(request(json!([1, 2, 3, 4]), json!([1, 4]))).await.unwrap(),
+        StatusCode::OK
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "a large body is decoded only with a permit");
+    drop(held);
+    assert_eq!(waiting.await.unwrap(), StatusCode::OK);
+}
+
 #[test]
 fn a_missing_or_invalid_model_names_the_uri_and_cause() {
     let e = Model::load("file:///nonexistent/m.onnx", "m", "1")

@@ -16,6 +16,8 @@ pub struct Source<'a> {
     pub uri: &'a str,
     pub sha256: Option<&'a str>,
     pub cache: Option<std::path::PathBuf>,
+    /// The largest download accepted (`--max-model-bytes`).
+    pub max_bytes: u64,
     pub engine: revisor_model::model::Engine,
 }
 
@@ -50,7 +52,15 @@ pub fn run(
         .cache
         .clone()
         .unwrap_or_else(revisor_model::storage::default_cache);
-    let m = Model::load_with(source.uri, source.sha256, &cache, name, version, &source.engine)?;
+    let m = Model::load_with(
+        source.uri,
+        source.sha256,
+        &cache,
+        name,
+        version,
+        &source.engine,
+        source.max_bytes,
+    )?;
     m.warm_up()?;
     eprintln!(
         "revisor model-server: model {name:?} version {version:?} loaded and warmed up in {:?}",

@@ -97,6 +97,10 @@ pub enum Command {
         /// Where downloaded models are cached [default: $REVISOR_MODEL_CACHE, else ~/.cache/revisor/models].
         #[arg(long)]
         cache_dir: Option<PathBuf>,
+        /// The largest model download accepted, in bytes: a larger one fails start-up and leaves nothing
+        /// in the cache.
+        #[arg(long, default_value_t = revisor_model::storage::DEFAULT_MAX_MODEL_BYTES)]
+        max_model_bytes: u64,
         /// The model's name in URLs.
         #[arg(long, default_value = "model")]
         name: String,
@@ -489,6 +493,7 @@ pub fn run(cli: Cli) -> Result<()> {
             model,
             sha256,
             cache_dir,
+            max_model_bytes,
             name,
             version,
             port,
@@ -509,6 +514,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 uri: model,
                 sha256: sha256.as_deref(),
                 cache: cache_dir.clone(),
+                max_bytes: *max_model_bytes,
                 engine,
             };
             let batching = crate::model_server::batching(*max_batch_size, max_batch_delay)?;
