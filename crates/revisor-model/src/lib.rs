@@ -16,6 +16,18 @@ pub mod tensor;
 pub mod v1;
 
 pub use error::{InferError, LoadError};
+
+/// mimalloc's `purge_delay` option (the same index in its v2 and v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Has mimalloc (the allocator of the `revisor` binary) give freed memory back to the system at once
+/// rather than after its purge delay and the next allocation: a model server sits idle between large
+/// requests, and what a request used should not stay resident after it. Call it before serving; it
+/// does nothing under another allocator.
+pub fn return_freed_memory_at_once() {
+    // SAFETY: sets a process-wide option of the linked mimalloc; any thread may call it at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
 pub use infer::Runner;
 pub use model::{Model, TensorSpec};
 pub use server::{router, state, ServerState};
