@@ -11,7 +11,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 command -v cargo-fuzz > /dev/null || cargo install cargo-fuzz --locked
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(manifest units traffic gateway_head)
+[ ${#targets[@]} -gt 0 ] || targets=(manifest units traffic gateway_head inference)
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t"
   echo "== $t: ${secs}s"

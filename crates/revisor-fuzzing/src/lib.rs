@@ -20,6 +20,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("units", units),
     ("traffic", traffic),
     ("gateway_head", gateway_head),
+    ("inference", inference),
 ];
 
 /// Manifest decoding and admission (Service and Rollout), as `revisor apply` and the admin API do.
@@ -209,5 +210,75 @@ pub fn gateway_exchange(data: &[u8]) -> Vec<u8> {
             out.clear();
         }
         out
+    })
+}
+
+/// The example tabular model (`features`: FP32 [N, 4]) behind the model server's routes, loaded once.
+fn model_server() -> &'static (tokio::runtime::Runtime, axum::Router) {
+    static MS: OnceLock<(tokio::runtime::Runtime, axum::Router)> = OnceLock::new();
+    MS.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        revisor_model::examples::write_all(dir.path()).expect("the example models");
+        let path = dir.path().join(revisor_model::examples::Example::V2.file_name());
+        let m = revisor_model::Model::load(path.to_str().expect("a UTF-8 path"), "tabular", "2").expect("the model");
+        m.warm_up().expect("a warm model");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        (rt, revisor_model::router(revisor_model::state(std::sync::Arc::new(m))))
+    })
+}
+
+/// An Open Inference Protocol infer request to the model server: the first byte picks JSON (even)
+/// or the binary extension (odd, the next two bytes the JSON header's length); the rest is the
+/// body. The answer is 200 or a 4xx with a message (a request can never make the server fail), and a
+/// 200 carries the model's output.
+pub fn inference(data: &[u8]) {
+    let (status, body) = infer_exchange(data);
+    assert!(
+        status == 200 || (400..500).contains(&status),
+        "status {status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(300)])
+    );
+    let text = String::from_utf8_lossy(&body);
+    if status == 200 {
+        assert!(text.contains("outputs"), "a 200 without outputs");
+    } else {
+        assert!(!text.trim().is_empty(), "a {status} without a message");
+    }
+}
+
+/// The status and body the model server answers to the request `data` encodes (see [`inference`]).
+pub fn infer_exchange(data: &[u8]) -> (u16, Vec<u8>) {
+    use tower::ServiceExt;
+    let (rt, app) = model_server();
+    let (binary, header_len, body) = match data.split_first() {
+        Some((b, rest)) if b % 2 == 1 && rest.len() >= 2 => (
+            true,
+            u16::from_le_bytes([rest[0], rest[1]]) as usize,
+            rest[2..].to_vec(),
+        ),
+        Some((_, rest)) => (false, 0, rest.to_vec()),
+        None => (false, 0, Vec::new()),
+    };
+    let mut req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v2/models/tabular/infer")
+        .header("content-type", "application/json");
+    if binary {
+        req = req
+            .header("content-type", "application/octet-stream")
+            .header("inference-header-content-length", header_len.to_string());
+    }
+    let req = req.body(axum::body::Body::from(body)).expect("a request");
+    rt.block_on(async {
+        let resp = app.clone().oneshot(req).await.expect("the router answers");
+        let status = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .unwrap_or_default();
+        (status, body)
     })
 }

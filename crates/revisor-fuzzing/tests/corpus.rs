@@ -41,6 +41,16 @@ fn the_targets_check_what_they_claim() {
     let ok = revisor_fuzzing::gateway_exchange(b"GET / HTTP/1.1\r\nHost: svc.default.localhost\r\n\r\n");
     let ok = String::from_utf8_lossy(&ok);
     assert!(ok.starts_with("HTTP/1.1 200") && ok.ends_with("ok\n"), "{ok}");
+    // The inference target reaches the model: a well-formed JSON request gets the model's output.
+    let mut req = vec![0u8];
+    req.extend_from_slice(
+        br#"{"inputs":[{"name":"features","shape":[1,4],"datatype":"FP32","data":[5.1,3.5,1.4,0.2]}]}"#,
+    );
+    let (status, body) = revisor_fuzzing::infer_exchange(&req);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("outputs"));
+    let (status, _) = revisor_fuzzing::infer_exchange(b"\x00{\"inputs\": [{\"name\": \"features\", \"data\": [NaN]}]}");
+    assert_eq!(status, 400);
     let bad = revisor_fuzzing::gateway_exchange(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
     assert!(String::from_utf8_lossy(&bad).starts_with("HTTP/1.1 400"));
 }
