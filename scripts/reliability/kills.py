@@ -49,20 +49,6 @@ def manifest(upstream, name, running):
             f"          command: [sh, -c, 'sleep 86398.{os.getpid()} & exec {upstream}']\n")
 
 
-def leftovers():
-    marker = f"86398.{os.getpid()}"
-    n = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if marker in open(f"/proc/{pid}/cmdline").read().replace("\0", " "):
-                n += 1
-        except OSError:
-            pass
-    return n
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=30)
@@ -84,7 +70,7 @@ def main():
         # What the previous run left: ended by this start, before it serves.
         time.sleep(0.3)
         if rnd > 0:
-            orphans_after_restart = max(orphans_after_restart, leftovers_of_killed(proc))
+            orphans_after_restart = max(orphans_after_restart, leftovers(proc))
         # Every acknowledged change so far is there.
         listed = subprocess.run([revisor, "get", "services", "-o", "json", "--server", admin],
                                 capture_output=True, text=True, check=True).stdout
@@ -139,7 +125,7 @@ def main():
             t.join()
     proc, admin = start(revisor, data, os.path.join(work, "server-final.log"))
     time.sleep(0.5)
-    orphans_after_restart = max(orphans_after_restart, leftovers_of_killed(proc))
+    orphans_after_restart = max(orphans_after_restart, leftovers(proc))
     listed = subprocess.run([revisor, "get", "services", "-o", "json", "--server", admin],
                             capture_output=True, text=True, check=True).stdout
     lost = [n for n in acked if f'"{n}"' not in listed]
@@ -155,8 +141,9 @@ def main():
     sys.exit(0 if not lost and not back and orphans_after_restart == 0 and left == 0 else 1)
 
 
-def leftovers_of_killed(proc):
-    """Helper processes not in the new server's process tree (the new run's replicas start their own)."""
+def leftovers(proc=None):
+    """Helper processes alive, except those in `proc`'s process tree (a new run's replicas start their
+    own)."""
     marker = f"86398.{os.getpid()}"
     n = 0
     for pid in os.listdir("/proc"):
@@ -167,7 +154,7 @@ def leftovers_of_killed(proc):
                 continue
             # Walk up the parents: a helper of the new run descends from the new server.
             p, ours = pid, False
-            while p not in ("0", "1"):
+            while proc is not None and p not in ("0", "1"):
                 if p == str(proc.pid):
                     ours = True
                     break
