@@ -52,6 +52,11 @@ if [ -z "$REVISOR_ONNXRUNTIME_LIB" ]; then
 fi
 export REVISOR_ONNXRUNTIME_LIB
 
+# Every server the tests start writes its admin token and CA for the CLI; keep them out of the user's
+# ~/.config (and let the tests run where HOME is unset or read-only).
+export XDG_CONFIG_HOME="${REVISOR_TEST_CONFIG_HOME:-$PWD/target/test-config}"
+mkdir -p "$XDG_CONFIG_HOME"
+
 # The end-to-end tests run the test upstream (crates/revisor-testapp) as real replicas.
 cargo build --locked -p revisor-testapp
 cargo test --workspace --all-targets --locked "$@"
