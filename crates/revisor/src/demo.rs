@@ -314,8 +314,14 @@ fn demo(dir: &Path) -> Result<()> {
     revisor_model::examples::write_all(&models).context("writing the example models")?;
     println!("revisor demo: a model rolled out to live traffic, judged on live metrics.\n");
     println!("1. Starting revisor (data in {}) ...", dir.display());
-    let (server, admin, gateway) = start_server(&dir.join("data"))?;
-    let client = Client::new(&admin)?;
+    let data = dir.join("data");
+    let (server, admin, gateway) = start_server(&data)?;
+    // The server's own token and CA, wherever (or whether) it could write the CLI's credentials.
+    let client = Client::with_credentials(
+        &admin,
+        Some(&data.join(crate::auth::TOKEN_FILE)),
+        Some(&data.join(crate::tls::TLS_DIR).join(crate::tls::CA_CERT)),
+    )?;
     let svc_path = format!("{SERVING}/namespaces/default/services/tabular");
     let rollout_path = format!("{ROLLOUTS}/namespaces/default/rollouts/tabular");
 
