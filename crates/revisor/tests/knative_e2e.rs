@@ -484,6 +484,12 @@ fn the_deploy_manifests_match_the_binary() {
         .iter()
         .any(|v| v["name"] == data_mount["name"] && v["emptyDir"].is_object()));
     args[data_at + 1] = dir.path().join("data").to_string_lossy().into_owned();
+    // The certificate covers the Service's name, for clients inside the cluster.
+    let san = args
+        .iter()
+        .position(|a| a == "--admin-tls-san")
+        .expect("the Deployment names its Service");
+    assert_eq!(args[san + 1], "revisor.revisor-system.svc");
     // Probes speak HTTPS, as the admin API does.
     assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
     let out = Command::new(BIN)
