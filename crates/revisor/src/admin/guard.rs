@@ -18,9 +18,14 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use serde_json::json;
 
+use super::ApiError;
 use crate::auth;
+
+/// A refusal: a Kubernetes `Status` with nothing changed.
+fn refuse(e: ApiError) -> Response {
+    e.into_response()
+}
 
 /// The cookie a login link sets.
 pub const COOKIE: &str = "revisor-token";
@@ -52,26 +57,6 @@ impl Guard {
 /// `router` behind the guard.
 pub fn guarded(router: Router, guard: Guard) -> Router {
     router.layer(axum::middleware::from_fn_with_state(guard, check))
-}
-
-fn refuse(code: StatusCode, reason: &str, message: String) -> Response {
-    let body = json!({
-        "apiVersion": "v1",
-        "kind": "Status",
-        "metadata": {},
-        "status": "Failure",
-        "message": message,
-        "reason": reason,
-        "code": code.as_u16(),
-    });
-    let mut resp = (code, axum::Json(body)).into_response();
-    if code == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"revisor\""),
-        );
-    }
-    resp
 }
 
 /// The host of a `Host` value (`[::1]:7070` -> `::1`), lower case.
@@ -120,29 +105,17 @@ async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
         ([one], _) => one.to_str().map(host_of).unwrap_or_default(),
         ([], Some(a)) => host_of(a.as_str()),
         ([], None) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the request has no Host header".into(),
-            );
+            return refuse(ApiError::BadRequest("the request has no Host header".into()));
         }
         _ => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "the request has more than one Host header".into(),
-            );
+            return refuse(ApiError::BadRequest("the request has more than one Host header".into()));
         }
     };
     if !host_allowed(&host, g.bound) {
-        return refuse(
-            StatusCode::MISDIRECTED_REQUEST,
-            "Misdirected",
-            format!(
-                "this admin API answers for {} and loopback names, not for Host {host:?}",
-                g.bound.ip()
-            ),
-        );
+        return refuse(ApiError::Misdirected(format!(
+            "this admin API answers for {} and loopback names, not for Host {host:?}",
+            g.bound.ip()
+        )));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
@@ -151,19 +124,13 @@ async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
             .split_once("://")
             .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && rest == own);
         if !same {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "Forbidden",
-                format!("cross-origin requests are refused (Origin {origin:?})"),
-            );
+            return refuse(ApiError::Forbidden(format!(
+                "cross-origin requests are refused (Origin {origin:?})"
+            )));
         }
     }
     if headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) == Some("cross-site") {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            "cross-site requests are refused".into(),
-        );
+        return refuse(ApiError::Forbidden("cross-site requests are refused".into()));
     }
     let path = req.uri().path();
     if path == "/healthz" {
@@ -174,18 +141,12 @@ async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
     }
     match presented(headers) {
         Some(t) if auth::same(t.as_bytes(), g.token.as_bytes()) => next.run(req).await,
-        Some(_) => refuse(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "the admin token is wrong".into(),
-        ),
-        None => refuse(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
+        Some(_) => refuse(ApiError::Unauthorized("the admin token is wrong".into())),
+        None => refuse(ApiError::Unauthorized(
             "the admin API needs its token: the CLI finds it by itself on the server's machine; otherwise \
              send `Authorization: Bearer` with the token from the server's DATA_DIR/admin-token"
                 .into(),
-        ),
+        )),
     }
 }
 
@@ -193,11 +154,9 @@ async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
 fn login(g: &Guard, query: &str) -> Response {
     let given = query.split('&').find_map(|kv| kv.strip_prefix("token=")).unwrap_or("");
     if !auth::same(given.as_bytes(), g.token.as_bytes()) {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
+        return refuse(ApiError::Unauthorized(
             "the login link's token is missing or wrong".into(),
-        );
+        ));
     }
     let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", g.token);
     let mut resp = StatusCode::SEE_OTHER.into_response();

@@ -29,6 +29,12 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Misdirected(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -43,6 +49,9 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
+            Self::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "Misdirected"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
@@ -118,6 +127,13 @@ impl IntoResponse for ApiError {
             "details": details,
             "code": code.as_u16(),
         });
-        (code, Json(body)).into_response()
+        let mut resp = (code, Json(body)).into_response();
+        if code == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"revisor\""),
+            );
+        }
+        resp
     }
 }
