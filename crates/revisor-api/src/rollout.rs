@@ -240,13 +240,64 @@ pub struct LoadTest {
 
 /// The kinds of webhook, as Flagger names them.
 pub const WEBHOOK_TYPES: [&str; 6] = [
-    "confirm-rollout",
-    "pre-rollout",
-    "rollout",
-    "confirm-promotion",
-    "post-rollout",
-    "rollback",
+    WebhookKind::ConfirmRollout.as_str(),
+    WebhookKind::PreRollout.as_str(),
+    WebhookKind::Rollout.as_str(),
+    WebhookKind::ConfirmPromotion.as_str(),
+    WebhookKind::PostRollout.as_str(),
+    WebhookKind::Rollback.as_str(),
 ];
+
+/// A webhook's kind (`spec.analysis.webhooks[].type`), as Flagger names them. The manifest keeps the
+/// string, so that an unknown kind is refused by validation with the list of known ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WebhookKind {
+    /// A new canary waits until it answers 2xx.
+    ConfirmRollout,
+    /// Before the canary gets traffic; a failure counts as a failed check.
+    PreRollout,
+    /// With every analysis run; a failure counts as a failed check.
+    Rollout,
+    /// Promotion waits until it answers 2xx.
+    ConfirmPromotion,
+    /// Told after a promotion or rollback.
+    PostRollout,
+    /// 2xx rolls the canary back.
+    Rollback,
+}
+
+impl WebhookKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WebhookKind::ConfirmRollout => "confirm-rollout",
+            WebhookKind::PreRollout => "pre-rollout",
+            WebhookKind::Rollout => "rollout",
+            WebhookKind::ConfirmPromotion => "confirm-promotion",
+            WebhookKind::PostRollout => "post-rollout",
+            WebhookKind::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<WebhookKind> {
+        [
+            WebhookKind::ConfirmRollout,
+            WebhookKind::PreRollout,
+            WebhookKind::Rollout,
+            WebhookKind::ConfirmPromotion,
+            WebhookKind::PostRollout,
+            WebhookKind::Rollback,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for WebhookKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -264,6 +315,21 @@ pub struct Webhook {
     pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+impl Webhook {
+    /// The webhook's kind; `None` for a kind validation refuses.
+    pub fn kind(&self) -> Option<WebhookKind> {
+        WebhookKind::parse(&self.type_)
+    }
+
+    /// Its timeout (`timeout`, a Go duration; 10 s when absent or unreadable, which validation refuses).
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .as_deref()
+            .and_then(|t| crate::units::parse_go_duration(t).ok())
+            .unwrap_or(std::time::Duration::from_secs(10))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -879,7 +945,7 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
         if a.threshold == Some(0) || a.failure_limit == Some(0) {
             errs.push(p.field("threshold"), "must be at least 1");
         }
-        if a.metrics.is_empty() && !a.webhooks.iter().any(|w| w.type_ == "rollout") {
+        if a.metrics.is_empty() && !a.webhooks.iter().any(|w| w.kind() == Some(WebhookKind::Rollout)) {
             errs.push(p.field("metrics"), "give at least one metric (or a rollout webhook)");
         }
         if let Some(l) = &a.load_test {
@@ -901,7 +967,7 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
             if w.name.is_empty() {
                 errs.push(wp.field("name"), "missing field(s)");
             }
-            if !WEBHOOK_TYPES.contains(&w.type_.as_str()) {
+            if w.kind().is_none() {
                 errs.push(
                     wp.field("type"),
                     format!("must be one of {}, got {:?}", WEBHOOK_TYPES.join(", "), w.type_),

@@ -10,7 +10,7 @@ pub mod gc;
 pub mod health;
 pub mod reconcile;
 pub mod resources;
-pub mod rollouts;
+pub mod rollout_world;
 pub mod run;
 pub mod status;
 
@@ -21,7 +21,7 @@ pub use admission::{
 pub use dataplane::{Backend, DesiredRevision, DesiredState, RoutedTarget, ServiceRoutes};
 pub use health::{record_health, RevisionHealth};
 pub use reconcile::reconcile_service;
-pub use rollouts::{Commit, MetricsSource, RolloutController, RolloutWorld, StoreWorld};
+pub use rollout_world::StoreWorld;
 pub use run::Controller;
 
 /// What the controller needs to know about the server it runs in.

@@ -1,11 +1,12 @@
-//! The control loop: reconcile every service at start, then each service whose objects change.
+//! The control loop: reconcile every service at start, then each service whose objects change, and
+//! each service whose gradual rollout (Knative's `rollout-duration`) has a step due.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use chrono::Utc;
-use revisor_api::{Defaults, Revision, Rollout, Service};
+use revisor_api::{Configuration, Defaults, Revision, Rollout, Service};
 use revisor_store::{Store, StoreError};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -21,6 +22,8 @@ pub struct Controller {
     defaults: Defaults,
     backend: Option<Arc<dyn Backend>>,
     last: Option<DesiredState>,
+    /// Services whose gradual rollout is in progress, with when its next step is due (ms).
+    gradual: BTreeMap<(String, String), i64>,
 }
 
 impl Controller {
@@ -31,6 +34,7 @@ impl Controller {
             defaults: Defaults::default(),
             backend: None,
             last: None,
+            gradual: BTreeMap::new(),
         }
     }
 
@@ -52,17 +56,49 @@ impl Controller {
     }
 
     fn run(mut self, mut rx: tokio::sync::broadcast::Receiver<revisor_store::Change>) {
+        // Only for waiting on changes with a deadline (the next gradual step); reconciles block.
+        let waiter = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!("the controller cannot start its timer: {e}");
+                return;
+            }
+        };
         self.reconcile_all();
         loop {
             self.sync_backend();
+            let now = Utc::now().timestamp_millis();
+            let due: Vec<(String, String)> = self
+                .gradual
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !due.is_empty() {
+                for (ns, name) in due {
+                    self.reconcile(&ns, &name);
+                }
+                continue;
+            }
+            let next = self.gradual.values().min().map(|at| (at - now).max(1) as u64);
+            let first = waiter.block_on(async {
+                match next {
+                    Some(ms) => tokio::time::timeout(std::time::Duration::from_millis(ms), rx.recv())
+                        .await
+                        .ok(),
+                    None => Some(rx.recv().await),
+                }
+            });
             let mut pending = BTreeSet::new();
-            match rx.blocking_recv() {
-                Ok(c) => add(&mut pending, c),
-                Err(RecvError::Lagged(_)) => {
+            match first {
+                // A gradual step is due.
+                None => continue,
+                Some(Ok(c)) => add(&mut pending, c),
+                Some(Err(RecvError::Lagged(_))) => {
                     self.reconcile_all();
                     continue;
                 }
-                Err(RecvError::Closed) => return,
+                Some(Err(RecvError::Closed)) => return,
             }
             // Coalesce a burst of changes into one reconcile per service.
             loop {
@@ -106,7 +142,7 @@ impl Controller {
     }
 
     /// Reconciles every stored service (at start, and when changes were missed).
-    pub fn reconcile_all(&self) {
+    pub fn reconcile_all(&mut self) {
         match self.store.list::<Service>(None) {
             Ok(services) => {
                 for s in services {
@@ -117,13 +153,30 @@ impl Controller {
         }
     }
 
-    pub fn reconcile(&self, namespace: &str, name: &str) {
+    /// Reconciles one service, and notes when its gradual rollout's next step is due.
+    pub fn reconcile(&mut self, namespace: &str, name: &str) {
         let result: Result<(), StoreError> = self
             .store
             .write(|tx| reconcile_service(tx, namespace, name, &self.config, Utc::now()));
         if let Err(e) = result {
             tracing::error!(service = %format!("{namespace}/{name}"), "reconcile failed: {e}");
         }
+        let key = (namespace.to_string(), name.to_string());
+        let next_step = self
+            .store
+            .get::<Configuration>(namespace, name)
+            .ok()
+            .flatten()
+            .and_then(|cfg| {
+                let state = cfg.metadata.annotation(crate::reconcile::GRADUAL_STATE)?;
+                serde_json::from_str::<revisor_traffic::gradual::Gradual>(state).ok()
+            })
+            .filter(|g| g.in_progress())
+            .map(|g| g.next_step_ms);
+        match next_step {
+            Some(at) => self.gradual.insert(key, at),
+            None => self.gradual.remove(&key),
+        };
     }
 }
 

@@ -333,6 +333,49 @@ fn rollout_duration_moves_traffic_gradually_one_percent_first() {
     assert!(events.iter().any(|e| e.reason == "GradualRollout"), "{events:?}");
 }
 
+/// The running controller takes each gradual step when it falls due, with nothing else changing (it
+/// waits for the step's time, not for a poll of every Configuration).
+#[test]
+fn the_running_controller_moves_gradual_traffic_by_itself() {
+    let env = Env::new();
+    let svc = |image: &str| {
+        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: svc\n  annotations:\n    serving.knative.dev/rollout-duration: \"5s\"\nspec:\n  template:\n    spec:\n      containers:\n        - image: {image}\n")
+    };
+    env.apply(&svc("img:1")).unwrap();
+    env.set_ready("svc-00001", ConditionStatus::True);
+    env.apply(&svc("img:2")).unwrap();
+    env.set_ready("svc-00002", ConditionStatus::True);
+    let split = |env: &Env| {
+        env.svc()
+            .status
+            .unwrap()
+            .traffic
+            .iter()
+            .map(|t| (t.revision_name.clone().unwrap_or_default(), t.percent()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(split(&env)[1], ("svc-00002".to_string(), 1), "1% first");
+    revisor_controller::Controller::new(env.store.clone(), ControllerConfig::default()).spawn();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < until {
+        let now = split(&env);
+        if seen.last() != Some(&now) {
+            seen.push(now.clone());
+        }
+        if now == vec![("svc-00002".to_string(), 100)] {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&vec![("svc-00002".to_string(), 100)]),
+        "all traffic moved within 20 s: {seen:?}"
+    );
+    assert!(seen.len() >= 4, "in steps a second apart: {seen:?}");
+}
+
 /// Server-side apply's rule for `spec.traffic` (issue 12): what `revisor traffic` set survives an apply
 /// whose manifest leaves traffic out; a manifest declaring other traffic conflicts unless forced; the
 /// applier's own traffic, later left out, goes back to the default.

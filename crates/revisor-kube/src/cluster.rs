@@ -1,8 +1,9 @@
 //! The connection to the cluster and the watched caches of Knative Services, Revisions and Rollouts.
 
+use revisor_rollout_controller::{Change, Key};
 use std::path::Path;
-use std::sync::mpsc;
 use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
@@ -111,7 +112,7 @@ impl Cluster {
     pub async fn start(
         client: kube::Client,
         namespace: Option<String>,
-    ) -> Result<(Cluster, mpsc::Receiver<()>), ClusterError> {
+    ) -> Result<(Cluster, UnboundedReceiver<Change>), ClusterError> {
         for (kind, hint) in [
             (
                 &SERVICE,
@@ -140,7 +141,7 @@ impl Cluster {
                 Err(e) => return Err(e.into()),
             }
         }
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let services = watch(&client, &SERVICE, namespace.as_deref(), tx.clone());
         let revisions = watch(&client, &REVISION, namespace.as_deref(), tx.clone());
         let rollouts = watch(&client, &ROLLOUT, namespace.as_deref(), tx);
@@ -302,17 +303,40 @@ fn api(client: &kube::Client, kind: &Kind, namespace: Option<&str>) -> Api<Dynam
     }
 }
 
+/// The change a watched object's event means to the Rollout controller.
+fn change_of(kind: &Kind, obj: &DynamicObject) -> Option<Change> {
+    let namespace = obj.metadata.namespace.clone()?;
+    let name = obj.metadata.name.clone()?;
+    if kind.kind == ROLLOUT.kind {
+        return Some(Change::Rollout(Key::new(namespace, name)));
+    }
+    let service = if kind.kind == REVISION.kind {
+        obj.metadata
+            .labels
+            .as_ref()?
+            .get("serving.knative.dev/service")?
+            .clone()
+    } else {
+        name
+    };
+    Some(Change::Service {
+        namespace,
+        name: service,
+    })
+}
+
 /// A typed revisor object from a cluster object.
 pub fn from_dynamic<T: DeserializeOwned>(obj: &DynamicObject) -> Result<T, serde_json::Error> {
     serde_json::from_value(serde_json::to_value(obj)?)
 }
 
-/// Watches `kind` into a cache, telling `changed` about every change.
+/// Watches `kind` into a cache, telling `changed` about every change: a Rollout's as itself, a
+/// Service's or a Revision's as its Service's, a new list as a resync.
 fn watch(
     client: &kube::Client,
     kind: &'static Kind,
     namespace: Option<&str>,
-    changed: mpsc::Sender<()>,
+    changed: UnboundedSender<Change>,
 ) -> Store<DynamicObject> {
     let writer = reflector::store::Writer::new(kind.resource());
     let reader = writer.as_reader();
@@ -323,11 +347,21 @@ fn watch(
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => {
-                    let _ = changed.send(());
+            let change = match event {
+                Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj) | watcher::Event::InitApply(obj)) => {
+                    change_of(kind, &obj)
                 }
-                Err(e) => tracing::warn!("watching {}: {e}", kind.plural),
+                Ok(watcher::Event::InitDone) => Some(Change::Resync),
+                Ok(watcher::Event::Init) => None,
+                Err(e) => {
+                    tracing::warn!("watching {}: {e}", kind.plural);
+                    None
+                }
+            };
+            if let Some(c) = change {
+                if changed.send(c).is_err() {
+                    return;
+                }
             }
         }
     });

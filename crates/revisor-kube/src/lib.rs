@@ -17,6 +17,6 @@ pub mod world;
 
 pub use apply::{apply, delete, ApplyError, ApplyOptions, FIELD_MANAGER};
 pub use cluster::{connect, Cluster, ClusterError, REVISION, ROLLOUT, SERVICE};
-pub use prometheus::PrometheusMetrics;
+pub use prometheus::{ClusterMetrics, PrometheusMetrics};
 pub use request::request;
 pub use world::KnativeWorld;

@@ -17,14 +17,15 @@
 //! adds only its growth. Summing in PromQL instead would make the total fall whenever a pod goes away,
 //! and a fall reads as a data plane restart. Readings are cached for a second: the controller steps
 //! every quarter second, and looks are a second apart.
+//!
+//! Queries go through revisor-rollout-controller's one Prometheus client.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use revisor_controller::MetricsSource;
 use revisor_rollout::{Counters, Window};
-use serde_json::Value;
+use revisor_rollout_controller::{MetricsSource, PrometheusClient};
 
 /// The queue-proxy's counter of requests, by `response_code_class` (Knative Serving's
 /// `revision_request_count`, labels `namespace_name`, `revision_name`, `response_code_class`, ...).
@@ -40,8 +41,7 @@ pub const OTEL_REQUEST_DURATION: &str = "http_server_request_duration_seconds_bu
 /// The labels of the OpenTelemetry series.
 pub const OTEL_LABELS: (&str, &str) = ("k8s_namespace_name", "kn_revision_name");
 
-/// One series: its labels and its value.
-pub type Series = (BTreeMap<String, String>, f64);
+pub use revisor_rollout_controller::prometheus::Series;
 /// Values by one label's value (a status class, a bucket's `le`).
 type ByLabel = Vec<(String, f64)>;
 
@@ -52,10 +52,7 @@ const COUNTERS_FORGOTTEN_AFTER: Duration = Duration::from_secs(600);
 
 /// Reads revision windows and counters from the Prometheus at `url`.
 pub struct PrometheusMetrics {
-    url: String,
-    /// Made on first use, on the Rollout controller's thread (a blocking client cannot be made inside
-    /// the async runtime).
-    http: OnceLock<reqwest::blocking::Client>,
+    client: PrometheusClient,
     /// Per namespace and revision: the running totals and when they were last read.
     counted: Mutex<HashMap<(String, String), Counted>>,
 }
@@ -100,8 +97,7 @@ impl Totals {
 impl PrometheusMetrics {
     pub fn new(url: &str) -> Self {
         PrometheusMetrics {
-            url: url.trim_end_matches('/').to_string(),
-            http: OnceLock::new(),
+            client: PrometheusClient::new(url),
             counted: Mutex::new(HashMap::new()),
         }
     }
@@ -138,62 +134,58 @@ impl PrometheusMetrics {
     }
 
     /// Runs an instant query and returns each series' label `by` with its value.
-    fn vector(&self, query: &str, by: &str) -> Result<Vec<(String, f64)>, String> {
+    async fn vector(&self, query: &str, by: &str) -> Result<Vec<(String, f64)>, String> {
         Ok(self
-            .instant(query)?
+            .instant(query)
+            .await?
             .into_iter()
             .filter_map(|(labels, v)| Some((labels.get(by)?.clone(), v)))
             .collect())
     }
 
-    /// Runs an instant query and returns each series' labels with its value.
-    fn instant(&self, query: &str) -> Result<Vec<Series>, String> {
-        let http = self.http.get_or_init(reqwest::blocking::Client::new);
-        let resp = http
-            .get(format!("{}/api/v1/query", self.url))
-            .query(&[("query", query)])
-            .timeout(Duration::from_secs(10))
-            .send()
-            .map_err(|e| format!("Prometheus at {}: {e}", self.url))?;
-        let body: Value = resp
-            .json()
-            .map_err(|e| format!("Prometheus at {}: not JSON: {e}", self.url))?;
-        if body["status"] != "success" {
-            return Err(format!("Prometheus refused {query:?}: {}", body["error"]));
-        }
-        Ok(body["data"]["result"]
-            .as_array()
+    /// Runs an instant query and returns each series' labels with its value (a counter, so never
+    /// negative or NaN).
+    async fn instant(&self, query: &str) -> Result<Vec<Series>, String> {
+        let answer = self.client.query(query).await?;
+        Ok(answer
+            .series()
             .into_iter()
-            .flatten()
-            .filter_map(|s| {
-                let labels = s["metric"]
-                    .as_object()?
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                    .collect();
-                let value = s["value"][1].as_str()?.parse::<f64>().ok()?;
-                Some((labels, if value.is_finite() { value.max(0.0) } else { 0.0 }))
-            })
+            .map(|(labels, v)| (labels, if v.is_finite() { v.max(0.0) } else { 0.0 }))
             .collect())
     }
 
+    fn counted(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Counted>> {
+        self.counted.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The revision's cumulative counters now (see the module's doc), or why they could not be read.
-    pub fn read_counters(&self, namespace: &str, revision: &str) -> Result<Counters, String> {
+    pub async fn read_counters(&self, namespace: &str, revision: &str) -> Result<Counters, String> {
         let now = Instant::now();
-        let mut all = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-        all.retain(|_, c| c.asked_at.is_some_and(|t| now - t < COUNTERS_FORGOTTEN_AFTER));
-        let c = all.entry((namespace.to_string(), revision.to_string())).or_default();
-        c.asked_at = Some(now);
-        if let (Some(at), Some(last)) = (c.read_at, &c.last) {
-            if now - at < COUNTERS_FRESH_FOR {
-                return Ok(last.clone());
+        let key = (namespace.to_string(), revision.to_string());
+        {
+            let mut all = self.counted();
+            all.retain(|_, c| c.asked_at.is_some_and(|t| now - t < COUNTERS_FORGOTTEN_AFTER));
+            let c = all.entry(key.clone()).or_default();
+            c.asked_at = Some(now);
+            if let (Some(at), Some(last)) = (c.read_at, &c.last) {
+                if now - at < COUNTERS_FRESH_FOR {
+                    return Ok(last.clone());
+                }
             }
         }
         let (ns, rev) = (namespace, revision);
         let code = "http_response_status_code";
-        let codes = self.instant(&Self::selector(OTEL_REQUEST_COUNT, OTEL_LABELS, ns, rev))?;
+        let codes = self
+            .instant(&Self::selector(OTEL_REQUEST_COUNT, OTEL_LABELS, ns, rev))
+            .await?;
+        // The series are read first, then added to the totals under the lock (never held across a
+        // query).
         let counters = if codes.iter().any(|(l, _)| l.contains_key(code)) {
-            let buckets = self.instant(&Self::selector(OTEL_REQUEST_DURATION, OTEL_LABELS, ns, rev))?;
+            let buckets = self
+                .instant(&Self::selector(OTEL_REQUEST_DURATION, OTEL_LABELS, ns, rev))
+                .await?;
+            let mut all = self.counted();
+            let c = all.entry(key).or_default();
             let codes = c.totals.entry(OTEL_REQUEST_COUNT).or_default().update(&codes, code);
             let buckets = c
                 .totals
@@ -201,44 +193,62 @@ impl PrometheusMetrics {
                 .or_default()
                 .update(&buckets, "le");
             let (classes, buckets) = otel_to_opencensus(&codes, &buckets);
-            counters_of(&classes, &buckets)
+            let counters = counters_of(&classes, &buckets);
+            c.read_at = Some(now);
+            c.last = Some(counters.clone());
+            counters
         } else {
             let class = "response_code_class";
-            let classes = self.instant(&Self::selector(REQUEST_COUNT, OPENCENSUS_LABELS, ns, rev))?;
-            let buckets = self.instant(&Self::selector(REQUEST_LATENCIES, OPENCENSUS_LABELS, ns, rev))?;
+            let classes = self
+                .instant(&Self::selector(REQUEST_COUNT, OPENCENSUS_LABELS, ns, rev))
+                .await?;
+            let buckets = self
+                .instant(&Self::selector(REQUEST_LATENCIES, OPENCENSUS_LABELS, ns, rev))
+                .await?;
+            let mut all = self.counted();
+            let c = all.entry(key).or_default();
             let classes = c.totals.entry(REQUEST_COUNT).or_default().update(&classes, class);
             let buckets = c.totals.entry(REQUEST_LATENCIES).or_default().update(&buckets, "le");
-            counters_of(&classes, &buckets)
+            let counters = counters_of(&classes, &buckets);
+            c.read_at = Some(now);
+            c.last = Some(counters.clone());
+            counters
         };
-        c.read_at = Some(now);
-        c.last = Some(counters.clone());
         Ok(counters)
     }
 
     /// The revision's window over the last `seconds`, or why it could not be read.
-    pub fn read_window(&self, namespace: &str, revision: &str, seconds: f64) -> Result<Window, String> {
+    pub async fn read_window(&self, namespace: &str, revision: &str, seconds: f64) -> Result<Window, String> {
         let (ns, rev) = (namespace, revision);
         let code = "http_response_status_code";
-        let codes = self.vector(
-            &Self::query(OTEL_REQUEST_COUNT, code, OTEL_LABELS, ns, rev, seconds),
-            code,
-        )?;
+        let codes = self
+            .vector(
+                &Self::query(OTEL_REQUEST_COUNT, code, OTEL_LABELS, ns, rev, seconds),
+                code,
+            )
+            .await?;
         if !codes.is_empty() {
-            let buckets = self.vector(
-                &Self::query(OTEL_REQUEST_DURATION, "le", OTEL_LABELS, ns, rev, seconds),
-                "le",
-            )?;
+            let buckets = self
+                .vector(
+                    &Self::query(OTEL_REQUEST_DURATION, "le", OTEL_LABELS, ns, rev, seconds),
+                    "le",
+                )
+                .await?;
             return Ok(otel_window(&codes, &buckets, seconds));
         }
         let class = "response_code_class";
-        let classes = self.vector(
-            &Self::query(REQUEST_COUNT, class, OPENCENSUS_LABELS, ns, rev, seconds),
-            class,
-        )?;
-        let buckets = self.vector(
-            &Self::query(REQUEST_LATENCIES, "le", OPENCENSUS_LABELS, ns, rev, seconds),
-            "le",
-        )?;
+        let classes = self
+            .vector(
+                &Self::query(REQUEST_COUNT, class, OPENCENSUS_LABELS, ns, rev, seconds),
+                class,
+            )
+            .await?;
+        let buckets = self
+            .vector(
+                &Self::query(REQUEST_LATENCIES, "le", OPENCENSUS_LABELS, ns, rev, seconds),
+                "le",
+            )
+            .await?;
         Ok(window_of(&classes, &buckets, seconds))
     }
 }
@@ -323,8 +333,8 @@ fn escape(v: &str) -> String {
 impl MetricsSource for PrometheusMetrics {
     /// Counters summed over the revision's pods by revisor (for sequential analysis); `None` when
     /// Prometheus cannot be read, so nothing is judged on a reading that did not happen.
-    fn counters(&self, namespace: &str, revision: &str) -> Option<Counters> {
-        match self.read_counters(namespace, revision) {
+    async fn counters(&self, namespace: &str, revision: &str) -> Option<Counters> {
+        match self.read_counters(namespace, revision).await {
             Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!("counters of {namespace}/{revision}: {e}");
@@ -333,8 +343,8 @@ impl MetricsSource for PrometheusMetrics {
         }
     }
 
-    fn window(&self, namespace: &str, revision: &str, seconds: f64) -> Option<Window> {
-        match self.read_window(namespace, revision, seconds) {
+    async fn window(&self, namespace: &str, revision: &str, seconds: f64) -> Option<Window> {
+        match self.read_window(namespace, revision, seconds).await {
             Ok(w) => Some(w),
             Err(e) => {
                 // An empty window is inconclusive: analysis waits rather than judging on no data.
@@ -348,13 +358,35 @@ impl MetricsSource for PrometheusMetrics {
     }
 }
 
-/// The metrics source when no Prometheus is configured: every window is empty. The world refuses
-/// Rollouts whose analysis would need one.
-pub struct NoMetrics;
+/// The metrics source on a cluster: Prometheus when one is given; without one every reading is
+/// empty, and the world refuses Rollouts whose analysis would need one.
+pub enum ClusterMetrics {
+    Prometheus(PrometheusMetrics),
+    None,
+}
 
-impl MetricsSource for NoMetrics {
-    fn counters(&self, _namespace: &str, _revision: &str) -> Option<Counters> {
-        None
+impl ClusterMetrics {
+    pub fn new(prometheus: Option<&str>) -> Self {
+        match prometheus {
+            Some(url) => ClusterMetrics::Prometheus(PrometheusMetrics::new(url)),
+            None => ClusterMetrics::None,
+        }
+    }
+}
+
+impl MetricsSource for ClusterMetrics {
+    async fn counters(&self, namespace: &str, revision: &str) -> Option<Counters> {
+        match self {
+            ClusterMetrics::Prometheus(p) => p.counters(namespace, revision).await,
+            ClusterMetrics::None => None,
+        }
+    }
+
+    async fn window(&self, namespace: &str, revision: &str, seconds: f64) -> Option<Window> {
+        match self {
+            ClusterMetrics::Prometheus(p) => p.window(namespace, revision, seconds).await,
+            ClusterMetrics::None => None,
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! caches; each step writes the Rollout's status subresource (optimistically, by resourceVersion), then
 //! the Knative Service's `spec.traffic`, then Kubernetes Events.
 
-use std::sync::mpsc;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -10,7 +11,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use revisor_api::rollout::RunStep;
 use revisor_api::{Revision, Rollout, Service};
-use revisor_controller::{Commit, RolloutWorld};
+use revisor_rollout_controller::{Change, Commit, Key, World};
 use serde_json::json;
 
 use crate::apply::ROLLOUT_FIELD_MANAGER;
@@ -18,22 +19,25 @@ use crate::cluster::{Cluster, ROLLOUT, SERVICE};
 
 pub struct KnativeWorld {
     cluster: Cluster,
-    runtime: tokio::runtime::Handle,
-    changes: mpsc::Receiver<()>,
+    /// The watches' changes, handed to the controller once.
+    changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Change>>>,
     recorder: Recorder,
     /// The cluster's networking layer (`config-network`'s `ingress-class`), read once.
-    ingress_class: Option<String>,
+    ingress_class: tokio::sync::OnceCell<String>,
     /// Whether a Prometheus with the queue-proxy metrics was given (built-in analysis metrics need one).
     prometheus: bool,
     /// Rollouts written since their cache was last updated: (namespace, name) -> the resourceVersion
     /// the write replaced. Until the watch brings the new version they are not stepped again, so a
     /// step never runs (and calls webhooks, or takes a window) on a status it has already replaced.
-    replaced: std::collections::HashMap<(String, String), Option<String>>,
+    replaced: Mutex<HashMap<Key, Option<String>>>,
 }
 
+/// How long a step waits for the watch to bring the version of a Rollout it wrote.
+const CACHE_CATCH_UP: Duration = Duration::from_secs(2);
+
 impl KnativeWorld {
-    /// `runtime` runs the API calls; the controller calls from its own thread.
-    pub fn new(cluster: Cluster, changes: mpsc::Receiver<()>, runtime: tokio::runtime::Handle) -> Self {
+    /// `changes` are the cluster's watches' (`Cluster::start`).
+    pub fn new(cluster: Cluster, changes: tokio::sync::mpsc::UnboundedReceiver<Change>) -> Self {
         let recorder = Recorder::new(
             cluster.client.clone(),
             Reporter {
@@ -43,10 +47,9 @@ impl KnativeWorld {
         );
         KnativeWorld {
             cluster,
-            runtime,
-            changes,
+            changes: Mutex::new(Some(changes)),
             recorder,
-            ingress_class: None,
+            ingress_class: tokio::sync::OnceCell::new(),
             prometheus: true,
             replaced: Default::default(),
         }
@@ -103,30 +106,63 @@ pub fn refusal(r: &Rollout, ingress_class: &str, prometheus: bool) -> Option<Str
     })
 }
 
-impl RolloutWorld for KnativeWorld {
-    fn rollouts(&mut self) -> Result<Vec<Rollout>, String> {
+impl KnativeWorld {
+    fn replaced(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Option<String>>> {
+        self.replaced.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the cache still holds the version of `key` that a step of ours replaced.
+    fn stale(&self, key: &Key, current: Option<&Option<String>>) -> bool {
+        let mut replaced = self.replaced();
+        match (replaced.get(key), current) {
+            (Some(old), Some(rv)) if old == rv => true,
+            (Some(_), _) => {
+                replaced.remove(key);
+                false
+            }
+            (None, _) => false,
+        }
+    }
+}
+
+impl World for KnativeWorld {
+    async fn rollouts(&self) -> Result<Vec<Rollout>, String> {
         let all = self.cluster.rollouts(None);
-        let replaced = &mut self.replaced;
-        replaced.retain(|(ns, name), rv| {
-            all.iter()
-                .any(|r| &r.metadata.namespace == ns && &r.metadata.name == name && &r.metadata.resource_version == rv)
-        });
         Ok(all
             .into_iter()
-            .filter(|r| !replaced.contains_key(&(r.metadata.namespace.clone(), r.metadata.name.clone())))
+            .filter(|r| !self.stale(&Key::of(r), Some(&r.metadata.resource_version)))
             .collect())
     }
 
-    fn service(&mut self, namespace: &str, name: &str) -> Result<Option<Service>, String> {
+    /// The cached Rollout; one a step of ours wrote is answered once the watch brings the written
+    /// version, so that a step never runs (and calls webhooks, or takes a window) on a status it has
+    /// already replaced.
+    async fn rollout(&self, key: &Key) -> Result<Option<Rollout>, String> {
+        let until = tokio::time::Instant::now() + CACHE_CATCH_UP;
+        loop {
+            let r = self.cluster.rollout(&key.namespace, &key.name).map(|(r, _)| r);
+            if !self.stale(key, r.as_ref().map(|r| &r.metadata.resource_version)) {
+                return Ok(r);
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(format!(
+                    "the watch has not brought the status written {CACHE_CATCH_UP:?} ago yet"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn service(&self, namespace: &str, name: &str) -> Result<Option<Service>, String> {
         Ok(self.cluster.service(namespace, name))
     }
 
-    fn revision(&mut self, namespace: &str, name: &str) -> Result<Option<Revision>, String> {
+    async fn revision(&self, namespace: &str, name: &str) -> Result<Option<Revision>, String> {
         Ok(self.cluster.revision(namespace, name))
     }
 
-    fn commit(&mut self, c: Commit<'_>) -> Result<bool, String> {
-        let r = c.rollout;
+    async fn commit(&self, c: Commit) -> Result<bool, String> {
+        let r = &c.rollout;
         let (ns, name) = (r.metadata.namespace.as_str(), r.metadata.name.as_str());
         let Some((_, mut obj)) = self.cluster.rollout(ns, name) else {
             return Ok(false);
@@ -135,20 +171,16 @@ impl RolloutWorld for KnativeWorld {
         // since (an operator's request), nothing is written and the step runs again. Traffic follows the
         // status, so a failed traffic write is repeated by the next step.
         obj.metadata.resource_version = r.metadata.resource_version.clone();
-        obj.data["status"] = serde_json::to_value(c.status).map_err(|e| e.to_string())?;
+        obj.data["status"] = serde_json::to_value(&c.status).map_err(|e| e.to_string())?;
         let rollouts = self.cluster.api(&ROLLOUT, Some(ns));
-        let written = self
-            .runtime
-            .block_on(rollouts.replace_status(name, &PostParams::default(), &obj));
-        match written {
+        match rollouts.replace_status(name, &PostParams::default(), &obj).await {
             Ok(_) => {
-                self.replaced
-                    .insert((ns.to_string(), name.to_string()), r.metadata.resource_version.clone());
+                self.replaced().insert(Key::of(r), r.metadata.resource_version.clone());
             }
             Err(kube::Error::Api(e)) if e.code == 409 => return Ok(false),
             Err(e) => return Err(format!("writing the status of Rollout {ns}/{name}: {e}")),
         }
-        if let Some(traffic) = c.traffic {
+        if let Some(traffic) = &c.traffic {
             let services = self.cluster.api(&SERVICE, Some(ns));
             let patch = json!({ "spec": { "traffic": traffic } });
             let params = PatchParams {
@@ -156,8 +188,9 @@ impl RolloutWorld for KnativeWorld {
                 ..Default::default()
             };
             let service = &r.spec.service_ref.name;
-            self.runtime
-                .block_on(services.patch(service, &params, &Patch::Merge(&patch)))
+            services
+                .patch(service, &params, &Patch::Merge(&patch))
+                .await
                 .map_err(|e| format!("moving the traffic of Service {ns}/{service}: {e}"))?;
         }
         let reference = ObjectReference {
@@ -168,7 +201,7 @@ impl RolloutWorld for KnativeWorld {
             uid: obj.metadata.uid.clone(),
             ..Default::default()
         };
-        for e in c.events {
+        for e in &c.events {
             let event = Event {
                 type_: if e.warning {
                     EventType::Warning
@@ -181,22 +214,20 @@ impl RolloutWorld for KnativeWorld {
                 secondary: None,
             };
             // Events are a record, not state: a refused one is logged and the step stands.
-            if let Err(err) = self.runtime.block_on(self.recorder.publish(&event, &reference)) {
+            if let Err(err) = self.recorder.publish(&event, &reference).await {
                 tracing::warn!("event {} of Rollout {ns}/{name}: {err}", e.reason);
             }
         }
         Ok(true)
     }
 
-    fn refusal(&mut self, r: &Rollout) -> Option<String> {
-        let class = self
-            .ingress_class
-            .get_or_insert_with(|| self.runtime.block_on(self.cluster.ingress_class()));
+    async fn refusal(&self, r: &Rollout) -> Option<String> {
+        let class = self.ingress_class.get_or_init(|| self.cluster.ingress_class()).await;
         refusal(r, class, self.prometheus)
     }
 
     /// The tag's URL from the Knative Service's `status.traffic`.
-    fn load_target(&mut self, r: &Rollout, tag: &str) -> Option<(String, Option<String>)> {
+    fn load_target(&self, r: &Rollout, tag: &str) -> Option<(String, Option<String>)> {
         let svc = self
             .cluster
             .service_object(&r.metadata.namespace, &r.spec.service_ref.name)?;
@@ -209,20 +240,10 @@ impl RolloutWorld for KnativeWorld {
         Some((url.to_string(), None))
     }
 
-    fn wait(&mut self, d: Duration) -> bool {
-        let until = std::time::Instant::now() + d;
-        // Changes to Services and Revisions come often (Knative writes their status); only wake early
-        // once the tick is half over.
-        match self.changes.recv_timeout(d / 2) {
-            Err(mpsc::RecvTimeoutError::Disconnected) => return false,
-            Ok(()) => return true,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        let rest = until.saturating_duration_since(std::time::Instant::now());
-        !matches!(
-            self.changes.recv_timeout(rest),
-            Err(mpsc::RecvTimeoutError::Disconnected)
-        )
+    /// The watches' changes (once; a second subscriber gets a closed channel).
+    fn subscribe(&self) -> tokio::sync::mpsc::UnboundedReceiver<Change> {
+        let taken = self.changes.lock().unwrap_or_else(|e| e.into_inner()).take();
+        taken.unwrap_or_else(|| tokio::sync::mpsc::unbounded_channel().1)
     }
 }
 

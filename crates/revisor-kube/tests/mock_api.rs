@@ -7,8 +7,8 @@ use http::{Request, Response};
 use kube::api::DynamicObject;
 use kube::client::Body;
 use revisor_api::Defaults;
-use revisor_controller::{Commit, RolloutWorld};
 use revisor_kube::{ApplyError, ApplyOptions, Cluster, KnativeWorld};
+use revisor_rollout_controller::{Commit, World};
 use serde_json::{json, Value};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -239,8 +239,8 @@ async fn a_step_writes_status_then_traffic_then_an_event() {
     let (client, mut handle) = mocked();
     let r = rollout_obj(json!({ "phase": "Initialized", "stableRevision": "model-00001" }));
     let cluster = Cluster::from_objects(client, None, vec![object(r.clone())]);
-    let (_tx, rx) = std::sync::mpsc::channel();
-    let mut world = KnativeWorld::new(cluster, rx, tokio::runtime::Handle::current());
+    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let world = KnativeWorld::new(cluster, rx);
     let server = tokio::spawn(async move {
         let mut written = r.clone();
         written["metadata"]["resourceVersion"] = json!("8");
@@ -264,26 +264,26 @@ async fn a_step_writes_status_then_traffic_then_an_event() {
         { "latestRevision": true, "percent": 20, "tag": "canary" },
     ]))
     .unwrap();
-    let events = [revisor_rollout::Event {
+    let events = vec![revisor_rollout::Event {
         warning: false,
         reason: "Progressing".into(),
         message: "model-00002 takes 20%".into(),
     }];
-    let (committed, stepped_next) = tokio::task::spawn_blocking(move || {
-        assert_eq!(world.rollouts().unwrap().len(), 1);
-        let committed = world.commit(Commit {
-            rollout: &rollout,
-            status: &status,
-            traffic: Some(&traffic),
-            events: &events,
-        });
-        // Until the watch brings the written version, the Rollout is not stepped on the old one.
-        (committed, world.rollouts().unwrap().len())
-    })
-    .await
-    .unwrap();
+    assert_eq!(world.rollouts().await.unwrap().len(), 1);
+    let committed = world
+        .commit(Commit {
+            rollout,
+            status,
+            traffic: Some(traffic),
+            events,
+        })
+        .await;
     assert!(committed.unwrap());
-    assert_eq!(stepped_next, 0);
+    // Until the watch brings the written version, the Rollout is not stepped on the old one.
+    assert_eq!(world.rollouts().await.unwrap().len(), 0);
+    let key = revisor_rollout_controller::Key::new("default", "model");
+    let waited = world.rollout(&key).await.unwrap_err();
+    assert!(waited.contains("has not brought the status"), "{waited}");
     let (status, traffic, event) = server.await.unwrap();
     assert_eq!(status.method, "PUT");
     assert!(
@@ -335,8 +335,8 @@ async fn a_stale_status_write_moves_no_traffic() {
     let (client, mut handle) = mocked();
     let r = rollout_obj(json!({ "phase": "Progressing" }));
     let cluster = Cluster::from_objects(client, None, vec![object(r)]);
-    let (_tx, rx) = std::sync::mpsc::channel();
-    let mut world = KnativeWorld::new(cluster, rx, tokio::runtime::Handle::current());
+    let (_tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let world = KnativeWorld::new(cluster, rx);
     let server = tokio::spawn(async move {
         let seen = expect(&mut handle, 409, conflict("the object has been modified")).await;
         expect_nothing(&mut handle).await;
@@ -348,18 +348,15 @@ async fn a_stale_status_write_moves_no_traffic() {
         canary_weight: 50,
         ..Default::default()
     };
-    let traffic: Vec<revisor_api::TrafficTarget> = vec![];
-    let committed = tokio::task::spawn_blocking(move || {
-        world.commit(Commit {
-            rollout: &rollout,
-            status: &status,
-            traffic: Some(&traffic),
-            events: &[],
+    let committed = world
+        .commit(Commit {
+            rollout,
+            status,
+            traffic: Some(vec![]),
+            events: vec![],
         })
-    })
-    .await
-    .unwrap()
-    .unwrap();
+        .await
+        .unwrap();
     assert!(!committed);
     assert_eq!(server.await.unwrap().method, "PUT");
 }

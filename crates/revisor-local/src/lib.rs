@@ -61,10 +61,10 @@ impl Backend for LocalBackend {
 }
 
 /// Rollout analysis reads the gateway: a revision's counters summed over every route to it.
-struct GatewayMetrics(Gateway);
+pub struct GatewayMetrics(Gateway);
 
-impl revisor_controller::MetricsSource for GatewayMetrics {
-    fn counters(&self, namespace: &str, revision: &str) -> Option<revisor_rollout::Counters> {
+impl revisor_rollout_controller::MetricsSource for GatewayMetrics {
+    async fn counters(&self, namespace: &str, revision: &str) -> Option<revisor_rollout::Counters> {
         let mut out: Option<revisor_rollout::Counters> = None;
         for m in self.0.metrics() {
             if m.labels.namespace != namespace || m.labels.revision != revision {
@@ -146,8 +146,8 @@ impl LocalBackend {
     }
 
     /// The gateway's counters, for rollout analysis.
-    pub fn metrics_source(&self) -> Arc<dyn revisor_controller::MetricsSource> {
-        Arc::new(GatewayMetrics(self.inner.gateway.clone()))
+    pub fn metrics_source(&self) -> GatewayMetrics {
+        GatewayMetrics(self.inner.gateway.clone())
     }
 
     /// The autoscaler's metrics (desired and actual replicas, panic mode, observed values), in the

@@ -3,7 +3,7 @@
 //! Service's traffic and the events to record.
 
 use chrono::{DateTime, Utc};
-use revisor_api::rollout::{phase, Rollout, RolloutStatus, RunStep};
+use revisor_api::rollout::{phase, Rollout, RolloutStatus, RunStep, WebhookKind};
 use revisor_api::TrafficTarget;
 
 use crate::analysis::Window;
@@ -39,15 +39,15 @@ pub struct Hooks {
     pub rollback: Option<String>,
 }
 
-fn has_hook(r: &Rollout, kind: &str) -> bool {
+fn has_hook(r: &Rollout, kind: WebhookKind) -> bool {
     r.spec
         .analysis
         .as_ref()
-        .is_some_and(|a| a.webhooks.iter().any(|w| w.type_ == kind))
+        .is_some_and(|a| a.webhooks.iter().any(|w| w.kind() == Some(kind)))
 }
 
 /// Which webhooks the controller should call before this step: (kind, reason to call).
-pub fn hooks_due(r: &Rollout, latest: Option<&str>) -> Vec<&'static str> {
+pub fn hooks_due(r: &Rollout, latest: Option<&str>) -> Vec<WebhookKind> {
     let st = r.status();
     let progressing = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
     let mut out = Vec::new();
@@ -55,17 +55,18 @@ pub fn hooks_due(r: &Rollout, latest: Option<&str>) -> Vec<&'static str> {
         && st.stable_revision.is_some()
         && latest
             .is_some_and(|l| Some(l) != st.stable_revision.as_deref() && Some(l) != st.rejected_revision.as_deref());
-    if starting && has_hook(r, "confirm-rollout") {
-        out.push("confirm-rollout");
+    if starting && has_hook(r, WebhookKind::ConfirmRollout) {
+        out.push(WebhookKind::ConfirmRollout);
     }
-    if progressing && st.current_step == 0 && st.canary_weight == 0 && has_hook(r, "pre-rollout") {
-        out.push("pre-rollout");
+    if progressing && st.current_step == 0 && st.canary_weight == 0 && has_hook(r, WebhookKind::PreRollout) {
+        out.push(WebhookKind::PreRollout);
     }
-    if progressing && st.current_step as usize >= r.spec.run_steps().len() && has_hook(r, "confirm-promotion") {
-        out.push("confirm-promotion");
+    if progressing && st.current_step as usize >= r.spec.run_steps().len() && has_hook(r, WebhookKind::ConfirmPromotion)
+    {
+        out.push(WebhookKind::ConfirmPromotion);
     }
-    if progressing && has_hook(r, "rollback") {
-        out.push("rollback");
+    if progressing && has_hook(r, WebhookKind::Rollback) {
+        out.push(WebhookKind::Rollback);
     }
     out
 }
@@ -270,7 +271,7 @@ impl Machine<'_> {
             Some(Err(e)) => {
                 self.st.message = Some(format!("{canary} waits for the confirm-promotion webhook: {e}"));
             }
-            None if has_hook(self.input.rollout, "confirm-promotion") => {
+            None if has_hook(self.input.rollout, WebhookKind::ConfirmPromotion) => {
                 self.st.message = Some(format!("{canary} waits for the confirm-promotion webhook"));
             }
             _ => self.promote(),
@@ -412,7 +413,7 @@ impl Machine<'_> {
                         self.st.message = Some(format!("{name} waits for the confirm-rollout webhook: {e}"));
                         return;
                     }
-                    if has_hook(r, "confirm-rollout") && input.hooks.confirm_rollout.is_none() {
+                    if has_hook(r, WebhookKind::ConfirmRollout) && input.hooks.confirm_rollout.is_none() {
                         self.st.message = Some(format!("{name} waits for the confirm-rollout webhook"));
                         return;
                     }
@@ -467,7 +468,7 @@ impl Machine<'_> {
                     }
                     return self.event(true, "PreRolloutFailed", why);
                 }
-                None if has_hook(r, "pre-rollout") => {
+                None if has_hook(r, WebhookKind::PreRollout) => {
                     self.st.message = Some(format!("{canary} waits for the pre-rollout webhooks"));
                     return;
                 }
@@ -1166,7 +1167,7 @@ mod tests {
         ];
         let mut s = Sim::new(rollout(vec![weight(50)], Some(a)));
         s.step("svc-1", CanaryState::Ready, 0, None);
-        assert_eq!(hooks_due(&s.r, Some("svc-2")), vec!["confirm-rollout"]);
+        assert_eq!(hooks_due(&s.r, Some("svc-2")), vec![WebhookKind::ConfirmRollout]);
         let no = |e: &str| Some(Err(e.to_string()));
         let st = s.step_with(
             "svc-2",
@@ -1195,7 +1196,10 @@ mod tests {
             (phase::PROGRESSING, 0),
             "waits for pre-rollout"
         );
-        assert_eq!(hooks_due(&s.r, Some("svc-2")), vec!["pre-rollout", "rollback"]);
+        assert_eq!(
+            hooks_due(&s.r, Some("svc-2")),
+            vec![WebhookKind::PreRollout, WebhookKind::Rollback]
+        );
         let st = s.step_with(
             "svc-2",
             CanaryState::Ready,
@@ -1239,7 +1243,10 @@ mod tests {
             .measurements
             .iter()
             .any(|m| m.metric == "webhook/load" && m.verdict == "Successful"));
-        assert_eq!(hooks_due(&s.r, Some("svc-2")), vec!["confirm-promotion", "rollback"]);
+        assert_eq!(
+            hooks_due(&s.r, Some("svc-2")),
+            vec![WebhookKind::ConfirmPromotion, WebhookKind::Rollback]
+        );
         let st = s.step_with(
             "svc-2",
             CanaryState::Ready,

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use revisor_controller::{Controller, ControllerConfig, RolloutController};
+use revisor_controller::{Controller, ControllerConfig};
 use revisor_gateway::Gateway;
 use revisor_local::{LocalBackend, LocalConfig};
+use revisor_rollout_controller::{HttpProviders, RolloutController, SystemClock};
 use revisor_runtime::Runtime;
 use revisor_store::Store;
 use tokio::net::TcpListener;
@@ -62,7 +63,9 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     Controller::new(store.clone(), controller.clone())
         .with_backend(Arc::new(backend.clone()), cfg.defaults.clone())
         .spawn();
-    RolloutController::new(store.clone(), backend.metrics_source(), controller).spawn();
+    let world = revisor_controller::StoreWorld::new(store.clone(), controller);
+    let providers = HttpProviders::new(backend.metrics_source());
+    tokio::spawn(RolloutController::new(world, providers, SystemClock).run());
     revisor_controller::gc::spawn(store.clone(), cfg.gc.clone(), std::time::Duration::from_secs(30));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -119,13 +122,9 @@ pub async fn serve_knative(cfg: ServerConfig, flags: KnativeFlags) -> Result<()>
     let (cluster, changes) = revisor_kube::Cluster::start(client, flags.namespace.clone())
         .await
         .with_context(|| format!("the Kubernetes API server at {url}"))?;
-    let metrics: Arc<dyn revisor_controller::MetricsSource> = match &flags.prometheus {
-        Some(url) => Arc::new(revisor_kube::PrometheusMetrics::new(url)),
-        None => Arc::new(revisor_kube::prometheus::NoMetrics),
-    };
-    let world = revisor_kube::KnativeWorld::new(cluster.clone(), changes, tokio::runtime::Handle::current())
-        .with_prometheus(flags.prometheus.is_some());
-    RolloutController::with_world(Box::new(world), metrics).spawn();
+    let metrics = revisor_kube::ClusterMetrics::new(flags.prometheus.as_deref());
+    let world = revisor_kube::KnativeWorld::new(cluster.clone(), changes).with_prometheus(flags.prometheus.is_some());
+    tokio::spawn(RolloutController::new(world, HttpProviders::new(metrics), SystemClock).run());
     let (admin_listener, admin_addr) = bind_admin(cfg.admin_addr).await?;
     let (guard, tls) = admin_access(&cfg, token, admin_addr)?;
     eprintln!(
