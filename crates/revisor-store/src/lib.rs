@@ -6,6 +6,7 @@
 
 mod error;
 mod event;
+mod migrate;
 mod object;
 mod tx;
 
@@ -17,7 +18,7 @@ pub use tx::Tx;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
 pub(crate) const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
@@ -45,12 +46,21 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path`. Fails if another process holds it.
+    /// Opens (or creates) the store at `path`. Fails if another process holds it. A store written by
+    /// revisor before redb 3 (file format v2) is migrated first ([`migrate`]).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
+        let open_error = |e: redb::DatabaseError| StoreError::Open {
             path: path.display().to_string(),
             message: e.to_string(),
-        })?;
+        };
+        migrate::finish_interrupted(path)?;
+        let db = match Database::create(path) {
+            Err(redb::DatabaseError::UpgradeRequired(_)) => {
+                migrate::from_redb2(path)?;
+                Database::create(path).map_err(open_error)?
+            }
+            other => other.map_err(open_error)?,
+        };
         let tx = db.begin_write()?;
         tx.open_table(SERVICES)?;
         tx.open_table(CONFIGURATIONS)?;

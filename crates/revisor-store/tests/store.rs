@@ -217,3 +217,84 @@ fn kill_9_loses_nothing_acknowledged() {
         }
     }
 }
+
+/// A store written by revisor 0.1 (redb 2, file format v2: `tests/fixtures/revisor-0.1-redb2.redb`,
+/// the data directory of a `revisor serve` that applied two services, a new revision of one, a Rollout
+/// over it and a tag) opens with every object, event and counter, and takes writes after.
+#[test]
+fn a_store_written_with_redb_2_is_migrated_with_everything_in_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("revisor.redb");
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/revisor-0.1-redb2.redb"),
+        &path,
+    )
+    .unwrap();
+    let store = Store::open(&path).unwrap();
+    let names = |mut v: Vec<(String, String)>| {
+        v.sort();
+        v
+    };
+    let services: Vec<Service> = store.list(None).unwrap();
+    assert_eq!(
+        names(
+            services
+                .iter()
+                .map(|s| (s.metadata.namespace.clone(), s.metadata.name.clone()))
+                .collect()
+        ),
+        vec![("default".into(), "tabular".into()), ("other".into(), "greeter".into())]
+    );
+    let greeter = services.iter().find(|s| s.metadata.name == "greeter").unwrap();
+    assert_eq!(
+        greeter.spec.traffic()[1].tag.as_deref(),
+        Some("first"),
+        "the tag set by `revisor traffic`"
+    );
+    let revisions: Vec<revisor_api::Revision> = store.list(None).unwrap();
+    assert_eq!(
+        names(
+            revisions
+                .iter()
+                .map(|r| (r.metadata.namespace.clone(), r.metadata.name.clone()))
+                .collect()
+        ),
+        vec![
+            ("default".into(), "tabular-00001".into()),
+            ("default".into(), "tabular-00002".into()),
+            ("other".into(), "greeter-00001".into())
+        ]
+    );
+    let configs: Vec<revisor_api::Configuration> = store.list(None).unwrap();
+    assert_eq!(configs.len(), 2);
+    let rollout: revisor_api::Rollout = store.get("default", "tabular").unwrap().unwrap();
+    let st = rollout.status();
+    assert_eq!(
+        (
+            st.phase.as_str(),
+            st.stable_revision.as_deref(),
+            st.canary_revision.as_deref(),
+            st.canary_weight
+        ),
+        ("Paused", Some("tabular-00001"), Some("tabular-00002"), 10)
+    );
+    // The event log (tuple keys, encoded differently since redb 3) in its order.
+    let events = store.events("default", "tabular").unwrap();
+    assert!(events.len() >= 5, "{events:?}");
+    assert!(
+        events.windows(2).all(|w| w[0].time <= w[1].time),
+        "in order: {events:?}"
+    );
+    assert!(events.iter().any(|e| e.reason == "RevisionMissing"));
+    assert!(!store.events("other", "greeter").unwrap().is_empty());
+    // Writes go on, with resourceVersions after the old ones.
+    let before: u64 = greeter.metadata.resource_version.as_deref().unwrap().parse().unwrap();
+    let created = store.write(|tx| tx.create(service("default", "new"))).unwrap();
+    let after: u64 = created.metadata.resource_version.as_deref().unwrap().parse().unwrap();
+    assert!(after > before, "{after} after {before}");
+    drop(store);
+    // The old file is kept; opening again does not migrate again.
+    assert!(dir.path().join("revisor.redb.redb2-backup").exists());
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.list::<Service>(None).unwrap().len(), 3);
+}
