@@ -37,9 +37,9 @@ pub fn read_documents(text: &str) -> Result<Vec<Document>, SyntaxError> {
         return Ok(unpack_list(value, 1));
     }
     let mut docs = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, de) in serde_norway::Deserializer::from_str(text).enumerate() {
         let index = i + 1;
-        let yaml = <serde_yaml::Value as serde::Deserialize>::deserialize(de).map_err(|e| SyntaxError {
+        let yaml = <serde_norway::Value as serde::Deserialize>::deserialize(de).map_err(|e| SyntaxError {
             index,
             message: format!("invalid YAML: {e}"),
         })?;

@@ -174,3 +174,28 @@ fn huge_probe_fields_huge_quantities_a_bom_and_an_empty_name_are_named() {
         "{errs:?}"
     );
 }
+
+/// YAML that says a key twice is refused (which value was meant?), wherever the key is, and names
+/// the key; the same holds for JSON's objects read as YAML's flow mappings.
+#[test]
+fn a_key_given_twice_is_refused_with_its_name() {
+    for (yaml, key) in [
+        (
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: svc\n  name: other\nspec:\n  template:\n    spec:\n      containers:\n        - image: img\n",
+            "name",
+        ),
+        (
+            "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: svc}\nspec:\n  template:\n    spec:\n      containers:\n        - image: a\n          image: b\n",
+            "image",
+        ),
+        ("apiVersion: v1\nkind: Service\nkind: Rollout\n", "kind"),
+    ] {
+        let err = read_documents(yaml).unwrap_err();
+        assert_eq!(err.index, 1);
+        assert!(
+            err.message.contains("duplicate") && err.message.contains(key),
+            "{key}: {}",
+            err.message
+        );
+    }
+}

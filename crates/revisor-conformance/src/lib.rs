@@ -36,7 +36,7 @@ pub fn examples() -> Vec<(String, String)> {
 pub fn configmap_example(name: &str) -> Vec<(String, String)> {
     let path = reference_dir().join("knative/configmaps").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("configmap parses");
+    let doc: serde_norway::Value = serde_norway::from_str(&text).expect("configmap parses");
     let example = doc["data"]["_example"].as_str().expect("configmap has data._example");
     example
         .lines()
@@ -54,7 +54,7 @@ pub fn configmap_example(name: &str) -> Vec<(String, String)> {
 pub fn crd_schema(file: &str) -> serde_json::Value {
     let path = reference_dir().join("knative/crds").join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).expect("CRD parses");
+    let doc: serde_norway::Value = serde_norway::from_str(&text).expect("CRD parses");
     let doc: serde_json::Value = serde_json::to_value(doc).expect("CRD is JSON");
     doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }

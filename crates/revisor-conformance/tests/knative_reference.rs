@@ -118,7 +118,7 @@ fn exported_services_validate_against_knatives_service_crd() {
             }
             // The Pulumi program declares the very same object.
             let program: serde_json::Value =
-                serde_yaml::from_str(&render(std::slice::from_ref(&exported), Format::PulumiYaml).unwrap()).unwrap();
+                serde_norway::from_str(&render(std::slice::from_ref(&exported), Format::PulumiYaml).unwrap()).unwrap();
             let declared = program["resources"].as_object().unwrap().values().next().unwrap();
             assert_eq!(declared["type"], "kubernetes:apiextensions.k8s.io:CustomResource");
             assert_eq!(declared["properties"], exported, "{name}");

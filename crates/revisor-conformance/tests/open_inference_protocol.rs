@@ -16,7 +16,7 @@ use tower::ServiceExt;
 fn spec() -> Value {
     let path = reference_dir().join("oip/open_inference_rest.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("spec parses");
+    let yaml: serde_norway::Value = serde_norway::from_str(&text).expect("spec parses");
     serde_json::to_value(yaml).expect("spec is JSON-compatible")
 }
 

@@ -701,7 +701,7 @@ fn write(
         return (200, value);
     }
     let parsed: Result<Value, String> = serde_json::from_slice(body)
-        .or_else(|_| serde_yaml::from_slice(body))
+        .or_else(|_| serde_norway::from_slice(body))
         .map_err(|e| e.to_string());
     let Ok(patch) = parsed else {
         return failure(400, "BadRequest", "the body is not JSON or YAML".into());

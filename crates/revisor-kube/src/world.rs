@@ -252,10 +252,10 @@ mod tests {
     use super::*;
 
     fn rollout(yaml: &str) -> Rollout {
-        revisor_api::admit_rollout(&serde_yaml_value(yaml)).expect("valid rollout")
+        revisor_api::admit_rollout(&serde_norway_value(yaml)).expect("valid rollout")
     }
 
-    fn serde_yaml_value(yaml: &str) -> serde_json::Value {
+    fn serde_norway_value(yaml: &str) -> serde_json::Value {
         revisor_api::read_documents(yaml).unwrap().remove(0).value
     }
 

@@ -63,7 +63,7 @@ impl FakeWorld {
     /// A Service whose latest revision is `<name>-0000<n>`, ready with one replica.
     fn deploy(&self, service: &str, n: u32) {
         let rev = format!("{service}-{n:05}");
-        let revision: Revision = serde_yaml::from_str(&format!(
+        let revision: Revision = serde_norway::from_str(&format!(
             "apiVersion: serving.knative.dev/v1\nkind: Revision\nmetadata: {{name: {rev}, namespace: {NS}}}\n\
              spec: {{containers: [{{image: model}}]}}\n\
              status: {{actualReplicas: 1, conditions: [{{type: Ready, status: 'True'}}]}}\n"
@@ -72,7 +72,7 @@ impl FakeWorld {
         let mut st = self.state();
         st.revisions.insert(rev.clone(), revision);
         let svc = st.services.entry(service.to_string()).or_insert_with(|| {
-            serde_yaml::from_str(&format!(
+            serde_norway::from_str(&format!(
                 "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {{name: {service}, namespace: {NS}}}\n\
                  spec: {{template: {{spec: {{containers: [{{image: model}}]}}}}}}\n"
             ))
@@ -282,7 +282,7 @@ impl Providers for FakeProviders {
 }
 
 fn rollout(name: &str, service: &str, extra_analysis: &str) -> Rollout {
-    serde_yaml::from_str(&format!(
+    serde_norway::from_str(&format!(
         "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata: {{name: {name}, namespace: {NS}}}\n\
          spec:\n  serviceRef: {{name: {service}}}\n  strategy:\n    canary:\n      steps:\n\
          \x20       - setWeight: 20\n        - analysis: {{count: 1}}\n        - setWeight: 50\n        - analysis: {{count: 1}}\n\

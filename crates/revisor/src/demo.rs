@@ -137,7 +137,7 @@ fn start_server(data: &Path) -> Result<(ServerProcess, String, String)> {
 }
 
 fn apply(client: &Client, path: &str, yaml: &str) -> Result<()> {
-    let value: Value = serde_yaml::from_str(yaml)?;
+    let value: Value = serde_norway::from_str(yaml)?;
     client.apply(path, &value, false, false)?;
     Ok(())
 }

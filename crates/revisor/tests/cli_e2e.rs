@@ -300,7 +300,7 @@ fn export_writes_knative_yaml_and_pulumi_programs_that_declare_the_same_service(
     assert_eq!(knative[1]["kind"], "Rollout");
     assert!(revisor_api::admit_service(&knative[0], &revisor_api::Defaults::default()).is_ok());
 
-    let program: serde_json::Value = serde_yaml::from_str(&run("pulumi-yaml")).unwrap();
+    let program: serde_json::Value = serde_norway::from_str(&run("pulumi-yaml")).unwrap();
     assert_eq!(program["runtime"], "yaml");
     let svc = &program["resources"]["service-default-model"];
     assert_eq!(svc["type"], "kubernetes:apiextensions.k8s.io:CustomResource");

@@ -108,7 +108,7 @@ pub fn python_literal(v: &Value, indent: usize) -> String {
 pub fn render(objects: &[Value], format: Format) -> Result<String> {
     Ok(match format {
         Format::Knative => {
-            let docs: Vec<String> = objects.iter().map(serde_yaml::to_string).collect::<Result<_, _>>()?;
+            let docs: Vec<String> = objects.iter().map(serde_norway::to_string).collect::<Result<_, _>>()?;
             docs.join("---\n")
         }
         Format::PulumiYaml => {
@@ -125,7 +125,7 @@ pub fn render(objects: &[Value], format: Format) -> Result<String> {
                 "description": "Knative Services exported by revisor",
                 "resources": resources,
             });
-            serde_yaml::to_string(&program)?
+            serde_norway::to_string(&program)?
         }
         Format::PulumiPython => {
             let mut out = String::from(

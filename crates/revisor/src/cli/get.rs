@@ -167,7 +167,7 @@ fn watch(client: &Client, q: &Query, output: Output, first: Vec<Value>) -> Resul
                     if said_yaml {
                         writeln!(out, "---")?;
                     }
-                    write!(out, "{}", serde_yaml::to_string(&items[i])?)?;
+                    write!(out, "{}", serde_norway::to_string(&items[i])?)?;
                     said_yaml = true;
                 }
             }

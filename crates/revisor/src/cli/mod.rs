@@ -527,7 +527,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Demo => return crate::demo::run(),
         Command::Crd => {
-            print!("{}", serde_yaml::to_string(&revisor_api::rollout::crd())?);
+            print!("{}", serde_norway::to_string(&revisor_api::rollout::crd())?);
             return Ok(());
         }
         Command::Simulate {
@@ -701,7 +701,7 @@ pub fn table_print(headers: &[&str], rows: &[Vec<String>]) {
 pub fn print_value(v: &serde_json::Value, output: Output) -> Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(v)?),
-        _ => print!("{}", serde_yaml::to_string(v)?),
+        _ => print!("{}", serde_norway::to_string(v)?),
     }
     Ok(())
 }

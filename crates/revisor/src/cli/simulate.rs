@@ -60,7 +60,7 @@ fn behaviour(r: &RevisionFile, at: &str) -> Result<Behaviour> {
 pub fn scenario(path: &Path) -> Result<Scenario> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let shown = path.display();
-    let de = serde_yaml::Deserializer::from_str(&text);
+    let de = serde_norway::Deserializer::from_str(&text);
     let raw: ScenarioFile = serde_path_to_error::deserialize(de).map_err(|e| {
         let at = e.path().to_string();
         anyhow::anyhow!(
