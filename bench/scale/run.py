@@ -49,7 +49,7 @@ class Server:
         os.makedirs(self.dir)
         cfg = os.path.join(self.dir, "revisor.toml")
         with open(cfg, "w") as f:
-            f.write('[server]\nadmin-addr = "127.0.0.1:0"\ngateway-addr = "127.0.0.1:0"\n')
+            f.write('[server]\nadmin-addr = "127.0.0.1:0"\ngateway-addr = "127.0.0.1:0"\n[autoscaler]\nallow-zero-initial-scale = true\n')
         self.log = open(os.path.join(self.dir, "serve.log"), "w+")
         self.proc = subprocess.Popen(
             [REVISOR, "serve", "--config", cfg, "--data-dir", os.path.join(self.dir, "data")],
@@ -161,7 +161,8 @@ try:
     print(f"idle CPU with {SERVICES} services: {idle_cpu:.2f}% of one core (empty server {empty_cpu:.2f}%); "
           f"RSS {rss0:.0f} -> {rss1:.0f} MiB ({(rss1 - rss0) * 1024 / SERVICES:.1f} KiB per service)", flush=True)
     # 3. Cold starts among the others.
-    big = cold_starts(s, [f"s{i:04d}" for i in range(500, 500 + COLD)])
+    first = min(SERVICES // 2, SERVICES - 1 - COLD)
+    big = cold_starts(s, [f"s{i:04d}" for i in range(first, first + COLD)])
     print(f"cold start, {SERVICES} services in the server: p50 {pct(big, 50):.1f} ms, p99 {pct(big, 99):.1f} ms",
           flush=True)
 
@@ -231,6 +232,11 @@ try:
         writes = sorted(datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() for e in events
                         if e.get("object", "").startswith("Rollout/") and e["time"] and
                         datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() >= t_canary)
+        if os.environ.get("SCALE_DEBUG") and n == names[1]:
+            print("runs", [round(t - t_canary, 3) for t in runs], file=sys.stderr)
+            for e in events:
+                t = datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
+                print(round(t - t_canary, 3), e.get("object"), e.get("reason"), e.get("message", "")[:80], file=sys.stderr)
         for prev, cur in zip(runs, runs[1:]):
             due = prev + INTERVAL
             after = [w for w in writes if w >= cur - 0.001]

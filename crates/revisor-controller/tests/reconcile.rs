@@ -288,23 +288,31 @@ fn routing_state_is_marked_and_inactive_revisions_are_collected() {
         .any(|e| e.reason == "GarbageCollected" && e.object == "Revision/svc-00001"));
 }
 
+/// A service with a gradual rollout over 5 s.
+fn gradual(image: &str) -> String {
+    format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: svc\n  annotations:\n    serving.knative.dev/rollout-duration: \"5s\"\nspec:\n  template:\n    spec:\n      containers:\n        - image: {image}\n")
+}
+
+/// The service's `status.traffic`: (revision, percent).
+fn status_split(env: &Env) -> Vec<(String, i64)> {
+    env.svc()
+        .status
+        .unwrap()
+        .traffic
+        .iter()
+        .map(|t| (t.revision_name.clone().unwrap_or_default(), t.percent()))
+        .collect()
+}
+
 #[test]
 fn rollout_duration_moves_traffic_gradually_one_percent_first() {
     let env = Env::new();
-    let svc = |image: &str| {
-        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: svc\n  annotations:\n    serving.knative.dev/rollout-duration: \"5s\"\nspec:\n  template:\n    spec:\n      containers:\n        - image: {image}\n")
-    };
+    let svc = gradual;
     let at = |env: &Env, t: chrono::DateTime<Utc>| {
         env.store
             .write(|tx| reconcile_service(tx, "default", "svc", &ControllerConfig::default(), t))
             .unwrap();
-        env.svc()
-            .status
-            .unwrap()
-            .traffic
-            .iter()
-            .map(|t| (t.revision_name.clone().unwrap_or_default(), t.percent()))
-            .collect::<Vec<_>>()
+        status_split(env)
     };
     env.apply(&svc("img:1")).unwrap();
     env.set_ready("svc-00001", ConditionStatus::True);
@@ -338,22 +346,12 @@ fn rollout_duration_moves_traffic_gradually_one_percent_first() {
 #[test]
 fn the_running_controller_moves_gradual_traffic_by_itself() {
     let env = Env::new();
-    let svc = |image: &str| {
-        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: svc\n  annotations:\n    serving.knative.dev/rollout-duration: \"5s\"\nspec:\n  template:\n    spec:\n      containers:\n        - image: {image}\n")
-    };
+    let svc = gradual;
     env.apply(&svc("img:1")).unwrap();
     env.set_ready("svc-00001", ConditionStatus::True);
     env.apply(&svc("img:2")).unwrap();
     env.set_ready("svc-00002", ConditionStatus::True);
-    let split = |env: &Env| {
-        env.svc()
-            .status
-            .unwrap()
-            .traffic
-            .iter()
-            .map(|t| (t.revision_name.clone().unwrap_or_default(), t.percent()))
-            .collect::<Vec<_>>()
-    };
+    let split = status_split;
     assert_eq!(split(&env)[1], ("svc-00002".to_string(), 1), "1% first");
     revisor_controller::Controller::new(env.store.clone(), ControllerConfig::default()).spawn();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);

@@ -117,28 +117,27 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn keys_come_due_in_time_order_and_once() {
-        let t = Instant::now();
-        let mut q = Queue::default();
-        q.wake("b", t + Duration::from_secs(2));
-        q.wake("a", t + Duration::from_secs(1));
-        q.wake("a", t + Duration::from_secs(5)); // later than it is due already: no change
-        assert_eq!(q.next_due(), Some(t + Duration::from_secs(1)));
-        assert_eq!(q.take_due(t), Vec::<&str>::new());
-        assert_eq!(q.take_due(t + Duration::from_secs(3)), vec!["a", "b"]);
-        assert_eq!(q.next_due(), None);
+    /// `n` seconds after `t`.
+    fn at(t: Instant, n: u64) -> Instant {
+        t + Duration::from_secs(n)
     }
 
     #[test]
-    fn a_sooner_wake_moves_a_key_forward() {
+    fn keys_come_due_in_time_order_once_and_a_sooner_wake_moves_one_forward() {
         let t = Instant::now();
         let mut q = Queue::default();
-        q.wake("a", t + Duration::from_secs(10));
-        q.wake("a", t + Duration::from_secs(1));
-        assert_eq!(q.next_due(), Some(t + Duration::from_secs(1)));
-        assert_eq!(q.take_due(t + Duration::from_secs(1)), vec!["a"]);
-        assert_eq!(q.take_due(t + Duration::from_secs(20)), Vec::<&str>::new());
+        q.wake("b", at(t, 2));
+        q.wake("a", at(t, 1));
+        q.wake("a", at(t, 5)); // later than it is due already: no change
+        assert_eq!(q.next_due(), Some(at(t, 1)));
+        assert_eq!(q.take_due(t), Vec::<&str>::new());
+        assert_eq!(q.take_due(at(t, 3)), vec!["a", "b"]);
+        assert_eq!(q.next_due(), None);
+        q.finish(&"a", Some(at(t, 10)));
+        q.wake("a", at(t, 4));
+        assert_eq!(q.next_due(), Some(at(t, 4)), "moved forward");
+        assert_eq!(q.take_due(at(t, 4)), vec!["a"]);
+        assert_eq!(q.take_due(at(t, 20)), Vec::<&str>::new(), "and due once");
     }
 
     #[test]
@@ -151,12 +150,12 @@ mod tests {
         // Changes while it runs: kept, not handed out.
         q.wake("a", t);
         assert_eq!(q.next_due(), None);
-        assert_eq!(q.take_due(t + Duration::from_secs(1)), Vec::<&str>::new());
+        assert_eq!(q.take_due(at(t, 1)), Vec::<&str>::new());
         // The step asks for 5 s; the wake during it makes it due at once.
-        q.finish(&"a", Some(t + Duration::from_secs(5)));
+        q.finish(&"a", Some(at(t, 5)));
         assert_eq!(q.take_due(t), vec!["a"]);
-        q.finish(&"a", Some(t + Duration::from_secs(5)));
-        assert_eq!(q.next_due(), Some(t + Duration::from_secs(5)));
+        q.finish(&"a", Some(at(t, 5)));
+        assert_eq!(q.next_due(), Some(at(t, 5)));
     }
 
     #[test]
@@ -167,7 +166,7 @@ mod tests {
         q.take_due(t);
         q.finish(&"a", None);
         assert!(q.is_empty());
-        q.wake("b", t + Duration::from_secs(1));
+        q.wake("b", at(t, 1));
         q.forget(&"b");
         assert!(q.is_empty());
         assert_eq!(q.next_due(), None);

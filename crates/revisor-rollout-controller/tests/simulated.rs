@@ -41,21 +41,34 @@ impl State {
     }
 }
 
-/// The world in memory; clones share it (a restarted controller finds what the last one wrote).
-#[derive(Clone)]
-struct FakeWorld {
-    state: Arc<Mutex<State>>,
+/// Shared state and the clock; clones share the state.
+struct Shared<T> {
+    state: Arc<Mutex<T>>,
     clock: TokioClock,
 }
 
-impl FakeWorld {
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared {
+            state: self.state.clone(),
+            clock: self.clock,
+        }
+    }
+}
+
+impl<T: Default> Shared<T> {
     fn new(clock: TokioClock) -> Self {
-        FakeWorld {
+        Shared {
             state: Arc::default(),
             clock,
         }
     }
+}
 
+/// The world in memory; clones share it (a restarted controller finds what the last one wrote).
+type FakeWorld = Shared<State>;
+
+impl FakeWorld {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap()
     }
@@ -99,6 +112,15 @@ impl FakeWorld {
 
     fn status(&self, name: &str) -> revisor_api::rollout::RolloutStatus {
         self.state().rollouts[name].status()
+    }
+
+    /// When `name` was first written as promoted after `t`.
+    fn promoted_after(&self, name: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let writes = self.writes(name);
+        writes
+            .iter()
+            .find(|w| w.phase == phase::SUCCEEDED && w.at > t)
+            .map(|w| w.at)
     }
 
     fn writes(&self, name: &str) -> Vec<Write> {
@@ -205,38 +227,27 @@ struct Fakes {
     loads: BTreeMap<Key, Option<Load>>,
 }
 
-#[derive(Clone)]
-struct FakeProviders {
-    fakes: Arc<Mutex<Fakes>>,
-    clock: TokioClock,
-}
+type FakeProviders = Shared<Fakes>;
 
 impl FakeProviders {
-    fn new(clock: TokioClock) -> Self {
-        FakeProviders {
-            fakes: Arc::default(),
-            clock,
-        }
-    }
-
     fn behave(&self, revision: &str, b: Behaviour) {
         let now = self.clock.now();
-        self.fakes.lock().unwrap().revisions.insert(revision.into(), (now, b));
+        self.state.lock().unwrap().revisions.insert(revision.into(), (now, b));
     }
 
     fn hook(&self, name: &str, h: HookBehaviour) {
-        self.fakes.lock().unwrap().hooks.insert(name.into(), h);
+        self.state.lock().unwrap().hooks.insert(name.into(), h);
     }
 
     fn calls(&self, name: &str) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
-        let f = self.fakes.lock().unwrap();
+        let f = self.state.lock().unwrap();
         f.calls.iter().filter(|c| c.0 == name).map(|c| (c.1, c.2)).collect()
     }
 }
 
 impl Providers for FakeProviders {
     async fn counters(&self, _namespace: &str, revision: &str) -> Option<Counters> {
-        let (since, b) = *self.fakes.lock().unwrap().revisions.get(revision)?;
+        let (since, b) = *self.state.lock().unwrap().revisions.get(revision)?;
         let secs = (self.clock.now() - since).num_milliseconds().max(0) as f64 / 1000.0;
         let n = (b.rps * secs).floor() as u64;
         let failed = (n as f64 * b.errors).round() as u64;
@@ -258,14 +269,14 @@ impl Providers for FakeProviders {
 
     async fn webhook(&self, hook: &Webhook, _payload: &serde_json::Value) -> Result<(), String> {
         let started = self.clock.now();
-        let b = self.fakes.lock().unwrap().hooks.get(&hook.name).cloned();
+        let b = self.state.lock().unwrap().hooks.get(&hook.name).cloned();
         let b = b.unwrap_or(HookBehaviour {
             delay: Duration::ZERO,
             ok_from: Some(started),
         });
         tokio::time::sleep(b.delay).await;
         let answered = self.clock.now();
-        self.fakes
+        self.state
             .lock()
             .unwrap()
             .calls
@@ -277,7 +288,7 @@ impl Providers for FakeProviders {
     }
 
     fn load(&self, key: &Key, load: Option<Load>) {
-        self.fakes.lock().unwrap().loads.insert(key.clone(), load);
+        self.state.lock().unwrap().loads.insert(key.clone(), load);
     }
 }
 
@@ -332,6 +343,19 @@ impl Rig {
             Some(&*format!("{service}-00001")),
             "{st:?}"
         );
+    }
+
+    /// Webhook `name` answers after `delay`, 2xx from `secs` seconds from now on (which it returns).
+    fn hook_ok_after(&self, name: &str, delay: Duration, secs: i64) -> DateTime<Utc> {
+        let from = self.clock.now() + chrono::Duration::seconds(secs);
+        self.providers.hook(
+            name,
+            HookBehaviour {
+                delay,
+                ok_from: Some(from),
+            },
+        );
+        from
     }
 
     /// Deploys `service`'s revision `n` behaving as `b`.
@@ -429,14 +453,7 @@ const HOOKS: &str = "    webhooks:\n      - {name: gate, type: confirm-promotion
 #[tokio::test(start_paused = true)]
 async fn webhooks_gate_the_promotion_and_are_told_the_outcome() {
     let rig = Rig::start();
-    let opens = rig.clock.now() + chrono::Duration::seconds(300);
-    rig.providers.hook(
-        "gate",
-        HookBehaviour {
-            delay: Duration::from_millis(20),
-            ok_from: Some(opens),
-        },
-    );
+    let opens = rig.hook_ok_after("gate", Duration::from_millis(20), 300);
     rig.service_with_rollout("r", "svc", HOOKS).await;
     rig.canary("svc", 2, GOOD);
     wait(Duration::from_secs(200)).await;
@@ -448,12 +465,7 @@ async fn webhooks_gate_the_promotion_and_are_told_the_outcome() {
     wait(Duration::from_secs(120)).await;
     let st = rig.world.status("r");
     assert_eq!(st.phase, phase::SUCCEEDED, "{st:?}");
-    let promoted = rig
-        .world
-        .writes("r")
-        .iter()
-        .find(|w| w.phase == phase::SUCCEEDED && w.at > opens)
-        .map(|w| w.at);
+    let promoted = rig.world.promoted_after("r", opens);
     assert!(
         promoted.is_some_and(|at| (at - opens).num_seconds() <= 2),
         "{promoted:?} vs {opens}"
@@ -465,14 +477,7 @@ async fn webhooks_gate_the_promotion_and_are_told_the_outcome() {
 #[tokio::test(start_paused = true)]
 async fn a_rollback_webhook_rolls_a_canary_back() {
     let rig = Rig::start();
-    let pressed = rig.clock.now() + chrono::Duration::seconds(15);
-    rig.providers.hook(
-        "panic-button",
-        HookBehaviour {
-            delay: Duration::ZERO,
-            ok_from: Some(pressed),
-        },
-    );
+    rig.hook_ok_after("panic-button", Duration::ZERO, 15);
     let hooks = "    webhooks:\n      - {name: panic-button, type: rollback, url: 'http://button'}\n";
     rig.service_with_rollout("r", "svc", hooks).await;
     rig.canary("svc", 2, GOOD);
@@ -507,13 +512,7 @@ async fn promotion_time(with_slow_neighbour: bool) -> (i64, Vec<(DateTime<Utc>, 
     wait(Duration::from_secs(600)).await;
     let st = rig.world.status("b");
     assert_eq!(st.phase, phase::SUCCEEDED, "{st:?}");
-    let promoted = rig
-        .world
-        .writes("b")
-        .iter()
-        .find(|w| w.phase == phase::SUCCEEDED && w.at > deployed)
-        .unwrap()
-        .at;
+    let promoted = rig.world.promoted_after("b", deployed).unwrap();
     let calls = rig.providers.calls("slow");
     rig.task.abort();
     ((promoted - deployed).num_milliseconds(), calls)
@@ -563,11 +562,11 @@ async fn a_load_generator_runs_while_the_canary_is_analysed_and_stops_after() {
     rig.canary("svc", 2, GOOD);
     wait(Duration::from_secs(2)).await;
     let key = Key::new(NS, "r");
-    let aimed = rig.providers.fakes.lock().unwrap().loads.get(&key).cloned().flatten();
+    let aimed = rig.providers.state.lock().unwrap().loads.get(&key).cloned().flatten();
     assert_eq!(aimed.map(|l| l.url), Some("http://canary-svc.test".to_string()));
     wait(Duration::from_secs(600)).await;
     assert_eq!(rig.world.status("r").phase, phase::SUCCEEDED);
-    let aimed = rig.providers.fakes.lock().unwrap().loads.get(&key).cloned().flatten();
+    let aimed = rig.providers.state.lock().unwrap().loads.get(&key).cloned().flatten();
     assert_eq!(aimed, None, "stopped once the rollout ended");
     rig.task.abort();
 }

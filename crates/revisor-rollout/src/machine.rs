@@ -589,6 +589,10 @@ impl Machine<'_> {
         match steps.get(self.st.current_step as usize) {
             None => self.confirmed_promote(),
             Some(RunStep::SetWeight(w)) => {
+                // As Flagger does ("Advance canary weight"), each weight the canary gets is an event.
+                if self.st.canary_weight != *w {
+                    self.event(false, "Advanced", format!("{canary} takes {w}% of the traffic"));
+                }
                 self.st.canary_weight = *w;
                 self.st.message = Some(format!("{canary} at {w}%"));
                 self.next_step();
@@ -957,6 +961,16 @@ mod tests {
         );
         assert_eq!(s.traffic[1].tag.as_deref(), Some("previous"));
         assert!(s.events.iter().any(|e| e.reason == "Promoted"));
+        let advanced: Vec<&str> = s
+            .events
+            .iter()
+            .filter(|e| e.reason == "Advanced")
+            .map(|e| e.message.as_str())
+            .collect();
+        assert_eq!(
+            advanced,
+            vec!["svc-2 takes 20% of the traffic", "svc-2 takes 50% of the traffic"]
+        );
         assert_eq!(st.measurements.len(), 1);
         assert_eq!(st.measurements[0].verdict, "Successful");
     }

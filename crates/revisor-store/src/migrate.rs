@@ -52,44 +52,31 @@ pub fn from_redb2(path: &Path) -> Result<(), StoreError> {
     let new = redb::Database::create(&staged).map_err(|e| fail(&e))?;
     let read = old.begin_read().map_err(|e| fail(&e))?;
     let write = new.begin_write().map_err(|e| fail(&e))?;
-    {
-        for name in OBJECT_TABLES {
-            let mut to = write
-                .open_table(redb::TableDefinition::<&str, &[u8]>::new(name))
-                .map_err(|e| fail(&e))?;
-            let from = match read.open_table(Old::<&str, &[u8]>::new(name)) {
-                Ok(t) => t,
-                Err(redb2::TableError::TableDoesNotExist(_)) => continue,
+    // Every entry of the old table `$old` (a redb 2 definition) into `$new` (the current one); a table
+    // the old store never made is skipped.
+    macro_rules! copy_table {
+        ($old:expr, $new:expr) => {{
+            let mut to = write.open_table($new).map_err(|e| fail(&e))?;
+            match read.open_table($old) {
+                Ok(from) => {
+                    for entry in from.iter().map_err(|e| fail(&e))? {
+                        let (k, v) = entry.map_err(|e| fail(&e))?;
+                        to.insert(k.value(), v.value()).map_err(|e| fail(&e))?;
+                    }
+                }
+                Err(redb2::TableError::TableDoesNotExist(_)) => {}
                 Err(e) => return Err(fail(&e)),
-            };
-            for entry in from.iter().map_err(|e| fail(&e))? {
-                let (k, v) = entry.map_err(|e| fail(&e))?;
-                to.insert(k.value(), v.value()).map_err(|e| fail(&e))?;
             }
-        }
-        let mut to = write.open_table(crate::EVENTS).map_err(|e| fail(&e))?;
-        match read.open_table(Old::<(&str, u64), &[u8]>::new("events")) {
-            Ok(from) => {
-                for entry in from.iter().map_err(|e| fail(&e))? {
-                    let (k, v) = entry.map_err(|e| fail(&e))?;
-                    to.insert(k.value(), v.value()).map_err(|e| fail(&e))?;
-                }
-            }
-            Err(redb2::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(fail(&e)),
-        }
-        let mut to = write.open_table(crate::COUNTERS).map_err(|e| fail(&e))?;
-        match read.open_table(Old::<&str, u64>::new("counters")) {
-            Ok(from) => {
-                for entry in from.iter().map_err(|e| fail(&e))? {
-                    let (k, v) = entry.map_err(|e| fail(&e))?;
-                    to.insert(k.value(), v.value()).map_err(|e| fail(&e))?;
-                }
-            }
-            Err(redb2::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(fail(&e)),
-        }
+        }};
     }
+    for name in OBJECT_TABLES {
+        copy_table!(
+            Old::<&str, &[u8]>::new(name),
+            redb::TableDefinition::<&str, &[u8]>::new(name)
+        );
+    }
+    copy_table!(Old::<(&str, u64), &[u8]>::new("events"), crate::EVENTS);
+    copy_table!(Old::<&str, u64>::new("counters"), crate::COUNTERS);
     write.commit().map_err(|e| fail(&e))?;
     drop(read);
     drop(old);
