@@ -150,10 +150,27 @@ pub fn collectable(cfg: &GcConfig, svc: &Service, revisions: &[Revision], now: D
 }
 
 /// Collects every service's collectable revisions, each service in one transaction with an event.
+/// What is collectable is found from one read of every service and revision (no write, and no fsync,
+/// for a service with nothing to collect); each service with something to collect is checked again
+/// inside its own write.
 pub fn collect(store: &Store, cfg: &GcConfig, now: DateTime<Utc>) -> Result<usize, StoreError> {
+    if cfg.disabled() {
+        return Ok(0);
+    }
+    let mut by_service: BTreeMap<(String, String), Vec<Revision>> = BTreeMap::new();
+    for r in store.list::<Revision>(None)? {
+        if let Some(svc) = r.service_name() {
+            let key = (r.metadata.namespace.clone(), svc.to_string());
+            by_service.entry(key).or_default().push(r);
+        }
+    }
     let mut total = 0;
     for svc in store.list::<Service>(None)? {
         let (ns, name) = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
+        let revisions = by_service.remove(&(ns.clone(), name.clone())).unwrap_or_default();
+        if collectable(cfg, &svc, &revisions, now).is_empty() {
+            continue;
+        }
         total += store.write(|tx| -> Result<usize, StoreError> {
             let Some(svc) = tx.get::<Service>(&ns, &name)? else {
                 return Ok(0);

@@ -16,8 +16,10 @@ use crate::ControllerConfig;
 
 /// The revisions of one service, oldest configuration generation first.
 pub fn revisions_of(tx: &Tx, namespace: &str, service: &str) -> Result<Vec<Revision>, StoreError> {
+    // A service's revisions are named `<service>-...` (validation requires the prefix of a name
+    // brought by the template too), so only that range of keys is read.
     let mut revs: Vec<Revision> = tx
-        .list::<Revision>(Some(namespace))?
+        .list_prefixed::<Revision>(namespace, &format!("{service}-"))?
         .into_iter()
         .filter(|r| r.service_name() == Some(service))
         .collect();

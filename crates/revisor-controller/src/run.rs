@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use chrono::Utc;
 use revisor_api::{Configuration, Defaults, Revision, Rollout, Service};
-use revisor_store::{Store, StoreError};
+use revisor_store::{Kind, Store, StoreError};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::dataplane::{desired_state, Backend, DesiredState};
@@ -24,6 +24,62 @@ pub struct Controller {
     last: Option<DesiredState>,
     /// Services whose gradual rollout is in progress, with when its next step is due (ms).
     gradual: BTreeMap<(String, String), i64>,
+    /// The objects the data plane is derived from, kept current from the store's changes so that a
+    /// round reads only what changed (with a backend only).
+    objects: Objects,
+}
+
+/// Services, Revisions and Rollouts by (namespace, name).
+#[derive(Default)]
+struct Objects {
+    services: BTreeMap<(String, String), Service>,
+    revisions: BTreeMap<(String, String), Revision>,
+    rollouts: BTreeMap<(String, String), Rollout>,
+}
+
+impl Objects {
+    fn load(store: &Store) -> Result<Objects, StoreError> {
+        let key = |m: &revisor_api::ObjectMeta| (m.namespace.clone(), m.name.clone());
+        Ok(Objects {
+            services: store
+                .list::<Service>(None)?
+                .into_iter()
+                .map(|o| (key(&o.metadata), o))
+                .collect(),
+            revisions: store
+                .list::<Revision>(None)?
+                .into_iter()
+                .map(|o| (key(&o.metadata), o))
+                .collect(),
+            rollouts: store
+                .list::<Rollout>(None)?
+                .into_iter()
+                .map(|o| (key(&o.metadata), o))
+                .collect(),
+        })
+    }
+
+    /// Reads again the object a change is about.
+    fn refresh(&mut self, store: &Store, c: &revisor_store::Change) -> Result<(), StoreError> {
+        fn put<T: revisor_store::Object>(
+            map: &mut BTreeMap<(String, String), T>,
+            store: &Store,
+            c: &revisor_store::Change,
+        ) -> Result<(), StoreError> {
+            let key = (c.namespace.clone(), c.name.clone());
+            match store.get::<T>(&c.namespace, &c.name)? {
+                Some(o) => map.insert(key, o),
+                None => map.remove(&key),
+            };
+            Ok(())
+        }
+        match c.kind {
+            Kind::Service => put(&mut self.services, store, c),
+            Kind::Revision => put(&mut self.revisions, store, c),
+            Kind::Rollout => put(&mut self.rollouts, store, c),
+            Kind::Configuration => Ok(()),
+        }
+    }
 }
 
 impl Controller {
@@ -35,6 +91,7 @@ impl Controller {
             backend: None,
             last: None,
             gradual: BTreeMap::new(),
+            objects: Objects::default(),
         }
     }
 
@@ -65,6 +122,7 @@ impl Controller {
             }
         };
         self.reconcile_all();
+        self.reload();
         loop {
             self.sync_backend();
             let now = Utc::now().timestamp_millis();
@@ -93,9 +151,10 @@ impl Controller {
             match first {
                 // A gradual step is due.
                 None => continue,
-                Some(Ok(c)) => add(&mut pending, c),
+                Some(Ok(c)) => self.note(&mut pending, c),
                 Some(Err(RecvError::Lagged(_))) => {
                     self.reconcile_all();
+                    self.reload();
                     continue;
                 }
                 Some(Err(RecvError::Closed)) => return,
@@ -103,9 +162,10 @@ impl Controller {
             // Coalesce a burst of changes into one reconcile per service.
             loop {
                 match rx.try_recv() {
-                    Ok(c) => add(&mut pending, c),
+                    Ok(c) => self.note(&mut pending, c),
                     Err(TryRecvError::Lagged(_)) => {
                         self.reconcile_all();
+                        self.reload();
                         pending.clear();
                     }
                     Err(TryRecvError::Empty) | Err(TryRecvError::Closed) => break,
@@ -117,23 +177,39 @@ impl Controller {
         }
     }
 
+    /// Reads every object the data plane is derived from (at start, and when changes were missed).
+    fn reload(&mut self) {
+        if self.backend.is_none() {
+            return;
+        }
+        match Objects::load(&self.store) {
+            Ok(o) => self.objects = o,
+            Err(e) => tracing::error!("reading the store for the data plane: {e}"),
+        }
+    }
+
+    /// Keeps the objects current with a change and notes its service for reconciling.
+    fn note(&mut self, pending: &mut BTreeSet<(String, String)>, c: revisor_store::Change) {
+        if self.backend.is_some() {
+            if let Err(e) = self.objects.refresh(&self.store, &c) {
+                tracing::error!(
+                    "reading {:?} {}/{} for the data plane: {e}",
+                    c.kind,
+                    c.namespace,
+                    c.name
+                );
+                self.reload();
+            }
+        }
+        add(pending, c);
+    }
+
     /// Sends the desired data plane to the backend when it changed.
     fn sync_backend(&mut self) {
         let Some(backend) = &self.backend else { return };
-        let read = || -> Result<_, StoreError> {
-            Ok((
-                self.store.list::<Service>(None)?,
-                self.store.list::<Revision>(None)?,
-                self.store.list::<Rollout>(None)?,
-            ))
-        };
-        let (services, revisions, rollouts) = match read() {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::error!("reading the store for the data plane: {e}");
-                return;
-            }
-        };
+        let services: Vec<Service> = self.objects.services.values().cloned().collect();
+        let revisions: Vec<Revision> = self.objects.revisions.values().cloned().collect();
+        let rollouts: Vec<Rollout> = self.objects.rollouts.values().cloned().collect();
         let desired = desired_state(&services, &revisions, &rollouts, &self.defaults, Utc::now());
         if self.last.as_ref() != Some(&desired) {
             backend.sync(desired.clone());

@@ -99,14 +99,35 @@ pub(crate) fn list<T: Object>(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     namespace: Option<&str>,
 ) -> Result<Vec<T>, StoreError> {
+    match namespace {
+        // Keys are "namespace/name": a namespace's objects are those under "namespace/".
+        Some(ns) => list_prefixed(table, ns, ""),
+        None => table
+            .iter()?
+            .map(|entry| {
+                let (k, v) = entry?;
+                decode(k.value(), v.value())
+            })
+            .collect(),
+    }
+}
+
+/// The objects of `namespace` whose names start with `prefix`, from one range of keys.
+pub(crate) fn list_prefixed<T: Object>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    namespace: &str,
+    prefix: &str,
+) -> Result<Vec<T>, StoreError> {
+    let start = format!("{namespace}/{prefix}");
+    // The first key after every key that starts with `start`: its last byte, plus one. Keys are ASCII
+    // (DNS labels and '/'), so the last byte is never 0xff.
+    let mut end = start.clone().into_bytes();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    let end = String::from_utf8(end).unwrap_or_default();
     let mut out = Vec::new();
-    let prefix = namespace.map(|ns| format!("{ns}/"));
-    let iter = match &prefix {
-        // Keys are "namespace/name"; '0' is the byte after '/', so this range is exactly one namespace.
-        Some(p) => table.range(p.as_str()..format!("{}0", &p[..p.len() - 1]).as_str())?,
-        None => table.iter()?,
-    };
-    for entry in iter {
+    for entry in table.range(start.as_str()..end.as_str())? {
         let (k, v) = entry?;
         out.push(decode(k.value(), v.value())?);
     }

@@ -45,6 +45,12 @@ impl Tx {
         object::list(&t, namespace)
     }
 
+    /// The objects of `namespace` whose names start with `prefix` (one range of keys, not a scan).
+    pub fn list_prefixed<T: Object>(&self, namespace: &str, prefix: &str) -> Result<Vec<T>, StoreError> {
+        let t = self.inner.open_table(T::TABLE)?;
+        object::list_prefixed(&t, namespace, prefix)
+    }
+
     /// Stores a new object: sets its resourceVersion, uid, creationTimestamp and (if unset) generation 1.
     pub fn create<T: Object>(&mut self, mut obj: T) -> Result<T, StoreError> {
         let key = obj.meta().key();

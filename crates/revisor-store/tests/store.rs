@@ -298,3 +298,27 @@ fn a_store_written_with_redb_2_is_migrated_with_everything_in_it() {
     let store = Store::open(&path).unwrap();
     assert_eq!(store.list::<Service>(None).unwrap().len(), 3);
 }
+
+/// A name prefix reads one range of keys: exactly the namespace's objects whose names start with it.
+#[test]
+fn list_prefixed_reads_one_namespace_and_one_prefix() {
+    let (_dir, store) = open();
+    for (ns, name) in [
+        ("default", "app"),
+        ("default", "app-1"),
+        ("default", "app-2"),
+        ("default", "apps"),
+        ("default", "app."),
+        ("default-2", "app-3"),
+        ("defaul", "app-4"),
+    ] {
+        store.write(|tx| tx.create(service(ns, name))).unwrap();
+    }
+    let names: Vec<String> = store
+        .write(|tx| tx.list_prefixed::<Service>("default", "app-"))
+        .unwrap()
+        .into_iter()
+        .map(|s| s.metadata.name)
+        .collect();
+    assert_eq!(names, vec!["app-1", "app-2"]);
+}
