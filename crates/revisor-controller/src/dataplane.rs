@@ -1,6 +1,9 @@
 //! What the data plane should be doing, derived purely from stored objects: which revisions run how
 //! many replicas, and which routes are programmed. A [`Backend`] makes it so.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use revisor_api::annotations::{parse_autoscaling, AutoscalingAnnotations};
 use revisor_api::meta::Conditions;
 use revisor_api::rollout::HeaderMatch;
@@ -9,7 +12,7 @@ use revisor_api::{ConditionStatus, Defaults, Path, Revision, Rollout, Service};
 /// The engine that runs revisions and routes requests (locally: processes and the gateway).
 pub trait Backend: Send + Sync {
     /// Brings the data plane to `desired`. Called after every change; must be idempotent and quick.
-    fn sync(&self, desired: DesiredState);
+    fn sync(&self, desired: Arc<DesiredState>);
 }
 
 /// One revision and how many replicas it should run.
@@ -82,13 +85,29 @@ fn revision_ready(rev: &Revision) -> bool {
 /// reaches it (by percent or tag), or when it is its service's latest revision and not yet ready (so it
 /// can become ready); everything else runs nothing.
 pub fn desired_state(
-    services: &[Service],
-    revisions: &[Revision],
-    rollouts: &[Rollout],
+    services: &[&Service],
+    revisions: &[&Revision],
+    rollouts: &[&Rollout],
     defaults: &Defaults,
     now: chrono::DateTime<chrono::Utc>,
 ) -> DesiredState {
     let mut out = DesiredState::default();
+    // Looked up once per service and per revision: maps, so that a thousand services cost a thousand
+    // lookups rather than a million comparisons.
+    let by_name: HashMap<(&str, &str), &Service> = services
+        .iter()
+        .map(|s| ((s.metadata.namespace.as_str(), s.metadata.name.as_str()), *s))
+        .collect();
+    let mut rollout_of: HashMap<(&str, &str), &Rollout> = HashMap::new();
+    let mut floors: HashMap<(String, String), u32> = HashMap::new();
+    for r in rollouts {
+        let ns = r.metadata.namespace.as_str();
+        rollout_of.entry((ns, r.spec.service_ref.name.as_str())).or_insert(*r);
+        for (name, n) in revisor_rollout::floors(r, now) {
+            let floor = floors.entry((ns.to_string(), name)).or_default();
+            *floor = (*floor).max(n);
+        }
+    }
     for svc in services {
         let st = svc.status();
         let (ns, name) = (&svc.metadata.namespace, &svc.metadata.name);
@@ -112,9 +131,8 @@ pub fn desired_state(
                 targets,
                 ..Default::default()
             };
-            let rollout = rollouts
-                .iter()
-                .find(|r| &r.metadata.namespace == ns && &r.spec.service_ref.name == name)
+            let rollout = rollout_of
+                .get(&(ns.as_str(), name.as_str()))
                 .and_then(|r| r.status.as_ref());
             if let Some(st) = rollout {
                 if let Some(canary) = &st.canary_revision {
@@ -130,13 +148,13 @@ pub fn desired_state(
         }
     }
     for rev in revisions {
-        let Some(svc) = rev.service_name().and_then(|s| {
-            services
-                .iter()
-                .find(|x| x.metadata.name == s && x.metadata.namespace == rev.metadata.namespace)
-        }) else {
+        let Some(svc) = rev
+            .service_name()
+            .and_then(|s| by_name.get(&(rev.metadata.namespace.as_str(), s)).copied())
+        else {
             continue;
         };
+        let rev: &Revision = rev;
         let needed = is_needed(svc, rev);
         let annotations = rev.metadata.annotations_map();
         let a = parse_autoscaling(
@@ -146,13 +164,9 @@ pub fn desired_state(
         )
         .unwrap_or_default();
         let replicas = if needed { initial_replicas(&a) } else { 0 };
-        let min_replicas = rollouts
-            .iter()
-            .filter(|r| r.metadata.namespace == rev.metadata.namespace)
-            .flat_map(|r| revisor_rollout::floors(r, now))
-            .filter(|(name, _)| *name == rev.metadata.name)
-            .map(|(_, n)| n)
-            .max()
+        let min_replicas = floors
+            .get(&(rev.metadata.namespace.clone(), rev.metadata.name.clone()))
+            .copied()
             .unwrap_or(0);
         out.revisions.push(DesiredRevision {
             revision: rev.clone(),
@@ -288,7 +302,7 @@ mod tests {
             ),
         ];
         for (name, s, want) in cases {
-            let got = desired_state(&[s], &[r1.clone(), r2.clone(), r3.clone()], &[], &d, chrono::Utc::now());
+            let got = desired_state(&[&s], &[&r1, &r2, &r3], &[], &d, chrono::Utc::now());
             let want: Vec<(String, u32)> = want.into_iter().map(|(n, r)| (n.to_string(), r)).collect();
             assert_eq!(replicas(&got), want, "{name}");
         }
@@ -305,7 +319,7 @@ mod tests {
             "svc-00002",
             Some("svc-00002"),
         );
-        let d = desired_state(&[s], &[], &[], &Defaults::default(), chrono::Utc::now());
+        let d = desired_state(&[&s], &[], &[], &Defaults::default(), chrono::Utc::now());
         assert_eq!(d.routes[0].host, "svc.default.localhost");
         assert_eq!(
             d.routes[0].targets[0].tag_host.as_deref(),

@@ -21,7 +21,7 @@ pub struct Controller {
     config: ControllerConfig,
     defaults: Defaults,
     backend: Option<Arc<dyn Backend>>,
-    last: Option<DesiredState>,
+    last: Option<Arc<DesiredState>>,
     /// Services whose gradual rollout is in progress, with when its next step is due (ms).
     gradual: BTreeMap<(String, String), i64>,
     /// The objects the data plane is derived from, kept current from the store's changes so that a
@@ -207,11 +207,12 @@ impl Controller {
     /// Sends the desired data plane to the backend when it changed.
     fn sync_backend(&mut self) {
         let Some(backend) = &self.backend else { return };
-        let services: Vec<Service> = self.objects.services.values().cloned().collect();
-        let revisions: Vec<Revision> = self.objects.revisions.values().cloned().collect();
-        let rollouts: Vec<Rollout> = self.objects.rollouts.values().cloned().collect();
+        let services: Vec<&Service> = self.objects.services.values().collect();
+        let revisions: Vec<&Revision> = self.objects.revisions.values().collect();
+        let rollouts: Vec<&Rollout> = self.objects.rollouts.values().collect();
         let desired = desired_state(&services, &revisions, &rollouts, &self.defaults, Utc::now());
-        if self.last.as_ref() != Some(&desired) {
+        if self.last.as_deref() != Some(&desired) {
+            let desired = Arc::new(desired);
             backend.sync(desired.clone());
             self.last = Some(desired);
         }

@@ -16,7 +16,7 @@
 pub mod autoscale;
 pub mod command;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,8 +54,8 @@ pub struct LocalBackend {
 }
 
 impl Backend for LocalBackend {
-    fn sync(&self, desired: DesiredState) {
-        *self.inner.desired.lock().unwrap() = Arc::new(desired);
+    fn sync(&self, desired: Arc<DesiredState>) {
+        *self.inner.desired.lock().unwrap() = desired;
         self.inner.changed.notify_one();
     }
 }
@@ -228,19 +228,28 @@ fn effective_routes(
         known.published.insert(id, targets.clone());
         out.push(ServiceRoutes { targets, ..r.clone() });
     }
+    let services: HashSet<(&str, &str)> = desired
+        .routes
+        .iter()
+        .map(|r| (r.namespace.as_str(), r.service.as_str()))
+        .collect();
     known
         .published
-        .retain(|(ns, svc), _| desired.routes.iter().any(|r| &r.namespace == ns && &r.service == svc));
+        .retain(|(ns, svc), _| services.contains(&(ns.as_str(), svc.as_str())));
     out
 }
 
-/// Whether a published route reaches a revision (by percent or by tag).
-fn routed(effective: &[ServiceRoutes], key: &RevisionKey) -> bool {
-    effective.iter().filter(|r| r.namespace == key.namespace).any(|r| {
-        r.targets
-            .iter()
-            .any(|t| t.revision == key.name && (t.percent > 0 || t.tag.is_some()))
-    })
+/// The revisions a published route reaches (by percent or by tag).
+fn routed_revisions(effective: &[ServiceRoutes]) -> HashSet<RevisionKey> {
+    effective
+        .iter()
+        .flat_map(|r| {
+            r.targets
+                .iter()
+                .filter(|t| t.percent > 0 || t.tag.is_some())
+                .map(|t| key_of(&r.namespace, &t.revision))
+        })
+        .collect()
 }
 
 /// The autoscaler's spec for a revision, or `None` for a revision the local KPA does not scale (the
@@ -285,17 +294,17 @@ fn initial_replicas(rev: &revisor_api::Revision, cfg: &LocalConfig) -> u32 {
 fn replicas_for(
     inner: &Inner,
     d: &revisor_controller::DesiredRevision,
-    effective: &[ServiceRoutes],
+    routed: bool,
     snapshot: &Snapshot,
     key: &RevisionKey,
 ) -> u32 {
-    autoscaled_replicas(inner, d, effective, snapshot, key).max(d.min_replicas)
+    autoscaled_replicas(inner, d, routed, snapshot, key).max(d.min_replicas)
 }
 
 fn autoscaled_replicas(
     inner: &Inner,
     d: &revisor_controller::DesiredRevision,
-    effective: &[ServiceRoutes],
+    routed: bool,
     snapshot: &Snapshot,
     key: &RevisionKey,
 ) -> u32 {
@@ -304,7 +313,7 @@ fn autoscaled_replicas(
     }
     let initial = initial_replicas(&d.revision, &inner.config);
     match decider_spec(&d.revision, &inner.config) {
-        Some(mut spec) if routed(effective, key) => {
+        Some(mut spec) if routed => {
             // The floor is the autoscaler's minimum too, so it never takes the revision to zero
             // meanwhile: when the floor goes (an undo makes the warm revision stable), the revision
             // is still running and serves at once.
@@ -323,11 +332,14 @@ fn autoscaled_replicas(
 
 /// Starts, scales and stops replicas to match the desired state; forgets deleted revisions.
 fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], snapshot: &Snapshot, known: &mut Known) {
-    let mut wanted = Vec::new();
-    let mut managed = Vec::new();
+    // Sets, not lists: with a thousand revisions, every lookup below would otherwise walk them all.
+    let routed = routed_revisions(effective);
+    let mut wanted = HashSet::new();
+    let mut managed = HashSet::new();
     for d in &desired.revisions {
         let key = key_of(&d.revision.metadata.namespace, &d.revision.metadata.name);
-        wanted.push(key.clone());
+        wanted.insert(key.clone());
+        let is_routed = routed.contains(&key);
         let uid = d.revision.metadata.uid.clone();
         if known.uids.get(&key).is_some_and(|u| *u != uid) {
             forget(inner, known, &key);
@@ -336,9 +348,9 @@ fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], sna
         match process_spec(&d.revision, &inner.config) {
             Ok((spec, protocol)) => {
                 known.unrunnable.remove(&key);
-                let replicas = replicas_for(inner, d, effective, snapshot, &key);
-                if d.replicas > 0 && routed(effective, &key) {
-                    managed.push(key.clone());
+                let replicas = replicas_for(inner, d, is_routed, snapshot, &key);
+                if d.replicas > 0 && is_routed {
+                    managed.insert(key.clone());
                 }
                 known.protocols.insert(key.clone(), protocol);
                 known.replicas.insert(key, replicas);
