@@ -40,7 +40,7 @@ TOML
 "$REVISOR" serve --config "$WORK/revisor.toml" --data-dir "$WORK/data" 2>"$WORK/serve.log" &
 SERVER_PID=$!
 for _ in $(seq 1 100); do grep -q "admin API listening" "$WORK/serve.log" 2>/dev/null && break; sleep 0.1; done
-ADMIN=$(sed -n 's/^revisor: admin API listening on \(http:[^ ]*\).*/\1/p' "$WORK/serve.log")
+ADMIN=$(sed -n 's/^revisor: admin API listening on \(https:[^ ]*\).*/\1/p' "$WORK/serve.log")
 GATEWAY=$(sed -n 's/^revisor: gateway listening on http:\/\/\(.*\)$/\1/p' "$WORK/serve.log")
 export REVISOR_SERVER="$ADMIN"
 

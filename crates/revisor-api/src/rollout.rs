@@ -551,8 +551,34 @@ pub struct Measurement {
     pub comparison: Option<String>,
     /// Requests in the window.
     pub samples: u64,
-    /// `Successful`, `Failed` or `Inconclusive`.
-    pub verdict: String,
+    pub verdict: Judgement,
+}
+
+// No doc comments on the variants: with them the CRD's schema would be a `oneOf`, which a structural
+// schema cannot be.
+/// How an analysis run judged a metric: `Successful`, `Failed`, or `Inconclusive` (too little data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Judgement {
+    #[default]
+    Successful,
+    Failed,
+    Inconclusive,
+}
+
+impl Judgement {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Judgement::Successful => "Successful",
+            Judgement::Failed => "Failed",
+            Judgement::Inconclusive => "Inconclusive",
+        }
+    }
+}
+
+impl std::fmt::Display for Judgement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Requests the controller understands in `status.requests`.

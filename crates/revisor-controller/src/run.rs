@@ -59,6 +59,29 @@ impl Objects {
         })
     }
 
+    /// Reads a service and its revisions again, after its reconcile: the revision a reconcile made is
+    /// in the cache together with the service status that routes to it, whatever order the store's
+    /// changes about them arrive in.
+    fn refresh_service(&mut self, store: &Store, namespace: &str, name: &str) -> Result<(), StoreError> {
+        let key = (namespace.to_string(), name.to_string());
+        match store.get::<Service>(namespace, name)? {
+            Some(s) => self.services.insert(key, s),
+            None => self.services.remove(&key),
+        };
+        let revisions: Vec<Revision> = store
+            .list_prefixed::<Revision>(namespace, &format!("{name}-"))?
+            .into_iter()
+            .filter(|r| r.service_name() == Some(name))
+            .collect();
+        self.revisions
+            .retain(|(ns, _), r| ns != namespace || r.service_name() != Some(name));
+        for r in revisions {
+            self.revisions
+                .insert((namespace.to_string(), r.metadata.name.clone()), r);
+        }
+        Ok(())
+    }
+
     /// Reads again the object a change is about.
     fn refresh(&mut self, store: &Store, c: &revisor_store::Change) -> Result<(), StoreError> {
         fn put<T: revisor_store::Object>(
@@ -237,6 +260,12 @@ impl Controller {
             .write(|tx| reconcile_service(tx, namespace, name, &self.config, Utc::now()));
         if let Err(e) = result {
             tracing::error!(service = %format!("{namespace}/{name}"), "reconcile failed: {e}");
+        }
+        if self.backend.is_some() {
+            if let Err(e) = self.objects.refresh_service(&self.store, namespace, name) {
+                tracing::error!("reading {namespace}/{name} for the data plane: {e}");
+                self.reload();
+            }
         }
         let key = (namespace.to_string(), name.to_string());
         let next_step = self

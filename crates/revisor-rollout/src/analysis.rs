@@ -2,6 +2,7 @@
 //! measurement per metric with its verdict.
 
 use chrono::{DateTime, Utc};
+use revisor_api::rollout::Judgement as Verdict;
 use revisor_api::rollout::{Analysis, Measurement, MetricCheck};
 
 /// A revision's cumulative counters as the data plane reports them.
@@ -179,12 +180,6 @@ pub fn two_proportion_z(errors_c: u64, n_c: u64, errors_s: u64, n_s: u64) -> f64
     (p1 - p2) / se
 }
 
-enum Verdict {
-    Successful,
-    Failed,
-    Inconclusive,
-}
-
 /// Judges the canary's window, and for `relativeTo: stable` checks the stable revision's window over
 /// the same time: each metric against its range and its comparison. Below `minSamples` requests (in
 /// either window a check needs) a check is inconclusive, except an error count already over its
@@ -232,13 +227,13 @@ pub fn evaluate_with(
                 let verdict = match value {
                     None => {
                         inconclusive = true;
-                        "Inconclusive"
+                        Verdict::Inconclusive
                     }
                     Some(v) if t.min.is_some_and(|lo| v < lo) || t.max.is_some_and(|hi| v > hi) => {
                         failed = true;
-                        "Failed"
+                        Verdict::Failed
                     }
-                    Some(_) => "Successful",
+                    Some(_) => Verdict::Successful,
                 };
                 return Measurement {
                     time: now,
@@ -249,7 +244,7 @@ pub fn evaluate_with(
                     threshold: t,
                     comparison: note,
                     samples: 1,
-                    verdict: verdict.to_string(),
+                    verdict,
                     ..Default::default()
                 };
             }
@@ -316,17 +311,11 @@ pub fn evaluate_with(
                     _ => Verdict::Successful,
                 };
             }
-            let verdict = match verdict {
-                Verdict::Failed => {
-                    failed = true;
-                    "Failed"
-                }
-                Verdict::Inconclusive => {
-                    inconclusive = true;
-                    "Inconclusive"
-                }
-                Verdict::Successful => "Successful",
-            };
+            match verdict {
+                Verdict::Failed => failed = true,
+                Verdict::Inconclusive => inconclusive = true,
+                Verdict::Successful => {}
+            }
             Measurement {
                 time: now,
                 revision: revision.to_string(),
@@ -344,7 +333,7 @@ pub fn evaluate_with(
                 } else {
                     w.requests
                 },
-                verdict: verdict.to_string(),
+                verdict,
             }
         })
         .collect();
@@ -417,11 +406,12 @@ mod tests {
         assert!(!r.failed && !r.inconclusive, "{r:?}");
         let r = evaluate(&a(vec![sr.clone(), lat.clone()], 20), &bad, None, "c", 0, now);
         assert!(r.failed);
-        assert_eq!(r.measurements[0].verdict, "Failed");
+        assert_eq!(r.measurements[0].verdict, Verdict::Failed);
         assert_eq!(r.measurements[0].value, Some(90.0));
         assert_eq!(r.measurements[1].metric, "latency-p90");
         assert_eq!(
-            r.measurements[1].verdict, "Failed",
+            r.measurements[1].verdict,
+            Verdict::Failed,
             "p90 is in the open bucket, above 50 ms"
         );
         let r = evaluate(&a(vec![sr.clone()], 20), &few, None, "c", 0, now);

@@ -3,7 +3,7 @@
 //! Service's traffic and the events to record.
 
 use chrono::{DateTime, Utc};
-use revisor_api::rollout::{phase, Rollout, RolloutStatus, RunStep, WebhookKind};
+use revisor_api::rollout::{phase, Judgement, Rollout, RolloutStatus, RunStep, WebhookKind};
 use revisor_api::TrafficTarget;
 
 use crate::analysis::Window;
@@ -520,7 +520,11 @@ impl Machine<'_> {
                     metric: format!("webhook/{name}"),
                     comparison: result.as_ref().err().cloned(),
                     samples: 1,
-                    verdict: if failed { "Failed" } else { "Successful" }.into(),
+                    verdict: if failed {
+                        Judgement::Failed
+                    } else {
+                        Judgement::Successful
+                    },
                     ..Default::default()
                 });
             }
@@ -537,7 +541,7 @@ impl Machine<'_> {
                 let failed: Vec<String> = run
                     .measurements
                     .iter()
-                    .filter(|m| m.verdict == "Failed")
+                    .filter(|m| m.verdict == Judgement::Failed)
                     .map(|m| match &m.comparison {
                         Some(c) => format!("{} {c}", m.metric),
                         None => format!(
@@ -696,11 +700,11 @@ impl Machine<'_> {
             .filter(|(_, m)| sequential::is_sequential(m))
         {
             let (verdict, comparison) = match sequential::judge(a, i, ev, &canary.bounds_ms) {
-                Verdict::Worse(s) => ("Failed", s),
-                Verdict::NotWorse(s) => ("Successful", s),
+                Verdict::Worse(s) => (Judgement::Failed, s),
+                Verdict::NotWorse(s) => (Judgement::Successful, s),
                 Verdict::Unknown(s) => {
                     run.inconclusive = true;
-                    ("Inconclusive", s)
+                    (Judgement::Inconclusive, s)
                 }
             };
             let window = |r: &revisor_api::rollout::CounterReading| crate::analysis::Window {
@@ -725,7 +729,7 @@ impl Machine<'_> {
                 baseline: m.relative_to.as_ref().and_then(|_| value(&s)),
                 comparison: Some(format!("sequential, since the canary started: {comparison}")),
                 samples: c.requests,
-                verdict: verdict.into(),
+                verdict,
             });
         }
     }
@@ -972,7 +976,7 @@ mod tests {
             vec!["svc-2 takes 20% of the traffic", "svc-2 takes 50% of the traffic"]
         );
         assert_eq!(st.measurements.len(), 1);
-        assert_eq!(st.measurements[0].verdict, "Successful");
+        assert_eq!(st.measurements[0].verdict, Judgement::Successful);
     }
 
     #[test]
@@ -1256,7 +1260,7 @@ mod tests {
         assert!(st
             .measurements
             .iter()
-            .any(|m| m.metric == "webhook/load" && m.verdict == "Successful"));
+            .any(|m| m.metric == "webhook/load" && m.verdict == Judgement::Successful));
         assert_eq!(
             hooks_due(&s.r, Some("svc-2")),
             vec![WebhookKind::ConfirmPromotion, WebhookKind::Rollback]

@@ -106,6 +106,13 @@ impl Store {
         object::list(&table, namespace)
     }
 
+    /// The objects of a kind in `namespace` whose names start with `prefix` (one range of keys).
+    pub fn list_prefixed<T: Object>(&self, namespace: &str, prefix: &str) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(T::TABLE)?;
+        object::list_prefixed(&table, namespace, prefix)
+    }
+
     /// The events recorded for a service, oldest first.
     pub fn events(&self, namespace: &str, service: &str) -> Result<Vec<Event>, StoreError> {
         let tx = self.db.begin_read()?;

@@ -159,7 +159,7 @@ pub fn status_text(r: &Rollout) -> String {
                     m.value.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into()),
                     range,
                     m.samples.to_string(),
-                    m.verdict.clone(),
+                    m.verdict.to_string(),
                 ]
             })
             .collect();
