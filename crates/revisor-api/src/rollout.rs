@@ -791,17 +791,28 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
     if r.spec.service_ref.name.is_empty() {
         errs.push(spec.field("serviceRef").field("name"), "missing field(s)");
     }
-    let duration = |errs: &mut FieldErrors, p: Path, v: &Option<String>| {
-        if let Some(v) = v {
-            match parse_go_duration(v) {
-                Ok(d) if d.is_zero() => errs.push(p, "must be greater than 0"),
-                Ok(_) => {}
-                Err(e) => errs.push(p, e),
-            }
+    check_duration(&mut errs, spec.field("progressDeadline"), &r.spec.progress_deadline);
+    check_duration(&mut errs, spec.field("rollbackWindow"), &r.spec.rollback_window);
+    validate_strategy(r, &spec, &mut errs);
+    if let Some(a) = &r.spec.analysis {
+        validate_analysis(a, &spec, &mut errs);
+    }
+    errs.into_result()
+}
+
+/// A Go duration field, when given, must parse and be more than zero.
+fn check_duration(errs: &mut FieldErrors, p: Path, v: &Option<String>) {
+    if let Some(v) = v {
+        match parse_go_duration(v) {
+            Ok(d) if d.is_zero() => errs.push(p, "must be greater than 0"),
+            Ok(_) => {}
+            Err(e) => errs.push(p, e),
         }
-    };
-    duration(&mut errs, spec.field("progressDeadline"), &r.spec.progress_deadline);
-    duration(&mut errs, spec.field("rollbackWindow"), &r.spec.rollback_window);
+    }
+}
+
+/// `spec.strategy`'s checks: blue-green or canary, its steps or Flagger's weights.
+fn validate_strategy(r: &Rollout, spec: &Path, errs: &mut FieldErrors) {
     let strategy = spec.field("strategy");
     if let Some(bg) = &r.spec.strategy.blue_green {
         let p = strategy.field("blueGreen");
@@ -896,7 +907,7 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
                     }
                 }
                 if let Some(pause) = &s.pause {
-                    duration(&mut errs, p.field("pause").field("duration"), &pause.duration);
+                    check_duration(errs, p.field("pause").field("duration"), &pause.duration);
                 }
                 if s.analysis.is_some() && r.spec.analysis.is_none() {
                     errs.push(
@@ -942,219 +953,222 @@ pub fn validate_rollout(r: &Rollout) -> Result<(), FieldErrors> {
             }
         }
     }
-    if let Some(a) = &r.spec.analysis {
-        let p = spec.field("analysis");
-        duration(&mut errs, p.field("interval"), &a.interval);
-        duration(&mut errs, p.field("inconclusiveAfter"), &a.inconclusive_after);
-        if let Some(m) = a
-            .method
-            .as_deref()
-            .filter(|m| ![METHOD_SEQUENTIAL, METHOD_INTERVAL].contains(m))
-        {
-            errs.push(p.field("method"), format!("must be sequential or interval, got {m:?}"));
+}
+
+/// `spec.analysis`'s checks: interval, methods, metrics, webhooks and the load test.
+fn validate_analysis(a: &Analysis, spec: &Path, errs: &mut FieldErrors) {
+    let p = spec.field("analysis");
+    check_duration(errs, p.field("interval"), &a.interval);
+    check_duration(errs, p.field("inconclusiveAfter"), &a.inconclusive_after);
+    if let Some(m) = a
+        .method
+        .as_deref()
+        .filter(|m| ![METHOD_SEQUENTIAL, METHOD_INTERVAL].contains(m))
+    {
+        errs.push(p.field("method"), format!("must be sequential or interval, got {m:?}"));
+    }
+    if let Some(b) = a.max_false_rollback.filter(|b| !(*b > 0.0 && *b <= 50.0)) {
+        errs.push(
+            p.field("maxFalseRollback"),
+            format!("must be a percentage in (0, 50], got {b}"),
+        );
+    }
+    if let Some(o) = a.on_inconclusive.as_deref().filter(|o| !ON_INCONCLUSIVE.contains(o)) {
+        errs.push(
+            p.field("onInconclusive"),
+            format!("must be hold, rollback or promote, got {o:?}"),
+        );
+    }
+    if a.threshold.is_some() && a.failure_limit.is_some() {
+        errs.push(p.field("failureLimit"), "set threshold or failureLimit, not both");
+    }
+    if a.threshold == Some(0) || a.failure_limit == Some(0) {
+        errs.push(p.field("threshold"), "must be at least 1");
+    }
+    if a.metrics.is_empty() && !a.webhooks.iter().any(|w| w.kind() == Some(WebhookKind::Rollout)) {
+        errs.push(p.field("metrics"), "give at least one metric (or a rollout webhook)");
+    }
+    if let Some(l) = &a.load_test {
+        let lp = p.field("loadTest");
+        if l.rps.is_some_and(|r| r == 0 || r > 10_000) {
+            errs.push(lp.field("rps"), "must be in [1, 10000]");
         }
-        if let Some(b) = a.max_false_rollback.filter(|b| !(*b > 0.0 && *b <= 50.0)) {
-            errs.push(
-                p.field("maxFalseRollback"),
-                format!("must be a percentage in (0, 50], got {b}"),
-            );
-        }
-        if let Some(o) = a.on_inconclusive.as_deref().filter(|o| !ON_INCONCLUSIVE.contains(o)) {
-            errs.push(
-                p.field("onInconclusive"),
-                format!("must be hold, rollback or promote, got {o:?}"),
-            );
-        }
-        if a.threshold.is_some() && a.failure_limit.is_some() {
-            errs.push(p.field("failureLimit"), "set threshold or failureLimit, not both");
-        }
-        if a.threshold == Some(0) || a.failure_limit == Some(0) {
-            errs.push(p.field("threshold"), "must be at least 1");
-        }
-        if a.metrics.is_empty() && !a.webhooks.iter().any(|w| w.kind() == Some(WebhookKind::Rollout)) {
-            errs.push(p.field("metrics"), "give at least one metric (or a rollout webhook)");
-        }
-        if let Some(l) = &a.load_test {
-            let lp = p.field("loadTest");
-            if l.rps.is_some_and(|r| r == 0 || r > 10_000) {
-                errs.push(lp.field("rps"), "must be in [1, 10000]");
-            }
-            if let Some(m) = &l.method {
-                if m != "GET" && m != "POST" {
-                    errs.push(lp.field("method"), format!("must be GET or POST, got {m:?}"));
-                }
-            }
-            if l.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
-                errs.push(lp.field("path"), "must start with /");
+        if let Some(m) = &l.method {
+            if m != "GET" && m != "POST" {
+                errs.push(lp.field("method"), format!("must be GET or POST, got {m:?}"));
             }
         }
-        for (i, w) in a.webhooks.iter().enumerate() {
-            let wp = p.field("webhooks").index(i);
-            if w.name.is_empty() {
-                errs.push(wp.field("name"), "missing field(s)");
-            }
-            if w.kind().is_none() {
-                errs.push(
-                    wp.field("type"),
-                    format!("must be one of {}, got {:?}", WEBHOOK_TYPES.join(", "), w.type_),
-                );
-            }
-            if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
-                errs.push(
-                    wp.field("url"),
-                    format!("must be an http:// or https:// URL, got {:?}", w.url),
-                );
-            }
-            duration(&mut errs, wp.field("timeout"), &w.timeout);
-        }
-        for (i, m) in a.metrics.iter().enumerate() {
-            let mp = p.field("metrics").index(i);
-            if let Some(d) = &m.min_difference {
-                match (m.name.as_str(), m.relative_to.is_some()) {
-                    ("latency", true) => duration(&mut errs, mp.field("minDifference"), &m.min_difference),
-                    ("success-rate", true) => {
-                        if let Err(e) = parse_percent(d) {
-                            errs.push(mp.field("minDifference"), e);
-                        }
-                    }
-                    _ => errs.push(
-                        mp.field("minDifference"),
-                        "only latency and success-rate relative to stable take minDifference",
-                    ),
-                }
-            }
-            if let Some(prov) = &m.provider {
-                match &prov.prometheus {
-                    None => errs.push(mp.field("provider"), "give provider.prometheus"),
-                    Some(q) => {
-                        if !(q.address.starts_with("http://") || q.address.starts_with("https://")) {
-                            errs.push(
-                                mp.field("provider").field("prometheus").field("address"),
-                                format!("must be an http:// or https:// URL, got {:?}", q.address),
-                            );
-                        }
-                        if q.query.trim().is_empty() {
-                            errs.push(
-                                mp.field("provider").field("prometheus").field("query"),
-                                "missing field(s)",
-                            );
-                        }
-                    }
-                }
-                if m.relative_to.is_some() || m.agreement.is_some() {
-                    errs.push(
-                        mp.field("provider"),
-                        "a provider's value is judged by thresholdRange only",
-                    );
-                }
-                if m.threshold_range.min.is_none() && m.threshold_range.max.is_none() {
-                    errs.push(mp.field("thresholdRange"), "give min, max or both");
-                }
-                continue;
-            }
-            if ![
-                "success-rate",
-                "latency",
-                "error-count",
-                "request-rate",
-                "prediction-agreement",
-            ]
-            .contains(&m.name.as_str())
-            {
-                errs.push(
-                    mp.field("name"),
-                    format!(
-                        "unknown metric {:?}: the built-in ones are success-rate, latency, error-count, request-rate, prediction-agreement",
-                        m.name
-                    ),
-                );
-            }
-            if m.name == "prediction-agreement" {
-                match (m.agreement.as_deref(), m.tolerance) {
-                    (None | Some("argmax"), None) => {}
-                    (Some("tolerance"), Some(t)) if t > 0.0 => {}
-                    (Some("tolerance"), _) => {
-                        errs.push(mp.field("tolerance"), "agreement: tolerance needs a tolerance > 0")
-                    }
-                    (None | Some("argmax"), Some(_)) => {
-                        errs.push(mp.field("tolerance"), "a tolerance needs agreement: tolerance")
-                    }
-                    (Some(other), _) => errs.push(
-                        mp.field("agreement"),
-                        format!("must be argmax or tolerance, got {other:?}"),
-                    ),
-                }
-                if m.relative_to.is_some() {
-                    errs.push(
-                        mp.field("relativeTo"),
-                        "prediction agreement already compares with stable",
-                    );
-                }
-            } else if m.agreement.is_some() || m.tolerance.is_some() {
-                errs.push(
-                    mp.field("agreement"),
-                    "only prediction-agreement takes agreement and tolerance",
-                );
-            }
-            if let Some(pc) = m.percentile {
-                if m.name != "latency" {
-                    errs.push(mp.field("percentile"), "only the latency metric has a percentile");
-                } else if !(pc > 0.0 && pc < 100.0) {
-                    errs.push(mp.field("percentile"), format!("must be in (0, 100), got {pc}"));
-                }
-            }
-            let t = m.threshold_range;
-            match m.relative_to.as_deref() {
-                None => {
-                    if t.min.is_none() && t.max.is_none() {
-                        errs.push(mp.field("thresholdRange"), "give min, max or both");
-                    }
-                    if m.max_ratio.is_some() || m.confidence.is_some() {
-                        errs.push(
-                            mp.field("relativeTo"),
-                            "maxRatio and confidence need relativeTo: stable",
-                        );
-                    }
-                }
-                Some("stable") => {
-                    let ratio_metric = matches!(m.name.as_str(), "latency" | "request-rate");
-                    match (ratio_metric, m.max_ratio, m.confidence) {
-                        (true, Some(r), None) if r > 0.0 => {}
-                        (true, Some(r), None) => errs.push(mp.field("maxRatio"), format!("must be greater than 0, got {r}")),
-                        (true, _, _) => errs.push(
-                            mp.field("maxRatio"),
-                            format!("{} relative to stable is judged by maxRatio (and not confidence)", m.name),
-                        ),
-                        (false, None, Some(c)) if c > 0.5 && c < 1.0 => {}
-                        (false, None, Some(c)) => errs.push(mp.field("confidence"), format!("must be in (0.5, 1), got {c}")),
-                        // Sequential analysis: the error rate may be at most maxRatio times stable's.
-                        (false, Some(r), None) if r >= 1.0 && m.name == "success-rate" => {}
-                        (false, Some(r), None) if m.name == "success-rate" => {
-                            errs.push(mp.field("maxRatio"), format!("must be at least 1, got {r}"))
-                        }
-                        (false, _, _) => errs.push(
-                            mp.field("confidence"),
-                            if m.name == "success-rate" {
-                                "success-rate relative to stable takes confidence (a two-proportion test per interval) or maxRatio (the tolerated error-rate ratio), not both".to_string()
-                            } else {
-                                format!(
-                                    "{} relative to stable is judged by a two-proportion test: give confidence (and not maxRatio)",
-                                    m.name
-                                )
-                            },
-                        ),
-                    }
-                }
-                Some(other) => errs.push(mp.field("relativeTo"), format!("must be \"stable\", got {other:?}")),
-            }
-            if let (Some(lo), Some(hi)) = (t.min, t.max) {
-                if lo > hi {
-                    errs.push(mp.field("thresholdRange"), format!("min {lo} is above max {hi}"));
-                }
-            }
+        if l.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+            errs.push(lp.field("path"), "must start with /");
         }
     }
-    errs.into_result()
+    for (i, w) in a.webhooks.iter().enumerate() {
+        let wp = p.field("webhooks").index(i);
+        if w.name.is_empty() {
+            errs.push(wp.field("name"), "missing field(s)");
+        }
+        if w.kind().is_none() {
+            errs.push(
+                wp.field("type"),
+                format!("must be one of {}, got {:?}", WEBHOOK_TYPES.join(", "), w.type_),
+            );
+        }
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            errs.push(
+                wp.field("url"),
+                format!("must be an http:// or https:// URL, got {:?}", w.url),
+            );
+        }
+        check_duration(errs, wp.field("timeout"), &w.timeout);
+    }
+    for (i, m) in a.metrics.iter().enumerate() {
+        validate_metric(m, &p.field("metrics").index(i), errs);
+    }
+}
+
+/// One metric's checks (`spec.analysis.metrics[i]`, at `mp`).
+fn validate_metric(m: &MetricCheck, mp: &Path, errs: &mut FieldErrors) {
+    if let Some(d) = &m.min_difference {
+        match (m.name.as_str(), m.relative_to.is_some()) {
+            ("latency", true) => check_duration(errs, mp.field("minDifference"), &m.min_difference),
+            ("success-rate", true) => {
+                if let Err(e) = parse_percent(d) {
+                    errs.push(mp.field("minDifference"), e);
+                }
+            }
+            _ => errs.push(
+                mp.field("minDifference"),
+                "only latency and success-rate relative to stable take minDifference",
+            ),
+        }
+    }
+    if let Some(prov) = &m.provider {
+        match &prov.prometheus {
+            None => errs.push(mp.field("provider"), "give provider.prometheus"),
+            Some(q) => {
+                if !(q.address.starts_with("http://") || q.address.starts_with("https://")) {
+                    errs.push(
+                        mp.field("provider").field("prometheus").field("address"),
+                        format!("must be an http:// or https:// URL, got {:?}", q.address),
+                    );
+                }
+                if q.query.trim().is_empty() {
+                    errs.push(
+                        mp.field("provider").field("prometheus").field("query"),
+                        "missing field(s)",
+                    );
+                }
+            }
+        }
+        if m.relative_to.is_some() || m.agreement.is_some() {
+            errs.push(
+                mp.field("provider"),
+                "a provider's value is judged by thresholdRange only",
+            );
+        }
+        if m.threshold_range.min.is_none() && m.threshold_range.max.is_none() {
+            errs.push(mp.field("thresholdRange"), "give min, max or both");
+        }
+        return;
+    }
+    if ![
+        "success-rate",
+        "latency",
+        "error-count",
+        "request-rate",
+        "prediction-agreement",
+    ]
+    .contains(&m.name.as_str())
+    {
+        errs.push(
+            mp.field("name"),
+            format!(
+                "unknown metric {:?}: the built-in ones are success-rate, latency, error-count, request-rate, prediction-agreement",
+                m.name
+            ),
+        );
+    }
+    if m.name == "prediction-agreement" {
+        match (m.agreement.as_deref(), m.tolerance) {
+            (None | Some("argmax"), None) => {}
+            (Some("tolerance"), Some(t)) if t > 0.0 => {}
+            (Some("tolerance"), _) => errs.push(mp.field("tolerance"), "agreement: tolerance needs a tolerance > 0"),
+            (None | Some("argmax"), Some(_)) => {
+                errs.push(mp.field("tolerance"), "a tolerance needs agreement: tolerance")
+            }
+            (Some(other), _) => errs.push(
+                mp.field("agreement"),
+                format!("must be argmax or tolerance, got {other:?}"),
+            ),
+        }
+        if m.relative_to.is_some() {
+            errs.push(
+                mp.field("relativeTo"),
+                "prediction agreement already compares with stable",
+            );
+        }
+    } else if m.agreement.is_some() || m.tolerance.is_some() {
+        errs.push(
+            mp.field("agreement"),
+            "only prediction-agreement takes agreement and tolerance",
+        );
+    }
+    if let Some(pc) = m.percentile {
+        if m.name != "latency" {
+            errs.push(mp.field("percentile"), "only the latency metric has a percentile");
+        } else if !(pc > 0.0 && pc < 100.0) {
+            errs.push(mp.field("percentile"), format!("must be in (0, 100), got {pc}"));
+        }
+    }
+    let t = m.threshold_range;
+    match m.relative_to.as_deref() {
+        None => {
+            if t.min.is_none() && t.max.is_none() {
+                errs.push(mp.field("thresholdRange"), "give min, max or both");
+            }
+            if m.max_ratio.is_some() || m.confidence.is_some() {
+                errs.push(
+                    mp.field("relativeTo"),
+                    "maxRatio and confidence need relativeTo: stable",
+                );
+            }
+        }
+        Some("stable") => {
+            let ratio_metric = matches!(m.name.as_str(), "latency" | "request-rate");
+            match (ratio_metric, m.max_ratio, m.confidence) {
+                (true, Some(r), None) if r > 0.0 => {}
+                (true, Some(r), None) => errs.push(mp.field("maxRatio"), format!("must be greater than 0, got {r}")),
+                (true, _, _) => errs.push(
+                    mp.field("maxRatio"),
+                    format!("{} relative to stable is judged by maxRatio (and not confidence)", m.name),
+                ),
+                (false, None, Some(c)) if c > 0.5 && c < 1.0 => {}
+                (false, None, Some(c)) => errs.push(mp.field("confidence"), format!("must be in (0.5, 1), got {c}")),
+                // Sequential analysis: the error rate may be at most maxRatio times stable's.
+                (false, Some(r), None) if r >= 1.0 && m.name == "success-rate" => {}
+                (false, Some(r), None) if m.name == "success-rate" => {
+                    errs.push(mp.field("maxRatio"), format!("must be at least 1, got {r}"))
+                }
+                (false, _, _) => errs.push(
+                    mp.field("confidence"),
+                    if m.name == "success-rate" {
+                        "success-rate relative to stable takes confidence (a two-proportion test per interval) or maxRatio (the tolerated error-rate ratio), not both".to_string()
+                    } else {
+                        format!(
+                            "{} relative to stable is judged by a two-proportion test: give confidence (and not maxRatio)",
+                            m.name
+                        )
+                    },
+                ),
+            }
+        }
+        Some(other) => errs.push(mp.field("relativeTo"), format!("must be \"stable\", got {other:?}")),
+    }
+    if let (Some(lo), Some(hi)) = (t.min, t.max) {
+        if lo > hi {
+            errs.push(mp.field("thresholdRange"), format!("min {lo} is above max {hi}"));
+        }
+    }
 }
 
 /// The `rollouts.revisor.dev` CustomResourceDefinition, its schema generated from these types

@@ -488,99 +488,8 @@ impl Machine<'_> {
         }
         // Analysis runs, each interval.
         if let (Some(a), Some(w)) = (&r.spec.analysis, &input.window) {
-            self.st.last_analysis_at = Some(input.now);
-            let per_interval = match sequential {
-                Some(a) => revisor_api::rollout::Analysis {
-                    metrics: a
-                        .metrics
-                        .iter()
-                        .filter(|m| !sequential::is_sequential(m))
-                        .cloned()
-                        .collect(),
-                    ..a.clone()
-                },
-                None => a.clone(),
-            };
-            let mut run = crate::analysis::evaluate_with(
-                &per_interval,
-                w,
-                input.stable_window.as_ref(),
-                &input.provided,
-                &canary,
-                self.st.current_step,
-                input.now,
-            );
-            for (name, result) in &input.hooks.rollout {
-                let failed = result.is_err();
-                run.failed |= failed;
-                run.measurements.push(revisor_api::rollout::Measurement {
-                    time: input.now,
-                    revision: canary.clone(),
-                    step: self.st.current_step,
-                    metric: format!("webhook/{name}"),
-                    comparison: result.as_ref().err().cloned(),
-                    samples: 1,
-                    verdict: if failed {
-                        Judgement::Failed
-                    } else {
-                        Judgement::Successful
-                    },
-                    ..Default::default()
-                });
-            }
-            if let Some(a) = sequential {
-                self.sequential_measurements(a, &mut run);
-            }
-            if run.failed {
-                run.inconclusive = false;
-            }
-            self.keep_measurements(run.measurements.clone());
-            if run.failed {
-                self.st.failed_checks += 1;
-                self.st.successful_runs = 0;
-                let failed: Vec<String> = run
-                    .measurements
-                    .iter()
-                    .filter(|m| m.verdict == Judgement::Failed)
-                    .map(|m| match &m.comparison {
-                        Some(c) => format!("{} {c}", m.metric),
-                        None => format!(
-                            "{} = {} (range {}..{})",
-                            m.metric,
-                            m.value.map(|v| format!("{v:.3}")).unwrap_or_default(),
-                            m.threshold.min.map(|v| v.to_string()).unwrap_or_default(),
-                            m.threshold.max.map(|v| v.to_string()).unwrap_or_default()
-                        ),
-                    })
-                    .collect();
-                let limit = a.failure_limit();
-                let why = format!(
-                    "analysis failed {}/{limit} times; last: {}",
-                    self.st.failed_checks,
-                    failed.join(", ")
-                );
-                if self.st.failed_checks >= limit {
-                    return self.roll_back(false, "AnalysisFailed", why);
-                }
-                self.event(true, "AnalysisFailed", why);
-            } else if run.inconclusive && sequential.is_some() {
-                if self.inconclusive(a) {
-                    return;
-                }
-            } else if run.inconclusive {
-                if self.since_step() >= deadline {
-                    let why = format!(
-                        "fewer than {} requests per analysis window for {deadline:?} (progressDeadline)",
-                        a.min_samples()
-                    );
-                    return self.roll_back(false, "NotEnoughData", why);
-                }
-            } else {
-                self.st.successful_runs += 1;
-                if sequential.is_some() {
-                    let msg = "every sequential check is not worse than its tolerance".to_string();
-                    self.analysis_condition(ConditionStatus::True, "NotWorse", msg);
-                }
+            if self.analysis_run(a, w, sequential, &canary, deadline) {
+                return;
             }
         }
         if r.spec.paused == Some(true) {
@@ -588,6 +497,13 @@ impl Machine<'_> {
             self.st.message = Some("paused by `revisor rollout pause`".into());
             return;
         }
+        self.take_step(&canary);
+    }
+
+    /// Takes the step the rollout is at: a weight, a header route, a mirror, a pause or an analysis
+    /// step; past the last one, promotion.
+    fn take_step(&mut self, canary: &str) {
+        let r = self.input.rollout;
         self.st.phase = phase::PROGRESSING.into();
         let steps = r.spec.run_steps();
         match steps.get(self.st.current_step as usize) {
@@ -640,6 +556,123 @@ impl Machine<'_> {
         if self.st.current_step as usize >= steps.len() && self.st.phase == phase::PROGRESSING {
             self.confirmed_promote();
         }
+    }
+}
+
+impl Machine<'_> {
+    /// An interval's analysis run: records its measurements and webhook answers, then judges them
+    /// (failed checks count toward rollback; an inconclusive run waits, up to the progress deadline).
+    /// `true` when the step ends here (rolled back, or waiting for data).
+    fn analysis_run(
+        &mut self,
+        a: &Analysis,
+        w: &Window,
+        sequential: Option<&Analysis>,
+        canary: &str,
+        deadline: std::time::Duration,
+    ) -> bool {
+        let input = self.input;
+        self.st.last_analysis_at = Some(input.now);
+        let per_interval = match sequential {
+            Some(a) => revisor_api::rollout::Analysis {
+                metrics: a
+                    .metrics
+                    .iter()
+                    .filter(|m| !sequential::is_sequential(m))
+                    .cloned()
+                    .collect(),
+                ..a.clone()
+            },
+            None => a.clone(),
+        };
+        let mut run = crate::analysis::evaluate_with(
+            &per_interval,
+            w,
+            input.stable_window.as_ref(),
+            &input.provided,
+            canary,
+            self.st.current_step,
+            input.now,
+        );
+        for (name, result) in &input.hooks.rollout {
+            let failed = result.is_err();
+            run.failed |= failed;
+            run.measurements.push(revisor_api::rollout::Measurement {
+                time: input.now,
+                revision: canary.to_string(),
+                step: self.st.current_step,
+                metric: format!("webhook/{name}"),
+                comparison: result.as_ref().err().cloned(),
+                samples: 1,
+                verdict: if failed {
+                    Judgement::Failed
+                } else {
+                    Judgement::Successful
+                },
+                ..Default::default()
+            });
+        }
+        if let Some(a) = sequential {
+            self.sequential_measurements(a, &mut run);
+        }
+        if run.failed {
+            run.inconclusive = false;
+        }
+        self.keep_measurements(run.measurements.clone());
+        if run.failed {
+            self.st.failed_checks += 1;
+            self.st.successful_runs = 0;
+            let failed: Vec<String> = run
+                .measurements
+                .iter()
+                .filter(|m| m.verdict == Judgement::Failed)
+                .map(|m| match &m.comparison {
+                    Some(c) => format!("{} {c}", m.metric),
+                    None => format!(
+                        "{} = {} (range {}..{})",
+                        m.metric,
+                        m.value.map(|v| format!("{v:.3}")).unwrap_or_default(),
+                        m.threshold.min.map(|v| v.to_string()).unwrap_or_default(),
+                        m.threshold.max.map(|v| v.to_string()).unwrap_or_default()
+                    ),
+                })
+                .collect();
+            let limit = a.failure_limit();
+            let why = format!(
+                "analysis failed {}/{limit} times; last: {}",
+                self.st.failed_checks,
+                failed.join(", ")
+            );
+            if self.st.failed_checks >= limit {
+                {
+                    self.roll_back(false, "AnalysisFailed", why);
+                    return true;
+                }
+            }
+            self.event(true, "AnalysisFailed", why);
+        } else if run.inconclusive && sequential.is_some() {
+            if self.inconclusive(a) {
+                return true;
+            }
+        } else if run.inconclusive {
+            if self.since_step() >= deadline {
+                let why = format!(
+                    "fewer than {} requests per analysis window for {deadline:?} (progressDeadline)",
+                    a.min_samples()
+                );
+                {
+                    self.roll_back(false, "NotEnoughData", why);
+                    return true;
+                }
+            }
+        } else {
+            self.st.successful_runs += 1;
+            if sequential.is_some() {
+                let msg = "every sequential check is not worse than its tolerance".to_string();
+                self.analysis_condition(ConditionStatus::True, "NotWorse", msg);
+            }
+        }
+        false
     }
 }
 
