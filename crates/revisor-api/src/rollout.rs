@@ -403,22 +403,66 @@ pub struct ThresholdRange {
     pub max: Option<f64>,
 }
 
-/// Flagger's phases.
+// No doc comments on the variants: with them the CRD's schema would be a `oneOf`, which a structural
+// schema cannot be.
+/// A Rollout's phase, as Flagger names them; `""` before the controller first stepped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Phase {
+    #[default]
+    #[serde(rename = "")]
+    New,
+    Initialized,
+    Progressing,
+    Paused,
+    Promoting,
+    Succeeded,
+    Failed,
+    RolledBack,
+}
+
+impl Phase {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::New => "",
+            Phase::Initialized => "Initialized",
+            Phase::Progressing => "Progressing",
+            Phase::Paused => "Paused",
+            Phase::Promoting => "Promoting",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+            Phase::RolledBack => "RolledBack",
+        }
+    }
+
+    /// Before the controller first stepped the Rollout.
+    pub fn is_new(self) -> bool {
+        self == Phase::New
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Flagger's phases, by name.
 pub mod phase {
-    pub const INITIALIZED: &str = "Initialized";
-    pub const PROGRESSING: &str = "Progressing";
-    pub const PAUSED: &str = "Paused";
-    pub const PROMOTING: &str = "Promoting";
-    pub const SUCCEEDED: &str = "Succeeded";
-    pub const FAILED: &str = "Failed";
-    pub const ROLLED_BACK: &str = "RolledBack";
+    use super::Phase;
+    pub const INITIALIZED: Phase = Phase::Initialized;
+    pub const PROGRESSING: Phase = Phase::Progressing;
+    pub const PAUSED: Phase = Phase::Paused;
+    pub const PROMOTING: Phase = Phase::Promoting;
+    pub const SUCCEEDED: Phase = Phase::Succeeded;
+    pub const FAILED: Phase = Phase::Failed;
+    pub const ROLLED_BACK: Phase = Phase::RolledBack;
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     #[serde(default)]
-    pub phase: String,
+    pub phase: Phase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -167,7 +167,7 @@ fn exported_rollouts_validate_against_the_generated_crd() {
     // What the controller writes to the status subresource fits the CRD too.
     let mut with_status = clean(&revisor_api::read_documents(rollouts[0]).unwrap()[0].value);
     let status = revisor_api::RolloutStatus {
-        phase: "RolledBack".into(),
+        phase: revisor_api::rollout::phase::ROLLED_BACK,
         stable_revision: Some("web-00001".into()),
         rejected_revision: Some("web-00002".into()),
         canary_weight: 0,

@@ -252,7 +252,7 @@ async fn a_step_writes_status_then_traffic_then_an_event() {
     });
     let rollout: revisor_api::Rollout = serde_json::from_value(rollout_obj(json!({}))).unwrap();
     let mut status = revisor_api::RolloutStatus {
-        phase: "Progressing".into(),
+        phase: revisor_api::rollout::phase::PROGRESSING,
         stable_revision: Some("model-00001".into()),
         canary_revision: Some("model-00002".into()),
         canary_weight: 20,
@@ -344,7 +344,7 @@ async fn a_stale_status_write_moves_no_traffic() {
     });
     let rollout: revisor_api::Rollout = serde_json::from_value(rollout_obj(json!({}))).unwrap();
     let status = revisor_api::RolloutStatus {
-        phase: "Progressing".into(),
+        phase: revisor_api::rollout::phase::PROGRESSING,
         canary_weight: 50,
         ..Default::default()
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use revisor_api::meta::Conditions;
-use revisor_api::rollout::{phase, AnalysisBaseline, RolloutStatus, Webhook, WebhookKind};
+use revisor_api::rollout::{phase, AnalysisBaseline, Phase, RolloutStatus, Webhook, WebhookKind};
 use revisor_api::{ConditionStatus, Revision, Rollout, TrafficTarget};
 use revisor_rollout::{advance, hooks_due, CanaryState, Counters, Hooks, Input, Window};
 use tokio::task::JoinSet;
@@ -282,11 +282,8 @@ impl<W: World, P: Providers, C: Clock> RolloutController<W, P, C> {
         if Some(&out.status) == r.status.as_ref() && !traffic_changed && out.events.is_empty() {
             return Ok(Stepped { requeue, service });
         }
-        let was_active = is_active(&st.phase);
-        let ended = matches!(
-            out.status.phase.as_str(),
-            phase::SUCCEEDED | phase::ROLLED_BACK | phase::FAILED
-        );
+        let was_active = is_active(st.phase);
+        let ended = matches!(out.status.phase, phase::SUCCEEDED | phase::ROLLED_BACK | phase::FAILED);
         let status = out.status.clone();
         let committed = self
             .commit(&r, out.status, traffic_changed.then_some(out.traffic), out.events)
@@ -416,7 +413,7 @@ impl<W: World, P: Providers, C: Clock> RolloutController<W, P, C> {
     /// its tag; stops it otherwise.
     fn load(&self, key: &Key, r: &Rollout) {
         let st = r.status();
-        let active = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED) && st.canary_revision.is_some();
+        let active = matches!(st.phase, phase::PROGRESSING | phase::PAUSED) && st.canary_revision.is_some();
         let spec = r.spec.analysis.as_ref().and_then(|a| a.load_test.clone());
         let tag = if r.spec.is_blue_green() && st.canary_weight < 100 {
             revisor_rollout::PREVIEW_TAG
@@ -497,7 +494,7 @@ impl<W: World, P: Providers, C: Clock> RolloutController<W, P, C> {
         if st.phase == phase::FAILED && st.message.as_deref() == Some(why.as_str()) {
             return Ok(());
         }
-        let back_to_stable = match (is_active(&st.phase), st.canary_revision.take(), &st.stable_revision) {
+        let back_to_stable = match (is_active(st.phase), st.canary_revision.take(), &st.stable_revision) {
             (true, Some(canary), Some(stable)) => {
                 st.rejected_revision = Some(canary);
                 st.canary_weight = 0;
@@ -512,7 +509,7 @@ impl<W: World, P: Providers, C: Clock> RolloutController<W, P, C> {
             }
             _ => None,
         };
-        st.phase = phase::FAILED.into();
+        st.phase = phase::FAILED;
         st.message = Some(why.clone());
         let events = vec![revisor_rollout::Event {
             warning: true,
@@ -524,7 +521,7 @@ impl<W: World, P: Providers, C: Clock> RolloutController<W, P, C> {
     }
 }
 
-fn is_active(phase: &str) -> bool {
+fn is_active(phase: Phase) -> bool {
     matches!(phase, phase::PROGRESSING | phase::PAUSED)
 }
 
@@ -583,7 +580,7 @@ pub fn requeue_after(r: &Rollout, st: &RolloutStatus, hooks_due: bool, now: Date
             .and_then(|d| at.checked_add_signed(d))
             .map(|t| (t - now).to_std().unwrap_or(Duration::ZERO))
     };
-    if matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED | phase::PROMOTING) {
+    if matches!(st.phase, phase::PROGRESSING | phase::PAUSED | phase::PROMOTING) {
         let window_due = match (&r.spec.analysis, st.last_analysis_at) {
             (Some(a), Some(last)) => until(last, a.interval()),
             _ => None,

@@ -20,7 +20,7 @@ const NS: &str = "default";
 struct Write {
     at: DateTime<Utc>,
     rollout: String,
-    phase: String,
+    phase: revisor_api::rollout::Phase,
     weight: u32,
     traffic: Option<Vec<TrafficTarget>>,
 }
@@ -184,7 +184,7 @@ impl World for FakeWorld {
         st.writes.push(Write {
             at,
             rollout: name.clone(),
-            phase: c.status.phase.clone(),
+            phase: c.status.phase,
             weight: c.status.canary_weight,
             traffic: c.traffic,
         });
@@ -540,11 +540,7 @@ async fn a_restarted_controller_carries_on_where_the_last_one_stopped() {
     rig.canary("svc", 2, GOOD);
     wait(Duration::from_secs(3)).await;
     let st = rig.world.status("r");
-    assert_eq!(
-        (st.phase.as_str(), st.canary_weight),
-        (phase::PROGRESSING, 20),
-        "{st:?}"
-    );
+    assert_eq!((st.phase, st.canary_weight), (phase::PROGRESSING, 20), "{st:?}");
     let analysed = st.last_analysis_at;
     rig.restart();
     wait(Duration::from_secs(600)).await;

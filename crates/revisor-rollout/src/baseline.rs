@@ -98,7 +98,7 @@ mod tests {
                 ..Default::default()
             },
             status: Some(RolloutStatus {
-                phase: phase::PROGRESSING.into(),
+                phase: phase::PROGRESSING,
                 canary_revision: Some("svc-2".into()),
                 canary_weight: 10,
                 last_analysis_at: Some(last_analysis),

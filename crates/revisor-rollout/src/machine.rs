@@ -49,7 +49,7 @@ fn has_hook(r: &Rollout, kind: WebhookKind) -> bool {
 /// Which webhooks the controller should call before this step: (kind, reason to call).
 pub fn hooks_due(r: &Rollout, latest: Option<&str>) -> Vec<WebhookKind> {
     let st = r.status();
-    let progressing = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+    let progressing = matches!(st.phase, phase::PROGRESSING | phase::PAUSED);
     let mut out = Vec::new();
     let starting = !progressing
         && st.stable_revision.is_some()
@@ -115,7 +115,7 @@ pub fn analysis_due(r: &Rollout, now: DateTime<Utc>) -> bool {
     let (Some(a), st) = (&r.spec.analysis, r.status()) else {
         return false;
     };
-    let active = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED) && st.canary_revision.is_some();
+    let active = matches!(st.phase, phase::PROGRESSING | phase::PAUSED) && st.canary_revision.is_some();
     let in_analysis_step = matches!(
         r.spec.run_steps().get(st.current_step as usize),
         Some(RunStep::Analysis(_))
@@ -141,8 +141,8 @@ fn traffic(r: &Rollout, st: &RolloutStatus, now: DateTime<Utc>) -> Vec<TrafficTa
     let Some(stable) = st.stable_revision.as_deref() else {
         return vec![target(None, true, 100, None)];
     };
-    let active = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED | phase::PROMOTING)
-        && st.canary_revision.is_some();
+    let active =
+        matches!(st.phase, phase::PROGRESSING | phase::PAUSED | phase::PROMOTING) && st.canary_revision.is_some();
     let w = st.canary_weight.min(100);
     if active && r.spec.is_blue_green() {
         let stable_target = if w >= 100 {
@@ -179,7 +179,7 @@ pub const PREVIOUS_TAG: &str = "previous";
 pub fn floors(r: &Rollout, now: DateTime<Utc>) -> Vec<(String, u32)> {
     let st = r.status();
     let mut out = Vec::new();
-    let active = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED | phase::PROMOTING);
+    let active = matches!(st.phase, phase::PROGRESSING | phase::PAUSED | phase::PROMOTING);
     if let (true, Some(stable), Some(floor)) = (active, &st.stable_revision, st.stable_floor) {
         out.push((stable.clone(), floor.max(1)));
     }
@@ -212,7 +212,7 @@ impl Machine<'_> {
     fn start(&mut self, canary: &str) {
         let now = self.input.now;
         self.st.evidence = None;
-        self.st.phase = phase::PROGRESSING.into();
+        self.st.phase = phase::PROGRESSING;
         self.st.canary_revision = Some(canary.into());
         self.st.canary_weight = 0;
         self.st.current_step = 0;
@@ -237,7 +237,7 @@ impl Machine<'_> {
         self.st.canary_weight = 0;
         self.st.header_route = None;
         self.st.mirror_percentage = None;
-        self.st.phase = if failed { phase::FAILED } else { phase::ROLLED_BACK }.into();
+        self.st.phase = if failed { phase::FAILED } else { phase::ROLLED_BACK };
         let stable = self.st.stable_revision.clone().unwrap_or_default();
         self.event(
             true,
@@ -255,7 +255,7 @@ impl Machine<'_> {
         self.st.canary_weight = 0;
         self.st.header_route = None;
         self.st.mirror_percentage = None;
-        self.st.phase = phase::SUCCEEDED.into();
+        self.st.phase = phase::SUCCEEDED;
         let prev = self.st.previous_stable_revision.clone().unwrap_or_default();
         self.event(
             false,
@@ -296,7 +296,7 @@ impl Machine<'_> {
 
     fn handle_requests(&mut self) {
         let requests = std::mem::take(&mut self.st.requests);
-        let progressing = matches!(self.st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+        let progressing = matches!(self.st.phase, phase::PROGRESSING | phase::PAUSED);
         for req in requests {
             match req.as_str() {
                 "abort" if progressing => self.roll_back(false, "Aborted", "aborted by `revisor rollout abort`".into()),
@@ -358,7 +358,7 @@ impl Machine<'_> {
         // The undone revision is not rolled out again by itself.
         self.st.rejected_revision = from.clone();
         self.st.previous_stable_revision = from.clone();
-        self.st.phase = phase::SUCCEEDED.into();
+        self.st.phase = phase::SUCCEEDED;
         self.event(
             false,
             "Undone",
@@ -368,7 +368,7 @@ impl Machine<'_> {
 
     /// The analysis baseline of the canary being analysed; none otherwise (and no evidence).
     fn keep_baseline(&mut self) {
-        let active = matches!(self.st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+        let active = matches!(self.st.phase, phase::PROGRESSING | phase::PAUSED);
         if !active {
             self.st.evidence = None;
         }
@@ -386,8 +386,8 @@ impl Machine<'_> {
     fn run(&mut self) {
         let input = self.input;
         let r = input.rollout;
-        if self.st.phase.is_empty() {
-            self.st.phase = phase::INITIALIZED.into();
+        if self.st.phase.is_new() {
+            self.st.phase = phase::INITIALIZED;
         }
         self.handle_requests();
         let latest = input.latest.as_ref();
@@ -396,14 +396,14 @@ impl Machine<'_> {
             match latest {
                 Some((name, CanaryState::Ready)) => {
                     self.st.stable_revision = Some(name.to_string());
-                    self.st.phase = phase::SUCCEEDED.into();
+                    self.st.phase = phase::SUCCEEDED;
                     self.event(false, "Initialized", format!("{name} is the stable revision"));
                 }
                 _ => self.st.message = Some("waiting for the service's first revision to become ready".into()),
             }
             return;
         }
-        let progressing = matches!(self.st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+        let progressing = matches!(self.st.phase, phase::PROGRESSING | phase::PAUSED);
         if !progressing {
             if let Some((name, _)) = latest {
                 let new = Some(*name) != self.st.stable_revision.as_deref()
@@ -420,7 +420,7 @@ impl Machine<'_> {
                     self.start(name);
                 }
             }
-            if !matches!(self.st.phase.as_str(), phase::PROGRESSING) {
+            if !matches!(self.st.phase, phase::PROGRESSING) {
                 return;
             }
         }
@@ -493,7 +493,7 @@ impl Machine<'_> {
             }
         }
         if r.spec.paused == Some(true) {
-            self.st.phase = phase::PAUSED.into();
+            self.st.phase = phase::PAUSED;
             self.st.message = Some("paused by `revisor rollout pause`".into());
             return;
         }
@@ -504,7 +504,7 @@ impl Machine<'_> {
     /// step; past the last one, promotion.
     fn take_step(&mut self, canary: &str) {
         let r = self.input.rollout;
-        self.st.phase = phase::PROGRESSING.into();
+        self.st.phase = phase::PROGRESSING;
         let steps = r.spec.run_steps();
         match steps.get(self.st.current_step as usize) {
             None => self.confirmed_promote(),
@@ -536,7 +536,7 @@ impl Machine<'_> {
                 }
             }
             Some(RunStep::Pause(None)) => {
-                self.st.phase = phase::PAUSED.into();
+                self.st.phase = phase::PAUSED;
                 self.st.message = Some(format!(
                     "paused at {}% until `revisor rollout promote`",
                     self.st.canary_weight
@@ -1020,7 +1020,7 @@ mod tests {
         s.step("svc-2", CanaryState::Ready, 1, None);
         assert_eq!(s.split()[1].1, 10);
         let st = s.step("svc-2", CanaryState::Ready, 10, Some(window(50, 50)));
-        assert_eq!((st.phase.as_str(), st.failed_checks), (phase::PROGRESSING, 1));
+        assert_eq!((st.phase, st.failed_checks), (phase::PROGRESSING, 1));
         let st = s.step("svc-2", CanaryState::Ready, 10, Some(window(5, 2))).clone();
         assert_eq!(
             st.failed_checks, 1,
@@ -1180,7 +1180,7 @@ mod tests {
         s.step("svc-2", CanaryState::Ready, 1, None);
         let st = s.step("svc-2", CanaryState::Ready, 10, Some(window(100, 0))).clone();
         assert_eq!(
-            (st.phase.as_str(), st.stable_revision.as_deref()),
+            (st.phase, st.stable_revision.as_deref()),
             (phase::SUCCEEDED, Some("svc-2"))
         );
         assert_eq!(
@@ -1243,7 +1243,7 @@ mod tests {
             },
         );
         assert_eq!(
-            (st.phase.as_str(), st.canary_weight),
+            (st.phase, st.canary_weight),
             (phase::PROGRESSING, 0),
             "waits for pre-rollout"
         );

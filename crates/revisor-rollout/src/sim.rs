@@ -76,7 +76,7 @@ pub fn simulate(rollout: &Rollout, scenario: &Scenario, bounds_ms: &[f64], seed:
     let mut r = rollout.clone();
     let start = DateTime::from_timestamp(1_700_000_000, 0).expect("a fixed epoch");
     r.status = Some(RolloutStatus {
-        phase: phase::SUCCEEDED.into(),
+        phase: phase::SUCCEEDED,
         stable_revision: Some(STABLE.into()),
         ..Default::default()
     });
@@ -93,7 +93,7 @@ pub fn simulate(rollout: &Rollout, scenario: &Scenario, bounds_ms: &[f64], seed:
     for tick in 0..=ticks {
         let now = start + chrono::Duration::milliseconds(tick * TICK_MS);
         let st = r.status();
-        let active = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+        let active = matches!(st.phase, phase::PROGRESSING | phase::PAUSED);
         if began.is_none() && st.canary_revision.is_some() {
             began = Some(now);
         }
@@ -136,7 +136,7 @@ pub fn simulate(rollout: &Rollout, scenario: &Scenario, bounds_ms: &[f64], seed:
             st.measurements.clear();
         }
         let st = r.status();
-        let outcome = match st.phase.as_str() {
+        let outcome = match st.phase {
             phase::SUCCEEDED if st.stable_revision.as_deref() == Some(CANARY) => Some(Outcome::Promoted),
             phase::ROLLED_BACK | phase::FAILED => Some(Outcome::RolledBack),
             _ => None,

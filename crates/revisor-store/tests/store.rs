@@ -271,12 +271,17 @@ fn a_store_written_with_redb_2_is_migrated_with_everything_in_it() {
     let st = rollout.status();
     assert_eq!(
         (
-            st.phase.as_str(),
+            st.phase,
             st.stable_revision.as_deref(),
             st.canary_revision.as_deref(),
             st.canary_weight
         ),
-        ("Paused", Some("tabular-00001"), Some("tabular-00002"), 10)
+        (
+            revisor_api::rollout::phase::PAUSED,
+            Some("tabular-00001"),
+            Some("tabular-00002"),
+            10
+        )
     );
     // The event log (tuple keys, encoded differently since redb 3) in its order.
     let events = store.events("default", "tabular").unwrap();

@@ -264,7 +264,7 @@ fn follow(client: &Client, revision: &str) -> Result<Rollout> {
             println!("{line}");
             last = line;
         }
-        let progressing = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED);
+        let progressing = matches!(st.phase, phase::PROGRESSING | phase::PAUSED);
         let decided =
             st.stable_revision.as_deref() == Some(revision) || st.rejected_revision.as_deref() == Some(revision);
         if decided && !progressing {

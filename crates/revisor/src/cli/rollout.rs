@@ -93,7 +93,7 @@ fn step_text(r: &Rollout) -> String {
     let st = r.status();
     let steps = r.spec.run_steps();
     match steps.get(st.current_step as usize) {
-        _ if !matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED) => "-".into(),
+        _ if !matches!(st.phase, phase::PROGRESSING | phase::PAUSED) => "-".into(),
         Some(s) => {
             let what = match s {
                 RunStep::SetWeight(w) => format!("setWeight {w}"),
@@ -123,7 +123,7 @@ pub fn status_text(r: &Rollout) -> String {
         "Rollout:",
         format!("{} (service {})", r.metadata.name, r.spec.service_ref.name),
     );
-    line("Phase:", st.phase.clone());
+    line("Phase:", st.phase.to_string());
     line("Stable:", st.stable_revision.clone().unwrap_or_default());
     line("Canary:", st.canary_revision.clone().unwrap_or_else(|| "-".into()));
     line("Weight:", bar(st.canary_weight));
@@ -210,7 +210,7 @@ fn watch(client: &Client, t: &Target) -> Result<i32> {
             }
             last = text;
         }
-        let progressing = matches!(st.phase.as_str(), phase::PROGRESSING | phase::PAUSED | phase::PROMOTING);
+        let progressing = matches!(st.phase, phase::PROGRESSING | phase::PAUSED | phase::PROMOTING);
         seen_progress |= progressing;
         // Idle, but the service has a revision the rollout has not taken up yet: it is about to start.
         let pending = !progressing && !seen_progress && {
@@ -223,8 +223,8 @@ fn watch(client: &Client, t: &Target) -> Result<i32> {
             let latest = svc.status().latest_created_revision_name;
             latest.is_some() && latest != st.stable_revision && latest != st.rejected_revision
         };
-        if !progressing && !pending && (seen_progress || !st.phase.is_empty()) {
-            return Ok(match st.phase.as_str() {
+        if !progressing && !pending && (seen_progress || !st.phase.is_new()) {
+            return Ok(match st.phase {
                 phase::SUCCEEDED | phase::INITIALIZED => 0,
                 _ => 1,
             });
@@ -245,7 +245,7 @@ pub fn rows(items: &[Value], all_ns: bool) -> Result<(Vec<&'static str>, Vec<Vec
             st.stable_revision.clone().unwrap_or_default(),
             st.canary_revision.clone().unwrap_or_else(|| "-".into()),
             format!("{}%", st.canary_weight),
-            st.phase.clone(),
+            st.phase.to_string(),
             step_text(&r),
             table::age(r.metadata.creation_timestamp),
         ];
