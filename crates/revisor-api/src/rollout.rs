@@ -625,12 +625,49 @@ impl std::fmt::Display for Judgement {
     }
 }
 
-/// Requests the controller understands in `status.requests`.
-pub const REQUESTS: [&str; 5] = ["promote", "promote-full", "abort", "retry", "undo"];
+/// An operator's request, taken by the controller at its next step. `status.requests` keeps them as
+/// strings, so a status holding one this version does not know still reads (the controller ignores
+/// it with an event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OperatorRequest {
+    /// Skip the current step.
+    Promote,
+    /// Skip every remaining step.
+    PromoteFull,
+    Abort,
+    /// Roll out a rejected revision again.
+    Retry,
+    /// Make the previous stable revision (or `undoTo`) stable again.
+    Undo,
+}
 
-/// Refuses an operator's action that is neither a request (`REQUESTS`) nor `pause`/`resume`.
+impl OperatorRequest {
+    pub const ALL: [OperatorRequest; 5] = [
+        OperatorRequest::Promote,
+        OperatorRequest::PromoteFull,
+        OperatorRequest::Abort,
+        OperatorRequest::Retry,
+        OperatorRequest::Undo,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OperatorRequest::Promote => "promote",
+            OperatorRequest::PromoteFull => "promote-full",
+            OperatorRequest::Abort => "abort",
+            OperatorRequest::Retry => "retry",
+            OperatorRequest::Undo => "undo",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OperatorRequest> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Refuses an operator's action that is neither a request (`OperatorRequest`) nor `pause`/`resume`.
 pub fn check_action(action: &str) -> Result<(), crate::FieldErrors> {
-    if REQUESTS.contains(&action) || action == "pause" || action == "resume" {
+    if OperatorRequest::parse(action).is_some() || action == "pause" || action == "resume" {
         return Ok(());
     }
     let mut errs = crate::FieldErrors::default();

@@ -3,7 +3,7 @@
 //! Stateless checks (schema, defaults, field rules) happen before, in revisor-api; these add the rules
 //! that compare against what is stored, all in the same transaction as the write.
 
-use revisor_api::rollout::REQUESTS;
+use revisor_api::rollout::OperatorRequest;
 use revisor_api::validate::validate_service_update;
 use revisor_api::{Configuration, FieldErrors, Revision, Rollout, Service};
 use revisor_store::{Event, Store, StoreError, Tx};
@@ -429,10 +429,10 @@ pub fn request_rollout(
                     r.metadata.generation = Some(r.metadata.generation.unwrap_or(0) + 1);
                 }
             }
-            a if REQUESTS.contains(&a) => {
+            a if OperatorRequest::parse(a).is_some() => {
                 let mut st = r.status();
                 st.requests.push(a.to_string());
-                if a == "undo" {
+                if OperatorRequest::parse(a) == Some(OperatorRequest::Undo) {
                     if let Some(rev) = to_revision {
                         let service = &r.spec.service_ref.name;
                         let problem = match tx.get::<Revision>(namespace, rev)? {

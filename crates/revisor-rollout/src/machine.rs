@@ -3,7 +3,7 @@
 //! Service's traffic and the events to record.
 
 use chrono::{DateTime, Utc};
-use revisor_api::rollout::{phase, Judgement, Rollout, RolloutStatus, RunStep, WebhookKind};
+use revisor_api::rollout::{phase, Judgement, OperatorRequest, Rollout, RolloutStatus, RunStep, WebhookKind};
 use revisor_api::TrafficTarget;
 
 use crate::analysis::Window;
@@ -298,10 +298,12 @@ impl Machine<'_> {
         let requests = std::mem::take(&mut self.st.requests);
         let progressing = matches!(self.st.phase, phase::PROGRESSING | phase::PAUSED);
         for req in requests {
-            match req.as_str() {
-                "abort" if progressing => self.roll_back(false, "Aborted", "aborted by `revisor rollout abort`".into()),
-                "promote-full" if progressing => self.promote(),
-                "promote" if progressing => {
+            match OperatorRequest::parse(&req) {
+                Some(OperatorRequest::Abort) if progressing => {
+                    self.roll_back(false, "Aborted", "aborted by `revisor rollout abort`".into())
+                }
+                Some(OperatorRequest::PromoteFull) if progressing => self.promote(),
+                Some(OperatorRequest::Promote) if progressing => {
                     let what = match self.input.rollout.spec.run_steps().get(self.st.current_step as usize) {
                         Some(s) => format!("{s:?}"),
                         None => "the last step".into(),
@@ -313,7 +315,7 @@ impl Machine<'_> {
                         message: format!("step {what} skipped by `revisor rollout promote`"),
                     });
                 }
-                "retry" if !progressing => {
+                Some(OperatorRequest::Retry) if !progressing => {
                     if let Some(r) = self.st.rejected_revision.take() {
                         self.events.push(Event {
                             warning: false,
@@ -322,11 +324,11 @@ impl Machine<'_> {
                         });
                     }
                 }
-                "undo" if !progressing => self.undo(),
-                other => self.events.push(Event {
+                Some(OperatorRequest::Undo) if !progressing => self.undo(),
+                _ => self.events.push(Event {
                     warning: true,
                     reason: "Ignored".into(),
-                    message: format!("request {other:?} does not apply in phase {}", self.st.phase),
+                    message: format!("request {req:?} does not apply in phase {}", self.st.phase),
                 }),
             }
         }
@@ -1358,5 +1360,21 @@ mod tests {
         assert_eq!(s.r.status().canary_weight, 10);
         assert!(!analysis_due(&s.r, s.now + chrono::Duration::seconds(5)));
         assert!(analysis_due(&s.r, s.now + chrono::Duration::seconds(10)));
+    }
+
+    #[test]
+    fn a_request_this_version_does_not_know_is_ignored_with_an_event() {
+        let mut s = Sim::new(rollout(vec![weight(20), pause(None)], None));
+        s.step("svc-1", CanaryState::Ready, 0, None);
+        s.r.status.as_mut().unwrap().requests.push("rewind".into());
+        let st = s.step("svc-1", CanaryState::Ready, 1, None).clone();
+        assert!(st.requests.is_empty(), "taken");
+        let ignored: Vec<&str> = s
+            .events
+            .iter()
+            .filter(|e| e.reason == "Ignored")
+            .map(|e| e.message.as_str())
+            .collect();
+        assert_eq!(ignored, vec!["request \"rewind\" does not apply in phase Succeeded"]);
     }
 }
