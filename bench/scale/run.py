@@ -210,7 +210,12 @@ try:
         def log_message(self, *a):
             pass
 
-    hooks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    class HookServer(http.server.ThreadingHTTPServer):
+        # socketserver's default listen backlog is 5: 50 webhook calls at once would overflow it, and
+        # a dropped SYN is sent again after a second, which would read as a second of controller lag.
+        request_queue_size = 256
+
+    hooks = HookServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hooks.serve_forever, daemon=True).start()
     hook_url = f"http://127.0.0.1:{hooks.server_address[1]}/run"
     names = [f"s{i:04d}" for i in range(ROLLOUTS + 1)]
