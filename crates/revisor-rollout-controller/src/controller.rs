@@ -82,14 +82,6 @@ impl<W: World, P: Providers, C: Clock> RolloutController<W, P, C> {
         }
     }
 
-    pub fn world(&self) -> &W {
-        &self.inner.world
-    }
-
-    pub fn providers(&self) -> &P {
-        &self.inner.providers
-    }
-
     /// Runs until the world's change channel closes: steps every Rollout at start, then each one
     /// when it or its Service changes and when its step asked to be looked at again.
     pub async fn run(self) {
@@ -552,7 +544,7 @@ fn hooks_of(r: &Rollout, kind: WebhookKind) -> Vec<&Webhook> {
 }
 
 /// A manifest's PromQL with its placeholders filled.
-pub fn fill(query: &str, r: &Rollout) -> String {
+fn fill(query: &str, r: &Rollout) -> String {
     let st = r.status();
     let interval = r
         .spec
@@ -572,7 +564,7 @@ pub fn fill(query: &str, r: &Rollout) -> String {
 /// look (a second) or sooner when its analysis window falls due; while webhooks gate it, a second
 /// later; when idle, when the previous stable revision's rollback window closes (its `previous` tag
 /// and warm replica go). Otherwise only a change wakes it.
-pub fn requeue_after(r: &Rollout, st: &RolloutStatus, hooks_due: bool, now: DateTime<Utc>) -> Option<Duration> {
+fn requeue_after(r: &Rollout, st: &RolloutStatus, hooks_due: bool, now: DateTime<Utc>) -> Option<Duration> {
     // How long from now until `at` plus `d` (zero when that has passed).
     let until = |at: DateTime<Utc>, d: Duration| {
         chrono::Duration::from_std(d)

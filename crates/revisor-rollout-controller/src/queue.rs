@@ -99,16 +99,13 @@ impl<K: Ord + Hash + Clone> Queue<K> {
         }
     }
 
-    pub fn is_running(&self, key: &K) -> bool {
-        self.entries.get(key).is_some_and(|e| e.running)
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
+    /// Whether no key is due or running.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    pub fn is_running(&self, key: &K) -> bool {
+        self.entries.get(key).is_some_and(|e| e.running)
     }
 }
 

@@ -949,6 +949,15 @@ mod tests {
             self.r.status.as_ref().unwrap()
         }
 
+        /// The messages of the events recorded with `reason`, in order.
+        fn messages(&self, reason: &str) -> Vec<&str> {
+            self.events
+                .iter()
+                .filter(|e| e.reason == reason)
+                .map(|e| e.message.as_str())
+                .collect()
+        }
+
         fn split(&self) -> Vec<(Option<String>, i64)> {
             self.traffic
                 .iter()
@@ -1000,14 +1009,8 @@ mod tests {
         );
         assert_eq!(s.traffic[1].tag.as_deref(), Some("previous"));
         assert!(s.events.iter().any(|e| e.reason == "Promoted"));
-        let advanced: Vec<&str> = s
-            .events
-            .iter()
-            .filter(|e| e.reason == "Advanced")
-            .map(|e| e.message.as_str())
-            .collect();
         assert_eq!(
-            advanced,
+            s.messages("Advanced"),
             vec!["svc-2 takes 20% of the traffic", "svc-2 takes 50% of the traffic"]
         );
         assert_eq!(st.measurements.len(), 1);
@@ -1369,12 +1372,9 @@ mod tests {
         s.r.status.as_mut().unwrap().requests.push("rewind".into());
         let st = s.step("svc-1", CanaryState::Ready, 1, None).clone();
         assert!(st.requests.is_empty(), "taken");
-        let ignored: Vec<&str> = s
-            .events
-            .iter()
-            .filter(|e| e.reason == "Ignored")
-            .map(|e| e.message.as_str())
-            .collect();
-        assert_eq!(ignored, vec!["request \"rewind\" does not apply in phase Succeeded"]);
+        assert_eq!(
+            s.messages("Ignored"),
+            vec!["request \"rewind\" does not apply in phase Succeeded"]
+        );
     }
 }
