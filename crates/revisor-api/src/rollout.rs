@@ -1258,7 +1258,7 @@ fn validate_metric(m: &MetricCheck, mp: &Path, errs: &mut FieldErrors) {
 pub fn crd() -> serde_json::Value {
     use serde_json::{json, Value};
     fn schema_of<T: schemars::JsonSchema>() -> Value {
-        let settings = schemars::gen::SchemaSettings::openapi3().with(|s| {
+        let settings = schemars::generate::SchemaSettings::openapi3().with(|s| {
             s.inline_subschemas = true;
             s.meta_schema = None;
         });
@@ -1272,7 +1272,8 @@ pub fn crd() -> serde_json::Value {
         v
     }
     /// Makes a generated schema structural: single `allOf` wrappers (schemars' way of saying
-    /// "nullable struct") merged into their node, unsigned formats mapped to Kubernetes' `int64`.
+    /// "nullable struct") merged into their node, unsigned formats mapped to Kubernetes' `int64`,
+    /// descriptions unwrapped to one line per paragraph.
     fn structural(v: &mut Value) {
         if let Some(o) = v.as_object_mut() {
             if let Some(Value::Array(all)) = o.get("allOf").cloned() {
@@ -1284,6 +1285,14 @@ pub fn crd() -> serde_json::Value {
                         }
                     }
                 }
+            }
+            if let Some(Value::String(d)) = o.get_mut("description") {
+                // Doc comments wrap at the source's width; the schema keeps paragraphs only.
+                *d = d
+                    .split("\n\n")
+                    .map(|p| p.split('\n').collect::<Vec<_>>().join(" "))
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
             }
             if let Some(Value::String(f)) = o.get("format") {
                 if f.starts_with("uint") || f == "int32" || f == "double" || f == "float" {

@@ -16,6 +16,13 @@ fn non_structural(v: &Value, path: &str, out: &mut Vec<String>) {
     if !typed {
         out.push(format!("{path}: no type"));
     }
+    if let Some(Value::String(d)) = o.get("description") {
+        // `kubectl explain` shows descriptions as they are: a doc comment's source line wrap
+        // is not part of the text.
+        if d.replace("\n\n", "").contains('\n') {
+            out.push(format!("{path}: description wrapped mid-paragraph: {d:?}"));
+        }
+    }
     if let Some(Value::Object(props)) = o.get("properties") {
         for (k, p) in props {
             non_structural(p, &format!("{path}.{k}"), out);
