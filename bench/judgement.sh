@@ -9,8 +9,12 @@ SEEDS=${1:-1000}
 shift || true
 ROLLOUTS=("$@")
 [ ${#ROLLOUTS[@]} -gt 0 ] || ROLLOUTS=(bench/judgement/sequential-relative.yaml bench/judgement/interval-relative.yaml bench/judgement/flagger.yaml)
-cargo build --release --locked -p revisor >&2
-BIN=target/release/revisor
+# REVISOR_BIN: a binary built already (say, a copy that a rebuild beside this run will not replace).
+BIN=${REVISOR_BIN:-}
+if [ -z "$BIN" ]; then
+  cargo build --release --locked -p revisor >&2
+  BIN=target/release/revisor
+fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 # name errorRate median

@@ -9,12 +9,16 @@
 //!   queries, webhooks and the load generator ([`HttpProviders`] over a [`MetricsSource`] is the real
 //!   one);
 //! - [`Clock`]: the time, so that tests drive whole rollouts on a simulated clock.
+//!
+//! `sim.rs` runs this controller against synthetic traffic on tokio's paused clock (`revisor
+//! simulate`).
 
 pub mod clock;
 pub mod controller;
 pub mod prometheus;
 pub mod providers;
 pub mod queue;
+pub mod sim;
 pub mod world;
 
 pub use clock::{Clock, SystemClock, TokioClock};

@@ -3,15 +3,13 @@
 //! against a Rollout's metrics; `machine.rs` is the Rollout state machine, which, given the Service's
 //! revisions, the time and (when due) the canary's window, says what the status, the Service's
 //! traffic and the events become; `baseline.rs` says when a window is due and where it starts (a
-//! baseline kept in the Rollout's status); `sim.rs` runs both on a simulated clock against synthetic
-//! traffic (`revisor simulate`). The controller reads the store and the data plane, calls these,
-//! and writes the results in one transaction.
+//! baseline kept in the Rollout's status). The controller (revisor-rollout-controller) reads the world
+//! and the data plane, calls these, and writes the results.
 
 pub mod analysis;
 pub mod baseline;
 pub mod machine;
 pub mod sequential;
-pub mod sim;
 
 pub use analysis::{evaluate, evaluate_with, Counters, Provided, Run, Window};
 pub use baseline::next_window;

@@ -1,12 +1,12 @@
 //! `revisor simulate`: a Rollout run many times on a simulated clock against synthetic traffic (the
-//! real state machine and windowing, from revisor-rollout's `sim`), to see how often it promotes or
+//! Rollout controller itself, from revisor-rollout-controller's `sim`), to see how often it promotes or
 //! rolls back, and how fast, before it meets production.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use revisor_api::units::parse_go_duration;
-use revisor_rollout::sim::{simulate, summarize, Behaviour, Scenario, SimResult};
+use revisor_rollout_controller::sim::{simulate, summarize, Behaviour, Scenario, SimResult};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -192,7 +192,7 @@ pub fn run(file: &Path, scenario_file: &Path, seeds: u64, json_out: bool) -> Res
     let mut reasons: Vec<(String, usize)> = Vec::new();
     for x in results
         .iter()
-        .filter(|x| x.outcome != revisor_rollout::sim::Outcome::Promoted)
+        .filter(|x| x.outcome != revisor_rollout_controller::sim::Outcome::Promoted)
     {
         let why = shorten(&x.reason);
         match reasons.iter_mut().find(|(r, _)| *r == why) {

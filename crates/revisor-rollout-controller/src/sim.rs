@@ -1,14 +1,26 @@
-//! Rollouts on a simulated clock against synthetic traffic (`revisor simulate`): the real state
-//! machine ([`advance`]) and the real windowing ([`next_window`]), stepped as the controller steps
-//! them, with Poisson requests split by the canary's weight, Bernoulli 5xx and lognormal latencies
-//! counted into the gateway's latency buckets. Deterministic for a seed.
+//! Rollouts on a simulated clock against synthetic traffic (`revisor simulate`): this crate's own
+//! [`RolloutController`], run loop and all, over a world in memory (one Service, its stable and canary
+//! revisions, one Rollout) and providers whose counters grow with Poisson requests split by the
+//! Service's traffic as the controller last wrote it, Bernoulli 5xx and lognormal latencies counted
+//! into the gateway's latency buckets. tokio's clock is paused, so an hour passes in milliseconds,
+//! and each run is deterministic for its seed.
+//!
+//! What a simulation leaves out: webhooks answer 2xx at once, a manifest's Prometheus queries have
+//! no data, the load generator and mirroring send nothing.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use revisor_api::rollout::{phase, Rollout, RolloutStatus};
+use revisor_api::rollout::{phase, Rollout, RolloutStatus, Webhook};
+use revisor_api::{Revision, Service};
+use revisor_rollout::{Counters, Window};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use crate::analysis::Counters;
-use crate::baseline::next_window;
-use crate::machine::{advance, CanaryState, Hooks, Input};
+use crate::clock::{Clock, TokioClock};
+use crate::controller::RolloutController;
+use crate::providers::{Load, Providers};
+use crate::world::{Change, Commit, Key, World};
 
 /// How one revision answers.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -64,108 +76,265 @@ pub struct SimResult {
     pub status: RolloutStatus,
 }
 
-/// The controller's step (its tick), simulated.
-const TICK_MS: i64 = 250;
+/// Requests are drawn in slices of at most this long, each split by the traffic in effect.
+const SLICE: Duration = Duration::from_millis(250);
+const SERVICE: &str = "sim";
 const STABLE: &str = "sim-00001";
 const CANARY: &str = "sim-00002";
 
 /// Runs one rollout of `rollout` (its spec; the status is the simulation's) with `seed`. `bounds_ms`
 /// are the latency buckets' upper bounds (the gateway's).
 pub fn simulate(rollout: &Rollout, scenario: &Scenario, bounds_ms: &[f64], seed: u64) -> SimResult {
-    let mut rng = Rng::new(seed);
-    let mut r = rollout.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    rt.block_on(run(rollout, scenario, bounds_ms, seed))
+}
+
+async fn run(rollout: &Rollout, scenario: &Scenario, bounds_ms: &[f64], seed: u64) -> SimResult {
     let start = DateTime::from_timestamp(1_700_000_000, 0).expect("a fixed epoch");
+    let clock = TokioClock::starting_at(start);
+    let mut r = rollout.clone();
+    r.metadata.namespace = "default".into();
+    r.metadata.resource_version = Some("1".into());
+    r.spec.service_ref.name = SERVICE.into();
     r.status = Some(RolloutStatus {
         phase: phase::SUCCEEDED,
         stable_revision: Some(STABLE.into()),
         ..Default::default()
     });
-    let new = |bounds: &[f64]| Counters {
-        bounds_ms: bounds.to_vec(),
-        latency_counts: vec![0; bounds.len() + 1],
+    let new = || Counters {
+        bounds_ms: bounds_ms.to_vec(),
+        latency_counts: vec![0; bounds_ms.len() + 1],
         ..Default::default()
     };
-    let (mut stable, mut canary) = (new(bounds_ms), new(bounds_ms));
-    let exists = |_: &str| true;
-    let dt = TICK_MS as f64 / 1000.0;
-    let ticks = (scenario.duration / dt).ceil() as i64;
-    let mut began = None;
-    for tick in 0..=ticks {
-        let now = start + chrono::Duration::milliseconds(tick * TICK_MS);
-        let st = r.status();
-        let active = matches!(st.phase, phase::PROGRESSING | phase::PAUSED);
-        if began.is_none() && st.canary_revision.is_some() {
-            began = Some(now);
-        }
-        let w = if active { st.canary_weight.min(100) } else { 0 } as f64 / 100.0;
-        let n = rng.poisson(scenario.rate * dt);
-        let to_canary = rng.binomial(n, w);
-        serve(&mut rng, &mut canary, &scenario.canary, to_canary, bounds_ms);
-        serve(&mut rng, &mut stable, &scenario.stable, n - to_canary, bounds_ms);
-        let (windows, baseline) = match &st.canary_revision {
-            Some(c) => {
-                let (w, b) = next_window(&r, now, (c, &canary), Some((STABLE, &stable)));
-                (w, Some(b))
-            }
-            None => (None, None),
-        };
-        let (window, stable_window) = match windows {
-            Some((c, s)) => (Some(c), s),
-            None => (None, None),
-        };
-        let out = advance(&Input {
-            rollout: &r,
-            latest: Some((CANARY, CanaryState::Ready)),
-            exists: &exists,
-            now,
-            window,
-            stable_window,
-            stable_replicas: 1,
-            hooks: Hooks::default(),
-            provided: Vec::new(),
-            baseline,
-            readings: st
-                .canary_revision
-                .as_ref()
-                .map(|_| (canary.clone(), Some(stable.clone()))),
-        });
-        r.status = Some(out.status);
-        // Measurements are a record, never an input of the machine: dropping them keeps each step
-        // cheap over hours of simulated time without changing a decision.
-        if let Some(st) = r.status.as_mut() {
-            st.measurements.clear();
-        }
-        let st = r.status();
-        let outcome = match st.phase {
-            phase::SUCCEEDED if st.stable_revision.as_deref() == Some(CANARY) => Some(Outcome::Promoted),
-            phase::ROLLED_BACK | phase::FAILED => Some(Outcome::RolledBack),
-            _ => None,
-        };
-        if let Some(outcome) = outcome {
-            return result(seed, outcome, began.unwrap_or(now), now, &canary, st);
+    let sim = Sim {
+        state: Arc::new(Mutex::new(State {
+            rollout: r,
+            service: service(),
+            revisions: [revision(STABLE), revision(CANARY)],
+            version: 1,
+            subscribers: Vec::new(),
+            rng: Rng::new(seed),
+            scenario: scenario.clone(),
+            stable: new(),
+            canary: new(),
+            drawn_until: start,
+            began: None,
+            ended: None,
+        })),
+        clock,
+    };
+    let controller = RolloutController::new(sim.clone(), sim.clone(), clock);
+    let running = tokio::spawn(controller.run());
+    let cap = start + chrono::Duration::milliseconds((scenario.duration * 1000.0).ceil() as i64);
+    loop {
+        tokio::time::sleep(SLICE).await;
+        let now = clock.now();
+        let mut st = sim.state();
+        st.draw(now);
+        if st.ended.is_some() || now >= cap {
+            // The controller stops when its change channel closes.
+            st.subscribers.clear();
+            break;
         }
     }
-    let end = start + chrono::Duration::milliseconds(ticks * TICK_MS);
-    result(seed, Outcome::Undecided, began.unwrap_or(end), end, &canary, r.status())
-}
-
-fn result(
-    seed: u64,
-    outcome: Outcome,
-    began: DateTime<Utc>,
-    now: DateTime<Utc>,
-    canary: &Counters,
-    status: RolloutStatus,
-) -> SimResult {
+    let _ = running.await;
+    let st = sim.state();
+    let status = st.rollout.status();
+    let (outcome, at) = st.ended.unwrap_or((Outcome::Undecided, cap));
     SimResult {
         seed,
         outcome,
-        seconds: (now - began).num_milliseconds() as f64 / 1000.0,
-        canary_requests: canary.requests.iter().sum(),
-        canary_errors: canary.requests[4],
+        seconds: (at - st.began.unwrap_or(at)).num_milliseconds() as f64 / 1000.0,
+        canary_requests: st.canary.requests.iter().sum(),
+        canary_errors: st.canary.requests[4],
         reason: status.message.clone().unwrap_or_default(),
         status,
     }
+}
+
+fn service() -> Service {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": { "name": SERVICE, "namespace": "default" },
+        "spec": {
+            "template": { "spec": { "containers": [{ "image": "model" }] } },
+            "traffic": [{ "revisionName": STABLE, "percent": 100 }],
+        },
+        "status": { "latestCreatedRevisionName": CANARY, "latestReadyRevisionName": CANARY },
+    }))
+    .expect("the simulated Service")
+}
+
+fn revision(name: &str) -> Revision {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Revision",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": { "containers": [{ "image": "model" }] },
+        "status": { "actualReplicas": 1, "conditions": [{ "type": "Ready", "status": "True" }] },
+    }))
+    .expect("a simulated Revision")
+}
+
+struct State {
+    rollout: Rollout,
+    service: Service,
+    revisions: [Revision; 2],
+    version: u64,
+    subscribers: Vec<UnboundedSender<Change>>,
+    rng: Rng,
+    scenario: Scenario,
+    stable: Counters,
+    canary: Counters,
+    /// Requests have been drawn up to here.
+    drawn_until: DateTime<Utc>,
+    /// When the canary first took part (the Rollout first named it).
+    began: Option<DateTime<Utc>>,
+    /// How and when the rollout ended.
+    ended: Option<(Outcome, DateTime<Utc>)>,
+}
+
+impl State {
+    /// The canary's share of the Service's traffic as last written (the latest revision is the canary).
+    fn canary_share(&self) -> f64 {
+        let percent: i64 = self
+            .service
+            .spec
+            .traffic()
+            .iter()
+            .filter(|t| match &t.revision_name {
+                Some(n) => n == CANARY,
+                None => t.latest_revision != Some(false),
+            })
+            .map(|t| t.percent())
+            .sum();
+        percent.clamp(0, 100) as f64 / 100.0
+    }
+
+    /// Draws the requests from the last draw up to `now`, in slices, split by the traffic in effect.
+    fn draw(&mut self, now: DateTime<Utc>) {
+        let share = self.canary_share();
+        let slice = chrono::Duration::from_std(SLICE).expect("a short slice");
+        while self.drawn_until < now {
+            let to = (self.drawn_until + slice).min(now);
+            let dt = (to - self.drawn_until).num_microseconds().unwrap_or(0) as f64 / 1e6;
+            let n = self.rng.poisson(self.scenario.rate * dt);
+            let to_canary = self.rng.binomial(n, share);
+            let (s, bounds) = (self.scenario.clone(), self.canary.bounds_ms.clone());
+            serve(&mut self.rng, &mut self.canary, &s.canary, to_canary, &bounds);
+            serve(&mut self.rng, &mut self.stable, &s.stable, n - to_canary, &bounds);
+            self.drawn_until = to;
+        }
+    }
+}
+
+/// The simulation's world and providers at once; clones share the state.
+#[derive(Clone)]
+struct Sim {
+    state: Arc<Mutex<State>>,
+    clock: TokioClock,
+}
+
+impl Sim {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl World for Sim {
+    async fn rollouts(&self) -> Result<Vec<Rollout>, String> {
+        Ok(vec![self.state().rollout.clone()])
+    }
+
+    async fn rollout(&self, key: &Key) -> Result<Option<Rollout>, String> {
+        let st = self.state();
+        Ok((key.name == st.rollout.metadata.name).then(|| st.rollout.clone()))
+    }
+
+    async fn service(&self, _namespace: &str, name: &str) -> Result<Option<Service>, String> {
+        Ok((name == SERVICE).then(|| self.state().service.clone()))
+    }
+
+    async fn revision(&self, _namespace: &str, name: &str) -> Result<Option<Revision>, String> {
+        let st = self.state();
+        Ok(st.revisions.iter().find(|r| r.metadata.name == name).cloned())
+    }
+
+    async fn commit(&self, c: Commit) -> Result<bool, String> {
+        let now = self.clock.now();
+        let mut st = self.state();
+        if c.rollout.metadata.resource_version != st.rollout.metadata.resource_version {
+            return Ok(false);
+        }
+        // The requests until now went where the traffic was.
+        st.draw(now);
+        st.version += 1;
+        let mut status = c.status;
+        // Measurements are a record, never an input of the machine: dropping them keeps each step
+        // cheap over hours of simulated time without changing a decision.
+        status.measurements.clear();
+        if st.began.is_none() && status.canary_revision.is_some() {
+            st.began = Some(now);
+        }
+        let outcome = match status.phase {
+            phase::SUCCEEDED if status.stable_revision.as_deref() == Some(CANARY) => Some(Outcome::Promoted),
+            phase::ROLLED_BACK | phase::FAILED => Some(Outcome::RolledBack),
+            _ => None,
+        };
+        if st.ended.is_none() {
+            st.ended = outcome.map(|o| (o, now));
+        }
+        st.rollout.status = Some(status);
+        st.rollout.metadata.resource_version = Some(st.version.to_string());
+        if let Some(t) = c.traffic {
+            st.service.spec.traffic = Some(t);
+        }
+        let key = Key::of(&st.rollout);
+        st.subscribers.retain(|s| s.send(Change::Rollout(key.clone())).is_ok());
+        Ok(true)
+    }
+
+    fn load_target(&self, _r: &Rollout, _tag: &str) -> Option<(String, Option<String>)> {
+        None
+    }
+
+    fn subscribe(&self) -> UnboundedReceiver<Change> {
+        let (tx, rx) = unbounded_channel();
+        self.state().subscribers.push(tx);
+        rx
+    }
+}
+
+impl Providers for Sim {
+    async fn counters(&self, _namespace: &str, revision: &str) -> Option<Counters> {
+        let now = self.clock.now();
+        let mut st = self.state();
+        st.draw(now);
+        match revision {
+            STABLE => Some(st.stable.clone()),
+            CANARY => Some(st.canary.clone()),
+            _ => None,
+        }
+    }
+
+    async fn window(&self, _namespace: &str, _revision: &str, _seconds: f64) -> Option<Window> {
+        None
+    }
+
+    async fn query(&self, _address: &str, _query: &str) -> Result<Option<f64>, String> {
+        Ok(None)
+    }
+
+    async fn webhook(&self, _hook: &Webhook, _payload: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn load(&self, _key: &Key, _load: Option<Load>) {}
 }
 
 /// Answers `n` requests the way `b` does, into cumulative counters.
@@ -464,6 +633,27 @@ mod tests {
         r.spec.analysis.as_mut().unwrap().on_inconclusive = Some("promote".into());
         let out = simulate(&r, &s, &BOUNDS, 3);
         assert_eq!(out.outcome, Outcome::Promoted, "{out:?}");
+    }
+
+    /// The simulation runs the controller itself: its webhooks are called (and answer yes), so a
+    /// Rollout gated on confirm-rollout and confirm-promotion hooks is simulated to its verdict, where
+    /// the state machine stepped alone would wait for answers forever.
+    #[test]
+    fn webhooks_are_called_by_the_controller_and_answer_yes() {
+        let mut r = rollout();
+        let hook = |name: &str, kind: &str| Webhook {
+            name: name.into(),
+            type_: kind.into(),
+            url: "http://gate.test/".into(),
+            timeout: Some("5s".into()),
+            metadata: Default::default(),
+        };
+        r.spec.analysis.as_mut().unwrap().webhooks =
+            vec![hook("gate", "confirm-rollout"), hook("sign-off", "confirm-promotion")];
+        let good = simulate(&r, &scenario(0.0), &BOUNDS, 7);
+        assert_eq!(good.outcome, Outcome::Promoted, "{good:?}");
+        let bad = simulate(&r, &scenario(0.5), &BOUNDS, 7);
+        assert_eq!(bad.outcome, Outcome::RolledBack, "{bad:?}");
     }
 
     #[test]
