@@ -18,7 +18,8 @@ pub trait Backend: Send + Sync {
 /// One revision and how many replicas it should run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DesiredRevision {
-    pub revision: Revision,
+    /// Shared with the controller's cache: a round hands the backend pointers, not copies.
+    pub revision: Arc<Revision>,
     pub replicas: u32,
     /// Replicas a Rollout keeps whatever the autoscaler says (stable during a rollout, the previous
     /// stable within its rollback window).
@@ -86,7 +87,7 @@ fn revision_ready(rev: &Revision) -> bool {
 /// can become ready); everything else runs nothing.
 pub fn desired_state(
     services: &[&Service],
-    revisions: &[&Revision],
+    revisions: &[&Arc<Revision>],
     rollouts: &[&Rollout],
     defaults: &Defaults,
     now: chrono::DateTime<chrono::Utc>,
@@ -109,7 +110,7 @@ pub fn desired_state(
         }
     }
     for svc in services {
-        let st = svc.status();
+        let Some(st) = &svc.status else { continue };
         let (ns, name) = (&svc.metadata.namespace, &svc.metadata.name);
         if let Some(url) = &st.url {
             let targets = st
@@ -154,7 +155,6 @@ pub fn desired_state(
         else {
             continue;
         };
-        let rev: &Revision = rev;
         let needed = is_needed(svc, rev);
         let annotations = rev.metadata.annotations_map();
         let a = parse_autoscaling(
@@ -169,7 +169,7 @@ pub fn desired_state(
             .copied()
             .unwrap_or(0);
         out.revisions.push(DesiredRevision {
-            revision: rev.clone(),
+            revision: Arc::clone(rev),
             replicas,
             min_replicas,
         });
@@ -179,7 +179,9 @@ pub fn desired_state(
 
 fn is_needed(svc: &Service, rev: &Revision) -> bool {
     let name = rev.metadata.name.as_str();
-    let st = svc.status();
+    let Some(st) = &svc.status else {
+        return false;
+    };
     let reaches = |t: &revisor_api::TrafficTarget, resolved: Option<&str>| {
         resolved == Some(name) && (t.percent() > 0 || t.tag().is_some())
     };
@@ -302,6 +304,7 @@ mod tests {
             ),
         ];
         for (name, s, want) in cases {
+            let (r1, r2, r3) = (Arc::new(r1.clone()), Arc::new(r2.clone()), Arc::new(r3.clone()));
             let got = desired_state(&[&s], &[&r1, &r2, &r3], &[], &d, chrono::Utc::now());
             let want: Vec<(String, u32)> = want.into_iter().map(|(n, r)| (n.to_string(), r)).collect();
             assert_eq!(replicas(&got), want, "{name}");

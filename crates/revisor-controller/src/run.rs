@@ -33,7 +33,7 @@ pub struct Controller {
 #[derive(Default)]
 struct Objects {
     services: BTreeMap<(String, String), Service>,
-    revisions: BTreeMap<(String, String), Revision>,
+    revisions: BTreeMap<(String, String), Arc<Revision>>,
     rollouts: BTreeMap<(String, String), Rollout>,
 }
 
@@ -49,7 +49,7 @@ impl Objects {
             revisions: store
                 .list::<Revision>(None)?
                 .into_iter()
-                .map(|o| (key(&o.metadata), o))
+                .map(|o| (key(&o.metadata), Arc::new(o)))
                 .collect(),
             rollouts: store
                 .list::<Rollout>(None)?
@@ -77,29 +77,29 @@ impl Objects {
             .retain(|(ns, _), r| ns != namespace || r.service_name() != Some(name));
         for r in revisions {
             self.revisions
-                .insert((namespace.to_string(), r.metadata.name.clone()), r);
+                .insert((namespace.to_string(), r.metadata.name.clone()), Arc::new(r));
         }
         Ok(())
     }
 
     /// Reads again the object a change is about.
     fn refresh(&mut self, store: &Store, c: &revisor_store::Change) -> Result<(), StoreError> {
-        fn put<T: revisor_store::Object>(
-            map: &mut BTreeMap<(String, String), T>,
+        fn put<T: revisor_store::Object, V: From<T>>(
+            map: &mut BTreeMap<(String, String), V>,
             store: &Store,
             c: &revisor_store::Change,
         ) -> Result<(), StoreError> {
             let key = (c.namespace.clone(), c.name.clone());
             match store.get::<T>(&c.namespace, &c.name)? {
-                Some(o) => map.insert(key, o),
+                Some(o) => map.insert(key, V::from(o)),
                 None => map.remove(&key),
             };
             Ok(())
         }
         match c.kind {
-            Kind::Service => put(&mut self.services, store, c),
-            Kind::Revision => put(&mut self.revisions, store, c),
-            Kind::Rollout => put(&mut self.rollouts, store, c),
+            Kind::Service => put::<Service, _>(&mut self.services, store, c),
+            Kind::Revision => put::<Revision, _>(&mut self.revisions, store, c),
+            Kind::Rollout => put::<Rollout, _>(&mut self.rollouts, store, c),
             Kind::Configuration => Ok(()),
         }
     }
@@ -231,7 +231,7 @@ impl Controller {
     fn sync_backend(&mut self) {
         let Some(backend) = &self.backend else { return };
         let services: Vec<&Service> = self.objects.services.values().collect();
-        let revisions: Vec<&Revision> = self.objects.revisions.values().collect();
+        let revisions: Vec<&Arc<Revision>> = self.objects.revisions.values().collect();
         let rollouts: Vec<&Rollout> = self.objects.rollouts.values().collect();
         let desired = desired_state(&services, &revisions, &rollouts, &self.defaults, Utc::now());
         if self.last.as_deref() != Some(&desired) {

@@ -107,6 +107,56 @@ struct Known {
     uids: HashMap<RevisionKey, Option<String>>,
     /// The targets last published per service (namespace, service).
     published: HashMap<(String, String), Vec<RoutedTarget>>,
+    /// The route table last given to the gateway: one unchanged is not published again.
+    routes: Option<RoutesSpec>,
+    /// What each revision's spec and annotations say, parsed once per version of the revision.
+    parsed: HashMap<RevisionKey, Parsed>,
+}
+
+/// What the loop reads from a revision's spec and annotations: parsed once per version of the
+/// revision (its uid and resourceVersion), not on every round, which with a thousand revisions was
+/// most of a round's time.
+struct Parsed {
+    uid: Option<String>,
+    version: Option<String>,
+    process: Result<(Arc<revisor_runtime::ProcessSpec>, Protocol), Unrunnable>,
+    decider: Option<DeciderSpec>,
+    initial: u32,
+}
+
+impl Parsed {
+    fn of(rev: &revisor_api::Revision, cfg: &LocalConfig) -> Parsed {
+        Parsed {
+            uid: rev.metadata.uid.clone(),
+            version: rev.metadata.resource_version.clone(),
+            process: process_spec(rev, cfg).map(|(spec, protocol)| (Arc::new(spec), protocol)),
+            decider: decider_spec(rev, cfg),
+            initial: initial_replicas(rev, cfg),
+        }
+    }
+
+    fn is_of(&self, rev: &revisor_api::Revision) -> bool {
+        self.uid == rev.metadata.uid && self.version == rev.metadata.resource_version
+    }
+}
+
+impl Known {
+    /// `rev`'s parsed spec and annotations, parsed again only when the revision changed.
+    fn parsed(&mut self, key: &RevisionKey, rev: &revisor_api::Revision, cfg: &LocalConfig) -> &Parsed {
+        let fresh = self.parsed.get(key).is_some_and(|p| p.is_of(rev));
+        if !fresh {
+            self.parsed.insert(key.clone(), Parsed::of(rev, cfg));
+        }
+        &self.parsed[key]
+    }
+
+    /// Gives the gateway `routes` unless they are what it has already.
+    fn publish(&mut self, gateway: &Gateway, routes: RoutesSpec) {
+        if self.routes.as_ref() != Some(&routes) {
+            gateway.publish(&routes);
+            self.routes = Some(routes);
+        }
+    }
 }
 
 impl LocalBackend {
@@ -172,13 +222,13 @@ async fn run(inner: Arc<Inner>) {
         let desired = inner.desired.lock().unwrap().clone();
         let snapshot = replicas.borrow_and_update().clone();
         let effective = effective_routes(&desired, &snapshot, &mut known, &|k| inner.autoscaling.activatable(k));
-        inner.gateway.publish(&routes(&desired, &effective, &snapshot, &known));
+        let table = routes(&desired, &effective, &snapshot, &known);
+        known.publish(&inner.gateway, table);
         scale(&inner, &desired, &effective, &snapshot, &mut known);
         let now = replicas.borrow_and_update().clone();
-        if !Arc::ptr_eq(&now, &snapshot) {
-            // Scaling can change the protocol or set of revisions known; publish what is current.
-            inner.gateway.publish(&routes(&desired, &effective, &now, &known));
-        }
+        // Scaling can change the protocol or set of revisions known; publish what is current.
+        let table = routes(&desired, &effective, &now, &known);
+        known.publish(&inner.gateway, table);
         report(&inner, &desired, &now, &mut known).await;
         tokio::select! {
             _ = inner.changed.notified() => {}
@@ -294,16 +344,18 @@ fn initial_replicas(rev: &revisor_api::Revision, cfg: &LocalConfig) -> u32 {
 fn replicas_for(
     inner: &Inner,
     d: &revisor_controller::DesiredRevision,
+    parsed: &Parsed,
     routed: bool,
     snapshot: &Snapshot,
     key: &RevisionKey,
 ) -> u32 {
-    autoscaled_replicas(inner, d, routed, snapshot, key).max(d.min_replicas)
+    autoscaled_replicas(inner, d, parsed, routed, snapshot, key).max(d.min_replicas)
 }
 
 fn autoscaled_replicas(
     inner: &Inner,
     d: &revisor_controller::DesiredRevision,
+    parsed: &Parsed,
     routed: bool,
     snapshot: &Snapshot,
     key: &RevisionKey,
@@ -311,8 +363,8 @@ fn autoscaled_replicas(
     if d.replicas == 0 {
         return 0;
     }
-    let initial = initial_replicas(&d.revision, &inner.config);
-    match decider_spec(&d.revision, &inner.config) {
+    let initial = parsed.initial;
+    match parsed.decider.clone() {
         Some(mut spec) if routed => {
             // The floor is the autoscaler's minimum too, so it never takes the revision to zero
             // meanwhile: when the floor goes (an undo makes the warm revision stable), the revision
@@ -334,41 +386,56 @@ fn autoscaled_replicas(
 fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], snapshot: &Snapshot, known: &mut Known) {
     // Sets, not lists: with a thousand revisions, every lookup below would otherwise walk them all.
     let routed = routed_revisions(effective);
-    let mut wanted = HashSet::new();
-    let mut managed = HashSet::new();
+    let mut wanted: HashSet<(&str, &str)> = HashSet::new();
+    let mut managed: HashSet<(&str, &str)> = HashSet::new();
     for d in &desired.revisions {
-        let key = key_of(&d.revision.metadata.namespace, &d.revision.metadata.name);
-        wanted.insert(key.clone());
+        let id = (
+            d.revision.metadata.namespace.as_str(),
+            d.revision.metadata.name.as_str(),
+        );
+        wanted.insert(id);
+        let key = key_of(id.0, id.1);
         let is_routed = routed.contains(&key);
-        let uid = d.revision.metadata.uid.clone();
-        if known.uids.get(&key).is_some_and(|u| *u != uid) {
-            forget(inner, known, &key);
+        let uid = &d.revision.metadata.uid;
+        match known.uids.get(&key) {
+            Some(u) if u == uid => {}
+            known_uid => {
+                if known_uid.is_some() {
+                    forget(inner, known, &key);
+                }
+                known.uids.insert(key.clone(), uid.clone());
+            }
         }
-        known.uids.insert(key.clone(), uid);
-        match process_spec(&d.revision, &inner.config) {
+        let parsed = known.parsed(&key, &d.revision, &inner.config);
+        match &parsed.process {
             Ok((spec, protocol)) => {
+                let (spec, protocol) = (spec.clone(), *protocol);
+                let replicas = replicas_for(inner, d, parsed, is_routed, snapshot, &key);
                 known.unrunnable.remove(&key);
-                let replicas = replicas_for(inner, d, is_routed, snapshot, &key);
                 if d.replicas > 0 && is_routed {
-                    managed.insert(key.clone());
+                    managed.insert(id);
                 }
                 known.protocols.insert(key.clone(), protocol);
                 known.replicas.insert(key, replicas);
                 inner.runtime.scale(spec, replicas);
             }
             Err(u) => {
-                let wanted = if d.replicas > 0 {
-                    initial_replicas(&d.revision, &inner.config)
-                } else {
-                    d.min_replicas
-                };
+                let u = u.clone();
+                let wanted = if d.replicas > 0 { parsed.initial } else { d.min_replicas };
                 known.replicas.insert(key.clone(), wanted);
                 known.unrunnable.insert(key, u);
             }
         }
     }
-    inner.autoscaling.retain(|k| managed.contains(k));
-    for key in inner.runtime.keys().into_iter().filter(|k| !wanted.contains(k)) {
+    inner
+        .autoscaling
+        .retain(|k| managed.contains(&(k.namespace.as_str(), k.name.as_str())));
+    for key in inner
+        .runtime
+        .keys()
+        .into_iter()
+        .filter(|k| !wanted.contains(&(k.namespace.as_str(), k.name.as_str())))
+    {
         forget(inner, known, &key);
         known.uids.remove(&key);
     }
@@ -379,6 +446,7 @@ fn forget(inner: &Inner, known: &mut Known, key: &RevisionKey) {
     known.protocols.remove(key);
     known.reported.remove(key);
     known.replicas.remove(key);
+    known.parsed.remove(key);
     tokio::spawn(inner.runtime.remove(key));
 }
 
@@ -393,11 +461,12 @@ fn routes(desired: &DesiredState, effective: &[ServiceRoutes], snapshot: &Snapsh
                     d.revision.metadata.namespace.as_str(),
                     d.revision.metadata.name.as_str(),
                 ),
-                &d.revision,
+                &*d.revision,
             )
         })
         .collect();
     let mut spec = RoutesSpec::default();
+    let mut listed: HashSet<(&str, &str)> = HashSet::new();
     for r in effective {
         let targets = r
             .targets
@@ -444,11 +513,7 @@ fn routes(desired: &DesiredState, effective: &[ServiceRoutes], snapshot: &Snapsh
             let Some(rev) = by_name.get(&(r.namespace.as_str(), t.revision.as_str())) else {
                 continue;
             };
-            if spec
-                .revisions
-                .iter()
-                .any(|x| x.namespace == r.namespace && x.name == t.revision)
-            {
+            if !listed.insert((r.namespace.as_str(), t.revision.as_str())) {
                 continue;
             }
             let key = RevisionKey {
@@ -502,7 +567,11 @@ async fn report(inner: &Arc<Inner>, desired: &DesiredState, snapshot: &Snapshot,
                 .map(|u| (u.reason.to_string(), u.message.clone())),
             failure: st.last_failure.map(|f| (f.reason, f.message)),
             deadline_exceeded: st.deadline_exceeded,
-            starts_at_zero: initial_replicas(&d.revision, &inner.config) == 0,
+            starts_at_zero: known
+                .parsed
+                .get(&key)
+                .map_or_else(|| initial_replicas(&d.revision, &inner.config), |p| p.initial)
+                == 0,
         };
         if known.reported.get(&key) != Some(&h) {
             known.reported.insert(key, h.clone());
@@ -584,6 +653,39 @@ mod tests {
             m.insert(key_of("ns", r), st);
         }
         Arc::new(m)
+    }
+
+    fn revision(name: &str, uid: &str, version: &str, initial_scale: &str) -> revisor_api::Revision {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name, "namespace": "ns", "uid": uid, "resourceVersion": version,
+                "labels": { "serving.knative.dev/service": "s" },
+                "annotations": { "autoscaling.knative.dev/initial-scale": initial_scale },
+            },
+            "spec": { "containers": [{ "image": "app" }] },
+        }))
+        .unwrap()
+    }
+
+    /// A revision's annotations are parsed once per version of it; a revision made again under the
+    /// same name (another uid) or written again (another resourceVersion) is parsed afresh.
+    #[test]
+    fn parsed_revisions_are_kept_per_uid_and_version() {
+        let cfg = LocalConfig {
+            images: Default::default(),
+            revisor_exe: "/opt/revisor".into(),
+            model_cache: None,
+            progress_deadline: Duration::from_secs(600),
+            termination_grace: Duration::from_secs(10),
+            autoscaler: Default::default(),
+        };
+        let mut known = Known::default();
+        let key = key_of("ns", "s-00001");
+        assert_eq!(known.parsed(&key, &revision("s-00001", "u1", "1", "2"), &cfg).initial, 2);
+        // The same version: the kept parse, whatever the object says now.
+        assert_eq!(known.parsed(&key, &revision("s-00001", "u1", "1", "3"), &cfg).initial, 2);
+        assert_eq!(known.parsed(&key, &revision("s-00001", "u1", "2", "3"), &cfg).initial, 3);
+        assert_eq!(known.parsed(&key, &revision("s-00001", "u2", "2", "4"), &cfg).initial, 4);
     }
 
     #[test]

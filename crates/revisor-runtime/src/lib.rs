@@ -165,7 +165,8 @@ impl Runtime {
     }
 
     /// Runs `replicas` replicas of a revision: starts the missing ones, drains and stops the extra ones.
-    pub fn scale(&self, spec: ProcessSpec, replicas: u32) {
+    pub fn scale(&self, spec: impl Into<Arc<ProcessSpec>>, replicas: u32) {
+        let spec: Arc<ProcessSpec> = spec.into();
         let mut entries = self.entries.lock().unwrap();
         let key = spec.key.clone();
         let entry = entries.entry(key.clone()).or_insert_with(|| {
@@ -173,14 +174,14 @@ impl Runtime {
             self.shared.begin(&key, incarnation);
             Entry {
                 incarnation,
-                spec: Arc::new(spec.clone()),
+                spec: spec.clone(),
                 replicas: Vec::new(),
                 deadline: None,
             }
         });
         let incarnation = entry.incarnation;
-        if *entry.spec != spec && entry.replicas.is_empty() {
-            entry.spec = Arc::new(spec);
+        if !Arc::ptr_eq(&entry.spec, &spec) && *entry.spec != *spec && entry.replicas.is_empty() {
+            entry.spec = spec;
         }
         entry.replicas.retain(|r| !r.task.is_finished());
         let from_zero = entry.replicas.is_empty() && replicas > 0;
