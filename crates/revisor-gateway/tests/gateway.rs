@@ -674,7 +674,8 @@ async fn client_failures_and_shed_requests_are_reported_but_not_counted_as_the_r
     registry.register_collector(Box::new(gw.metrics_collector()));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    let labels = r#"namespace_name="default",service_name="svc",configuration_name="svc",revision_name="svc-00001",tag="""#;
+    let labels =
+        r#"namespace_name="default",service_name="svc",configuration_name="svc",revision_name="svc-00001",tag="""#;
     for (reason, n) in [("client-closed", 3), ("bad-request", 1), ("shed", shed)] {
         let line = format!("revisor_requests_not_counted_total{{{labels},reason=\"{reason}\"}} {n}\n");
         assert!(text.contains(&line), "{line} in\n{text}");
