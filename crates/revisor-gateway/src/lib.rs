@@ -14,7 +14,7 @@ mod routes;
 
 pub use endpoint::{Breaker, Endpoint};
 pub use metrics::{
-    prometheus_text, Labels, MetricsSnapshot, NotCounted, RevisionMetrics, DIFF_BUCKETS, LATENCY_BUCKETS_MS,
+    Labels, MetricsCollector, MetricsSnapshot, NotCounted, RevisionMetrics, DIFF_BUCKETS, LATENCY_BUCKETS_MS,
     NOT_COUNTED_REASONS,
 };
 pub use proxy::TAG_HEADER;
@@ -179,6 +179,12 @@ impl Gateway {
             .get(&addr)
             .map(|e| e.in_flight())
             .unwrap_or(0)
+    }
+
+    /// A prometheus-client collector of every revision's counters, read at each scrape.
+    pub fn metrics_collector(&self) -> MetricsCollector {
+        let gateway = self.clone();
+        MetricsCollector::new(move || gateway.metrics())
     }
 
     /// Every revision's counters.

@@ -1,11 +1,16 @@
-//! Per-revision request metrics, recorded on the hot path with atomics only, exported as Prometheus
-//! text and as snapshots for the autoscaler and rollout analysis.
+//! Per-revision request metrics, recorded on the hot path with atomics only, exported as snapshots
+//! for the autoscaler and rollout analysis and, through a prometheus-client [`Collector`] that reads
+//! them at scrape time, as OpenMetrics text.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use serde::Serialize;
 
 /// Upper bounds of the latency buckets, in milliseconds.
@@ -184,79 +189,132 @@ impl RevisionMetrics {
     }
 }
 
-fn label_text(l: &Labels) -> String {
-    format!(
-        "namespace_name=\"{}\",service_name=\"{}\",configuration_name=\"{}\",revision_name=\"{}\",tag=\"{}\"",
-        l.namespace, l.service, l.service, l.revision, l.tag
-    )
+/// The `response_code_class` label of each slot of [`MetricsSnapshot::requests`].
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Knative's queue-proxy labels of one revision's route (`configuration_name` is the service's, as
+/// every revisor service has one configuration of its name).
+fn label_set(l: &Labels) -> [(&'static str, &str); 5] {
+    [
+        ("namespace_name", &l.namespace),
+        ("service_name", &l.service),
+        ("configuration_name", &l.service),
+        ("revision_name", &l.revision),
+        ("tag", &l.tag),
+    ]
 }
 
-/// Renders snapshots in the Prometheus text format, with Knative's metric names.
-pub fn prometheus_text(snaps: &[MetricsSnapshot]) -> String {
-    let mut out = String::new();
-    out.push_str("# HELP revision_request_count The number of requests that are routed to a revision\n");
-    out.push_str("# TYPE revision_request_count counter\n");
-    for s in snaps {
-        for (i, n) in s.requests.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "revision_request_count{{{},response_code_class=\"{}xx\"}} {n}",
-                label_text(&s.labels),
-                i + 1
-            );
+/// The gateway's metrics for a prometheus-client [`Registry`](prometheus_client::registry::Registry):
+/// at each scrape it takes fresh snapshots (the hot path keeps recording on its own atomics) and
+/// encodes them with Knative's metric names.
+pub struct MetricsCollector {
+    snapshots: Box<dyn Fn() -> Vec<MetricsSnapshot> + Send + Sync>,
+}
+
+impl MetricsCollector {
+    /// A collector that encodes whatever `snapshots` returns at scrape time.
+    pub fn new(snapshots: impl Fn() -> Vec<MetricsSnapshot> + Send + Sync + 'static) -> Self {
+        MetricsCollector {
+            snapshots: Box::new(snapshots),
         }
     }
-    out.push_str("# HELP revision_request_latencies The response time of requests to a revision, in milliseconds\n");
-    out.push_str("# TYPE revision_request_latencies histogram\n");
+}
+
+impl std::fmt::Debug for MetricsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for MetricsCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode_snapshots(&(self.snapshots)(), encoder)
+    }
+}
+
+/// Encodes snapshots as OpenMetrics families with Knative's queue-proxy names (counters get the
+/// `_total` suffix OpenMetrics gives every counter).
+fn encode_snapshots(snaps: &[MetricsSnapshot], mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "revision_request_count",
+        "The number of requests that are routed to a revision",
+        None,
+        MetricType::Counter,
+    )?;
     for s in snaps {
-        let labels = label_text(&s.labels);
-        let mut cum = 0;
-        for (b, n) in s.latency_buckets_ms.iter().zip(&s.latency_counts) {
-            cum += n;
-            let _ = writeln!(out, "revision_request_latencies_bucket{{{labels},le=\"{b}\"}} {cum}");
+        for (class, n) in CLASSES.iter().zip(s.requests) {
+            let labels = (label_set(&s.labels), [("response_code_class", *class)]);
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
-        cum += s.latency_counts.last().copied().unwrap_or(0);
-        let _ = writeln!(out, "revision_request_latencies_bucket{{{labels},le=\"+Inf\"}} {cum}");
-        let _ = writeln!(out, "revision_request_latencies_sum{{{labels}}} {}", s.latency_sum_ms);
-        let _ = writeln!(out, "revision_request_latencies_count{{{labels}}} {cum}");
     }
-    out.push_str("# HELP revisor_prediction_comparisons_total Mirrored answers compared with the primary revision's\n");
-    out.push_str("# TYPE revisor_prediction_comparisons_total counter\n");
-    for s in snaps.iter().filter(|s| s.compared > 0) {
-        let labels = label_text(&s.labels);
-        let _ = writeln!(out, "revisor_prediction_comparisons_total{{{labels}}} {}", s.compared);
-        let _ = writeln!(
-            out,
-            "revisor_prediction_argmax_agreements_total{{{labels}}} {}",
-            s.argmax_agreed
-        );
+    let mut family = encoder.encode_descriptor(
+        "revision_request_latencies",
+        "The response time of requests to a revision, in milliseconds",
+        None,
+        MetricType::Histogram,
+    )?;
+    for s in snaps {
+        let mut buckets: Vec<(f64, u64)> = s
+            .latency_buckets_ms
+            .iter()
+            .copied()
+            .zip(s.latency_counts.iter().copied())
+            .collect();
+        buckets.push((f64::INFINITY, s.latency_counts.last().copied().unwrap_or(0)));
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let labels = label_set(&s.labels);
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(s.latency_sum_ms, count, &buckets, None)?;
     }
-    out.push_str("# HELP revisor_requests_not_counted_total Requests not counted as the revision's answers: the client closed the connection first, sent a malformed body, or the gateway shed them\n");
-    out.push_str("# TYPE revisor_requests_not_counted_total counter\n");
+    let compared: Vec<&MetricsSnapshot> = snaps.iter().filter(|s| s.compared > 0).collect();
+    let mut family = encoder.encode_descriptor(
+        "revisor_prediction_comparisons",
+        "Mirrored answers compared with the primary revision's",
+        None,
+        MetricType::Counter,
+    )?;
+    for s in &compared {
+        ConstCounter::new(s.compared).encode(family.encode_family(&label_set(&s.labels))?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "revisor_prediction_argmax_agreements",
+        "Mirrored answers whose argmax agreed with the primary revision's",
+        None,
+        MetricType::Counter,
+    )?;
+    for s in &compared {
+        ConstCounter::new(s.argmax_agreed).encode(family.encode_family(&label_set(&s.labels))?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "revisor_requests_not_counted",
+        "Requests not counted as the revision's answers: the client closed the connection first, sent a malformed body, or the gateway shed them",
+        None,
+        MetricType::Counter,
+    )?;
     for s in snaps {
         for (reason, n) in NOT_COUNTED_REASONS.iter().zip(s.not_counted) {
-            let labels = label_text(&s.labels);
-            let _ = writeln!(
-                out,
-                "revisor_requests_not_counted_total{{{labels},reason=\"{reason}\"}} {n}"
-            );
+            let labels = (label_set(&s.labels), [("reason", *reason)]);
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
     }
-    out.push_str("# HELP revision_concurrent_requests Requests in flight to a revision\n");
-    out.push_str("# TYPE revision_concurrent_requests gauge\n");
+    let mut family = encoder.encode_descriptor(
+        "revision_concurrent_requests",
+        "Requests in flight to a revision",
+        None,
+        MetricType::Gauge,
+    )?;
     for s in snaps {
-        let _ = writeln!(
-            out,
-            "revision_concurrent_requests{{{}}} {}",
-            label_text(&s.labels),
-            s.in_flight
-        );
+        ConstGauge::new(s.in_flight).encode(family.encode_family(&label_set(&s.labels))?)?;
     }
-    out
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    use prometheus_client::registry::Registry;
+
     use super::*;
 
     #[test]
@@ -285,31 +343,139 @@ mod tests {
         );
     }
 
-    #[test]
-    fn records_classes_buckets_and_renders() {
-        let m = RevisionMetrics::new(Labels {
+    fn labels(revision: &str, tag: &str) -> Labels {
+        Labels {
             namespace: "ns".into(),
             service: "s".into(),
-            revision: "s-00001".into(),
-            tag: String::new(),
-        });
+            revision: revision.into(),
+            tag: tag.into(),
+        }
+    }
+
+    /// The exposition `GET /metrics` serves for these snapshots.
+    fn exposition(snaps: Vec<MetricsSnapshot>) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(MetricsCollector::new(move || snaps.clone())));
+        let mut text = String::new();
+        encode_registry(&mut text, &registry).unwrap();
+        encode_eof(&mut text).unwrap();
+        text
+    }
+
+    /// The value of the sample whose name and labels are exactly `series`.
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).map(|(_, v)| v))
+    }
+
+    #[test]
+    fn records_classes_buckets_and_renders() {
+        let m = RevisionMetrics::new(labels("s-00001", ""));
         let t0 = Instant::now();
         for (status, ms) in [(200, 0.1), (200, 3.0), (503, 70.0), (404, 1e9)] {
             m.start(t0);
             m.finish(status, t0, Duration::from_secs_f64(ms / 1000.0));
         }
+        m.start(t0);
+        m.finish_not_counted(NotCounted::Shed, t0, Duration::ZERO);
+        m.start(t0);
         let s = m.snapshot();
         assert_eq!(s.requests, [0, 2, 0, 1, 1]);
-        assert_eq!(s.in_flight, 0);
-        assert!(
-            (s.busy_seconds - (0.1 + 3.0 + 70.0 + 1e9) / 1000.0).abs() < 1e-3,
-            "{}",
-            s.busy_seconds
-        );
+        assert_eq!(s.in_flight, 1);
         assert_eq!(s.latency_counts[0], 1);
         assert_eq!(*s.latency_counts.last().unwrap(), 1);
-        let text = prometheus_text(&[s]);
-        assert!(text.contains("revision_request_count{namespace_name=\"ns\",service_name=\"s\",configuration_name=\"s\",revision_name=\"s-00001\",tag=\"\",response_code_class=\"2xx\"} 2"), "{text}");
-        assert!(text.contains("le=\"+Inf\"} 4"), "{text}");
+        let text = exposition(vec![s]);
+
+        let l = r#"namespace_name="ns",service_name="s",configuration_name="s",revision_name="s-00001",tag="""#;
+        assert!(text.contains("# HELP revision_request_count The number of requests that are routed to a revision\n# TYPE revision_request_count counter\n"), "{text}");
+        for (class, n) in [("1xx", "0"), ("2xx", "2"), ("3xx", "0"), ("4xx", "1"), ("5xx", "1")] {
+            let series = format!("revision_request_count_total{{{l},response_code_class=\"{class}\"}}");
+            assert_eq!(sample(&text, &series), Some(n), "{series} in\n{text}");
+        }
+        assert!(text.contains("# TYPE revision_request_latencies histogram\n"), "{text}");
+        let bucket = |le: &str| sample(&text, &format!("revision_request_latencies_bucket{{le=\"{le}\",{l}}}"));
+        assert_eq!(bucket("0.25"), Some("1"), "{text}");
+        assert_eq!(bucket("5.0"), Some("2"), "{text}");
+        assert_eq!(bucket("80.0"), Some("3"), "{text}");
+        assert_eq!(bucket("100000.0"), Some("3"), "{text}");
+        assert_eq!(bucket("+Inf"), Some("4"), "{text}");
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("revision_request_latencies_bucket"))
+            .count();
+        assert_eq!(buckets, LATENCY_BUCKETS_MS.len() + 1, "{text}");
+        assert_eq!(
+            sample(&text, &format!("revision_request_latencies_count{{{l}}}")),
+            Some("4")
+        );
+        let sum: f64 = sample(&text, &format!("revision_request_latencies_sum{{{l}}}"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((sum - (0.1 + 3.0 + 70.0 + 1e9)).abs() < 1e-3, "{sum}");
+        for (reason, n) in [("client-closed", "0"), ("bad-request", "0"), ("shed", "1")] {
+            let series = format!("revisor_requests_not_counted_total{{{l},reason=\"{reason}\"}}");
+            assert_eq!(sample(&text, &series), Some(n), "{series} in\n{text}");
+        }
+        assert!(text.contains("# TYPE revision_concurrent_requests gauge\n"), "{text}");
+        assert_eq!(
+            sample(&text, &format!("revision_concurrent_requests{{{l}}}")),
+            Some("1")
+        );
+        // Nothing compared: the families are described, without samples.
+        assert!(
+            text.contains("# TYPE revisor_prediction_comparisons counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("revisor_prediction_comparisons_total{"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn renders_comparisons_per_route() {
+        let primary = RevisionMetrics::new(labels("s-00001", ""));
+        let mirror = RevisionMetrics::new(labels("s-00002", "mirror"));
+        for agree in [true, false, true] {
+            mirror.record_comparison(crate::compare::Comparison {
+                argmax_agree: agree,
+                max_abs_diff: 0.5,
+            });
+        }
+        let text = exposition(vec![primary.snapshot(), mirror.snapshot()]);
+        let l = r#"namespace_name="ns",service_name="s",configuration_name="s",revision_name="s-00002",tag="mirror""#;
+        assert_eq!(
+            sample(&text, &format!("revisor_prediction_comparisons_total{{{l}}}")),
+            Some("3"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("revisor_prediction_argmax_agreements_total{{{l}}}")),
+            Some("2"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP revisor_prediction_argmax_agreements "), "{text}");
+        // The primary compared nothing: no comparison samples of its own.
+        assert_eq!(
+            text.matches("revisor_prediction_comparisons_total{").count(),
+            1,
+            "{text}"
+        );
+        // Both routes' request counts.
+        assert_eq!(text.matches("revision_request_count_total{").count(), 10, "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        // A tag is any string a route names: a quote, backslash or newline must not end the value.
+        let m = RevisionMetrics::new(labels("s-00001", "a\"b\\c\nd"));
+        let t0 = Instant::now();
+        m.start(t0);
+        m.finish(200, t0, Duration::from_millis(1));
+        let text = exposition(vec![m.snapshot()]);
+        let series = r#"revision_request_count_total{namespace_name="ns",service_name="s",configuration_name="s",revision_name="s-00001",tag="a\"b\\c\nd",response_code_class="2xx"}"#;
+        assert_eq!(sample(&text, series), Some("1"), "{text}");
+        assert!(!text.contains("a\"b"), "an unescaped quote: {text}");
     }
 }

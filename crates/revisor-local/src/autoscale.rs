@@ -5,10 +5,13 @@
 //! but the replica itself.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use revisor_autoscaler::{Activity, Autoscaler, AutoscalerConfig, DeciderSpec, Time};
 use revisor_gateway::MetricsSnapshot;
 use revisor_runtime::RevisionKey;
@@ -191,21 +194,33 @@ impl Autoscaling {
         }
     }
 
-    /// The autoscaler's view, in the Prometheus text format with Knative's metric names.
-    pub fn prometheus_text(&self, actual: impl Fn(&RevisionKey) -> u32) -> String {
+    /// The autoscaler's view per revision, in Knative's autoscaler gauges (name, help, labels, value),
+    /// sorted by name; `actual` is each revision's ready replicas.
+    fn gauges(&self, actual: impl Fn(&RevisionKey) -> u32) -> BTreeMap<&'static str, (&'static str, Vec<Gauge>)> {
         let st = self.state.lock().unwrap();
-        let mut rows: BTreeMap<&str, Vec<(String, f64)>> = BTreeMap::new();
+        let mut rows: BTreeMap<&'static str, (&'static str, Vec<Gauge>)> = BTreeMap::new();
         for (key, r) in st.scaler.iter() {
             let svc = st.services.get(key).map(String::as_str).unwrap_or("");
-            let labels = format!(
-                "namespace_name=\"{}\",service_name=\"{svc}\",configuration_name=\"{svc}\",revision_name=\"{}\"",
-                key.namespace, key.name
-            );
+            let labels = [
+                ("namespace_name", key.namespace.clone()),
+                ("service_name", svc.to_string()),
+                ("configuration_name", svc.to_string()),
+                ("revision_name", key.name.clone()),
+            ];
             let last = r.last();
-            let mut put = |name: &'static str, v: f64| rows.entry(name).or_default().push((labels.clone(), v));
-            put("autoscaler_desired_pods", r.replicas() as f64);
-            put("autoscaler_actual_pods", actual(key) as f64);
-            put("autoscaler_panic_mode", last.is_some_and(|l| l.panicking) as u8 as f64);
+            let mut put = |name: &'static str, value: GaugeValue| {
+                let help = GAUGE_HELP.iter().find(|(n, _)| *n == name).map_or("", |(_, h)| *h);
+                rows.entry(name)
+                    .or_insert((help, Vec::new()))
+                    .1
+                    .push((labels.clone(), value))
+            };
+            put("autoscaler_desired_pods", GaugeValue::Int(i64::from(r.replicas())));
+            put("autoscaler_actual_pods", GaugeValue::Int(i64::from(actual(key))));
+            put(
+                "autoscaler_panic_mode",
+                GaugeValue::Int(last.is_some_and(|l| l.panicking).into()),
+            );
             let (stable, panic) = last.map(|l| (l.stable, l.panic)).unwrap_or((0.0, 0.0));
             let (s_name, p_name, t_name) = match r.spec().metric {
                 revisor_autoscaler::Metric::Concurrency => (
@@ -219,22 +234,107 @@ impl Autoscaling {
                     "autoscaler_target_requests_per_second",
                 ),
             };
-            put(s_name, stable);
-            put(p_name, panic);
-            put(t_name, r.spec().target_value);
+            put(s_name, GaugeValue::Float(stable));
+            put(p_name, GaugeValue::Float(panic));
+            put(t_name, GaugeValue::Float(r.spec().target_value));
             put(
                 "autoscaler_excess_burst_capacity",
-                last.map(|l| l.excess_burst_capacity as f64).unwrap_or(0.0),
+                GaugeValue::Float(last.map(|l| l.excess_burst_capacity as f64).unwrap_or(0.0)),
             );
         }
-        let mut out = String::new();
-        for (name, values) in rows {
-            let _ = writeln!(out, "# TYPE {name} gauge");
-            for (labels, v) in values {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        rows
+    }
+}
+
+/// One revision's value of a gauge: its labels (Knative's autoscaler labels) and value.
+type Gauge = ([(&'static str, String); 4], GaugeValue);
+
+/// Replica counts and panic mode are whole numbers; the rest are measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum GaugeValue {
+    Int(i64),
+    Float(f64),
+}
+
+/// The help text of each gauge.
+const GAUGE_HELP: [(&str, &str); 10] = [
+    ("autoscaler_desired_pods", "Number of replicas the autoscaler wants"),
+    ("autoscaler_actual_pods", "Number of replicas that are ready"),
+    (
+        "autoscaler_panic_mode",
+        "1 if the autoscaler is in panic mode, 0 otherwise",
+    ),
+    (
+        "autoscaler_stable_request_concurrency",
+        "Average concurrent requests over the stable window",
+    ),
+    (
+        "autoscaler_panic_request_concurrency",
+        "Average concurrent requests over the panic window",
+    ),
+    (
+        "autoscaler_target_concurrency_per_pod",
+        "The desired concurrent requests per replica",
+    ),
+    (
+        "autoscaler_stable_requests_per_second",
+        "Average requests per second over the stable window",
+    ),
+    (
+        "autoscaler_panic_requests_per_second",
+        "Average requests per second over the panic window",
+    ),
+    (
+        "autoscaler_target_requests_per_second",
+        "The desired requests per second per replica",
+    ),
+    (
+        "autoscaler_excess_burst_capacity",
+        "Excess burst capacity observed over the stable window",
+    ),
+];
+
+/// The autoscaler's metrics for a prometheus-client [`Registry`](prometheus_client::registry::Registry),
+/// read at each scrape with Knative's autoscaler names.
+pub struct AutoscalerCollector {
+    autoscaling: Arc<Autoscaling>,
+    /// Each revision's ready replicas, at scrape time.
+    ready: Box<dyn Fn() -> HashMap<RevisionKey, u32> + Send + Sync>,
+}
+
+impl AutoscalerCollector {
+    pub fn new(
+        autoscaling: Arc<Autoscaling>,
+        ready: impl Fn() -> HashMap<RevisionKey, u32> + Send + Sync + 'static,
+    ) -> Self {
+        AutoscalerCollector {
+            autoscaling,
+            ready: Box::new(ready),
+        }
+    }
+}
+
+impl std::fmt::Debug for AutoscalerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AutoscalerCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for AutoscalerCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ready = (self.ready)();
+        let gauges = self.autoscaling.gauges(|k| ready.get(k).copied().unwrap_or(0));
+        for (name, (help, values)) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, value) in values {
+                let metric = family.encode_family(&labels)?;
+                match value {
+                    GaugeValue::Int(v) => ConstGauge::new(v).encode(metric)?,
+                    GaugeValue::Float(v) => ConstGauge::new(v).encode(metric)?,
+                }
             }
         }
-        out
+        Ok(())
     }
 }
 
@@ -276,15 +376,116 @@ pub async fn drive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
     use revisor_api::annotations::AutoscalingAnnotations;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Arc;
 
     fn key() -> RevisionKey {
         RevisionKey {
             namespace: "default".into(),
             name: "svc-00001".into(),
         }
+    }
+
+    /// The exposition of `a`'s collector (every revision with `ready` replicas), as `GET /metrics`
+    /// ends it.
+    fn exposition(a: &Arc<Autoscaling>, ready: u32) -> String {
+        let snapshot: HashMap<RevisionKey, u32> = a
+            .state
+            .lock()
+            .unwrap()
+            .scaler
+            .iter()
+            .map(|(k, _)| (k.clone(), ready))
+            .collect();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(AutoscalerCollector::new(a.clone(), move || snapshot.clone())));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    /// The value of the sample whose name and labels are exactly `series`.
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).map(|(_, v)| v))
+    }
+
+    #[test]
+    fn exports_knatives_gauges_per_revision() {
+        let cfg = AutoscalerConfig::default();
+        let a = Arc::new(Autoscaling::new(cfg.clone()));
+        let concurrency = DeciderSpec::resolve(
+            &cfg,
+            &AutoscalingAnnotations {
+                target: Some(10.0),
+                ..Default::default()
+            },
+            0,
+        );
+        let rps = DeciderSpec::resolve(
+            &cfg,
+            &AutoscalingAnnotations {
+                metric: Some("rps".into()),
+                target: Some(150.0),
+                ..Default::default()
+            },
+            0,
+        );
+        // The target per replica is the annotation's times the target utilization (70%), as Knative's.
+        a.manage(&key(), "svc", concurrency, 2);
+        let other = RevisionKey {
+            namespace: "default".into(),
+            name: "web-00003".into(),
+        };
+        a.manage(&other, "web", rps, 3);
+        let text = exposition(&a, 1);
+        let l = r#"{namespace_name="default",service_name="svc",configuration_name="svc",revision_name="svc-00001"}"#;
+        let w = r#"{namespace_name="default",service_name="web",configuration_name="web",revision_name="web-00003"}"#;
+        assert_eq!(
+            sample(&text, &format!("autoscaler_desired_pods{l}")),
+            Some("2"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("autoscaler_desired_pods{w}")),
+            Some("3"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("autoscaler_actual_pods{w}")),
+            Some("1"),
+            "{text}"
+        );
+        assert_eq!(sample(&text, &format!("autoscaler_panic_mode{l}")), Some("0"), "{text}");
+        assert_eq!(
+            sample(&text, &format!("autoscaler_target_concurrency_per_pod{l}")),
+            Some("7.0"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("autoscaler_target_requests_per_second{w}")),
+            Some("105.0"),
+            "{text}"
+        );
+        // Each revision appears under its own metric's names only.
+        assert_eq!(
+            sample(&text, &format!("autoscaler_target_requests_per_second{l}")),
+            None,
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("autoscaler_stable_request_concurrency{w}")),
+            None,
+            "{text}"
+        );
+        assert!(text.contains("# HELP autoscaler_desired_pods Number of replicas the autoscaler wants\n# TYPE autoscaler_desired_pods gauge\n"), "{text}");
+        // One descriptor per family, each family's samples together.
+        assert_eq!(text.matches("# TYPE autoscaler_desired_pods ").count(), 1, "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 10, "{text}");
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
     }
 
     /// A simulated revision: `clients` closed-loop clients keep that many requests in flight; replicas
@@ -395,7 +596,15 @@ mod tests {
         let reached = reached.expect("reached the KPA's answer");
         assert!(reached <= 4_100, "within two ticks of the step: {reached} ms");
         assert!(scaled.load(Ordering::SeqCst) >= 3);
-        assert!(a.prometheus_text(|_| 1).contains("autoscaler_panic_mode{namespace_name=\"default\",service_name=\"svc\",configuration_name=\"svc\",revision_name=\"svc-00001\"} 1"));
+        let text = exposition(&a, 1);
+        let l = r#"{namespace_name="default",service_name="svc",configuration_name="svc",revision_name="svc-00001"}"#;
+        assert_eq!(sample(&text, &format!("autoscaler_panic_mode{l}")), Some("1"), "{text}");
+        let desired = replicas(&a).to_string();
+        assert_eq!(
+            sample(&text, &format!("autoscaler_desired_pods{l}")),
+            Some(desired.as_str()),
+            "{text}"
+        );
         driver.abort();
     }
 }

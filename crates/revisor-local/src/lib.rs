@@ -26,7 +26,7 @@ use revisor_autoscaler::DeciderSpec;
 use revisor_controller::{record_health, Backend, DesiredState, RevisionHealth, RoutedTarget, ServiceRoutes};
 use revisor_store::Event;
 
-use crate::autoscale::{counters, drive, Autoscaling};
+use crate::autoscale::{counters, drive, AutoscalerCollector, Autoscaling};
 use revisor_gateway::{
     Gateway, HeaderMatchSpec, HeaderRouteSpec, MatchSpec, MirrorSpec, Protocol, RevisionSpec, RoutesSpec, ServiceSpec,
     TargetSpec,
@@ -200,13 +200,17 @@ impl LocalBackend {
         GatewayMetrics(self.inner.gateway.clone())
     }
 
-    /// The autoscaler's metrics (desired and actual replicas, panic mode, observed values), in the
-    /// Prometheus text format.
-    pub fn autoscaler_metrics(&self) -> String {
-        let snapshot = self.inner.runtime.subscribe().borrow().clone();
-        self.inner
-            .autoscaling
-            .prometheus_text(|k| snapshot.get(k).map(|s| s.ready.len() as u32).unwrap_or(0))
+    /// The autoscaler's metrics (desired and actual replicas, panic mode, observed values) for a
+    /// prometheus-client registry, read at each scrape.
+    pub fn autoscaler_collector(&self) -> AutoscalerCollector {
+        let runtime = self.inner.runtime.clone();
+        AutoscalerCollector::new(self.inner.autoscaling.clone(), move || {
+            let snapshot = runtime.subscribe().borrow().clone();
+            snapshot
+                .iter()
+                .map(|(k, s)| (k.clone(), s.ready.len() as u32))
+                .collect()
+        })
     }
 
     /// Drains and stops every replica (server shutdown).

@@ -36,7 +36,10 @@ pub struct Runner {
     /// Bounds concurrent decoding of large request bodies to the cores, so many large requests at once
     /// do not all hold their decoded tensors at once.
     pub decoding: Arc<tokio::sync::Semaphore>,
-    pub metrics: ModelMetrics,
+    /// Recorded on atomics by every inference.
+    pub metrics: Arc<ModelMetrics>,
+    /// What `GET /metrics` encodes: a collector reading `metrics` at each scrape.
+    pub registry: prometheus_client::registry::Registry,
 }
 
 fn names(specs: &[TensorSpec]) -> String {
@@ -239,12 +242,15 @@ fn decode(model: &Model, body: &[u8], json_len: Option<usize>) -> Result<Decoded
 impl Runner {
     pub fn new(model: Arc<Model>) -> Runner {
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let metrics = Arc::new(ModelMetrics::default());
+        let registry = metrics.registry(&model.name, &model.version);
         Runner {
             model,
             batcher: None,
             pool: Arc::new(tokio::sync::Semaphore::new(cores)),
             decoding: Arc::new(tokio::sync::Semaphore::new(cores)),
-            metrics: ModelMetrics::default(),
+            metrics,
+            registry,
         }
     }
 

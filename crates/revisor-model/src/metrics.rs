@@ -1,8 +1,14 @@
-//! The model server's own Prometheus metrics, in the manner of Triton's cumulative counters.
+//! The model server's own metrics, in the manner of Triton's cumulative counters: recorded on atomics,
+//! exposed as OpenMetrics text through a prometheus-client [`Collector`] that reads them at scrape time.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::registry::Registry;
 
 #[derive(Debug, Default)]
 pub struct ModelMetrics {
@@ -31,37 +37,127 @@ impl ModelMetrics {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Prometheus text for one model.
-    pub fn text(&self, model: &str, version: &str) -> String {
-        let labels = format!("model=\"{model}\",version=\"{version}\"");
-        let mut out = String::new();
+    /// A registry holding one model's counters, labelled `model` and `version`.
+    pub fn registry(self: &Arc<Self>, model: &str, version: &str) -> Registry {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ModelCollector {
+            metrics: self.clone(),
+            model: model.to_string(),
+            version: version.to_string(),
+        }));
+        registry
+    }
+}
+
+/// One model's counters, read at each scrape.
+#[derive(Debug)]
+struct ModelCollector {
+    metrics: Arc<ModelMetrics>,
+    model: String,
+    version: String,
+}
+
+impl Collector for ModelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let labels = [("model", self.model.as_str()), ("version", self.version.as_str())];
+        let m = &self.metrics;
+        // OpenMetrics names a counter's sample `<family>_total`.
         for (name, help, v) in [
             (
                 "revisor_model_inference_count",
                 "Successful inference requests",
-                self.inferences(),
+                m.inferences(),
             ),
             (
                 "revisor_model_inference_failure_count",
                 "Failed inference requests",
-                self.failures(),
+                m.failures(),
             ),
             (
                 "revisor_model_inference_queue_duration_us",
                 "Cumulative time requests waited for an inference thread, in microseconds",
-                self.queue_us.load(Ordering::Relaxed),
+                m.queue_us.load(Ordering::Relaxed),
             ),
             (
                 "revisor_model_inference_compute_duration_us",
                 "Cumulative time spent computing inferences, in microseconds",
-                self.compute_us.load(Ordering::Relaxed),
+                m.compute_us.load(Ordering::Relaxed),
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{labels}}} {v}"
-            );
+            let counter = ConstCounter::new(v);
+            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(family.encode_family(&labels)?)?;
         }
-        out
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::encoding::text::encode;
+
+    use super::*;
+
+    fn exposition(m: &Arc<ModelMetrics>, model: &str, version: &str) -> String {
+        let mut text = String::new();
+        encode(&mut text, &m.registry(model, version)).unwrap();
+        text
+    }
+
+    /// The value of the sample whose name and labels are exactly `series`.
+    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).map(|(_, v)| v))
+    }
+
+    #[test]
+    fn counts_and_times_as_openmetrics_counters() {
+        let m = Arc::new(ModelMetrics::default());
+        m.success(Duration::from_micros(30), Duration::from_micros(500));
+        m.success(Duration::from_micros(12), Duration::from_micros(250));
+        m.failure();
+        let text = exposition(&m, "tabular", "1");
+        let l = r#"{model="tabular",version="1"}"#;
+        assert_eq!(
+            sample(&text, &format!("revisor_model_inference_count_total{l}")),
+            Some("2"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("revisor_model_inference_failure_count_total{l}")),
+            Some("1"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("revisor_model_inference_queue_duration_us_total{l}")),
+            Some("42"),
+            "{text}"
+        );
+        assert_eq!(
+            sample(&text, &format!("revisor_model_inference_compute_duration_us_total{l}")),
+            Some("750"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP revisor_model_inference_count Successful inference requests\n# TYPE revisor_model_inference_count counter\n"), "{text}");
+        assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 4, "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("\n# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        // A model's name is whatever its operator gave: a quote or backslash must not end the value.
+        let m = Arc::new(ModelMetrics::default());
+        m.success(Duration::ZERO, Duration::ZERO);
+        let text = exposition(&m, r#"my "best" model\v2"#, "1");
+        assert_eq!(
+            sample(
+                &text,
+                r#"revisor_model_inference_count_total{model="my \"best\" model\\v2",version="1"}"#
+            ),
+            Some("1"),
+            "{text}"
+        );
     }
 }

@@ -22,6 +22,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// The binary tensor extension's header: the length of the JSON part of the body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+/// The Content-Type of `GET /metrics`.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 pub type ServerState = Arc<Runner>;
 
 /// The server state for a loaded model.
@@ -73,9 +76,14 @@ async fn ready(State(s): State<ServerState>) -> Response {
     (code, Json(json!({ "ready": s.model.is_ready() }))).into_response()
 }
 
+/// `GET /metrics`: the model's counters, OpenMetrics text.
 async fn metrics(State(s): State<ServerState>) -> Response {
-    let text = s.metrics.text(&s.model.name, &s.model.version);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let mut text = String::new();
+    // Writing to a String cannot fail, nor can the collector.
+    if prometheus_client::encoding::text::encode(&mut text, &s.registry).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response()
 }
 
 /// The model, if `name` (and `version`, when given) name it.

@@ -421,16 +421,32 @@ async fn metrics_count_inferences_and_failures() {
         .oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap())
         .await
         .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     let text = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    assert!(
-        text.contains("revisor_model_inference_count{model=\"tabular\",version=\"1\"} 2"),
+    let value = |series: &str| {
+        text.lines().find_map(|l| {
+            l.rsplit_once(' ')
+                .filter(|(s, _)| *s == series)
+                .map(|(_, v)| v.to_string())
+        })
+    };
+    let labels = "{model=\"tabular\",version=\"1\"}";
+    assert_eq!(
+        value(&format!("revisor_model_inference_count_total{labels}")).as_deref(),
+        Some("2"),
         "{text}"
     );
-    assert!(
-        text.contains("revisor_model_inference_failure_count{model=\"tabular\",version=\"1\"} 1"),
+    assert_eq!(
+        value(&format!("revisor_model_inference_failure_count_total{labels}")).as_deref(),
+        Some("1"),
         "{text}"
     );
-    assert!(text.contains("revisor_model_inference_compute_duration_us"), "{text}");
+    let compute = value(&format!("revisor_model_inference_compute_duration_us_total{labels}"));
+    assert!(compute.and_then(|v| v.parse::<u64>().ok()).is_some(), "{text}");
+    assert!(text.ends_with("\n# EOF\n"), "{text}");
 }
 
 /// Issue 13: NaN sent in a binary input, carried by the model into an output JSON cannot hold, is the

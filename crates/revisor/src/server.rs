@@ -80,15 +80,16 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         "revisor: admin API listening on https://{admin_addr} (data in {})",
         cfg.data_dir.display()
     );
+    // One registry, one exposition: the gateway's per-revision series, then the autoscaler's.
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(gateway.metrics_collector()));
+    registry.register_collector(Box::new(backend.autoscaler_collector()));
     let state = AdminState {
         store,
         defaults: Arc::new(cfg.defaults),
         gateway: Some(gateway),
         logs: Some(logs),
-        more_metrics: Some({
-            let b = backend.clone();
-            Arc::new(move || b.autoscaler_metrics())
-        }),
+        metrics: Some(Arc::new(registry)),
     };
     serve_admin(admin_listener, crate::admin::guard::guarded(router(state), guard), tls).await?;
     eprintln!("revisor: stopping: draining replicas");

@@ -32,7 +32,7 @@ impl Api {
                 defaults: Arc::new(Defaults::default()),
                 gateway: None,
                 logs: None,
-                more_metrics: None,
+                metrics: None,
             },
         }
     }

@@ -84,6 +84,39 @@ async fn load_step_scale_down_scale_to_zero_and_cold_start() {
         &failures[..failures.len().min(5)]
     );
 
+    // One OpenMetrics exposition: the gateway's series (counters with `_total`) and the autoscaler's,
+    // ended by one `# EOF`.
+    let raw = admin_raw(
+        &s,
+        format!(
+            "GET /metrics HTTP/1.0\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\r\n",
+            admin_addr(&s),
+            token(&s)
+        )
+        .as_bytes(),
+    );
+    let (head, m) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{head}"
+    );
+    let served = metric(
+        m,
+        "revision_request_count_total",
+        &format!("{labels},tag=\"\",response_code_class=\"2xx\""),
+    )
+    .unwrap_or_else(|| panic!("no 2xx count for {REV}:\n{m}"));
+    assert!(
+        served >= ok_count as f64 * 0.99,
+        "{served} counted, {ok_count} answered"
+    );
+    assert!(m.contains("# TYPE revision_request_count counter\n"), "{m}");
+    assert!(m.contains("# TYPE autoscaler_desired_pods gauge\n"), "{m}");
+    assert!(metric(m, "autoscaler_actual_pods", &labels).is_some(), "{m}");
+    assert_eq!(m.matches("# EOF").count(), 1, "{m}");
+    assert!(m.ends_with("\n# EOF\n"), "{m}");
+
     // Load gone: down, inactive after the stable window, zero after the grace period.
     let stopped = Instant::now();
     wait_until("scaled down below the peak", Duration::from_secs(20), || {

@@ -30,8 +30,9 @@ pub struct AdminState {
     pub gateway: Option<revisor_gateway::Gateway>,
     /// Where replica logs are kept, when this server runs replicas.
     pub logs: Option<PathBuf>,
-    /// More Prometheus text for `/metrics` (the autoscaler's), when this server runs one.
-    pub more_metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// What `GET /metrics` encodes (the gateway's and the autoscaler's collectors), when this server
+    /// runs a data plane.
+    pub metrics: Option<Arc<prometheus_client::registry::Registry>>,
 }
 
 const SERVING: &str = "/apis/serving.knative.dev/v1";

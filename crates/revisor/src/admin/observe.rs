@@ -1,4 +1,4 @@
-//! Observing the data plane through the admin API: Prometheus metrics, metric snapshots, replica logs.
+//! Observing the data plane through the admin API: OpenMetrics exposition, metric snapshots, replica logs.
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -10,9 +10,13 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use revisor_gateway::{prometheus_text, MetricsSnapshot};
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use revisor_gateway::MetricsSnapshot;
 
 use super::{AdminState, ApiError};
+
+/// The Content-Type of an OpenMetrics text exposition.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn gateway(s: &AdminState) -> Result<&revisor_gateway::Gateway, ApiError> {
     s.gateway
@@ -21,13 +25,17 @@ fn gateway(s: &AdminState) -> Result<&revisor_gateway::Gateway, ApiError> {
 }
 
 /// `GET /metrics`: per-revision request counts, latencies and concurrency, and the autoscaler's view,
-/// Prometheus text.
+/// one OpenMetrics exposition (every registered collector, then one `# EOF`).
 pub async fn metrics(State(s): State<AdminState>) -> Result<Response, ApiError> {
-    let mut text = prometheus_text(&gateway(&s)?.metrics());
-    if let Some(more) = &s.more_metrics {
-        text.push_str(&more());
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+    let registry = s
+        .metrics
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("this server runs no gateway".into()))?;
+    let mut text = String::new();
+    encode_registry(&mut text, registry)
+        .and_then(|()| encode_eof(&mut text))
+        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response())
 }
 
 /// `GET /apis/revisor.dev/v1alpha1/revisionmetrics`: the same counters as JSON snapshots.
