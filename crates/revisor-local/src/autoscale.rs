@@ -59,6 +59,8 @@ pub struct Autoscaling {
     config: AutoscalerConfig,
     origin: tokio::time::Instant,
     state: Mutex<State>,
+    /// Revisions whose replicas a tick or a poke changed since the backend loop last asked.
+    changed: Mutex<Vec<RevisionKey>>,
 }
 
 /// A cold start that just finished: the first held request's wait until a replica was ready.
@@ -73,6 +75,7 @@ impl Autoscaling {
             config,
             origin: tokio::time::Instant::now(),
             state: Mutex::new(State::default()),
+            changed: Mutex::new(Vec::new()),
         }
     }
 
@@ -152,6 +155,7 @@ impl Autoscaling {
             }
             scaled = true;
             tracing::debug!(revision = %key, replicas = d.replicas, activity = ?d.activity, "autoscaler");
+            self.changed.lock().unwrap().push(key);
         }
         scaled
     }
@@ -171,7 +175,15 @@ impl Autoscaling {
                 started.get_or_insert_with(Instant::now);
             }
         }
+        if before != after {
+            self.changed.lock().unwrap().push(key.clone());
+        }
         before != after
+    }
+
+    /// The revisions whose replicas a tick or a poke changed since the last call.
+    pub fn take_changed(&self) -> Vec<RevisionKey> {
+        std::mem::take(&mut *self.changed.lock().unwrap())
     }
 
     /// The revision has a ready replica: if it was coming back from zero, the cold start is over.

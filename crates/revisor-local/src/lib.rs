@@ -219,26 +219,220 @@ impl LocalBackend {
     }
 }
 
+/// Where each service's route and revisions are in a desired state.
+#[derive(Default)]
+struct Index {
+    /// (namespace, service) -> its route in `routes`, and its revisions in `revisions`.
+    services: HashMap<(String, String), (Option<usize>, Vec<usize>)>,
+    /// Each revision's (namespace, service).
+    service_of: HashMap<RevisionKey, (String, String)>,
+}
+
+impl Index {
+    fn of(desired: &DesiredState) -> Index {
+        let mut services: HashMap<(String, String), (Option<usize>, Vec<usize>)> = HashMap::new();
+        for (i, r) in desired.routes.iter().enumerate() {
+            services.entry((r.namespace.clone(), r.service.clone())).or_default().0 = Some(i);
+        }
+        let mut service_of = HashMap::new();
+        for (i, d) in desired.revisions.iter().enumerate() {
+            let Some(svc) = d.revision.service_name() else { continue };
+            let id = (d.revision.metadata.namespace.clone(), svc.to_string());
+            service_of.insert(key_of(&id.0, &d.revision.metadata.name), id.clone());
+            services.entry(id).or_default().1.push(i);
+        }
+        Index { services, service_of }
+    }
+}
+
+/// The revisions whose replica state differs between two snapshots (both are sorted maps).
+fn changed_revisions(before: &Snapshot, now: &Snapshot) -> Vec<RevisionKey> {
+    if Arc::ptr_eq(before, now) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let (mut a, mut b) = (before.iter().peekable(), now.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return out,
+            (Some((k, _)), None) => {
+                out.push((*k).clone());
+                a.next();
+            }
+            (None, Some((k, _))) => {
+                out.push((*k).clone());
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                std::cmp::Ordering::Less => {
+                    out.push((*ka).clone());
+                    a.next();
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((*kb).clone());
+                    b.next();
+                }
+                std::cmp::Ordering::Equal => {
+                    if va != vb {
+                        out.push((*ka).clone());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
+}
+
 async fn run(inner: Arc<Inner>) {
     let mut replicas = inner.runtime.subscribe();
     let mut known = Known::default();
+    // What the last round worked from: a round that finds the same desired state derives again only
+    // the services whose replicas changed since, or whose replicas the autoscaler changed.
+    let mut last: Option<(Arc<DesiredState>, Index, Snapshot)> = None;
     loop {
         let desired = inner.desired.lock().unwrap().clone();
         let snapshot = replicas.borrow_and_update().clone();
-        let effective = effective_routes(&desired, &snapshot, &mut known, &|k| inner.autoscaling.activatable(k));
-        let table = routes(&desired, &effective, &snapshot, &known);
-        known.publish(&inner.gateway, table);
-        scale(&inner, &desired, &effective, &snapshot, &mut known);
-        let now = replicas.borrow_and_update().clone();
-        // Scaling can change the protocol or set of revisions known; publish what is current.
-        let table = routes(&desired, &effective, &now, &known);
-        known.publish(&inner.gateway, table);
-        report(&inner, &desired, &now, &mut known).await;
+        let scaled = inner.autoscaling.take_changed();
+        let light = match &mut last {
+            Some((d, index, before)) if Arc::ptr_eq(d, &desired) => {
+                let mut changed = changed_revisions(before, &snapshot);
+                changed.extend(scaled);
+                let done = light_round(&inner, &desired, index, &changed, &snapshot, &replicas, &mut known).await;
+                if done {
+                    *before = snapshot.clone();
+                }
+                done
+            }
+            _ => false,
+        };
+        if !light {
+            let effective = effective_routes(&desired, &snapshot, &mut known, &|k| inner.autoscaling.activatable(k));
+            let table = routes(&desired, &effective, &snapshot, &known);
+            known.publish(&inner.gateway, table);
+            scale(&inner, &desired, &effective, &snapshot, &mut known);
+            let now = replicas.borrow_and_update().clone();
+            // Scaling can change the protocol or set of revisions known; publish what is current.
+            let table = routes(&desired, &effective, &now, &known);
+            known.publish(&inner.gateway, table);
+            report(&inner, desired.revisions.iter(), &now, &mut known).await;
+            let index = match last.take() {
+                Some((d, index, _)) if Arc::ptr_eq(&d, &desired) => index,
+                _ => Index::of(&desired),
+            };
+            last = Some((desired, index, now));
+        }
         tokio::select! {
             _ = inner.changed.notified() => {}
             r = replicas.changed() => if r.is_err() { return },
         }
     }
+}
+
+/// A round for replica changes alone, the desired state being that of the last round: the services
+/// of the `changed` revisions (their replicas changed, or the autoscaler changed what they should
+/// run) are derived again (their routes patched into the published table, their revisions scaled
+/// and reported) and no other, so a cold start or a replica becoming ready costs a round whose time
+/// does not grow with the number of services.
+/// False when it cannot stand for a whole round (nothing published yet, or most revisions changed).
+///
+/// It reads replicas without marking them seen: what changes meanwhile (its own scaling among it)
+/// wakes the next round, which compares with `snapshot`.
+async fn light_round(
+    inner: &Arc<Inner>,
+    desired: &DesiredState,
+    index: &Index,
+    changed: &[RevisionKey],
+    snapshot: &Snapshot,
+    replicas: &tokio::sync::watch::Receiver<Snapshot>,
+    known: &mut Known,
+) -> bool {
+    if known.routes.is_none() || changed.len() > 64.max(desired.revisions.len() / 8) {
+        return false;
+    }
+    // The services of the changed revisions (a revision serves its own service only).
+    let mut services: Vec<&(String, String)> = Vec::new();
+    for key in changed {
+        if let Some(id) = index.service_of.get(key) {
+            if !services.contains(&id) {
+                services.push(id);
+            }
+        }
+    }
+    let activatable = |k: &RevisionKey| inner.autoscaling.activatable(k);
+    let mut effective = Vec::new();
+    for id in &services {
+        if let Some(i) = index.services[*id].0 {
+            effective.push(effective_route(&desired.routes[i], snapshot, known, &activatable));
+        }
+    }
+    patch_routes(inner, desired, index, &effective, snapshot, known);
+    let routed = routed_revisions(&effective);
+    for id in &services {
+        for i in &index.services[*id].1 {
+            let d = &desired.revisions[*i];
+            let key = key_of(&d.revision.metadata.namespace, &d.revision.metadata.name);
+            scale_one(inner, d, &key, routed.contains(&key), snapshot, known);
+        }
+    }
+    let now = replicas.borrow().clone();
+    patch_routes(inner, desired, index, &effective, &now, known);
+    let revisions: Vec<&revisor_controller::DesiredRevision> = services
+        .iter()
+        .flat_map(|id| index.services[*id].1.iter())
+        .map(|i| &desired.revisions[*i])
+        .collect();
+    report(inner, revisions.into_iter(), &now, known).await;
+    true
+}
+
+/// Replaces the given services' routes and revisions in the published table, and publishes it if
+/// that changed it.
+fn patch_routes(
+    inner: &Inner,
+    desired: &DesiredState,
+    index: &Index,
+    effective: &[ServiceRoutes],
+    snapshot: &Snapshot,
+    known: &mut Known,
+) {
+    let Some(mut table) = known.routes.take() else { return };
+    let mut changed = false;
+    for r in effective {
+        let revs = &index.services[&(r.namespace.clone(), r.service.clone())].1;
+        let revision = |name: &str| {
+            revs.iter()
+                .map(|i| &*desired.revisions[*i].revision)
+                .find(|rev| rev.metadata.name == name)
+        };
+        let (service, revisions) = service_table(r, &revision, snapshot, known, &mut HashSet::new());
+        match table
+            .services
+            .iter_mut()
+            .find(|s| s.namespace == r.namespace && s.name == r.service)
+        {
+            Some(s) if *s == service => {}
+            Some(s) => {
+                *s = service;
+                changed = true;
+            }
+            None => {
+                table.services.push(service);
+                changed = true;
+            }
+        }
+        let mine = |x: &RevisionSpec| x.namespace == r.namespace && x.service == r.service;
+        let before: Vec<&RevisionSpec> = table.revisions.iter().filter(|x| mine(x)).collect();
+        if before.len() != revisions.len() || before.iter().zip(&revisions).any(|(a, b)| *a != b) {
+            table.revisions.retain(|x| !mine(x));
+            table.revisions.extend(revisions);
+            changed = true;
+        }
+    }
+    if changed {
+        inner.gateway.publish(&table);
+    }
+    known.routes = Some(table);
 }
 
 fn key_of(namespace: &str, name: &str) -> RevisionKey {
@@ -258,30 +452,11 @@ fn effective_routes(
     known: &mut Known,
     activatable: &dyn Fn(&RevisionKey) -> bool,
 ) -> Vec<ServiceRoutes> {
-    let serving = |ns: &str, t: &RoutedTarget| {
-        let key = key_of(ns, &t.revision);
-        t.percent == 0 || snapshot.get(&key).is_some_and(|s| !s.ready.is_empty()) || activatable(&key)
-    };
-    let mut out = Vec::new();
-    for r in &desired.routes {
-        let id = (r.namespace.clone(), r.service.clone());
-        let ready = |ts: &[RoutedTarget]| ts.iter().all(|t| serving(&r.namespace, t));
-        let targets = match known.published.get(&id) {
-            _ if ready(&r.targets) => r.targets.clone(),
-            Some(prev) if !prev.is_empty() && ready(prev) => prev.clone(),
-            _ => {
-                let able: Vec<RoutedTarget> = r.targets.iter().filter(|t| serving(&r.namespace, t)).cloned().collect();
-                if able.iter().any(|t| t.percent > 0) {
-                    tracing::debug!(service = %r.service, "routing only to the targets with ready replicas: {able:?}");
-                    able
-                } else {
-                    r.targets.clone()
-                }
-            }
-        };
-        known.published.insert(id, targets.clone());
-        out.push(ServiceRoutes { targets, ..r.clone() });
-    }
+    let out = desired
+        .routes
+        .iter()
+        .map(|r| effective_route(r, snapshot, known, activatable))
+        .collect();
     let services: HashSet<(&str, &str)> = desired
         .routes
         .iter()
@@ -291,6 +466,36 @@ fn effective_routes(
         .published
         .retain(|(ns, svc), _| services.contains(&(ns.as_str(), svc.as_str())));
     out
+}
+
+/// One service's effective route (see [`effective_routes`]).
+fn effective_route(
+    r: &ServiceRoutes,
+    snapshot: &Snapshot,
+    known: &mut Known,
+    activatable: &dyn Fn(&RevisionKey) -> bool,
+) -> ServiceRoutes {
+    let serving = |t: &RoutedTarget| {
+        let key = key_of(&r.namespace, &t.revision);
+        t.percent == 0 || snapshot.get(&key).is_some_and(|s| !s.ready.is_empty()) || activatable(&key)
+    };
+    let id = (r.namespace.clone(), r.service.clone());
+    let ready = |ts: &[RoutedTarget]| ts.iter().all(serving);
+    let targets = match known.published.get(&id) {
+        _ if ready(&r.targets) => r.targets.clone(),
+        Some(prev) if !prev.is_empty() && ready(prev) => prev.clone(),
+        _ => {
+            let able: Vec<RoutedTarget> = r.targets.iter().filter(|t| serving(t)).cloned().collect();
+            if able.iter().any(|t| t.percent > 0) {
+                tracing::debug!(service = %r.service, "routing only to the targets with ready replicas: {able:?}");
+                able
+            } else {
+                r.targets.clone()
+            }
+        }
+    };
+    known.published.insert(id, targets.clone());
+    ServiceRoutes { targets, ..r.clone() }
 }
 
 /// The revisions a published route reaches (by percent or by tag).
@@ -399,36 +604,8 @@ fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], sna
         );
         wanted.insert(id);
         let key = key_of(id.0, id.1);
-        let is_routed = routed.contains(&key);
-        let uid = &d.revision.metadata.uid;
-        match known.uids.get(&key) {
-            Some(u) if u == uid => {}
-            known_uid => {
-                if known_uid.is_some() {
-                    forget(inner, known, &key);
-                }
-                known.uids.insert(key.clone(), uid.clone());
-            }
-        }
-        let parsed = known.parsed(&key, &d.revision, &inner.config);
-        match &parsed.process {
-            Ok((spec, protocol)) => {
-                let (spec, protocol) = (spec.clone(), *protocol);
-                let replicas = replicas_for(inner, d, parsed, is_routed, snapshot, &key);
-                known.unrunnable.remove(&key);
-                if d.replicas > 0 && is_routed {
-                    managed.insert(id);
-                }
-                known.protocols.insert(key.clone(), protocol);
-                known.replicas.insert(key, replicas);
-                inner.runtime.scale(spec, replicas);
-            }
-            Err(u) => {
-                let u = u.clone();
-                let wanted = if d.replicas > 0 { parsed.initial } else { d.min_replicas };
-                known.replicas.insert(key.clone(), wanted);
-                known.unrunnable.insert(key, u);
-            }
+        if scale_one(inner, d, &key, routed.contains(&key), snapshot, known) {
+            managed.insert(id);
         }
     }
     inner
@@ -442,6 +619,46 @@ fn scale(inner: &Inner, desired: &DesiredState, effective: &[ServiceRoutes], sna
     {
         forget(inner, known, &key);
         known.uids.remove(&key);
+    }
+}
+
+/// Scales one revision (`key`); true if the autoscaler manages it (it is routed and needed).
+fn scale_one(
+    inner: &Inner,
+    d: &revisor_controller::DesiredRevision,
+    key: &RevisionKey,
+    routed: bool,
+    snapshot: &Snapshot,
+    known: &mut Known,
+) -> bool {
+    let uid = &d.revision.metadata.uid;
+    match known.uids.get(key) {
+        Some(u) if u == uid => {}
+        known_uid => {
+            if known_uid.is_some() {
+                forget(inner, known, key);
+            }
+            known.uids.insert(key.clone(), uid.clone());
+        }
+    }
+    let parsed = known.parsed(key, &d.revision, &inner.config);
+    match &parsed.process {
+        Ok((spec, protocol)) => {
+            let (spec, protocol) = (spec.clone(), *protocol);
+            let replicas = replicas_for(inner, d, parsed, routed, snapshot, key);
+            known.unrunnable.remove(key);
+            known.protocols.insert(key.clone(), protocol);
+            known.replicas.insert(key.clone(), replicas);
+            inner.runtime.scale(spec, replicas);
+            d.replicas > 0 && routed
+        }
+        Err(u) => {
+            let u = u.clone();
+            let wanted = if d.replicas > 0 { parsed.initial } else { d.min_replicas };
+            known.replicas.insert(key.clone(), wanted);
+            known.unrunnable.insert(key.clone(), u);
+            false
+        }
     }
 }
 
@@ -472,81 +689,108 @@ fn routes(desired: &DesiredState, effective: &[ServiceRoutes], snapshot: &Snapsh
     let mut spec = RoutesSpec::default();
     let mut listed: HashSet<(&str, &str)> = HashSet::new();
     for r in effective {
-        let targets = r
-            .targets
-            .iter()
-            .map(|t| TargetSpec {
-                revision: t.revision.clone(),
-                percent: t.percent,
-                tag: t.tag.clone(),
-                tag_host: t.tag_host.clone(),
-            })
-            .collect();
-        let header_routes = r
-            .header_routes
-            .iter()
-            .map(|(matches, revision)| HeaderRouteSpec {
-                matches: matches
-                    .iter()
-                    .map(|m| HeaderMatchSpec {
-                        name: m.header_name.to_ascii_lowercase(),
-                        value: match (&m.header_value.exact, &m.header_value.prefix, &m.header_value.regex) {
-                            (Some(v), _, _) => MatchSpec::Exact(v.clone()),
-                            (_, Some(v), _) => MatchSpec::Prefix(v.clone()),
-                            (_, _, Some(v)) => MatchSpec::Regex(v.clone()),
-                            _ => MatchSpec::Exact(String::new()),
-                        },
-                    })
-                    .collect(),
-                revision: revision.clone(),
-            })
-            .collect();
-        spec.services.push(ServiceSpec {
-            namespace: r.namespace.clone(),
-            name: r.service.clone(),
-            host: r.host.clone(),
-            targets,
-            header_routes,
-            mirror: r.mirror.as_ref().map(|(from, to, percent)| MirrorSpec {
-                from: from.clone(),
-                to: to.clone(),
-                percent: *percent,
-            }),
-        });
-        for t in &r.targets {
-            let Some(rev) = by_name.get(&(r.namespace.as_str(), t.revision.as_str())) else {
-                continue;
-            };
-            if !listed.insert((r.namespace.as_str(), t.revision.as_str())) {
-                continue;
-            }
-            let key = RevisionKey {
-                namespace: r.namespace.clone(),
-                name: t.revision.clone(),
-            };
-            let endpoints = snapshot
-                .get(&key)
-                .map(|s| s.ready.iter().map(|x| x.addr).collect())
-                .unwrap_or_default();
-            spec.revisions.push(RevisionSpec {
-                namespace: r.namespace.clone(),
-                service: r.service.clone(),
-                name: t.revision.clone(),
-                endpoints,
-                container_concurrency: rev.spec.container_concurrency.unwrap_or(0).max(0) as u32,
-                timeout: Duration::from_secs(rev.spec.timeout_seconds.unwrap_or(300).max(1) as u64),
-                protocol: known.protocols.get(&key).copied().unwrap_or_default(),
-            });
-        }
+        let (service, revisions) = service_table(
+            r,
+            &|name| by_name.get(&(r.namespace.as_str(), name)).copied(),
+            snapshot,
+            known,
+            &mut listed,
+        );
+        spec.services.push(service);
+        spec.revisions.extend(revisions);
     }
     spec
 }
 
+/// One service's part of the gateway's routes: its route, and its targets' revisions not `listed`
+/// already (each is listed once).
+fn service_table<'a>(
+    r: &'a ServiceRoutes,
+    revision: &dyn Fn(&str) -> Option<&'a revisor_api::Revision>,
+    snapshot: &Snapshot,
+    known: &Known,
+    listed: &mut HashSet<(&'a str, &'a str)>,
+) -> (ServiceSpec, Vec<RevisionSpec>) {
+    let targets = r
+        .targets
+        .iter()
+        .map(|t| TargetSpec {
+            revision: t.revision.clone(),
+            percent: t.percent,
+            tag: t.tag.clone(),
+            tag_host: t.tag_host.clone(),
+        })
+        .collect();
+    let header_routes = r
+        .header_routes
+        .iter()
+        .map(|(matches, revision)| HeaderRouteSpec {
+            matches: matches
+                .iter()
+                .map(|m| HeaderMatchSpec {
+                    name: m.header_name.to_ascii_lowercase(),
+                    value: match (&m.header_value.exact, &m.header_value.prefix, &m.header_value.regex) {
+                        (Some(v), _, _) => MatchSpec::Exact(v.clone()),
+                        (_, Some(v), _) => MatchSpec::Prefix(v.clone()),
+                        (_, _, Some(v)) => MatchSpec::Regex(v.clone()),
+                        _ => MatchSpec::Exact(String::new()),
+                    },
+                })
+                .collect(),
+            revision: revision.clone(),
+        })
+        .collect();
+    let service = ServiceSpec {
+        namespace: r.namespace.clone(),
+        name: r.service.clone(),
+        host: r.host.clone(),
+        targets,
+        header_routes,
+        mirror: r.mirror.as_ref().map(|(from, to, percent)| MirrorSpec {
+            from: from.clone(),
+            to: to.clone(),
+            percent: *percent,
+        }),
+    };
+    let mut revisions = Vec::new();
+    for t in &r.targets {
+        let Some(rev) = revision(&t.revision) else {
+            continue;
+        };
+        if !listed.insert((r.namespace.as_str(), t.revision.as_str())) {
+            continue;
+        }
+        let key = RevisionKey {
+            namespace: r.namespace.clone(),
+            name: t.revision.clone(),
+        };
+        let endpoints = snapshot
+            .get(&key)
+            .map(|s| s.ready.iter().map(|x| x.addr).collect())
+            .unwrap_or_default();
+        revisions.push(RevisionSpec {
+            namespace: r.namespace.clone(),
+            service: r.service.clone(),
+            name: t.revision.clone(),
+            endpoints,
+            container_concurrency: rev.spec.container_concurrency.unwrap_or(0).max(0) as u32,
+            timeout: Duration::from_secs(rev.spec.timeout_seconds.unwrap_or(300).max(1) as u64),
+            protocol: known.protocols.get(&key).copied().unwrap_or_default(),
+        });
+    }
+    (service, revisions)
+}
+
 /// Writes changed revision health into the store.
-async fn report(inner: &Arc<Inner>, desired: &DesiredState, snapshot: &Snapshot, known: &mut Known) {
+async fn report<'a>(
+    inner: &Arc<Inner>,
+    revisions: impl Iterator<Item = &'a revisor_controller::DesiredRevision>,
+    snapshot: &Snapshot,
+    known: &mut Known,
+) {
     let mut changed = Vec::new();
     let mut cold_starts = Vec::new();
-    for d in &desired.revisions {
+    for d in revisions {
         let key = RevisionKey {
             namespace: d.revision.metadata.namespace.clone(),
             name: d.revision.metadata.name.clone(),
@@ -685,11 +929,35 @@ mod tests {
         };
         let mut known = Known::default();
         let key = key_of("ns", "s-00001");
-        assert_eq!(known.parsed(&key, &revision("s-00001", "u1", "1", "2"), &cfg).initial, 2);
+        assert_eq!(
+            known.parsed(&key, &revision("s-00001", "u1", "1", "2"), &cfg).initial,
+            2
+        );
         // The same version: the kept parse, whatever the object says now.
-        assert_eq!(known.parsed(&key, &revision("s-00001", "u1", "1", "3"), &cfg).initial, 2);
-        assert_eq!(known.parsed(&key, &revision("s-00001", "u1", "2", "3"), &cfg).initial, 3);
-        assert_eq!(known.parsed(&key, &revision("s-00001", "u2", "2", "4"), &cfg).initial, 4);
+        assert_eq!(
+            known.parsed(&key, &revision("s-00001", "u1", "1", "3"), &cfg).initial,
+            2
+        );
+        assert_eq!(
+            known.parsed(&key, &revision("s-00001", "u1", "2", "3"), &cfg).initial,
+            3
+        );
+        assert_eq!(
+            known.parsed(&key, &revision("s-00001", "u2", "2", "4"), &cfg).initial,
+            4
+        );
+    }
+
+    #[test]
+    fn changed_revisions_are_those_added_removed_or_different() {
+        let before = snapshot(&["a", "b", "c"]);
+        assert!(changed_revisions(&before, &before).is_empty());
+        let mut m = (*before).clone();
+        m.remove(&key_of("ns", "a"));
+        m.get_mut(&key_of("ns", "b")).unwrap().running = 1;
+        m.insert(key_of("ns", "d"), RevisionState::default());
+        let got = changed_revisions(&before, &Arc::new(m));
+        assert_eq!(got, vec![key_of("ns", "a"), key_of("ns", "b"), key_of("ns", "d")]);
     }
 
     #[test]
