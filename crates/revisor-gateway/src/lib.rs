@@ -14,7 +14,7 @@ mod routes;
 
 pub use endpoint::{Breaker, Endpoint};
 pub use metrics::{
-    Labels, MetricsCollector, MetricsSnapshot, NotCounted, RevisionMetrics, DIFF_BUCKETS, LATENCY_BUCKETS_MS,
+    sample, Labels, MetricsCollector, MetricsSnapshot, NotCounted, RevisionMetrics, DIFF_BUCKETS, LATENCY_BUCKETS_MS,
     NOT_COUNTED_REASONS,
 };
 pub use proxy::TAG_HEADER;

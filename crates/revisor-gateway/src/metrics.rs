@@ -310,6 +310,14 @@ fn encode_snapshots(snaps: &[MetricsSnapshot], mut encoder: DescriptorEncoder) -
     Ok(())
 }
 
+/// The value of the sample whose name and labels are exactly `series` in an exposition (text format),
+/// as the tests of every `/metrics` read one.
+pub fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).map(|(_, v)| v))
+}
+
 #[cfg(test)]
 mod tests {
     use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -360,13 +368,6 @@ mod tests {
         encode_registry(&mut text, &registry).unwrap();
         encode_eof(&mut text).unwrap();
         text
-    }
-
-    /// The value of the sample whose name and labels are exactly `series`.
-    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).map(|(_, v)| v))
     }
 
     #[test]

@@ -418,13 +418,6 @@ mod tests {
         text
     }
 
-    /// The value of the sample whose name and labels are exactly `series`.
-    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).map(|(_, v)| v))
-    }
-
     #[test]
     fn exports_knatives_gauges_per_revision() {
         let cfg = AutoscalerConfig::default();
@@ -456,43 +449,20 @@ mod tests {
         let text = exposition(&a, 1);
         let l = r#"{namespace_name="default",service_name="svc",configuration_name="svc",revision_name="svc-00001"}"#;
         let w = r#"{namespace_name="default",service_name="web",configuration_name="web",revision_name="web-00003"}"#;
-        assert_eq!(
-            sample(&text, &format!("autoscaler_desired_pods{l}")),
-            Some("2"),
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, &format!("autoscaler_desired_pods{w}")),
-            Some("3"),
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, &format!("autoscaler_actual_pods{w}")),
-            Some("1"),
-            "{text}"
-        );
-        assert_eq!(sample(&text, &format!("autoscaler_panic_mode{l}")), Some("0"), "{text}");
-        assert_eq!(
-            sample(&text, &format!("autoscaler_target_concurrency_per_pod{l}")),
-            Some("7.0"),
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, &format!("autoscaler_target_requests_per_second{w}")),
-            Some("105.0"),
-            "{text}"
-        );
-        // Each revision appears under its own metric's names only.
-        assert_eq!(
-            sample(&text, &format!("autoscaler_target_requests_per_second{l}")),
-            None,
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, &format!("autoscaler_stable_request_concurrency{w}")),
-            None,
-            "{text}"
-        );
+        // Each revision appears under its own metric's names only (None).
+        for (series, want) in [
+            ("autoscaler_desired_pods{l}", Some("2")),
+            ("autoscaler_desired_pods{w}", Some("3")),
+            ("autoscaler_actual_pods{w}", Some("1")),
+            ("autoscaler_panic_mode{l}", Some("0")),
+            ("autoscaler_target_concurrency_per_pod{l}", Some("7.0")),
+            ("autoscaler_target_requests_per_second{w}", Some("105.0")),
+            ("autoscaler_target_requests_per_second{l}", None),
+            ("autoscaler_stable_request_concurrency{w}", None),
+        ] {
+            let series = series.replace("{l}", l).replace("{w}", w);
+            assert_eq!(revisor_gateway::sample(&text, &series), want, "{series} in\n{text}");
+        }
         assert!(text.contains("# HELP autoscaler_desired_pods Number of replicas the autoscaler wants\n# TYPE autoscaler_desired_pods gauge\n"), "{text}");
         // One descriptor per family, each family's samples together.
         assert_eq!(text.matches("# TYPE autoscaler_desired_pods ").count(), 1, "{text}");
@@ -610,13 +580,15 @@ mod tests {
         assert!(scaled.load(Ordering::SeqCst) >= 3);
         let text = exposition(&a, 1);
         let l = r#"{namespace_name="default",service_name="svc",configuration_name="svc",revision_name="svc-00001"}"#;
-        assert_eq!(sample(&text, &format!("autoscaler_panic_mode{l}")), Some("1"), "{text}");
         let desired = replicas(&a).to_string();
-        assert_eq!(
-            sample(&text, &format!("autoscaler_desired_pods{l}")),
-            Some(desired.as_str()),
-            "{text}"
-        );
+        for (name, want) in [("autoscaler_panic_mode", "1"), ("autoscaler_desired_pods", &desired)] {
+            let series = format!("{name}{l}");
+            assert_eq!(
+                revisor_gateway::sample(&text, &series),
+                Some(want),
+                "{series} in\n{text}"
+            );
+        }
         driver.abort();
     }
 }

@@ -37,8 +37,21 @@ use tokio::sync::Notify;
 
 pub use command::{process_spec, ImageCommand, LocalConfig, Unrunnable};
 
+/// What the loop hands its health writer: revision health that changed, and cold starts to record
+/// as events (the revision, its service, the wait, the replica's start timings).
+type HealthBatch = (
+    Vec<RevisionHealth>,
+    Vec<(
+        RevisionKey,
+        String,
+        autoscale::ColdStart,
+        Option<revisor_runtime::StartTiming>,
+    )>,
+);
+
 struct Inner {
-    store: Store,
+    /// To the health writer: the loop never waits for the store.
+    health: tokio::sync::mpsc::UnboundedSender<HealthBatch>,
     runtime: Runtime,
     gateway: Gateway,
     config: LocalConfig,
@@ -163,8 +176,10 @@ impl LocalBackend {
     /// Starts the backend's loop on the current tokio runtime.
     pub fn start(store: Store, runtime: Runtime, gateway: Gateway, config: LocalConfig) -> LocalBackend {
         let autoscaling = Arc::new(Autoscaling::new(config.autoscaler.clone()));
+        let (health, batches) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(write_health(store, batches));
         let inner = Arc::new(Inner {
-            store,
+            health,
             runtime,
             gateway,
             config,
@@ -245,6 +260,46 @@ impl Index {
     }
 }
 
+/// The services whose part of the desired state differs between `old` and `new` (their route, or
+/// one of their revisions: another object, or other replicas asked), or `None` when services or
+/// revisions came, went or moved, which only a whole round handles.
+fn changed_services(old: &DesiredState, new: &DesiredState) -> Option<Vec<(String, String)>> {
+    if std::ptr::eq(old, new) {
+        return Some(Vec::new());
+    }
+    if old.routes.len() != new.routes.len() || old.revisions.len() != new.revisions.len() {
+        return None;
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut note = |ns: &str, svc: &str| {
+        if !out.iter().any(|(n, s)| n == ns && s == svc) {
+            out.push((ns.to_string(), svc.to_string()));
+        }
+    };
+    for (a, b) in old.routes.iter().zip(&new.routes) {
+        if a.namespace != b.namespace || a.service != b.service {
+            return None;
+        }
+        if a != b {
+            note(&b.namespace, &b.service);
+        }
+    }
+    for (a, b) in old.revisions.iter().zip(&new.revisions) {
+        let (ma, mb) = (&a.revision.metadata, &b.revision.metadata);
+        if ma.namespace != mb.namespace || ma.name != mb.name || a.revision.service_name() != b.revision.service_name()
+        {
+            return None;
+        }
+        if !Arc::ptr_eq(&a.revision, &b.revision) || a.replicas != b.replicas || a.min_replicas != b.min_replicas {
+            match b.revision.service_name() {
+                Some(svc) => note(&mb.namespace, svc),
+                None => return None,
+            }
+        }
+    }
+    Some(out)
+}
+
 /// The revisions whose replica state differs between two snapshots (both are sorted maps).
 fn changed_revisions(before: &Snapshot, now: &Snapshot) -> Vec<RevisionKey> {
     if Arc::ptr_eq(before, now) {
@@ -287,24 +342,31 @@ fn changed_revisions(before: &Snapshot, now: &Snapshot) -> Vec<RevisionKey> {
 async fn run(inner: Arc<Inner>) {
     let mut replicas = inner.runtime.subscribe();
     let mut known = Known::default();
-    // What the last round worked from: a round that finds the same desired state derives again only
-    // the services whose replicas changed since, or whose replicas the autoscaler changed.
+    // What the last round worked from: unless services or revisions came or went, a round derives
+    // again only the services whose desired part or replicas changed since, or whose replicas the
+    // autoscaler changed.
     let mut last: Option<(Arc<DesiredState>, Index, Snapshot)> = None;
     loop {
         let desired = inner.desired.lock().unwrap().clone();
         let snapshot = replicas.borrow_and_update().clone();
         let scaled = inner.autoscaling.take_changed();
         let light = match &mut last {
-            Some((d, index, before)) if Arc::ptr_eq(d, &desired) => {
-                let mut changed = changed_revisions(before, &snapshot);
-                changed.extend(scaled);
-                let done = light_round(&inner, &desired, index, &changed, &snapshot, &replicas, &mut known).await;
-                if done {
-                    *before = snapshot.clone();
+            Some((d, index, before)) => match changed_services(d, &desired) {
+                Some(services) => {
+                    let mut changed = changed_revisions(before, &snapshot);
+                    changed.extend(scaled);
+                    let done = light_round(
+                        &inner, &desired, index, &services, &changed, &snapshot, &replicas, &mut known,
+                    );
+                    if done {
+                        *d = desired.clone();
+                        *before = snapshot.clone();
+                    }
+                    done
                 }
-                done
-            }
-            _ => false,
+                None => false,
+            },
+            None => false,
         };
         if !light {
             let effective = effective_routes(&desired, &snapshot, &mut known, &|k| inner.autoscaling.activatable(k));
@@ -315,9 +377,9 @@ async fn run(inner: Arc<Inner>) {
             // Scaling can change the protocol or set of revisions known; publish what is current.
             let table = routes(&desired, &effective, &now, &known);
             known.publish(&inner.gateway, table);
-            report(&inner, desired.revisions.iter(), &now, &mut known).await;
+            report(&inner, desired.revisions.iter(), &now, &mut known);
             let index = match last.take() {
-                Some((d, index, _)) if Arc::ptr_eq(&d, &desired) => index,
+                Some((d, index, _)) if changed_services(&d, &desired).is_some() => index,
                 _ => Index::of(&desired),
             };
             last = Some((desired, index, now));
@@ -329,34 +391,40 @@ async fn run(inner: Arc<Inner>) {
     }
 }
 
-/// A round for replica changes alone, the desired state being that of the last round: the services
-/// of the `changed` revisions (their replicas changed, or the autoscaler changed what they should
-/// run) are derived again (their routes patched into the published table, their revisions scaled
-/// and reported) and no other, so a cold start or a replica becoming ready costs a round whose time
-/// does not grow with the number of services.
+/// A round for a few services: those whose desired part changed (`changed_services`) and those of
+/// the `changed` revisions (their replicas changed, or the autoscaler changed what they should run)
+/// are derived again (their routes patched into the published table, their revisions scaled and
+/// reported) and no other, so a cold start, a replica becoming ready or one service's new traffic
+/// costs a round whose time does not grow with the number of services.
 /// False when it cannot stand for a whole round (nothing published yet, or most revisions changed).
 ///
 /// It reads replicas without marking them seen: what changes meanwhile (its own scaling among it)
 /// wakes the next round, which compares with `snapshot`.
-async fn light_round(
+#[allow(clippy::too_many_arguments)]
+fn light_round(
     inner: &Arc<Inner>,
     desired: &DesiredState,
     index: &Index,
+    changed_services: &[(String, String)],
     changed: &[RevisionKey],
     snapshot: &Snapshot,
     replicas: &tokio::sync::watch::Receiver<Snapshot>,
     known: &mut Known,
 ) -> bool {
-    if known.routes.is_none() || changed.len() > 64.max(desired.revisions.len() / 8) {
+    let most = 64.max(desired.routes.len() / 8);
+    if known.routes.is_none() || changed.len() + changed_services.len() > most {
         return false;
     }
-    // The services of the changed revisions (a revision serves its own service only).
+    // Those services, and the services of the changed revisions (a revision serves its own service
+    // only).
     let mut services: Vec<&(String, String)> = Vec::new();
-    for key in changed {
-        if let Some(id) = index.service_of.get(key) {
-            if !services.contains(&id) {
-                services.push(id);
-            }
+    let ids = changed_services
+        .iter()
+        .filter_map(|id| index.services.get_key_value(id).map(|(k, _)| k))
+        .chain(changed.iter().filter_map(|key| index.service_of.get(key)));
+    for id in ids {
+        if !services.contains(&id) {
+            services.push(id);
         }
     }
     let activatable = |k: &RevisionKey| inner.autoscaling.activatable(k);
@@ -382,7 +450,7 @@ async fn light_round(
         .flat_map(|id| index.services[*id].1.iter())
         .map(|i| &desired.revisions[*i])
         .collect();
-    report(inner, revisions.into_iter(), &now, known).await;
+    report(inner, revisions.into_iter(), &now, known);
     true
 }
 
@@ -782,8 +850,8 @@ fn service_table<'a>(
 }
 
 /// Writes changed revision health into the store.
-async fn report<'a>(
-    inner: &Arc<Inner>,
+fn report<'a>(
+    inner: &Inner,
     revisions: impl Iterator<Item = &'a revisor_controller::DesiredRevision>,
     snapshot: &Snapshot,
     known: &mut Known,
@@ -826,36 +894,48 @@ async fn report<'a>(
             changed.push(h);
         }
     }
-    if changed.is_empty() && cold_starts.is_empty() {
-        return;
+    if !changed.is_empty() || !cold_starts.is_empty() {
+        let _ = inner.health.send((changed, cold_starts));
     }
-    let store = inner.store.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        for (key, svc, cold, timing) in cold_starts {
-            let mut msg = format!(
-                "scaled from zero: the first waiting request got a ready replica after {} ms",
-                cold.waited.as_millis()
-            );
-            if let Some(t) = timing {
-                msg.push_str(&format!(
-                    " (process spawn {:.1} ms, first successful readiness probe {:.1} ms after the start, {} probes)",
-                    t.spawn.as_secs_f64() * 1e3,
-                    t.ready.as_secs_f64() * 1e3,
-                    t.probes
-                ));
-            }
-            let event = Event::normal(format!("Revision/{}", key.name), "ColdStart", msg);
-            store.write(|tx| tx.record(&key.namespace, &svc, &event))?;
+}
+
+/// Writes what the loop reports, in order, batching what queued meanwhile: a store write (an fsync)
+/// never holds up the loop, so a replica that becomes ready reaches the gateway whatever the store
+/// is doing.
+async fn write_health(store: Store, mut batches: tokio::sync::mpsc::UnboundedReceiver<HealthBatch>) {
+    while let Some((mut changed, mut cold_starts)) = batches.recv().await {
+        while let Ok((more, cold)) = batches.try_recv() {
+            changed.extend(more);
+            cold_starts.extend(cold);
         }
-        record_health(&store, &changed, chrono::Utc::now())
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("recording revision health: {e}"),
-        // The server is stopping: the runtime cancelled the write, and the next start reports afresh.
-        Err(e) if e.is_cancelled() => tracing::debug!("recording revision health: stopped ({e})"),
-        Err(e) => tracing::error!("recording revision health: {e}"),
+        let store = store.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            for (key, svc, cold, timing) in cold_starts {
+                let mut msg = format!(
+                    "scaled from zero: the first waiting request got a ready replica after {} ms",
+                    cold.waited.as_millis()
+                );
+                if let Some(t) = timing {
+                    msg.push_str(&format!(
+                        " (process spawn {:.1} ms, first successful readiness probe {:.1} ms after the start, {} probes)",
+                        t.spawn.as_secs_f64() * 1e3,
+                        t.ready.as_secs_f64() * 1e3,
+                        t.probes
+                    ));
+                }
+                let event = Event::normal(format!("Revision/{}", key.name), "ColdStart", msg);
+                store.write(|tx| tx.record(&key.namespace, &svc, &event))?;
+            }
+            record_health(&store, &changed, chrono::Utc::now())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!("recording revision health: {e}"),
+            // The server is stopping: the runtime cancelled the write, and the next start reports afresh.
+            Err(e) if e.is_cancelled() => tracing::debug!("recording revision health: stopped ({e})"),
+            Err(e) => tracing::error!("recording revision health: {e}"),
+        }
     }
 }
 
@@ -946,6 +1026,33 @@ mod tests {
             known.parsed(&key, &revision("s-00001", "u2", "2", "4"), &cfg).initial,
             4
         );
+    }
+
+    #[test]
+    fn changed_services_name_what_differs_or_none_when_things_came_or_went() {
+        let rev = |name: &str, version: &str| revisor_controller::DesiredRevision {
+            revision: Arc::new(revision(name, "u", version, "1")),
+            replicas: 1,
+            min_replicas: 0,
+        };
+        let mut old = desired(vec![t("s-00001", 100)]);
+        old.revisions = vec![rev("s-00001", "1")];
+        assert_eq!(changed_services(&old, &old), Some(vec![]));
+        let same = DesiredState {
+            revisions: vec![rev("s-00001", "1")],
+            ..old.clone()
+        };
+        // Another object (its Arc) for the same revision: its service is derived again.
+        assert_eq!(changed_services(&old, &same), Some(vec![("ns".into(), "s".into())]));
+        let mut retagged = old.clone();
+        retagged.routes[0].targets[0].tag = Some("t".into());
+        assert_eq!(changed_services(&old, &retagged), Some(vec![("ns".into(), "s".into())]));
+        let mut more = old.clone();
+        more.revisions.push(rev("s-00002", "1"));
+        assert_eq!(changed_services(&old, &more), None, "a revision came: a whole round");
+        let mut gone = old.clone();
+        gone.routes.clear();
+        assert_eq!(changed_services(&old, &gone), None, "a service went: a whole round");
     }
 
     #[test]

@@ -95,6 +95,7 @@ impl Collector for ModelCollector {
 #[cfg(test)]
 mod tests {
     use prometheus_client::encoding::text::encode;
+    use revisor_gateway::sample;
 
     use super::*;
 
@@ -102,13 +103,6 @@ mod tests {
         let mut text = String::new();
         encode(&mut text, &m.registry(model, version)).unwrap();
         text
-    }
-
-    /// The value of the sample whose name and labels are exactly `series`.
-    fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).map(|(_, v)| v))
     }
 
     #[test]
@@ -119,26 +113,15 @@ mod tests {
         m.failure();
         let text = exposition(&m, "tabular", "1");
         let l = r#"{model="tabular",version="1"}"#;
-        assert_eq!(
-            sample(&text, &format!("revisor_model_inference_count_total{l}")),
-            Some("2"),
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, &format!("revisor_model_inference_failure_count_total{l}")),
-            Some("1"),
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, &format!("revisor_model_inference_queue_duration_us_total{l}")),
-            Some("42"),
-            "{text}"
-        );
-        assert_eq!(
-            sample(&text, &format!("revisor_model_inference_compute_duration_us_total{l}")),
-            Some("750"),
-            "{text}"
-        );
+        for (name, want) in [
+            ("revisor_model_inference_count_total", "2"),
+            ("revisor_model_inference_failure_count_total", "1"),
+            ("revisor_model_inference_queue_duration_us_total", "42"),
+            ("revisor_model_inference_compute_duration_us_total", "750"),
+        ] {
+            let series = format!("{name}{l}");
+            assert_eq!(sample(&text, &series), Some(want), "{series} in\n{text}");
+        }
         assert!(text.contains("# HELP revisor_model_inference_count Successful inference requests\n# TYPE revisor_model_inference_count counter\n"), "{text}");
         assert_eq!(text.lines().filter(|l| !l.starts_with('#')).count(), 4, "{text}");
         assert_eq!(text.matches("# EOF").count(), 1, "{text}");

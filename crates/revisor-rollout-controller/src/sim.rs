@@ -451,43 +451,27 @@ mod tests {
 
     const BOUNDS: [f64; 6] = [5.0, 10.0, 20.0, 40.0, 80.0, 160.0];
 
+    /// Steps to 20% and 50%, one analysis run of 10 s after each; success rate at least 95%.
     fn rollout() -> Rollout {
-        let step = |w: u32| Step {
-            set_weight: Some(w),
-            ..Default::default()
-        };
-        let analysis_step = Step {
-            analysis: Some(StepAnalysis { count: Some(1) }),
-            ..Default::default()
-        };
-        Rollout {
-            spec: RolloutSpec {
-                service_ref: ServiceRef { name: "sim".into() },
-                strategy: Strategy {
-                    canary: Some(Canary {
-                        steps: Some(vec![step(20), analysis_step.clone(), step(50), analysis_step]),
-                        ..Default::default()
-                    }),
-                    blue_green: None,
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "revisor.dev/v1alpha1",
+            "kind": "Rollout",
+            "metadata": { "name": "sim", "namespace": "default" },
+            "spec": {
+                "serviceRef": { "name": "sim" },
+                "strategy": { "canary": { "steps": [
+                    { "setWeight": 20 }, { "analysis": { "count": 1 } },
+                    { "setWeight": 50 }, { "analysis": { "count": 1 } },
+                ] } },
+                "analysis": {
+                    "interval": "10s",
+                    "threshold": 2,
+                    "minSamples": 20,
+                    "metrics": [{ "name": "success-rate", "thresholdRange": { "min": 95.0 } }],
                 },
-                analysis: Some(Analysis {
-                    interval: Some("10s".into()),
-                    threshold: Some(2),
-                    min_samples: Some(20),
-                    metrics: vec![MetricCheck {
-                        name: "success-rate".into(),
-                        threshold_range: ThresholdRange {
-                            min: Some(95.0),
-                            max: None,
-                        },
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                ..Default::default()
             },
-            ..Default::default()
-        }
+        }))
+        .expect("the test's Rollout")
     }
 
     fn scenario(canary_errors: f64) -> Scenario {

@@ -112,7 +112,19 @@ async fn revisions(
     params: HashMap<String, String>,
 ) -> Result<Json<Value>, ApiError> {
     let terms = selector(&params)?;
-    let items = blocking(move || Ok(s.store.list::<Revision>(ns.as_deref())?)).await?;
+    // One service's revisions (the CLI's `traffic` asks for them) are one range of keys: a revision's
+    // name starts with its service's, as Knative requires.
+    let service = terms
+        .iter()
+        .find(|(k, _)| k == revisor_api::revision::labels::SERVICE)
+        .map(|(_, v)| v.clone());
+    let items = blocking(move || {
+        Ok(match (&ns, service) {
+            (Some(ns), Some(svc)) => s.store.list_prefixed::<Revision>(ns, &format!("{svc}-"))?,
+            _ => s.store.list::<Revision>(ns.as_deref())?,
+        })
+    })
+    .await?;
     let items: Vec<Revision> = items
         .into_iter()
         .filter(|r| terms.iter().all(|(k, v)| r.metadata.label(k) == Some(v.as_str())))
