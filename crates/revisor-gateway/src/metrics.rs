@@ -232,21 +232,37 @@ impl Collector for MetricsCollector {
     }
 }
 
-/// Encodes snapshots as OpenMetrics families with Knative's queue-proxy names (counters get the
-/// `_total` suffix OpenMetrics gives every counter).
-fn encode_snapshots(snaps: &[MetricsSnapshot], mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(
-        "revision_request_count",
-        "The number of requests that are routed to a revision",
-        None,
-        MetricType::Counter,
-    )?;
+/// A counter family (name, help) by revision and one more label, whose values and counts `by` gives.
+fn counters_by(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    snaps: &[MetricsSnapshot],
+    label: &'static str,
+    by: impl Fn(&MetricsSnapshot) -> Vec<(&'static str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for s in snaps {
-        for (class, n) in CLASSES.iter().zip(s.requests) {
-            let labels = (label_set(&s.labels), [("response_code_class", *class)]);
+        for (value, n) in by(s) {
+            let labels = (label_set(&s.labels), [(label, value)]);
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
     }
+    Ok(())
+}
+
+/// Encodes snapshots as OpenMetrics families with Knative's queue-proxy names (counters get the
+/// `_total` suffix OpenMetrics gives every counter).
+fn encode_snapshots(snaps: &[MetricsSnapshot], mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    counters_by(
+        &mut encoder,
+        (
+            "revision_request_count",
+            "The number of requests that are routed to a revision",
+        ),
+        snaps,
+        "response_code_class",
+        |s| CLASSES.iter().copied().zip(s.requests).collect(),
+    )?;
     let mut family = encoder.encode_descriptor(
         "revision_request_latencies",
         "The response time of requests to a revision, in milliseconds",
@@ -268,36 +284,35 @@ fn encode_snapshots(snaps: &[MetricsSnapshot], mut encoder: DescriptorEncoder) -
             .encode_histogram::<NoLabelSet>(s.latency_sum_ms, count, &buckets, None)?;
     }
     let compared: Vec<&MetricsSnapshot> = snaps.iter().filter(|s| s.compared > 0).collect();
-    let mut family = encoder.encode_descriptor(
-        "revisor_prediction_comparisons",
-        "Mirrored answers compared with the primary revision's",
-        None,
-        MetricType::Counter,
-    )?;
-    for s in &compared {
-        ConstCounter::new(s.compared).encode(family.encode_family(&label_set(&s.labels))?)?;
-    }
-    let mut family = encoder.encode_descriptor(
-        "revisor_prediction_argmax_agreements",
-        "Mirrored answers whose argmax agreed with the primary revision's",
-        None,
-        MetricType::Counter,
-    )?;
-    for s in &compared {
-        ConstCounter::new(s.argmax_agreed).encode(family.encode_family(&label_set(&s.labels))?)?;
-    }
-    let mut family = encoder.encode_descriptor(
-        "revisor_requests_not_counted",
-        "Requests not counted as the revision's answers: the client closed the connection first, sent a malformed body, or the gateway shed them",
-        None,
-        MetricType::Counter,
-    )?;
-    for s in snaps {
-        for (reason, n) in NOT_COUNTED_REASONS.iter().zip(s.not_counted) {
-            let labels = (label_set(&s.labels), [("reason", *reason)]);
-            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+    type Count = fn(&MetricsSnapshot) -> u64;
+    let comparisons: [(&str, &str, Count); 2] = [
+        (
+            "revisor_prediction_comparisons",
+            "Mirrored answers compared with the primary revision's",
+            |s| s.compared,
+        ),
+        (
+            "revisor_prediction_argmax_agreements",
+            "Mirrored answers whose argmax agreed with the primary revision's",
+            |s| s.argmax_agreed,
+        ),
+    ];
+    for (name, help, count) in comparisons {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for s in &compared {
+            ConstCounter::new(count(s)).encode(family.encode_family(&label_set(&s.labels))?)?;
         }
     }
+    counters_by(
+        &mut encoder,
+        (
+            "revisor_requests_not_counted",
+            "Requests not counted as the revision's answers: the client closed the connection first, sent a malformed body, or the gateway shed them",
+        ),
+        snaps,
+        "reason",
+        |s| NOT_COUNTED_REASONS.iter().copied().zip(s.not_counted).collect(),
+    )?;
     let mut family = encoder.encode_descriptor(
         "revision_concurrent_requests",
         "Requests in flight to a revision",

@@ -418,18 +418,20 @@ mod tests {
         text
     }
 
+    /// A concurrency-scaled revision's spec, 10 requests in flight per replica.
+    fn concurrency_target_10(cfg: &AutoscalerConfig) -> DeciderSpec {
+        let annotations = AutoscalingAnnotations {
+            target: Some(10.0),
+            ..Default::default()
+        };
+        DeciderSpec::resolve(cfg, &annotations, 0)
+    }
+
     #[test]
     fn exports_knatives_gauges_per_revision() {
         let cfg = AutoscalerConfig::default();
         let a = Arc::new(Autoscaling::new(cfg.clone()));
-        let concurrency = DeciderSpec::resolve(
-            &cfg,
-            &AutoscalingAnnotations {
-                target: Some(10.0),
-                ..Default::default()
-            },
-            0,
-        );
+        let concurrency = concurrency_target_10(&cfg);
         let rps = DeciderSpec::resolve(
             &cfg,
             &AutoscalingAnnotations {
@@ -502,14 +504,7 @@ mod tests {
             ..Default::default()
         };
         let a = Arc::new(Autoscaling::new(cfg.clone()));
-        let spec = DeciderSpec::resolve(
-            &cfg,
-            &AutoscalingAnnotations {
-                target: Some(10.0),
-                ..Default::default()
-            },
-            0,
-        );
+        let spec = concurrency_target_10(&cfg);
         assert_eq!(a.manage(&key(), "svc", spec.clone(), 1), 1);
         let plant = Arc::new(Plant {
             clients: AtomicU32::new(0),
