@@ -237,7 +237,7 @@ fn counters_by(
     encoder: &mut DescriptorEncoder,
     (name, help): (&str, &str),
     snaps: &[MetricsSnapshot],
-    label: &'static str,
+    label: &str,
     by: impl Fn(&MetricsSnapshot) -> Vec<(&'static str, u64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -253,16 +253,24 @@ fn counters_by(
 /// Encodes snapshots as OpenMetrics families with Knative's queue-proxy names (counters get the
 /// `_total` suffix OpenMetrics gives every counter).
 fn encode_snapshots(snaps: &[MetricsSnapshot], mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-    counters_by(
-        &mut encoder,
+    type By = fn(&MetricsSnapshot) -> Vec<(&'static str, u64)>;
+    let by_label: [(&str, &str, &str, By); 2] = [
         (
             "revision_request_count",
             "The number of requests that are routed to a revision",
+            "response_code_class",
+            |s| CLASSES.iter().copied().zip(s.requests).collect(),
         ),
-        snaps,
-        "response_code_class",
-        |s| CLASSES.iter().copied().zip(s.requests).collect(),
-    )?;
+        (
+            "revisor_requests_not_counted",
+            "Requests not counted as the revision's answers: the client closed the connection first, sent a malformed body, or the gateway shed them",
+            "reason",
+            |s| NOT_COUNTED_REASONS.iter().copied().zip(s.not_counted).collect(),
+        ),
+    ];
+    for (name, help, label, by) in by_label {
+        counters_by(&mut encoder, (name, help), snaps, label, by)?;
+    }
     let mut family = encoder.encode_descriptor(
         "revision_request_latencies",
         "The response time of requests to a revision, in milliseconds",
@@ -303,16 +311,6 @@ fn encode_snapshots(snaps: &[MetricsSnapshot], mut encoder: DescriptorEncoder) -
             ConstCounter::new(count(s)).encode(family.encode_family(&label_set(&s.labels))?)?;
         }
     }
-    counters_by(
-        &mut encoder,
-        (
-            "revisor_requests_not_counted",
-            "Requests not counted as the revision's answers: the client closed the connection first, sent a malformed body, or the gateway shed them",
-        ),
-        snaps,
-        "reason",
-        |s| NOT_COUNTED_REASONS.iter().copied().zip(s.not_counted).collect(),
-    )?;
     let mut family = encoder.encode_descriptor(
         "revision_concurrent_requests",
         "Requests in flight to a revision",
