@@ -37,6 +37,22 @@ struct Objects {
     rollouts: BTreeMap<(String, String), Rollout>,
 }
 
+/// The cached revision if the store's is the same version of it (the data plane tells changed
+/// revisions from unchanged ones by their pointer), else the store's.
+fn keep_unchanged(cached: Option<Arc<Revision>>, stored: Revision) -> Arc<Revision> {
+    match cached {
+        Some(c) if same_version(&c, &stored) => c,
+        _ => Arc::new(stored),
+    }
+}
+
+/// Whether two reads of a revision are the same version of the same object.
+fn same_version(a: &Revision, b: &Revision) -> bool {
+    a.metadata.uid == b.metadata.uid
+        && a.metadata.resource_version.is_some()
+        && a.metadata.resource_version == b.metadata.resource_version
+}
+
 impl Objects {
     fn load(store: &Store) -> Result<Objects, StoreError> {
         let key = |m: &revisor_api::ObjectMeta| (m.namespace.clone(), m.name.clone());
@@ -73,33 +89,50 @@ impl Objects {
             .into_iter()
             .filter(|r| r.service_name() == Some(name))
             .collect();
-        self.revisions
-            .retain(|(ns, _), r| ns != namespace || r.service_name() != Some(name));
+        let mut old: BTreeMap<(String, String), Arc<Revision>> = BTreeMap::new();
+        self.revisions.retain(|k, r| {
+            let theirs = k.0 == namespace && r.service_name() == Some(name);
+            if theirs {
+                old.insert(k.clone(), r.clone());
+            }
+            !theirs
+        });
         for r in revisions {
-            self.revisions
-                .insert((namespace.to_string(), r.metadata.name.clone()), Arc::new(r));
+            let key = (namespace.to_string(), r.metadata.name.clone());
+            let r = keep_unchanged(old.remove(&key), r);
+            self.revisions.insert(key, r);
         }
         Ok(())
     }
 
     /// Reads again the object a change is about.
     fn refresh(&mut self, store: &Store, c: &revisor_store::Change) -> Result<(), StoreError> {
-        fn put<T: revisor_store::Object, V: From<T>>(
-            map: &mut BTreeMap<(String, String), V>,
+        fn put<T: revisor_store::Object>(
+            map: &mut BTreeMap<(String, String), T>,
             store: &Store,
             c: &revisor_store::Change,
         ) -> Result<(), StoreError> {
             let key = (c.namespace.clone(), c.name.clone());
             match store.get::<T>(&c.namespace, &c.name)? {
-                Some(o) => map.insert(key, V::from(o)),
+                Some(o) => map.insert(key, o),
                 None => map.remove(&key),
             };
             Ok(())
         }
         match c.kind {
-            Kind::Service => put::<Service, _>(&mut self.services, store, c),
-            Kind::Revision => put::<Revision, _>(&mut self.revisions, store, c),
-            Kind::Rollout => put::<Rollout, _>(&mut self.rollouts, store, c),
+            Kind::Service => put(&mut self.services, store, c),
+            Kind::Revision => {
+                let key = (c.namespace.clone(), c.name.clone());
+                match store.get::<Revision>(&c.namespace, &c.name)? {
+                    Some(r) => {
+                        let r = keep_unchanged(self.revisions.remove(&key), r);
+                        self.revisions.insert(key, r)
+                    }
+                    None => self.revisions.remove(&key),
+                };
+                Ok(())
+            }
+            Kind::Rollout => put(&mut self.rollouts, store, c),
             Kind::Configuration => Ok(()),
         }
     }
@@ -206,7 +239,16 @@ impl Controller {
             return;
         }
         match Objects::load(&self.store) {
-            Ok(o) => self.objects = o,
+            Ok(mut o) => {
+                // What did not change keeps its pointer, so the data plane sees what did.
+                let mut cached = std::mem::take(&mut self.objects.revisions);
+                for (k, r) in o.revisions.iter_mut() {
+                    if let Some(c) = cached.remove(k).filter(|c| same_version(c, r)) {
+                        *r = c;
+                    }
+                }
+                self.objects = o;
+            }
             Err(e) => tracing::error!("reading the store for the data plane: {e}"),
         }
     }
@@ -289,5 +331,33 @@ impl Controller {
 fn add(pending: &mut BTreeSet<(String, String)>, c: revisor_store::Change) {
     if let Some(svc) = c.service {
         pending.insert((c.namespace, svc));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn revision(uid: &str, version: &str) -> Revision {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "s-00001", "namespace": "ns", "uid": uid, "resourceVersion": version },
+            "spec": { "containers": [{ "image": "app" }] },
+        }))
+        .unwrap()
+    }
+
+    /// A revision read again unchanged keeps its pointer (the data plane derives again only the
+    /// services whose revisions' pointers changed); another version or another object does not.
+    #[test]
+    fn a_revision_read_again_unchanged_keeps_its_pointer() {
+        let cached = Arc::new(revision("u1", "7"));
+        let same = keep_unchanged(Some(cached.clone()), revision("u1", "7"));
+        assert!(Arc::ptr_eq(&same, &cached));
+        let newer = keep_unchanged(Some(cached.clone()), revision("u1", "8"));
+        assert!(!Arc::ptr_eq(&newer, &cached));
+        assert_eq!(newer.metadata.resource_version.as_deref(), Some("8"));
+        let other = keep_unchanged(Some(cached.clone()), revision("u2", "7"));
+        assert!(!Arc::ptr_eq(&other, &cached));
+        assert!(!Arc::ptr_eq(&keep_unchanged(None, revision("u1", "7")), &cached));
     }
 }
