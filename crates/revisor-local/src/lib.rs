@@ -149,7 +149,7 @@ impl Parsed {
     }
 
     fn is_of(&self, rev: &revisor_api::Revision) -> bool {
-        self.uid == rev.metadata.uid && self.version == rev.metadata.resource_version
+        self.uid == rev.metadata.uid && self.version.is_some() && self.version == rev.metadata.resource_version
     }
 }
 
@@ -373,7 +373,9 @@ async fn run(inner: Arc<Inner>) {
             let table = routes(&desired, &effective, &snapshot, &known);
             known.publish(&inner.gateway, table);
             scale(&inner, &desired, &effective, &snapshot, &mut known);
-            let now = replicas.borrow_and_update().clone();
+            // Not marked seen: what changed after `snapshot` (a replica that became ready meanwhile)
+            // wakes the next round, which compares with `snapshot`.
+            let now = replicas.borrow().clone();
             // Scaling can change the protocol or set of revisions known; publish what is current.
             let table = routes(&desired, &effective, &now, &known);
             known.publish(&inner.gateway, table);
@@ -382,7 +384,7 @@ async fn run(inner: Arc<Inner>) {
                 Some((d, index, _)) if changed_services(&d, &desired).is_some() => index,
                 _ => Index::of(&desired),
             };
-            last = Some((desired, index, now));
+            last = Some((desired, index, snapshot));
         }
         tokio::select! {
             _ = inner.changed.notified() => {}
@@ -436,12 +438,19 @@ fn light_round(
     }
     patch_routes(inner, desired, index, &effective, snapshot, known);
     let routed = routed_revisions(&effective);
+    let mut unmanaged = HashSet::new();
     for id in &services {
         for i in &index.services[*id].1 {
             let d = &desired.revisions[*i];
             let key = key_of(&d.revision.metadata.namespace, &d.revision.metadata.name);
-            scale_one(inner, d, &key, routed.contains(&key), snapshot, known);
+            if !scale_one(inner, d, &key, routed.contains(&key), snapshot, known) {
+                unmanaged.insert(key);
+            }
         }
+    }
+    // A revision traffic left is the autoscaler's no more, as a whole round would decide.
+    if !unmanaged.is_empty() {
+        inner.autoscaling.retain(|k| !unmanaged.contains(k));
     }
     let now = replicas.borrow().clone();
     patch_routes(inner, desired, index, &effective, &now, known);
@@ -492,8 +501,12 @@ fn patch_routes(
         let mine = |x: &RevisionSpec| x.namespace == r.namespace && x.service == r.service;
         let before: Vec<&RevisionSpec> = table.revisions.iter().filter(|x| mine(x)).collect();
         if before.len() != revisions.len() || before.iter().zip(&revisions).any(|(a, b)| *a != b) {
+            // In the place a whole round gives them (a service's revisions are together, in the
+            // services' order), so the next whole round finds the same table.
+            let at = table.revisions.iter().position(mine);
             table.revisions.retain(|x| !mine(x));
-            table.revisions.extend(revisions);
+            let at = at.unwrap_or(table.revisions.len()).min(table.revisions.len());
+            table.revisions.splice(at..at, revisions);
             changed = true;
         }
     }
@@ -924,7 +937,9 @@ async fn write_health(store: Store, mut batches: tokio::sync::mpsc::UnboundedRec
                     ));
                 }
                 let event = Event::normal(format!("Revision/{}", key.name), "ColdStart", msg);
-                store.write(|tx| tx.record(&key.namespace, &svc, &event))?;
+                if let Err(e) = store.write(|tx| tx.record(&key.namespace, &svc, &event)) {
+                    tracing::error!("recording a cold start of {key}: {e}");
+                }
             }
             record_health(&store, &changed, chrono::Utc::now())
         })
