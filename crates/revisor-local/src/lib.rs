@@ -474,6 +474,21 @@ fn patch_routes(
     known: &mut Known,
 ) {
     let Some(mut table) = known.routes.take() else { return };
+    if patch_table(&mut table, desired, index, effective, snapshot, known) {
+        inner.gateway.publish(&table);
+    }
+    known.routes = Some(table);
+}
+
+/// Replaces the given services' routes and revisions in `table`; true if that changed it.
+fn patch_table(
+    table: &mut RoutesSpec,
+    desired: &DesiredState,
+    index: &Index,
+    effective: &[ServiceRoutes],
+    snapshot: &Snapshot,
+    known: &Known,
+) -> bool {
     let mut changed = false;
     for r in effective {
         let revs = &index.services[&(r.namespace.clone(), r.service.clone())].1;
@@ -510,10 +525,7 @@ fn patch_routes(
             changed = true;
         }
     }
-    if changed {
-        inner.gateway.publish(&table);
-    }
-    known.routes = Some(table);
+    changed
 }
 
 fn key_of(namespace: &str, name: &str) -> RevisionKey {
@@ -1068,6 +1080,65 @@ mod tests {
         let mut gone = old.clone();
         gone.routes.clear();
         assert_eq!(changed_services(&old, &gone), None, "a service went: a whole round");
+    }
+
+    /// A table patched for one service is the table a whole round derives, order included (a
+    /// patch that moved the service's revisions to the end made the next whole round publish again).
+    #[test]
+    fn a_patched_table_is_the_whole_rounds_table() {
+        let svc = |name: &str| {
+            let rev: revisor_api::Revision = serde_json::from_value(serde_json::json!({
+                "metadata": {
+                    "name": format!("{name}-00001"), "namespace": "ns", "uid": name, "resourceVersion": "1",
+                    "labels": { "serving.knative.dev/service": name },
+                },
+                "spec": { "containers": [{ "image": "app" }] },
+            }))
+            .unwrap();
+            let route = ServiceRoutes {
+                namespace: "ns".into(),
+                service: name.into(),
+                host: format!("{name}.ns.localhost"),
+                targets: vec![t(&format!("{name}-00001"), 100)],
+                ..Default::default()
+            };
+            let rev = revisor_controller::DesiredRevision {
+                revision: Arc::new(rev),
+                replicas: 1,
+                min_replicas: 0,
+            };
+            (route, rev)
+        };
+        let (services, revisions) = ["a", "b", "c"].map(svc).into_iter().unzip();
+        let desired = DesiredState {
+            routes: services,
+            revisions,
+        };
+        let index = Index::of(&desired);
+        let known = Known::default();
+        let before = snapshot(&["a-00001", "b-00001", "c-00001"]);
+        let mut table = routes(&desired, &desired.routes, &before, &known);
+        // b's replica moves: only b is derived again.
+        let mut m = (*before).clone();
+        m.get_mut(&key_of("ns", "b-00001")).unwrap().ready[0].addr = ([127, 0, 0, 1], 2000).into();
+        let after = Arc::new(m);
+        assert!(patch_table(
+            &mut table,
+            &desired,
+            &index,
+            &desired.routes[1..2],
+            &after,
+            &known
+        ));
+        assert_eq!(table, routes(&desired, &desired.routes, &after, &known));
+        assert!(!patch_table(
+            &mut table,
+            &desired,
+            &index,
+            &desired.routes[1..2],
+            &after,
+            &known
+        ));
     }
 
     #[test]
