@@ -333,7 +333,7 @@ pub fn sample<'a>(text: &'a str, series: &str) -> Option<&'a str> {
 
 #[cfg(test)]
 mod tests {
-    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    use prometheus_client::encoding::text::encode;
     use prometheus_client::registry::Registry;
 
     use super::*;
@@ -378,8 +378,7 @@ mod tests {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(MetricsCollector::new(move || snaps.clone())));
         let mut text = String::new();
-        encode_registry(&mut text, &registry).unwrap();
-        encode_eof(&mut text).unwrap();
+        encode(&mut text, &registry).unwrap();
         text
     }
 

@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::text::encode;
 use revisor_gateway::MetricsSnapshot;
 
 use super::{AdminState, ApiError};
@@ -32,9 +32,7 @@ pub async fn metrics(State(s): State<AdminState>) -> Result<Response, ApiError> 
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("this server runs no gateway".into()))?;
     let mut text = String::new();
-    encode_registry(&mut text, registry)
-        .and_then(|()| encode_eof(&mut text))
-        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
+    encode(&mut text, registry).map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
     Ok(([(header::CONTENT_TYPE, OPENMETRICS)], text).into_response())
 }
 
