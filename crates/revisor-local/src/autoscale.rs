@@ -171,8 +171,15 @@ impl Autoscaling {
         let decided = r.poke(now, held as u32, ready);
         let after = r.replicas();
         if decided.is_some() && after > 0 {
-            if let Some(started) = st.from_zero.get_mut(key) {
-                started.get_or_insert_with(Instant::now);
+            match st.from_zero.get_mut(key) {
+                Some(started) => {
+                    started.get_or_insert_with(Instant::now);
+                }
+                // A revision created at zero (`initial-scale: 0`) starts cold too.
+                None if before == 0 => {
+                    st.from_zero.insert(key.clone(), Some(Instant::now()));
+                }
+                None => {}
             }
         }
         if before != after {
@@ -470,6 +477,23 @@ mod tests {
         assert_eq!(text.matches("# TYPE autoscaler_desired_pods ").count(), 1, "{text}");
         assert_eq!(text.matches("# TYPE ").count(), 10, "{text}");
         assert!(text.ends_with("\n# EOF\n"), "{text}");
+    }
+
+    /// A revision created at zero (`initial-scale: 0`) that a request wakes is a cold start as much
+    /// as one the autoscaler put at zero: it gets its ColdStart event (it got none before).
+    #[tokio::test(start_paused = true)]
+    async fn a_revision_created_at_zero_reports_its_cold_start() {
+        let cfg = AutoscalerConfig::default();
+        let a = Autoscaling::new(cfg.clone());
+        assert_eq!(a.manage(&key(), "svc", concurrency_target_10(&cfg), 0), 0);
+        assert!(a.ready(&key()).is_none(), "nothing waited yet");
+        assert!(a.poke(&key(), 1, 0), "a held request scales it up");
+        assert_eq!(a.manage(&key(), "svc", concurrency_target_10(&cfg), 0), 1);
+        let cold = a
+            .ready(&key())
+            .expect("a cold start is reported once a replica is ready");
+        assert!(cold.waited < Duration::from_secs(1), "{cold:?}");
+        assert!(a.ready(&key()).is_none(), "once");
     }
 
     /// A simulated revision: `clients` closed-loop clients keep that many requests in flight; replicas

@@ -30,10 +30,13 @@ enum Phase {
     Ready(u32),
 }
 
-/// The first wait between readiness probes when the probe sets no period: probing starts every
-/// millisecond and backs off (by a quarter each time) to the probe's period, so a replica that starts in a few milliseconds is
-/// seen within a millisecond or two, and a slow one costs few probes.
+/// The first wait between readiness probes when the probe sets no period: probing runs every
+/// millisecond for the first `EAGER_PROBING`, then backs off (by a quarter each time) to the probe's
+/// period, so a replica that starts in a few milliseconds (a model server starts in 5-10) is seen
+/// within a millisecond, and a slow one costs few probes (a failed connect to a loopback port is a few
+/// microseconds).
 const FIRST_PROBE_INTERVAL: Duration = Duration::from_millis(1);
+const EAGER_PROBING: Duration = Duration::from_millis(50);
 
 /// One replica of one incarnation of a revision.
 pub(crate) struct Replica {
@@ -171,6 +174,7 @@ async fn wait_ready(spec: &ProcessSpec, child: &mut Child, port: u16, stop: &mut
         probe.period
     };
     let mut probes = 0;
+    let eager_until = tokio::time::Instant::now() + EAGER_PROBING;
     loop {
         tokio::select! {
             status = child.wait() => return Phase::Exited(status),
@@ -180,8 +184,11 @@ async fn wait_ready(spec: &ProcessSpec, child: &mut Child, port: u16, stop: &mut
                 if check(&probe.action, port, probe.timeout).await {
                     return Phase::Ready(probes);
                 }
-                next = later(tokio::time::Instant::now(), interval);
-                interval = (interval.saturating_mul(5) / 4).min(probe.period);
+                let now = tokio::time::Instant::now();
+                next = later(now, interval);
+                if now >= eager_until {
+                    interval = (interval.saturating_mul(5) / 4).min(probe.period);
+                }
             }
         }
     }
