@@ -32,17 +32,12 @@ pub fn spawn(spec: &ProcessSpec, port: u16, log: &Path) -> std::io::Result<Child
         cmd.current_dir(dir);
     }
     // SAFETY: only async-signal-safe calls between fork and exec: a new process group (so signals reach
-    // the whole replica), a parent-death signal (so a killed server leaves no orphans), and the system's
-    // transparent huge page setting (the `revisor` binary turns it off for itself, and a child would
-    // inherit that across exec).
+    // the whole replica), and a parent-death signal (so a killed server leaves no orphans).
     unsafe {
         cmd.pre_exec(|| {
             libc::setpgid(0, 0);
             #[cfg(target_os = "linux")]
-            {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0);
-            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }

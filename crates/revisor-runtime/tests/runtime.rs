@@ -124,36 +124,6 @@ async fn the_child_sees_only_its_declared_environment() {
     rt.shutdown().await;
 }
 
-/// The `revisor` binary turns transparent huge pages off for itself (its allocator's huge pages made
-/// model servers start slowly); the replicas it starts, whatever they run, keep the system's setting.
-#[tokio::test(flavor = "multi_thread")]
-async fn replicas_do_not_inherit_the_servers_huge_page_setting() {
-    // SAFETY: prctl(2) with integer arguments; this test binary runs nothing that depends on THP.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0), 0);
-    }
-    let own = std::fs::read_to_string("/proc/self/status").unwrap();
-    assert!(own.contains("THP_enabled:\t0"), "the test process has THP off: {own}");
-    let (d, rt) = runtime(Default::default());
-    let out = d.path().join("status.txt");
-    let mut s = spec("thp-00001", "/bin/sh".into(), &[("PATH", "/usr/bin:/bin")]);
-    s.args = vec![
-        "-c".into(),
-        format!("cat /proc/self/status > {}; exec sleep 30", out.display()),
-    ];
-    s.probe = Probe {
-        action: ProbeAction::Exec {
-            command: vec!["test".into(), "-s".into(), out.display().to_string()],
-        },
-        ..Probe::default()
-    };
-    rt.scale(s, 1);
-    wait_for(&rt, "thp-00001", "ready", |s| !s.ready.is_empty()).await;
-    let status = std::fs::read_to_string(&out).unwrap();
-    assert!(status.contains("THP_enabled:\t1"), "{status}");
-    rt.shutdown().await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_command_reports_the_os_error() {
     let (_d, rt) = runtime(Default::default());

@@ -8,12 +8,14 @@ use revisor::cli;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    no_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REVISOR_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = cli::Cli::parse();
+    if !matches!(cli.command, cli::Command::Serve { .. } | cli::Command::Demo) {
+        no_transparent_huge_pages();
+    }
     if !cli.command.is_server() {
         die_quietly_when_output_is_closed();
     }
@@ -26,11 +28,11 @@ fn main() {
     }
 }
 
-/// Turns transparent huge pages off for this process. mimalloc asks for them on its 1 GiB arena, so
-/// every first touch of a 2 MiB region zeroes a whole huge page: a model server's start-up spent most
-/// of its time there (a cold start took 38-48 ms with them, 12-20 ms without, bench/RESULTS.md), and
-/// each replica kept megabytes it never used. The setting is inherited by children; the runtime gives
-/// the replicas it starts the system's default again.
+/// Turns transparent huge pages off for this process: mimalloc asks for them on its arena, so each
+/// first touch of a 2 MiB region zeroes a whole huge page, which a short-lived command or a model
+/// server starting pays for (revisor-local also sets `MIMALLOC_ALLOW_THP=0` for the replicas that run
+/// this binary, which takes effect before the first allocation). `serve` keeps them: its steady
+/// state ran with less CPU with them (bench/RESULTS.md).
 fn no_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl(2) with integer arguments changes only this process's THP flag.
