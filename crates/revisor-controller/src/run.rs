@@ -10,7 +10,7 @@ use revisor_api::{Configuration, Defaults, Revision, Rollout, Service};
 use revisor_store::{Kind, Store, StoreError};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
-use crate::dataplane::{desired_state, Backend, DesiredState};
+use crate::dataplane::{Backend, Derivation, DesiredState};
 use crate::reconcile::reconcile_service;
 use crate::ControllerConfig;
 
@@ -22,6 +22,8 @@ pub struct Controller {
     defaults: Defaults,
     backend: Option<Arc<dyn Backend>>,
     last: Option<Arc<DesiredState>>,
+    /// The desired data plane, kept service by service.
+    derivation: Derivation,
     /// Services whose gradual rollout is in progress, with when its next step is due (ms).
     gradual: BTreeMap<(String, String), i64>,
     /// The objects the data plane is derived from, kept current from the store's changes so that a
@@ -35,6 +37,10 @@ struct Objects {
     services: BTreeMap<(String, String), Service>,
     revisions: BTreeMap<(String, String), Arc<Revision>>,
     rollouts: BTreeMap<(String, String), Rollout>,
+    /// The services whose objects were read again since the data plane was last derived.
+    dirty: BTreeSet<(String, String)>,
+    /// Every service's, after a whole load (or a change that named no service).
+    all_dirty: bool,
 }
 
 /// The cached revision if the store's is the same version of it (the data plane tells changed
@@ -72,6 +78,8 @@ impl Objects {
                 .into_iter()
                 .map(|o| (key(&o.metadata), o))
                 .collect(),
+            dirty: BTreeSet::new(),
+            all_dirty: true,
         })
     }
 
@@ -80,6 +88,7 @@ impl Objects {
     /// changes about them arrive in.
     fn refresh_service(&mut self, store: &Store, namespace: &str, name: &str) -> Result<(), StoreError> {
         let key = (namespace.to_string(), name.to_string());
+        self.dirty.insert(key.clone());
         match store.get::<Service>(namespace, name)? {
             Some(s) => self.services.insert(key, s),
             None => self.services.remove(&key),
@@ -119,6 +128,12 @@ impl Objects {
             };
             Ok(())
         }
+        match &c.service {
+            Some(svc) => {
+                self.dirty.insert((c.namespace.clone(), svc.clone()));
+            }
+            None => self.all_dirty = true,
+        }
         match c.kind {
             Kind::Service => put(&mut self.services, store, c),
             Kind::Revision => {
@@ -146,6 +161,7 @@ impl Controller {
             defaults: Defaults::default(),
             backend: None,
             last: None,
+            derivation: Derivation::default(),
             gradual: BTreeMap::new(),
             objects: Objects::default(),
         }
@@ -272,10 +288,18 @@ impl Controller {
     /// Sends the desired data plane to the backend when it changed.
     fn sync_backend(&mut self) {
         let Some(backend) = &self.backend else { return };
-        let services: Vec<&Service> = self.objects.services.values().collect();
-        let revisions: Vec<&Arc<Revision>> = self.objects.revisions.values().collect();
-        let rollouts: Vec<&Rollout> = self.objects.rollouts.values().collect();
-        let desired = desired_state(&services, &revisions, &rollouts, &self.defaults, Utc::now());
+        let o = &mut self.objects;
+        let desired = self.derivation.update(
+            &o.services,
+            &o.revisions,
+            &o.rollouts,
+            &o.dirty,
+            o.all_dirty,
+            &self.defaults,
+            Utc::now(),
+        );
+        o.dirty.clear();
+        o.all_dirty = false;
         if self.last.as_deref() != Some(&desired) {
             let desired = Arc::new(desired);
             backend.sync(desired.clone());

@@ -5,6 +5,7 @@
 //! It makes no routing decision: it only says which replicas are ready at which address, and before
 //! stopping one it waits for the in-flight count the caller reports to reach zero.
 
+pub mod lifeline;
 mod probe;
 mod process;
 mod replica;

@@ -31,16 +31,10 @@ pub fn spawn(spec: &ProcessSpec, port: u16, log: &Path) -> std::io::Result<Child
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
     }
-    // SAFETY: only async-signal-safe calls between fork and exec: a new process group (so signals reach
-    // the whole replica), and a parent-death signal (so a killed server leaves no orphans).
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setpgid(0, 0);
-            #[cfg(target_os = "linux")]
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    // Its own process group, so that signals reach the whole replica. Nothing else runs between fork
+    // and exec, so the standard library uses posix_spawn (no copy of the server's page tables); the
+    // lifeline (`lifeline.rs`) ends the group if the server is killed.
+    cmd.process_group(0);
     cmd.spawn()
 }
 
@@ -65,13 +59,14 @@ pub struct Group {
 
 impl Group {
     /// The group `child` leads, recorded in `dir` (file: the group id; content: the leader's start
-    /// time, to tell it from a later process with the same id).
+    /// time, to tell it from a later process with the same id, and the server's pid, so that a
+    /// server's lifeline ends only that server's groups).
     pub fn new(child: &Child, dir: &Path) -> Group {
         let pgid = child.id().unwrap_or(0) as libc::pid_t;
         let record = (pgid > 0).then(|| start_time(pgid)).flatten().and_then(|t| {
             std::fs::create_dir_all(dir).ok()?;
             let path = dir.join(pgid.to_string());
-            std::fs::write(&path, t.to_string()).ok()?;
+            std::fs::write(&path, format!("{t} {}", std::process::id())).ok()?;
             Some(path)
         });
         Group { pgid, record }
@@ -119,6 +114,12 @@ fn group_has_members(pgid: libc::pid_t) -> bool {
 /// A group is ours when its leader is the process recorded (same start time), or when the leader is
 /// gone and members remain (the id cannot have been reused while they live).
 pub fn end_leftovers(dir: &Path) -> usize {
+    end_groups(dir, None)
+}
+
+/// Ends the groups recorded in `dir` (only those the server with pid `server` recorded, when given:
+/// what a lifeline ends), removing their records; returns how many it ended.
+pub(crate) fn end_groups(dir: &Path, server: Option<u32>) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -128,7 +129,13 @@ pub fn end_leftovers(dir: &Path) -> usize {
         let Some(pgid) = e.file_name().to_str().and_then(|n| n.parse::<libc::pid_t>().ok()) else {
             continue;
         };
-        let recorded: Option<u64> = std::fs::read_to_string(&path).ok().and_then(|t| t.trim().parse().ok());
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut fields = text.split_whitespace();
+        let recorded: Option<u64> = fields.next().and_then(|t| t.parse().ok());
+        let recorder: Option<u32> = fields.next().and_then(|t| t.parse().ok());
+        if server.is_some() && recorder != server {
+            continue;
+        }
         let ours = match start_time(pgid) {
             Some(now) => Some(now) == recorded,
             None => true,

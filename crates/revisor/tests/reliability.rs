@@ -21,6 +21,30 @@ fn pids_with(marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The name a process gives itself (`/proc/PID/comm`).
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The pids of `parent`'s children.
+fn children(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
 /// A service whose replica starts a helper process of its own (as nginx starts workers), then
 /// becomes the test upstream. `marker` is the helper's sleep time, unique to the test.
 fn forking_service(marker: &str) -> String {
@@ -43,22 +67,45 @@ fn processes_replicas_start_are_ended_on_a_graceful_stop_and_after_a_kill_9() {
         !pids_with(&marker).is_empty()
     });
 
-    // kill -9: the parent-death signal ends the replica, not the helper it started.
-    let orphans = pids_with(&marker);
-    server.kill9();
-    std::thread::sleep(Duration::from_millis(500));
     let alive = |pids: &[u32]| {
         pids.iter().any(|p| {
             std::path::Path::new(&format!("/proc/{p}/cmdline")).exists()
                 && std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| !c.is_empty())
         })
     };
+    // kill -9: the server's lifeline ends the replica and the helper it started.
+    let helpers = pids_with(&marker);
+    let replica: Vec<u32> = children(server.child.id())
+        .into_iter()
+        .filter(|p| comm(*p) != "lifeline")
+        .collect();
+    assert!(!replica.is_empty(), "the replica runs as the server's child");
+    server.kill9();
+    wait_until(
+        "the lifeline ends the replica and its helper",
+        Duration::from_secs(10),
+        || !alive(&helpers) && !alive(&replica),
+    );
+
+    // Without the lifeline too (killed first), the next start ends what the killed run left behind,
+    // before it starts anything (the new replica starts a helper of its own, with the same command
+    // line: only the old ones must go).
+    let server = Server::start(&data);
+    wait_ready(&server.admin, "forks", &["forks-00001"]);
+    wait_until("the helper runs", Duration::from_secs(10), || {
+        !pids_with(&marker).is_empty()
+    });
+    let orphans = pids_with(&marker);
+    let lifeline = children(server.child.id()).into_iter().find(|p| comm(*p) == "lifeline");
+    let lifeline = lifeline.expect("revisor serve runs a lifeline process");
+    // SAFETY: kill(2) of the lifeline, a process this test's server started.
+    unsafe { libc::kill(lifeline as libc::pid_t, libc::SIGKILL) };
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(500));
     assert!(
         alive(&orphans),
-        "the premise: a killed server cannot end its replicas' helpers itself"
+        "the premise: with its lifeline gone, a killed server cannot end its replicas' helpers"
     );
-    // The next start ends what the killed run left behind, before it starts anything (the new
-    // replica starts a helper of its own, with the same command line: only the old ones must go).
     let server = Server::start(&data);
     wait_until("the orphaned helper is ended", Duration::from_secs(10), || {
         !alive(&orphans)

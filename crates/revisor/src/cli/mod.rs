@@ -11,7 +11,7 @@ mod traffic;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::client::Client;
@@ -463,6 +463,14 @@ pub fn run(cli: Cli) -> Result<()> {
             admin_token_file,
             admin_tls_san,
         })?;
+        if backend == BackendArg::Local {
+            // Before any thread starts (the lifeline is forked; see revisor-runtime's lifeline.rs).
+            let groups = cfg
+                .data_dir
+                .join(crate::server::LOGS_DIR)
+                .join(revisor_runtime::GROUPS_DIR);
+            revisor_runtime::lifeline::start(&groups).context("starting the replicas' lifeline")?;
+        }
         let rt = tokio::runtime::Runtime::new()?;
         return match backend {
             BackendArg::Local => {
