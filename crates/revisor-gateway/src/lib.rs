@@ -187,6 +187,16 @@ impl Gateway {
         MetricsCollector::new(move || gateway.metrics())
     }
 
+    /// Calls `f` with each route's labels and its [`RevisionMetrics::load`]: what the autoscaler
+    /// samples every second, without a copy of every counter.
+    pub fn for_each_load(&self, mut f: impl FnMut(&Labels, f64, u64)) {
+        let reg = self.inner.registry.lock().unwrap();
+        for (labels, m) in &reg.metrics {
+            let (busy, requests) = m.load();
+            f(labels, busy, requests);
+        }
+    }
+
     /// Every revision's counters.
     pub fn metrics(&self) -> Vec<MetricsSnapshot> {
         self.inner

@@ -169,6 +169,17 @@ impl RevisionMetrics {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// What the autoscaler samples every second: request-seconds so far (finished requests' time
+    /// and in-flight requests' time until now) and requests counted (finished and in flight), read
+    /// without copying the rest of the counters.
+    pub fn load(&self) -> (f64, u64) {
+        let now = clock_us(Instant::now());
+        let in_flight = self.in_flight();
+        let busy = self.busy_us.load(Ordering::Relaxed) + in_flight * now;
+        let finished: u64 = self.classes.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        (busy as f64 / 1e6, finished + in_flight.max(0) as u64)
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         let now = clock_us(Instant::now());
         let in_flight = self.in_flight();
@@ -337,6 +348,36 @@ mod tests {
     use prometheus_client::registry::Registry;
 
     use super::*;
+
+    /// What the autoscaler samples (`load`) is what a snapshot says of the same counters.
+    #[test]
+    fn the_autoscalers_load_agrees_with_a_snapshot() {
+        let m = RevisionMetrics::new(Labels {
+            namespace: "default".into(),
+            service: "svc".into(),
+            revision: "svc-00001".into(),
+            tag: String::new(),
+        });
+        let t0 = Instant::now() - Duration::from_secs(2);
+        m.start(t0);
+        m.finish(200, t0, Duration::from_millis(500));
+        m.start(t0);
+        m.finish(503, t0, Duration::from_millis(250));
+        m.start(t0 + Duration::from_secs(1));
+        let (busy, requests) = m.load();
+        let snap = m.snapshot();
+        assert_eq!(requests, snap.total() + snap.in_flight as u64);
+        assert_eq!(requests, 3, "two finished, one in flight");
+        assert!(
+            (busy - snap.busy_seconds).abs() < 0.05,
+            "{busy} vs {}",
+            snap.busy_seconds
+        );
+        assert!(
+            busy >= 0.75 + 0.99,
+            "the in-flight request counts its second so far: {busy}"
+        );
+    }
 
     #[test]
     fn busy_time_counts_requests_still_in_flight() {

@@ -13,7 +13,6 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use revisor_autoscaler::{Activity, Autoscaler, AutoscalerConfig, DeciderSpec, Time};
-use revisor_gateway::MetricsSnapshot;
 use revisor_runtime::RevisionKey;
 use tokio::sync::mpsc;
 
@@ -29,18 +28,18 @@ pub struct Counters {
     pub requests: u64,
 }
 
-/// Sums the gateway's snapshots per revision.
-pub fn counters(snaps: &[MetricsSnapshot]) -> HashMap<RevisionKey, Counters> {
+/// Sums the gateway's counters per revision (over the routes that reach it: its split and its tag).
+pub fn counters(gateway: &revisor_gateway::Gateway) -> HashMap<RevisionKey, Counters> {
     let mut out: HashMap<RevisionKey, Counters> = HashMap::new();
-    for s in snaps {
+    gateway.for_each_load(|labels, busy_seconds, requests| {
         let key = RevisionKey {
-            namespace: s.labels.namespace.clone(),
-            name: s.labels.revision.clone(),
+            namespace: labels.namespace.clone(),
+            name: labels.revision.clone(),
         };
         let c = out.entry(key).or_default();
-        c.busy_seconds += s.busy_seconds;
-        c.requests += s.total() + s.in_flight.max(0) as u64;
-    }
+        c.busy_seconds += busy_seconds;
+        c.requests += requests;
+    });
     out
 }
 

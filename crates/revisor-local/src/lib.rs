@@ -200,7 +200,7 @@ impl LocalBackend {
             let ready = |k: &RevisionKey| replicas.borrow().get(k).map(|s| s.ready.len() as u32).unwrap_or(0);
             drive(
                 &i.autoscaling,
-                || counters(&i.gateway.metrics()),
+                || counters(&i.gateway),
                 ready,
                 || i.changed.notify_one(),
                 pokes,

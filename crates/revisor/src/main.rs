@@ -13,7 +13,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = cli::Cli::parse();
-    if !matches!(cli.command, cli::Command::Serve { .. } | cli::Command::Demo) {
+    if matches!(cli.command, cli::Command::Serve { .. } | cli::Command::Demo) {
+        revisor_model::purge_freed_memory_after(std::time::Duration::from_secs(2));
+    } else {
         no_transparent_huge_pages();
     }
     if !cli.command.is_server() {
