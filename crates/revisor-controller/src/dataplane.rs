@@ -26,7 +26,6 @@ pub struct DesiredRevision {
     pub min_replicas: u32,
 }
 
-/// One routed target of a service.
 /// Equal when they run the same revision as many times. A revision read again unchanged keeps its
 /// pointer, so comparing two desired states (after every change, with every revision in them) is a
 /// pointer comparison per revision rather than a comparison of whole revisions.
@@ -38,6 +37,7 @@ impl PartialEq for DesiredRevision {
     }
 }
 
+/// One routed target of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutedTarget {
     pub revision: String,
@@ -245,10 +245,18 @@ impl Derivation {
         now: chrono::DateTime<chrono::Utc>,
     ) -> DesiredState {
         let timing = Timing::of(rollouts.values(), now);
+        // The services a Rollout names, and the services of the revisions it keeps replicas of.
+        let kept = timing.floors.iter().flat_map(|(ns, names)| {
+            names.keys().filter_map(|name| {
+                let svc = revisions.get(&(ns.to_string(), name.clone()))?.service_name()?;
+                Some((ns.to_string(), svc.to_string()))
+            })
+        });
         let timed: BTreeSet<(String, String)> = timing
             .rollout_of
             .keys()
             .map(|(ns, name)| (ns.to_string(), name.to_string()))
+            .chain(kept)
             .collect();
         let redo: BTreeSet<(String, String)> = if all {
             self.parts.clear();

@@ -188,7 +188,8 @@ impl Gateway {
     }
 
     /// Calls `f` with each route's labels and its [`RevisionMetrics::load`]: what the autoscaler
-    /// samples every second, without a copy of every counter.
+    /// samples every second, without a copy of every counter. `f` runs under the registry's lock: it
+    /// must not call the gateway.
     pub fn for_each_load(&self, mut f: impl FnMut(&Labels, f64, u64)) {
         let reg = self.inner.registry.lock().unwrap();
         for (labels, m) in &reg.metrics {

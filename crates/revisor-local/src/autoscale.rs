@@ -104,8 +104,9 @@ impl Autoscaling {
         st.from_zero.retain(|k, _| keep(k));
     }
 
-    /// Whether the revision is at zero (or coming back from it) because the autoscaler put it there:
-    /// requests to it are held until it has a replica, rather than routed elsewhere.
+    /// Whether the revision is at zero (or coming back from it) because the autoscaler put it there,
+    /// or was created at zero and a request woke it: requests to it are held until it has a replica,
+    /// rather than routed elsewhere (as Knative's activator holds them).
     pub fn activatable(&self, key: &RevisionKey) -> bool {
         self.state.lock().unwrap().from_zero.contains_key(key)
     }

@@ -67,6 +67,7 @@ pub fn process_spec(rev: &Revision, cfg: &LocalConfig) -> Result<(ProcessSpec, P
         )
     })?;
     let mut env = environment(rev, container, mapped)?;
+    let program = on_path(program, &env);
     if program == cfg.revisor_exe {
         let mut unless_set = |k: &str, v: String| {
             if !env.iter().any(|(name, _)| name == k) {
@@ -134,6 +135,28 @@ fn command_of(c: &Container, mapped: Option<&ImageCommand>, exe: &std::path::Pat
         PathBuf::from(program)
     };
     Some((program, words))
+}
+
+/// A program named without a directory, found on the replica's `PATH` as exec would find it; as
+/// named when it is on none. Spawning a path lets the runtime start the replica by `posix_spawn`:
+/// the standard library falls back to `fork` for a bare name in an environment of the caller's
+/// making, which copies the server's page tables.
+fn on_path(program: PathBuf, env: &[(String, String)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.components().count() != 1 || program.as_os_str().is_empty() || program.is_absolute() {
+        return program;
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    path.split(':')
+        // A relative directory means the replica's own working directory: left to exec.
+        .filter(|dir| dir.starts_with('/'))
+        .map(|dir| std::path::Path::new(dir).join(&program))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .unwrap_or(program)
 }
 
 fn environment(
@@ -297,6 +320,12 @@ mod tests {
             (s.program.to_str().unwrap(), s.args.join(" ").as_str()),
             ("/usr/bin/web", "--default")
         );
+        // A bare name is found on the replica's PATH (so the runtime can posix_spawn it); one on no
+        // directory of it stays as written (and fails to start, naming it).
+        let (s, _) = run("containers:\n- image: x\n  command: [sh, -c, 'exit 0']\n  env: [{name: PATH, value: /nowhere:/bin:/usr/bin}]\n").unwrap();
+        assert!(s.program.is_absolute() && s.program.ends_with("sh"), "{:?}", s.program);
+        let (s, _) = run("containers:\n- image: x\n  command: [no-such-program-here]\n").unwrap();
+        assert_eq!(s.program.to_str(), Some("no-such-program-here"));
         assert!(
             !s.env.iter().any(|(k, _)| k == "MIMALLOC_ALLOW_THP"),
             "other programs' environment is theirs"

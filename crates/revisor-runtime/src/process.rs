@@ -48,10 +48,10 @@ pub fn signal(child: &Child, sig: libc::c_int) {
     }
 }
 
-/// A replica's process group, recorded in a directory while it may have members, so that a server
-/// killed before it could stop them (SIGKILL: the parent-death signal reaches only the replica
-/// itself, not the processes it started) ends them at its next start. Dropping it ends the group:
-/// whatever the replica left behind when it exited or was stopped is killed.
+/// A replica's process group, recorded in a directory while it may have members, so that when the
+/// server is killed before it could stop them (SIGKILL), its lifeline ends them at once (`lifeline.rs`),
+/// or else its next start does. Dropping it ends the group: whatever the replica left behind when it
+/// exited or was stopped is killed.
 pub struct Group {
     pgid: libc::pid_t,
     record: Option<std::path::PathBuf>,
@@ -66,7 +66,14 @@ impl Group {
         let record = (pgid > 0).then(|| start_time(pgid)).flatten().and_then(|t| {
             std::fs::create_dir_all(dir).ok()?;
             let path = dir.join(pgid.to_string());
-            std::fs::write(&path, format!("{t} {}", std::process::id())).ok()?;
+            // Written whole, then renamed: a lifeline reading the directory meanwhile never sees half.
+            let partial = dir.join(format!(".{pgid}.new"));
+            let written = std::fs::write(&partial, format!("{t} {}", std::process::id()))
+                .and_then(|_| std::fs::rename(&partial, &path));
+            if let Err(e) = written {
+                tracing::warn!("recording process group {pgid} in {}: {e}", dir.display());
+                return None;
+            }
             Some(path)
         });
         Group { pgid, record }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::probe::check;
 use crate::process::{free_port, signal, spawn, tail, Group};
-use crate::spec::{ProcessSpec, AGGRESSIVE_PERIOD};
+use crate::spec::{ProbeAction, ProcessSpec, AGGRESSIVE_PERIOD};
 use crate::state::{Failure, ReadyReplica, StartTiming};
 use crate::Shared;
 
@@ -174,7 +174,13 @@ async fn wait_ready(spec: &ProcessSpec, child: &mut Child, port: u16, stop: &mut
         probe.period
     };
     let mut probes = 0;
-    let eager_until = tokio::time::Instant::now() + EAGER_PROBING;
+    // A connect is cheap; a command probe is a process each time, so it backs off from the first.
+    let eager = if matches!(probe.action, ProbeAction::Exec { .. }) {
+        Duration::ZERO
+    } else {
+        EAGER_PROBING
+    };
+    let eager_until = next + eager;
     loop {
         tokio::select! {
             status = child.wait() => return Phase::Exited(status),

@@ -13,6 +13,8 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = cli::Cli::parse();
+    // Not for `demo` either: the flag survives fork and exec, and the `revisor serve` it starts would
+    // inherit it.
     if matches!(cli.command, cli::Command::Serve { .. } | cli::Command::Demo) {
         revisor_model::purge_freed_memory_after(std::time::Duration::from_secs(2));
     } else {

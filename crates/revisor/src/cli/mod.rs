@@ -11,7 +11,7 @@ mod traffic;
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::client::Client;
@@ -469,7 +469,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 .data_dir
                 .join(crate::server::LOGS_DIR)
                 .join(revisor_runtime::GROUPS_DIR);
-            revisor_runtime::lifeline::start(&groups).context("starting the replicas' lifeline")?;
+            if let Err(e) = revisor_runtime::lifeline::start(&groups) {
+                tracing::warn!(
+                    "no lifeline for the replicas ({e}): if this server is killed, its replicas are ended at its next start"
+                );
+            }
         }
         let rt = tokio::runtime::Runtime::new()?;
         return match backend {
