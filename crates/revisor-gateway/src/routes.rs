@@ -136,6 +136,7 @@ pub struct RevisionTarget {
 }
 
 /// Where a host leads: a fixed revision (a tag's URL) or the service's split.
+#[derive(Clone)]
 pub enum HostRoute {
     Split(Arc<ServiceRoute>),
     Tag(Arc<RevisionTarget>),
