@@ -107,19 +107,6 @@ struct Registry {
     /// One breaker per revision, shared by its tag and split routes, kept while its capacity holds.
     breakers: HashMap<(String, String), Arc<Breaker>>,
     activations: HashMap<(String, String), Arc<Activation>>,
-    /// Each service's compiled routes with the specs they were compiled from: a publish compiles
-    /// again only the services whose spec or revisions changed (a replica becoming ready changes
-    /// one), and with 1,000 services compiling them all took milliseconds on a cold start's path.
-    compiled: HashMap<(String, String), Compiled>,
-}
-
-/// One service's compiled routes, and what they were compiled from.
-struct Compiled {
-    spec: ServiceSpec,
-    /// The revisions its routes name, in the order they name them (`None`: not in the table).
-    revisions: Vec<Option<RevisionSpec>>,
-    hosts: Vec<(String, HostRoute)>,
-    targets: Vec<((String, String), Arc<RevisionTarget>)>,
 }
 
 /// The gateway. Cheap to clone.
@@ -331,61 +318,13 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 fn build(reg: &mut Registry, spec: &RoutesSpec) -> RouteTable {
+    let mut table = RouteTable::default();
     let revisions: HashMap<(&str, &str), &RevisionSpec> = spec
         .revisions
         .iter()
         .map(|r| ((r.namespace.as_str(), r.name.as_str()), r))
         .collect();
-    let mut previous = std::mem::take(&mut reg.compiled);
-    let mut table = RouteTable::default();
     for svc in &spec.services {
-        let id = (svc.namespace.clone(), svc.name.clone());
-        // The revisions its routes name (any service's), as compiling it would find them.
-        let revs: Vec<Option<&RevisionSpec>> = svc
-            .targets
-            .iter()
-            .map(|t| &t.revision)
-            .chain(svc.header_routes.iter().map(|h| &h.revision))
-            .chain(svc.mirror.iter().map(|m| &m.to))
-            .map(|name| revisions.get(&(svc.namespace.as_str(), name.as_str())).copied())
-            .collect();
-        let same = |c: &Compiled| {
-            c.spec == *svc
-                && c.revisions.len() == revs.len()
-                && c.revisions.iter().zip(&revs).all(|(a, b)| a.as_ref() == *b)
-        };
-        let compiled = match previous.remove(&id) {
-            Some(c) if same(&c) => c,
-            _ => {
-                let mut one = RouteTable::default();
-                compile_service(reg, svc, &revisions, &mut one);
-                Compiled {
-                    spec: svc.clone(),
-                    revisions: revs.iter().map(|r| r.cloned()).collect(),
-                    hosts: one.hosts.into_iter().collect(),
-                    targets: one.revisions.into_iter().collect(),
-                }
-            }
-        };
-        for (host, route) in &compiled.hosts {
-            table.hosts.insert(host.clone(), route.clone());
-        }
-        for (key, target) in &compiled.targets {
-            table.revisions.entry(key.clone()).or_insert_with(|| target.clone());
-        }
-        reg.compiled.insert(id, compiled);
-    }
-    table
-}
-
-/// Compiles one service's routes into `table`: its split, tags, header routes and mirror.
-fn compile_service(
-    reg: &mut Registry,
-    svc: &ServiceSpec,
-    revisions: &HashMap<(&str, &str), &RevisionSpec>,
-    table: &mut RouteTable,
-) {
-    {
         let mut split = Vec::new();
         let mut total = 0;
         let mut tags = HashMap::new();
@@ -412,7 +351,7 @@ fn compile_service(
         }
         fn find<'a>(
             svc: &ServiceSpec,
-            revisions: &HashMap<(&'a str, &'a str), &'a RevisionSpec>,
+            revisions: &HashMap<(&str, &str), &'a RevisionSpec>,
             name: &str,
         ) -> Option<&'a RevisionSpec> {
             svc.targets
@@ -422,7 +361,7 @@ fn compile_service(
         }
         let mut header_routes = Vec::new();
         for h in &svc.header_routes {
-            let Some(rev) = find(svc, revisions, &h.revision) else {
+            let Some(rev) = find(svc, &revisions, &h.revision) else {
                 continue;
             };
             let mut matches = Vec::new();
@@ -451,7 +390,7 @@ fn compile_service(
             }
         }
         let mirror = svc.mirror.as_ref().and_then(|m| {
-            let to = find(svc, revisions, &m.to)?;
+            let to = find(svc, &revisions, &m.to)?;
             (m.percent > 0 && m.from != m.to).then(|| Mirror {
                 from: m.from.clone(),
                 to: target(reg, to, "mirror"),
@@ -470,6 +409,7 @@ fn compile_service(
             .hosts
             .insert(svc.host.to_ascii_lowercase(), HostRoute::Split(Arc::new(route)));
     }
+    table
 }
 
 fn target(reg: &mut Registry, rev: &RevisionSpec, tag: &str) -> Arc<RevisionTarget> {
@@ -522,96 +462,4 @@ fn target(reg: &mut Registry, rev: &RevisionSpec, tag: &str) -> Arc<RevisionTarg
         protocol: rev.protocol,
         metrics,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn revision(service: &str, ports: &[u16]) -> RevisionSpec {
-        RevisionSpec {
-            namespace: "default".into(),
-            service: service.into(),
-            name: format!("{service}-00001"),
-            endpoints: ports.iter().map(|p| SocketAddr::from(([127, 0, 0, 1], *p))).collect(),
-            container_concurrency: 0,
-            timeout: Duration::from_secs(5),
-            protocol: Protocol::Http1,
-        }
-    }
-
-    fn service(name: &str, revision: &str) -> ServiceSpec {
-        ServiceSpec {
-            namespace: "default".into(),
-            name: name.into(),
-            host: format!("{name}.default.localhost"),
-            targets: vec![TargetSpec {
-                revision: revision.into(),
-                percent: 100,
-                tag: None,
-                tag_host: None,
-            }],
-            ..Default::default()
-        }
-    }
-
-    fn split(t: &RouteTable, name: &str) -> Arc<ServiceRoute> {
-        match t.hosts.get(&format!("{name}.default.localhost")) {
-            Some(HostRoute::Split(r)) => r.clone(),
-            _ => panic!("no split for {name}"),
-        }
-    }
-
-    /// A publish compiles again only the services whose spec or named revisions changed; the others
-    /// keep their compiled routes (the same pointers), and a service routing to another service's
-    /// revision follows that revision's changes.
-    #[test]
-    fn a_publish_compiles_again_only_what_changed() {
-        let gw = Gateway::new(GatewayConfig::default());
-        let mut spec = RoutesSpec {
-            services: vec![
-                service("a", "a-00001"),
-                service("b", "b-00001"),
-                service("c", "b-00001"),
-            ],
-            revisions: vec![revision("a", &[9001]), revision("b", &[9002])],
-        };
-        gw.publish(&spec);
-        let before = gw.inner.routes.load_full();
-        spec.revisions[1]
-            .endpoints
-            .push(SocketAddr::from(([127, 0, 0, 1], 9003)));
-        gw.publish(&spec);
-        let after = gw.inner.routes.load_full();
-        assert!(
-            Arc::ptr_eq(&split(&before, "a"), &split(&after, "a")),
-            "a did not change"
-        );
-        for name in ["b", "c"] {
-            let s = split(&after, name);
-            assert!(
-                !Arc::ptr_eq(&split(&before, name), &s),
-                "{name} routes to the changed revision"
-            );
-            assert_eq!(s.split[0].1.endpoints.len(), 2, "{name}");
-        }
-        assert_eq!(
-            after.revisions[&("default".to_string(), "b-00001".to_string())]
-                .endpoints
-                .len(),
-            2
-        );
-        // A service that goes is compiled no more.
-        spec.services.remove(0);
-        gw.publish(&spec);
-        let gone = gw.inner.routes.load_full();
-        assert!(!gone.hosts.contains_key("a.default.localhost"));
-        assert!(!gw
-            .inner
-            .registry
-            .lock()
-            .unwrap()
-            .compiled
-            .contains_key(&("default".to_string(), "a".to_string())));
-    }
 }

@@ -136,7 +136,6 @@ pub struct RevisionTarget {
 }
 
 /// Where a host leads: a fixed revision (a tag's URL) or the service's split.
-#[derive(Clone)]
 pub enum HostRoute {
     Split(Arc<ServiceRoute>),
     Tag(Arc<RevisionTarget>),
