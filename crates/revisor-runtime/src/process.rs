@@ -59,8 +59,7 @@ pub struct Group {
 
 impl Group {
     /// The group `child` leads, recorded in `dir` (file: the group id; content: the leader's start
-    /// time, to tell it from a later process with the same id, and the server's pid, so that a
-    /// server's lifeline ends only that server's groups).
+    /// time, to tell it from a later process with the same id) and told to the lifeline.
     pub fn new(child: &Child, dir: &Path) -> Group {
         let pgid = child.id().unwrap_or(0) as libc::pid_t;
         let record = (pgid > 0).then(|| start_time(pgid)).flatten().and_then(|t| {
@@ -68,8 +67,8 @@ impl Group {
             let path = dir.join(pgid.to_string());
             // Written whole, then renamed: a lifeline reading the directory meanwhile never sees half.
             let partial = dir.join(format!(".{pgid}.new"));
-            let written = std::fs::write(&partial, format!("{t} {}", std::process::id()))
-                .and_then(|_| std::fs::rename(&partial, &path));
+            let written = std::fs::write(&partial, t.to_string()).and_then(|_| std::fs::rename(&partial, &path));
+            crate::lifeline::tell(pgid, Some(t));
             if let Err(e) = written {
                 tracing::warn!("recording process group {pgid} in {}: {e}", dir.display());
                 return None;
@@ -89,6 +88,7 @@ impl Drop for Group {
                 libc::kill(-self.pgid, libc::SIGKILL);
             }
         }
+        crate::lifeline::tell(self.pgid, None);
         if let Some(r) = &self.record {
             let _ = std::fs::remove_file(r);
         }
@@ -121,12 +121,11 @@ fn group_has_members(pgid: libc::pid_t) -> bool {
 /// A group is ours when its leader is the process recorded (same start time), or when the leader is
 /// gone and members remain (the id cannot have been reused while they live).
 pub fn end_leftovers(dir: &Path) -> usize {
-    end_groups(dir, None)
+    end_groups(dir)
 }
 
-/// Ends the groups recorded in `dir` (only those the server with pid `server` recorded, when given:
-/// what a lifeline ends), removing their records; returns how many it ended.
-pub(crate) fn end_groups(dir: &Path, server: Option<u32>) -> usize {
+/// Ends the groups recorded in `dir`, removing their records; returns how many it ended.
+fn end_groups(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
@@ -137,26 +136,30 @@ pub(crate) fn end_groups(dir: &Path, server: Option<u32>) -> usize {
             continue;
         };
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut fields = text.split_whitespace();
-        let recorded: Option<u64> = fields.next().and_then(|t| t.parse().ok());
-        let recorder: Option<u32> = fields.next().and_then(|t| t.parse().ok());
-        if server.is_some() && recorder != server {
-            continue;
-        }
-        let ours = match start_time(pgid) {
-            Some(now) => Some(now) == recorded,
-            None => true,
-        };
-        if pgid > 0 && ours && group_has_members(pgid) {
-            // SAFETY: see `Group::drop`.
-            unsafe {
-                libc::kill(-pgid, libc::SIGKILL);
-            }
+        let recorded: Option<u64> = text.split_whitespace().next().and_then(|t| t.parse().ok());
+        if end_group(pgid, recorded) {
             ended += 1;
         }
         let _ = std::fs::remove_file(&path);
     }
     ended
+}
+
+/// SIGKILLs group `pgid` if it is the one recorded: its leader started at `recorded`, or the leader
+/// is gone and members remain (the id cannot have been reused while they live). True if it did.
+pub(crate) fn end_group(pgid: libc::pid_t, recorded: Option<u64>) -> bool {
+    let ours = match start_time(pgid) {
+        Some(now) => Some(now) == recorded,
+        None => true,
+    };
+    if pgid > 0 && ours && group_has_members(pgid) {
+        // SAFETY: see `Group::drop`.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+        return true;
+    }
+    false
 }
 
 /// The last `n` lines of a log file (what a failed replica printed last).

@@ -132,3 +132,35 @@ fn processes_replicas_start_are_ended_on_a_graceful_stop_and_after_a_kill_9() {
     assert!(pids_with(&marker).is_empty(), "a helper outlived the server");
     assert!(!log.contains("ERROR"), "a graceful stop logged an error:\n{log}");
 }
+
+/// The lifeline keeps its own list of the server's groups: a server killed while its data directory
+/// is being removed (a test's temporary directory dropped with it, a wiped box) still leaves no
+/// replica behind. A lifeline that read the recorded groups from the directory when the server died
+/// found none, and the suite's servers left replicas running.
+#[test]
+fn a_killed_server_whose_data_directory_is_removed_leaves_no_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let marker = format!("86398.{}", std::process::id());
+    let server = Server::start(&data);
+    apply(&server.admin, dir.path(), "forks.yaml", &forking_service(&marker));
+    wait_ready(&server.admin, "forks", &["forks-00001"]);
+    wait_until("the helper runs", Duration::from_secs(10), || {
+        !pids_with(&marker).is_empty()
+    });
+    let helpers = pids_with(&marker);
+    let replica: Vec<u32> = children(server.child.id())
+        .into_iter()
+        .filter(|p| comm(*p) != "lifeline")
+        .collect();
+    // Gone before the server is: whenever the lifeline looks, there is nothing to read.
+    std::fs::remove_dir_all(&data).unwrap();
+    server.kill9();
+    let alive = |pids: &[u32]| {
+        pids.iter()
+            .any(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| !c.is_empty()))
+    };
+    wait_until("the replica and its helper are ended", Duration::from_secs(10), || {
+        !alive(&helpers) && !alive(&replica)
+    });
+}

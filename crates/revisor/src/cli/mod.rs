@@ -465,11 +465,7 @@ pub fn run(cli: Cli) -> Result<()> {
         })?;
         if backend == BackendArg::Local {
             // Before any thread starts (the lifeline is forked; see revisor-runtime's lifeline.rs).
-            let groups = cfg
-                .data_dir
-                .join(crate::server::LOGS_DIR)
-                .join(revisor_runtime::GROUPS_DIR);
-            if let Err(e) = revisor_runtime::lifeline::start(&groups) {
+            if let Err(e) = revisor_runtime::lifeline::start() {
                 tracing::warn!(
                     "no lifeline for the replicas ({e}): if this server is killed, its replicas are ended at its next start"
                 );
