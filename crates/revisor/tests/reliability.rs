@@ -55,30 +55,41 @@ fn forking_service(marker: &str) -> String {
     )
 }
 
+/// Whether any of `pids` is a live process (a zombie has an empty command line).
+fn alive(pids: &[u32]) -> bool {
+    pids.iter()
+        .any(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| !c.is_empty()))
+}
+
+/// The server's replica processes: its children but the lifeline.
+fn replicas_of(server: &Server) -> Vec<u32> {
+    children(server.child.id())
+        .into_iter()
+        .filter(|p| comm(*p) != "lifeline")
+        .collect()
+}
+
+/// A server in `dir` running the forking service (helpers marked with `marker`), once its helper runs.
+fn forking_server(dir: &std::path::Path, data: &std::path::Path, marker: &str) -> Server {
+    let server = Server::start(data);
+    apply(&server.admin, dir, "forks.yaml", &forking_service(marker));
+    wait_ready(&server.admin, "forks", &["forks-00001"]);
+    wait_until("the helper runs", Duration::from_secs(10), || {
+        !pids_with(marker).is_empty()
+    });
+    server
+}
+
 #[test]
 fn processes_replicas_start_are_ended_on_a_graceful_stop_and_after_a_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let marker = format!("86399.{}", std::process::id());
-    let server = Server::start(&data);
-    apply(&server.admin, dir.path(), "forks.yaml", &forking_service(&marker));
-    wait_ready(&server.admin, "forks", &["forks-00001"]);
-    wait_until("the helper runs", Duration::from_secs(10), || {
-        !pids_with(&marker).is_empty()
-    });
+    let server = forking_server(dir.path(), &data, &marker);
 
-    let alive = |pids: &[u32]| {
-        pids.iter().any(|p| {
-            std::path::Path::new(&format!("/proc/{p}/cmdline")).exists()
-                && std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| !c.is_empty())
-        })
-    };
     // kill -9: the server's lifeline ends the replica and the helper it started.
     let helpers = pids_with(&marker);
-    let replica: Vec<u32> = children(server.child.id())
-        .into_iter()
-        .filter(|p| comm(*p) != "lifeline")
-        .collect();
+    let replica = replicas_of(&server);
     assert!(!replica.is_empty(), "the replica runs as the server's child");
     server.kill9();
     wait_until(
@@ -142,24 +153,11 @@ fn a_killed_server_whose_data_directory_is_removed_leaves_no_replica() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let marker = format!("86398.{}", std::process::id());
-    let server = Server::start(&data);
-    apply(&server.admin, dir.path(), "forks.yaml", &forking_service(&marker));
-    wait_ready(&server.admin, "forks", &["forks-00001"]);
-    wait_until("the helper runs", Duration::from_secs(10), || {
-        !pids_with(&marker).is_empty()
-    });
-    let helpers = pids_with(&marker);
-    let replica: Vec<u32> = children(server.child.id())
-        .into_iter()
-        .filter(|p| comm(*p) != "lifeline")
-        .collect();
+    let server = forking_server(dir.path(), &data, &marker);
+    let (helpers, replica) = (pids_with(&marker), replicas_of(&server));
     // Gone before the server is: whenever the lifeline looks, there is nothing to read.
     std::fs::remove_dir_all(&data).unwrap();
     server.kill9();
-    let alive = |pids: &[u32]| {
-        pids.iter()
-            .any(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| !c.is_empty()))
-    };
     wait_until("the replica and its helper are ended", Duration::from_secs(10), || {
         !alive(&helpers) && !alive(&replica)
     });
