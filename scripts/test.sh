@@ -3,7 +3,9 @@
 # It installs what the tests need first:
 # - onnxruntime and numpy in a venv (.venv-test), the reference the model server is compared with;
 # - magika 1.0.3's wheel from PyPI, from which the pretrained model the tests serve is extracted;
-# - Debian's prometheus, which a rollout test starts on loopback as a metric provider.
+# - Debian's prometheus, which a rollout test starts on loopback as a metric provider;
+# - kubectl, a Kubernetes client the kubectl test drives (Debian's kubernetes-client when none is on
+#   the PATH; the machine image has kubectl 1.32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -20,6 +22,11 @@ fi
 if ! command -v prometheus >/dev/null 2>&1; then
   echo "installing prometheus with apt-get" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "installing kubectl (kubernetes-client) with apt-get" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
 fi
 
 VENV="$ROOT/.venv-test"

@@ -69,6 +69,7 @@ pub fn router(state: ClusterState) -> Router {
             &format!("{REVISOR}/namespaces/{{ns}}/rollouts/{{name}}/{{action}}"),
             axum::routing::post(rollout_action),
         )
+        .merge(super::discovery::routes(false))
         .fallback(not_served)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

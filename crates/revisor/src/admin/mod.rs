@@ -1,6 +1,7 @@
 //! The admin API: Kubernetes-style paths over the store, JSON in and out, errors as `Status` objects.
 
 pub mod cluster;
+mod discovery;
 pub mod guard;
 mod handlers;
 mod observe;
@@ -98,6 +99,7 @@ pub fn router(state: AdminState) -> Router {
             "/apis/revisor.dev/v1alpha1/revisionmetrics",
             get(observe::metric_snapshots),
         )
+        .merge(discovery::routes(true))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -1,0 +1,187 @@
+//! Kubernetes API discovery for revisor's kinds: `/version`, `/api`, `/apis`, `/apis/<group>` and
+//! `/apis/<group>/<version>`, in the shapes client-go reads (`APIVersions`, `APIGroupList`,
+//! `APIGroup`, `APIResourceList`), so that kubectl and client libraries find `ksvc` and `rollouts`
+//! on the admin address. Both backends serve it; the verbs say what each one answers.
+
+use axum::extract::Path;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::ApiError;
+
+/// The Kubernetes API level whose discovery shapes revisor serves (`/version`).
+const KUBE_MINOR: &str = "32";
+
+/// One resource of a group version, as `APIResourceList` lists it.
+struct Resource {
+    name: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    short: &'static [&'static str],
+    categories: &'static [&'static str],
+    verbs: &'static [&'static str],
+}
+
+const READ: &[&str] = &["get", "list"];
+const WRITE: &[&str] = &["create", "delete", "get", "list", "patch", "update"];
+
+/// The groups and resources served, per backend: locally revisions can be deleted and
+/// configurations read; on a cluster those belong to Knative (kubectl talks to it directly).
+fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resource>)> {
+    let knative: &[&str] = &["all", "knative", "serving"];
+    let mut serving = vec![
+        Resource {
+            name: "services",
+            singular: "service",
+            kind: "Service",
+            short: &["kservice", "ksvc"],
+            categories: knative,
+            verbs: WRITE,
+        },
+        Resource {
+            name: "revisions",
+            singular: "revision",
+            kind: "Revision",
+            short: &["rev"],
+            categories: knative,
+            verbs: if local { &["delete", "get", "list"] } else { READ },
+        },
+    ];
+    if local {
+        serving.push(Resource {
+            name: "configurations",
+            singular: "configuration",
+            kind: "Configuration",
+            short: &["config", "cfg"],
+            categories: knative,
+            verbs: READ,
+        });
+    }
+    let rollouts = vec![Resource {
+        name: "rollouts",
+        singular: "rollout",
+        kind: "Rollout",
+        short: &["ro"],
+        categories: &["all", "revisor"],
+        verbs: WRITE,
+    }];
+    vec![
+        ("serving.knative.dev", "v1", serving),
+        ("revisor.dev", "v1alpha1", rollouts),
+    ]
+}
+
+/// The discovery routes, for the local backend's router (`local`) or the cluster's.
+pub fn routes<S: Clone + Send + Sync + 'static>(local: bool) -> Router<S> {
+    Router::new()
+        .route("/version", get(version))
+        .route("/api", get(api))
+        .route("/apis", get(move || async move { Json(group_list(local)) }))
+        .route(
+            "/apis/{group}",
+            get(move |Path(group): Path<String>| async move { group_of(local, &group).map(Json) }),
+        )
+        .route(
+            "/apis/{group}/{version}",
+            get(move |Path((group, version)): Path<(String, String)>| async move {
+                resource_list(local, &group, &version).map(Json)
+            }),
+        )
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({
+        "major": "1",
+        "minor": KUBE_MINOR,
+        "gitVersion": format!("v1.{KUBE_MINOR}.0+revisor.{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        }),
+    }))
+}
+
+/// The core group: revisor serves none of its resources.
+async fn api() -> Json<Value> {
+    Json(json!({ "kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": [] }))
+}
+
+fn group_json(name: &str, version: &str) -> Value {
+    let gv = json!({ "groupVersion": format!("{name}/{version}"), "version": version });
+    json!({ "name": name, "versions": [gv.clone()], "preferredVersion": gv })
+}
+
+fn group_list(local: bool) -> Value {
+    let groups: Vec<Value> = groups(local).iter().map(|(g, v, _)| group_json(g, v)).collect();
+    json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups })
+}
+
+fn group_of(local: bool, group: &str) -> Result<Value, ApiError> {
+    let (g, v, _) = groups(local)
+        .into_iter()
+        .find(|(g, _, _)| *g == group)
+        .ok_or_else(|| ApiError::NotFound(format!("no API group {group:?} here")))?;
+    let mut out = group_json(g, v);
+    out["kind"] = json!("APIGroup");
+    out["apiVersion"] = json!("v1");
+    Ok(out)
+}
+
+fn resource_list(local: bool, group: &str, version: &str) -> Result<Value, ApiError> {
+    let (g, v, resources) = groups(local)
+        .into_iter()
+        .find(|(g, v, _)| *g == group && *v == version)
+        .ok_or_else(|| ApiError::NotFound(format!("no API group version \"{group}/{version}\" here")))?;
+    let mut out = Vec::new();
+    for r in &resources {
+        out.push(json!({
+            "name": r.name,
+            "singularName": r.singular,
+            "namespaced": true,
+            "kind": r.kind,
+            "verbs": r.verbs,
+            "shortNames": r.short,
+            "categories": r.categories,
+        }));
+    }
+    Ok(json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{g}/{v}"), "resources": out }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ksvc_and_rollouts_are_discoverable() {
+        let list = group_list(true);
+        let names: Vec<&str> = list["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["serving.knative.dev", "revisor.dev"]);
+        let serving = resource_list(true, "serving.knative.dev", "v1").unwrap();
+        let svc = &serving["resources"][0];
+        assert_eq!(
+            (svc["name"].as_str(), svc["kind"].as_str()),
+            (Some("services"), Some("Service"))
+        );
+        assert!(svc["shortNames"].as_array().unwrap().contains(&json!("ksvc")));
+        let cluster = resource_list(false, "serving.knative.dev", "v1").unwrap();
+        assert!(cluster["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["name"] != "configurations"));
+        assert!(resource_list(true, "serving.knative.dev", "v2").is_err());
+        assert!(group_of(true, "apps").is_err());
+    }
+}
