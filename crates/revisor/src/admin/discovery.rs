@@ -127,7 +127,7 @@ fn group_of(local: bool, group: &str) -> Result<Value, ApiError> {
     let (g, v, _) = groups(local)
         .into_iter()
         .find(|(g, _, _)| *g == group)
-        .ok_or_else(|| ApiError::NotFound(format!("no API group {group:?} here")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no such path /apis/{group} (no API group {group:?} here)")))?;
     let mut out = group_json(g, v);
     out["kind"] = json!("APIGroup");
     out["apiVersion"] = json!("v1");
@@ -138,7 +138,11 @@ fn resource_list(local: bool, group: &str, version: &str) -> Result<Value, ApiEr
     let (g, v, resources) = groups(local)
         .into_iter()
         .find(|(g, v, _)| *g == group && *v == version)
-        .ok_or_else(|| ApiError::NotFound(format!("no API group version \"{group}/{version}\" here")))?;
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no such path /apis/{group}/{version} (no API group version \"{group}/{version}\" here)"
+            ))
+        })?;
     let mut out = Vec::new();
     for r in &resources {
         out.push(json!({
