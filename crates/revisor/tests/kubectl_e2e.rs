@@ -65,6 +65,13 @@ fn kubectl_discovers_gets_and_deletes_revisors_kinds() {
     assert!(services.lines().any(|l| l.starts_with("hello ")), "{services}");
     let url = run(&["get", "ksvc", "hello", "-o", "jsonpath={.status.url}"]);
     assert!(url.starts_with("http://hello.default."), "{url}");
+    let yaml = run(&["get", "ksvc", "hello", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: Service") && yaml.contains("latestCreatedRevisionName: hello-00001"),
+        "{yaml}"
+    );
+    let rollouts = run(&["get", "ro"]);
+    assert!(rollouts.contains("No resources found"), "{rollouts}");
     let revisions = run(&["get", "rev", "-o", "name"]);
     assert_eq!(revisions.trim(), "revision.serving.knative.dev/hello-00001");
     let (ok, missing) = kubectl(&server, &data, &["get", "ksvc", "nope"]);
