@@ -82,3 +82,48 @@ fn kubectl_discovers_gets_and_deletes_revisors_kinds() {
     let after = run(&["get", "ksvc"]);
     assert!(after.contains("No resources found"), "{after}");
 }
+
+/// `revisor kubeconfig` prints what kubectl needs (the https URL, the CA, the token): with it,
+/// kubectl needs no flags.
+#[test]
+fn kubectl_works_with_the_kubeconfig_revisor_prints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    apply(
+        &server.admin,
+        tmp.path(),
+        "hello.yaml",
+        &upstream_service("hello", &[], &[], ""),
+    );
+    wait_ready(&server.admin, "hello", &["hello-00001"]);
+    let config = common::ok(&server.admin, &["kubeconfig"]);
+    assert!(
+        config.contains("certificate-authority-data:") && config.contains(&format!("server: {}", server.admin)),
+        "{config}"
+    );
+    let path = tmp.path().join("kubeconfig");
+    std::fs::write(&path, &config).unwrap();
+    let out = Command::new("kubectl")
+        .args(["--kubeconfig", path.to_str().unwrap(), "get", "ksvc", "-o", "name"])
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl is needed for this test and could not run ({e})"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.trim(), "service.serving.knative.dev/hello");
+    // Without a token for the address there is nothing to print, and it says so.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let r = Command::new(common::BIN)
+        .args(["kubeconfig", "--server", &server.admin])
+        .env("XDG_CONFIG_HOME", elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("no admin token for"),
+        "{r:?}"
+    );
+}

@@ -311,6 +311,13 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Print a kubeconfig for the server (its URL, its CA and the admin token), so that kubectl and
+    /// Kubernetes client libraries reach it with no flags:
+    /// `revisor kubeconfig > ~/.kube/revisor && kubectl --kubeconfig ~/.kube/revisor get ksvc`
+    Kubeconfig {
+        #[command(flatten)]
+        server: ServerArg,
+    },
     /// Print a shell completion script: `source <(revisor completions bash)`, or save it where the
     /// shell loads completions from.
     Completions {
@@ -337,7 +344,8 @@ impl Command {
             | Command::Logs { server, .. }
             | Command::Export { server, .. }
             | Command::Rollout { server, .. }
-            | Command::Events { server, .. } => Some(server),
+            | Command::Events { server, .. }
+            | Command::Kubeconfig { server } => Some(server),
             Command::Serve { .. }
             | Command::ModelServer { .. }
             | Command::ExampleModels { .. }
@@ -534,6 +542,10 @@ pub fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Command::Demo => return crate::demo::run(),
+        Command::Kubeconfig { server } => {
+            print!("{}", kubeconfig(server)?);
+            return Ok(());
+        }
         Command::Crd => {
             print!("{}", serde_norway::to_string(&revisor_api::rollout::crd())?);
             return Ok(());
@@ -573,6 +585,7 @@ pub fn run(cli: Cli) -> Result<()> {
         | Command::Demo
         | Command::Crd
         | Command::Simulate { .. }
+        | Command::Kubeconfig { .. }
         | Command::Completions { .. } => {
             unreachable!("handled above")
         }
@@ -712,6 +725,39 @@ pub fn print_value(v: &serde_json::Value, output: Output) -> Result<()> {
         _ => print!("{}", serde_norway::to_string(v)?),
     }
     Ok(())
+}
+
+/// A kubeconfig for the admin API at `server.server`: the token and CA the CLI would use (from
+/// `--token-file` and `--certificate-authority`, else those the server wrote for this address).
+fn kubeconfig(server: &ServerArg) -> Result<String> {
+    use base64::Engine;
+    let url = server.server.trim_end_matches('/');
+    let token = crate::auth::client_token(url, server.token_file.as_deref())?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no admin token for {url}: run this on the server's machine (its token is in \
+             ~/.config/revisor/credentials), or pass --token-file FILE"
+        )
+    })?;
+    let ca = match &server.certificate_authority {
+        Some(f) => Some(std::fs::read(f).map_err(|e| anyhow::anyhow!("--certificate-authority {}: {e}", f.display()))?),
+        None => crate::auth::ca_path(url)
+            .filter(|p| p.exists())
+            .map(std::fs::read)
+            .transpose()?,
+    };
+    let mut cluster = serde_json::json!({ "server": url });
+    if let Some(pem) = ca.filter(|_| url.starts_with("https://")) {
+        cluster["certificate-authority-data"] = base64::engine::general_purpose::STANDARD.encode(pem).into();
+    }
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "revisor", "cluster": cluster }],
+        "users": [{ "name": "revisor", "user": { "token": token } }],
+        "contexts": [{ "name": "revisor", "context": { "cluster": "revisor", "user": "revisor", "namespace": "default" } }],
+        "current-context": "revisor",
+    });
+    Ok(serde_norway::to_string(&config)?)
 }
 
 #[cfg(test)]
