@@ -121,11 +121,6 @@ fn group_has_members(pgid: libc::pid_t) -> bool {
 /// A group is ours when its leader is the process recorded (same start time), or when the leader is
 /// gone and members remain (the id cannot have been reused while they live).
 pub fn end_leftovers(dir: &Path) -> usize {
-    end_groups(dir)
-}
-
-/// Ends the groups recorded in `dir`, removing their records; returns how many it ended.
-fn end_groups(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

@@ -9,13 +9,9 @@ use std::process::Command;
 
 use common::{apply, upstream_service, wait_ready, Server};
 
-/// kubectl against the server, with its token and CA as flags (no kubeconfig).
-fn kubectl(server: &Server, data: &Path, args: &[&str]) -> (bool, String) {
-    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+/// Runs kubectl with `args` (and no kubeconfig of the user's); whether it succeeded, and its output.
+fn run_kubectl(args: &[String]) -> (bool, String) {
     let out = Command::new("kubectl")
-        .arg(format!("--server={}", server.admin))
-        .arg(format!("--token={}", token.trim()))
-        .arg(format!("--certificate-authority={}", data.join("tls/ca.crt").display()))
         .args(args)
         .env("KUBECONFIG", "/dev/null")
         .output()
@@ -28,6 +24,18 @@ fn kubectl(server: &Server, data: &Path, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
+}
+
+/// kubectl against the server, with its token and CA as flags (no kubeconfig).
+fn kubectl(server: &Server, data: &Path, args: &[&str]) -> (bool, String) {
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let mut all = vec![
+        format!("--server={}", server.admin),
+        format!("--token={}", token.trim()),
+        format!("--certificate-authority={}", data.join("tls/ca.crt").display()),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    run_kubectl(&all)
 }
 
 #[test]
@@ -103,16 +111,9 @@ fn kubectl_works_with_the_kubeconfig_revisor_prints() {
     );
     let path = tmp.path().join("kubeconfig");
     std::fs::write(&path, &config).unwrap();
-    let out = Command::new("kubectl")
-        .args(["--kubeconfig", path.to_str().unwrap(), "get", "ksvc", "-o", "name"])
-        .output()
-        .unwrap_or_else(|e| panic!("kubectl is needed for this test and could not run ({e})"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    let args = ["--kubeconfig", path.to_str().unwrap(), "get", "ksvc", "-o", "name"];
+    let (ok, text) = run_kubectl(&args.map(String::from));
+    assert!(ok, "{text}");
     assert_eq!(text.trim(), "service.serving.knative.dev/hello");
     // Without a token for the address there is nothing to print, and it says so.
     let elsewhere = tempfile::tempdir().unwrap();
