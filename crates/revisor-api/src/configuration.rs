@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::meta::{Condition, ObjectMeta};
 use crate::podspec::RevisionTemplate;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Configuration {
     #[serde(default)]
@@ -23,14 +23,14 @@ pub struct Configuration {
     pub status: Option<ConfigurationStatus>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigurationSpec {
     #[serde(default)]
     pub template: RevisionTemplate,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConfigurationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -12,6 +12,7 @@ pub mod parse;
 pub mod podspec;
 pub mod revision;
 pub mod rollout;
+pub mod schema;
 pub mod service;
 pub mod units;
 pub mod validate;

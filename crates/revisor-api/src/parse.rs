@@ -158,6 +158,60 @@ pub fn decode_strict<T: DeserializeOwned + Serialize>(value: &Value) -> Result<T
     errs.into_result().map(|_| typed)
 }
 
+/// Removes from `value` (a Service or Rollout document) every field its kind does not have, and says
+/// which (`spec.template.spec.bogus`): Kubernetes' `fieldValidation=Ignore` and `Warn`. A document
+/// that does not decode at all is left as it is, for admission to report.
+pub fn prune_unknown(value: &mut Value) -> Vec<String> {
+    let api_version = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let kind = value.get("kind").and_then(Value::as_str).unwrap_or("");
+    match (api_version, kind) {
+        (SERVING_API_VERSION, "Service") => prune::<Service>(value),
+        (ROLLOUT_API_VERSION, "Rollout") => prune::<Rollout>(value),
+        _ => vec![],
+    }
+}
+
+fn prune<T: DeserializeOwned + Serialize>(value: &mut Value) -> Vec<String> {
+    let mut input = value.clone();
+    if let Some(o) = input.as_object_mut() {
+        o.remove("status");
+    }
+    let Ok(typed) = serde_json::from_value::<T>(input) else {
+        return vec![];
+    };
+    let Ok(echoed) = serde_json::to_value(&typed) else {
+        return vec![];
+    };
+    let mut removed = Vec::new();
+    remove_unknown(value, &echoed, &Path::default(), &mut removed);
+    removed
+}
+
+fn remove_unknown(input: &mut Value, echoed: &Value, path: &Path, removed: &mut Vec<String>) {
+    match (input, echoed) {
+        (Value::Object(i), Value::Object(o)) => {
+            i.retain(|k, v| {
+                let keep = v.is_null() || o.contains_key(k) || (path.to_string().is_empty() && k == "status");
+                if !keep {
+                    removed.push(path.field(k).to_string());
+                }
+                keep
+            });
+            for (k, v) in i.iter_mut() {
+                if let Some(ov) = o.get(k) {
+                    remove_unknown(v, ov, &path.field(k), removed);
+                }
+            }
+        }
+        (Value::Array(i), Value::Array(o)) => {
+            for (n, (a, b)) in i.iter_mut().zip(o).enumerate() {
+                remove_unknown(a, b, &path.index(n), removed);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Every key of `input` that did not survive the typed round trip is a field the type does not have.
 fn unknown_fields(input: &Value, echoed: &Value, path: &Path, errs: &mut FieldErrors) {
     match (input, echoed) {
@@ -190,5 +244,26 @@ fn type_name(v: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "a list",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod prune_tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_removed_and_named() {
+        let mut v = serde_json::json!({
+            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+            "metadata": { "name": "a", "bogus": 1 },
+            "spec": { "template": { "spec": { "containers": [{ "image": "x", "colour": "red" }] } } },
+            "status": { "url": "kept: status is output only" },
+        });
+        let removed = prune_unknown(&mut v);
+        assert_eq!(removed, ["metadata.bogus", "spec.template.spec.containers[0].colour"]);
+        assert!(v.pointer("/metadata/bogus").is_none() && v.pointer("/status/url").is_some());
+        assert!(decode(&v).is_ok(), "what is left decodes strictly");
+        let mut other = serde_json::json!({ "apiVersion": "v1", "kind": "Pod", "x": 1 });
+        assert!(prune_unknown(&mut other).is_empty());
     }
 }

@@ -13,7 +13,7 @@ pub mod labels {
     pub const ROUTING_STATE: &str = "serving.knative.dev/routingState";
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Revision {
     #[serde(default)]
@@ -28,7 +28,7 @@ pub struct Revision {
     pub status: Option<RevisionStatus>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RevisionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]

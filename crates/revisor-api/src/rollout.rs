@@ -1256,60 +1256,7 @@ fn validate_metric(m: &MetricCheck, mp: &Path, errs: &mut FieldErrors) {
 /// (`revisor crd` prints it): structural, as Kubernetes requires, with the status subresource and
 /// the columns of `revisor get rollouts`.
 pub fn crd() -> serde_json::Value {
-    use serde_json::{json, Value};
-    fn schema_of<T: schemars::JsonSchema>() -> Value {
-        let settings = schemars::generate::SchemaSettings::openapi3().with(|s| {
-            s.inline_subschemas = true;
-            s.meta_schema = None;
-        });
-        let root = settings.into_generator().into_root_schema_for::<T>();
-        let mut v = serde_json::to_value(root).expect("schemas serialize");
-        if let Some(o) = v.as_object_mut() {
-            o.remove("title");
-            o.remove("definitions");
-        }
-        structural(&mut v);
-        v
-    }
-    /// Makes a generated schema structural: single `allOf` wrappers (schemars' way of saying
-    /// "nullable struct") merged into their node, unsigned formats mapped to Kubernetes' `int64`,
-    /// descriptions unwrapped to one line per paragraph.
-    fn structural(v: &mut Value) {
-        if let Some(o) = v.as_object_mut() {
-            if let Some(Value::Array(all)) = o.get("allOf").cloned() {
-                if all.len() == 1 {
-                    o.remove("allOf");
-                    if let Value::Object(inner) = &all[0] {
-                        for (k, x) in inner {
-                            o.entry(k.clone()).or_insert_with(|| x.clone());
-                        }
-                    }
-                }
-            }
-            if let Some(Value::String(d)) = o.get_mut("description") {
-                // Doc comments wrap at the source's width; the schema keeps paragraphs only.
-                *d = d
-                    .split("\n\n")
-                    .map(|p| p.split('\n').collect::<Vec<_>>().join(" "))
-                    .collect::<Vec<_>>()
-                    .join("\n\n");
-            }
-            if let Some(Value::String(f)) = o.get("format") {
-                if f.starts_with("uint") || f == "int32" || f == "double" || f == "float" {
-                    let int = f.starts_with("uint") || f == "int32";
-                    o.insert(
-                        "format".into(),
-                        Value::String(if int { "int64" } else { "double" }.into()),
-                    );
-                }
-            }
-            for x in o.values_mut() {
-                structural(x);
-            }
-        } else if let Some(a) = v.as_array_mut() {
-            a.iter_mut().for_each(structural);
-        }
-    }
+    use serde_json::json;
     let column = |name: &str, path: &str| json!({ "name": name, "type": "string", "jsonPath": path });
     json!({
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -1337,18 +1284,7 @@ pub fn crd() -> serde_json::Value {
                     { "name": "Weight", "type": "integer", "jsonPath": ".status.canaryWeight" },
                     column("Phase", ".status.phase"),
                 ],
-                "schema": { "openAPIV3Schema": {
-                    "type": "object",
-                    "description": "A Rollout moves a Knative Service's traffic to its new revisions step by step, judged by analysis, with automatic rollback.",
-                    "properties": {
-                        "apiVersion": { "type": "string" },
-                        "kind": { "type": "string" },
-                        "metadata": { "type": "object" },
-                        "spec": schema_of::<RolloutSpec>(),
-                        "status": schema_of::<RolloutStatus>(),
-                    },
-                    "required": ["spec"],
-                } },
+                "schema": { "openAPIV3Schema": crate::schema::object(crate::schema::ROLLOUT, true) },
             }],
         },
     })

@@ -9,7 +9,7 @@ use crate::podspec::RevisionTemplate;
 pub const SERVING_API_VERSION: &str = "serving.knative.dev/v1";
 
 /// A Knative Service as the user writes it and as revisor stores it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {
     #[serde(default)]
@@ -24,11 +24,14 @@ pub struct Service {
     pub status: Option<ServiceStatus>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
+    /// The template of the Service's revisions: each change to it creates a new, immutable Revision.
     #[serde(default)]
     pub template: RevisionTemplate,
+    /// How traffic is split between the Service's revisions, by percent and by tag. When absent, all
+    /// traffic goes to the latest ready revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic: Option<Vec<TrafficTarget>>,
 }
@@ -40,19 +43,28 @@ impl ServiceSpec {
 }
 
 /// One entry of `spec.traffic` (or, resolved, of `status.traffic`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficTarget {
+    /// A name for this target, which also gets its own URL (`<tag>-<service>...`) that reaches it
+    /// whatever its percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// The Revision this target sends traffic to. Not with `latestRevision: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision_name: Option<String>,
+    /// The Configuration whose latest ready Revision this target follows (status only; in a
+    /// Service's spec it is implied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub configuration_name: Option<String>,
+    /// Whether this target follows the latest ready Revision rather than a named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest_revision: Option<bool>,
+    /// The share of the Service's traffic this target receives, 0 to 100; the percents of all
+    /// targets add up to 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<i64>,
+    /// The URL of this target's tag (status only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
 }
@@ -76,7 +88,7 @@ impl TrafficTarget {
 }
 
 /// What the controller observed and did, as Knative reports it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]

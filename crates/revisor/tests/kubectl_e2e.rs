@@ -26,13 +26,15 @@ fn run_kubectl(args: &[String]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// kubectl against the server, with its token and CA as flags (no kubeconfig).
+/// kubectl against the server, with its token and CA as flags (no kubeconfig), and a discovery
+/// cache of its own.
 fn kubectl(server: &Server, data: &Path, args: &[&str]) -> (bool, String) {
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     let mut all = vec![
         format!("--server={}", server.admin),
         format!("--token={}", token.trim()),
         format!("--certificate-authority={}", data.join("tls/ca.crt").display()),
+        format!("--cache-dir={}", data.join("kubectl-cache").display()),
     ];
     all.extend(args.iter().map(|a| a.to_string()));
     run_kubectl(&all)
@@ -89,6 +91,145 @@ fn kubectl_discovers_gets_and_deletes_revisors_kinds() {
     assert!(deleted.contains("\"hello\" deleted"), "{deleted}");
     let after = run(&["get", "ksvc"]);
     assert!(after.contains("No resources found"), "{after}");
+}
+
+/// kubectl's apply, both ways, and patch, validate and explain: it reads the OpenAPI v3 documents,
+/// sees that the server validates fields, and sends what Kubernetes would get.
+#[test]
+fn kubectl_applies_patches_validates_and_explains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = Server::start(&data);
+    let kubectl = |args: &[&str]| kubectl(&server, &data, args);
+    let run = |args: &[&str]| {
+        let (ok, out) = kubectl(args);
+        assert!(ok, "kubectl {args:?} failed:\n{out}");
+        out
+    };
+    let file = |name: &str, text: &str| common::write(tmp.path(), name, text).display().to_string();
+    let generation = || run(&["get", "ksvc", "hello", "-o", "jsonpath={.metadata.generation}"]);
+
+    let explained = run(&["explain", "ksvc.spec.traffic"]);
+    assert!(
+        explained.contains("KIND:       Service") && explained.contains("revisionName\t<string>"),
+        "{explained}"
+    );
+    assert!(explained.contains("The share of the Service's traffic"), "{explained}");
+    let rollout_doc = run(&["explain", "rollouts.spec"]);
+    assert!(rollout_doc.contains("serviceRef"), "{rollout_doc}");
+
+    // Client-side apply: a create, then a three-way JSON merge patch.
+    let v1 = file("v1.yaml", &upstream_service("hello", &[("GREETING", "one")], &[], ""));
+    assert!(run(&["apply", "-f", &v1]).contains("service.serving.knative.dev/hello created"));
+    let last = run(&["get", "ksvc", "hello", "-o", "yaml"]);
+    assert!(
+        last.contains("kubectl.kubernetes.io/last-applied-configuration"),
+        "{last}"
+    );
+    let v2 = file("v2.yaml", &upstream_service("hello", &[("GREETING", "two")], &[], ""));
+    assert!(run(&["apply", "-f", &v2]).contains("configured"));
+    assert_eq!(generation(), "2");
+    wait_ready(&server.admin, "hello", &["hello-00002"]);
+
+    // Unknown fields: refused by default (kubectl asks for Strict), dropped with a warning on request.
+    let bad = upstream_service("hello", &[("GREETING", "three")], &[], "")
+        .replace("        - image:", "        - colour: red\n          image:");
+    let bad = file("bad.yaml", &bad);
+    let (ok, refused) = kubectl(&["apply", "-f", &bad]);
+    assert!(
+        !ok && refused.contains("spec.template.spec.containers[0].colour: unknown field \"colour\""),
+        "{refused}"
+    );
+    assert_eq!(generation(), "2", "a refused apply changes nothing");
+    let warned = run(&["apply", "-f", &bad, "--validate=warn"]);
+    assert!(
+        warned.contains("Warning: unknown field \"spec.template.spec.containers[0].colour\""),
+        "{warned}"
+    );
+    assert_eq!(generation(), "3");
+
+    // Patches: merge and JSON; a strategic merge patch is refused as Kubernetes refuses it for
+    // custom resources.
+    run(&[
+        "patch",
+        "ksvc",
+        "hello",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"team":"a"}}}"#,
+    ]);
+    run(&[
+        "patch",
+        "ksvc",
+        "hello",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/metadata/labels/tier","value":"b"}]"#,
+    ]);
+    let labels = run(&[
+        "get",
+        "ksvc",
+        "hello",
+        "-o",
+        "jsonpath={.metadata.labels.team},{.metadata.labels.tier}",
+    ]);
+    assert_eq!(labels, "a,b");
+    let (ok, strategic) = kubectl(&["patch", "ksvc", "hello", "-p", r#"{"metadata":{"labels":{"x":"y"}}}"#]);
+    assert!(!ok && strategic.contains("--type=merge"), "{strategic}");
+    let (ok, missing) = kubectl(&[
+        "patch",
+        "ksvc",
+        "hello",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/labels/nope"}]"#,
+    ]);
+    assert!(!ok && missing.contains("/metadata/labels/nope"), "{missing}");
+
+    // Server-side apply, and two field managers that disagree on the traffic: 409, naming the other.
+    let split = "  traffic:\n    - revisionName: hello-00001\n      percent: 50\n    - revisionName: hello-00002\n      percent: 50\n";
+    let ssa = file(
+        "ssa.yaml",
+        &upstream_service("hello", &[("GREETING", "three")], &[], split),
+    );
+    // The client-side applies above set the traffic (to its default) as an update: taking it over is
+    // a conflict, as in Kubernetes, until forced.
+    let (ok, taken) = kubectl(&["apply", "--server-side", "--field-manager=team-a", "-f", &ssa]);
+    assert!(
+        !ok && taken.contains("conflict with \"kubectl-client-side-apply\""),
+        "{taken}"
+    );
+    let applied = run(&[
+        "apply",
+        "--server-side",
+        "--field-manager=team-a",
+        "--force-conflicts",
+        "-f",
+        &ssa,
+    ]);
+    assert!(applied.contains("serverside-applied"), "{applied}");
+    let other = upstream_service(
+        "hello",
+        &[("GREETING", "three")],
+        &[],
+        &split.replace("50", "40").replacen("40", "60", 1),
+    );
+    let other = file("other.yaml", &other);
+    let (ok, conflict) = kubectl(&["apply", "--server-side", "--field-manager=team-b", "-f", &other]);
+    assert!(
+        !ok && conflict.contains("conflict") && conflict.contains("team-a"),
+        "{conflict}"
+    );
+    run(&[
+        "apply",
+        "--server-side",
+        "--field-manager=team-b",
+        "--force-conflicts",
+        "-f",
+        &other,
+    ]);
+    let percents = run(&["get", "ksvc", "hello", "-o", "jsonpath={.spec.traffic[*].percent}"]);
+    assert_eq!(percents, "60 40");
 }
 
 /// `revisor kubeconfig` prints what kubectl needs (the https URL, the CA, the token): with it,

@@ -14,13 +14,13 @@ use super::ApiError;
 const KUBE_MINOR: &str = "32";
 
 /// One resource of a group version, as `APIResourceList` lists it.
-struct Resource {
-    name: &'static str,
+pub(super) struct Resource {
+    pub name: &'static str,
     singular: &'static str,
-    kind: &'static str,
+    pub kind: &'static str,
     short: &'static [&'static str],
     categories: &'static [&'static str],
-    verbs: &'static [&'static str],
+    pub verbs: &'static [&'static str],
 }
 
 const READ: &[&str] = &["get", "list"];
@@ -28,7 +28,7 @@ const WRITE: &[&str] = &["create", "delete", "get", "list", "patch", "update"];
 
 /// The groups and resources served, per backend: locally revisions can be deleted and
 /// configurations read; on a cluster those belong to Knative (kubectl talks to it directly).
-fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resource>)> {
+pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resource>)> {
     let knative: &[&str] = &["all", "knative", "serving"];
     let mut serving = vec![
         Resource {
@@ -82,6 +82,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(local: bool) -> Router<S> {
             "/apis/{group}",
             get(move |Path(group): Path<String>| async move { group_of(local, &group).map(Json) }),
         )
+        .merge(super::openapi::routes(local))
         .route(
             "/apis/{group}/{version}",
             get(move |Path((group, version)): Path<(String, String)>| async move {

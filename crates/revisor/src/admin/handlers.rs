@@ -13,6 +13,7 @@ use revisor_controller::admission::{ApplyMode, Writer};
 use revisor_store::Object;
 use serde_json::{json, Value};
 
+use super::patch::{read_modify_write, with_warnings, FieldValidation, Patch};
 use super::{AdminState, ApiError};
 
 pub(crate) type Params = Query<HashMap<String, String>>;
@@ -252,7 +253,21 @@ async fn write_service(
     mode: ApplyMode,
 ) -> Result<Response, ApiError> {
     let value = body_document(&headers, body)?;
+    write_service_value(s, ns, name, value, params, mode).await
+}
+
+/// Admits and writes a Service document: fields it does not have are refused, or dropped with a
+/// warning or silently, as `?fieldValidation=` says.
+async fn write_service_value(
+    s: AdminState,
+    ns: String,
+    name: Option<String>,
+    mut value: Value,
+    params: HashMap<String, String>,
+    mode: ApplyMode,
+) -> Result<Response, ApiError> {
     let dry_run = dry_run(&params)?;
+    let warnings = FieldValidation::from_params(&params)?.prune(&mut value);
     let writer = writer(mode, &params, &value)?;
     let svc = admit(&s, &ns, name.as_deref(), value)?;
     let shown = svc.metadata.name.clone();
@@ -261,7 +276,31 @@ async fn write_service(
             .map_err(|e| ApiError::from_apply("Service", &shown, e))
     })
     .await?;
-    Ok(applied(outcome, stored))
+    Ok(with_warnings(applied(outcome, stored), &warnings))
+}
+
+/// A merge or JSON patch of a stored Service: patched, admitted and written as an update.
+async fn patch_service(
+    s: AdminState,
+    ns: String,
+    name: String,
+    patch: Patch,
+    params: HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    let dry_run = dry_run(&params)?;
+    let validation = FieldValidation::from_params(&params)?;
+    let writer = writer(ApplyMode::Replace, &params, &Value::Null)?;
+    let (outcome, stored, warnings) = blocking(move || {
+        read_modify_write::<Service, _>(&s.store, &ns, &name, &patch, |mut value| {
+            let warnings = validation.prune(&mut value);
+            let svc = admit(&s, &ns, Some(&name), value)?;
+            let (outcome, stored) = revisor_controller::apply_service(&s.store, svc, &writer, dry_run)
+                .map_err(|e| ApiError::from_apply("Service", &name, e))?;
+            Ok((outcome, stored, warnings))
+        })
+    })
+    .await?;
+    Ok(with_warnings(applied(outcome, stored), &warnings))
 }
 
 /// The writer of a Service request: `?fieldManager=` (apply's default `revisor`, a replace's or create's
@@ -331,6 +370,7 @@ pub async fn replace_service(
     write_service(s, ns, Some(name), headers, body, p, ApplyMode::Replace).await
 }
 
+/// PATCH: server-side apply, a merge patch or a JSON patch, by the body's content type.
 pub async fn apply_service(
     State(s): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
@@ -338,7 +378,10 @@ pub async fn apply_service(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    write_service(s, ns, Some(name), headers, body, p, ApplyMode::Apply).await
+    match Patch::read(&headers, body)? {
+        Patch::Apply(value) => write_service_value(s, ns, Some(name), value, p, ApplyMode::Apply).await,
+        patch => patch_service(s, ns, name, patch, p).await,
+    }
 }
 
 pub(crate) fn deleted(kind: &str, name: &str) -> Json<Value> {

@@ -5,6 +5,8 @@ mod discovery;
 pub mod guard;
 mod handlers;
 mod observe;
+mod openapi;
+mod patch;
 mod rollouts;
 mod status;
 

@@ -13,6 +13,7 @@ use revisor_controller::ApplyMode;
 use serde_json::Value;
 
 use super::handlers::{applied, blocking, body_document, body_name, deleted, dry_run, list, placed, Params};
+use super::patch::{read_modify_write, with_warnings, FieldValidation, Patch};
 use super::{AdminState, ApiError};
 
 pub async fn list_all(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
@@ -47,16 +48,43 @@ async fn write(
     params: std::collections::HashMap<String, String>,
     mode: ApplyMode,
 ) -> Result<Response, ApiError> {
-    let value = placed(&ns, name.as_deref(), body_document(&headers, body)?)?;
+    let value = body_document(&headers, body)?;
+    write_value(s, ns, name, value, params, mode).await
+}
+
+/// Admits and stores a Rollout document; `?fieldValidation=` says what becomes of unknown fields.
+async fn write_value(
+    s: AdminState,
+    ns: String,
+    name: Option<String>,
+    value: Value,
+    params: std::collections::HashMap<String, String>,
+    mode: ApplyMode,
+) -> Result<Response, ApiError> {
     let dry_run = dry_run(&params)?;
+    let validation = FieldValidation::from_params(&params)?;
+    let (outcome, stored, warnings) =
+        blocking(move || store(&s, &ns, name.as_deref(), value, validation, mode, dry_run)).await?;
+    Ok(with_warnings(applied(outcome, stored), &warnings))
+}
+
+/// Admission and the store write of one Rollout document, with the warnings to send.
+fn store(
+    s: &AdminState,
+    ns: &str,
+    name: Option<&str>,
+    mut value: Value,
+    validation: FieldValidation,
+    mode: ApplyMode,
+    dry_run: bool,
+) -> Result<(revisor_controller::ApplyOutcome, Rollout, Vec<String>), ApiError> {
+    let warnings = validation.prune(&mut value);
+    let value = placed(ns, name, value)?;
     let shown = body_name(&value);
     let rollout = admit_rollout(&value).map_err(|e| ApiError::invalid("Rollout", &shown, e))?;
-    let (outcome, stored) = blocking(move || {
-        revisor_controller::apply_rollout(&s.store, rollout, mode, dry_run)
-            .map_err(|e| ApiError::from_apply("Rollout", &shown, e))
-    })
-    .await?;
-    Ok(applied(outcome, stored))
+    let (outcome, stored) = revisor_controller::apply_rollout(&s.store, rollout, mode, dry_run)
+        .map_err(|e| ApiError::from_apply("Rollout", &shown, e))?;
+    Ok((outcome, stored, warnings))
 }
 
 pub async fn create(
@@ -79,6 +107,7 @@ pub async fn replace(
     write(s, ns, Some(name), headers, body, p, ApplyMode::Replace).await
 }
 
+/// PATCH: server-side apply, a merge patch or a JSON patch, by the body's content type.
 pub async fn apply(
     State(s): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
@@ -86,7 +115,19 @@ pub async fn apply(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    write(s, ns, Some(name), headers, body, p, ApplyMode::Apply).await
+    let patch = match Patch::read(&headers, body)? {
+        Patch::Apply(value) => return write_value(s, ns, Some(name), value, p, ApplyMode::Apply).await,
+        patch => patch,
+    };
+    let dry_run = dry_run(&p)?;
+    let validation = FieldValidation::from_params(&p)?;
+    let (outcome, stored, warnings) = blocking(move || {
+        read_modify_write::<Rollout, _>(&s.store, &ns, &name, &patch, |value| {
+            store(&s, &ns, Some(&name), value, validation, ApplyMode::Replace, dry_run)
+        })
+    })
+    .await?;
+    Ok(with_warnings(applied(outcome, stored), &warnings))
 }
 
 pub async fn delete(

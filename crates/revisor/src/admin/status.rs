@@ -25,6 +25,9 @@ pub enum ApiError {
     AlreadyExists(String),
     #[error("{0}")]
     Conflict(String),
+    /// A write whose resourceVersion precondition no longer holds (409, as any conflict).
+    #[error("{0}")]
+    Stale(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -46,7 +49,7 @@ impl ApiError {
             Self::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
             Self::AlreadyExists(_) => (StatusCode::CONFLICT, "AlreadyExists"),
-            Self::Conflict(_) => (StatusCode::CONFLICT, "Conflict"),
+            Self::Conflict(_) | Self::Stale(_) => (StatusCode::CONFLICT, "Conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType"),
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
@@ -70,7 +73,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound { .. } => Self::NotFound(e.to_string()),
             StoreError::AlreadyExists { .. } => Self::AlreadyExists(e.to_string()),
-            StoreError::Conflict { .. } => Self::Conflict(format!("{e}; read the object again and retry")),
+            StoreError::Conflict { .. } => Self::Stale(format!("{e}; read the object again and retry")),
             StoreError::Rejected(m) => Self::BadRequest(m),
             other => {
                 tracing::error!("store: {other}");
