@@ -13,6 +13,7 @@ pub mod podspec;
 pub mod revision;
 pub mod rollout;
 pub mod schema;
+pub mod selector;
 pub mod service;
 pub mod units;
 pub mod validate;

@@ -6,19 +6,21 @@
 
 mod error;
 mod event;
+mod history;
 mod migrate;
 mod object;
 mod tx;
 
 pub use error::StoreError;
 pub use event::{Event, EventType};
+pub use history::{History, Since, WatchEvent, WatchType, KEPT as WATCH_HISTORY};
 pub use object::{Kind, Object};
 pub use tx::Tx;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::broadcast;
 
 pub(crate) const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
@@ -43,6 +45,7 @@ pub struct Change {
 pub struct Store {
     db: Arc<Database>,
     changes: broadcast::Sender<Change>,
+    history: History,
 }
 
 impl Store {
@@ -67,12 +70,13 @@ impl Store {
         tx.open_table(REVISIONS)?;
         tx.open_table(ROLLOUTS)?;
         tx.open_table(EVENTS)?;
-        tx.open_table(COUNTERS)?;
+        let version = tx.open_table(COUNTERS)?.get("sequence")?.map(|v| v.value()).unwrap_or(0);
         tx.commit()?;
         let (changes, _) = broadcast::channel(1024);
         Ok(Store {
             db: Arc::new(db),
             changes,
+            history: History::new(version),
         })
     }
 
@@ -81,7 +85,8 @@ impl Store {
         let inner = self.db.begin_write().map_err(StoreError::from)?;
         let mut tx = Tx::new(inner);
         let out = f(&mut tx)?;
-        let changes = tx.commit()?;
+        let (changes, watched, version) = tx.commit()?;
+        self.history.publish(watched, version);
         for c in changes {
             // Nobody listening is fine: subscribers re-read the store when they start.
             let _ = self.changes.send(c);
@@ -118,6 +123,20 @@ impl Store {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(EVENTS)?;
         event::list(&table, &format!("{namespace}/{service}"))
+    }
+
+    /// Every object of a kind, as [`Store::list`], with the resourceVersion of the state it read: a
+    /// watch from that version misses no change after the list.
+    pub fn list_versioned<T: Object>(&self, namespace: Option<&str>) -> Result<(Vec<T>, u64), StoreError> {
+        let tx = self.db.begin_read()?;
+        let version = tx.open_table(COUNTERS)?.get("sequence")?.map(|v| v.value()).unwrap_or(0);
+        let table = tx.open_table(T::TABLE)?;
+        Ok((object::list(&table, namespace)?, version))
+    }
+
+    /// The recent changes, for watches.
+    pub fn history(&self) -> &History {
+        &self.history
     }
 
     /// Changes committed from now on.

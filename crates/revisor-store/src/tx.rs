@@ -5,11 +5,23 @@ use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::event::{self, Event, MAX_EVENTS_PER_SERVICE};
 use crate::object::{self, Object};
+use crate::history::{WatchEvent, WatchType};
 use crate::{Change, StoreError, COUNTERS, EVENTS};
+
+fn encode<T: Object>(key: &str, obj: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(obj).map_err(|e| StoreError::Corrupt {
+        kind: T::KIND_NAME,
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
 
 pub struct Tx {
     inner: WriteTransaction,
     changes: Vec<Change>,
+    watch: Vec<WatchEvent>,
+    /// The highest resourceVersion this transaction gave out.
+    version: u64,
 }
 
 impl Tx {
@@ -17,12 +29,15 @@ impl Tx {
         Self {
             inner,
             changes: Vec::new(),
+            watch: Vec::new(),
+            version: 0,
         }
     }
 
-    pub(crate) fn commit(self) -> Result<Vec<Change>, StoreError> {
+    /// Commits; what changed, for subscribers and for watches, and the last version given out.
+    pub(crate) fn commit(self) -> Result<(Vec<Change>, Vec<WatchEvent>, u64), StoreError> {
         self.inner.commit()?;
-        Ok(self.changes)
+        Ok((self.changes, self.watch, self.version))
     }
 
     /// The next value of the store-wide sequence that resourceVersions and event ids come from.
@@ -30,6 +45,7 @@ impl Tx {
         let mut t = self.inner.open_table(COUNTERS)?;
         let next = t.get("sequence")?.map(|v| v.value()).unwrap_or(0) + 1;
         t.insert("sequence", next)?;
+        self.version = next;
         Ok(next)
     }
 
@@ -66,7 +82,7 @@ impl Tx {
         meta.uid = Some(uid(&key, seq));
         meta.creation_timestamp = Some(Utc::now());
         meta.generation.get_or_insert(1);
-        self.put(&key, &obj)?;
+        self.put(&key, &obj, WatchType::Added, seq)?;
         Ok(obj)
     }
 
@@ -98,19 +114,27 @@ impl Tx {
         meta.resource_version = Some(seq.to_string());
         meta.uid = uid;
         meta.creation_timestamp = created;
-        self.put(&key, &obj)?;
+        self.put(&key, &obj, WatchType::Modified, seq)?;
         Ok(obj)
     }
 
-    fn put<T: Object>(&mut self, key: &str, obj: &T) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(obj).map_err(|e| StoreError::Corrupt {
-            kind: T::KIND_NAME,
-            key: key.to_string(),
-            message: e.to_string(),
-        })?;
+    fn put<T: Object>(&mut self, key: &str, obj: &T, change: WatchType, version: u64) -> Result<(), StoreError> {
+        let bytes = encode(key, obj)?;
         self.inner.open_table(T::TABLE)?.insert(key, bytes.as_slice())?;
         self.changed::<T>(obj.meta().namespace.clone(), obj.meta().name.clone(), obj.service());
+        self.watched::<T>(obj, change, version, bytes);
         Ok(())
+    }
+
+    fn watched<T: Object>(&mut self, obj: &T, change: WatchType, version: u64, bytes: Vec<u8>) {
+        self.watch.push(WatchEvent {
+            kind: T::KIND,
+            kind_of_change: change,
+            namespace: obj.meta().namespace.clone(),
+            name: obj.meta().name.clone(),
+            resource_version: version,
+            object: bytes.into(),
+        });
     }
 
     /// Removes an object; `NotFound` when there is none.
@@ -129,6 +153,12 @@ impl Tx {
         };
         let obj: T = object::decode(&key, &bytes)?;
         self.changed::<T>(namespace.to_string(), name.to_string(), obj.service());
+        // A watch sees the object as it was, with the version of its deletion (as Kubernetes shows it).
+        let seq = self.next_sequence()?;
+        let mut last = obj.clone();
+        last.meta_mut().resource_version = Some(seq.to_string());
+        let bytes = encode(&key, &last)?;
+        self.watched::<T>(&last, WatchType::Deleted, seq, bytes);
         Ok(obj)
     }
 

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod columns;
 pub mod config;
 pub mod demo;
 pub mod model_server;

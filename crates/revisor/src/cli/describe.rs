@@ -38,7 +38,7 @@ fn conditions(conds: &[Condition]) {
             vec![
                 format!("  {ok}"),
                 c.type_.clone(),
-                table::age(c.last_transition_time),
+                crate::columns::age(c.last_transition_time),
                 c.reason.clone().unwrap_or_default(),
                 c.message.clone().unwrap_or_default(),
             ]
@@ -53,7 +53,7 @@ fn service(client: &Client, name: &str, ns: &str) -> Result<()> {
     println!("Name:        {}", s.metadata.name);
     println!("Namespace:   {}", s.metadata.namespace);
     println!("URL:         {}", st.url.clone().unwrap_or_default());
-    println!("Age:         {}", table::age(s.metadata.creation_timestamp));
+    println!("Age:         {}", crate::columns::age(s.metadata.creation_timestamp));
     println!(
         "Generation:  {} (observed {})",
         s.generation(),
@@ -99,7 +99,7 @@ fn service(client: &Client, name: &str, ns: &str) -> Result<()> {
             "  {}  [{}]  {}  {}",
             r.metadata.name,
             r.configuration_generation().unwrap_or(0),
-            table::age(r.metadata.creation_timestamp),
+            crate::columns::age(r.metadata.creation_timestamp),
             image
         );
     }
@@ -114,7 +114,7 @@ fn revision(client: &Client, name: &str, ns: &str) -> Result<()> {
     println!("Namespace:   {}", r.metadata.namespace);
     println!("Service:     {}", r.service_name().unwrap_or_default());
     println!("Generation:  {}", r.configuration_generation().unwrap_or(0));
-    println!("Age:         {}", table::age(r.metadata.creation_timestamp));
+    println!("Age:         {}", crate::columns::age(r.metadata.creation_timestamp));
     for c in r.spec.containers() {
         println!(
             "Container:   {} {}",
@@ -144,7 +144,7 @@ pub fn events(client: &Client, service: &str, ns: &str, output: Output) -> Resul
         .map(|e| {
             let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
             let time = e["time"].as_str().and_then(|t| t.parse().ok());
-            vec![table::age(time), s("type"), s("reason"), s("object"), s("message")]
+            vec![crate::columns::age(time), s("type"), s("reason"), s("object"), s("message")]
         })
         .collect();
     table::print(&["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"], &rows);

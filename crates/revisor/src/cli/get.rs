@@ -6,11 +6,12 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use revisor_api::{ConditionStatus, Revision, Service};
+use revisor_api::{Revision, Service};
 use serde_json::Value;
 
 use super::{print_value, table, Kind, Output};
 use crate::client::{Client, SERVING};
+use crate::columns;
 
 /// What `revisor get` lists.
 pub struct Query<'a> {
@@ -180,51 +181,25 @@ fn watch(client: &Client, q: &Query, output: Output, first: Vec<Value>) -> Resul
 }
 
 /// `3 OK / 3` as kn prints it.
-fn conditions_cell(conds: &[revisor_api::Condition]) -> String {
-    let ok = conds.iter().filter(|c| c.status == ConditionStatus::True).count();
-    format!("{ok} OK / {}", conds.len())
-}
-
-fn ready_cells(conds: &[revisor_api::Condition]) -> (String, String) {
-    match conds.iter().find(|c| c.type_ == "Ready") {
-        Some(c) => (c.status.as_str().to_string(), c.reason.clone().unwrap_or_default()),
-        None => ("Unknown".into(), String::new()),
-    }
-}
-
 fn services_rows(items: &[Value], all_ns: bool) -> Result<(Vec<&'static str>, Vec<Vec<String>>)> {
     let mut rows = Vec::new();
     for v in items {
         let s: Service = serde_json::from_value(v.clone())?;
-        let st = s.status();
-        let (ready, reason) = ready_cells(&st.conditions);
-        let mut row = vec![
-            s.metadata.name.clone(),
-            st.url.unwrap_or_default(),
-            st.latest_created_revision_name.unwrap_or_default(),
-            table::age(s.metadata.creation_timestamp),
-            conditions_cell(&st.conditions),
-            ready,
-            reason,
-        ];
+        let mut row = columns::service_cells(&s);
         if all_ns {
             row.insert(0, s.metadata.namespace.clone());
         }
         rows.push(row);
     }
-    let mut headers = vec!["NAME", "URL", "LATEST", "AGE", "CONDITIONS", "READY", "REASON"];
+    Ok((headers(&columns::SERVICE, all_ns), rows))
+}
+
+fn headers(columns: &[&'static str], all_ns: bool) -> Vec<&'static str> {
+    let mut headers = columns.to_vec();
     if all_ns {
         headers.insert(0, "NAMESPACE");
     }
-    Ok((headers, rows))
-}
-
-/// Ready replicas over desired ones, like kubectl's READY column of a Deployment (`1/3`).
-fn replicas_cell(actual: Option<i64>, desired: Option<i64>) -> String {
-    match (actual, desired) {
-        (None, None) => String::new(),
-        (a, d) => format!("{}/{}", a.unwrap_or(0), d.unwrap_or(0)),
-    }
+    headers
 }
 
 fn revisions_rows(client: &Client, items: &[Value], all_ns: bool) -> Result<(Vec<&'static str>, Vec<Vec<String>>)> {
@@ -238,50 +213,11 @@ fn revisions_rows(client: &Client, items: &[Value], all_ns: bool) -> Result<(Vec
             let svc = client.get_opt::<Service>(&format!("{SERVING}/namespaces/{}/services/{svc_name}", key.0))?;
             services.insert(key.clone(), svc);
         }
-        let status_traffic = services[&key].as_ref().map(|s| s.status().traffic).unwrap_or_default();
-        let mine: Vec<_> = status_traffic
-            .iter()
-            .filter(|t| t.revision_name.as_deref() == Some(&r.metadata.name))
-            .collect();
-        let percent: i64 = mine.iter().map(|t| t.percent()).sum();
-        let tags: Vec<&str> = mine.iter().filter_map(|t| t.tag()).collect();
-        let st = r.status();
-        let (ready, reason) = ready_cells(&st.conditions);
-        let mut row = vec![
-            r.metadata.name.clone(),
-            svc_name,
-            if mine.is_empty() {
-                String::new()
-            } else {
-                format!("{percent}%")
-            },
-            tags.join(","),
-            r.configuration_generation().map(|g| g.to_string()).unwrap_or_default(),
-            replicas_cell(st.actual_replicas, st.desired_replicas),
-            table::age(r.metadata.creation_timestamp),
-            conditions_cell(&st.conditions),
-            ready,
-            reason,
-        ];
+        let mut row = columns::revision_cells(&r, services[&key].as_ref());
         if all_ns {
             row.insert(0, r.metadata.namespace.clone());
         }
         rows.push(row);
     }
-    let mut headers = vec![
-        "NAME",
-        "SERVICE",
-        "TRAFFIC",
-        "TAGS",
-        "GENERATION",
-        "REPLICAS",
-        "AGE",
-        "CONDITIONS",
-        "READY",
-        "REASON",
-    ];
-    if all_ns {
-        headers.insert(0, "NAMESPACE");
-    }
-    Ok((headers, rows))
+    Ok((headers(&columns::REVISION, all_ns), rows))
 }

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use revisor_api::rollout::{phase, Rollout, RunStep};
+use revisor_api::rollout::{phase, Rollout};
 use serde_json::{json, Value};
 
 use super::{table, ObjectOutput};
 use crate::client::{Client, ROLLOUTS};
+use crate::columns;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum RolloutCommand {
@@ -89,26 +90,6 @@ pub fn run(client: &Client, cmd: RolloutCommand) -> Result<i32> {
     Ok(0)
 }
 
-fn step_text(r: &Rollout) -> String {
-    let st = r.status();
-    let steps = r.spec.run_steps();
-    match steps.get(st.current_step as usize) {
-        _ if !matches!(st.phase, phase::PROGRESSING | phase::PAUSED) => "-".into(),
-        Some(s) => {
-            let what = match s {
-                RunStep::SetWeight(w) => format!("setWeight {w}"),
-                RunStep::Pause(Some(d)) => format!("pause {d:?}"),
-                RunStep::Pause(None) => "pause (until promoted)".into(),
-                RunStep::Analysis(n) => format!("analysis ({n} runs)"),
-                RunStep::HeaderRoute(h) => format!("setHeaderRoute ({} matches)", h.matches.len()),
-                RunStep::Mirror(p) => format!("setMirrorRoute {p}%"),
-            };
-            format!("{}/{} {what}", st.current_step + 1, steps.len())
-        }
-        None => format!("{}/{}", steps.len(), steps.len()),
-    }
-}
-
 fn bar(weight: u32) -> String {
     let filled = (weight as usize).div_ceil(5).min(20);
     format!("[{}{}] {weight:>3}%", "#".repeat(filled), "-".repeat(20 - filled))
@@ -127,7 +108,7 @@ pub fn status_text(r: &Rollout) -> String {
     line("Stable:", st.stable_revision.clone().unwrap_or_default());
     line("Canary:", st.canary_revision.clone().unwrap_or_else(|| "-".into()));
     line("Weight:", bar(st.canary_weight));
-    line("Step:", step_text(r));
+    line("Step:", columns::step_text(r));
     if let Some(a) = &r.spec.analysis {
         line(
             "Analysis:",
@@ -153,7 +134,7 @@ pub fn status_text(r: &Rollout) -> String {
                     (None, false) => "relative to stable".into(),
                 };
                 vec![
-                    format!("  {}", table::age(Some(m.time))),
+                    format!("  {}", crate::columns::age(Some(m.time))),
                     m.revision.clone(),
                     m.metric.clone(),
                     m.value.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into()),
@@ -193,7 +174,7 @@ fn watch(client: &Client, t: &Target) -> Result<i32> {
             st.phase,
             bar(st.canary_weight),
             st.canary_revision.clone().unwrap_or_else(|| "-".into()),
-            step_text(&r),
+            columns::step_text(&r),
             st.message.clone().unwrap_or_default()
         );
         if text != last {
@@ -238,23 +219,13 @@ pub fn rows(items: &[Value], all_ns: bool) -> Result<(Vec<&'static str>, Vec<Vec
     let mut rows = Vec::new();
     for v in items {
         let r: Rollout = serde_json::from_value(v.clone())?;
-        let st = r.status();
-        let mut row = vec![
-            r.metadata.name.clone(),
-            r.spec.service_ref.name.clone(),
-            st.stable_revision.clone().unwrap_or_default(),
-            st.canary_revision.clone().unwrap_or_else(|| "-".into()),
-            format!("{}%", st.canary_weight),
-            st.phase.to_string(),
-            step_text(&r),
-            table::age(r.metadata.creation_timestamp),
-        ];
+        let mut row = columns::rollout_cells(&r);
         if all_ns {
             row.insert(0, r.metadata.namespace.clone());
         }
         rows.push(row);
     }
-    let mut headers = vec!["NAME", "SERVICE", "STABLE", "CANARY", "WEIGHT", "PHASE", "STEP", "AGE"];
+    let mut headers = columns::ROLLOUT.to_vec();
     if all_ns {
         headers.insert(0, "NAMESPACE");
     }

@@ -1,6 +1,5 @@
-//! Plain aligned tables and kubectl-style ages.
+//! Plain aligned tables, and the lines of a traffic split.
 
-use chrono::{DateTime, Utc};
 
 /// Prints rows under headers, columns padded to their widest cell, three spaces apart.
 pub fn print(headers: &[&str], rows: &[Vec<String>]) {
@@ -44,19 +43,6 @@ pub fn line(widths: &[usize], cells: &[impl AsRef<str>]) -> String {
     out
 }
 
-/// `45s`, `3m`, `5h`, `2d` since `t`.
-pub fn age(t: Option<DateTime<Utc>>) -> String {
-    let Some(t) = t else {
-        return "<unknown>".into();
-    };
-    let s = (Utc::now() - t).num_seconds().max(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        7200..=172_799 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86400),
-    }
-}
 
 /// One `spec.traffic` target as the CLI prints it: `  70%  @latest #tag`.
 pub fn target_line(t: &revisor_api::TrafficTarget) -> String {
