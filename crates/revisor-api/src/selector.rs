@@ -140,11 +140,15 @@ fn label_key(key: &str) -> Result<String, String> {
     if let Some(p) = prefix {
         if p.is_empty()
             || p.len() > 253
-            || !p
-                .split('.')
-                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+            || !p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
         {
-            return Err(format!("{key:?} is not a label key: its prefix must be a DNS subdomain"));
+            return Err(format!(
+                "{key:?} is not a label key: its prefix must be a DNS subdomain"
+            ));
         }
     }
     if name.is_empty() || label_value(name).is_err() {
@@ -186,7 +190,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
                 (f, true, v)
             } else {
-                return Err(format!("fieldSelector term {term:?}: want field=value, field==value or field!=value"));
+                return Err(format!(
+                    "fieldSelector term {term:?}: want field=value, field==value or field!=value"
+                ));
             };
             let field = match field.trim() {
                 "metadata.name" => Field::Name,
@@ -223,7 +229,11 @@ mod tests {
 
     #[test]
     fn label_selectors_take_kubernetes_whole_syntax() {
-        let l = labels(&[("app", "web"), ("tier", "front"), ("serving.knative.dev/service", "hello")]);
+        let l = labels(&[
+            ("app", "web"),
+            ("tier", "front"),
+            ("serving.knative.dev/service", "hello"),
+        ]);
         let yes = [
             "",
             "app=web",
@@ -240,7 +250,15 @@ mod tests {
         for s in yes {
             assert!(LabelSelector::parse(s).unwrap().matches(Some(&l)), "{s}");
         }
-        let no = ["app=db", "app!=web", "app in (db)", "tier notin (front,back)", "missing", "!app", "app,missing"];
+        let no = [
+            "app=db",
+            "app!=web",
+            "app in (db)",
+            "tier notin (front,back)",
+            "missing",
+            "!app",
+            "app,missing",
+        ];
         for s in no {
             assert!(!LabelSelector::parse(s).unwrap().matches(Some(&l)), "{s}");
         }
@@ -251,7 +269,15 @@ mod tests {
                 .required_value("serving.knative.dev/service"),
             Some("hello")
         );
-        for bad in ["app in web", "app in (web", "=web", "app=we b", "a,,b", "Bad_Prefix/x=1", "app=-x"] {
+        for bad in [
+            "app in web",
+            "app in (web",
+            "=web",
+            "app=we b",
+            "a,,b",
+            "Bad_Prefix/x=1",
+            "app=-x",
+        ] {
             let err = LabelSelector::parse(bad).unwrap_err();
             assert!(err.contains("labelSelector"), "{bad}: {err}");
         }

@@ -46,6 +46,9 @@ pub struct Store {
     db: Arc<Database>,
     changes: broadcast::Sender<Change>,
     history: History,
+    /// Held from a commit to its publication, so that the history gets changes in version order: the
+    /// next writer can commit as soon as the last one did, before it published.
+    publishing: Arc<std::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -70,13 +73,18 @@ impl Store {
         tx.open_table(REVISIONS)?;
         tx.open_table(ROLLOUTS)?;
         tx.open_table(EVENTS)?;
-        let version = tx.open_table(COUNTERS)?.get("sequence")?.map(|v| v.value()).unwrap_or(0);
+        let version = tx
+            .open_table(COUNTERS)?
+            .get("sequence")?
+            .map(|v| v.value())
+            .unwrap_or(0);
         tx.commit()?;
         let (changes, _) = broadcast::channel(1024);
         Ok(Store {
             db: Arc::new(db),
             changes,
             history: History::new(version),
+            publishing: Arc::default(),
         })
     }
 
@@ -85,8 +93,10 @@ impl Store {
         let inner = self.db.begin_write().map_err(StoreError::from)?;
         let mut tx = Tx::new(inner);
         let out = f(&mut tx)?;
+        let order = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         let (changes, watched, version) = tx.commit()?;
         self.history.publish(watched, version);
+        drop(order);
         for c in changes {
             // Nobody listening is fine: subscribers re-read the store when they start.
             let _ = self.changes.send(c);
@@ -127,11 +137,24 @@ impl Store {
 
     /// Every object of a kind, as [`Store::list`], with the resourceVersion of the state it read: a
     /// watch from that version misses no change after the list.
-    pub fn list_versioned<T: Object>(&self, namespace: Option<&str>) -> Result<(Vec<T>, u64), StoreError> {
+    /// With `prefix`, only the names in `namespace` that start with it (one range of keys).
+    pub fn list_versioned<T: Object>(
+        &self,
+        namespace: Option<&str>,
+        prefix: Option<&str>,
+    ) -> Result<(Vec<T>, u64), StoreError> {
         let tx = self.db.begin_read()?;
-        let version = tx.open_table(COUNTERS)?.get("sequence")?.map(|v| v.value()).unwrap_or(0);
+        let version = tx
+            .open_table(COUNTERS)?
+            .get("sequence")?
+            .map(|v| v.value())
+            .unwrap_or(0);
         let table = tx.open_table(T::TABLE)?;
-        Ok((object::list(&table, namespace)?, version))
+        let items = match (namespace, prefix) {
+            (Some(ns), Some(p)) => object::list_prefixed(&table, ns, p)?,
+            _ => object::list(&table, namespace)?,
+        };
+        Ok((items, version))
     }
 
     /// The recent changes, for watches.

@@ -4,8 +4,8 @@ use chrono::Utc;
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::event::{self, Event, MAX_EVENTS_PER_SERVICE};
-use crate::object::{self, Object};
 use crate::history::{WatchEvent, WatchType};
+use crate::object::{self, Object};
 use crate::{Change, StoreError, COUNTERS, EVENTS};
 
 fn encode<T: Object>(key: &str, obj: &T) -> Result<Vec<u8>, StoreError> {

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::{apply, upstream_service, wait_ready, Server};
 
@@ -126,9 +127,60 @@ fn kubectl_applies_patches_validates_and_explains() {
         last.contains("kubectl.kubernetes.io/last-applied-configuration"),
         "{last}"
     );
+    let waited = run(&["wait", "--for=condition=Ready", "ksvc/hello", "--timeout=30s"]);
+    assert!(waited.contains("condition met"), "{waited}");
+    // `get` prints revisor's columns (a Table from the server); `get -w` streams a watch.
+    let table = run(&["get", "ksvc"]);
+    let head: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        head,
+        ["NAME", "URL", "LATEST", "AGE", "CONDITIONS", "READY", "REASON"],
+        "{table}"
+    );
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let mut watching = Command::new("kubectl")
+        .args([
+            &format!("--server={}", server.admin),
+            &format!("--token={}", token.trim()),
+            &format!("--certificate-authority={}", data.join("tls/ca.crt").display()),
+            &format!("--cache-dir={}", data.join("kubectl-cache").display()),
+            "get",
+            "revisions",
+            "-w",
+        ])
+        .env("KUBECONFIG", "/dev/null")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (seen, out) = (seen.clone(), watching.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                seen.lock().unwrap().push_str(&(line + "\n"));
+            }
+        })
+    };
+    common::wait_until("kubectl get -w lists hello-00001", Duration::from_secs(20), || {
+        seen.lock().unwrap().contains("hello-00001")
+    });
     let v2 = file("v2.yaml", &upstream_service("hello", &[("GREETING", "two")], &[], ""));
     assert!(run(&["apply", "-f", &v2]).contains("configured"));
     assert_eq!(generation(), "2");
+    common::wait_until(
+        "kubectl get -w sees hello-00002 become Ready",
+        Duration::from_secs(30),
+        || {
+            seen.lock()
+                .unwrap()
+                .lines()
+                .any(|l| l.starts_with("hello-00002") && l.contains(" True"))
+        },
+    );
+    watching.kill().unwrap();
+    watching.wait().unwrap();
+    reader.join().unwrap();
     wait_ready(&server.admin, "hello", &["hello-00002"]);
 
     // Unknown fields: refused by default (kubectl asks for Strict), dropped with a warning on request.

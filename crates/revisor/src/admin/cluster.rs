@@ -17,7 +17,8 @@ use revisor_api::Defaults;
 use revisor_kube::{ApplyError, Cluster};
 use serde_json::{json, Value};
 
-use super::handlers::{body_document, body_name, dry_run, healthz, list, placed};
+use super::collection::{respond, ListQuery, Listed};
+use super::handlers::{body_document, body_name, dry_run, healthz, placed};
 use super::{ApiError, MAX_BODY_BYTES, REVISOR, SERVING};
 
 #[derive(Clone)]
@@ -83,6 +84,48 @@ async fn not_served(uri: Uri) -> ApiError {
     ))
 }
 
+/// Lists from the watched caches, filtered, paged and as Tables as the local backend answers them. A
+/// watch is the cluster's own API server's to serve (kubectl can talk to it directly).
+fn listed<T: Listed>(
+    s: &ClusterState,
+    mut items: Vec<T>,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = ListQuery::parse(params, headers)?;
+    if q.watches() {
+        return Err(ApiError::BadRequest(
+            "watch is not served with --backend knative: watch the cluster's API server with kubectl".into(),
+        ));
+    }
+    items.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
+    Ok(respond(items, None, &q, |ns, name| s.cluster.service(ns, name)))
+}
+
+/// The list handlers of one kind: every namespace, and one.
+macro_rules! lists {
+    ($all:ident, $ns:ident, $read:ident) => {
+        async fn $all(
+            State(s): State<ClusterState>,
+            Query(p): Params,
+            headers: HeaderMap,
+        ) -> Result<Response, ApiError> {
+            listed(&s, s.cluster.$read(None), &p, &headers)
+        }
+        async fn $ns(
+            State(s): State<ClusterState>,
+            Path(ns): Path<String>,
+            Query(p): Params,
+            headers: HeaderMap,
+        ) -> Result<Response, ApiError> {
+            listed(&s, s.cluster.$read(Some(&ns)), &p, &headers)
+        }
+    };
+}
+lists!(list_services_all, list_services, services);
+lists!(list_revisions_all, list_revisions, revisions);
+lists!(list_rollouts_all, list_rollouts, rollouts);
+
 fn from_apply(kind: &'static str, name: &str, e: ApplyError) -> ApiError {
     match e {
         ApplyError::Invalid(errors) => ApiError::invalid(kind, name, errors),
@@ -91,14 +134,6 @@ fn from_apply(kind: &'static str, name: &str, e: ApplyError) -> ApiError {
         ApplyError::Rejected(m) => ApiError::BadRequest(m),
         ApplyError::Api(m) => ApiError::Internal(m),
     }
-}
-
-async fn list_services_all(State(s): State<ClusterState>) -> Json<Value> {
-    list("Service", s.cluster.services(None))
-}
-
-async fn list_services(State(s): State<ClusterState>, Path(ns): Path<String>) -> Json<Value> {
-    list("Service", s.cluster.services(Some(&ns)))
 }
 
 async fn get_service(
@@ -111,42 +146,6 @@ async fn get_service(
         .ok_or_else(|| ApiError::NotFound(format!("Service \"{ns}/{name}\" not found")))
 }
 
-/// Revisions, with `?labelSelector=k=v[,k=v]` as Kubernetes reads equality selectors.
-fn revisions(s: &ClusterState, ns: Option<&str>, p: &HashMap<String, String>) -> Result<Json<Value>, ApiError> {
-    let mut wanted = Vec::new();
-    for term in p.get("labelSelector").map(String::as_str).unwrap_or("").split(',') {
-        let term = term.trim();
-        if term.is_empty() {
-            continue;
-        }
-        let (k, v) = term.split_once('=').ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "labelSelector term {term:?}: only key=value terms are supported"
-            ))
-        })?;
-        wanted.push((k.trim_end_matches('=').to_string(), v.to_string()));
-    }
-    let items: Vec<_> = s
-        .cluster
-        .revisions(ns)
-        .into_iter()
-        .filter(|r| wanted.iter().all(|(k, v)| r.metadata.label(k) == Some(v.as_str())))
-        .collect();
-    Ok(list("Revision", items))
-}
-
-async fn list_revisions_all(State(s): State<ClusterState>, Query(p): Params) -> Result<Json<Value>, ApiError> {
-    revisions(&s, None, &p)
-}
-
-async fn list_revisions(
-    State(s): State<ClusterState>,
-    Path(ns): Path<String>,
-    Query(p): Params,
-) -> Result<Json<Value>, ApiError> {
-    revisions(&s, Some(&ns), &p)
-}
-
 async fn get_revision(
     State(s): State<ClusterState>,
     Path((ns, name)): Path<(String, String)>,
@@ -155,14 +154,6 @@ async fn get_revision(
         .revision(&ns, &name)
         .map(|o| Json(o).into_response())
         .ok_or_else(|| ApiError::NotFound(format!("Revision \"{ns}/{name}\" not found")))
-}
-
-async fn list_rollouts_all(State(s): State<ClusterState>) -> Json<Value> {
-    list("Rollout", s.cluster.rollouts(None))
-}
-
-async fn list_rollouts(State(s): State<ClusterState>, Path(ns): Path<String>) -> Json<Value> {
-    list("Rollout", s.cluster.rollouts(Some(&ns)))
 }
 
 async fn get_rollout(

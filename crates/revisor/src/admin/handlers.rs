@@ -26,15 +26,6 @@ pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no such path {}", uri.path()))
 }
 
-pub(crate) fn list<T: serde::Serialize>(kind: &str, items: Vec<T>) -> Json<Value> {
-    let api_version = if kind == "Rollout" {
-        revisor_api::rollout::ROLLOUT_API_VERSION
-    } else {
-        "serving.knative.dev/v1"
-    };
-    Json(json!({ "apiVersion": api_version, "kind": format!("{kind}List"), "metadata": {}, "items": items }))
-}
-
 /// Runs blocking store work off the async threads.
 pub(crate) async fn blocking<R: Send + 'static>(
     f: impl FnOnce() -> Result<R, ApiError> + Send + 'static,
@@ -42,16 +33,6 @@ pub(crate) async fn blocking<R: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))?
-}
-
-pub async fn list_services_all(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    let items = blocking(move || Ok(s.store.list::<Service>(None)?)).await?;
-    Ok(list("Service", items))
-}
-
-pub async fn list_services(State(s): State<AdminState>, Path(ns): Path<String>) -> Result<Json<Value>, ApiError> {
-    let items = blocking(move || Ok(s.store.list::<Service>(Some(&ns))?)).await?;
-    Ok(list("Service", items))
 }
 
 async fn get_one<T: Object + Send + 'static>(s: AdminState, ns: String, name: String) -> Result<Json<T>, ApiError> {
@@ -83,66 +64,6 @@ pub async fn get_configuration(
     Path((ns, name)): Path<(String, String)>,
 ) -> Result<Json<Configuration>, ApiError> {
     get_one(s, ns, name).await
-}
-
-pub async fn list_configurations(State(s): State<AdminState>, Path(ns): Path<String>) -> Result<Json<Value>, ApiError> {
-    let items = blocking(move || Ok(s.store.list::<Configuration>(Some(&ns))?)).await?;
-    Ok(list("Configuration", items))
-}
-
-/// `labelSelector=k=v[,k=v]`: equality only, which is what revisor's own labels need.
-fn selector(params: &HashMap<String, String>) -> Result<Vec<(String, String)>, ApiError> {
-    let Some(sel) = params.get("labelSelector").filter(|s| !s.is_empty()) else {
-        return Ok(vec![]);
-    };
-    sel.split(',')
-        .map(|term| match term.split_once('=') {
-            Some((k, v)) if !k.is_empty() && !k.ends_with('!') => {
-                Ok((k.trim().to_string(), v.trim_start_matches('=').trim().to_string()))
-            }
-            _ => Err(ApiError::BadRequest(format!(
-                "labelSelector {term:?}: only key=value terms are supported"
-            ))),
-        })
-        .collect()
-}
-
-async fn revisions(
-    s: AdminState,
-    ns: Option<String>,
-    params: HashMap<String, String>,
-) -> Result<Json<Value>, ApiError> {
-    let terms = selector(&params)?;
-    // One service's revisions (the CLI's `traffic` asks for them) are one range of keys: a revision's
-    // name starts with its service's, as Knative requires.
-    let service = terms
-        .iter()
-        .find(|(k, _)| k == revisor_api::revision::labels::SERVICE)
-        .map(|(_, v)| v.clone());
-    let items = blocking(move || {
-        Ok(match (&ns, service) {
-            (Some(ns), Some(svc)) => s.store.list_prefixed::<Revision>(ns, &format!("{svc}-"))?,
-            _ => s.store.list::<Revision>(ns.as_deref())?,
-        })
-    })
-    .await?;
-    let items: Vec<Revision> = items
-        .into_iter()
-        .filter(|r| terms.iter().all(|(k, v)| r.metadata.label(k) == Some(v.as_str())))
-        .collect();
-    Ok(list("Revision", items))
-}
-
-pub async fn list_revisions_all(State(s): State<AdminState>, Query(p): Params) -> Result<Json<Value>, ApiError> {
-    revisions(s, None, p).await
-}
-
-pub async fn list_revisions(
-    State(s): State<AdminState>,
-    Path(ns): Path<String>,
-    Query(p): Params,
-) -> Result<Json<Value>, ApiError> {
-    revisions(s, Some(ns), p).await
 }
 
 pub async fn service_events(

@@ -1,6 +1,7 @@
 //! The admin API: Kubernetes-style paths over the store, JSON in and out, errors as `Status` objects.
 
 pub mod cluster;
+mod collection;
 mod discovery;
 pub mod guard;
 mod handlers;
@@ -43,13 +44,15 @@ const REVISOR: &str = "/apis/revisor.dev/v1alpha1";
 
 /// The admin API's routes; tests call `router(state).oneshot(request)` without a socket.
 pub fn router(state: AdminState) -> Router {
+    use collection::{all, namespaced};
     use handlers::*;
+    use revisor_api::{Configuration, Revision, Rollout, Service};
     Router::new()
         .route("/healthz", get(healthz))
-        .route(&format!("{SERVING}/services"), get(list_services_all))
+        .route(&format!("{SERVING}/services"), get(all::<Service>))
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/services"),
-            get(list_services).post(create_service),
+            get(namespaced::<Service>).post(create_service),
         )
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/services/{{name}}"),
@@ -62,15 +65,19 @@ pub fn router(state: AdminState) -> Router {
             &format!("{SERVING}/namespaces/{{ns}}/services/{{name}}/events"),
             get(service_events),
         )
-        .route(&format!("{SERVING}/revisions"), get(list_revisions_all))
-        .route(&format!("{SERVING}/namespaces/{{ns}}/revisions"), get(list_revisions))
+        .route(&format!("{SERVING}/revisions"), get(all::<Revision>))
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/revisions"),
+            get(namespaced::<Revision>),
+        )
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/revisions/{{name}}"),
             get(get_revision).delete(delete_revision),
         )
+        .route(&format!("{SERVING}/configurations"), get(all::<Configuration>))
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/configurations"),
-            get(list_configurations),
+            get(namespaced::<Configuration>),
         )
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/configurations/{{name}}"),
@@ -80,10 +87,10 @@ pub fn router(state: AdminState) -> Router {
             &format!("{SERVING}/namespaces/{{ns}}/revisions/{{name}}/log"),
             get(observe::revision_log),
         )
-        .route(&format!("{REVISOR}/rollouts"), get(rollouts::list_all))
+        .route(&format!("{REVISOR}/rollouts"), get(all::<Rollout>))
         .route(
             &format!("{REVISOR}/namespaces/{{ns}}/rollouts"),
-            get(rollouts::list_ns).post(rollouts::create),
+            get(namespaced::<Rollout>).post(rollouts::create),
         )
         .route(
             &format!("{REVISOR}/namespaces/{{ns}}/rollouts/{{name}}"),

@@ -12,19 +12,9 @@ use revisor_api::{admit_rollout, Rollout};
 use revisor_controller::ApplyMode;
 use serde_json::Value;
 
-use super::handlers::{applied, blocking, body_document, body_name, deleted, dry_run, list, placed, Params};
+use super::handlers::{applied, blocking, body_document, body_name, deleted, dry_run, placed, Params};
 use super::patch::{read_modify_write, with_warnings, FieldValidation, Patch};
 use super::{AdminState, ApiError};
-
-pub async fn list_all(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    let items = blocking(move || Ok(s.store.list::<Rollout>(None)?)).await?;
-    Ok(list("Rollout", items))
-}
-
-pub async fn list_ns(State(s): State<AdminState>, Path(ns): Path<String>) -> Result<Json<Value>, ApiError> {
-    let items = blocking(move || Ok(s.store.list::<Rollout>(Some(&ns))?)).await?;
-    Ok(list("Rollout", items))
-}
 
 pub async fn get_one(
     State(s): State<AdminState>,

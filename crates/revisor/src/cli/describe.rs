@@ -144,7 +144,13 @@ pub fn events(client: &Client, service: &str, ns: &str, output: Output) -> Resul
         .map(|e| {
             let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
             let time = e["time"].as_str().and_then(|t| t.parse().ok());
-            vec![crate::columns::age(time), s("type"), s("reason"), s("object"), s("message")]
+            vec![
+                crate::columns::age(time),
+                s("type"),
+                s("reason"),
+                s("object"),
+                s("message"),
+            ]
         })
         .collect();
     table::print(&["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"], &rows);

@@ -1,6 +1,5 @@
 //! Plain aligned tables, and the lines of a traffic split.
 
-
 /// Prints rows under headers, columns padded to their widest cell, three spaces apart.
 pub fn print(headers: &[&str], rows: &[Vec<String>]) {
     let mut out = Vec::new();
@@ -42,7 +41,6 @@ pub fn line(widths: &[usize], cells: &[impl AsRef<str>]) -> String {
     out.push('\n');
     out
 }
-
 
 /// One `spec.traffic` target as the CLI prints it: `  70%  @latest #tag`.
 pub fn target_line(t: &revisor_api::TrafficTarget) -> String {

@@ -1,0 +1,261 @@
+//! Issue 16: lists and watches of the admin API as Kubernetes clients use them: a watch from a list's
+//! resourceVersion sees every later change in order, selectors turn changes into ADDED and DELETED,
+//! a version older than the server's history is answered 410 Gone, bookmarks, pages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use revisor::admin::{router, AdminState};
+use revisor_api::Defaults;
+use revisor_store::Store;
+use serde_json::Value;
+use tower::ServiceExt;
+
+const SERVING: &str = "/apis/serving.knative.dev/v1";
+
+fn state(path: &std::path::Path) -> AdminState {
+    AdminState {
+        store: Store::open(path).unwrap(),
+        defaults: Arc::new(Defaults::default()),
+        gateway: None,
+        logs: None,
+        metrics: None,
+    }
+}
+
+fn service(name: &str, ns: &str, team: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"serving.knative.dev/v1","kind":"Service","metadata":{{"name":"{name}","namespace":"{ns}","labels":{{"team":"{team}"}}}},"spec":{{"template":{{"spec":{{"containers":[{{"image":"x","command":["app"]}}]}}}}}}}}"#
+    )
+}
+
+async fn call(s: &AdminState, method: &str, uri: &str, ctype: &str, body: String) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", ctype)
+        .body(Body::from(body))
+        .unwrap();
+    let resp = router(s.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn create(s: &AdminState, name: &str, ns: &str, team: &str) {
+    let (code, body) = call(
+        s,
+        "POST",
+        &format!("{SERVING}/namespaces/{ns}/services"),
+        "application/json",
+        service(name, ns, team),
+    )
+    .await;
+    assert_eq!(code, StatusCode::CREATED, "{body}");
+}
+
+async fn relabel(s: &AdminState, name: &str, team: &str) {
+    let patch = format!(r#"{{"metadata":{{"labels":{{"team":"{team}"}}}}}}"#);
+    let uri = format!("{SERVING}/namespaces/default/services/{name}");
+    let (code, body) = call(s, "PATCH", &uri, "application/merge-patch+json", patch).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+}
+
+/// A watch's stream, read line by line.
+struct Watch {
+    body: Body,
+    buf: Vec<u8>,
+}
+
+impl Watch {
+    async fn start(s: &AdminState, query: &str) -> Watch {
+        let req = Request::get(format!("{SERVING}/namespaces/default/services?watch=true&{query}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = router(s.clone()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        Watch {
+            body: resp.into_body(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next event as (type, name, resourceVersion), or `None` when the stream ended.
+    async fn next(&mut self) -> Option<(String, String, String)> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                let v: Value = serde_json::from_slice(&line).unwrap();
+                let text = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+                return Some((
+                    text("/type"),
+                    text("/object/metadata/name"),
+                    text("/object/metadata/resourceVersion"),
+                ));
+            }
+            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+                .await
+                .expect("a watch event within 10 s")?
+                .unwrap();
+            self.buf.extend_from_slice(frame.data_ref().unwrap());
+        }
+    }
+
+    async fn next_of(&mut self) -> (String, String) {
+        let (t, name, _) = self.next().await.expect("an event");
+        (t, name)
+    }
+}
+
+fn ev(t: &str, name: &str) -> (String, String) {
+    (t.to_string(), name.to_string())
+}
+
+#[tokio::test]
+async fn a_watch_from_a_lists_version_sees_every_later_change_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(&dir.path().join("s.redb"));
+    create(&s, "before", "default", "a").await;
+    let (_, list) = call(
+        &s,
+        "GET",
+        &format!("{SERVING}/namespaces/default/services"),
+        "",
+        String::new(),
+    )
+    .await;
+    let version = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    // Changes between the list and the watch are not lost: the watch starts from the list's version.
+    create(&s, "a", "default", "a").await;
+    create(&s, "elsewhere", "other", "a").await;
+    let mut w = Watch::start(&s, &format!("resourceVersion={version}")).await;
+    relabel(&s, "a", "b").await;
+    let (code, _) = call(
+        &s,
+        "DELETE",
+        &format!("{SERVING}/namespaces/default/services/a"),
+        "",
+        String::new(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(w.next_of().await, ev("ADDED", "a"));
+    assert_eq!(w.next_of().await, ev("MODIFIED", "a"));
+    let (t, name, deleted_at) = w.next().await.unwrap();
+    assert_eq!((t.as_str(), name.as_str()), ("DELETED", "a"));
+    assert!(deleted_at.parse::<u64>().unwrap() > version.parse::<u64>().unwrap());
+
+    // Without a version, a watch starts with the objects there are, as ADDED.
+    let mut w = Watch::start(&s, "").await;
+    assert_eq!(w.next_of().await, ev("ADDED", "before"));
+}
+
+#[tokio::test]
+async fn selectors_turn_changes_into_added_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(&dir.path().join("s.redb"));
+    create(&s, "x", "default", "a").await;
+    create(&s, "y", "default", "b").await;
+    let mut w = Watch::start(&s, "labelSelector=team%20in%20(a)").await;
+    assert_eq!(w.next_of().await, ev("ADDED", "x"));
+    relabel(&s, "x", "c").await; // leaves the selection
+    relabel(&s, "y", "a").await; // enters it
+    assert_eq!(w.next_of().await, ev("DELETED", "x"));
+    assert_eq!(w.next_of().await, ev("ADDED", "y"));
+
+    let mut by_name = Watch::start(&s, "fieldSelector=metadata.name%3Dy").await;
+    assert_eq!(by_name.next_of().await, ev("ADDED", "y"));
+    relabel(&s, "x", "d").await;
+    relabel(&s, "y", "d").await;
+    assert_eq!(by_name.next_of().await, ev("MODIFIED", "y"));
+}
+
+#[tokio::test]
+async fn a_version_older_than_the_history_is_gone_and_bookmarks_say_where_a_watch_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.redb");
+    let s = state(&path);
+    create(&s, "a", "default", "a").await;
+    create(&s, "b", "default", "a").await;
+    drop(s);
+    // A restarted server keeps no history from before it started: a watch from then must list again.
+    let s = state(&path);
+    let mut w = Watch::start(&s, "resourceVersion=1").await;
+    let req = Request::get(format!(
+        "{SERVING}/namespaces/default/services?watch=true&resourceVersion=1"
+    ))
+    .body(Body::empty())
+    .unwrap();
+    let resp = router(s.clone()).oneshot(req).await.unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let error: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(error["type"], "ERROR");
+    assert_eq!(error["object"]["code"], 410);
+    assert_eq!(error["object"]["reason"], "Expired");
+    assert!(
+        error["object"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too old resource version: 1"),
+        "{error}"
+    );
+    assert_eq!(w.next().await.unwrap().0, "ERROR");
+    assert!(w.next().await.is_none(), "the watch ends after the error");
+
+    // Bookmarks, when asked for: the initial events end with one, and the watch ends with one.
+    let mut w = Watch::start(&s, "allowWatchBookmarks=true&sendInitialEvents=true&timeoutSeconds=1").await;
+    assert_eq!(w.next_of().await, ev("ADDED", "a"));
+    assert_eq!(w.next_of().await, ev("ADDED", "b"));
+    let (t, _, version) = w.next().await.unwrap();
+    assert_eq!(t, "BOOKMARK");
+    assert!(version.parse::<u64>().unwrap() >= 2);
+    assert_eq!(w.next().await.unwrap().0, "BOOKMARK");
+    assert!(w.next().await.is_none(), "timeoutSeconds ends the watch");
+}
+
+#[tokio::test]
+async fn pages_of_a_list_continue_where_the_last_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(&dir.path().join("s.redb"));
+    for name in ["a", "b", "c", "d", "e"] {
+        create(&s, name, "default", "a").await;
+    }
+    let list = format!("{SERVING}/namespaces/default/services?limit=2");
+    let (_, first) = call(&s, "GET", &list, "", String::new()).await;
+    let mut names: Vec<String> = vec![];
+    let mut page = first.clone();
+    loop {
+        names.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_string()),
+        );
+        assert_eq!(
+            page["metadata"]["resourceVersion"],
+            first["metadata"]["resourceVersion"]
+        );
+        let Some(token) = page["metadata"]["continue"].as_str() else {
+            break;
+        };
+        // A change between pages does not repeat or skip anything already listed.
+        create(&s, &format!("z{}", names.len()), "default", "a").await;
+        let (code, next) = call(&s, "GET", &format!("{list}&continue={token}"), "", String::new()).await;
+        assert_eq!(code, StatusCode::OK, "{next}");
+        page = next;
+    }
+    assert_eq!(&names[..5], ["a", "b", "c", "d", "e"]);
+    let (code, bad) = call(&s, "GET", &format!("{list}&continue=nonsense"), "", String::new()).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a token this server gave out"),
+        "{bad}"
+    );
+}
