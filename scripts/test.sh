@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as README's Quick start gives it and as .ci/run calls it.
 # It installs what the tests need first:
-# - onnxruntime and numpy in a venv (.venv-test), the reference the model server is compared with;
+# - onnxruntime and numpy in a venv (.venv-test), the reference the model server is compared with,
+#   and PyPI's kubernetes client, which a test drives against the admin API;
 # - magika 1.0.3's wheel from PyPI, from which the pretrained model the tests serve is extracted;
 # - Debian's prometheus, which a rollout test starts on loopback as a metric provider;
 # - kubectl, a Kubernetes client the kubectl test drives (Debian's kubernetes-client when none is on
@@ -38,6 +39,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   }
 fi
 "$VENV/bin/python" -c 'import onnxruntime, numpy' 2>/dev/null || "$VENV/bin/pip" install -q onnxruntime numpy
+"$VENV/bin/python" -c 'import kubernetes' 2>/dev/null || "$VENV/bin/pip" install -q kubernetes==37.0.2
 
 MAGIKA="$ROOT/target/magika/model.onnx"
 if [ ! -f "$MAGIKA" ]; then

@@ -171,18 +171,22 @@ fn label_value(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }
 
-/// A parsed field selector over `metadata.name` and `metadata.namespace`.
+/// A parsed field selector: terms `field=value`, `field==value`, `field!=value` over the fields a
+/// kind can be selected by (`metadata.name` and `metadata.namespace` for revisor's kinds).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldSelector(Vec<(Field, bool, String)>);
+pub struct FieldSelector(Vec<(String, bool, String)>);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Name,
-    Namespace,
-}
+/// The fields revisor's own kinds are selected by.
+pub const OBJECT_FIELDS: &[&str] = &["metadata.name", "metadata.namespace"];
 
 impl FieldSelector {
+    /// Parses a selector over [`OBJECT_FIELDS`].
     pub fn parse(text: &str) -> Result<Self, String> {
+        Self::parse_over(text, OBJECT_FIELDS)
+    }
+
+    /// Parses a selector over `fields`; a term on any other field is an error that names them.
+    pub fn parse_over(text: &str, fields: &[&str]) -> Result<Self, String> {
         let mut out = Vec::new();
         for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
@@ -194,28 +198,31 @@ impl FieldSelector {
                     "fieldSelector term {term:?}: want field=value, field==value or field!=value"
                 ));
             };
-            let field = match field.trim() {
-                "metadata.name" => Field::Name,
-                "metadata.namespace" => Field::Namespace,
-                other => {
-                    return Err(format!(
-                        "fieldSelector: {other:?} is not a field you can select on: use metadata.name or metadata.namespace"
-                    ))
-                }
-            };
-            out.push((field, equal, value.trim().to_string()));
+            let field = field.trim();
+            if !fields.contains(&field) {
+                return Err(format!(
+                    "fieldSelector: {field:?} is not a field you can select on: use {}",
+                    fields.join(" or ")
+                ));
+            }
+            out.push((field.to_string(), equal, value.trim().to_string()));
         }
         Ok(Self(out))
     }
 
+    /// Matches an object of revisor's kinds by its namespace and name.
     pub fn matches(&self, namespace: &str, name: &str) -> bool {
-        self.0.iter().all(|(field, equal, value)| {
-            let actual = match field {
-                Field::Name => name,
-                Field::Namespace => namespace,
-            };
-            (actual == value) == *equal
+        self.matches_by(|field| match field {
+            "metadata.name" => name,
+            _ => namespace,
         })
+    }
+
+    /// Matches by `value`, which gives each selectable field's value.
+    pub fn matches_by<'a>(&self, value: impl Fn(&str) -> &'a str) -> bool {
+        self.0
+            .iter()
+            .all(|(field, equal, wanted)| (value(field) == wanted) == *equal)
     }
 }
 

@@ -66,3 +66,37 @@ pub(crate) fn list(
     }
     Ok(out)
 }
+
+/// Every event of the services in `namespace` (every namespace with `None`), each with its service's
+/// key (`namespace/service`) and its sequence number, in key order.
+pub(crate) fn list_all(
+    table: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    namespace: Option<&str>,
+) -> Result<Vec<(String, u64, Event)>, StoreError> {
+    let decode = |k: (&str, u64), v: &[u8]| -> Result<(String, u64, Event), StoreError> {
+        let event = serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+            kind: "Event",
+            key: format!("{}#{}", k.0, k.1),
+            message: e.to_string(),
+        })?;
+        Ok((k.0.to_string(), k.1, event))
+    };
+    let mut out = Vec::new();
+    match namespace {
+        // Keys are "namespace/service": a namespace's are from "namespace/" up to "namespace0".
+        Some(ns) => {
+            let (start, end) = (format!("{ns}/"), format!("{ns}0"));
+            for entry in table.range((start.as_str(), 0)..(end.as_str(), 0))? {
+                let (k, v) = entry?;
+                out.push(decode(k.value(), v.value())?);
+            }
+        }
+        None => {
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                out.push(decode(k.value(), v.value())?);
+            }
+        }
+    }
+    Ok(out)
+}

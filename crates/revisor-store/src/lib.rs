@@ -135,6 +135,14 @@ impl Store {
         event::list(&table, &format!("{namespace}/{service}"))
     }
 
+    /// The events of every service in `namespace` (all with `None`): each with its service's key
+    /// (`namespace/service`) and sequence number.
+    pub fn all_events(&self, namespace: Option<&str>) -> Result<Vec<(String, u64, Event)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(EVENTS)?;
+        event::list_all(&table, namespace)
+    }
+
     /// Every object of a kind, as [`Store::list`], with the resourceVersion of the state it read: a
     /// watch from that version misses no change after the list.
     /// With `prefix`, only the names in `namespace` that start with it (one range of keys).

@@ -81,6 +81,33 @@ fn kubectl_discovers_gets_and_deletes_revisors_kinds() {
         yaml.contains("kind: Service") && yaml.contains("latestCreatedRevisionName: hello-00001"),
         "{yaml}"
     );
+    // The events revisor records, as core v1 Events, with kubectl's columns.
+    let events = run(&["get", "events"]);
+    assert!(
+        events
+            .lines()
+            .next()
+            .is_some_and(|h| h.starts_with("LAST SEEN") && h.contains("OBJECT")),
+        "{events}"
+    );
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("Created") && l.contains("service/hello")),
+        "{events}"
+    );
+    let mine = run(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=Revision",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        !mine.trim().is_empty() && mine.lines().all(|l| l.starts_with("event/hello.")),
+        "{mine}"
+    );
     let rollouts = run(&["get", "ro"]);
     assert!(rollouts.contains("No resources found"), "{rollouts}");
     let revisions = run(&["get", "rev", "-o", "name"]);

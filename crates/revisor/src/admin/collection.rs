@@ -168,7 +168,7 @@ impl ListQuery {
 
 /// Whether the Accept header asks for a `meta.k8s.io` Table (kubectl's `get` does, with JSON as its
 /// fallback).
-fn wants_table(headers: &HeaderMap) -> bool {
+pub(crate) fn wants_table(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()

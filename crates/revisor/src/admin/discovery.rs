@@ -25,6 +25,9 @@ pub(super) struct Resource {
 
 const READ: &[&str] = &["get", "list"];
 const WRITE: &[&str] = &["create", "delete", "get", "list", "patch", "update"];
+// Locally every kind is watched as well (the cluster's watches are its API server's).
+const READ_WATCH: &[&str] = &["get", "list", "watch"];
+const WRITE_WATCH: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
 
 /// The groups and resources served, per backend: locally revisions can be deleted and
 /// configurations read; on a cluster those belong to Knative (kubectl talks to it directly).
@@ -37,7 +40,7 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
             kind: "Service",
             short: &["kservice", "ksvc"],
             categories: knative,
-            verbs: WRITE,
+            verbs: if local { WRITE_WATCH } else { WRITE },
         },
         Resource {
             name: "revisions",
@@ -45,7 +48,11 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
             kind: "Revision",
             short: &["rev"],
             categories: knative,
-            verbs: if local { &["delete", "get", "list"] } else { READ },
+            verbs: if local {
+                &["delete", "get", "list", "watch"]
+            } else {
+                READ
+            },
         },
     ];
     if local {
@@ -55,7 +62,7 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
             kind: "Configuration",
             short: &["config", "cfg"],
             categories: knative,
-            verbs: READ,
+            verbs: READ_WATCH,
         });
     }
     let rollouts = vec![Resource {
@@ -64,7 +71,7 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
         kind: "Rollout",
         short: &["ro"],
         categories: &["all", "revisor"],
-        verbs: WRITE,
+        verbs: if local { WRITE_WATCH } else { WRITE },
     }];
     vec![
         ("serving.knative.dev", "v1", serving),
@@ -76,7 +83,8 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
 pub fn routes<S: Clone + Send + Sync + 'static>(local: bool) -> Router<S> {
     Router::new()
         .route("/version", get(version))
-        .route("/api", get(api))
+        .route("/api", get(move || async move { Json(api(local)) }))
+        .route("/api/v1", get(move || async move { Json(core_v1(local)) }))
         .route("/apis", get(move || async move { Json(group_list(local)) }))
         .route(
             "/apis/{group}",
@@ -109,9 +117,22 @@ async fn version() -> Json<Value> {
     }))
 }
 
-/// The core group: revisor serves none of its resources.
-async fn api() -> Json<Value> {
-    Json(json!({ "kind": "APIVersions", "versions": [], "serverAddressByClientCIDRs": [] }))
+/// The core group: locally its one version, `v1`, with the events (clients such as kube-rs refuse a
+/// server whose core group has no version, kubectl one whose version has no resource); on a cluster
+/// none (kubectl reads the cluster's own).
+fn api(local: bool) -> Value {
+    let versions: &[&str] = if local { &["v1"] } else { &[] };
+    json!({ "kind": "APIVersions", "versions": versions, "serverAddressByClientCIDRs": [] })
+}
+
+/// Core v1: the events revisor records (`events.rs`).
+fn core_v1(local: bool) -> Value {
+    let events = json!({
+        "name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
+        "verbs": ["list"], "shortNames": ["ev"],
+    });
+    let resources = if local { vec![events] } else { vec![] };
+    json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources })
 }
 
 fn group_json(name: &str, version: &str) -> Value {

@@ -90,9 +90,16 @@ pub(crate) fn body_document(headers: &HeaderMap, body: Result<Bytes, BytesReject
         }
         _ => ApiError::BadRequest(format!("cannot read the request body: {e}")),
     })?;
-    // No default: a body without an explicit type (what a cross-site form or `fetch` sends as a
-    // "simple request") is refused.
-    let Some(ctype) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    // No default for a browser's request: a body without an explicit type (what a cross-site form or
+    // `fetch` sends as a "simple request", with the login cookie) is refused. A request with an
+    // `Authorization` header cannot come from another site's page without a preflight (which is never
+    // answered), so there the type defaults to JSON, as Kubernetes' does (Python's client sends none).
+    let bearer = headers.contains_key(header::AUTHORIZATION);
+    let Some(ctype) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .or(bearer.then_some("application/json"))
+    else {
         return Err(ApiError::UnsupportedMediaType(
             "the request body has no Content-Type: send application/json, application/yaml or \
              application/apply-patch+yaml"

@@ -3,6 +3,7 @@
 pub mod cluster;
 mod collection;
 mod discovery;
+mod events;
 pub mod guard;
 mod handlers;
 mod observe;
@@ -108,6 +109,8 @@ pub fn router(state: AdminState) -> Router {
             "/apis/revisor.dev/v1alpha1/revisionmetrics",
             get(observe::metric_snapshots),
         )
+        .route("/api/v1/events", get(events::all))
+        .route("/api/v1/namespaces/{ns}/events", get(events::namespaced))
         .merge(discovery::routes(true))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
