@@ -96,9 +96,9 @@ impl Watch {
                     text("/object/metadata/resourceVersion"),
                 ));
             }
-            let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
+            let frame = tokio::time::timeout(Duration::from_secs(60), self.body.frame())
                 .await
-                .expect("a watch event within 10 s")?
+                .expect("a watch event within a minute")?
                 .unwrap();
             self.buf.extend_from_slice(frame.data_ref().unwrap());
         }
@@ -214,6 +214,19 @@ async fn a_version_older_than_the_history_is_gone_and_bookmarks_say_where_a_watc
     assert!(version.parse::<u64>().unwrap() >= 2);
     assert_eq!(w.next().await.unwrap().0, "BOOKMARK");
     assert!(w.next().await.is_none(), "timeoutSeconds ends the watch");
+}
+
+/// A quiet watch that asked for bookmarks gets one every 10 s (on tokio's paused clock).
+#[tokio::test(start_paused = true)]
+async fn a_quiet_watch_gets_bookmarks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(&dir.path().join("s.redb"));
+    let mut w = Watch::start(&s, "allowWatchBookmarks=true&resourceVersion=0").await;
+    let start = tokio::time::Instant::now();
+    assert_eq!(w.next().await.unwrap().0, "BOOKMARK");
+    assert_eq!(w.next().await.unwrap().0, "BOOKMARK");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_secs(20) && waited < Duration::from_secs(25), "{waited:?}");
 }
 
 #[tokio::test]

@@ -158,3 +158,40 @@ pub(crate) fn with_warnings(mut response: Response, warnings: &[String]) -> Resp
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use revisor_api::Service;
+
+    /// A write that lands between a patch's read and its write makes the patch read and apply again:
+    /// both changes are kept.
+    #[test]
+    fn a_patch_raced_by_another_write_is_applied_again_to_the_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb")).unwrap();
+        let mut svc = Service::default();
+        svc.api_version = "serving.knative.dev/v1".into();
+        svc.kind = "Service".into();
+        svc.metadata.name = "a".into();
+        svc.metadata.namespace = "default".into();
+        store.write(|tx| tx.create(svc)).unwrap();
+        let patch = Patch::Merge(serde_json::json!({ "metadata": { "labels": { "patched": "yes" } } }));
+        let mut attempts = 0;
+        let stored = read_modify_write::<Service, _>(&store, "default", "a", &patch, |value| {
+            attempts += 1;
+            if attempts == 1 {
+                // Another writer gets in first.
+                let mut other: Service = store.get("default", "a").unwrap().unwrap();
+                other.metadata.set_label("other", "write");
+                store.write(|tx| tx.update(other)).unwrap();
+            }
+            let ours: Service = serde_json::from_value(value).unwrap();
+            Ok(store.write(|tx| tx.update(ours))?)
+        })
+        .unwrap();
+        assert_eq!(attempts, 2);
+        assert_eq!(stored.metadata.label("other"), Some("write"));
+        assert_eq!(stored.metadata.label("patched"), Some("yes"));
+    }
+}
