@@ -8,6 +8,7 @@ use revisor_api::validate::validate_service_update;
 use revisor_api::{Configuration, FieldErrors, Revision, Rollout, Service};
 use revisor_store::{Event, Store, StoreError, Tx};
 
+use crate::fields::{self, Conflict};
 use crate::reconcile::revisions_of;
 
 /// What an apply did.
@@ -37,24 +38,21 @@ pub enum ApplyMode {
 }
 
 /// Who writes, and how: the field manager (`?fieldManager=`), and for an apply whether it takes fields
-/// other managers own (`?force=true`) and whether its manifest declares `spec.traffic` (after defaulting
-/// every Service has traffic, so the request body tells).
+/// other managers own (`?force=true`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Writer {
     pub mode: ApplyMode,
     pub manager: String,
     pub force: bool,
-    pub declares_traffic: bool,
 }
 
 impl Writer {
-    /// `revisor apply`'s writer: manager `revisor`, its manifest declaring traffic or not.
-    pub fn apply(declares_traffic: bool) -> Writer {
+    /// `revisor apply`'s writer: manager `revisor`.
+    pub fn apply() -> Writer {
         Writer {
             mode: ApplyMode::Apply,
             manager: APPLY_MANAGER.into(),
             force: false,
-            declares_traffic,
         }
     }
 }
@@ -68,13 +66,9 @@ pub const UPDATE_MANAGER: &str = "revisor-update";
 pub enum ApplyError {
     #[error("{0}")]
     Invalid(FieldErrors),
-    /// An apply would change a field another field manager set (server-side apply's conflict).
-    #[error("Apply failed with 1 conflict: conflict with \"{manager}\": {field}; {hint}")]
-    FieldConflict {
-        field: &'static str,
-        manager: String,
-        hint: String,
-    },
+    /// An apply would change fields other field managers set (server-side apply's conflicts).
+    #[error("{}", conflicts_message(.0))]
+    FieldConflicts(Vec<Conflict>),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Internal: aborts a dry run's transaction after every check passed.
@@ -87,51 +81,151 @@ pub enum ApplyError {
     DryRunRollout(ApplyOutcome, Box<Rollout>),
 }
 
-/// Creates or updates a Service that revisor-api already admitted (decoded, defaulted, validated).
-/// The generation bumps only when the spec changes; labels and annotations are replaced.
-/// A dry run makes every check and reports the outcome, but writes nothing.
-pub fn apply_service(
-    store: &Store,
-    svc: Service,
-    writer: &Writer,
+/// "Apply failed with 2 conflicts: conflict with "a": .spec.traffic; ...", as Kubernetes says it.
+fn conflicts_message(conflicts: &[Conflict]) -> String {
+    let n = conflicts.len();
+    let each: Vec<String> = conflicts
+        .iter()
+        .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
+        .collect();
+    format!(
+        "Apply failed with {n} conflict{}: {}; leave the field{} out of the manifest to keep {}, or apply with \
+         --force-conflicts to take {}",
+        if n == 1 { "" } else { "s" },
+        each.join("; "),
+        if n == 1 { "" } else { "s" },
+        if n == 1 { "it" } else { "them" },
+        if n == 1 { "it" } else { "them" },
+    )
+}
+
+/// Ends a dry run's transaction after every check passed, with what it would have stored.
+fn finish(
+    result: Result<(ApplyOutcome, Service), ApplyError>,
     dry_run: bool,
 ) -> Result<(ApplyOutcome, Service), ApplyError> {
-    let result = store.write(|tx| {
-        let (ns, name) = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
-        match tx.get::<Service>(&ns, &name)? {
-            None if writer.mode == ApplyMode::Replace => Err(StoreError::NotFound {
-                kind: "Service",
-                key: format!("{ns}/{name}"),
-            }
-            .into()),
-            None => create(tx, svc, writer),
-            Some(_) if writer.mode == ApplyMode::Create => Err(StoreError::AlreadyExists {
-                kind: "Service",
-                key: format!("{ns}/{name}"),
-            }
-            .into()),
-            Some(old) => update(tx, old, svc, writer),
+    result.and_then(|(outcome, stored)| {
+        if dry_run {
+            Err(ApplyError::DryRun(outcome, Box::new(stored)))
+        } else {
+            Ok((outcome, stored))
         }
-        .and_then(|(outcome, stored)| {
-            if dry_run {
-                Err(ApplyError::DryRun(outcome, Box::new(stored)))
-            } else {
-                Ok((outcome, stored))
-            }
-        })
-    });
+    })
+}
+
+fn undry(result: Result<(ApplyOutcome, Service), ApplyError>) -> Result<(ApplyOutcome, Service), ApplyError> {
     match result {
         Err(ApplyError::DryRun(outcome, stored)) => Ok((outcome, *stored)),
         other => other,
     }
 }
 
-fn create(tx: &mut Tx, mut svc: Service, writer: &Writer) -> Result<(ApplyOutcome, Service), ApplyError> {
+fn json(svc: &Service) -> serde_json::Value {
+    serde_json::to_value(svc).unwrap_or_default()
+}
+
+/// Creates or replaces a Service that revisor-api already admitted (decoded, defaulted, validated): an
+/// update in server-side apply's terms, whose manager owns every field it changed. The generation
+/// bumps only when the spec changes; labels and annotations are replaced. A dry run makes every check
+/// and reports the outcome, but writes nothing.
+pub fn apply_service(
+    store: &Store,
+    mut svc: Service,
+    writer: &Writer,
+    dry_run: bool,
+) -> Result<(ApplyOutcome, Service), ApplyError> {
+    undry(store.write(|tx| {
+        let (ns, name) = (svc.metadata.namespace.clone(), svc.metadata.name.clone());
+        let result = match tx.get::<Service>(&ns, &name)? {
+            None if writer.mode == ApplyMode::Replace => Err(StoreError::NotFound {
+                kind: "Service",
+                key: format!("{ns}/{name}"),
+            }
+            .into()),
+            None => {
+                svc.metadata.managed_fields = Some(fields::update(
+                    None,
+                    &json(&svc),
+                    &[],
+                    &writer.manager,
+                    chrono::Utc::now(),
+                ));
+                create(tx, svc)
+            }
+            Some(_) if writer.mode == ApplyMode::Create => Err(StoreError::AlreadyExists {
+                kind: "Service",
+                key: format!("{ns}/{name}"),
+            }
+            .into()),
+            Some(old) => {
+                let managed = old.metadata.managed_fields.clone().unwrap_or_default();
+                svc.metadata.managed_fields = Some(fields::update(
+                    Some(&json(&old)),
+                    &json(&svc),
+                    &managed,
+                    &writer.manager,
+                    chrono::Utc::now(),
+                ));
+                update(tx, old, svc, writer)
+            }
+        };
+        finish(result, dry_run)
+    }))
+}
+
+/// Server-side apply of a Service: `config` (the manager's fields, as sent: not yet admitted) merged
+/// into the stored Service by field ownership (`fields.rs`), then admitted whole (decoded, defaulted,
+/// validated with `defaults`) and created or updated.
+pub fn server_side_apply(
+    store: &Store,
+    config: &serde_json::Value,
+    defaults: &revisor_api::Defaults,
+    writer: &Writer,
+    dry_run: bool,
+) -> Result<(ApplyOutcome, Service), ApplyError> {
+    let text = |p: &str| {
+        config
+            .pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let (ns, name) = (text("/metadata/namespace"), text("/metadata/name"));
+    let ns = if ns.is_empty() {
+        revisor_api::defaults::DEFAULT_NAMESPACE.to_string()
+    } else {
+        ns
+    };
+    let mut config = config.clone();
+    config["metadata"]["namespace"] = serde_json::Value::String(ns.clone());
+    undry(store.write(|tx| {
+        let old = tx.get::<Service>(&ns, &name)?;
+        let live = old.as_ref().map(json);
+        let managed = old
+            .as_ref()
+            .and_then(|o| o.metadata.managed_fields.clone())
+            .unwrap_or_default();
+        let (merged, managed) = fields::apply(
+            live.as_ref(),
+            &managed,
+            &config,
+            &writer.manager,
+            writer.force,
+            chrono::Utc::now(),
+        )
+        .map_err(ApplyError::FieldConflicts)?;
+        let mut svc = revisor_api::admit_service(&merged, defaults).map_err(ApplyError::Invalid)?;
+        svc.metadata.managed_fields = Some(managed);
+        let result = match old {
+            None => create(tx, svc),
+            Some(old) => update(tx, old, svc, writer),
+        };
+        finish(result, dry_run)
+    }))
+}
+
+fn create(tx: &mut Tx, mut svc: Service) -> Result<(ApplyOutcome, Service), ApplyError> {
     check_byo_name(tx, &svc)?;
-    svc.metadata.managed_fields = None;
-    if writer.declares_traffic || writer.mode != ApplyMode::Apply {
-        set_traffic_owner(&mut svc, writer);
-    }
     svc.metadata.generation = Some(1);
     svc.metadata.resource_version = None;
     svc.status = None;
@@ -161,13 +255,12 @@ fn update(tx: &mut Tx, old: Service, mut svc: Service, writer: &Writer) -> Resul
             return Err(ApplyError::Invalid(rollout_owns_traffic(&old, &r)));
         }
         svc.spec.traffic = old.spec.traffic.clone();
-    } else {
-        take_traffic(&old, &mut svc, writer)?;
     }
     validate_service_update(&old, &svc).map_err(ApplyError::Invalid)?;
     let spec_changed = old.spec != svc.spec;
-    let meta_changed =
-        old.metadata.labels != svc.metadata.labels || old.metadata.annotations != svc.metadata.annotations;
+    let meta_changed = old.metadata.labels != svc.metadata.labels
+        || old.metadata.annotations != svc.metadata.annotations
+        || old.metadata.managed_fields != svc.metadata.managed_fields;
     if !spec_changed && !meta_changed {
         return Ok((ApplyOutcome::Unchanged, old));
     }
@@ -175,19 +268,10 @@ fn update(tx: &mut Tx, old: Service, mut svc: Service, writer: &Writer) -> Resul
         check_byo_name(tx, &svc)?;
     }
     let mut next = old.clone();
-    if next.spec.traffic != svc.spec.traffic {
-        if writer.mode == ApplyMode::Apply && !writer.declares_traffic {
-            // The applier's own traffic, left out of its manifest now: back to the default, unowned.
-            next.metadata.managed_fields = None;
-        } else {
-            set_traffic_owner(&mut next, writer);
-        }
-    } else if writer.mode == ApplyMode::Apply && writer.declares_traffic {
-        set_traffic_owner(&mut next, writer);
-    }
     next.spec = svc.spec;
     next.metadata.labels = svc.metadata.labels;
     next.metadata.annotations = svc.metadata.annotations;
+    next.metadata.managed_fields = svc.metadata.managed_fields;
     // A resourceVersion in the request is a precondition; without one the write is unconditional.
     next.metadata.resource_version = svc.metadata.resource_version.or(old.metadata.resource_version.clone());
     if spec_changed {
@@ -235,44 +319,6 @@ pub fn traffic_owner(svc: &Service) -> Option<&str> {
                 .is_some()
         })
         .map(|e| e.manager.as_str())
-}
-
-fn set_traffic_owner(svc: &mut Service, writer: &Writer) {
-    let operation = if writer.mode == ApplyMode::Apply {
-        "Apply"
-    } else {
-        "Update"
-    };
-    svc.metadata.managed_fields = Some(vec![revisor_api::ManagedFieldsEntry {
-        manager: writer.manager.clone(),
-        operation: operation.into(),
-        api_version: Some("serving.knative.dev/v1".into()),
-        time: Some(chrono::Utc::now()),
-        fields_type: Some("FieldsV1".into()),
-        fields_v1: Some(serde_json::json!({ "f:spec": { "f:traffic": {} } })),
-    }]);
-}
-
-/// Server-side apply's rule for `spec.traffic`: a manifest that leaves traffic out keeps what another
-/// manager (`revisor traffic`) set; one that declares a different traffic than another manager set
-/// conflicts unless forced. A replace or create takes the field.
-fn take_traffic(old: &Service, svc: &mut Service, writer: &Writer) -> Result<(), ApplyError> {
-    if writer.mode != ApplyMode::Apply {
-        return Ok(());
-    }
-    let Some(owner) = traffic_owner(old).filter(|o| *o != writer.manager) else {
-        return Ok(());
-    };
-    if !writer.declares_traffic {
-        svc.spec.traffic = old.spec.traffic.clone();
-    } else if svc.spec.traffic != old.spec.traffic && !writer.force {
-        return Err(ApplyError::FieldConflict {
-            field: ".spec.traffic",
-            manager: owner.to_string(),
-            hint: "leave traffic out of the manifest to keep it, or apply with --force-conflicts to take it".into(),
-        });
-    }
-    Ok(())
 }
 
 /// A bring-your-own revision name must be free, or name this service's revision of the same template.

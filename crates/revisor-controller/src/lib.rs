@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod dataplane;
+pub mod fields;
 pub mod gc;
 pub mod health;
 pub mod reconcile;
@@ -15,8 +16,8 @@ pub mod run;
 pub mod status;
 
 pub use admission::{
-    apply_rollout, apply_service, delete_revision, delete_rollout, delete_service, request_rollout, ApplyError,
-    ApplyMode, ApplyOutcome,
+    apply_rollout, apply_service, delete_revision, delete_rollout, delete_service, request_rollout, server_side_apply,
+    ApplyError, ApplyMode, ApplyOutcome,
 };
 pub use dataplane::{Backend, DesiredRevision, DesiredState, RoutedTarget, ServiceRoutes};
 pub use health::{record_health, RevisionHealth};

@@ -7,7 +7,7 @@ use revisor_api::{
 };
 use revisor_controller::admission::{ApplyMode, Writer};
 use revisor_controller::{
-    apply_service, delete_revision, reconcile_service, ApplyError, ApplyOutcome, ControllerConfig,
+    apply_service, delete_revision, reconcile_service, server_side_apply, ApplyError, ApplyOutcome, ControllerConfig,
 };
 use revisor_store::{Store, StoreError};
 
@@ -25,9 +25,7 @@ impl Env {
 
     fn apply(&self, yaml: &str) -> Result<ApplyOutcome, ApplyError> {
         let doc = &read_documents(yaml).unwrap()[0];
-        let svc = admit_service(&doc.value, &Defaults::default()).map_err(ApplyError::Invalid)?;
-        let declares_traffic = doc.value.pointer("/spec/traffic").is_some();
-        let (outcome, _) = apply_service(&self.store, svc, &Writer::apply(declares_traffic), false)?;
+        let (outcome, _) = server_side_apply(&self.store, &doc.value, &Defaults::default(), &Writer::apply(), false)?;
         self.reconcile();
         Ok(outcome)
     }
@@ -385,6 +383,9 @@ fn apply_keeps_traffic_that_another_manager_set() {
     let split = "  traffic:\n    - revisionName: svc-00001\n      percent: 90\n      tag: old\n    - latestRevision: true\n      percent: 10\n";
     let write = |yaml: &str, writer: Writer| {
         let doc = &read_documents(yaml).unwrap()[0];
+        if writer.mode == ApplyMode::Apply {
+            return server_side_apply(&env.store, &doc.value, &Defaults::default(), &writer, false).map(|(o, _)| o);
+        }
         let svc = admit_service(&doc.value, &Defaults::default()).unwrap();
         apply_service(&env.store, svc, &writer, false).map(|(o, _)| o)
     };
@@ -392,7 +393,6 @@ fn apply_keeps_traffic_that_another_manager_set() {
         mode: ApplyMode::Replace,
         manager: "revisor-traffic".into(),
         force: false,
-        declares_traffic: true,
     };
     assert_eq!(
         write(&manifest("img:v2", split), traffic_cmd).unwrap(),
@@ -408,13 +408,13 @@ fn apply_keeps_traffic_that_another_manager_set() {
 
     let all_latest = "  traffic:\n    - latestRevision: true\n      percent: 100\n";
     match env.apply(&manifest("img:v3", all_latest)) {
-        Err(ApplyError::FieldConflict { manager, .. }) => assert_eq!(manager, "revisor-traffic"),
+        Err(ApplyError::FieldConflicts(c)) => assert_eq!(c[0].manager, "revisor-traffic"),
         other => panic!("want a conflict, got {other:?}"),
     }
     assert_eq!(env.svc().spec.traffic, set, "a conflict changes nothing");
     let forced = Writer {
         force: true,
-        ..Writer::apply(true)
+        ..Writer::apply()
     };
     assert_eq!(
         write(&manifest("img:v3", all_latest), forced).unwrap(),

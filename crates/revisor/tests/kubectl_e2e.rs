@@ -309,6 +309,38 @@ fn kubectl_applies_patches_validates_and_explains() {
     ]);
     let percents = run(&["get", "ksvc", "hello", "-o", "jsonpath={.spec.traffic[*].percent}"]);
     assert_eq!(percents, "60 40");
+
+    // Field by field, as Kubernetes merges: an apply of a label alone keeps everything else, and two
+    // managers that disagree on it conflict, on that field.
+    let label = |owner: &str| {
+        format!("apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: hello\n  labels:\n    owner: {owner}\n")
+    };
+    let a = file("label-a.yaml", &label("a"));
+    run(&["apply", "--server-side", "--field-manager=labeller-a", "-f", &a]);
+    let b = file("label-b.yaml", &label("b"));
+    let (ok, conflict) = kubectl(&["apply", "--server-side", "--field-manager=labeller-b", "-f", &b]);
+    assert!(
+        !ok && conflict.contains("conflict with \"labeller-a\": .metadata.labels.owner"),
+        "{conflict}"
+    );
+    let kept = run(&[
+        "get",
+        "ksvc",
+        "hello",
+        "-o",
+        "jsonpath={.metadata.labels.owner} {.spec.traffic[*].percent} {.spec.template.spec.containers[0].env[0].value}",
+    ]);
+    assert_eq!(kept, "a 60 40 three");
+    let managers = run(&[
+        "get",
+        "ksvc",
+        "hello",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    for m in ["kubectl-client-side-apply", "team-b", "labeller-a"] {
+        assert!(managers.split_whitespace().any(|x| x == m), "{m} not in {managers}");
+    }
 }
 
 /// `revisor kubeconfig` prints what kubectl needs (the https URL, the CA, the token): with it,

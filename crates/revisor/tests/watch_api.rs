@@ -226,7 +226,10 @@ async fn a_quiet_watch_gets_bookmarks() {
     assert_eq!(w.next().await.unwrap().0, "BOOKMARK");
     assert_eq!(w.next().await.unwrap().0, "BOOKMARK");
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_secs(20) && waited < Duration::from_secs(25), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(20) && waited < Duration::from_secs(25),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test]

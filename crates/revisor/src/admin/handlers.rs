@@ -196,14 +196,25 @@ async fn write_service_value(
 ) -> Result<Response, ApiError> {
     let dry_run = dry_run(&params)?;
     let warnings = FieldValidation::from_params(&params)?.prune(&mut value);
-    let writer = writer(mode, &params, &value)?;
-    let svc = admit(&s, &ns, name.as_deref(), value)?;
-    let shown = svc.metadata.name.clone();
-    let (outcome, stored) = blocking(move || {
-        revisor_controller::apply_service(&s.store, svc, &writer, dry_run)
-            .map_err(|e| ApiError::from_apply("Service", &shown, e))
-    })
-    .await?;
+    let writer = writer(mode, &params)?;
+    let (outcome, stored) = if mode == ApplyMode::Apply {
+        // Server-side apply: the manager's fields merged into the stored Service, then admitted.
+        let value = placed(&ns, name.as_deref(), value)?;
+        let shown = body_name(&value);
+        blocking(move || {
+            revisor_controller::server_side_apply(&s.store, &value, &s.defaults, &writer, dry_run)
+                .map_err(|e| ApiError::from_apply("Service", &shown, e))
+        })
+        .await?
+    } else {
+        let svc = admit(&s, &ns, name.as_deref(), value)?;
+        let shown = svc.metadata.name.clone();
+        blocking(move || {
+            revisor_controller::apply_service(&s.store, svc, &writer, dry_run)
+                .map_err(|e| ApiError::from_apply("Service", &shown, e))
+        })
+        .await?
+    };
     Ok(with_warnings(applied(outcome, stored), &warnings))
 }
 
@@ -217,7 +228,7 @@ async fn patch_service(
 ) -> Result<Response, ApiError> {
     let dry_run = dry_run(&params)?;
     let validation = FieldValidation::from_params(&params)?;
-    let writer = writer(ApplyMode::Replace, &params, &Value::Null)?;
+    let writer = writer(ApplyMode::Replace, &params)?;
     let (outcome, stored, warnings) = blocking(move || {
         read_modify_write::<Service, _>(&s.store, &ns, &name, &patch, |mut value| {
             let warnings = validation.prune(&mut value);
@@ -232,8 +243,8 @@ async fn patch_service(
 }
 
 /// The writer of a Service request: `?fieldManager=` (apply's default `revisor`, a replace's or create's
-/// `revisor-update`), `?force=true`, and whether the body declares `spec.traffic`.
-fn writer(mode: ApplyMode, params: &HashMap<String, String>, body: &Value) -> Result<Writer, ApiError> {
+/// `revisor-update`) and `?force=true`.
+fn writer(mode: ApplyMode, params: &HashMap<String, String>) -> Result<Writer, ApiError> {
     let manager = match params.get("fieldManager").map(String::as_str) {
         Some("") => return Err(ApiError::BadRequest("fieldManager must not be empty".into())),
         Some(m) if m.len() > 128 => {
@@ -251,12 +262,7 @@ fn writer(mode: ApplyMode, params: &HashMap<String, String>, body: &Value) -> Re
         Some("true") => true,
         Some(other) => return Err(ApiError::BadRequest(format!("force={other:?}: want true or false"))),
     };
-    Ok(Writer {
-        mode,
-        manager,
-        force,
-        declares_traffic: body.pointer("/spec/traffic").is_some_and(|t| !t.is_null()),
-    })
+    Ok(Writer { mode, manager, force })
 }
 
 /// An apply's answer: 201 when created, else 200, with the outcome in `revisor-apply-result`.

@@ -170,9 +170,11 @@ mod tests {
     fn a_patch_raced_by_another_write_is_applied_again_to_the_new_version() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb")).unwrap();
-        let mut svc = Service::default();
-        svc.api_version = "serving.knative.dev/v1".into();
-        svc.kind = "Service".into();
+        let mut svc = Service {
+            api_version: "serving.knative.dev/v1".into(),
+            kind: "Service".into(),
+            ..Default::default()
+        };
         svc.metadata.name = "a".into();
         svc.metadata.namespace = "default".into();
         store.write(|tx| tx.create(svc)).unwrap();

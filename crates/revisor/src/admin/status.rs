@@ -88,7 +88,7 @@ impl ApiError {
         match e {
             ApplyError::Invalid(errors) => Self::invalid(kind, name, errors),
             ApplyError::Store(e) => e.into(),
-            e @ (ApplyError::FieldConflict { .. } | ApplyError::Referenced(_)) => Self::Conflict(e.to_string()),
+            e @ (ApplyError::FieldConflicts(_) | ApplyError::Referenced(_)) => Self::Conflict(e.to_string()),
             ApplyError::DryRun(..) | ApplyError::DryRunRollout(..) => {
                 Self::Internal("a dry run escaped its transaction".into())
             }
