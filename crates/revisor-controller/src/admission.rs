@@ -519,14 +519,93 @@ pub fn request_rollout(
 }
 
 /// Deletes a Rollout; the service keeps its current traffic.
-pub fn delete_rollout(store: &Store, namespace: &str, name: &str) -> Result<Rollout, StoreError> {
-    store.write(|tx| tx.delete::<Rollout>(namespace, name))
+/// A delete's options, as Kubernetes' `DeleteOptions` give them: a dry run, and preconditions on the
+/// object's uid and resourceVersion.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    pub dry_run: bool,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+impl DeleteOptions {
+    /// The preconditions against the stored object's metadata: a mismatch is a `Conflict`.
+    fn check(&self, kind: &'static str, meta: &revisor_api::ObjectMeta) -> Result<(), StoreError> {
+        let conflict = |given: &String, current: Option<&String>| StoreError::Conflict {
+            kind,
+            key: meta.key(),
+            given: given.clone(),
+            current: current.cloned().unwrap_or_default(),
+        };
+        if let Some(uid) = self.uid.as_ref().filter(|u| Some(*u) != meta.uid.as_ref()) {
+            return Err(conflict(uid, meta.uid.as_ref()));
+        }
+        if let Some(rv) = self
+            .resource_version
+            .as_ref()
+            .filter(|v| Some(*v) != meta.resource_version.as_ref())
+        {
+            return Err(conflict(rv, meta.resource_version.as_ref()));
+        }
+        Ok(())
+    }
+}
+
+/// Deletes `T`'s `namespace/name` after checking the options' preconditions.
+fn delete_checked<T: revisor_store::Object>(
+    tx: &mut Tx,
+    namespace: &str,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<T, StoreError> {
+    if let Some(current) = tx.get::<T>(namespace, name)? {
+        options.check(T::KIND_NAME, current.meta())?;
+    }
+    tx.delete::<T>(namespace, name)
+}
+
+pub fn delete_rollout(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<Rollout, StoreError> {
+    write_or_rehearse(store, options.dry_run, |tx| {
+        delete_checked::<Rollout>(tx, namespace, name, options)
+    })
+}
+
+/// Runs `f` in one write transaction; a dry run makes every check and then rolls it back, answering
+/// what it would have answered.
+fn write_or_rehearse<T, E: From<StoreError>>(
+    store: &Store,
+    dry_run: bool,
+    f: impl FnOnce(&mut Tx) -> Result<T, E>,
+) -> Result<T, E> {
+    if !dry_run {
+        return store.write(f);
+    }
+    let mut answer = None;
+    let rolled_back = store.write(|tx| {
+        answer = Some(f(tx)?);
+        Err(E::from(StoreError::Rejected("dry run".into())))
+    });
+    match (rolled_back, answer) {
+        (_, Some(answer)) => Ok(answer),
+        (Err(e), None) => Err(e),
+        (Ok(v), None) => Ok(v),
+    }
 }
 
 /// Deletes a Service with everything it owns: configuration, revisions and event log.
-pub fn delete_service(store: &Store, namespace: &str, name: &str) -> Result<Service, StoreError> {
-    store.write(|tx| {
-        let svc = tx.delete::<Service>(namespace, name)?;
+pub fn delete_service(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<Service, StoreError> {
+    write_or_rehearse(store, options.dry_run, |tx| {
+        let svc = delete_checked::<Service>(tx, namespace, name, options)?;
         if tx.get::<Configuration>(namespace, name)?.is_some() {
             tx.delete::<Configuration>(namespace, name)?;
         }
@@ -547,9 +626,15 @@ pub fn delete_service(store: &Store, namespace: &str, name: &str) -> Result<Serv
 /// Deletes one Revision. As in Knative, the revision of a configuration's current generation is made
 /// again by the next reconcile. A revision that traffic, a tag or a Rollout references is kept unless
 /// `force`: deleting it would leave its requests without a revision (503s) or its Rollout without a
-/// stable to go back to.
-pub fn delete_revision(store: &Store, namespace: &str, name: &str, force: bool) -> Result<Revision, ApplyError> {
-    store.write(|tx| {
+/// stable to go back to. A dry run makes the checks and deletes nothing.
+pub fn delete_revision(
+    store: &Store,
+    namespace: &str,
+    name: &str,
+    force: bool,
+    options: &DeleteOptions,
+) -> Result<Revision, ApplyError> {
+    write_or_rehearse(store, options.dry_run, |tx| {
         let rev = tx
             .get::<Revision>(namespace, name)?
             .ok_or_else(|| StoreError::NotFound {
@@ -563,7 +648,7 @@ pub fn delete_revision(store: &Store, namespace: &str, name: &str, force: bool) 
                 refs.join("; ")
             )));
         }
-        let rev = tx.delete::<Revision>(namespace, name)?;
+        let rev = delete_checked::<Revision>(tx, namespace, name, options)?;
         if let Some(svc) = rev.service_name() {
             tx.record(
                 namespace,

@@ -232,8 +232,8 @@ fn the_current_revision_is_made_again_after_a_delete() {
     let env = Env::new();
     env.apply(&manifest("img:v1", "")).unwrap();
     env.apply(&manifest("img:v2", "")).unwrap();
-    delete_revision(&env.store, "default", "svc-00002", false).unwrap();
-    delete_revision(&env.store, "default", "svc-00001", false).unwrap();
+    delete_revision(&env.store, "default", "svc-00002", false, &Default::default()).unwrap();
+    delete_revision(&env.store, "default", "svc-00001", false, &Default::default()).unwrap();
     env.reconcile();
     assert_eq!(env.revisions(), ["svc-00002"]);
 }

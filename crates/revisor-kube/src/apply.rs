@@ -109,13 +109,29 @@ pub async fn apply(
 }
 
 /// Deletes a Knative Service (Knative deletes its revisions) or a Rollout.
-pub async fn delete(cluster: &Cluster, kind: &crate::cluster::Kind, ns: &str, name: &str) -> Result<(), ApplyError> {
+/// Deletes one object; `preconditions` are its uid and resourceVersion, when the request gave them.
+pub async fn delete(
+    cluster: &Cluster,
+    kind: &crate::cluster::Kind,
+    ns: &str,
+    name: &str,
+    dry_run: bool,
+    preconditions: (Option<String>, Option<String>),
+) -> Result<(), ApplyError> {
     let api = cluster.api(kind, Some(ns));
-    match api.delete(name, &Default::default()).await {
+    let (uid, resource_version) = preconditions;
+    let params = kube::api::DeleteParams {
+        dry_run,
+        preconditions: (uid.is_some() || resource_version.is_some())
+            .then_some(kube::api::Preconditions { uid, resource_version }),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => {
             Err(ApplyError::NotFound(format!("{} \"{ns}/{name}\" not found", kind.kind)))
         }
+        Err(kube::Error::Api(e)) if e.code == 409 => Err(ApplyError::Conflict(e.message)),
         Err(e) => Err(ApplyError::Api(format!("deleting {} {ns}/{name}: {e}", kind.kind))),
     }
 }

@@ -115,6 +115,11 @@ fn kubectl_discovers_gets_and_deletes_revisors_kinds() {
     let (ok, missing) = kubectl(&server, &data, &["get", "ksvc", "nope"]);
     assert!(!ok && missing.contains("not found"), "{missing}");
 
+    // A server-side dry run deletes nothing (kubectl sends it in the DeleteOptions body).
+    let rehearsed = run(&["delete", "ksvc", "hello", "--dry-run=server"]);
+    assert!(rehearsed.contains("deleted (server dry run)"), "{rehearsed}");
+    run(&["get", "ksvc", "hello"]);
+    run(&["get", "rev", "hello-00001"]);
     let deleted = run(&["delete", "ksvc", "hello"]);
     assert!(deleted.contains("\"hello\" deleted"), "{deleted}");
     let after = run(&["get", "ksvc"]);

@@ -232,6 +232,34 @@ async fn a_quiet_watch_gets_bookmarks() {
     );
 }
 
+/// Deletes take Kubernetes' DeleteOptions in the body: a dry run deletes nothing, a precondition that
+/// does not hold is a conflict, and Orphan (which revisor cannot do) is refused.
+#[tokio::test]
+async fn deletes_take_their_options_from_the_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(&dir.path().join("s.redb"));
+    create(&s, "a", "default", "x").await;
+    let uri = format!("{SERVING}/namespaces/default/services/a");
+    let delete = |body: &str| call(&s, "DELETE", &uri, "application/json", body.to_string());
+    let (code, _) = delete(r#"{"propagationPolicy":"Background","dryRun":["All"]}"#).await;
+    assert_eq!(code, StatusCode::OK);
+    let (code, _) = call(&s, "GET", &uri, "", String::new()).await;
+    assert_eq!(code, StatusCode::OK, "a dry run deleted nothing");
+    let (code, body) = delete(r#"{"preconditions":{"resourceVersion":"1000"}}"#).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    let (code, body) = delete(r#"{"propagationPolicy":"Orphan"}"#).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("Orphan"), "{body}");
+    let (code, body) = delete(r#"{"dryRun":["Some"]}"#).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    let (_, svc) = call(&s, "GET", &uri, "", String::new()).await;
+    let version = svc["metadata"]["resourceVersion"].as_str().unwrap();
+    let (code, body) = delete(&format!(r#"{{"preconditions":{{"resourceVersion":"{version}"}}}}"#)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let (code, _) = call(&s, "GET", &uri, "", String::new()).await;
+    assert_eq!(code, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn pages_of_a_list_continue_where_the_last_ended() {
     let dir = tempfile::tempdir().unwrap();

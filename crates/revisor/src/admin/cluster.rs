@@ -264,19 +264,39 @@ async fn rollout_action(
 async fn delete_service(
     State(s): State<ClusterState>,
     Path((ns, name)): Path<(String, String)>,
+    Query(p): Params,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    revisor_kube::delete(&s.cluster, &revisor_kube::SERVICE, &ns, &name)
-        .await
-        .map_err(|e| from_apply("Service", &name, e))?;
+    let options = super::handlers::delete_options(&p, &body)?;
+    revisor_kube::delete(
+        &s.cluster,
+        &revisor_kube::SERVICE,
+        &ns,
+        &name,
+        options.dry_run,
+        (options.uid, options.resource_version),
+    )
+    .await
+    .map_err(|e| from_apply("Service", &name, e))?;
     Ok(super::handlers::deleted("services", &name))
 }
 
 async fn delete_rollout(
     State(s): State<ClusterState>,
     Path((ns, name)): Path<(String, String)>,
+    Query(p): Params,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    revisor_kube::delete(&s.cluster, &revisor_kube::ROLLOUT, &ns, &name)
-        .await
-        .map_err(|e| from_apply("Rollout", &name, e))?;
+    let options = super::handlers::delete_options(&p, &body)?;
+    revisor_kube::delete(
+        &s.cluster,
+        &revisor_kube::ROLLOUT,
+        &ns,
+        &name,
+        options.dry_run,
+        (options.uid, options.resource_version),
+    )
+    .await
+    .map_err(|e| from_apply("Rollout", &name, e))?;
     Ok(super::handlers::deleted("rollouts", &name))
 }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use revisor_api::{admit_service, read_documents, Configuration, Revision, Service};
 use revisor_controller::admission::{ApplyMode, Writer};
+use revisor_controller::DeleteOptions;
 use revisor_store::Object;
 use serde_json::{json, Value};
 
@@ -324,12 +325,60 @@ pub(crate) fn deleted(kind: &str, name: &str) -> Json<Value> {
     )
 }
 
+/// A DELETE's options: `?dryRun=All`, or Kubernetes' `DeleteOptions` in the body (what kubectl
+/// sends): `dryRun`, `preconditions` (uid, resourceVersion) and `propagationPolicy` (Background or
+/// Foreground; a Service's configuration and revisions are always deleted with it, so Orphan is
+/// refused).
+pub(crate) fn delete_options(params: &HashMap<String, String>, body: &Bytes) -> Result<DeleteOptions, ApiError> {
+    let mut options = DeleteOptions {
+        dry_run: dry_run(params)?,
+        ..Default::default()
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(options);
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the DeleteOptions body is not valid JSON: {e}")))?;
+    match v.get("dryRun") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(Value::Array(a)) if a.len() == 1 && a[0] == "All" => options.dry_run = true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "DeleteOptions.dryRun {other}: the only supported value is [\"All\"]"
+            )))
+        }
+    }
+    match v.get("propagationPolicy").and_then(Value::as_str) {
+        None | Some("Background") | Some("Foreground") => {}
+        Some("Orphan") => {
+            return Err(ApiError::BadRequest(
+                "propagationPolicy Orphan is not supported: what an object owns (a Service's configuration \
+                 and revisions) is deleted with it"
+                    .into(),
+            ))
+        }
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "propagationPolicy {other:?}: want Background, Foreground or Orphan"
+            )))
+        }
+    }
+    let text = |p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+    options.uid = text("/preconditions/uid");
+    options.resource_version = text("/preconditions/resourceVersion");
+    Ok(options)
+}
+
 pub async fn delete_service(
     State(s): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
+    Query(p): Params,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let n = name.clone();
-    blocking(move || Ok(revisor_controller::delete_service(&s.store, &ns, &n)?)).await?;
+    let options = delete_options(&p, &body)?;
+    blocking(move || Ok(revisor_controller::delete_service(&s.store, &ns, &n, &options)?)).await?;
     Ok(deleted("services", &name))
 }
 
@@ -337,11 +386,13 @@ pub async fn delete_revision(
     State(s): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
     Query(p): Params,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let n = name.clone();
     let force = p.get("force").is_some_and(|f| f == "true");
+    let options = delete_options(&p, &body)?;
     blocking(move || {
-        revisor_controller::delete_revision(&s.store, &ns, &n, force)
+        revisor_controller::delete_revision(&s.store, &ns, &n, force, &options)
             .map_err(|e| ApiError::from_apply("Revision", &n, e))
     })
     .await?;

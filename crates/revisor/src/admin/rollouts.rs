@@ -123,9 +123,12 @@ pub async fn apply(
 pub async fn delete(
     State(s): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
+    Query(p): Params,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let n = name.clone();
-    blocking(move || Ok(revisor_controller::delete_rollout(&s.store, &ns, &n)?)).await?;
+    let options = super::handlers::delete_options(&p, &body)?;
+    blocking(move || Ok(revisor_controller::delete_rollout(&s.store, &ns, &n, &options)?)).await?;
     Ok(deleted("rollouts", &name))
 }
 
