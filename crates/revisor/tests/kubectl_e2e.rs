@@ -54,6 +54,10 @@ fn kubectl_discovers_gets_and_deletes_revisors_kinds() {
 
     let version = run(&["version"]);
     assert!(version.contains("Server Version: v1.32.0+revisor."), "{version}");
+    // kubectl asks for aggregated discovery first and, answered, needs no request per group version.
+    let requests = run(&["api-resources", "-v=6"]);
+    assert!(requests.contains("/apis?timeout"), "{requests}");
+    assert!(!requests.contains("/apis/serving.knative.dev/v1?"), "{requests}");
     let resources = run(&["api-resources"]);
     for want in [
         ["services", "kservice,ksvc", "serving.knative.dev/v1", "true", "Service"],

@@ -4,6 +4,8 @@
 //! on the admin address. Both backends serve it; the verbs say what each one answers.
 
 use axum::extract::Path;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -83,9 +85,25 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
 pub fn routes<S: Clone + Send + Sync + 'static>(local: bool) -> Router<S> {
     Router::new()
         .route("/version", get(version))
-        .route("/api", get(move || async move { Json(api(local)) }))
+        .route(
+            "/api",
+            get(move |headers: HeaderMap| async move {
+                if aggregated(&headers) {
+                    return aggregated_answer(core_discovery(local));
+                }
+                Json(api(local)).into_response()
+            }),
+        )
         .route("/api/v1", get(move || async move { Json(core_v1(local)) }))
-        .route("/apis", get(move || async move { Json(group_list(local)) }))
+        .route(
+            "/apis",
+            get(move |headers: HeaderMap| async move {
+                if aggregated(&headers) {
+                    return aggregated_answer(groups_discovery(local));
+                }
+                Json(group_list(local)).into_response()
+            }),
+        )
         .route(
             "/apis/{group}",
             get(move |Path(group): Path<String>| async move { group_of(local, &group).map(Json) }),
@@ -123,6 +141,68 @@ async fn version() -> Json<Value> {
 fn api(local: bool) -> Value {
     let versions: &[&str] = if local { &["v1"] } else { &[] };
     json!({ "kind": "APIVersions", "versions": versions, "serverAddressByClientCIDRs": [] })
+}
+
+/// The media type of aggregated discovery (Kubernetes 1.30+), which kubectl asks for first.
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether the Accept header asks for aggregated discovery (v2).
+fn aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let params: Vec<&str> = range.split(';').map(str::trim).collect();
+            params.contains(&"g=apidiscovery.k8s.io") && params.contains(&"v=v2") && params.contains(&"as=APIGroupDiscoveryList")
+        })
+}
+
+fn aggregated_answer(items: Vec<Value>) -> Response {
+    let body = json!({ "kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items });
+    ([(header::CONTENT_TYPE, AGGREGATED)], Json(body)).into_response()
+}
+
+/// One group's aggregated discovery: its versions and their resources.
+fn group_discovery(group: &str, version: &str, resources: &[Value]) -> Value {
+    let resources: Vec<Value> = resources
+        .iter()
+        .map(|r| {
+            json!({
+                "resource": r["name"],
+                "responseKind": { "group": group, "version": version, "kind": r["kind"] },
+                "scope": "Namespaced",
+                "singularResource": r["singularName"],
+                "verbs": r["verbs"],
+                "shortNames": r.get("shortNames").cloned().unwrap_or(json!([])),
+                "categories": r.get("categories").cloned().unwrap_or(json!([])),
+            })
+        })
+        .collect();
+    json!({
+        "metadata": { "name": group },
+        "versions": [{ "version": version, "resources": resources, "freshness": "Current" }],
+    })
+}
+
+fn core_discovery(local: bool) -> Vec<Value> {
+    let v1 = core_v1(local);
+    let resources = v1["resources"].as_array().cloned().unwrap_or_default();
+    if resources.is_empty() {
+        return vec![];
+    }
+    vec![group_discovery("", "v1", &resources)]
+}
+
+fn groups_discovery(local: bool) -> Vec<Value> {
+    groups(local)
+        .into_iter()
+        .map(|(g, v, _)| {
+            let list = resource_list(local, g, v).expect("every listed group version has resources");
+            group_discovery(g, v, list["resources"].as_array().map(Vec::as_slice).unwrap_or(&[]))
+        })
+        .collect()
 }
 
 /// Core v1: the events revisor records (`events.rs`).
@@ -208,6 +288,22 @@ mod tests {
             .iter()
             .all(|r| r["name"] != "configurations"));
         assert!(resource_list(true, "serving.knative.dev", "v2").is_err());
+        let all = groups_discovery(true);
+        assert_eq!(all[0]["metadata"]["name"], "serving.knative.dev");
+        let ksvc = &all[0]["versions"][0]["resources"][0];
+        assert_eq!(ksvc["responseKind"]["kind"], "Service");
+        assert!(ksvc["shortNames"].as_array().unwrap().contains(&json!("ksvc")));
+        assert_eq!(core_discovery(true)[0]["versions"][0]["resources"][0]["resource"], "events");
+        assert!(core_discovery(false).is_empty());
+        let mut kubectl = HeaderMap::new();
+        kubectl.insert(
+            header::ACCEPT,
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert!(aggregated(&kubectl));
+        assert!(!aggregated(&HeaderMap::new()));
         assert!(group_of(true, "apps").is_err());
     }
 }
