@@ -78,7 +78,14 @@ fn kubectl_discovers_gets_and_deletes_revisors_kinds() {
     wait_ready(&server.admin, "hello", &["hello-00001"]);
     let services = run(&["get", "ksvc"]);
     assert!(services.lines().any(|l| l.starts_with("hello ")), "{services}");
-    let url = run(&["get", "ksvc", "hello", "-o", "jsonpath={.status.url}"]);
+    let url = run(&[
+        "get",
+        "ksvc",
+        "hello",
+        "--subresource=status",
+        "-o",
+        "jsonpath={.status.url}",
+    ]);
     assert!(url.starts_with("http://hello.default."), "{url}");
     let yaml = run(&["get", "ksvc", "hello", "-o", "yaml"]);
     assert!(

@@ -252,6 +252,25 @@ async fn deletes_take_their_options_from_the_body() {
     assert!(body["message"].as_str().unwrap().contains("Orphan"), "{body}");
     let (code, body) = delete(r#"{"dryRun":["Some"]}"#).await;
     assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    // The status subresource reads the object; status is the controllers' to write.
+    let (code, status) = call(&s, "GET", &format!("{uri}/status"), "", String::new()).await;
+    assert_eq!((code, status["metadata"]["name"].as_str()), (StatusCode::OK, Some("a")));
+    let (code, refused) = call(
+        &s,
+        "PUT",
+        &format!("{uri}/status"),
+        "application/json",
+        service("a", "default", "x"),
+    )
+    .await;
+    assert_eq!(code, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("written by revisor's controllers"),
+        "{refused}"
+    );
     let (_, svc) = call(&s, "GET", &uri, "", String::new()).await;
     let version = svc["metadata"]["resourceVersion"].as_str().unwrap();
     let (code, body) = delete(&format!(r#"{{"preconditions":{{"resourceVersion":"{version}"}}}}"#)).await;

@@ -155,7 +155,9 @@ fn aggregated(headers: &HeaderMap) -> bool {
         .flat_map(|v| v.split(','))
         .any(|range| {
             let params: Vec<&str> = range.split(';').map(str::trim).collect();
-            params.contains(&"g=apidiscovery.k8s.io") && params.contains(&"v=v2") && params.contains(&"as=APIGroupDiscoveryList")
+            params.contains(&"g=apidiscovery.k8s.io")
+                && params.contains(&"v=v2")
+                && params.contains(&"as=APIGroupDiscoveryList")
         })
 }
 
@@ -166,10 +168,27 @@ fn aggregated_answer(items: Vec<Value>) -> Response {
 
 /// One group's aggregated discovery: its versions and their resources.
 fn group_discovery(group: &str, version: &str, resources: &[Value]) -> Value {
+    let status: Vec<&str> = resources
+        .iter()
+        .filter_map(|r| r["name"].as_str()?.strip_suffix("/status"))
+        .collect();
     let resources: Vec<Value> = resources
         .iter()
+        .filter(|r| !r["name"].as_str().unwrap_or("").contains('/'))
         .map(|r| {
+            let subresources: Vec<Value> = status
+                .iter()
+                .filter(|name| r["name"] == **name)
+                .map(|_| {
+                    json!({
+                        "subresource": "status",
+                        "responseKind": { "group": group, "version": version, "kind": r["kind"] },
+                        "verbs": ["get"],
+                    })
+                })
+                .collect();
             json!({
+                "subresources": subresources,
                 "resource": r["name"],
                 "responseKind": { "group": group, "version": version, "kind": r["kind"] },
                 "scope": "Namespaced",
@@ -257,6 +276,18 @@ fn resource_list(local: bool, group: &str, version: &str) -> Result<Value, ApiEr
             "categories": r.categories,
         }));
     }
+    // Locally each kind's status is a subresource, read-only (revisor's controllers write it).
+    if local {
+        for r in &resources {
+            out.push(json!({
+                "name": format!("{}/status", r.name),
+                "singularName": "",
+                "namespaced": true,
+                "kind": r.kind,
+                "verbs": ["get"],
+            }));
+        }
+    }
     Ok(json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{g}/{v}"), "resources": out }))
 }
 
@@ -293,7 +324,10 @@ mod tests {
         let ksvc = &all[0]["versions"][0]["resources"][0];
         assert_eq!(ksvc["responseKind"]["kind"], "Service");
         assert!(ksvc["shortNames"].as_array().unwrap().contains(&json!("ksvc")));
-        assert_eq!(core_discovery(true)[0]["versions"][0]["resources"][0]["resource"], "events");
+        assert_eq!(
+            core_discovery(true)[0]["versions"][0]["resources"][0]["resource"],
+            "events"
+        );
         assert!(core_discovery(false).is_empty());
         let mut kubectl = HeaderMap::new();
         kubectl.insert(

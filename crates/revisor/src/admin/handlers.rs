@@ -46,6 +46,23 @@ async fn get_one<T: Object + Send + 'static>(s: AdminState, ns: String, name: St
     .await
 }
 
+/// `GET .../{name}/status`: the object, as Kubernetes answers a status subresource.
+pub async fn get_status<T: Object + Send + 'static>(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Json<T>, ApiError> {
+    get_one(s, ns, name).await
+}
+
+/// A write of a status subresource: status is revisor's controllers' to write.
+pub async fn write_status(uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is written by revisor's controllers (it is computed from the spec and what runs); change the \
+         spec instead",
+        uri.path()
+    ))
+}
+
 pub async fn get_service(
     State(s): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,

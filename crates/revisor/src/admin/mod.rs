@@ -66,6 +66,22 @@ pub fn router(state: AdminState) -> Router {
             &format!("{SERVING}/namespaces/{{ns}}/services/{{name}}/events"),
             get(service_events),
         )
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/services/{{name}}/status"),
+            get(get_status::<Service>).put(write_status).patch(write_status),
+        )
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/revisions/{{name}}/status"),
+            get(get_status::<Revision>).put(write_status).patch(write_status),
+        )
+        .route(
+            &format!("{SERVING}/namespaces/{{ns}}/configurations/{{name}}/status"),
+            get(get_status::<Configuration>).put(write_status).patch(write_status),
+        )
+        .route(
+            &format!("{REVISOR}/namespaces/{{ns}}/rollouts/{{name}}/status"),
+            get(get_status::<Rollout>).put(write_status).patch(write_status),
+        )
         .route(&format!("{SERVING}/revisions"), get(all::<Revision>))
         .route(
             &format!("{SERVING}/namespaces/{{ns}}/revisions"),

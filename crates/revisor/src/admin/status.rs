@@ -38,6 +38,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Misdirected(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -55,6 +57,7 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             Self::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "Misdirected"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
