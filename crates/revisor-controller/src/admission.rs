@@ -120,8 +120,8 @@ fn undry(result: Result<(ApplyOutcome, Service), ApplyError>) -> Result<(ApplyOu
     }
 }
 
-fn json(svc: &Service) -> serde_json::Value {
-    serde_json::to_value(svc).unwrap_or_default()
+fn json<T: serde::Serialize>(object: &T) -> serde_json::Value {
+    serde_json::to_value(object).unwrap_or_default()
 }
 
 /// Creates or replaces a Service that revisor-api already admitted (decoded, defaulted, validated): an
@@ -352,13 +352,9 @@ pub type RolloutApplied = (ApplyOutcome, Rollout);
 
 /// Creates or updates a Rollout that revisor-api admitted. Its status is the controller's: an apply
 /// changes the spec (bumping the generation) and keeps the status. One Rollout per service.
-pub fn apply_rollout(
-    store: &Store,
-    rollout: Rollout,
-    mode: ApplyMode,
-    dry_run: bool,
-) -> Result<RolloutApplied, ApplyError> {
-    let result = store.write(|tx| {
+fn write_rollout(tx: &mut Tx, mut rollout: Rollout, writer: &Writer) -> Result<RolloutApplied, ApplyError> {
+    let mode = writer.mode;
+    {
         let (ns, name) = (rollout.metadata.namespace.clone(), rollout.metadata.name.clone());
         if let Some(other) = rollout_for(tx, &ns, &rollout.spec.service_ref.name)? {
             if other.metadata.name != name {
@@ -391,15 +387,35 @@ pub fn apply_rollout(
             }
             None => {
                 let mut r = rollout;
+                if mode != ApplyMode::Apply {
+                    r.metadata.managed_fields = Some(fields::update(
+                        None,
+                        &json(&r),
+                        &[],
+                        &writer.manager,
+                        chrono::Utc::now(),
+                    ));
+                }
                 r.metadata.generation = Some(1);
                 r.metadata.resource_version = None;
                 r.status = None;
                 (ApplyOutcome::Created, tx.create(r)?)
             }
             Some(old) => {
+                if mode != ApplyMode::Apply {
+                    let managed = old.metadata.managed_fields.clone().unwrap_or_default();
+                    rollout.metadata.managed_fields = Some(fields::update(
+                        Some(&json(&old)),
+                        &json(&rollout),
+                        &managed,
+                        &writer.manager,
+                        chrono::Utc::now(),
+                    ));
+                }
                 if old.spec == rollout.spec
                     && old.metadata.labels == rollout.metadata.labels
                     && old.metadata.annotations == rollout.metadata.annotations
+                    && old.metadata.managed_fields == rollout.metadata.managed_fields
                 {
                     (ApplyOutcome::Unchanged, old)
                 } else {
@@ -418,6 +434,7 @@ pub fn apply_rollout(
                     next.spec = rollout.spec;
                     next.metadata.labels = rollout.metadata.labels;
                     next.metadata.annotations = rollout.metadata.annotations;
+                    next.metadata.managed_fields = rollout.metadata.managed_fields;
                     next.metadata.resource_version = rollout
                         .metadata
                         .resource_version
@@ -441,6 +458,18 @@ pub fn apply_rollout(
                 ),
             )?;
         }
+        Ok((outcome, stored))
+    }
+}
+
+/// Ends a Rollout's dry run as [`finish`] does a Service's.
+fn rehearsed(
+    store: &Store,
+    dry_run: bool,
+    f: impl FnOnce(&mut Tx) -> Result<RolloutApplied, ApplyError>,
+) -> Result<RolloutApplied, ApplyError> {
+    let result = store.write(|tx| {
+        let (outcome, stored) = f(tx)?;
         if dry_run {
             return Err(ApplyError::DryRunRollout(outcome, Box::new(stored)));
         }
@@ -450,6 +479,59 @@ pub fn apply_rollout(
         Err(ApplyError::DryRunRollout(outcome, stored)) => Ok((outcome, *stored)),
         other => other,
     }
+}
+
+/// Creates or replaces a Rollout that revisor-api admitted (an update: its manager owns what it
+/// changed).
+pub fn apply_rollout(
+    store: &Store,
+    rollout: Rollout,
+    writer: &Writer,
+    dry_run: bool,
+) -> Result<RolloutApplied, ApplyError> {
+    rehearsed(store, dry_run, |tx| write_rollout(tx, rollout, writer))
+}
+
+/// Server-side apply of a Rollout: `config` merged into the stored Rollout by field ownership, then
+/// admitted whole, as for a Service ([`server_side_apply`]).
+pub fn server_side_apply_rollout(
+    store: &Store,
+    config: &serde_json::Value,
+    writer: &Writer,
+    dry_run: bool,
+) -> Result<RolloutApplied, ApplyError> {
+    let text = |p: &str| {
+        config
+            .pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let ns = Some(text("/metadata/namespace"))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| revisor_api::defaults::DEFAULT_NAMESPACE.to_string());
+    let name = text("/metadata/name");
+    let mut config = config.clone();
+    config["metadata"]["namespace"] = serde_json::Value::String(ns.clone());
+    rehearsed(store, dry_run, |tx| {
+        let old = tx.get::<Rollout>(&ns, &name)?;
+        let managed = old
+            .as_ref()
+            .and_then(|o| o.metadata.managed_fields.clone())
+            .unwrap_or_default();
+        let (merged, managed) = fields::apply(
+            old.as_ref().map(json).as_ref(),
+            &managed,
+            &config,
+            &writer.manager,
+            writer.force,
+            chrono::Utc::now(),
+        )
+        .map_err(ApplyError::FieldConflicts)?;
+        let mut rollout = revisor_api::admit_rollout(&merged).map_err(ApplyError::Invalid)?;
+        rollout.metadata.managed_fields = Some(managed);
+        write_rollout(tx, rollout, writer)
+    })
 }
 
 /// An operator's request to a Rollout (`revisor rollout promote|abort|retry|undo|pause|resume`).

@@ -17,7 +17,7 @@ pub mod status;
 
 pub use admission::{
     apply_rollout, apply_service, delete_revision, delete_rollout, delete_service, request_rollout, server_side_apply,
-    ApplyError, ApplyMode, ApplyOutcome, DeleteOptions,
+    server_side_apply_rollout, ApplyError, ApplyMode, ApplyOutcome, DeleteOptions,
 };
 pub use dataplane::{Backend, DesiredRevision, DesiredState, RoutedTarget, ServiceRoutes};
 pub use health::{record_health, RevisionHealth};

@@ -394,3 +394,46 @@ async fn the_log_endpoint_reads_no_directory_outside_the_logs() {
         assert!(body.to_string().contains("DNS-1123"), "{uri}: {body}");
     }
 }
+
+/// Issue 16: a Rollout's server-side apply merges by field ownership, as a Service's does: a second
+/// manager's apply of a label alone keeps the spec, and its apply of other steps conflicts with the
+/// first manager until forced.
+#[tokio::test]
+async fn rollouts_are_server_side_applied_field_by_field() {
+    let api = Api::new();
+    let ty = "application/apply-patch+yaml";
+    let uri = |manager: &str, force: bool| format!("{ROLLOUTS}/web?fieldManager={manager}&force={force}");
+    let (s, _, v) = api
+        .call("PATCH", &uri("team-a", false), ty, rollout("web", "web"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let label = "apiVersion: revisor.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: web\n  labels: {owner: b}\n";
+    let (s, outcome, v) = api.call("PATCH", &uri("team-b", false), ty, label).await;
+    assert_eq!((s, outcome.as_deref()), (StatusCode::OK, Some("configured")), "{v}");
+    assert_eq!(v["metadata"]["labels"]["owner"], "b");
+    assert_eq!(
+        v["spec"]["strategy"]["canary"]["steps"][0]["setWeight"], 10,
+        "the spec was kept"
+    );
+    let other_steps = rollout("web", "web").replace("setWeight: 10", "setWeight: 50");
+    let (s, _, v) = api.call("PATCH", &uri("team-b", false), ty, other_steps.clone()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("conflict with \"team-a\": .spec.strategy.canary.steps"),
+        "{message}"
+    );
+    let (s, _, v) = api.call("PATCH", &uri("team-b", true), ty, other_steps).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["spec"]["strategy"]["canary"]["steps"][0]["setWeight"], 50);
+    let managers: Vec<&str> = v["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["manager"].as_str().unwrap())
+        .collect();
+    assert!(
+        managers.contains(&"team-a") && managers.contains(&"team-b"),
+        "{managers:?}"
+    );
+}

@@ -262,7 +262,7 @@ async fn patch_service(
 
 /// The writer of a Service request: `?fieldManager=` (apply's default `revisor`, a replace's or create's
 /// `revisor-update`) and `?force=true`.
-fn writer(mode: ApplyMode, params: &HashMap<String, String>) -> Result<Writer, ApiError> {
+pub(crate) fn writer(mode: ApplyMode, params: &HashMap<String, String>) -> Result<Writer, ApiError> {
     let manager = match params.get("fieldManager").map(String::as_str) {
         Some("") => return Err(ApiError::BadRequest("fieldManager must not be empty".into())),
         Some(m) if m.len() > 128 => {

@@ -12,9 +12,10 @@ use revisor_api::{admit_rollout, Rollout};
 use revisor_controller::ApplyMode;
 use serde_json::Value;
 
-use super::handlers::{applied, blocking, body_document, body_name, deleted, dry_run, placed, Params};
+use super::handlers::{applied, blocking, body_document, body_name, deleted, dry_run, placed, writer, Params};
 use super::patch::{read_modify_write, with_warnings, FieldValidation, Patch};
 use super::{AdminState, ApiError};
+use revisor_controller::admission::Writer;
 
 pub async fn get_one(
     State(s): State<AdminState>,
@@ -53,27 +54,33 @@ async fn write_value(
 ) -> Result<Response, ApiError> {
     let dry_run = dry_run(&params)?;
     let validation = FieldValidation::from_params(&params)?;
+    let writer = writer(mode, &params)?;
     let (outcome, stored, warnings) =
-        blocking(move || store(&s, &ns, name.as_deref(), value, validation, mode, dry_run)).await?;
+        blocking(move || store(&s, &ns, name.as_deref(), value, validation, &writer, dry_run)).await?;
     Ok(with_warnings(applied(outcome, stored), &warnings))
 }
 
-/// Admission and the store write of one Rollout document, with the warnings to send.
+/// Admission and the store write of one Rollout document, with the warnings to send: an apply is
+/// merged into the stored Rollout by field ownership first.
 fn store(
     s: &AdminState,
     ns: &str,
     name: Option<&str>,
     mut value: Value,
     validation: FieldValidation,
-    mode: ApplyMode,
+    writer: &Writer,
     dry_run: bool,
 ) -> Result<(revisor_controller::ApplyOutcome, Rollout, Vec<String>), ApiError> {
     let warnings = validation.prune(&mut value);
     let value = placed(ns, name, value)?;
     let shown = body_name(&value);
-    let rollout = admit_rollout(&value).map_err(|e| ApiError::invalid("Rollout", &shown, e))?;
-    let (outcome, stored) = revisor_controller::apply_rollout(&s.store, rollout, mode, dry_run)
-        .map_err(|e| ApiError::from_apply("Rollout", &shown, e))?;
+    let (outcome, stored) = if writer.mode == ApplyMode::Apply {
+        revisor_controller::server_side_apply_rollout(&s.store, &value, writer, dry_run)
+    } else {
+        let rollout = admit_rollout(&value).map_err(|e| ApiError::invalid("Rollout", &shown, e))?;
+        revisor_controller::apply_rollout(&s.store, rollout, writer, dry_run)
+    }
+    .map_err(|e| ApiError::from_apply("Rollout", &shown, e))?;
     Ok((outcome, stored, warnings))
 }
 
@@ -111,9 +118,10 @@ pub async fn apply(
     };
     let dry_run = dry_run(&p)?;
     let validation = FieldValidation::from_params(&p)?;
+    let writer = writer(ApplyMode::Replace, &p)?;
     let (outcome, stored, warnings) = blocking(move || {
         read_modify_write::<Rollout, _>(&s.store, &ns, &name, &patch, |value| {
-            store(&s, &ns, Some(&name), value, validation, ApplyMode::Replace, dry_run)
+            store(&s, &ns, Some(&name), value, validation, &writer, dry_run)
         })
     })
     .await?;
