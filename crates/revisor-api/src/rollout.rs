@@ -678,7 +678,58 @@ pub fn check_action(action: &str) -> Result<(), crate::FieldErrors> {
     Err(errs)
 }
 
+/// What an operator's action changed in a Rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionEffect {
+    /// `spec.paused` (`changed`: whether it was not already so).
+    Paused { changed: bool },
+    /// `status.requests` (and `status.undoTo`).
+    Requested,
+}
+
 impl Rollout {
+    /// Takes an operator's action, the same on every backend: `pause`/`resume` set `spec.paused`; a
+    /// request (`promote`, `promote-full`, `abort`, `retry`, `undo`) is appended to `status.requests`
+    /// for the controller's next step. `undo`'s target must be a revision of this Rollout's service:
+    /// `owner_of(rev)` says which service a revision belongs to (`None`: no such revision).
+    pub fn take_action(
+        &mut self,
+        action: &str,
+        to_revision: Option<&str>,
+        owner_of: impl Fn(&str) -> Option<Option<String>>,
+    ) -> Result<ActionEffect, crate::FieldErrors> {
+        check_action(action)?;
+        if action == "pause" || action == "resume" {
+            let paused = action == "pause";
+            let changed = self.spec.paused.unwrap_or(false) != paused;
+            self.spec.paused = paused.then_some(true);
+            return Ok(ActionEffect::Paused { changed });
+        }
+        let mut st = self.status();
+        st.requests.push(action.to_string());
+        if let (Some(OperatorRequest::Undo), Some(rev)) = (OperatorRequest::parse(action), to_revision) {
+            let service = &self.spec.service_ref.name;
+            let problem = match owner_of(rev) {
+                None => Some(format!(
+                    "revision {rev:?} does not exist (deleted?); `revisor get revisions` lists service {service:?}'s"
+                )),
+                Some(owner) if owner.as_deref() != Some(service.as_str()) => Some(format!(
+                    "revision {rev:?} belongs to service {:?}, not to {service:?}",
+                    owner.as_deref().unwrap_or("?")
+                )),
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                let mut errs = crate::FieldErrors::default();
+                errs.push("toRevision", problem);
+                return Err(errs);
+            }
+            st.undo_to = Some(rev.to_string());
+        }
+        self.status = Some(st);
+        Ok(ActionEffect::Requested)
+    }
+
     pub fn status(&self) -> RolloutStatus {
         self.status.clone().unwrap_or_default()
     }

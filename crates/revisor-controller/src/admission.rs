@@ -3,7 +3,7 @@
 //! Stateless checks (schema, defaults, field rules) happen before, in revisor-api; these add the rules
 //! that compare against what is stored, all in the same transaction as the write.
 
-use revisor_api::rollout::OperatorRequest;
+use revisor_api::rollout::ActionEffect;
 use revisor_api::validate::validate_service_update;
 use revisor_api::{Configuration, FieldErrors, Revision, Rollout, Service};
 use revisor_store::{Event, Store, StoreError, Tx};
@@ -173,6 +173,36 @@ pub fn apply_service(
     }))
 }
 
+/// An apply configuration's namespace (the default when it names none) and name, with the namespace
+/// written into it; refused unless it and its metadata are objects.
+fn placed_config(config: &serde_json::Value) -> Result<(serde_json::Value, String, String), ApplyError> {
+    let not_object = |path: &str, what: &str| {
+        let mut errs = FieldErrors::default();
+        errs.push(path, format!("{what} must be an object"));
+        ApplyError::Invalid(errs)
+    };
+    if !config.is_object() {
+        return Err(not_object("", "an apply configuration"));
+    }
+    if config.get("metadata").is_some_and(|m| !m.is_object()) {
+        return Err(not_object("metadata", "metadata"));
+    }
+    let text = |p: &str| {
+        config
+            .pointer(p)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let name = text("/metadata/name");
+    let ns = Some(text("/metadata/namespace"))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| revisor_api::defaults::DEFAULT_NAMESPACE.to_string());
+    let mut config = config.clone();
+    config["metadata"]["namespace"] = serde_json::Value::String(ns.clone());
+    Ok((config, ns, name))
+}
+
 /// Server-side apply of a Service: `config` (the manager's fields, as sent: not yet admitted) merged
 /// into the stored Service by field ownership (`fields.rs`), then admitted whole (decoded, defaulted,
 /// validated with `defaults`) and created or updated.
@@ -183,23 +213,15 @@ pub fn server_side_apply(
     writer: &Writer,
     dry_run: bool,
 ) -> Result<(ApplyOutcome, Service), ApplyError> {
-    let text = |p: &str| {
-        config
-            .pointer(p)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    let (ns, name) = (text("/metadata/namespace"), text("/metadata/name"));
-    let ns = if ns.is_empty() {
-        revisor_api::defaults::DEFAULT_NAMESPACE.to_string()
-    } else {
-        ns
-    };
-    let mut config = config.clone();
-    config["metadata"]["namespace"] = serde_json::Value::String(ns.clone());
+    let (mut config, ns, name) = placed_config(config)?;
     undry(store.write(|tx| {
         let old = tx.get::<Service>(&ns, &name)?;
+        // A Rollout owns its service's traffic: an apply's is left out (neither set nor owned).
+        if rollout_for(tx, &ns, &name)?.is_some() {
+            if let Some(spec) = config.get_mut("spec").and_then(serde_json::Value::as_object_mut) {
+                spec.remove("traffic");
+            }
+        }
         let live = old.as_ref().map(json);
         let managed = old
             .as_ref()
@@ -211,6 +233,7 @@ pub fn server_side_apply(
             &config,
             &writer.manager,
             writer.force,
+            writer.manager == APPLY_MANAGER,
             chrono::Utc::now(),
         )
         .map_err(ApplyError::FieldConflicts)?;
@@ -500,19 +523,7 @@ pub fn server_side_apply_rollout(
     writer: &Writer,
     dry_run: bool,
 ) -> Result<RolloutApplied, ApplyError> {
-    let text = |p: &str| {
-        config
-            .pointer(p)
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    let ns = Some(text("/metadata/namespace"))
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| revisor_api::defaults::DEFAULT_NAMESPACE.to_string());
-    let name = text("/metadata/name");
-    let mut config = config.clone();
-    config["metadata"]["namespace"] = serde_json::Value::String(ns.clone());
+    let (config, ns, name) = placed_config(config)?;
     rehearsed(store, dry_run, |tx| {
         let old = tx.get::<Rollout>(&ns, &name)?;
         let managed = old
@@ -525,6 +536,7 @@ pub fn server_side_apply_rollout(
             &config,
             &writer.manager,
             writer.force,
+            writer.manager == APPLY_MANAGER,
             chrono::Utc::now(),
         )
         .map_err(ApplyError::FieldConflicts)?;
@@ -549,45 +561,16 @@ pub fn request_rollout(
                 kind: "Rollout",
                 key: format!("{namespace}/{name}"),
             })?;
-        match action {
-            "pause" | "resume" => {
-                let paused = action == "pause";
-                if r.spec.paused.unwrap_or(false) != paused {
-                    r.spec.paused = paused.then_some(true);
-                    r.metadata.generation = Some(r.metadata.generation.unwrap_or(0) + 1);
-                }
-            }
-            a if OperatorRequest::parse(a).is_some() => {
-                let mut st = r.status();
-                st.requests.push(a.to_string());
-                if OperatorRequest::parse(a) == Some(OperatorRequest::Undo) {
-                    if let Some(rev) = to_revision {
-                        let service = &r.spec.service_ref.name;
-                        let problem = match tx.get::<Revision>(namespace, rev)? {
-                            None => Some(format!(
-                                "revision {rev:?} does not exist (deleted?); `revisor get revisions` lists service {service:?}'s"
-                            )),
-                            Some(found) if found.service_name() != Some(service.as_str()) => Some(format!(
-                                "revision {rev:?} belongs to service {:?}, not to {service:?}",
-                                found.service_name().unwrap_or("?")
-                            )),
-                            Some(_) => None,
-                        };
-                        if let Some(problem) = problem {
-                            let mut errs = FieldErrors::default();
-                            errs.push("toRevision", problem);
-                            return Err(ApplyError::Invalid(errs));
-                        }
-                        st.undo_to = Some(rev.to_string());
-                    }
-                }
-                r.status = Some(st);
-            }
-            other => {
-                return Err(ApplyError::Invalid(
-                    revisor_api::rollout::check_action(other).unwrap_err(),
-                ))
-            }
+        let target = match to_revision {
+            Some(rev) => tx.get::<Revision>(namespace, rev)?,
+            None => None,
+        };
+        let owner_of = |_: &str| target.as_ref().map(|t| t.service_name().map(str::to_string));
+        let effect = r
+            .take_action(action, to_revision, owner_of)
+            .map_err(ApplyError::Invalid)?;
+        if effect == (ActionEffect::Paused { changed: true }) {
+            r.metadata.generation = Some(r.metadata.generation.unwrap_or(0) + 1);
         }
         let service = r.spec.service_ref.name.clone();
         let updated = tx.update(r)?;

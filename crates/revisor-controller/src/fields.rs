@@ -125,10 +125,12 @@ impl FieldSet {
     }
 }
 
-/// The leaves under `v`: scalars and (atomic) lists. An empty object claims nothing, as an empty map
-/// in an apply configuration sets no field.
+/// The leaves under `v`: scalars and (atomic) lists. An empty object or a null claims nothing, as
+/// in an apply configuration they set no field.
 fn leaves(v: &Value, path: FieldPath, out: &mut BTreeSet<FieldPath>) {
     match v {
+        // A null sets nothing and owns nothing.
+        Value::Null => {}
         Value::Object(o) => {
             for (k, x) in o {
                 let mut p = path.clone();
@@ -147,14 +149,17 @@ fn get<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 fn set(v: &mut Value, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut node = v;
-    for k in &path[..path.len() - 1] {
+    for k in parents {
         if !node.get(k).is_some_and(Value::is_object) {
             node[k.as_str()] = json!({});
         }
         node = &mut node[k.as_str()];
     }
-    node[path[path.len() - 1].as_str()] = value;
+    node[last.as_str()] = value;
 }
 
 fn remove(v: &mut Value, path: &[String]) {
@@ -231,12 +236,17 @@ fn own(owners: &mut Vec<Owner>, manager: &str, operation: &str, fields: FieldSet
 
 /// What an apply of `config` by `manager` makes of `live` (the stored object, `None` to create it):
 /// the object to admit and the managed fields to keep, or the conflicts.
+///
+/// `adopts_unowned`: whether this manager owned, before, every field that no one is recorded to own in
+/// an object written before revisor kept managed fields (`revisor apply`'s did). Any other manager's
+/// first apply removes nothing.
 pub fn apply(
     live: Option<&Value>,
     managed: &[ManagedFieldsEntry],
     config: &Value,
     manager: &str,
     force: bool,
+    adopts_unowned: bool,
     now: DateTime<Utc>,
 ) -> Result<(Value, Vec<ManagedFieldsEntry>), Vec<Conflict>> {
     let api_version = config
@@ -296,9 +306,10 @@ pub fn apply(
     }
 
     // What the applier set before and leaves out now goes, unless someone else owns it too. An
-    // object written before revisor kept managed fields (at most `spec.traffic` is recorded) was its
-    // applier's, all of it but what others own.
-    let legacy = !owners.iter().any(|o| o.manager == manager)
+    // object written before revisor kept managed fields (at most `spec.traffic` is recorded) was
+    // `revisor apply`'s, all of it but what others own.
+    let legacy = adopts_unowned
+        && !owners.iter().any(|o| o.manager == manager)
         && owners.iter().all(|o| {
             o.fields
                 .paths()
@@ -355,20 +366,23 @@ pub fn update(
     if changed.is_empty() {
         return entries(owners, &api_version);
     }
-    for o in owners
-        .iter_mut()
-        .filter(|o| !(o.manager == manager && o.operation == "Update"))
-    {
+    for o in owners.iter_mut() {
         for p in changed.paths() {
             o.fields.remove_overlapping(p);
         }
     }
+    // The updater owns what it set; a field it removed is no one's.
     let mut mine = owners
         .iter()
         .find(|o| o.manager == manager && o.operation == "Update")
         .map(|o| o.fields.clone())
         .unwrap_or_default();
-    mine.0.extend(changed.0);
+    mine.0.extend(
+        changed
+            .0
+            .into_iter()
+            .filter(|p| get(new, p).is_some_and(|v| !v.is_null())),
+    );
     own(&mut owners, manager, "Update", mine, now);
     entries(owners, &api_version)
 }
@@ -428,16 +442,17 @@ mod tests {
             &svc(json!({ "template": tmpl }), json!({ "a": "1" })),
             "A",
             false,
+            false,
             now,
         )
         .unwrap();
         let b = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "b": "2" } } });
-        let (live, m) = apply(Some(&live), &m, &b, "B", false, now).unwrap();
+        let (live, m) = apply(Some(&live), &m, &b, "B", false, false, now).unwrap();
         assert_eq!(live["metadata"]["labels"], json!({ "a": "1", "b": "2" }));
         assert_eq!(owned(&m, "B"), [".metadata.labels.b"]);
         // B sets A's label to another value: a conflict naming A and the field, until forced.
         let b2 = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "a": "9" } } });
-        let err = apply(Some(&live), &m, &b2, "B", false, now).unwrap_err();
+        let err = apply(Some(&live), &m, &b2, "B", false, false, now).unwrap_err();
         assert_eq!(
             err,
             [Conflict {
@@ -447,9 +462,9 @@ mod tests {
         );
         // The same value is no conflict: both own it.
         let same = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "a": "1" } } });
-        let (_, shared) = apply(Some(&live), &m, &same, "B", false, now).unwrap();
+        let (_, shared) = apply(Some(&live), &m, &same, "B", false, false, now).unwrap();
         assert!(owned(&shared, "A").contains(&".metadata.labels.a".to_string()));
-        let (forced, m2) = apply(Some(&live), &m, &b2, "B", true, now).unwrap();
+        let (forced, m2) = apply(Some(&live), &m, &b2, "B", true, false, now).unwrap();
         assert_eq!(
             forced["metadata"]["labels"],
             json!({ "a": "9" }),
@@ -463,6 +478,7 @@ mod tests {
             &svc(json!({ "template": tmpl }), json!({})),
             "A",
             false,
+            false,
             now,
         )
         .unwrap();
@@ -473,6 +489,7 @@ mod tests {
             &svc(json!({ "template": tmpl }), json!({})),
             "B",
             true,
+            false,
             now,
         )
         .unwrap();
@@ -483,7 +500,7 @@ mod tests {
     fn updates_take_the_fields_they_change() {
         let now = Utc::now();
         let old = svc(json!({ "traffic": [{ "percent": 100 }] }), json!({ "a": "1" }));
-        let (_, m) = apply(None, &[], &old, "A", false, now).unwrap();
+        let (_, m) = apply(None, &[], &old, "A", false, false, now).unwrap();
         let new = svc(
             json!({ "traffic": [{ "percent": 50 }, { "percent": 50 }] }),
             json!({ "a": "1" }),
@@ -492,8 +509,20 @@ mod tests {
         assert_eq!(owned(&m, "traffic-cmd"), [".spec.traffic"]);
         assert_eq!(owned(&m, "A"), [".metadata.labels.a"]);
         // A's next apply of other traffic conflicts with the command.
-        let err = apply(Some(&new), &m, &old, "A", false, now).unwrap_err();
+        let err = apply(Some(&new), &m, &old, "A", false, false, now).unwrap_err();
         assert_eq!(err[0].manager, "traffic-cmd");
         assert_eq!(update(Some(&new), &new, &m, "x", now), m, "no change, no owner");
+        // A label removed by an update is no one's: A's next apply of it is no conflict.
+        let unlabelled = svc(json!({ "traffic": [{ "percent": 50 }, { "percent": 50 }] }), json!({}));
+        let m = update(Some(&new), &unlabelled, &m, "kubectl-label", now);
+        assert!(
+            owned(&m, "kubectl-label").is_empty() && owned(&m, "A").is_empty(),
+            "{m:?}"
+        );
+        let relabel = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "a": "1" } } });
+        assert!(apply(Some(&unlabelled), &m, &relabel, "A", false, false, now).is_ok());
+        // A null claims nothing.
+        let nulls = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": null } });
+        assert!(FieldSet::of(&nulls).is_empty());
     }
 }

@@ -4,15 +4,16 @@
 use std::time::Duration;
 
 use kube::api::{Patch, PatchParams, PostParams};
-use revisor_api::{FieldErrors, Rollout};
+use revisor_api::rollout::ActionEffect;
+use revisor_api::Rollout;
 use serde_json::json;
 
 use crate::apply::{ApplyError, FIELD_MANAGER};
 use crate::cluster::{from_dynamic, Cluster, ROLLOUT};
 
-/// Records `action` on Rollout `ns/name`: `pause`/`resume` set `spec.paused`; the others are appended
-/// to `status.requests` (with `undo`'s target revision), retrying when the controller writes the status
-/// in between.
+/// Records `action` on Rollout `ns/name` as the local backend does (`Rollout::take_action`):
+/// `pause`/`resume` patch `spec.paused`; the others replace the status with the request appended,
+/// retrying when the controller writes the status in between.
 pub async fn request(
     cluster: &Cluster,
     ns: &str,
@@ -26,35 +27,29 @@ pub async fn request(
         e => ApplyError::Api(format!("Rollout {ns}/{name}: {e}")),
     };
     let typed = |o: &kube::api::DynamicObject| from_dynamic::<Rollout>(o).map_err(|e| ApplyError::Api(e.to_string()));
-    revisor_api::rollout::check_action(action).map_err(ApplyError::Invalid)?;
-    if action == "pause" || action == "resume" {
-        let paused = if action == "pause" { json!(true) } else { json!(null) };
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.into()),
-            ..Default::default()
-        };
-        let obj = api
-            .patch(name, &params, &Patch::Merge(json!({ "spec": { "paused": paused } })))
-            .await
-            .map_err(api_error)?;
-        return typed(&obj);
-    }
-    if let Some(rev) = to_revision {
-        if cluster.revision(ns, rev).is_none() {
-            let mut errs = FieldErrors::default();
-            errs.push("toRevision", format!("revision {rev:?} does not exist"));
-            return Err(ApplyError::Invalid(errs));
-        }
-    }
+    let owner_of = |rev: &str| cluster.revision(ns, rev).map(|r| r.service_name().map(str::to_string));
     for _ in 0..10 {
         let mut obj = api.get(name).await.map_err(api_error)?;
-        let mut st = typed(&obj)?.status();
-        st.requests.push(action.to_string());
-        if action == "undo" {
-            st.undo_to = to_revision.map(str::to_string);
-        }
-        obj.data["status"] = serde_json::to_value(&st).map_err(|e| ApplyError::Api(e.to_string()))?;
-        match api.replace_status(name, &PostParams::default(), &obj).await {
+        let mut rollout = typed(&obj)?;
+        let effect = rollout
+            .take_action(action, to_revision, owner_of)
+            .map_err(ApplyError::Invalid)?;
+        let written = match effect {
+            ActionEffect::Paused { .. } => {
+                let params = PatchParams {
+                    field_manager: Some(FIELD_MANAGER.into()),
+                    ..Default::default()
+                };
+                let patch = json!({ "spec": { "paused": rollout.spec.paused } });
+                api.patch(name, &params, &Patch::Merge(patch)).await
+            }
+            ActionEffect::Requested => {
+                obj.data["status"] =
+                    serde_json::to_value(rollout.status()).map_err(|e| ApplyError::Api(e.to_string()))?;
+                api.replace_status(name, &PostParams::default(), &obj).await
+            }
+        };
+        match written {
             Ok(o) => return typed(&o),
             Err(kube::Error::Api(s)) if s.code == 409 => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(e) => return Err(api_error(e)),

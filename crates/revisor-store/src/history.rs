@@ -12,6 +12,8 @@ use crate::Kind;
 
 /// How many changes are kept.
 pub const KEPT: usize = 4096;
+/// How many bytes of objects they may hold together: past this, the oldest go first.
+pub const KEPT_BYTES: usize = 64 * 1024 * 1024;
 
 /// What happened to an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +44,9 @@ pub struct WatchEvent {
     pub name: String,
     pub resource_version: u64,
     pub object: Arc<[u8]>,
+    /// The object's labels before this change (none for a create), so that a watch by label selector
+    /// can tell an object that left its selection (DELETED) or entered it (ADDED).
+    pub previous_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// The events after a resourceVersion, or why there are none to give.
@@ -56,6 +61,8 @@ pub enum Since {
 #[derive(Debug)]
 struct Inner {
     events: VecDeque<Arc<WatchEvent>>,
+    /// The bytes of the kept objects.
+    bytes: usize,
     /// Every change after this version is in `events` (the store's version when it opened, or the
     /// version of the last change dropped).
     complete_after: u64,
@@ -74,6 +81,7 @@ impl History {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 events: VecDeque::new(),
+                bytes: 0,
                 complete_after: current,
             })),
             latest,
@@ -87,10 +95,12 @@ impl History {
         }
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for e in events {
+            inner.bytes += e.object.len();
             inner.events.push_back(Arc::new(e));
         }
-        while inner.events.len() > KEPT {
+        while inner.events.len() > KEPT || (inner.bytes > KEPT_BYTES && inner.events.len() > 1) {
             if let Some(dropped) = inner.events.pop_front() {
+                inner.bytes -= dropped.object.len();
                 inner.complete_after = dropped.resource_version;
             }
         }
@@ -128,6 +138,7 @@ mod tests {
             name: "a".into(),
             resource_version: rv,
             object: Arc::from(&b"{}"[..]),
+            previous_labels: None,
         }
     }
 
@@ -148,5 +159,11 @@ mod tests {
         assert!(matches!(h.since(12), Since::TooOld { .. }));
         assert_eq!(versions(h.since(13 + KEPT as u64)), [14 + KEPT as u64]);
         assert_eq!(*h.subscribe().borrow(), 15 + KEPT as u64);
+        // A byte budget too: one huge object pushes the older ones out.
+        let mut big = ev(20 + KEPT as u64);
+        big.object = vec![b' '; KEPT_BYTES].into();
+        h.publish(vec![big], 20 + KEPT as u64);
+        assert!(matches!(h.since(14 + KEPT as u64), Since::TooOld { .. }));
+        assert!(matches!(h.since(19 + KEPT as u64), Since::Events(e) if e.len() == 1));
     }
 }

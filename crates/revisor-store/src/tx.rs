@@ -82,7 +82,7 @@ impl Tx {
         meta.uid = Some(uid(&key, seq));
         meta.creation_timestamp = Some(Utc::now());
         meta.generation.get_or_insert(1);
-        self.put(&key, &obj, WatchType::Added, seq)?;
+        self.put(&key, &obj, WatchType::Added, seq, None)?;
         Ok(obj)
     }
 
@@ -109,24 +109,39 @@ impl Tx {
             }
         }
         let (uid, created) = (cur.uid.clone(), cur.creation_timestamp);
+        let previous_labels = cur.labels.clone();
         let seq = self.next_sequence()?;
         let meta = obj.meta_mut();
         meta.resource_version = Some(seq.to_string());
         meta.uid = uid;
         meta.creation_timestamp = created;
-        self.put(&key, &obj, WatchType::Modified, seq)?;
+        self.put(&key, &obj, WatchType::Modified, seq, previous_labels)?;
         Ok(obj)
     }
 
-    fn put<T: Object>(&mut self, key: &str, obj: &T, change: WatchType, version: u64) -> Result<(), StoreError> {
+    fn put<T: Object>(
+        &mut self,
+        key: &str,
+        obj: &T,
+        change: WatchType,
+        version: u64,
+        previous_labels: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<(), StoreError> {
         let bytes = encode(key, obj)?;
         self.inner.open_table(T::TABLE)?.insert(key, bytes.as_slice())?;
         self.changed::<T>(obj.meta().namespace.clone(), obj.meta().name.clone(), obj.service());
-        self.watched::<T>(obj, change, version, bytes);
+        self.watched::<T>(obj, change, version, bytes, previous_labels);
         Ok(())
     }
 
-    fn watched<T: Object>(&mut self, obj: &T, change: WatchType, version: u64, bytes: Vec<u8>) {
+    fn watched<T: Object>(
+        &mut self,
+        obj: &T,
+        change: WatchType,
+        version: u64,
+        bytes: Vec<u8>,
+        previous_labels: Option<std::collections::BTreeMap<String, String>>,
+    ) {
         self.watch.push(WatchEvent {
             kind: T::KIND,
             kind_of_change: change,
@@ -134,6 +149,7 @@ impl Tx {
             name: obj.meta().name.clone(),
             resource_version: version,
             object: bytes.into(),
+            previous_labels,
         });
     }
 
@@ -158,7 +174,8 @@ impl Tx {
         let mut last = obj.clone();
         last.meta_mut().resource_version = Some(seq.to_string());
         let bytes = encode(&key, &last)?;
-        self.watched::<T>(&last, WatchType::Deleted, seq, bytes);
+        let labels = obj.meta().labels.clone();
+        self.watched::<T>(&last, WatchType::Deleted, seq, bytes, labels);
         Ok(obj)
     }
 

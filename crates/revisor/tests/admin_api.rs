@@ -149,10 +149,15 @@ async fn malformed_requests_are_refused_clearly() {
     let api = Api::new();
     let cases: Vec<(&str, String, &str, String, StatusCode, &str)> = vec![
         ("PATCH", format!("{SVC}/svc"), "application/apply-patch+yaml", "kind: [".to_string(), StatusCode::BAD_REQUEST, "invalid YAML"),
-        ("PATCH", format!("{SVC}/svc"), "text/plain", "x".to_string(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type \"text/plain\""),
+        ("PATCH", format!("{SVC}/svc"), "text/plain", "x".to_string(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "content type \"text/plain\" is not a kind of patch"),
         ("PATCH", format!("{SVC}/other"), "application/apply-patch+yaml", "".to_string(), StatusCode::BAD_REQUEST, "request body is empty"),
-        ("PATCH", format!("{SVC}/svc"), "application/json", "{\"apiVersion\":\"serving.knative.dev/v1\",\"kind\":\"Service\",\"metadata\":{\"name\":\"x\"}}".to_string(), StatusCode::BAD_REQUEST, "the name of the object (x) does not match"),
-        ("PATCH", format!("{SVC}/svc"), "application/json", "{\"apiVersion\":\"serving.knative.dev/v1\",\"kind\":\"Service\",\"metadata\":{\"name\":\"svc\",\"namespace\":\"prod\"}}".to_string(), StatusCode::BAD_REQUEST, "namespace of the object (prod)"),
+        ("PATCH", format!("{SVC}/svc"), "application/apply-patch+yaml", "{\"apiVersion\":\"serving.knative.dev/v1\",\"kind\":\"Service\",\"metadata\":{\"name\":\"x\"}}".to_string(), StatusCode::BAD_REQUEST, "the name of the object (x) does not match"),
+        ("PATCH", format!("{SVC}/svc"), "application/apply-patch+yaml", "{\"apiVersion\":\"serving.knative.dev/v1\",\"kind\":\"Service\",\"metadata\":{\"name\":\"svc\",\"namespace\":\"prod\"}}".to_string(), StatusCode::BAD_REQUEST, "namespace of the object (prod)"),
+        // A PATCH says by its type what kind of patch it is: a whole object in JSON is not one.
+        ("PATCH", format!("{SVC}/svc"), "application/json", manifest("svc", "i"), StatusCode::UNSUPPORTED_MEDIA_TYPE, "not a kind of patch"),
+        ("PATCH", format!("{SVC}/svc"), "application/apply-patch+yaml", "\"x\"".to_string(), StatusCode::UNPROCESSABLE_ENTITY, "an apply configuration must be an object"),
+        ("PATCH", format!("{SVC}/svc"), "application/apply-patch+yaml", "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: [1]\n".to_string(), StatusCode::UNPROCESSABLE_ENTITY, "metadata must be an object"),
+        ("PATCH", format!("{SVC}/svc"), "application/apply-patch+yaml", "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: svc}\nspec: {bogus: 1}\n".to_string(), StatusCode::UNPROCESSABLE_ENTITY, "spec.bogus: unknown field"),
         ("PATCH", format!("{SVC}/svc?dryRun=Some"), "application/apply-patch+yaml", manifest("svc", "i"), StatusCode::BAD_REQUEST, "dryRun"),
         ("PATCH", format!("{SVC}/svc"), "application/apply-patch+yaml", format!("{}---\n{}", manifest("svc", "a"), manifest("svc", "b")), StatusCode::BAD_REQUEST, "holds 2 documents"),
         ("GET", "/apis/serving.knative.dev/v1/namespaces/default/revisions?labelSelector=a%20in%20b".into(), "application/json", "".to_string(), StatusCode::BAD_REQUEST, "want a list of values in parentheses"),

@@ -166,6 +166,26 @@ async fn selectors_turn_changes_into_added_and_deleted() {
     assert_eq!(w.next_of().await, ev("DELETED", "x"));
     assert_eq!(w.next_of().await, ev("ADDED", "y"));
 
+    // The same from a list's version, as informers and `kubectl get -l -w` watch: the watch knows
+    // nothing of what matched before it, and still tells an object leaving the selection.
+    let (_, list) = call(
+        &s,
+        "GET",
+        &format!("{SERVING}/namespaces/default/services?labelSelector=team%3Da"),
+        "",
+        String::new(),
+    )
+    .await;
+    let version = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let mut informer = Watch::start(&s, &format!("labelSelector=team%3Da&resourceVersion={version}")).await;
+    relabel(&s, "y", "e").await;
+    relabel(&s, "x", "a").await;
+    assert_eq!(informer.next_of().await, ev("DELETED", "y"));
+    assert_eq!(informer.next_of().await, ev("ADDED", "x"));
+    relabel(&s, "x", "a").await; // unchanged: no event
+    relabel(&s, "y", "a").await;
+    assert_eq!(informer.next_of().await, ev("ADDED", "y"));
+
     let mut by_name = Watch::start(&s, "fieldSelector=metadata.name%3Dy").await;
     assert_eq!(by_name.next_of().await, ev("ADDED", "y"));
     relabel(&s, "x", "d").await;

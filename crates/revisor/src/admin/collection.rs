@@ -4,7 +4,7 @@
 //! event, for a version older than the store's history), and `kubectl get`'s Tables (`as=Table`) with
 //! the columns `revisor get` prints.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -129,11 +129,13 @@ impl ListQuery {
                 ))
             })?),
         };
+        // 0 is the default, as in Kubernetes; a watch is never asked to run more than a day.
         let timeout = match text("timeoutSeconds") {
-            "" => WATCH_TIMEOUT,
+            "" | "0" => WATCH_TIMEOUT,
             n => Duration::from_secs(
                 n.parse::<u64>()
-                    .map_err(|_| bad(format!("timeoutSeconds={n:?}: want a whole number")))?,
+                    .map_err(|_| bad(format!("timeoutSeconds={n:?}: want a whole number")))?
+                    .min(24 * 3600),
             ),
         };
         let include = match text("includeObject") {
@@ -211,7 +213,8 @@ pub(crate) fn respond<T: Listed>(
     if let Some(v) = version {
         meta["resourceVersion"] = json!(v.to_string());
     }
-    if let Some(limit) = q.limit.filter(|l| items.len() > *l) {
+    // Pages need a version to continue from: without one (a cluster's caches) the list is whole.
+    if let Some(limit) = q.limit.filter(|l| items.len() > *l && version.is_some()) {
         let remaining = items.len() - limit;
         items.truncate(limit);
         if let (Some(v), Some(last)) = (version, items.last()) {
@@ -363,9 +366,6 @@ async fn run_watch<T: Listed>(
     let history = store.history().clone();
     let mut woken = history.subscribe();
     let deadline = tokio::time::Instant::now() + q.timeout;
-    // The keys of the objects this watch has shown as matching, so that one that stops matching its
-    // selector is sent as DELETED (as Kubernetes' watch cache does).
-    let mut shown: HashSet<(String, String)> = HashSet::new();
     let mut from = match q.resource_version.as_deref() {
         None | Some("0") => {
             let (items, version) = match store.list_versioned::<T>(ns.as_deref(), None) {
@@ -374,7 +374,6 @@ async fn run_watch<T: Listed>(
             };
             for o in items.iter().filter(|o| q.matches(o.meta())) {
                 let raw = serde_json::to_vec(o).unwrap_or_default();
-                shown.insert((o.meta().namespace.clone(), o.meta().name.clone()));
                 tx.send(event_line("ADDED", &encoded(&q, o, &raw, &store))).await?;
             }
             if q.initial_events {
@@ -408,26 +407,23 @@ async fn run_watch<T: Listed>(
                     let Ok(obj) = serde_json::from_slice::<T>(&e.object) else {
                         continue;
                     };
-                    let key = (e.namespace.clone(), e.name.clone());
-                    let kind = if q.matches(obj.meta()) {
-                        match e.kind_of_change {
-                            revisor_store::WatchType::Deleted => {
-                                shown.remove(&key);
-                                "DELETED"
-                            }
-                            other => {
-                                let first = shown.insert(key);
-                                if first && other == revisor_store::WatchType::Modified && !q.labels.is_empty() {
-                                    "ADDED"
-                                } else {
-                                    other.as_str()
-                                }
-                            }
+                    // As Kubernetes' watch cache: an object that enters the selection is ADDED, one
+                    // that leaves it DELETED (by its labels before the change).
+                    use revisor_store::WatchType;
+                    let now = q.matches(obj.meta());
+                    let before = match e.kind_of_change {
+                        WatchType::Added => false,
+                        WatchType::Modified => {
+                            q.fields.matches(&e.namespace, &e.name) && q.labels.matches(e.previous_labels.as_ref())
                         }
-                    } else if shown.remove(&key) {
-                        "DELETED"
-                    } else {
-                        continue;
+                        WatchType::Deleted => now,
+                    };
+                    let kind = match (e.kind_of_change, before, now) {
+                        (WatchType::Deleted, true, _) => "DELETED",
+                        (_, false, true) => "ADDED",
+                        (_, true, true) => "MODIFIED",
+                        (_, true, false) => "DELETED",
+                        _ => continue,
                     };
                     tx.send(event_line(kind, &encoded(&q, &obj, &e.object, &store))).await?;
                 }

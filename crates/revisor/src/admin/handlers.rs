@@ -213,7 +213,7 @@ async fn write_service_value(
     mode: ApplyMode,
 ) -> Result<Response, ApiError> {
     let dry_run = dry_run(&params)?;
-    let warnings = FieldValidation::from_params(&params)?.prune(&mut value);
+    let warnings = FieldValidation::from_params(&params)?.prune(&mut value)?;
     let writer = writer(mode, &params)?;
     let (outcome, stored) = if mode == ApplyMode::Apply {
         // Server-side apply: the manager's fields merged into the stored Service, then admitted.
@@ -249,7 +249,7 @@ async fn patch_service(
     let writer = writer(ApplyMode::Replace, &params)?;
     let (outcome, stored, warnings) = blocking(move || {
         read_modify_write::<Service, _>(&s.store, &ns, &name, &patch, |mut value| {
-            let warnings = validation.prune(&mut value);
+            let warnings = validation.prune(&mut value)?;
             let svc = admit(&s, &ns, Some(&name), value)?;
             let (outcome, stored) = revisor_controller::apply_service(&s.store, svc, &writer, dry_run)
                 .map_err(|e| ApiError::from_apply("Service", &name, e))?;

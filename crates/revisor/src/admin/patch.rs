@@ -17,7 +17,7 @@ use super::ApiError;
 
 /// A PATCH request's body, by its content type.
 pub(crate) enum Patch {
-    /// The whole intent of the field manager (`application/apply-patch+yaml`, or YAML/JSON).
+    /// The fields of one field manager (`application/apply-patch+yaml`, YAML or JSON).
     Apply(Value),
     Merge(Value),
     Json(json_patch::Patch),
@@ -52,7 +52,14 @@ impl Patch {
                 "strategic merge patch is not supported for revisor's kinds, which are custom resources \
                  (as in Kubernetes): accepted media types are {ACCEPTED} (kubectl patch --type=merge or --type=json)"
             ))),
-            _ => body_document(headers, body).map(Patch::Apply),
+            "application/apply-patch+yaml" => body_document(headers, body).map(Patch::Apply),
+            "" => Err(ApiError::UnsupportedMediaType(format!(
+                "the PATCH has no Content-Type, which says what kind of patch it is: send one of {ACCEPTED}"
+            ))),
+            other => Err(ApiError::UnsupportedMediaType(format!(
+                "content type {other:?} is not a kind of patch: send one of {ACCEPTED} (a whole object is \
+                 sent with PUT)"
+            ))),
         }
     }
 
@@ -134,17 +141,38 @@ impl FieldValidation {
         }
     }
 
-    /// Drops the fields `value`'s kind does not have unless strict (admission then names them);
+    /// Drops the fields `value`'s kind does not have, or (strict) refuses them, each by its path;
     /// the warnings to send.
-    pub(crate) fn prune(self, value: &mut Value) -> Vec<String> {
-        if self == Self::Strict {
-            return vec![];
+    pub(crate) fn prune(self, value: &mut Value) -> Result<Vec<String>, ApiError> {
+        let mut pruned = value.clone();
+        let removed = revisor_api::parse::prune_unknown(&mut pruned);
+        match self {
+            Self::Strict if !removed.is_empty() => {
+                let kind = if value.get("kind").and_then(Value::as_str) == Some("Rollout") {
+                    "Rollout"
+                } else {
+                    "Service"
+                };
+                let name = value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                let errors = removed
+                    .iter()
+                    .map(|f| {
+                        let key = f.rsplit(['.', ']']).next().unwrap_or(f);
+                        revisor_api::FieldError::new(f.clone(), format!("unknown field {key:?}"))
+                    })
+                    .collect();
+                Err(ApiError::invalid(kind, name, revisor_api::FieldErrors(errors)))
+            }
+            Self::Strict => Ok(vec![]),
+            Self::Ignore => {
+                *value = pruned;
+                Ok(vec![])
+            }
+            Self::Warn => {
+                *value = pruned;
+                Ok(removed.into_iter().map(|f| format!("unknown field \"{f}\"")).collect())
+            }
         }
-        let removed = revisor_api::parse::prune_unknown(value);
-        if self == Self::Ignore {
-            return vec![];
-        }
-        removed.into_iter().map(|f| format!("unknown field \"{f}\"")).collect()
     }
 }
 

@@ -71,7 +71,7 @@ fn store(
     writer: &Writer,
     dry_run: bool,
 ) -> Result<(revisor_controller::ApplyOutcome, Rollout, Vec<String>), ApiError> {
-    let warnings = validation.prune(&mut value);
+    let warnings = validation.prune(&mut value)?;
     let value = placed(ns, name, value)?;
     let shown = body_name(&value);
     let (outcome, stored) = if writer.mode == ApplyMode::Apply {
