@@ -27,6 +27,8 @@ pub async fn request(
         e => ApplyError::Api(format!("Rollout {ns}/{name}: {e}")),
     };
     let typed = |o: &kube::api::DynamicObject| from_dynamic::<Rollout>(o).map_err(|e| ApplyError::Api(e.to_string()));
+    // An unknown action is refused before any request to the cluster.
+    revisor_api::rollout::check_action(action).map_err(ApplyError::Invalid)?;
     let owner_of = |rev: &str| cluster.revision(ns, rev).map(|r| r.service_name().map(str::to_string));
     for _ in 0..10 {
         let mut obj = api.get(name).await.map_err(api_error)?;
