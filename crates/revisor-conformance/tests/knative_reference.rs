@@ -202,3 +202,63 @@ fn exported_rollouts_validate_against_the_generated_crd() {
         "{errs:?}"
     );
 }
+
+/// Issue 16: the OpenAPI v3 schemas the admin API serves for Knative's kinds (generated from
+/// revisor's types) document no field that Knative's own CRD schemas lack, and give each field
+/// Knative's type: `kubectl explain` and client-side validation see the same shape as on a cluster.
+#[test]
+fn served_openapi_schemas_agree_with_knatives_crds() {
+    use revisor_api::schema::{object, CONFIGURATION, REVISION, SERVICE};
+    use serde_json::Value;
+
+    /// Walks `ours` beside `theirs`, noting fields Knative lacks and types that differ.
+    fn walk(ours: &Value, theirs: &Value, path: &str, problems: &mut Vec<String>, checked: &mut usize) {
+        // Knative leaves some subtrees open (x-kubernetes-preserve-unknown-fields): nothing to compare.
+        if theirs.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+            && theirs.get("properties").is_none()
+        {
+            return;
+        }
+        let (ty, their_ty) = (ours.get("type"), theirs.get("type"));
+        if let (Some(a), Some(b)) = (ty, their_ty) {
+            *checked += 1;
+            if a != b {
+                problems.push(format!("{path}: revisor says {a}, Knative says {b}"));
+            }
+        }
+        if let Some(props) = ours.get("properties").and_then(Value::as_object) {
+            for (k, v) in props {
+                let sub = format!("{path}.{k}");
+                match theirs.pointer(&format!("/properties/{k}")) {
+                    Some(t) => walk(v, t, &sub, problems, checked),
+                    None if theirs.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) => {}
+                    None => problems.push(format!("{sub}: not in Knative's schema")),
+                }
+            }
+        }
+        if let (Some(a), Some(b)) = (ours.get("items"), theirs.get("items")) {
+            walk(a, b, &format!("{path}[]"), problems, checked);
+        }
+    }
+
+    for (kind, file) in [
+        (SERVICE, "service.yaml"),
+        (REVISION, "revision.yaml"),
+        (CONFIGURATION, "configuration.yaml"),
+    ] {
+        let theirs = revisor_conformance::crd_schema(file);
+        let ours = object(kind, false);
+        let (mut problems, mut checked) = (Vec::new(), 0);
+        for part in ["spec", "status"] {
+            walk(
+                &ours["properties"][part],
+                &theirs["properties"][part],
+                part,
+                &mut problems,
+                &mut checked,
+            );
+        }
+        assert!(problems.is_empty(), "{}:\n{}", kind.kind, problems.join("\n"));
+        assert!(checked > 20, "{}: only {checked} fields compared", kind.kind);
+    }
+}
