@@ -203,6 +203,26 @@ fn placed_config(config: &serde_json::Value) -> Result<(serde_json::Value, Strin
     Ok((config, ns, name))
 }
 
+/// The stored object `old` (none yet: `None`) with `config` applied by `writer`'s manager, field by
+/// field (`fields.rs`), and the managed fields after it.
+fn merged<T: revisor_store::Object>(
+    old: Option<&T>,
+    config: &serde_json::Value,
+    writer: &Writer,
+) -> Result<(serde_json::Value, Vec<revisor_api::ManagedFieldsEntry>), ApplyError> {
+    let managed = old.and_then(|o| o.meta().managed_fields.clone()).unwrap_or_default();
+    fields::apply(
+        old.map(json).as_ref(),
+        &managed,
+        config,
+        &writer.manager,
+        writer.force,
+        writer.manager == APPLY_MANAGER,
+        chrono::Utc::now(),
+    )
+    .map_err(ApplyError::FieldConflicts)
+}
+
 /// Server-side apply of a Service: `config` (the manager's fields, as sent: not yet admitted) merged
 /// into the stored Service by field ownership (`fields.rs`), then admitted whole (decoded, defaulted,
 /// validated with `defaults`) and created or updated.
@@ -222,21 +242,7 @@ pub fn server_side_apply(
                 spec.remove("traffic");
             }
         }
-        let live = old.as_ref().map(json);
-        let managed = old
-            .as_ref()
-            .and_then(|o| o.metadata.managed_fields.clone())
-            .unwrap_or_default();
-        let (merged, managed) = fields::apply(
-            live.as_ref(),
-            &managed,
-            &config,
-            &writer.manager,
-            writer.force,
-            writer.manager == APPLY_MANAGER,
-            chrono::Utc::now(),
-        )
-        .map_err(ApplyError::FieldConflicts)?;
+        let (merged, managed) = merged(old.as_ref(), &config, writer)?;
         let mut svc = revisor_api::admit_service(&merged, defaults).map_err(ApplyError::Invalid)?;
         svc.metadata.managed_fields = Some(managed);
         let result = match old {
@@ -526,20 +532,7 @@ pub fn server_side_apply_rollout(
     let (config, ns, name) = placed_config(config)?;
     rehearsed(store, dry_run, |tx| {
         let old = tx.get::<Rollout>(&ns, &name)?;
-        let managed = old
-            .as_ref()
-            .and_then(|o| o.metadata.managed_fields.clone())
-            .unwrap_or_default();
-        let (merged, managed) = fields::apply(
-            old.as_ref().map(json).as_ref(),
-            &managed,
-            &config,
-            &writer.manager,
-            writer.force,
-            writer.manager == APPLY_MANAGER,
-            chrono::Utc::now(),
-        )
-        .map_err(ApplyError::FieldConflicts)?;
+        let (merged, managed) = merged(old.as_ref(), &config, writer)?;
         let mut rollout = revisor_api::admit_rollout(&merged).map_err(ApplyError::Invalid)?;
         rollout.metadata.managed_fields = Some(managed);
         write_rollout(tx, rollout, writer)

@@ -168,18 +168,22 @@ impl ListQuery {
     }
 }
 
-/// Whether the Accept header asks for a `meta.k8s.io` Table (kubectl's `get` does, with JSON as its
-/// fallback).
-pub(crate) fn wants_table(headers: &HeaderMap) -> bool {
+/// Whether one media range of the Accept header, split into its parameters, satisfies `wanted`.
+pub(crate) fn accepts(headers: &HeaderMap, wanted: impl Fn(&[&str]) -> bool) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|range| {
-            let params: Vec<&str> = range.split(';').map(str::trim).collect();
-            params.contains(&"as=Table") && !params.iter().any(|p| p.starts_with("g=") && *p != "g=meta.k8s.io")
-        })
+        .any(|range| wanted(&range.split(';').map(str::trim).collect::<Vec<_>>()))
+}
+
+/// Whether the Accept header asks for a `meta.k8s.io` Table (kubectl's `get` does, with JSON as its
+/// fallback).
+pub(crate) fn wants_table(headers: &HeaderMap) -> bool {
+    accepts(headers, |params| {
+        params.contains(&"as=Table") && !params.iter().any(|p| p.starts_with("g=") && *p != "g=meta.k8s.io")
+    })
 }
 
 fn encode_continue(version: u64, key: &str) -> String {

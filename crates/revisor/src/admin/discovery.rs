@@ -148,17 +148,11 @@ const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGrou
 
 /// Whether the Accept header asks for aggregated discovery (v2).
 fn aggregated(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|range| {
-            let params: Vec<&str> = range.split(';').map(str::trim).collect();
-            params.contains(&"g=apidiscovery.k8s.io")
-                && params.contains(&"v=v2")
-                && params.contains(&"as=APIGroupDiscoveryList")
-        })
+    super::collection::accepts(headers, |params| {
+        params.contains(&"g=apidiscovery.k8s.io")
+            && params.contains(&"v=v2")
+            && params.contains(&"as=APIGroupDiscoveryList")
+    })
 }
 
 fn aggregated_answer(items: Vec<Value>) -> Response {
