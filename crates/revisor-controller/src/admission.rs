@@ -204,23 +204,36 @@ fn placed_config(config: &serde_json::Value) -> Result<(serde_json::Value, Strin
 }
 
 /// The stored object `old` (none yet: `None`) with `config` applied by `writer`'s manager, field by
-/// field (`fields.rs`), and the managed fields after it.
+/// field (`fields.rs`), admitted by `admit`, and the managed fields after it. Conflicts are judged on
+/// the admitted values, so the defaults admission fills in never make one.
 fn merged<T: revisor_store::Object>(
     old: Option<&T>,
     config: &serde_json::Value,
     writer: &Writer,
-) -> Result<(serde_json::Value, Vec<revisor_api::ManagedFieldsEntry>), ApplyError> {
+    admit: impl Fn(&serde_json::Value) -> Result<T, ApplyError>,
+) -> Result<(T, Vec<revisor_api::ManagedFieldsEntry>), ApplyError> {
     let managed = old.and_then(|o| o.meta().managed_fields.clone()).unwrap_or_default();
-    fields::apply(
-        old.map(json).as_ref(),
-        &managed,
-        config,
-        &writer.manager,
-        writer.force,
-        writer.manager == APPLY_MANAGER,
-        chrono::Utc::now(),
-    )
-    .map_err(ApplyError::FieldConflicts)
+    let live = old.map(json);
+    let adopts = writer.manager == APPLY_MANAGER;
+    let now = chrono::Utc::now();
+    let apply = |force, settled| {
+        fields::apply(
+            live.as_ref(),
+            &managed,
+            config,
+            &writer.manager,
+            force,
+            adopts,
+            settled,
+            now,
+        )
+        .map_err(ApplyError::FieldConflicts)
+    };
+    // The merge as it would be, admitted: the values each field settles to.
+    let (draft, _) = apply(true, None)?;
+    let admitted = admit(&draft)?;
+    let (_, managed) = apply(writer.force, Some(&json(&admitted)))?;
+    Ok((admitted, managed))
 }
 
 /// Server-side apply of a Service: `config` (the manager's fields, as sent: not yet admitted) merged
@@ -242,8 +255,9 @@ pub fn server_side_apply(
                 spec.remove("traffic");
             }
         }
-        let (merged, managed) = merged(old.as_ref(), &config, writer)?;
-        let mut svc = revisor_api::admit_service(&merged, defaults).map_err(ApplyError::Invalid)?;
+        let (mut svc, managed) = merged(old.as_ref(), &config, writer, |v| {
+            revisor_api::admit_service(v, defaults).map_err(ApplyError::Invalid)
+        })?;
         svc.metadata.managed_fields = Some(managed);
         let result = match old {
             None => create(tx, svc),
@@ -532,8 +546,9 @@ pub fn server_side_apply_rollout(
     let (config, ns, name) = placed_config(config)?;
     rehearsed(store, dry_run, |tx| {
         let old = tx.get::<Rollout>(&ns, &name)?;
-        let (merged, managed) = merged(old.as_ref(), &config, writer)?;
-        let mut rollout = revisor_api::admit_rollout(&merged).map_err(ApplyError::Invalid)?;
+        let (mut rollout, managed) = merged(old.as_ref(), &config, writer, |v| {
+            revisor_api::admit_rollout(v).map_err(ApplyError::Invalid)
+        })?;
         rollout.metadata.managed_fields = Some(managed);
         write_rollout(tx, rollout, writer)
     })

@@ -240,6 +240,11 @@ fn own(owners: &mut Vec<Owner>, manager: &str, operation: &str, fields: FieldSet
 /// `adopts_unowned`: whether this manager owned, before, every field that no one is recorded to own in
 /// an object written before revisor kept managed fields (`revisor apply`'s did). Any other manager's
 /// first apply removes nothing.
+///
+/// `settled`: the merged object as admission leaves it (defaults filled in), when known: a field
+/// conflicts only if the apply changes its settled value, so applying a manifest again never
+/// conflicts over the defaults the server added.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     live: Option<&Value>,
     managed: &[ManagedFieldsEntry],
@@ -247,6 +252,7 @@ pub fn apply(
     manager: &str,
     force: bool,
     adopts_unowned: bool,
+    settled: Option<&Value>,
     now: DateTime<Utc>,
 ) -> Result<(Value, Vec<ManagedFieldsEntry>), Vec<Conflict>> {
     let api_version = config
@@ -283,7 +289,8 @@ pub fn apply(
 
     // Conflicts: a field this apply sets to another value than another manager gave it.
     let mut conflicts = Vec::new();
-    let differing: Vec<&FieldPath> = applied.paths().filter(|p| get(&object, p) != get(config, p)).collect();
+    let wanted = settled.unwrap_or(config);
+    let differing: Vec<&FieldPath> = applied.paths().filter(|p| get(&object, p) != get(wanted, p)).collect();
     for o in owners.iter().filter(|o| o.manager != manager) {
         for p in &differing {
             if o.fields.overlaps(p) {
@@ -443,16 +450,17 @@ mod tests {
             "A",
             false,
             false,
+            None,
             now,
         )
         .unwrap();
         let b = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "b": "2" } } });
-        let (live, m) = apply(Some(&live), &m, &b, "B", false, false, now).unwrap();
+        let (live, m) = apply(Some(&live), &m, &b, "B", false, false, None, now).unwrap();
         assert_eq!(live["metadata"]["labels"], json!({ "a": "1", "b": "2" }));
         assert_eq!(owned(&m, "B"), [".metadata.labels.b"]);
         // B sets A's label to another value: a conflict naming A and the field, until forced.
         let b2 = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "a": "9" } } });
-        let err = apply(Some(&live), &m, &b2, "B", false, false, now).unwrap_err();
+        let err = apply(Some(&live), &m, &b2, "B", false, false, None, now).unwrap_err();
         assert_eq!(
             err,
             [Conflict {
@@ -462,9 +470,9 @@ mod tests {
         );
         // The same value is no conflict: both own it.
         let same = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "a": "1" } } });
-        let (_, shared) = apply(Some(&live), &m, &same, "B", false, false, now).unwrap();
+        let (_, shared) = apply(Some(&live), &m, &same, "B", false, false, None, now).unwrap();
         assert!(owned(&shared, "A").contains(&".metadata.labels.a".to_string()));
-        let (forced, m2) = apply(Some(&live), &m, &b2, "B", true, false, now).unwrap();
+        let (forced, m2) = apply(Some(&live), &m, &b2, "B", true, false, None, now).unwrap();
         assert_eq!(
             forced["metadata"]["labels"],
             json!({ "a": "9" }),
@@ -479,6 +487,7 @@ mod tests {
             "A",
             false,
             false,
+            None,
             now,
         )
         .unwrap();
@@ -490,6 +499,7 @@ mod tests {
             "B",
             true,
             false,
+            None,
             now,
         )
         .unwrap();
@@ -500,7 +510,7 @@ mod tests {
     fn updates_take_the_fields_they_change() {
         let now = Utc::now();
         let old = svc(json!({ "traffic": [{ "percent": 100 }] }), json!({ "a": "1" }));
-        let (_, m) = apply(None, &[], &old, "A", false, false, now).unwrap();
+        let (_, m) = apply(None, &[], &old, "A", false, false, None, now).unwrap();
         let new = svc(
             json!({ "traffic": [{ "percent": 50 }, { "percent": 50 }] }),
             json!({ "a": "1" }),
@@ -509,7 +519,7 @@ mod tests {
         assert_eq!(owned(&m, "traffic-cmd"), [".spec.traffic"]);
         assert_eq!(owned(&m, "A"), [".metadata.labels.a"]);
         // A's next apply of other traffic conflicts with the command.
-        let err = apply(Some(&new), &m, &old, "A", false, false, now).unwrap_err();
+        let err = apply(Some(&new), &m, &old, "A", false, false, None, now).unwrap_err();
         assert_eq!(err[0].manager, "traffic-cmd");
         assert_eq!(update(Some(&new), &new, &m, "x", now), m, "no change, no owner");
         // A label removed by an update is no one's: A's next apply of it is no conflict.
@@ -520,7 +530,7 @@ mod tests {
             "{m:?}"
         );
         let relabel = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "a": "1" } } });
-        assert!(apply(Some(&unlabelled), &m, &relabel, "A", false, false, now).is_ok());
+        assert!(apply(Some(&unlabelled), &m, &relabel, "A", false, false, None, now).is_ok());
         // A null claims nothing.
         let nulls = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": null } });
         assert!(FieldSet::of(&nulls).is_empty());

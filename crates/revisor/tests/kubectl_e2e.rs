@@ -225,6 +225,10 @@ fn kubectl_applies_patches_validates_and_explains() {
     watching.wait().unwrap();
     reader.join().unwrap();
     wait_ready(&server.admin, "hello", &["hello-00002"]);
+    // Moving from client-side to server-side apply with the same manifest conflicts over nothing: the
+    // defaults the server filled in are no one's change.
+    let moved = run(&["apply", "--server-side", "-f", &v2]);
+    assert!(moved.contains("serverside-applied"), "{moved}");
 
     // Unknown fields: refused by default (kubectl asks for Strict), dropped with a warning on request.
     let bad = upstream_service("hello", &[("GREETING", "three")], &[], "")
