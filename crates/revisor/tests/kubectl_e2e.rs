@@ -27,16 +27,20 @@ fn run_kubectl(args: &[String]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// kubectl against the server, with its token and CA as flags (no kubeconfig), and a discovery
-/// cache of its own.
-fn kubectl(server: &Server, data: &Path, args: &[&str]) -> (bool, String) {
+/// kubectl's flags for the server: its token and CA (no kubeconfig), and a discovery cache of its own.
+fn flags(server: &Server, data: &Path) -> Vec<String> {
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
-    let mut all = vec![
+    vec![
         format!("--server={}", server.admin),
         format!("--token={}", token.trim()),
         format!("--certificate-authority={}", data.join("tls/ca.crt").display()),
         format!("--cache-dir={}", data.join("kubectl-cache").display()),
-    ];
+    ]
+}
+
+/// kubectl against the server with `args`.
+fn kubectl(server: &Server, data: &Path, args: &[&str]) -> (bool, String) {
+    let mut all = flags(server, data);
     all.extend(args.iter().map(|a| a.to_string()));
     run_kubectl(&all)
 }
@@ -180,17 +184,9 @@ fn kubectl_applies_patches_validates_and_explains() {
         ["NAME", "URL", "LATEST", "AGE", "CONDITIONS", "READY", "REASON"],
         "{table}"
     );
-    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     let mut watching = Command::new("kubectl")
-        .args([
-            &format!("--server={}", server.admin),
-            &format!("--token={}", token.trim()),
-            &format!("--certificate-authority={}", data.join("tls/ca.crt").display()),
-            &format!("--cache-dir={}", data.join("kubectl-cache").display()),
-            "get",
-            "revisions",
-            "-w",
-        ])
+        .args(flags(&server, &data))
+        .args(["get", "revisions", "-w"])
         .env("KUBECONFIG", "/dev/null")
         .stdout(std::process::Stdio::piped())
         .spawn()
