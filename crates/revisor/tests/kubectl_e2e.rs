@@ -111,6 +111,15 @@ fn kubectl_discovers_gets_and_deletes_revisors_kinds() {
             .any(|l| l.contains("Created") && l.contains("service/hello")),
         "{events}"
     );
+    let v1 = run(&[
+        "get",
+        "events.v1.events.k8s.io",
+        "--field-selector",
+        "regarding.kind=Service",
+        "-o",
+        "jsonpath={.items[*].note}",
+    ]);
+    assert!(v1.contains("Created Service"), "{v1}");
     let mine = run(&[
         "get",
         "events",

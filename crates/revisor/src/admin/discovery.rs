@@ -23,6 +23,8 @@ pub(super) struct Resource {
     short: &'static [&'static str],
     categories: &'static [&'static str],
     pub verbs: &'static [&'static str],
+    /// Whether it has a status subresource (revisor's kinds do; events do not).
+    status: bool,
 }
 
 const READ: &[&str] = &["get", "list"];
@@ -43,6 +45,7 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
             short: &["kservice", "ksvc"],
             categories: knative,
             verbs: if local { WRITE_WATCH } else { WRITE },
+            status: true,
         },
         Resource {
             name: "revisions",
@@ -55,6 +58,7 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
             } else {
                 READ
             },
+            status: true,
         },
     ];
     if local {
@@ -65,6 +69,7 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
             short: &["config", "cfg"],
             categories: knative,
             verbs: READ_WATCH,
+            status: true,
         });
     }
     let rollouts = vec![Resource {
@@ -74,11 +79,29 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
         short: &["ro"],
         categories: &["all", "revisor"],
         verbs: if local { WRITE_WATCH } else { WRITE },
+        status: true,
     }];
-    vec![
+    let mut all = vec![
         ("serving.knative.dev", "v1", serving),
         ("revisor.dev", "v1alpha1", rollouts),
-    ]
+    ];
+    if local {
+        // The events revisor records, in events.k8s.io's shape too (`events.rs`).
+        all.push((
+            "events.k8s.io",
+            "v1",
+            vec![Resource {
+                name: "events",
+                singular: "event",
+                kind: "Event",
+                short: &[],
+                categories: &[],
+                verbs: &["list"],
+                status: false,
+            }],
+        ));
+    }
+    all
 }
 
 /// The discovery routes, for the local backend's router (`local`) or the cluster's.
@@ -272,7 +295,7 @@ fn resource_list(local: bool, group: &str, version: &str) -> Result<Value, ApiEr
     }
     // Locally each kind's status is a subresource, read-only (revisor's controllers write it).
     if local {
-        for r in &resources {
+        for r in resources.iter().filter(|r| r.status) {
             out.push(json!({
                 "name": format!("{}/status", r.name),
                 "singularName": "",
@@ -298,7 +321,12 @@ mod tests {
             .iter()
             .map(|g| g["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["serving.knative.dev", "revisor.dev"]);
+        assert_eq!(names, ["serving.knative.dev", "revisor.dev", "events.k8s.io"]);
+        assert_eq!(
+            group_list(false)["groups"].as_array().unwrap().len(),
+            2,
+            "events are local"
+        );
         let serving = resource_list(true, "serving.knative.dev", "v1").unwrap();
         let svc = &serving["resources"][0];
         assert_eq!(

@@ -1,6 +1,7 @@
 //! The events revisor records, as Kubernetes' core v1 Events (`/api/v1/events` and
-//! `/api/v1/namespaces/{ns}/events`), so that `kubectl get events` shows them: listed, selected by
-//! `fieldSelector` on the object they are about, type and reason, and as Tables.
+//! `/api/v1/namespaces/{ns}/events`, so that `kubectl get events` shows them) and as
+//! `events.k8s.io/v1` Events (`/apis/events.k8s.io/v1/...`): listed, selected by `fieldSelector` on
+//! the object they are about, type and reason, and as Tables.
 
 use std::collections::HashMap;
 
@@ -16,7 +17,19 @@ use super::collection::wants_table;
 use super::handlers::blocking;
 use super::{AdminState, ApiError};
 
-/// The fields an event can be selected by.
+/// The fields an events.k8s.io event can be selected by.
+const EVENTS_V1_FIELDS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "regarding.kind",
+    "regarding.name",
+    "regarding.namespace",
+    "type",
+    "reason",
+    "reportingController",
+];
+
+/// The fields a core event can be selected by.
 const FIELDS: &[&str] = &[
     "metadata.name",
     "metadata.namespace",
@@ -27,8 +40,38 @@ const FIELDS: &[&str] = &[
     "reason",
 ];
 
+/// The two shapes an event is served in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `v1` Event (`/api/v1`): `involvedObject`, `message`.
+    Core,
+    /// `events.k8s.io/v1` Event: `regarding`, `note`, `reportingController`.
+    EventsV1,
+}
+
+/// One recorded event in `shape`.
+fn event(shape: Shape, service_key: &str, seq: u64, e: &Event) -> Value {
+    let core = core_event(service_key, seq, e);
+    match shape {
+        Shape::Core => core,
+        Shape::EventsV1 => json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": core["metadata"],
+            "eventTime": e.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "regarding": core["involvedObject"],
+            "note": core["message"],
+            "reason": core["reason"],
+            "type": core["type"],
+            "action": core["reason"],
+            "reportingController": "revisor.dev/revisor",
+            "reportingInstance": "revisor",
+        }),
+    }
+}
+
 /// One recorded event as a core v1 Event.
-fn event(service_key: &str, seq: u64, e: &Event) -> Value {
+fn core_event(service_key: &str, seq: u64, e: &Event) -> Value {
     let (ns, service) = service_key.split_once('/').unwrap_or(("", service_key));
     let (kind, name) = e.object.split_once('/').unwrap_or(("Service", &e.object));
     let api_version = if kind == "Rollout" {
@@ -54,11 +97,16 @@ fn event(service_key: &str, seq: u64, e: &Event) -> Value {
 
 async fn list(
     s: AdminState,
+    shape: Shape,
     ns: Option<String>,
     params: HashMap<String, String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let selector = FieldSelector::parse_over(params.get("fieldSelector").map(String::as_str).unwrap_or(""), FIELDS)
+    let fields = match shape {
+        Shape::Core => FIELDS,
+        Shape::EventsV1 => EVENTS_V1_FIELDS,
+    };
+    let selector = FieldSelector::parse_over(params.get("fieldSelector").map(String::as_str).unwrap_or(""), fields)
         .map_err(ApiError::BadRequest)?;
     if params.get("watch").is_some_and(|w| w == "true" || w == "1") {
         return Err(ApiError::BadRequest(
@@ -68,7 +116,7 @@ async fn list(
     let recorded = blocking(move || Ok(s.store.all_events(ns.as_deref())?)).await?;
     let items: Vec<Value> = recorded
         .iter()
-        .map(|(key, seq, e)| event(key, *seq, e))
+        .map(|(key, seq, e)| event(shape, key, *seq, e))
         .filter(|v| {
             selector.matches_by(|field| {
                 let pointer = format!("/{}", field.replace('.', "/"));
@@ -81,16 +129,19 @@ async fn list(
         let rows: Vec<Value> = items
             .iter()
             .map(|v| {
-                let age = chrono::DateTime::parse_from_rfc3339(v["lastTimestamp"].as_str().unwrap_or(""))
+                let time = v.get("lastTimestamp").or(v.get("eventTime")).and_then(Value::as_str);
+                let age = chrono::DateTime::parse_from_rfc3339(time.unwrap_or(""))
                     .ok()
                     .map(|t| t.with_timezone(&chrono::Utc));
+                let about = v.get("involvedObject").or(v.get("regarding")).cloned().unwrap_or_default();
+                let message = v.get("message").or(v.get("note")).cloned().unwrap_or_default();
                 json!({
                     "cells": [
                         crate::columns::age(age),
                         v["type"],
                         v["reason"],
-                        format!("{}/{}", v["involvedObject"]["kind"].as_str().unwrap_or("").to_lowercase(), v["involvedObject"]["name"].as_str().unwrap_or("")),
-                        v["message"],
+format!("{}/{}", about["kind"].as_str().unwrap_or("").to_lowercase(), about["name"].as_str().unwrap_or("")),
+                        message,
                     ],
                     "object": { "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": v["metadata"] },
                 })
@@ -111,7 +162,11 @@ async fn list(
         }))
         .into_response());
     }
-    Ok(Json(json!({ "apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items })).into_response())
+    let api_version = match shape {
+        Shape::Core => "v1",
+        Shape::EventsV1 => "events.k8s.io/v1",
+    };
+    Ok(Json(json!({ "apiVersion": api_version, "kind": "EventList", "metadata": {}, "items": items })).into_response())
 }
 
 pub(crate) async fn all(
@@ -119,7 +174,7 @@ pub(crate) async fn all(
     Query(p): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    list(s, None, p, headers).await
+    list(s, Shape::Core, None, p, headers).await
 }
 
 pub(crate) async fn namespaced(
@@ -128,5 +183,22 @@ pub(crate) async fn namespaced(
     Query(p): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    list(s, Some(ns), p, headers).await
+    list(s, Shape::Core, Some(ns), p, headers).await
+}
+
+pub(crate) async fn all_v1(
+    State(s): State<AdminState>,
+    Query(p): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    list(s, Shape::EventsV1, None, p, headers).await
+}
+
+pub(crate) async fn namespaced_v1(
+    State(s): State<AdminState>,
+    Path(ns): Path<String>,
+    Query(p): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    list(s, Shape::EventsV1, Some(ns), p, headers).await
 }

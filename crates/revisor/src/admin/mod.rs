@@ -127,6 +127,11 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/api/v1/events", get(events::all))
         .route("/api/v1/namespaces/{ns}/events", get(events::namespaced))
+        .route("/apis/events.k8s.io/v1/events", get(events::all_v1))
+        .route(
+            "/apis/events.k8s.io/v1/namespaces/{ns}/events",
+            get(events::namespaced_v1),
+        )
         .merge(discovery::routes(true))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
