@@ -372,9 +372,15 @@ async fn run_watch<T: Listed>(
     let deadline = tokio::time::Instant::now() + q.timeout;
     let mut from = match q.resource_version.as_deref() {
         None | Some("0") => {
-            let (items, version) = match store.list_versioned::<T>(ns.as_deref(), None) {
+            // The store is read off the async threads, as every handler reads it.
+            let (reader, namespace) = (store.clone(), ns.clone());
+            let listed = tokio::task::spawn_blocking(move || reader.list_versioned::<T>(namespace.as_deref(), None))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            let (items, version) = match listed {
                 Ok(r) => r,
-                Err(e) => return tx.send(expired_or_failed(500, "InternalError", &e.to_string())).await,
+                Err(e) => return tx.send(expired_or_failed(500, "InternalError", &e)).await,
             };
             for o in items.iter().filter(|o| q.matches(o.meta())) {
                 let raw = serde_json::to_vec(o).unwrap_or_default();
