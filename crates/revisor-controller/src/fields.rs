@@ -403,6 +403,17 @@ mod tests {
                 "metadata": { "name": "a", "namespace": "default", "labels": labels }, "spec": spec })
     }
 
+    /// An apply as revisor's handlers make one, without adopting unowned fields or a settled object.
+    fn ssa(
+        live: Option<&Value>,
+        managed: &[ManagedFieldsEntry],
+        config: &Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<(Value, Vec<ManagedFieldsEntry>), Vec<Conflict>> {
+        apply(live, managed, config, manager, force, false, None, Utc::now())
+    }
+
     fn owned(entries: &[ManagedFieldsEntry], manager: &str) -> Vec<String> {
         entries
             .iter()
@@ -440,27 +451,23 @@ mod tests {
 
     #[test]
     fn applies_merge_conflict_and_remove_what_their_manager_dropped() {
-        let now = Utc::now();
         let tmpl = json!({ "spec": { "containers": [{ "image": "x" }] } });
         // A creates the object with a label; B adds another label: both kept, each owned by its applier.
-        let (live, m) = apply(
+        let (live, m) = ssa(
             None,
             &[],
             &svc(json!({ "template": tmpl }), json!({ "a": "1" })),
             "A",
             false,
-            false,
-            None,
-            now,
         )
         .unwrap();
         let b = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "b": "2" } } });
-        let (live, m) = apply(Some(&live), &m, &b, "B", false, false, None, now).unwrap();
+        let (live, m) = ssa(Some(&live), &m, &b, "B", false).unwrap();
         assert_eq!(live["metadata"]["labels"], json!({ "a": "1", "b": "2" }));
         assert_eq!(owned(&m, "B"), [".metadata.labels.b"]);
         // B sets A's label to another value: a conflict naming A and the field, until forced.
         let b2 = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "a": "9" } } });
-        let err = apply(Some(&live), &m, &b2, "B", false, false, None, now).unwrap_err();
+        let err = ssa(Some(&live), &m, &b2, "B", false).unwrap_err();
         assert_eq!(
             err,
             [Conflict {
@@ -470,9 +477,9 @@ mod tests {
         );
         // The same value is no conflict: both own it.
         let same = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "a": "1" } } });
-        let (_, shared) = apply(Some(&live), &m, &same, "B", false, false, None, now).unwrap();
+        let (_, shared) = ssa(Some(&live), &m, &same, "B", false).unwrap();
         assert!(owned(&shared, "A").contains(&".metadata.labels.a".to_string()));
-        let (forced, m2) = apply(Some(&live), &m, &b2, "B", true, false, None, now).unwrap();
+        let (forced, m2) = ssa(Some(&live), &m, &b2, "B", true).unwrap();
         assert_eq!(
             forced["metadata"]["labels"],
             json!({ "a": "9" }),
@@ -480,27 +487,21 @@ mod tests {
         );
         assert!(!owned(&m2, "A").contains(&".metadata.labels.a".to_string()));
         // A applies again without its label: it goes, since A owned it alone.
-        let (after, _) = apply(
+        let (after, _) = ssa(
             Some(&live),
             &m,
             &svc(json!({ "template": tmpl }), json!({})),
             "A",
             false,
-            false,
-            None,
-            now,
         )
         .unwrap();
         assert_eq!(after["metadata"]["labels"], json!({ "b": "2" }));
-        let (none, _) = apply(
+        let (none, _) = ssa(
             Some(&after),
             &m,
             &svc(json!({ "template": tmpl }), json!({})),
             "B",
             true,
-            false,
-            None,
-            now,
         )
         .unwrap();
         assert!(none["metadata"].get("labels").is_none(), "{none}");
@@ -510,7 +511,7 @@ mod tests {
     fn updates_take_the_fields_they_change() {
         let now = Utc::now();
         let old = svc(json!({ "traffic": [{ "percent": 100 }] }), json!({ "a": "1" }));
-        let (_, m) = apply(None, &[], &old, "A", false, false, None, now).unwrap();
+        let (_, m) = ssa(None, &[], &old, "A", false).unwrap();
         let new = svc(
             json!({ "traffic": [{ "percent": 50 }, { "percent": 50 }] }),
             json!({ "a": "1" }),
@@ -519,7 +520,7 @@ mod tests {
         assert_eq!(owned(&m, "traffic-cmd"), [".spec.traffic"]);
         assert_eq!(owned(&m, "A"), [".metadata.labels.a"]);
         // A's next apply of other traffic conflicts with the command.
-        let err = apply(Some(&new), &m, &old, "A", false, false, None, now).unwrap_err();
+        let err = ssa(Some(&new), &m, &old, "A", false).unwrap_err();
         assert_eq!(err[0].manager, "traffic-cmd");
         assert_eq!(update(Some(&new), &new, &m, "x", now), m, "no change, no owner");
         // A label removed by an update is no one's: A's next apply of it is no conflict.
@@ -530,7 +531,7 @@ mod tests {
             "{m:?}"
         );
         let relabel = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": { "a": "1" } } });
-        assert!(apply(Some(&unlabelled), &m, &relabel, "A", false, false, None, now).is_ok());
+        assert!(ssa(Some(&unlabelled), &m, &relabel, "A", false).is_ok());
         // A null claims nothing.
         let nulls = json!({ "apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": { "name": "a", "labels": null } });
         assert!(FieldSet::of(&nulls).is_empty());

@@ -169,36 +169,28 @@ format!("{}/{}", about["kind"].as_str().unwrap_or("").to_lowercase(), about["nam
     Ok(Json(json!({ "apiVersion": api_version, "kind": "EventList", "metadata": {}, "items": items })).into_response())
 }
 
-pub(crate) async fn all(
+/// The shape a route serves: `V1` for `events.k8s.io/v1`, else core v1.
+const fn shape(v1: bool) -> Shape {
+    if v1 {
+        Shape::EventsV1
+    } else {
+        Shape::Core
+    }
+}
+
+pub(crate) async fn all<const V1: bool>(
     State(s): State<AdminState>,
     Query(p): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    list(s, Shape::Core, None, p, headers).await
+    list(s, shape(V1), None, p, headers).await
 }
 
-pub(crate) async fn namespaced(
+pub(crate) async fn namespaced<const V1: bool>(
     State(s): State<AdminState>,
     Path(ns): Path<String>,
     Query(p): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    list(s, Shape::Core, Some(ns), p, headers).await
-}
-
-pub(crate) async fn all_v1(
-    State(s): State<AdminState>,
-    Query(p): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    list(s, Shape::EventsV1, None, p, headers).await
-}
-
-pub(crate) async fn namespaced_v1(
-    State(s): State<AdminState>,
-    Path(ns): Path<String>,
-    Query(p): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    list(s, Shape::EventsV1, Some(ns), p, headers).await
+    list(s, shape(V1), Some(ns), p, headers).await
 }

@@ -125,12 +125,12 @@ pub fn router(state: AdminState) -> Router {
             "/apis/revisor.dev/v1alpha1/revisionmetrics",
             get(observe::metric_snapshots),
         )
-        .route("/api/v1/events", get(events::all))
-        .route("/api/v1/namespaces/{ns}/events", get(events::namespaced))
-        .route("/apis/events.k8s.io/v1/events", get(events::all_v1))
+        .route("/api/v1/events", get(events::all::<false>))
+        .route("/api/v1/namespaces/{ns}/events", get(events::namespaced::<false>))
+        .route("/apis/events.k8s.io/v1/events", get(events::all::<true>))
         .route(
             "/apis/events.k8s.io/v1/namespaces/{ns}/events",
-            get(events::namespaced_v1),
+            get(events::namespaced::<true>),
         )
         .merge(discovery::routes(true))
         .fallback(not_found)
