@@ -431,6 +431,10 @@ async fn rollouts_are_server_side_applied_field_by_field() {
     let (s, _, v) = api.call("PATCH", &uri("team-b", true), ty, other_steps).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["spec"]["strategy"]["canary"]["steps"][0]["setWeight"], 50);
+    assert!(
+        v["metadata"].get("labels").is_none(),
+        "team-b's label, left out, is removed: {v}"
+    );
     let managers: Vec<&str> = v["metadata"]["managedFields"]
         .as_array()
         .unwrap()
