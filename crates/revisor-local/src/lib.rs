@@ -934,28 +934,30 @@ async fn write_health(store: Store, mut batches: tokio::sync::mpsc::UnboundedRec
             cold_starts.extend(cold);
         }
         let store = store.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            for (key, svc, cold, timing) in cold_starts {
-                let mut msg = format!(
-                    "scaled from zero: the first waiting request got a ready replica after {} ms",
-                    cold.waited.as_millis()
-                );
-                if let Some(t) = timing {
-                    msg.push_str(&format!(
-                        " (process spawn {:.1} ms, first successful readiness probe {:.1} ms after the start, {} probes)",
+        let result =
+            tokio::task::spawn_blocking(move || {
+                for (key, svc, cold, timing) in cold_starts {
+                    let mut msg = format!(
+                        "scaled from zero: the first waiting request got a ready replica after {} ms",
+                        cold.waited.as_millis()
+                    );
+                    if let Some(t) = timing {
+                        msg.push_str(&format!(
+                        " (process {} {:.1} ms, first successful readiness probe {:.1} ms after the start, {} probes)",
+                        if t.forked { "forked from the pre-fork server in" } else { "spawn" },
                         t.spawn.as_secs_f64() * 1e3,
                         t.ready.as_secs_f64() * 1e3,
                         t.probes
                     ));
+                    }
+                    let event = Event::normal(format!("Revision/{}", key.name), "ColdStart", msg);
+                    if let Err(e) = store.write(|tx| tx.record(&key.namespace, &svc, &event)) {
+                        tracing::error!("recording a cold start of {key}: {e}");
+                    }
                 }
-                let event = Event::normal(format!("Revision/{}", key.name), "ColdStart", msg);
-                if let Err(e) = store.write(|tx| tx.record(&key.namespace, &svc, &event)) {
-                    tracing::error!("recording a cold start of {key}: {e}");
-                }
-            }
-            record_health(&store, &changed, chrono::Utc::now())
-        })
-        .await;
+                record_health(&store, &changed, chrono::Utc::now())
+            })
+            .await;
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("recording revision health: {e}"),
@@ -1002,6 +1004,7 @@ mod tests {
                 ready: vec![ReadyReplica {
                     id: 1,
                     addr: ([127, 0, 0, 1], 1000 + i as u16).into(),
+                    pid: 1,
                 }],
                 ..Default::default()
             };

@@ -6,6 +6,7 @@
 //! stopping one it waits for the in-flight count the caller reports to reach zero.
 
 pub mod lifeline;
+pub mod prefork;
 mod probe;
 mod process;
 mod replica;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) in_flight: InFlight,
     /// Numbers incarnations, unique for the runtime's life.
     next_incarnation: AtomicU64,
+    /// Forks replicas of revisor itself (`prefork.rs`).
+    pub(crate) prefork: Option<Arc<prefork::Prefork>>,
 }
 
 impl Shared {
@@ -137,6 +140,16 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime keeping replica logs under `logs`.
     pub fn new(logs: PathBuf, in_flight: InFlight) -> Runtime {
+        Runtime::build(logs, in_flight, None)
+    }
+
+    /// A runtime that forks the replicas running `exe` (revisor itself) from a pre-fork server of it,
+    /// started now, instead of exec'ing them (`prefork.rs`).
+    pub fn with_prefork(logs: PathBuf, in_flight: InFlight, exe: PathBuf) -> Runtime {
+        Runtime::build(logs, in_flight, Some(prefork::Prefork::start(exe)))
+    }
+
+    fn build(logs: PathBuf, in_flight: InFlight, prefork: Option<Arc<prefork::Prefork>>) -> Runtime {
         let ended = process::end_leftovers(&logs.join(GROUPS_DIR));
         if ended > 0 {
             tracing::warn!("ended {ended} process group(s) that replicas of a previous run left behind");
@@ -148,6 +161,7 @@ impl Runtime {
             snapshot,
             in_flight,
             next_incarnation: AtomicU64::new(0),
+            prefork,
         });
         Runtime {
             shared,

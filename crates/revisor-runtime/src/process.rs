@@ -1,47 +1,87 @@
 //! Starting and signalling child processes, and reading the tail of their output.
 
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 
 use tokio::process::{Child, Command};
 
+use crate::prefork::{self, Forked, Prefork};
 use crate::spec::ProcessSpec;
 
-/// Starts one replica with `PORT` set; its stdout and stderr are appended to `log`.
-pub fn spawn(spec: &ProcessSpec, port: u16, log: &Path) -> std::io::Result<Child> {
+/// A running replica: spawned by exec, or forked by the pre-fork server (`prefork.rs`).
+pub enum Proc {
+    Spawned(Child),
+    Forked(Forked),
+}
+
+impl Proc {
+    /// Its pid, while it has not been reaped.
+    pub fn id(&self) -> Option<u32> {
+        match self {
+            Proc::Spawned(c) => c.id(),
+            Proc::Forked(f) => Some(f.id()),
+        }
+    }
+
+    /// Waits for it to end (cancel-safe).
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Proc::Spawned(c) => c.wait().await,
+            Proc::Forked(f) => f.wait().await,
+        }
+    }
+
+    pub fn forked(&self) -> bool {
+        matches!(self, Proc::Forked(_))
+    }
+}
+
+/// Starts one replica with `PORT` set; its stdout and stderr are appended to `log`. A replica of the
+/// pre-fork server's program is forked from it when it can be (`prefork::eligible`), else exec'd.
+pub async fn spawn(spec: &ProcessSpec, port: u16, log: &Path, prefork: Option<&Arc<Prefork>>) -> std::io::Result<Proc> {
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    let err = out.try_clone()?;
     let port_text = port.to_string();
     let lookup = |name: &str| match name {
         "PORT" => Some(port_text.as_str()),
         _ => spec.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()),
     };
+    let args: Vec<String> = spec.args.iter().map(|a| expand(a, &lookup)).collect();
+    let mut env: Vec<(String, String)> = spec.env.iter().filter(|(k, _)| k != "PORT").cloned().collect();
+    env.push(("PORT".into(), port_text.clone()));
+    let cwd = spec.working_dir.as_deref();
+    if let Some(p) = prefork.filter(|p| prefork::eligible(p.exe(), &spec.program, &args, &env, cwd)) {
+        if let Some(forked) = p.spawn(&args, &env, cwd, &out).await {
+            return forked.map(Proc::Forked);
+        }
+    }
+    let err = out.try_clone()?;
     let mut cmd = Command::new(&spec.program);
-    cmd.args(spec.args.iter().map(|a| expand(a, &lookup)))
+    cmd.args(&args)
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .env("PORT", port.to_string())
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .kill_on_drop(true);
-    if let Some(dir) = &spec.working_dir {
+    if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
     // Its own process group, so that signals reach the whole replica. Nothing else runs between fork
     // and exec, so the standard library uses posix_spawn (no copy of the server's page tables); the
     // lifeline (`lifeline.rs`) ends the group if the server is killed.
     cmd.process_group(0);
-    cmd.spawn()
+    cmd.spawn().map(Proc::Spawned)
 }
 
 /// Sends a signal to the replica's whole process group.
-pub fn signal(child: &Child, sig: libc::c_int) {
+pub fn signal(child: &Proc, sig: libc::c_int) {
     if let Some(pid) = child.id() {
-        // SAFETY: kill(2) with a negative pid signals the process group we created at spawn.
+        // SAFETY: kill(2) with a negative pid signals the process group the replica leads (made at
+        // spawn, or by the forked child and the pre-fork server both).
         unsafe {
             libc::kill(-(pid as libc::pid_t), sig);
         }
@@ -60,7 +100,7 @@ pub struct Group {
 impl Group {
     /// The group `child` leads, recorded in `dir` (file: the group id; content: the leader's start
     /// time, to tell it from a later process with the same id) and told to the lifeline.
-    pub fn new(child: &Child, dir: &Path) -> Group {
+    pub fn new(child: &Proc, dir: &Path) -> Group {
         let pgid = child.id().unwrap_or(0) as libc::pid_t;
         let record = (pgid > 0).then(|| start_time(pgid)).flatten().and_then(|t| {
             std::fs::create_dir_all(dir).ok()?;

@@ -5,11 +5,10 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::process::Child;
 use tokio::sync::watch;
 
 use crate::probe::check;
-use crate::process::{free_port, signal, spawn, tail, Group};
+use crate::process::{free_port, signal, spawn, tail, Group, Proc};
 use crate::spec::{ProbeAction, ProcessSpec, AGGRESSIVE_PERIOD};
 use crate::state::{Failure, ReadyReplica, StartTiming};
 use crate::Shared;
@@ -82,7 +81,7 @@ pub(crate) async fn run(r: Replica, mut stop: watch::Receiver<bool>) {
         };
         mark(&log, &format!("replica {id} starting on port {port}"));
         let asked = Instant::now();
-        let mut child = match spawn(spec, port, &log) {
+        let mut child = match spawn(spec, port, &log, shared.prefork.as_ref()).await {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start {}: {e}", spec.program.display());
@@ -97,6 +96,7 @@ pub(crate) async fn run(r: Replica, mut stop: watch::Receiver<bool>) {
         let spawned = asked.elapsed();
         // Ends whatever the replica started when it exits or is stopped (at the end of this turn).
         let group = Group::new(&child, &shared.groups_dir());
+        let pid = child.id().unwrap_or(0);
         r.update(|st| st.running += 1);
         let started = Instant::now();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -104,12 +104,13 @@ pub(crate) async fn run(r: Replica, mut stop: watch::Receiver<bool>) {
             Phase::Ready(probes) => {
                 let timing = StartTiming {
                     spawn: spawned,
+                    forked: child.forked(),
                     ready: asked.elapsed(),
                     probes,
                 };
                 r.update(|st| {
                     st.last_start = Some(timing);
-                    st.ready.push(ReadyReplica { id, addr });
+                    st.ready.push(ReadyReplica { id, addr, pid });
                     st.ever_ready = true;
                     st.ready_since_scale_up = true;
                     st.deadline_exceeded = false;
@@ -165,7 +166,7 @@ fn later(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
 }
 
 /// Probes until the replica is ready, exits, or is told to stop.
-async fn wait_ready(spec: &ProcessSpec, child: &mut Child, port: u16, stop: &mut watch::Receiver<bool>) -> Phase {
+async fn wait_ready(spec: &ProcessSpec, child: &mut Proc, port: u16, stop: &mut watch::Receiver<bool>) -> Phase {
     let probe = &spec.probe;
     let mut next = later(tokio::time::Instant::now(), probe.initial_delay);
     let mut interval = if probe.period == AGGRESSIVE_PERIOD {
@@ -212,7 +213,7 @@ fn next_backoff(last: Duration, uptime: Duration) -> Duration {
 }
 
 /// Graceful stop: wait for in-flight requests (bounded), SIGTERM, then SIGKILL after the grace period.
-async fn terminate(shared: &Shared, spec: &ProcessSpec, child: &mut Child, addr: SocketAddr) {
+async fn terminate(shared: &Shared, spec: &ProcessSpec, child: &mut Proc, addr: SocketAddr) {
     let drain_until = Instant::now() + spec.drain_timeout;
     tokio::time::sleep(ROUTE_PROPAGATION).await;
     while (shared.in_flight)(addr) > 0 && Instant::now() < drain_until {

@@ -12,6 +12,8 @@ use crate::spec::RevisionKey;
 pub struct ReadyReplica {
     pub id: u64,
     pub addr: SocketAddr,
+    /// The process (the leader of the replica's process group).
+    pub pid: u32,
 }
 
 /// Why a replica failed, as a Knative-style reason and a message with the process's last output.
@@ -24,8 +26,10 @@ pub struct Failure {
 /// How the last replica to become ready got there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StartTiming {
-    /// Creating the process (fork and exec).
+    /// Creating the process (fork and exec, or a fork of the pre-fork server).
     pub spawn: Duration,
+    /// Whether the pre-fork server forked it (`prefork.rs`).
+    pub forked: bool,
     /// From asking for the process to its first successful readiness probe.
     pub ready: Duration,
     /// Readiness probes made.

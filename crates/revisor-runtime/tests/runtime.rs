@@ -54,8 +54,12 @@ async fn wait_for(rt: &Runtime, name: &str, what: &str, f: impl Fn(&RevisionStat
 }
 
 fn get(addr: SocketAddr) -> String {
+    get_path(addr, "/")
+}
+
+fn get_path(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
@@ -251,5 +255,171 @@ async fn a_revision_made_again_while_its_old_replicas_drain_keeps_its_new_replic
     assert_eq!((now.desired, now.running), (1, 1), "{now:?}");
     let body = tokio::task::spawn_blocking(move || get(new)).await.unwrap();
     assert!(body.ends_with("again-00001\n"), "{body}");
+    rt.shutdown().await;
+}
+
+/// A runtime whose replicas of the test upstream are forked from its pre-fork server.
+fn forking_runtime() -> (tempfile::TempDir, Runtime) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::with_prefork(dir.path().join("logs"), Arc::new(|_| 0), upstream());
+    (dir, rt)
+}
+
+/// Field `n` (from 1) of `/proc/PID/stat`.
+fn stat_field(pid: u32, n: usize) -> String {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().nth(n - 3).unwrap().to_string()
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    raw.split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// Issue 15: a replica of the pre-fork server's own program is forked from it, and is what an exec'd
+/// one would be: its arguments, only its declared environment, its own process group, its output in
+/// its log, its name and command line as `ps` shows them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_of_the_prefork_program_is_forked_and_looks_exec_d() {
+    let (d, rt) = forking_runtime();
+    let mut s = spec("fork-00001", upstream(), &[("GREETING", "hi")]);
+    s.args = vec!["--port-was".into(), "$(PORT)".into(), "two words".into()];
+    rt.scale(s, 1);
+    let st = wait_for(&rt, "fork-00001", "ready", |s| s.ready.len() == 1).await;
+    assert!(st.last_start.unwrap().forked, "{:?}", st.last_start);
+    let r = &st.ready[0];
+    let body = tokio::task::spawn_blocking({
+        let a = r.addr;
+        move || get(a)
+    })
+    .await
+    .unwrap();
+    assert!(body.ends_with("fork-00001\n"), "its K_REVISION: {body}");
+    let env = tokio::task::spawn_blocking({
+        let a = r.addr;
+        move || get_path(a, "/env")
+    })
+    .await
+    .unwrap();
+    let env: Vec<&str> = env.split("\r\n\r\n").nth(1).unwrap().lines().collect();
+    let mut want = vec![
+        "GREETING=hi".to_string(),
+        "K_REVISION=fork-00001".into(),
+        format!("PORT={}", r.addr.port()),
+    ];
+    want.sort();
+    let mut got = env.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    got.sort();
+    assert_eq!(got, want, "its declared environment and nothing of the server's");
+    let pid = r.pid;
+    assert_eq!(stat_field(pid, 5), pid.to_string(), "it leads its own process group");
+    let parent: u32 = stat_field(pid, 4).parse().unwrap();
+    assert_eq!(comm(parent), "prefork", "forked from the pre-fork server");
+    assert_eq!(
+        comm(pid),
+        "revisor-test-up",
+        "named after its program, as exec names it"
+    );
+    assert_eq!(
+        cmdline(pid),
+        [
+            upstream().display().to_string(),
+            "--port-was".into(),
+            r.addr.port().to_string(),
+            "two words".into()
+        ]
+    );
+    let log = std::fs::read_to_string(d.path().join("logs/default/fork-00001/replica-1.log")).unwrap();
+    assert!(
+        log.contains("revisor-test-upstream fork-00001 listening"),
+        "its output: {log}"
+    );
+    rt.shutdown().await;
+    assert!(!std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists() || cmdline(pid).is_empty());
+}
+
+/// Issue 15: what a forked replica cannot take after `main` has started (variables the loader and the
+/// allocator read before it) makes it exec'd, and a bad working directory is reported as exec reports
+/// it.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_cannot_be_forked_is_exec_d_and_bad_directories_are_reported() {
+    let (_d, rt) = forking_runtime();
+    rt.scale(spec("ld-00001", upstream(), &[("LD_BIND_NOW", "1")]), 1);
+    let st = wait_for(&rt, "ld-00001", "ready", |s| s.ready.len() == 1).await;
+    assert!(!st.last_start.unwrap().forked);
+    assert_ne!(comm(stat_field(st.ready[0].pid, 4).parse().unwrap()), "prefork");
+    let mut s = spec("cwd-00001", upstream(), &[]);
+    s.working_dir = Some("/nonexistent/dir".into());
+    rt.scale(s, 1);
+    let st = wait_for(&rt, "cwd-00001", "a failure", |s| s.last_failure.is_some()).await;
+    let f = st.last_failure.unwrap();
+    assert_eq!(f.reason, "ExecFailed");
+    assert!(f.message.contains("/nonexistent/dir"), "{}", f.message);
+    rt.shutdown().await;
+}
+
+/// Issue 15: a forked replica's exit code and signal reach the runtime as an exec'd one's do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forked_replica_s_exit_code_and_signal_are_reported() {
+    let (_d, rt) = forking_runtime();
+    rt.scale(spec("exit-00001", upstream(), &[("EXIT_AT_START", "3")]), 1);
+    let st = wait_for(&rt, "exit-00001", "a failure", |s| s.last_failure.is_some()).await;
+    let f = st.last_failure.unwrap();
+    assert_eq!(f.reason, "ExitCode3");
+    assert!(f.message.contains("exiting at start with code 3"), "{}", f.message);
+    rt.scale(spec("sig-00001", upstream(), &[]), 1);
+    let st = wait_for(&rt, "sig-00001", "ready", |s| s.ready.len() == 1).await;
+    assert!(st.last_start.unwrap().forked);
+    let pid = st.ready[0].pid;
+    // SAFETY: kill(2) of the replica this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let st = wait_for(&rt, "sig-00001", "the failure", |s| s.last_failure.is_some()).await;
+    assert_eq!(st.last_failure.unwrap().reason, "Killed");
+    wait_for(&rt, "sig-00001", "a restarted replica", |s| {
+        s.ready.len() == 1 && s.ready[0].pid != pid
+    })
+    .await;
+    rt.shutdown().await;
+}
+
+/// Issue 15: when the pre-fork server dies, its replicas keep running and are still supervised (their
+/// end is seen through a pidfd), replicas are exec'd meanwhile, and a new server takes over.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_outlive_a_dead_prefork_server_which_is_restarted() {
+    let (_d, rt) = forking_runtime();
+    rt.scale(spec("orphan-00001", upstream(), &[]), 1);
+    let st = wait_for(&rt, "orphan-00001", "ready", |s| s.ready.len() == 1).await;
+    let pid = st.ready[0].pid;
+    let server: u32 = stat_field(pid, 4).parse().unwrap();
+    assert_eq!(comm(server), "prefork");
+    // SAFETY: kill(2) of the pre-fork server this runtime started.
+    unsafe { libc::kill(server as i32, libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(comm(pid), "revisor-test-up", "the replica is still running");
+    // SAFETY: as above, the replica.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let st = wait_for(&rt, "orphan-00001", "the failure", |s| s.last_failure.is_some()).await;
+    let f = st.last_failure.unwrap();
+    assert!(f.message.contains("exit status is unknown"), "{}", f.message);
+    let st = wait_for(&rt, "orphan-00001", "a restarted replica", |s| {
+        s.ready.len() == 1 && s.ready[0].pid != pid
+    })
+    .await;
+    assert!(!st.last_start.unwrap().forked, "exec'd while there was no server");
+    rt.scale(spec("again-00001", upstream(), &[]), 1);
+    let st = wait_for(&rt, "again-00001", "ready", |s| s.ready.len() == 1).await;
+    assert!(st.last_start.unwrap().forked, "forked by a new server");
+    assert_ne!(stat_field(st.ready[0].pid, 4), server.to_string());
     rt.shutdown().await;
 }

@@ -8,7 +8,8 @@
 //! - `CRASH_AFTER`: exit(3) after this many requests
 //! - `EXIT_AT_START`: exit with this code at once, after printing to stderr
 //!
-//! `GET /healthz` always answers 200 (for httpGet readiness probes); `?sleep_ms=N` delays one request.
+//! `GET /healthz` always answers 200 (for httpGet readiness probes); `GET /env` answers with its
+//! environment, one `KEY=value` per line; `?sleep_ms=N` delays one request.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,10 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<B
     if req.uri().path() == "/healthz" {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))));
     }
+    if req.uri().path() == "/env" {
+        let env: String = std::env::vars().map(|(k, v)| format!("{k}={v}\n")).collect();
+        return Ok(Response::new(Full::new(Bytes::from(env))));
+    }
     let sleep = req
         .uri()
         .query()
@@ -62,8 +67,25 @@ async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<B
     Ok(resp)
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
+/// Runs as revisor-runtime's pre-fork server when asked (its tests fork this program's replicas).
+fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == revisor_runtime::prefork::COMMAND) {
+        revisor_runtime::prefork::serve(run);
+    }
+    std::process::exit(run(args))
+}
+
+fn run(_args: Vec<std::ffi::OsString>) -> i32 {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(serve());
+    0
+}
+
+async fn serve() {
     if let Some(code) = env_u64("EXIT_AT_START") {
         eprintln!("exiting at start with code {code}, as EXIT_AT_START asks");
         std::process::exit(code as i32);

@@ -55,6 +55,8 @@ pub struct RawGateway {
 pub struct RawRuntime {
     pub progress_deadline: Option<String>,
     pub termination_grace_period: Option<String>,
+    /// Fork replicas of revisor itself from a pre-fork server (default) instead of exec'ing them.
+    pub prefork: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +103,8 @@ pub struct ServerConfig {
     pub images: BTreeMap<String, ImageCommand>,
     pub progress_deadline: Duration,
     pub termination_grace: Duration,
+    /// Replicas running revisor itself are forked from a pre-fork server (`[runtime] prefork`).
+    pub prefork: bool,
     pub autoscaler: AutoscalerConfig,
     pub gc: GcConfig,
     pub rollout_duration: Duration,
@@ -265,6 +269,7 @@ impl ServerConfig {
             images: raw.images,
             progress_deadline,
             termination_grace,
+            prefork: raw.runtime.prefork.unwrap_or(true),
             autoscaler,
             gc,
             rollout_duration,

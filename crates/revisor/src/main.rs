@@ -8,11 +8,22 @@ use revisor::cli;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == revisor_runtime::prefork::COMMAND) {
+        // Inherited by every child it forks, as `model-server` would set it for itself below.
+        no_transparent_huge_pages();
+        revisor_runtime::prefork::serve(run);
+    }
+    std::process::exit(run(args))
+}
+
+/// Everything `main` does after collecting its arguments; the pre-fork server's children start here.
+fn run(args: Vec<std::ffi::OsString>) -> i32 {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REVISOR_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(args);
     // Not for `demo` either: the flag survives fork and exec, and the `revisor serve` it starts would
     // inherit it.
     if matches!(cli.command, cli::Command::Serve { .. } | cli::Command::Demo) {
@@ -23,12 +34,12 @@ fn main() {
     if !cli.command.is_server() {
         die_quietly_when_output_is_closed();
     }
-    if let Err(e) = cli::run(cli) {
-        if is_broken_pipe(&e) {
-            return;
+    match cli::run(cli) {
+        Err(e) if !is_broken_pipe(&e) => {
+            eprintln!("error: {e:#}");
+            1
         }
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+        _ => 0,
     }
 }
 

@@ -39,8 +39,13 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
     let gateway = Gateway::new(cfg.gateway.clone());
     let logs = cfg.data_dir.join(LOGS_DIR);
     let counts = gateway.clone();
-    let runtime = Runtime::new(logs.clone(), Arc::new(move |addr| counts.in_flight(addr)));
     let exe = std::env::current_exe().context("finding the revisor executable")?;
+    let in_flight: revisor_runtime::InFlight = Arc::new(move |addr| counts.in_flight(addr));
+    let runtime = if cfg.prefork {
+        Runtime::with_prefork(logs.clone(), in_flight, exe.clone())
+    } else {
+        Runtime::new(logs.clone(), in_flight)
+    };
     let local = LocalConfig {
         images: cfg.images.clone(),
         revisor_exe: exe,

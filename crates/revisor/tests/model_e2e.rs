@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{apply, wait_ready, Server, BIN};
+use common::{apply, children, comm, ok, wait_ready, wait_until, Server, BIN};
 
 fn model_service(models: &std::path::Path, file: &str, version: &str, traffic: &str) -> String {
     format!(
@@ -309,4 +309,62 @@ fn a_model_server_runs_without_transparent_huge_pages() {
     child.wait().unwrap();
     assert!(listening.is_some(), "the model server did not start");
     assert!(status.contains("THP_enabled:\t0"), "{status}");
+}
+
+/// Issue 15: a model revision's replica is forked from the server's pre-fork server (the binary is
+/// already loaded and relocated there), and its ColdStart event says so; `[runtime] prefork = false`
+/// goes back to exec. The forked model server is what an exec'd one is: its command line, and no
+/// transparent huge pages.
+#[test]
+fn a_model_revision_s_cold_start_is_forked_from_the_prefork_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = tmp.path().join("models");
+    let made = std::process::Command::new(BIN)
+        .args(["example-models", "--out"])
+        .arg(&models)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let at_zero = model_service(&models, "tabular-v1.onnx", "v1", "").replace(
+        "    spec:\n      containers:",
+        "    metadata:\n      annotations:\n        autoscaling.knative.dev/initial-scale: \"0\"\n    spec:\n      containers:",
+    );
+    for (name, prefork, says) in [
+        ("forked", true, "process forked from the pre-fork server in"),
+        ("exec", false, "process spawn"),
+    ] {
+        let config = format!("[autoscaler]\nallow-zero-initial-scale = true\n[runtime]\nprefork = {prefork}\n");
+        let server = Server::start_with(&tmp.path().join(name), "127.0.0.1:0", Some(&config));
+        let s = server.admin.clone();
+        apply(&s, tmp.path(), "zero.yaml", &at_zero);
+        wait_ready(&s, "tabular", &["tabular-00001"]);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (status, v) = rt.block_on(infer(&reqwest::Client::new(), server.gateway_addr()));
+        assert_eq!(status, 200, "{v}");
+        wait_until("a ColdStart event", Duration::from_secs(10), || {
+            ok(&s, &["events", "tabular"]).contains("ColdStart")
+        });
+        let events = ok(&s, &["events", "tabular"]);
+        let cold = events.lines().find(|l| l.contains("ColdStart")).unwrap();
+        assert!(cold.contains(says), "{name}: {cold}");
+        let prefork_server = children(server.child.id()).into_iter().find(|p| comm(*p) == "prefork");
+        assert_eq!(
+            prefork_server.is_some(),
+            prefork,
+            "{name}: a pre-fork server runs only when asked"
+        );
+        let replica = match prefork_server {
+            Some(p) => children(p),
+            None => children(server.child.id())
+                .into_iter()
+                .filter(|p| comm(*p) == "revisor")
+                .collect(),
+        };
+        assert_eq!(replica.len(), 1, "{name}: one replica: {replica:?}");
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", replica[0])).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(cmdline.contains(" model-server --model file://"), "{name}: {cmdline}");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", replica[0])).unwrap();
+        assert!(status.contains("THP_enabled:\t0"), "{name}: {status}");
+    }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{apply, upstream_bin, wait_ready, wait_until, Server};
+use common::{apply, children, comm, upstream_bin, wait_ready, wait_until, Server};
 
 /// The pids of processes whose command line contains `marker`.
 fn pids_with(marker: &str) -> Vec<u32> {
@@ -17,30 +17,6 @@ fn pids_with(marker: &str) -> Vec<u32> {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(marker))
                 .unwrap_or(false)
-        })
-        .collect()
-}
-
-/// The name a process gives itself (`/proc/PID/comm`).
-fn comm(pid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-/// The pids of `parent`'s children.
-fn children(parent: u32) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-                s.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    == Some(parent)
-            })
         })
         .collect()
 }
@@ -61,12 +37,23 @@ fn alive(pids: &[u32]) -> bool {
         .any(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| !c.is_empty()))
 }
 
-/// The server's replica processes: its children but the lifeline.
+/// The server's replica processes: its children but the lifeline and the pre-fork server, and the
+/// pre-fork server's children.
 fn replicas_of(server: &Server) -> Vec<u32> {
-    children(server.child.id())
-        .into_iter()
-        .filter(|p| comm(*p) != "lifeline")
-        .collect()
+    let mut out = Vec::new();
+    for p in children(server.child.id()) {
+        match comm(p).as_str() {
+            "lifeline" => {}
+            "prefork" => out.extend(children(p)),
+            _ => out.push(p),
+        }
+    }
+    out
+}
+
+/// The server's pre-fork server.
+fn prefork_of(server: &Server) -> Option<u32> {
+    children(server.child.id()).into_iter().find(|p| comm(*p) == "prefork")
 }
 
 /// A server in `dir` running the forking service (helpers marked with `marker`), once its helper runs.
@@ -91,11 +78,12 @@ fn processes_replicas_start_are_ended_on_a_graceful_stop_and_after_a_kill_9() {
     let helpers = pids_with(&marker);
     let replica = replicas_of(&server);
     assert!(!replica.is_empty(), "the replica runs as the server's child");
+    let prefork = prefork_of(&server).expect("revisor serve runs a pre-fork server");
     server.kill9();
     wait_until(
-        "the lifeline ends the replica and its helper",
+        "the lifeline ends the replica and its helper, and the pre-fork server ends",
         Duration::from_secs(10),
-        || !alive(&helpers) && !alive(&replica),
+        || !alive(&helpers) && !alive(&replica) && !alive(&[prefork]),
     );
 
     // Without the lifeline too (killed first), the next start ends what the killed run left behind,
