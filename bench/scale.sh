@@ -11,6 +11,7 @@
 #   5. the time for a route change (a new tag) to reach the gateway, with the 1,000 services.
 #
 #   bench/scale.sh [SERVICES=1000] [ROLLOUTS=50]
+#   PREFORK=0 bench/scale.sh ...   replicas exec'd instead of forked from the pre-fork server
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p revisor

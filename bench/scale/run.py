@@ -50,6 +50,8 @@ class Server:
         cfg = os.path.join(self.dir, "revisor.toml")
         with open(cfg, "w") as f:
             f.write('[server]\nadmin-addr = "127.0.0.1:0"\ngateway-addr = "127.0.0.1:0"\n[autoscaler]\nallow-zero-initial-scale = true\n')
+            # PREFORK=0: replicas exec'd, not forked from the pre-fork server (for an A/B in one build).
+            f.write(f'[runtime]\nprefork = {"false" if os.environ.get("PREFORK") == "0" else "true"}\n')
         self.log = open(os.path.join(self.dir, "serve.log"), "w+")
         self.proc = subprocess.Popen(
             [REVISOR, "serve", "--config", cfg, "--data-dir", os.path.join(self.dir, "data")],

@@ -139,6 +139,8 @@ pub fn autoscaler_config(raw: &BTreeMap<String, toml::Value>) -> Result<Autoscal
 
 pub const DEFAULT_PROGRESS_DEADLINE: &str = "600s";
 pub const DEFAULT_TERMINATION_GRACE: &str = "10s";
+/// Replicas of revisor itself are forked from the pre-fork server unless `[runtime] prefork = false`.
+const DEFAULT_PREFORK: bool = true;
 
 fn duration(key: &str, value: Option<&str>, default: &str) -> Result<Duration> {
     let v = value.unwrap_or(default);
@@ -269,7 +271,7 @@ impl ServerConfig {
             images: raw.images,
             progress_deadline,
             termination_grace,
-            prefork: raw.runtime.prefork.unwrap_or(true),
+            prefork: raw.runtime.prefork.unwrap_or(DEFAULT_PREFORK),
             autoscaler,
             gc,
             rollout_duration,
@@ -302,6 +304,7 @@ mod tests {
             raw.runtime.termination_grace_period.as_deref(),
             Some(DEFAULT_TERMINATION_GRACE)
         );
+        assert_eq!(raw.runtime.prefork, Some(DEFAULT_PREFORK));
         assert_eq!(raw.gateway.activation_queue_depth, Some(g.activation_queue_depth));
         assert_eq!(raw.images["example.com/hello:v1"].command[0], "sh");
         assert_eq!(

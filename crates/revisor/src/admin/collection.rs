@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -276,13 +275,7 @@ fn table<T: Listed>(
 }
 
 /// A list or watch of `T` in `ns` (every namespace with `None`) from the local store.
-async fn local<T: Listed>(
-    s: AdminState,
-    ns: Option<String>,
-    params: HashMap<String, String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let q = ListQuery::parse(&params, &headers)?;
+pub(crate) async fn local<T: Listed>(s: AdminState, ns: Option<String>, q: ListQuery) -> Result<Response, ApiError> {
     if q.watch {
         return Ok(watch::<T>(s.store, ns, q));
     }
@@ -301,24 +294,6 @@ async fn local<T: Listed>(
     .await
 }
 
-pub(crate) async fn all<T: Listed>(
-    State(s): State<AdminState>,
-    Query(p): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    local::<T>(s, None, p, headers).await
-}
-
-pub(crate) async fn namespaced<T: Listed>(
-    State(s): State<AdminState>,
-    Path(ns): Path<String>,
-    Query(p): Query<HashMap<String, String>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    local::<T>(s, Some(ns), p, headers).await
-}
-
-/// One watch event's line.
 fn event_line(kind: &str, object: &[u8]) -> Bytes {
     let mut line = Vec::with_capacity(object.len() + 32);
     line.extend_from_slice(format!("{{\"type\":\"{kind}\",\"object\":").as_bytes());

@@ -4,27 +4,22 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use revisor_api::{admit_service, read_documents, Configuration, Revision, Service};
+use axum::{Json, Router};
+use revisor_api::{admit_service, read_documents, Configuration, Revision, Rollout, Service};
 use revisor_controller::admission::{ApplyMode, Writer};
 use revisor_controller::DeleteOptions;
 use revisor_store::Object;
 use serde_json::{json, Value};
 
+use super::backend::{Backend, Change, Kind, Write};
+use super::collection::{self, ListQuery};
 use super::patch::{read_modify_write, with_warnings, FieldValidation, Patch};
-use super::{AdminState, ApiError};
-
-pub(crate) type Params = Query<HashMap<String, String>>;
+use super::{rollouts, AdminState, ApiError};
 
 pub async fn healthz() -> &'static str {
     "ok"
-}
-
-pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::NotFound(format!("no such path {}", uri.path()))
 }
 
 /// Runs blocking store work off the async threads.
@@ -36,22 +31,14 @@ pub(crate) async fn blocking<R: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))?
 }
 
-async fn get_one<T: Object + Send + 'static>(s: AdminState, ns: String, name: String) -> Result<Json<T>, ApiError> {
+async fn get_one<T: Object + Send + 'static>(s: AdminState, ns: String, name: String) -> Result<Value, ApiError> {
     blocking(move || {
         s.store
             .get::<T>(&ns, &name)?
-            .map(Json)
+            .map(|o| serde_json::to_value(o).unwrap_or(Value::Null))
             .ok_or_else(|| ApiError::NotFound(format!("{} \"{ns}/{name}\" not found", T::KIND_NAME)))
     })
     .await
-}
-
-/// `GET .../{name}/status`: the object, as Kubernetes answers a status subresource.
-pub async fn get_status<T: Object + Send + 'static>(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Result<Json<T>, ApiError> {
-    get_one(s, ns, name).await
 }
 
 /// A write of a status subresource: status is revisor's controllers' to write.
@@ -60,43 +47,6 @@ pub async fn write_status(uri: Uri) -> ApiError {
         "{} is written by revisor's controllers (it is computed from the spec and what runs); change the \
          spec instead",
         uri.path()
-    ))
-}
-
-pub async fn get_service(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Result<Json<Service>, ApiError> {
-    get_one(s, ns, name).await
-}
-
-pub async fn get_revision(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Result<Json<Revision>, ApiError> {
-    get_one(s, ns, name).await
-}
-
-pub async fn get_configuration(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Result<Json<Configuration>, ApiError> {
-    get_one(s, ns, name).await
-}
-
-pub async fn service_events(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
-    let items = blocking(move || {
-        if s.store.get::<Service>(&ns, &name)?.is_none() {
-            return Err(ApiError::NotFound(format!("Service \"{ns}/{name}\" not found")));
-        }
-        Ok(s.store.events(&ns, &name)?)
-    })
-    .await?;
-    Ok(Json(
-        json!({ "apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items }),
     ))
 }
 
@@ -187,19 +137,6 @@ pub(crate) fn dry_run(params: &HashMap<String, String>) -> Result<bool, ApiError
             "dryRun={other:?}: the only supported value is All"
         ))),
     }
-}
-
-async fn write_service(
-    s: AdminState,
-    ns: String,
-    name: Option<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    params: HashMap<String, String>,
-    mode: ApplyMode,
-) -> Result<Response, ApiError> {
-    let value = body_document(&headers, body)?;
-    write_service_value(s, ns, name, value, params, mode).await
 }
 
 /// Admits and writes a Service document: fields it does not have are refused, or dropped with a
@@ -302,40 +239,6 @@ pub(crate) fn body_name(value: &Value) -> String {
         .to_string()
 }
 
-pub async fn create_service(
-    State(s): State<AdminState>,
-    Path(ns): Path<String>,
-    Query(p): Params,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    write_service(s, ns, None, headers, body, p, ApplyMode::Create).await
-}
-
-pub async fn replace_service(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(p): Params,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    write_service(s, ns, Some(name), headers, body, p, ApplyMode::Replace).await
-}
-
-/// PATCH: server-side apply, a merge patch or a JSON patch, by the body's content type.
-pub async fn apply_service(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(p): Params,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    match Patch::read(&headers, body)? {
-        Patch::Apply(value) => write_service_value(s, ns, Some(name), value, p, ApplyMode::Apply).await,
-        patch => patch_service(s, ns, name, patch, p).await,
-    }
-}
-
 pub(crate) fn deleted(kind: &str, name: &str) -> Json<Value> {
     Json(
         json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": { "name": name, "kind": kind } }),
@@ -387,31 +290,115 @@ pub(crate) fn delete_options(params: &HashMap<String, String>, body: &Bytes) -> 
     Ok(options)
 }
 
-pub async fn delete_service(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(p): Params,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let n = name.clone();
-    let options = delete_options(&p, &body)?;
-    blocking(move || Ok(revisor_controller::delete_service(&s.store, &ns, &n, &options)?)).await?;
-    Ok(deleted("services", &name))
-}
+impl Backend for AdminState {
+    const LOCAL: bool = true;
 
-pub async fn delete_revision(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(p): Params,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let n = name.clone();
-    let force = p.get("force").is_some_and(|f| f == "true");
-    let options = delete_options(&p, &body)?;
-    blocking(move || {
-        revisor_controller::delete_revision(&s.store, &ns, &n, force, &options)
-            .map_err(|e| ApiError::from_apply("Revision", &n, e))
-    })
-    .await?;
-    Ok(deleted("revisions", &name))
+    async fn list(&self, kind: Kind, ns: Option<String>, q: ListQuery) -> Result<Response, ApiError> {
+        let s = self.clone();
+        match kind {
+            Kind::Service => collection::local::<Service>(s, ns, q).await,
+            Kind::Revision => collection::local::<Revision>(s, ns, q).await,
+            Kind::Configuration => collection::local::<Configuration>(s, ns, q).await,
+            Kind::Rollout => collection::local::<Rollout>(s, ns, q).await,
+        }
+    }
+
+    async fn get(&self, kind: Kind, ns: String, name: String) -> Result<Value, ApiError> {
+        let s = self.clone();
+        match kind {
+            Kind::Service => get_one::<Service>(s, ns, name).await,
+            Kind::Revision => get_one::<Revision>(s, ns, name).await,
+            Kind::Configuration => get_one::<Configuration>(s, ns, name).await,
+            Kind::Rollout => get_one::<Rollout>(s, ns, name).await,
+        }
+    }
+
+    async fn write(&self, kind: Kind, w: Write) -> Result<Response, ApiError> {
+        let s = self.clone();
+        let Write {
+            ns,
+            name,
+            change,
+            params,
+        } = w;
+        match (kind, change) {
+            (Kind::Service, Change::Create(v)) => write_service_value(s, ns, None, v, params, ApplyMode::Create).await,
+            (Kind::Service, Change::Replace(v)) => {
+                write_service_value(s, ns, name, v, params, ApplyMode::Replace).await
+            }
+            (Kind::Service, Change::Patch(Patch::Apply(v))) => {
+                write_service_value(s, ns, name, v, params, ApplyMode::Apply).await
+            }
+            (Kind::Service, Change::Patch(p)) => patch_service(s, ns, name.unwrap_or_default(), p, params).await,
+            (Kind::Rollout, Change::Create(v)) => {
+                rollouts::write_value(s, ns, None, v, params, ApplyMode::Create).await
+            }
+            (Kind::Rollout, Change::Replace(v)) => {
+                rollouts::write_value(s, ns, name, v, params, ApplyMode::Replace).await
+            }
+            (Kind::Rollout, Change::Patch(Patch::Apply(v))) => {
+                rollouts::write_value(s, ns, name, v, params, ApplyMode::Apply).await
+            }
+            (Kind::Rollout, Change::Patch(p)) => rollouts::patch(s, ns, name.unwrap_or_default(), p, params).await,
+            (kind, _) => Err(ApiError::MethodNotAllowed(format!(
+                "{}s are made from a Service's template and are not written directly",
+                kind.name()
+            ))),
+        }
+    }
+
+    async fn delete(
+        &self,
+        kind: Kind,
+        ns: String,
+        name: String,
+        options: DeleteOptions,
+        force: bool,
+    ) -> Result<(), ApiError> {
+        let s = self.clone();
+        blocking(move || match kind {
+            Kind::Service => Ok(revisor_controller::delete_service(&s.store, &ns, &name, &options).map(drop)?),
+            Kind::Rollout => Ok(revisor_controller::delete_rollout(&s.store, &ns, &name, &options).map(drop)?),
+            Kind::Revision => revisor_controller::delete_revision(&s.store, &ns, &name, force, &options)
+                .map(drop)
+                .map_err(|e| ApiError::from_apply("Revision", &name, e)),
+            Kind::Configuration => Err(ApiError::MethodNotAllowed(
+                "a configuration is deleted with its Service: delete the Service".into(),
+            )),
+        })
+        .await
+    }
+
+    async fn request(&self, ns: String, name: String, action: String, to: Option<String>) -> Result<Value, ApiError> {
+        let s = self.clone();
+        blocking(move || {
+            revisor_controller::request_rollout(&s.store, &ns, &name, &action, to.as_deref())
+                .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+                .map_err(|e| ApiError::from_apply("Rollout", &name, e))
+        })
+        .await
+    }
+
+    async fn service_events(&self, ns: String, name: String) -> Result<Vec<Value>, ApiError> {
+        let s = self.clone();
+        blocking(move || {
+            if s.store.get::<Service>(&ns, &name)?.is_none() {
+                return Err(Kind::Service.not_found(&ns, &name));
+            }
+            Ok(s.store
+                .events(&ns, &name)?
+                .iter()
+                .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+                .collect())
+        })
+        .await
+    }
+
+    fn extra(&self) -> Router {
+        super::local_routes().with_state(self.clone())
+    }
+
+    fn not_found(uri: &Uri) -> ApiError {
+        ApiError::NotFound(format!("no such path {}", uri.path()))
+    }
 }

@@ -3,48 +3,18 @@
 //! for an operator's request (promote, promote-full, abort, retry, undo, pause, resume).
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
-use axum::Json;
 use revisor_api::{admit_rollout, Rollout};
 use revisor_controller::ApplyMode;
 use serde_json::Value;
 
-use super::handlers::{applied, blocking, body_document, body_name, deleted, dry_run, placed, writer, Params};
+use super::handlers::{applied, blocking, body_name, dry_run, placed, writer};
 use super::patch::{read_modify_write, with_warnings, FieldValidation, Patch};
 use super::{AdminState, ApiError};
 use revisor_controller::admission::Writer;
 
-pub async fn get_one(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Result<Json<Rollout>, ApiError> {
-    blocking(move || {
-        s.store
-            .get::<Rollout>(&ns, &name)?
-            .map(Json)
-            .ok_or_else(|| ApiError::NotFound(format!("Rollout \"{ns}/{name}\" not found")))
-    })
-    .await
-}
-
-async fn write(
-    s: AdminState,
-    ns: String,
-    name: Option<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    params: std::collections::HashMap<String, String>,
-    mode: ApplyMode,
-) -> Result<Response, ApiError> {
-    let value = body_document(&headers, body)?;
-    write_value(s, ns, name, value, params, mode).await
-}
-
 /// Admits and stores a Rollout document; `?fieldValidation=` says what becomes of unknown fields.
-async fn write_value(
+pub(super) async fn write_value(
     s: AdminState,
     ns: String,
     name: Option<String>,
@@ -84,38 +54,14 @@ fn store(
     Ok((outcome, stored, warnings))
 }
 
-pub async fn create(
-    State(s): State<AdminState>,
-    Path(ns): Path<String>,
-    Query(p): Params,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+/// A merge or JSON patch of a stored Rollout: patched, admitted and written as an update.
+pub(super) async fn patch(
+    s: AdminState,
+    ns: String,
+    name: String,
+    patch: Patch,
+    p: std::collections::HashMap<String, String>,
 ) -> Result<Response, ApiError> {
-    write(s, ns, None, headers, body, p, ApplyMode::Create).await
-}
-
-pub async fn replace(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(p): Params,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    write(s, ns, Some(name), headers, body, p, ApplyMode::Replace).await
-}
-
-/// PATCH: server-side apply, a merge patch or a JSON patch, by the body's content type.
-pub async fn apply(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(p): Params,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let patch = match Patch::read(&headers, body)? {
-        Patch::Apply(value) => return write_value(s, ns, Some(name), value, p, ApplyMode::Apply).await,
-        patch => patch,
-    };
     let dry_run = dry_run(&p)?;
     let validation = FieldValidation::from_params(&p)?;
     let writer = writer(ApplyMode::Replace, &p)?;
@@ -126,35 +72,6 @@ pub async fn apply(
     })
     .await?;
     Ok(with_warnings(applied(outcome, stored), &warnings))
-}
-
-pub async fn delete(
-    State(s): State<AdminState>,
-    Path((ns, name)): Path<(String, String)>,
-    Query(p): Params,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let n = name.clone();
-    let options = super::handlers::delete_options(&p, &body)?;
-    blocking(move || Ok(revisor_controller::delete_rollout(&s.store, &ns, &n, &options)?)).await?;
-    Ok(deleted("rollouts", &name))
-}
-
-/// `POST .../rollouts/{name}/{action}`, body optional: `{"toRevision": "..."}` for undo.
-pub async fn action(
-    State(s): State<AdminState>,
-    Path((ns, name, action)): Path<(String, String, String)>,
-    headers: axum::http::HeaderMap,
-    body: Bytes,
-) -> Result<Json<Rollout>, ApiError> {
-    let to = to_revision(&headers, &body)?;
-    let shown = name.clone();
-    blocking(move || {
-        revisor_controller::request_rollout(&s.store, &ns, &name, &action, to.as_deref())
-            .map(Json)
-            .map_err(|e| ApiError::from_apply("Rollout", &shown, e))
-    })
-    .await
 }
 
 /// An action's optional body: `{"toRevision": "..."}`.
