@@ -148,7 +148,7 @@ impl Objects {
                 Ok(())
             }
             Kind::Rollout => put(&mut self.rollouts, store, c),
-            Kind::Configuration => Ok(()),
+            Kind::Configuration | Kind::Event => Ok(()),
         }
     }
 }

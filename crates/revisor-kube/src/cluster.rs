@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use futures_util::StreamExt;
+pub use kube::api::WatchParams;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -241,6 +242,67 @@ impl Cluster {
 
     pub fn rollouts(&self, ns: Option<&str>) -> Vec<revisor_api::Rollout> {
         Self::all(&self.rollouts, ns)
+    }
+
+    /// Every `T` of `kind` in `ns` (every namespace this handle covers with `None`) as the cluster's
+    /// API server lists it, sorted by namespace and name, with the list's resourceVersion: a watch
+    /// from it misses nothing (the watched caches give objects, not a version to watch from).
+    pub async fn list<T: DeserializeOwned>(
+        &self,
+        kind: &Kind,
+        ns: Option<&str>,
+    ) -> Result<(Vec<T>, Option<String>), kube::Error> {
+        let list = self.api(kind, ns).list(&ListParams::default()).await?;
+        let mut out: Vec<(String, String, T)> = list
+            .items
+            .iter()
+            .filter_map(|o| {
+                let t = from_dynamic(o)
+                    .map_err(|e| tracing::warn!("{}/{:?}: {e}", kind.kind, o.metadata.name))
+                    .ok()?;
+                Some((
+                    o.metadata.namespace.clone().unwrap_or_default(),
+                    o.metadata.name.clone()?,
+                    t,
+                ))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        Ok((
+            out.into_iter().map(|(_, _, t)| t).collect(),
+            list.metadata.resource_version,
+        ))
+    }
+
+    /// A watch of `kind` in `ns` on the cluster's API server, from `version` (`"0"`: the objects
+    /// there are first, as ADDED), as (event type, object) pairs: the objects as the cluster holds
+    /// them, a bookmark's, or an ERROR's Status (also for a failure of the stream itself).
+    pub async fn watch(
+        &self,
+        kind: &Kind,
+        ns: Option<&str>,
+        params: &WatchParams,
+        version: &str,
+    ) -> Result<impl futures_util::Stream<Item = (&'static str, serde_json::Value)> + Send + 'static, kube::Error> {
+        use kube::api::WatchEvent;
+        fn value(v: &impl serde::Serialize) -> serde_json::Value {
+            serde_json::to_value(v).unwrap_or_default()
+        }
+        let stream = self.api(kind, ns).watch(params, version).await?;
+        Ok(stream.map(move |e| match e {
+            Ok(WatchEvent::Added(o)) => ("ADDED", value(&o)),
+            Ok(WatchEvent::Modified(o)) => ("MODIFIED", value(&o)),
+            Ok(WatchEvent::Deleted(o)) => ("DELETED", value(&o)),
+            Ok(WatchEvent::Bookmark(b)) => ("BOOKMARK", value(&b)),
+            Ok(WatchEvent::Error(status)) => ("ERROR", value(&*status)),
+            Err(e) => (
+                "ERROR",
+                serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": format!("watching the cluster: {e}"), "reason": "InternalError", "code": 500,
+                }),
+            ),
+        }))
     }
 
     /// The Kubernetes Events about a Service and its Rollouts, oldest first, in revisor's event shape

@@ -16,7 +16,8 @@ pub mod request;
 pub mod world;
 
 pub use apply::{apply, delete, ApplyError, ApplyOptions, FIELD_MANAGER};
-pub use cluster::{connect, Cluster, ClusterError, REVISION, ROLLOUT, SERVICE};
+pub use cluster::{connect, Cluster, ClusterError, Kind as ClusterKind, WatchParams, REVISION, ROLLOUT, SERVICE};
+pub use kube::Error as KubeError;
 pub use prometheus::{ClusterMetrics, PrometheusMetrics};
 pub use request::request;
 pub use world::KnativeWorld;

@@ -13,6 +13,9 @@ mod tx;
 
 pub use error::StoreError;
 pub use event::{Event, EventType};
+/// A recorded event with its service's key (`namespace/service`) and its sequence number.
+pub type Recorded = (String, u64, Event);
+
 pub use history::{History, Since, WatchEvent, WatchType, KEPT as WATCH_HISTORY};
 pub use object::{Kind, Object};
 pub use tx::Tx;
@@ -137,10 +140,21 @@ impl Store {
 
     /// The events of every service in `namespace` (all with `None`): each with its service's key
     /// (`namespace/service`) and sequence number.
-    pub fn all_events(&self, namespace: Option<&str>) -> Result<Vec<(String, u64, Event)>, StoreError> {
+    pub fn all_events(&self, namespace: Option<&str>) -> Result<Vec<Recorded>, StoreError> {
+        Ok(self.all_events_versioned(namespace)?.0)
+    }
+
+    /// Every recorded event, as [`Store::all_events`], with the resourceVersion of the state it read
+    /// (a watch of events from it misses none recorded later).
+    pub fn all_events_versioned(&self, namespace: Option<&str>) -> Result<(Vec<Recorded>, u64), StoreError> {
         let tx = self.db.begin_read()?;
+        let version = tx
+            .open_table(COUNTERS)?
+            .get("sequence")?
+            .map(|v| v.value())
+            .unwrap_or(0);
         let table = tx.open_table(EVENTS)?;
-        event::list_all(&table, namespace)
+        Ok((event::list_all(&table, namespace)?, version))
     }
 
     /// Every object of a kind, as [`Store::list`], with the resourceVersion of the state it read: a

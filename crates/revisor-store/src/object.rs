@@ -14,6 +14,8 @@ pub enum Kind {
     Configuration,
     Revision,
     Rollout,
+    /// A recorded event: in the watch history only (named by its service, numbered by its sequence).
+    Event,
 }
 
 /// A stored object: serializable, with metadata, in its own table.

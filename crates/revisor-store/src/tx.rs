@@ -6,7 +6,7 @@ use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
 use crate::event::{self, Event, MAX_EVENTS_PER_SERVICE};
 use crate::history::{WatchEvent, WatchType};
 use crate::object::{self, Object};
-use crate::{Change, StoreError, COUNTERS, EVENTS};
+use crate::{Change, Kind, StoreError, COUNTERS, EVENTS};
 
 fn encode<T: Object>(key: &str, obj: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(obj).map_err(|e| StoreError::Corrupt {
@@ -198,6 +198,16 @@ impl Tx {
         let bytes = serde_json::to_vec(event).expect("events always serialize");
         let mut t = self.inner.open_table(EVENTS)?;
         t.insert((key.as_str(), seq), bytes.as_slice())?;
+        // Watches of events see it as it is recorded (one dropped for the cap below is not told).
+        self.watch.push(WatchEvent {
+            kind: Kind::Event,
+            kind_of_change: WatchType::Added,
+            namespace: namespace.to_string(),
+            name: service.to_string(),
+            resource_version: seq,
+            object: bytes.into(),
+            previous_labels: None,
+        });
         let count = t.range((key.as_str(), 0)..=(key.as_str(), u64::MAX))?.count();
         if count > MAX_EVENTS_PER_SERVICE {
             let oldest: Vec<u64> = t

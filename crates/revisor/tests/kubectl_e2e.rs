@@ -28,10 +28,10 @@ fn run_kubectl(args: &[String]) -> (bool, String) {
 }
 
 /// kubectl's flags for the server: its token and CA (no kubeconfig), and a discovery cache of its own.
-fn flags(server: &Server, data: &Path) -> Vec<String> {
+fn flags(admin: &str, data: &Path) -> Vec<String> {
     let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
     vec![
-        format!("--server={}", server.admin),
+        format!("--server={admin}"),
         format!("--token={}", token.trim()),
         format!("--certificate-authority={}", data.join("tls/ca.crt").display()),
         format!("--cache-dir={}", data.join("kubectl-cache").display()),
@@ -40,7 +40,7 @@ fn flags(server: &Server, data: &Path) -> Vec<String> {
 
 /// kubectl against the server with `args`.
 fn kubectl(server: &Server, data: &Path, args: &[&str]) -> (bool, String) {
-    let mut all = flags(server, data);
+    let mut all = flags(&server.admin, data);
     all.extend(args.iter().map(|a| a.to_string()));
     run_kubectl(&all)
 }
@@ -193,23 +193,27 @@ fn kubectl_applies_patches_validates_and_explains() {
         ["NAME", "URL", "LATEST", "AGE", "CONDITIONS", "READY", "REASON"],
         "{table}"
     );
-    let mut watching = Command::new("kubectl")
-        .args(flags(&server, &data))
-        .args(["get", "revisions", "-w"])
-        .env("KUBECONFIG", "/dev/null")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let (seen, out) = (seen.clone(), watching.stdout.take().unwrap());
-        std::thread::spawn(move || {
+    // A kubectl that follows what a command prints, line by line.
+    let follow = |args: &[&str]| {
+        let mut child = Command::new("kubectl")
+            .args(flags(&server.admin, &data))
+            .args(args)
+            .env("KUBECONFIG", "/dev/null")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (kept, out) = (seen.clone(), child.stdout.take().unwrap());
+        let reader = std::thread::spawn(move || {
             use std::io::BufRead;
             for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                seen.lock().unwrap().push_str(&(line + "\n"));
+                kept.lock().unwrap().push_str(&(line + "\n"));
             }
-        })
+        });
+        (child, seen, reader)
     };
+    let (watching, seen, reader) = follow(&["get", "revisions", "-w"]);
+    let (events, events_seen, events_reader) = follow(&["get", "events", "-w", "--watch-only"]);
     common::wait_until("kubectl get -w lists hello-00001", Duration::from_secs(20), || {
         seen.lock().unwrap().contains("hello-00001")
     });
@@ -226,9 +230,28 @@ fn kubectl_applies_patches_validates_and_explains() {
                 .any(|l| l.starts_with("hello-00002") && l.contains(" True"))
         },
     );
-    watching.kill().unwrap();
-    watching.wait().unwrap();
-    reader.join().unwrap();
+    // `get events -w`: the events recorded after it started, as they are recorded.
+    common::wait_until(
+        "kubectl get events -w sees revision hello-00002 made",
+        Duration::from_secs(30),
+        || {
+            events_seen
+                .lock()
+                .unwrap()
+                .lines()
+                .any(|l| l.contains("revision/hello-00002") && l.contains("Created"))
+        },
+    );
+    assert!(
+        !events_seen.lock().unwrap().contains("revision/hello-00001"),
+        "--watch-only shows nothing from before it started: {}",
+        events_seen.lock().unwrap()
+    );
+    for (mut child, reader) in [(watching, reader), (events, events_reader)] {
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+    }
     wait_ready(&server.admin, "hello", &["hello-00002"]);
     // Moving from client-side to server-side apply with the same manifest conflicts over nothing: the
     // defaults the server filled in are no one's change.
@@ -404,4 +427,74 @@ fn kubectl_works_with_the_kubeconfig_revisor_prints() {
         String::from_utf8_lossy(&r.stderr).contains("no admin token for"),
         "{r:?}"
     );
+}
+
+/// Issue 16: the same API over a cluster (`revisor serve --backend knative`, here against the fake
+/// API server): kubectl lists revisor's kinds, from the cluster's API server with its version, and
+/// `get -w` relays the cluster's watch, so a Service applied through revisor appears in it.
+#[test]
+fn kubectl_lists_and_watches_through_the_knative_backend() {
+    let fake = revisor_fakekube::FakeCluster::start();
+    let crd = serde_json::to_value(revisor_api::rollout::crd()).unwrap();
+    fake.apply_as("kubectl", "apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::KnativeServer::start(&fake.kubeconfig(dir.path()), &[]);
+    let args = |extra: &[&str]| {
+        let mut all = flags(&server.admin, server.data());
+        all.extend(extra.iter().map(|a| a.to_string()));
+        all
+    };
+    let (ok, empty) = run_kubectl(&args(&[
+        "get",
+        "--raw",
+        "/apis/serving.knative.dev/v1/namespaces/default/services",
+    ]));
+    assert!(ok, "{empty}");
+    let list: serde_json::Value = serde_json::from_str(&empty).unwrap();
+    assert!(
+        list["metadata"]["resourceVersion"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "a list from the cluster says its version: {list}"
+    );
+    let mut watching = Command::new("kubectl")
+        .args(args(&["get", "ksvc", "-w"]))
+        .env("KUBECONFIG", "/dev/null")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (kept, out) = (seen.clone(), watching.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                kept.lock().unwrap().push_str(&(line + "\n"));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let manifest = dir.path().join("ksvc.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: relayed\nspec:\n  template:\n    spec:\n      containers:\n        - image: ghcr.io/example/model:v1\n",
+    )
+    .unwrap();
+    let (ok, applied) = run_kubectl(&args(&["apply", "--server-side", "-f", manifest.to_str().unwrap()]));
+    assert!(ok, "{applied}");
+    common::wait_until(
+        "kubectl get ksvc -w shows the new service",
+        Duration::from_secs(20),
+        || seen.lock().unwrap().lines().any(|l| l.starts_with("relayed ")),
+    );
+    assert!(fake
+        .get("serving.knative.dev/v1/services", "default", "relayed")
+        .is_some());
+    let (ok, listed) = run_kubectl(&args(&["get", "ksvc"]));
+    assert!(ok && listed.lines().any(|l| l.starts_with("relayed ")), "{listed}");
+    watching.kill().unwrap();
+    watching.wait().unwrap();
+    reader.join().unwrap();
 }

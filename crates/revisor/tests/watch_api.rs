@@ -72,10 +72,24 @@ struct Watch {
 
 impl Watch {
     async fn start(s: &AdminState, query: &str) -> Watch {
-        let req = Request::get(format!("{SERVING}/namespaces/default/services?watch=true&{query}"))
-            .body(Body::empty())
+        Watch::at(
+            s,
+            &format!("{SERVING}/namespaces/default/services?watch=true&{query}"),
+            None,
+        )
+        .await
+    }
+
+    /// A watch of any path, with an Accept header when given.
+    async fn at(s: &AdminState, uri: &str, accept: Option<&str>) -> Watch {
+        let mut req = Request::get(uri);
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let resp = router(s.clone())
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
             .unwrap();
-        let resp = router(s.clone()).oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         Watch {
             body: resp.into_body(),
@@ -85,16 +99,21 @@ impl Watch {
 
     /// The next event as (type, name, resourceVersion), or `None` when the stream ended.
     async fn next(&mut self) -> Option<(String, String, String)> {
+        let v = self.next_value().await?;
+        let text = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+        Some((
+            text("/type"),
+            text("/object/metadata/name"),
+            text("/object/metadata/resourceVersion"),
+        ))
+    }
+
+    /// The next event whole, or `None` when the stream ended.
+    async fn next_value(&mut self) -> Option<Value> {
         loop {
             if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=i).collect();
-                let v: Value = serde_json::from_slice(&line).unwrap();
-                let text = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
-                return Some((
-                    text("/type"),
-                    text("/object/metadata/name"),
-                    text("/object/metadata/resourceVersion"),
-                ));
+                return Some(serde_json::from_slice(&line).unwrap());
             }
             let frame = tokio::time::timeout(Duration::from_secs(60), self.body.frame())
                 .await
@@ -341,4 +360,92 @@ async fn pages_of_a_list_continue_where_the_last_ended() {
             .contains("not a token this server gave out"),
         "{bad}"
     );
+}
+
+/// Records an event about `object` (`Kind/name`) in `service`'s log, as the controllers do.
+fn record(s: &AdminState, ns: &str, service: &str, object: &str, reason: &str) {
+    let event = revisor_store::Event::normal(object.to_string(), reason, format!("{reason} happened"));
+    s.store.write(|tx| tx.record(ns, service, &event)).unwrap();
+}
+
+/// Issue 16: events are watched as they are listed (`kubectl get events -w`, client-go informers):
+/// from a list's version, in both shapes, selected by field, and as Table rows.
+#[tokio::test]
+async fn events_are_watched_from_a_lists_version_in_both_shapes_and_as_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = state(&dir.path().join("s.redb"));
+    record(&s, "default", "web", "Revision/web-00001", "Ready");
+    let (code, list) = call(&s, "GET", "/api/v1/namespaces/default/events", "", String::new()).await;
+    assert_eq!(code, StatusCode::OK, "{list}");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    let version = list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a list says its version")
+        .to_string();
+    let mut core = Watch::at(
+        &s,
+        &format!(
+            "/api/v1/namespaces/default/events?watch=true&resourceVersion={version}&fieldSelector=involvedObject.kind%3DService"
+        ),
+        None,
+    )
+    .await;
+    let mut v1 = Watch::at(
+        &s,
+        &format!("/apis/events.k8s.io/v1/events?watch=true&resourceVersion={version}"),
+        None,
+    )
+    .await;
+    let mut rows = Watch::at(
+        &s,
+        &format!("/api/v1/events?watch=true&resourceVersion={version}"),
+        Some("application/json;as=Table;v=v1;g=meta.k8s.io"),
+    )
+    .await;
+    record(&s, "default", "web", "Revision/web-00002", "Created");
+    record(&s, "other", "api", "Service/api", "Ready");
+    record(&s, "default", "web", "Service/web", "Ready");
+
+    // The namespaced core watch, Services only: the last one alone.
+    let e = core.next_value().await.unwrap();
+    assert_eq!(e["type"], "ADDED", "{e}");
+    assert_eq!(e["object"]["involvedObject"]["kind"], "Service", "{e}");
+    assert_eq!(e["object"]["involvedObject"]["name"], "web", "{e}");
+    assert_eq!(e["object"]["reason"], "Ready", "{e}");
+    assert!(
+        e["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > version.parse::<u64>().unwrap()
+    );
+    // events.k8s.io, every namespace: all three, in order, in that shape.
+    let seen: Vec<(String, String)> = [
+        v1.next_value().await.unwrap(),
+        v1.next_value().await.unwrap(),
+        v1.next_value().await.unwrap(),
+    ]
+    .iter()
+    .map(|e| {
+        assert_eq!(e["object"]["apiVersion"], "events.k8s.io/v1", "{e}");
+        (
+            e["object"]["regarding"]["namespace"].as_str().unwrap().to_string(),
+            e["object"]["regarding"]["name"].as_str().unwrap().to_string(),
+        )
+    })
+    .collect();
+    assert_eq!(
+        seen,
+        [
+            ("default".into(), "web-00002".into()),
+            ("other".into(), "api".into()),
+            ("default".into(), "web".into())
+        ]
+    );
+    // As Tables: one row per event, kubectl's columns.
+    let e = rows.next_value().await.unwrap();
+    assert_eq!(e["object"]["kind"], "Table", "{e}");
+    assert_eq!(e["object"]["rows"][0]["cells"][2], "Created", "{e}");
+    assert_eq!(e["object"]["rows"][0]["cells"][3], "revision/web-00002", "{e}");
 }

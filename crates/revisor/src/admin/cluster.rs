@@ -15,7 +15,9 @@ use revisor_kube::{ApplyError, Cluster};
 use serde_json::Value;
 
 use super::backend::{Backend, Change, Kind, Write};
-use super::collection::{respond, ListQuery, Listed};
+use revisor_api::{Revision, Rollout, Service};
+
+use super::collection::{relay, respond, ListQuery, Listed};
 use super::handlers::{body_name, dry_run, placed};
 use super::patch::Patch;
 use super::ApiError;
@@ -31,16 +33,52 @@ pub fn router(state: ClusterState) -> Router {
     super::backend::router(state)
 }
 
-/// Lists from the watched caches, filtered, paged and as Tables as the local backend answers them. A
-/// watch is the cluster's own API server's to serve (kubectl can talk to it directly).
-fn listed<T: Listed>(s: &ClusterState, mut items: Vec<T>, q: ListQuery) -> Result<Response, ApiError> {
+/// A list from the cluster's API server (a consistent read, with the version a watch can start
+/// from), filtered, paged and as Tables as the local backend answers them; or a watch relayed from
+/// it, with the request's selectors (objects as the cluster holds them, or as Table rows).
+async fn listed<T: Listed>(
+    s: &ClusterState,
+    resource: &revisor_kube::ClusterKind,
+    ns: Option<&str>,
+    q: ListQuery,
+) -> Result<Response, ApiError> {
+    let cluster = s.cluster.clone();
     if q.watches() {
-        return Err(ApiError::BadRequest(
-            "watch is not served with --backend knative: watch the cluster's API server with kubectl".into(),
-        ));
+        let options = q.options.clone();
+        let params = revisor_kube::WatchParams {
+            label_selector: Some(q.label_text.clone()).filter(|t| !t.is_empty()),
+            field_selector: Some(q.field_text.clone()).filter(|t| !t.is_empty()),
+            // kube's client gives up on a response after 295 s: longer watches end sooner and are
+            // started again by their clients, as any watch that times out.
+            timeout: Some(options.timeout.as_secs().min(290) as u32),
+            bookmarks: options.bookmarks,
+            ..Default::default()
+        };
+        let version = options.resource_version.unwrap_or_else(|| "0".into());
+        let events = s
+            .cluster
+            .watch(resource, ns, &params, &version)
+            .await
+            .map_err(|e| from_kube("watching", e))?;
+        return Ok(relay::<T>(events, q, move |ns, name| cluster.service(ns, name)));
     }
-    items.sort_by(|a, b| (&a.meta().namespace, &a.meta().name).cmp(&(&b.meta().namespace, &b.meta().name)));
-    Ok(respond(items, None, &q, |ns, name| s.cluster.service(ns, name)))
+    let (items, version) = s
+        .cluster
+        .list::<T>(resource, ns)
+        .await
+        .map_err(|e| from_kube("listing", e))?;
+    let version = version.and_then(|v| v.parse::<u64>().ok());
+    Ok(respond(items, version, &q, |ns, name| cluster.service(ns, name)))
+}
+
+/// An error of the cluster's API server, with its code.
+fn from_kube(doing: &str, e: revisor_kube::KubeError) -> ApiError {
+    let message = format!("{doing} on the cluster: {e}");
+    match &e {
+        revisor_kube::KubeError::Api(r) if r.code == 404 => ApiError::NotFound(message),
+        revisor_kube::KubeError::Api(r) if r.code == 400 => ApiError::BadRequest(message),
+        _ => ApiError::Internal(message),
+    }
 }
 
 fn from_apply(kind: &'static str, name: &str, e: ApplyError) -> ApiError {
@@ -103,9 +141,9 @@ impl Backend for ClusterState {
     async fn list(&self, kind: Kind, ns: Option<String>, q: ListQuery) -> Result<Response, ApiError> {
         let ns = ns.as_deref();
         match kind {
-            Kind::Service => listed(self, self.cluster.services(ns), q),
-            Kind::Revision => listed(self, self.cluster.revisions(ns), q),
-            Kind::Rollout => listed(self, self.cluster.rollouts(ns), q),
+            Kind::Service => listed::<Service>(self, &revisor_kube::SERVICE, ns, q).await,
+            Kind::Revision => listed::<Revision>(self, &revisor_kube::REVISION, ns, q).await,
+            Kind::Rollout => listed::<Rollout>(self, &revisor_kube::ROLLOUT, ns, q).await,
             Kind::Configuration => Err(not_held(kind)),
         }
     }

@@ -88,14 +88,14 @@ enum Include {
 pub(crate) struct ListQuery {
     labels: LabelSelector,
     fields: FieldSelector,
+    /// The selectors as given, for a server this one relays a watch to.
+    pub(crate) label_text: String,
+    pub(crate) field_text: String,
     limit: Option<usize>,
     /// From `continue`: the version of the first page and the last key given.
     after: Option<(u64, String)>,
     watch: bool,
-    resource_version: Option<String>,
-    bookmarks: bool,
-    initial_events: bool,
-    timeout: Duration,
+    pub(crate) options: WatchOptions,
     /// `Some` when the client asked for a Table.
     table: Option<Include>,
 }
@@ -103,13 +103,6 @@ pub(crate) struct ListQuery {
 impl ListQuery {
     pub(crate) fn parse(params: &HashMap<String, String>, headers: &HeaderMap) -> Result<Self, ApiError> {
         let bad = ApiError::BadRequest;
-        let flag = |name: &str| -> Result<bool, ApiError> {
-            match params.get(name).map(String::as_str) {
-                None | Some("") | Some("false") | Some("0") => Ok(false),
-                Some("true") | Some("1") => Ok(true),
-                Some(other) => Err(bad(format!("{name}={other:?}: want true or false"))),
-            }
-        };
         let text = |name: &str| params.get(name).map(String::as_str).unwrap_or("");
         let labels = LabelSelector::parse(text("labelSelector")).map_err(bad)?;
         let fields = FieldSelector::parse(text("fieldSelector")).map_err(bad)?;
@@ -128,15 +121,6 @@ impl ListQuery {
                 ))
             })?),
         };
-        // 0 is the default, as in Kubernetes; a watch is never asked to run more than a day.
-        let timeout = match text("timeoutSeconds") {
-            "" | "0" => WATCH_TIMEOUT,
-            n => Duration::from_secs(
-                n.parse::<u64>()
-                    .map_err(|_| bad(format!("timeoutSeconds={n:?}: want a whole number")))?
-                    .min(24 * 3600),
-            ),
-        };
         let include = match text("includeObject") {
             "" | "Metadata" => Include::Metadata,
             "None" => Include::None,
@@ -146,13 +130,12 @@ impl ListQuery {
         Ok(ListQuery {
             labels,
             fields,
+            label_text: text("labelSelector").to_string(),
+            field_text: text("fieldSelector").to_string(),
             limit,
             after,
-            watch: flag("watch")?,
-            resource_version: params.get("resourceVersion").cloned().filter(|v| !v.is_empty()),
-            bookmarks: flag("allowWatchBookmarks")?,
-            initial_events: flag("sendInitialEvents")?,
-            timeout,
+            watch: flag(params, "watch")?,
+            options: WatchOptions::parse(params)?,
             table: wants_table(headers).then_some(include),
         })
     }
@@ -294,7 +277,7 @@ pub(crate) async fn local<T: Listed>(s: AdminState, ns: Option<String>, q: ListQ
     .await
 }
 
-fn event_line(kind: &str, object: &[u8]) -> Bytes {
+pub(crate) fn event_line(kind: &str, object: &[u8]) -> Bytes {
     let mut line = Vec::with_capacity(object.len() + 32);
     line.extend_from_slice(format!("{{\"type\":\"{kind}\",\"object\":").as_bytes());
     line.extend_from_slice(object);
@@ -311,14 +294,112 @@ fn bookmark<T: Listed>(version: u64, initial_events_end: bool) -> Bytes {
     event_line("BOOKMARK", object.to_string().as_bytes())
 }
 
-/// The streamed answer of a watch: events as they happen, one JSON object per line.
+/// What a watch was asked for, beside what it watches.
+#[derive(Clone)]
+pub(crate) struct WatchOptions {
+    pub(crate) resource_version: Option<String>,
+    pub(crate) timeout: Duration,
+    pub(crate) bookmarks: bool,
+    pub(crate) initial_events: bool,
+}
+
+impl WatchOptions {
+    /// `resourceVersion`, `timeoutSeconds`, `allowWatchBookmarks` and `sendInitialEvents`.
+    pub(crate) fn parse(params: &HashMap<String, String>) -> Result<WatchOptions, ApiError> {
+        // 0 is the default, as in Kubernetes; a watch is never asked to run more than a day.
+        let timeout = match params.get("timeoutSeconds").map(String::as_str).unwrap_or("") {
+            "" | "0" => WATCH_TIMEOUT,
+            n => Duration::from_secs(
+                n.parse::<u64>()
+                    .map_err(|_| ApiError::BadRequest(format!("timeoutSeconds={n:?}: want a whole number")))?
+                    .min(24 * 3600),
+            ),
+        };
+        Ok(WatchOptions {
+            resource_version: params.get("resourceVersion").cloned().filter(|v| !v.is_empty()),
+            timeout,
+            bookmarks: flag(params, "allowWatchBookmarks")?,
+            initial_events: flag(params, "sendInitialEvents")?,
+        })
+    }
+}
+
+/// A boolean query parameter: absent or empty is false.
+pub(crate) fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("") | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!("{name}={other:?}: want true or false"))),
+    }
+}
+
+/// The streamed answer of a watch of `T`: events as they happen, one JSON object per line.
 fn watch<T: Listed>(store: Store, ns: Option<String>, q: ListQuery) -> Response {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
-    tokio::spawn(async move {
-        let _ = run_watch::<T>(store, ns, q, &tx).await;
-    });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
+    let options = q.options.clone();
+    let q = std::sync::Arc::new(q);
+    let (reader, namespace, query) = (store.clone(), ns.clone(), q.clone());
+    let initial = move || -> Result<(Vec<Bytes>, u64), String> {
+        let (items, version) = reader
+            .list_versioned::<T>(namespace.as_deref(), None)
+            .map_err(|e| e.to_string())?;
+        let lines = items
+            .iter()
+            .filter(|o| query.matches(o.meta()))
+            .map(|o| {
+                event_line(
+                    "ADDED",
+                    &encoded(&query, o, &serde_json::to_vec(o).unwrap_or_default(), &reader),
+                )
+            })
+            .collect();
+        Ok((lines, version))
+    };
+    let reader = store.clone();
+    let change = move |e: &revisor_store::WatchEvent| -> Option<Bytes> {
+        if e.kind != T::KIND || ns.as_deref().is_some_and(|n| n != e.namespace) {
+            return None;
+        }
+        let obj = serde_json::from_slice::<T>(&e.object).ok()?;
+        // As Kubernetes' watch cache: an object that enters the selection is ADDED, one that leaves
+        // it DELETED (by its labels before the change).
+        use revisor_store::WatchType;
+        let now = q.matches(obj.meta());
+        let before = match e.kind_of_change {
+            WatchType::Added => false,
+            WatchType::Modified => {
+                q.fields.matches(&e.namespace, &e.name) && q.labels.matches(e.previous_labels.as_ref())
+            }
+            WatchType::Deleted => now,
+        };
+        let kind = match (e.kind_of_change, before, now) {
+            (WatchType::Deleted, true, _) => "DELETED",
+            (_, false, true) => "ADDED",
+            (_, true, true) => "MODIFIED",
+            (_, true, false) => "DELETED",
+            _ => return None,
+        };
+        Some(event_line(kind, &encoded(&q, &obj, &e.object, &reader)))
+    };
+    streamed(store, options, initial, change, bookmark::<T>)
+}
+
+/// A watch another server streams (a cluster's API server), as (type, object) pairs: passed on, the
+/// objects as Table rows when the client asked for a Table.
+pub(crate) fn relay<T: Listed>(
+    events: impl futures_util::Stream<Item = (&'static str, Value)> + Send + 'static,
+    q: ListQuery,
+    mut service: impl FnMut(&str, &str) -> Option<Service> + Send + 'static,
+) -> Response {
+    use futures_util::StreamExt;
+    let body = events.map(move |(kind, object)| {
+        let object = match (kind, q.table) {
+            ("ADDED" | "MODIFIED" | "DELETED", Some(include)) => match serde_json::from_value::<T>(object.clone()) {
+                Ok(o) => table(std::slice::from_ref(&o), include, json!({}), &mut service),
+                Err(_) => object,
+            },
+            _ => object,
+        };
+        Ok::<Bytes, Infallible>(event_line(kind, object.to_string().as_bytes()))
     });
     ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response()
 }
@@ -336,33 +417,53 @@ fn encoded<T: Listed>(q: &ListQuery, obj: &T, raw: &[u8], store: &Store) -> Vec<
     }
 }
 
-async fn run_watch<T: Listed>(
+/// A watch's streamed answer, one JSON object per line: from no version, what `initial` lists (it
+/// reads the store: it runs off the async threads) and the version it read at; from a version, and
+/// then, each later change in the store's history that `change` turns into a line; bookmarks when
+/// asked for, until the watch's timeout or the client leaves.
+pub(crate) fn streamed(
     store: Store,
-    ns: Option<String>,
-    q: ListQuery,
+    options: WatchOptions,
+    initial: impl FnOnce() -> Result<(Vec<Bytes>, u64), String> + Send + 'static,
+    change: impl FnMut(&revisor_store::WatchEvent) -> Option<Bytes> + Send + 'static,
+    bookmark: impl Fn(u64, bool) -> Bytes + Send + 'static,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        let _ = run_watch(store, options, initial, change, bookmark, &tx).await;
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
+    });
+    ([(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response()
+}
+
+async fn run_watch(
+    store: Store,
+    options: WatchOptions,
+    initial: impl FnOnce() -> Result<(Vec<Bytes>, u64), String> + Send + 'static,
+    mut change: impl FnMut(&revisor_store::WatchEvent) -> Option<Bytes>,
+    bookmark: impl Fn(u64, bool) -> Bytes,
     tx: &tokio::sync::mpsc::Sender<Bytes>,
 ) -> Result<(), tokio::sync::mpsc::error::SendError<Bytes>> {
     let history = store.history().clone();
     let mut woken = history.subscribe();
-    let deadline = tokio::time::Instant::now() + q.timeout;
-    let mut from = match q.resource_version.as_deref() {
+    let deadline = tokio::time::Instant::now() + options.timeout;
+    let mut from = match options.resource_version.as_deref() {
         None | Some("0") => {
-            // The store is read off the async threads, as every handler reads it.
-            let (reader, namespace) = (store.clone(), ns.clone());
-            let listed = tokio::task::spawn_blocking(move || reader.list_versioned::<T>(namespace.as_deref(), None))
+            let listed = tokio::task::spawn_blocking(initial)
                 .await
                 .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            let (items, version) = match listed {
+                .and_then(|r| r);
+            let (lines, version) = match listed {
                 Ok(r) => r,
                 Err(e) => return tx.send(expired_or_failed(500, "InternalError", &e)).await,
             };
-            for o in items.iter().filter(|o| q.matches(o.meta())) {
-                let raw = serde_json::to_vec(o).unwrap_or_default();
-                tx.send(event_line("ADDED", &encoded(&q, o, &raw, &store))).await?;
+            for line in lines {
+                tx.send(line).await?;
             }
-            if q.initial_events {
-                tx.send(bookmark::<T>(version, true)).await?;
+            if options.initial_events {
+                tx.send(bookmark(version, true)).await?;
             }
             version
         }
@@ -386,41 +487,19 @@ async fn run_watch<T: Listed>(
             Since::Events(events) => {
                 for e in events {
                     from = e.resource_version;
-                    if e.kind != T::KIND || ns.as_deref().is_some_and(|n| n != e.namespace) {
-                        continue;
+                    if let Some(line) = change(&e) {
+                        tx.send(line).await?;
                     }
-                    let Ok(obj) = serde_json::from_slice::<T>(&e.object) else {
-                        continue;
-                    };
-                    // As Kubernetes' watch cache: an object that enters the selection is ADDED, one
-                    // that leaves it DELETED (by its labels before the change).
-                    use revisor_store::WatchType;
-                    let now = q.matches(obj.meta());
-                    let before = match e.kind_of_change {
-                        WatchType::Added => false,
-                        WatchType::Modified => {
-                            q.fields.matches(&e.namespace, &e.name) && q.labels.matches(e.previous_labels.as_ref())
-                        }
-                        WatchType::Deleted => now,
-                    };
-                    let kind = match (e.kind_of_change, before, now) {
-                        (WatchType::Deleted, true, _) => "DELETED",
-                        (_, false, true) => "ADDED",
-                        (_, true, true) => "MODIFIED",
-                        (_, true, false) => "DELETED",
-                        _ => continue,
-                    };
-                    tx.send(event_line(kind, &encoded(&q, &obj, &e.object, &store))).await?;
                 }
             }
         }
         let quiet = tokio::time::sleep(BOOKMARK_EVERY);
         tokio::select! {
             changed = woken.changed() => if changed.is_err() { return Ok(()) },
-            _ = quiet, if q.bookmarks => tx.send(bookmark::<T>(from, false)).await?,
+            _ = quiet, if options.bookmarks => tx.send(bookmark(from, false)).await?,
             _ = tokio::time::sleep_until(deadline) => {
-                if q.bookmarks {
-                    tx.send(bookmark::<T>(from, false)).await?;
+                if options.bookmarks {
+                    tx.send(bookmark(from, false)).await?;
                 }
                 return Ok(());
             }

@@ -27,9 +27,7 @@ pub(super) struct Resource {
     status: bool,
 }
 
-const READ: &[&str] = &["get", "list"];
-const WRITE: &[&str] = &["create", "delete", "get", "list", "patch", "update"];
-// Locally every kind is watched as well (the cluster's watches are its API server's).
+// Every kind is watched: locally from the store's history, on a cluster relayed from its API server.
 const READ_WATCH: &[&str] = &["get", "list", "watch"];
 const WRITE_WATCH: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
 
@@ -44,7 +42,7 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
             kind: "Service",
             short: &["kservice", "ksvc"],
             categories: knative,
-            verbs: if local { WRITE_WATCH } else { WRITE },
+            verbs: WRITE_WATCH,
             status: true,
         },
         Resource {
@@ -56,7 +54,7 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
             verbs: if local {
                 &["delete", "get", "list", "watch"]
             } else {
-                READ
+                READ_WATCH
             },
             status: true,
         },
@@ -78,7 +76,7 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
         kind: "Rollout",
         short: &["ro"],
         categories: &["all", "revisor"],
-        verbs: if local { WRITE_WATCH } else { WRITE },
+        verbs: WRITE_WATCH,
         status: true,
     }];
     let mut all = vec![
@@ -96,7 +94,7 @@ pub(super) fn groups(local: bool) -> Vec<(&'static str, &'static str, Vec<Resour
                 kind: "Event",
                 short: &[],
                 categories: &[],
-                verbs: &["list"],
+                verbs: &["list", "watch"],
                 status: false,
             }],
         ));
@@ -245,7 +243,7 @@ fn groups_discovery(local: bool) -> Vec<Value> {
 fn core_v1(local: bool) -> Value {
     let events = json!({
         "name": "events", "singularName": "event", "namespaced": true, "kind": "Event",
-        "verbs": ["list"], "shortNames": ["ev"],
+        "verbs": ["list", "watch"], "shortNames": ["ev"],
     });
     let resources = if local { vec![events] } else { vec![] };
     json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1", "resources": resources })

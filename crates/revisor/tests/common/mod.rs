@@ -480,6 +480,11 @@ impl Drop for KnativeServer {
 }
 
 impl KnativeServer {
+    /// Its data directory (its admin token and CA are there).
+    pub fn data(&self) -> &Path {
+        self._data.path()
+    }
+
     pub fn start(kubeconfig: &Path, extra: &[&str]) -> KnativeServer {
         let data = tempfile::tempdir().unwrap();
         let mut child = Command::new(BIN)
