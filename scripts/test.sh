@@ -6,7 +6,8 @@
 # - magika 1.0.3's wheel from PyPI, from which the pretrained model the tests serve is extracted;
 # - Debian's prometheus, which a rollout test starts on loopback as a metric provider;
 # - kubectl, a Kubernetes client the kubectl test drives (Debian's kubernetes-client when none is on
-#   the PATH; the machine image has kubectl 1.32).
+#   the PATH; the machine image has kubectl 1.32);
+# - Debian's chromium and chromium-driver, the headless browser the dashboard test drives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -28,6 +29,11 @@ fi
 if ! command -v kubectl >/dev/null 2>&1; then
   echo "installing kubectl (kubernetes-client) with apt-get" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null
+fi
+
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "installing chromium and chromium-driver with apt-get" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
 fi
 
 VENV="$ROOT/.venv-test"

@@ -154,7 +154,16 @@ impl Autoscaling {
                 st.from_zero.entry(key.clone()).or_insert(None);
             }
             scaled = true;
-            tracing::debug!(revision = %key, replicas = d.replicas, activity = ?d.activity, "autoscaler");
+            let why = match &d.result {
+                Some(r) if r.panicking => format!(
+                    "panic mode: {:.2} in flight over the panic window (stable window {:.2}) wants {}",
+                    r.panic, r.stable, r.desired
+                ),
+                Some(r) => format!("{:.2} in flight over the stable window wants {}", r.stable, r.desired),
+                None if d.replicas == 0 => "no request within the scale-to-zero grace period".into(),
+                None => "no data yet: initial scale".into(),
+            };
+            tracing::info!(decision = "scale", revision = %key, replicas = d.replicas, "scale {key} to {}: {why}", d.replicas);
             self.changed.lock().unwrap().push(key);
         }
         scaled
@@ -183,6 +192,12 @@ impl Autoscaling {
             }
         }
         if before != after {
+            tracing::info!(
+                decision = "scale",
+                revision = %key,
+                replicas = after,
+                "scale {key} to {after}: {held} request(s) waiting with {ready} ready replica(s)"
+            );
             self.changed.lock().unwrap().push(key.clone());
         }
         before != after

@@ -78,33 +78,44 @@ pub struct GatewayMetrics(Gateway);
 
 impl revisor_rollout_controller::MetricsSource for GatewayMetrics {
     async fn counters(&self, namespace: &str, revision: &str) -> Option<revisor_rollout::Counters> {
-        let mut out: Option<revisor_rollout::Counters> = None;
-        for m in self.0.metrics() {
-            if m.labels.namespace != namespace || m.labels.revision != revision {
-                continue;
-            }
-            let c = out.get_or_insert_with(|| revisor_rollout::Counters {
-                requests: [0; 5],
-                bounds_ms: m.latency_buckets_ms.clone(),
-                latency_counts: vec![0; m.latency_counts.len()],
-                diff_bounds: revisor_gateway::DIFF_BUCKETS.to_vec(),
-                diff_counts: vec![0; m.diff_counts.len()],
-                ..Default::default()
-            });
-            for (a, b) in c.requests.iter_mut().zip(m.requests) {
-                *a += b;
-            }
-            for (a, b) in c.latency_counts.iter_mut().zip(&m.latency_counts) {
-                *a += b;
-            }
-            c.compared += m.compared;
-            c.argmax_agreed += m.argmax_agreed;
-            for (a, b) in c.diff_counts.iter_mut().zip(&m.diff_counts) {
-                *a += b;
-            }
-        }
-        out
+        let mine = self
+            .0
+            .metrics()
+            .into_iter()
+            .filter(|m| m.labels.namespace == namespace && m.labels.revision == revision);
+        counters_by_revision(mine).into_values().next()
     }
+}
+
+/// The gateway's per-route counters summed per revision (namespace, name): what analysis and the
+/// dashboard read.
+pub fn counters_by_revision(
+    metrics: impl IntoIterator<Item = revisor_gateway::MetricsSnapshot>,
+) -> BTreeMap<(String, String), revisor_rollout::Counters> {
+    let mut out: BTreeMap<(String, String), revisor_rollout::Counters> = BTreeMap::new();
+    for m in metrics {
+        let key = (m.labels.namespace.clone(), m.labels.revision.clone());
+        let c = out.entry(key).or_insert_with(|| revisor_rollout::Counters {
+            requests: [0; 5],
+            bounds_ms: m.latency_buckets_ms.clone(),
+            latency_counts: vec![0; m.latency_counts.len()],
+            diff_bounds: revisor_gateway::DIFF_BUCKETS.to_vec(),
+            diff_counts: vec![0; m.diff_counts.len()],
+            ..Default::default()
+        });
+        for (a, b) in c.requests.iter_mut().zip(m.requests) {
+            *a += b;
+        }
+        for (a, b) in c.latency_counts.iter_mut().zip(&m.latency_counts) {
+            *a += b;
+        }
+        c.compared += m.compared;
+        c.argmax_agreed += m.argmax_agreed;
+        for (a, b) in c.diff_counts.iter_mut().zip(&m.diff_counts) {
+            *a += b;
+        }
+    }
+    out
 }
 
 /// What the loop knows about each revision beyond the runtime's snapshot.

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
+use crate::metrics::Outcomes;
 use crate::providers::{Load, Providers};
 use crate::queue::Queue;
 use crate::world::{Change, Commit, Key, World};
@@ -55,6 +56,8 @@ struct Inner<W, P, C> {
     clock: C,
     /// The last answer of each (rollout, webhook kind), reused for [`HOOK_FRESH_FOR`].
     hooks: Mutex<HookCache>,
+    /// Rollouts that ended, for `/metrics`.
+    outcomes: Arc<Outcomes>,
 }
 
 /// Cheap to clone; clones share the world, the providers and the clock.
@@ -78,12 +81,18 @@ impl<W: World, P: Providers, C: Clock> RolloutController<W, P, C> {
                 providers,
                 clock,
                 hooks: Mutex::new(HashMap::new()),
+                outcomes: Arc::default(),
             }),
         }
     }
 
     /// Runs until the world's change channel closes: steps every Rollout at start, then each one
     /// when it or its Service changes and when its step asked to be looked at again.
+    /// The promotions, rollbacks and their durations this controller saw, for `/metrics`.
+    pub fn outcomes(&self) -> Arc<Outcomes> {
+        self.inner.outcomes.clone()
+    }
+
     pub async fn run(self) {
         let mut changes = self.inner.world.subscribe();
         let mut queue: Queue<Key> = Queue::default();
@@ -282,6 +291,16 @@ impl<W: World, P: Providers, C: Clock> RolloutController<W, P, C> {
             .await?;
         // Not committed: someone (an operator's request) wrote meanwhile; the change wakes it again.
         if committed && was_active && ended {
+            // From the canary revision's creation (the rollout's start) to now.
+            let started = match &st.canary_revision {
+                Some(canary) => w
+                    .revision(ns, canary)
+                    .await?
+                    .and_then(|c| c.metadata.creation_timestamp),
+                None => None,
+            };
+            let seconds = started.map(|t| (now - t).num_milliseconds() as f64 / 1000.0);
+            self.inner.outcomes.ended(&r, status.phase, seconds);
             let mut done = r.clone();
             done.status = Some(status);
             self.post_rollout(&done);
@@ -296,7 +315,14 @@ impl<W: World, P: Providers, C: Clock> RolloutController<W, P, C> {
         traffic: Option<Vec<TrafficTarget>>,
         events: Vec<revisor_rollout::Event>,
     ) -> Result<bool, String> {
-        self.inner
+        // One log line per decision (a step, a promotion, a rollback ...), with its reason.
+        let logged: Vec<(bool, String, String)> = events
+            .iter()
+            .map(|e| (e.warning, e.reason.clone(), e.message.clone()))
+            .collect();
+        let (phase, weight) = (status.phase, status.canary_weight);
+        let committed = self
+            .inner
             .world
             .commit(Commit {
                 rollout: r.clone(),
@@ -304,7 +330,18 @@ impl<W: World, P: Providers, C: Clock> RolloutController<W, P, C> {
                 traffic,
                 events,
             })
-            .await
+            .await?;
+        if committed {
+            let name = format!("{}/{}", r.metadata.namespace, r.metadata.name);
+            for (warning, reason, message) in logged {
+                if warning {
+                    tracing::warn!(decision = %reason, rollout = %name, phase = %phase, weight, "{name}: {reason}: {message}");
+                } else {
+                    tracing::info!(decision = %reason, rollout = %name, phase = %phase, weight, "{name}: {reason}: {message}");
+                }
+            }
+        }
+        Ok(committed)
     }
 
     fn forget_hooks(&self, key: &Key) {

@@ -15,6 +15,7 @@
 
 pub mod clock;
 pub mod controller;
+pub mod metrics;
 pub mod prometheus;
 pub mod providers;
 pub mod queue;
@@ -23,6 +24,7 @@ pub mod world;
 
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use controller::{RolloutController, Stepped};
+pub use metrics::{Outcomes, RolloutCollector};
 pub use prometheus::PrometheusClient;
 pub use providers::{HttpProviders, Load, MetricsSource, Providers};
 pub use world::{Change, Commit, Key, World};

@@ -19,11 +19,8 @@ fn main() {
 
 /// Everything `main` does after collecting its arguments; the pre-fork server's children start here.
 fn run(args: Vec<std::ffi::OsString>) -> i32 {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("REVISOR_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = cli::Cli::parse_from(args);
+    logs(cli.log_format);
     // Not for `demo` either: the flag survives fork and exec, and the `revisor serve` it starts would
     // inherit it.
     if matches!(cli.command, cli::Command::Serve { .. } | cli::Command::Demo) {
@@ -40,6 +37,23 @@ fn run(args: Vec<std::ffi::OsString>) -> i32 {
             1
         }
         _ => 0,
+    }
+}
+
+/// Log lines on standard error, as `--log-format` says, filtered by `REVISOR_LOG` (else `RUST_LOG`,
+/// else `info`); colours only on a terminal (a replica's log file gets none).
+fn logs(format: cli::LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REVISOR_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| "info".into());
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        cli::LogFormat::Text => fmt.init(),
+        cli::LogFormat::Json => fmt.json().flatten_event(true).init(),
     }
 }
 

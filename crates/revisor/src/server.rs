@@ -70,7 +70,9 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         .spawn();
     let world = revisor_controller::StoreWorld::new(store.clone(), controller);
     let providers = HttpProviders::new(backend.metrics_source());
-    tokio::spawn(RolloutController::new(world, providers, SystemClock).run());
+    let rollouts = RolloutController::new(world, providers, SystemClock);
+    let outcomes = rollouts.outcomes();
+    tokio::spawn(rollouts.run());
     revisor_controller::gc::spawn(store.clone(), cfg.gc.clone(), std::time::Duration::from_secs(30));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -85,10 +87,16 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         "revisor: admin API listening on https://{admin_addr} (data in {})",
         cfg.data_dir.display()
     );
-    // One registry, one exposition: the gateway's per-revision series, then the autoscaler's.
+    // One registry, one exposition: the gateway's per-revision series, the autoscaler's, the Rollouts'.
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(gateway.metrics_collector()));
     registry.register_collector(Box::new(backend.autoscaler_collector()));
+    // The Rollouts' state, read at each scrape, and what the Rollout controller saw end.
+    let reader = store.clone();
+    registry.register_collector(Box::new(revisor_rollout_controller::RolloutCollector::new(move || {
+        reader.list::<revisor_api::Rollout>(None).unwrap_or_default()
+    })));
+    outcomes.register(&mut registry);
     let state = AdminState {
         store,
         defaults: Arc::new(cfg.defaults),

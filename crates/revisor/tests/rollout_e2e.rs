@@ -1,7 +1,7 @@
 //! Rollouts end to end, with real processes under continuous load: a good canary is promoted through
 //! its steps, a canary answering 5xx and a slow one are rolled back by analysis with the reason, the
 //! only failed requests are the faulty canary's own, `undo` moves traffic back at once, and a kill -9
-//! of the server mid-rollout resumes at the same step.
+//! of the server mid-rollout resumes at the same step. `/metrics` shows each rollout as it goes.
 
 mod common;
 
@@ -90,11 +90,69 @@ async fn promote_then_roll_back_under_load_then_undo() {
     let load = Load::start(server.gateway_addr(), "web.default.localhost", 5, 60);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // A good canary: promoted through every step.
+    // A good canary: promoted through every step. Meanwhile /metrics is read as Prometheus would.
+    let scrapes = Scraper::start(&s);
     apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
     let started = Instant::now();
     let (code, out) = watch_async(&s).await;
     assert_eq!(code, 0, "promoted:\n{out}");
+    let seen = scrapes.stop();
+    let ours = [("namespace", "default"), ("rollout", "web")];
+    let values = |name: &str, extra: &[(&str, &str)]| -> Vec<f64> {
+        let mut labels = ours.to_vec();
+        labels.extend_from_slice(extra);
+        seen.iter().filter_map(|m| series(m, name, &labels)).collect()
+    };
+    let weights = values("revisor_rollout_canary_weight", &[]);
+    assert!(
+        weights.contains(&20.0) && weights.contains(&50.0),
+        "the weight steps: {weights:?}"
+    );
+    assert!(values("revisor_rollout_phase", &[("phase", "Progressing")]).contains(&1.0));
+    assert!(values("revisor_rollout_steps", &[]).iter().all(|n| *n == 4.0));
+    let rates = values("revisor_rollout_analysis_value", &[("metric", "success-rate")]);
+    assert!(
+        !rates.is_empty() && rates.iter().all(|r| *r >= 95.0),
+        "success rates measured: {rates:?}"
+    );
+    assert!(values(
+        "revisor_rollout_analysis_verdict",
+        &[("metric", "success-rate"), ("verdict", "Successful")]
+    )
+    .contains(&1.0));
+    assert!(values("revisor_rollout_analysis_samples", &[("metric", "latency-p99")])
+        .iter()
+        .any(|n| *n >= 10.0));
+    let after = admin_get(&s, "/metrics");
+    assert_eq!(
+        series(&after, "revisor_rollout_promotions_total", &ours),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(
+        series(
+            &after,
+            "revisor_rollout_phase",
+            &[ours[0], ours[1], ("phase", "Succeeded")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(series(&after, "revisor_rollout_canary_weight", &ours), Some(0.0));
+    assert_eq!(
+        series(
+            &after,
+            "revisor_rollout_info",
+            &[ours[0], ours[1], ("stable", "web-00002")]
+        ),
+        Some(1.0),
+        "{after}"
+    );
+    let took = series(
+        &after,
+        "revisor_rollout_duration_seconds_sum",
+        &[ours[0], ours[1], ("outcome", "promoted")],
+    );
+    assert!(took.is_some_and(|t| t > 0.0 && t < 60.0), "{after}");
     assert!(
         out.contains("20%") && out.contains("50%"),
         "went through the steps:\n{out}"
@@ -123,6 +181,22 @@ async fn promote_then_roll_back_under_load_then_undo() {
     assert!(msg.contains("success-rate"), "the reason names the metric: {msg}");
     let events = ok(&s, &["events", "web"]);
     assert!(events.contains("AnalysisFailed"), "{events}");
+    let after = admin_get(&s, "/metrics");
+    let ours = [("namespace", "default"), ("rollout", "web")];
+    assert_eq!(
+        series(&after, "revisor_rollout_rollbacks_total", &ours),
+        Some(1.0),
+        "{after}"
+    );
+    assert_eq!(series(&after, "revisor_rollout_promotions_total", &ours), Some(1.0));
+    assert_eq!(
+        series(
+            &after,
+            "revisor_rollout_duration_seconds_count",
+            &[ours[0], ours[1], ("outcome", "rolledBack")]
+        ),
+        Some(1.0)
+    );
     // Sequential analysis: the failing verdict is kept with its evidence, and came at a look as soon
     // as the evidence was strong, without waiting for a threshold count of failed intervals.
     let failed: Vec<&serde_json::Value> = r["status"]["measurements"]
@@ -811,4 +885,39 @@ async fn analysis_goes_on_after_a_kill_9_mid_analysis() {
     let _ = load.stop().await;
     let msg = rollout_json(&s)["status"]["message"].as_str().unwrap().to_string();
     assert!(msg.contains("success-rate"), "{msg}");
+}
+
+/// Reads /metrics every 100 ms in the background, as a Prometheus scraping fast would.
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl Scraper {
+    fn start(s: &str) -> Scraper {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, s) = (stop.clone(), s.to_string());
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.push(admin_get(&s, "/metrics"));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            seen
+        });
+        Scraper { stop, thread }
+    }
+
+    fn stop(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// The value of the series `name` whose labels include every one of `labels`, in an exposition.
+fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
 }

@@ -119,7 +119,12 @@ async fn check(State(g): State<Guard>, req: Request, next: Next) -> Response {
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        let own = hosts.first().and_then(|h| h.to_str().ok()).unwrap_or("");
+        // HTTP/2 (what a browser speaks here) carries the host as the URI's authority, not a header.
+        let own = hosts
+            .first()
+            .and_then(|h| h.to_str().ok())
+            .or(req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or("");
         let same = origin
             .split_once("://")
             .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && rest == own);

@@ -3,6 +3,7 @@
 mod backend;
 pub mod cluster;
 mod collection;
+mod dashboard;
 mod discovery;
 mod events;
 pub mod guard;
@@ -47,8 +48,8 @@ pub fn router(state: AdminState) -> Router {
     backend::router(state)
 }
 
-/// What only the local backend serves: replica logs, the data plane's metrics, and the events it
-/// records as Kubernetes event lists.
+/// What only the local backend serves: replica logs, the data plane's metrics, the events it
+/// records as Kubernetes event lists, and the dashboard.
 fn local_routes() -> Router<AdminState> {
     Router::new()
         .route(
@@ -67,4 +68,5 @@ fn local_routes() -> Router<AdminState> {
             "/apis/events.k8s.io/v1/namespaces/{ns}/events",
             get(events::namespaced::<true>),
         )
+        .merge(dashboard::routes())
 }

@@ -26,6 +26,16 @@ use crate::config::{ServeFlags, ServerConfig, DEFAULT_ADMIN_ADDR};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines are written to standard error: `text` for people, `json` (one object per line,
+    /// with its fields) for log collectors. Which lines: `REVISOR_LOG` or `RUST_LOG` (default `info`).
+    #[arg(long, global = true, value_enum, env = "REVISOR_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `--server`, on the commands that talk to the admin API (and, through `rollout`, its subcommands).
@@ -318,6 +328,15 @@ pub enum Command {
         #[command(flatten)]
         server: ServerArg,
     },
+    /// Open the dashboard (`/ui` on the admin address) in a browser, logged in with the admin token;
+    /// prints the link too (it carries the token: keep it to yourself).
+    Dashboard {
+        #[command(flatten)]
+        server: ServerArg,
+        /// Only print the link.
+        #[arg(long)]
+        no_browser: bool,
+    },
     /// Print a shell completion script: `source <(revisor completions bash)`, or save it where the
     /// shell loads completions from.
     Completions {
@@ -345,7 +364,8 @@ impl Command {
             | Command::Export { server, .. }
             | Command::Rollout { server, .. }
             | Command::Events { server, .. }
-            | Command::Kubeconfig { server } => Some(server),
+            | Command::Kubeconfig { server }
+            | Command::Dashboard { server, .. } => Some(server),
             Command::Serve { .. }
             | Command::ModelServer { .. }
             | Command::ExampleModels { .. }
@@ -546,6 +566,7 @@ pub fn run(cli: Cli) -> Result<()> {
             print!("{}", kubeconfig(server)?);
             return Ok(());
         }
+        Command::Dashboard { server, no_browser } => return dashboard(server, *no_browser),
         Command::Crd => {
             print!("{}", serde_norway::to_string(&revisor_api::rollout::crd())?);
             return Ok(());
@@ -586,6 +607,7 @@ pub fn run(cli: Cli) -> Result<()> {
         | Command::Crd
         | Command::Simulate { .. }
         | Command::Kubeconfig { .. }
+        | Command::Dashboard { .. }
         | Command::Completions { .. } => {
             unreachable!("handled above")
         }
@@ -729,15 +751,48 @@ pub fn print_value(v: &serde_json::Value, output: Output) -> Result<()> {
 
 /// A kubeconfig for the admin API at `server.server`: the token and CA the CLI would use (from
 /// `--token-file` and `--certificate-authority`, else those the server wrote for this address).
-fn kubeconfig(server: &ServerArg) -> Result<String> {
-    use base64::Engine;
+/// The admin token for `server`, or an error that says where it is found.
+fn token_of(server: &ServerArg) -> Result<String> {
     let url = server.server.trim_end_matches('/');
-    let token = crate::auth::client_token(url, server.token_file.as_deref())?.ok_or_else(|| {
+    crate::auth::client_token(url, server.token_file.as_deref())?.ok_or_else(|| {
         anyhow::anyhow!(
             "no admin token for {url}: run this on the server's machine (its token is in \
              ~/.config/revisor/credentials), or pass --token-file FILE"
         )
-    })?;
+    })
+}
+
+/// `revisor dashboard`: the login link (which sets the cookie and goes to `/ui`), opened in the
+/// desktop's browser unless `--no-browser`.
+fn dashboard(server: &ServerArg, no_browser: bool) -> Result<()> {
+    let url = server.server.trim_end_matches('/');
+    let link = format!("{url}{}?token={}", crate::admin::guard::LOGIN, token_of(server)?);
+    println!("{link}");
+    if no_browser {
+        return Ok(());
+    }
+    let opened = std::process::Command::new("xdg-open")
+        .arg(&link)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if !opened.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "could not open a browser (xdg-open): open the link above; the server's CA is {}",
+            {
+                crate::auth::ca_path(url)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "not on this machine".into())
+            }
+        );
+    }
+    Ok(())
+}
+
+fn kubeconfig(server: &ServerArg) -> Result<String> {
+    use base64::Engine;
+    let url = server.server.trim_end_matches('/');
+    let token = token_of(server)?;
     let ca = match &server.certificate_authority {
         Some(f) => Some(std::fs::read(f).map_err(|e| anyhow::anyhow!("--certificate-authority {}: {e}", f.display()))?),
         None => crate::auth::ca_path(url)

@@ -37,15 +37,20 @@ impl Server {
 
     /// A server with more flags of `revisor serve`.
     pub fn start_args(data: &Path, extra: &[&str]) -> Server {
-        Self::spawn(data, "127.0.0.1:0", None, extra)
+        Self::spawn(data, "127.0.0.1:0", None, extra, "warn")
     }
 
     /// A server with `config` as its revisor.toml (written beside the data dir).
     pub fn start_with(data: &Path, gateway: &str, config: Option<&str>) -> Server {
-        Self::spawn(data, gateway, config, &[])
+        Self::spawn(data, gateway, config, &[], "warn")
     }
 
-    fn spawn(data: &Path, gateway: &str, config: Option<&str>, extra: &[&str]) -> Server {
+    /// A server with more flags, logging at `level` (`REVISOR_LOG`) into [`Server::log`].
+    pub fn start_logging(data: &Path, extra: &[&str], level: &str) -> Server {
+        Self::spawn(data, "127.0.0.1:0", None, extra, level)
+    }
+
+    fn spawn(data: &Path, gateway: &str, config: Option<&str>, extra: &[&str], level: &str) -> Server {
         let mut cmd = Command::new(BIN);
         if let Some(text) = config {
             let file = data.with_extension("toml");
@@ -58,7 +63,7 @@ impl Server {
             .args(["--admin-addr", "127.0.0.1:0", "--gateway-addr", gateway, "--data-dir"])
             .arg(data)
             .args(extra)
-            .env("REVISOR_LOG", "warn")
+            .env("REVISOR_LOG", level)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start revisor serve");
