@@ -12,13 +12,14 @@
 //! runtime (`Forked`) waits on that status, and falls back to the pidfd when the server itself is
 //! gone. Children put themselves in their own process group, as spawned replicas do, so signals
 //! and the lifeline (`lifeline.rs`) treat both kinds alike. The server exits when the runtime's end
-//! of the socket closes, which happens however the runtime ends.
+//! of the socket closes, which happens however the runtime ends, and then kills the groups of the
+//! children it still has: a request the runtime sent as it was stopping leaves no orphan.
 //!
 //! Only what the child can take after `main` has started is eligible (`eligible`): an environment
 //! that the dynamic loader or the allocator read before `main` (`LD_*`, `MALLOC_*`, `MIMALLOC_*`,
 //! `GLIBC_TUNABLES`) means exec, as before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -213,6 +214,22 @@ pub fn serve(run: fn(Vec<OsString>) -> i32) -> ! {
 }
 
 fn serve_until_closed(run: fn(Vec<OsString>) -> i32) -> io::Result<()> {
+    let mut children = HashSet::new();
+    let result = serve_children(run, &mut children);
+    // The runtime is gone (its end closed, or its process died): so must everything forked for it.
+    // Replicas it was told about are ended by it or its lifeline; these are also those whose start
+    // it never heard of (asked for as it was stopping). Their groups cannot have been reused: they
+    // are this process's unreaped children.
+    for pid in children {
+        // SAFETY: kill(2) of the group an unreaped child of ours leads.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    result
+}
+
+fn serve_children(run: fn(Vec<OsString>) -> i32, children: &mut HashSet<i32>) -> io::Result<()> {
+    // SAFETY: getppid(2) has no preconditions.
+    let parent = unsafe { libc::getppid() };
     let exe: OsString = std::env::args_os().next().unwrap_or_default();
     retitle(&[exe, COMMAND.into()]);
     name_process(b"prefork");
@@ -267,7 +284,12 @@ fn serve_until_closed(run: fn(Vec<OsString>) -> i32) -> io::Result<()> {
             let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
             // SAFETY: reads whole siginfo records into a buffer of that size; EAGAIN ends it.
             while unsafe { libc::read(sigfd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) } > 0 {}
-            reap(sock)?;
+            reap(sock, children)?;
+        }
+        // SAFETY: getppid(2) has no preconditions. A runtime that died may leave requests queued in
+        // the socket: none is started for a parent that is gone.
+        if unsafe { libc::getppid() } != parent {
+            return Ok(());
         }
         if fds[0].revents != 0 {
             let (n, log) = match recv(sock, &mut buf) {
@@ -278,7 +300,11 @@ fn serve_until_closed(run: fn(Vec<OsString>) -> i32) -> io::Result<()> {
                 return Ok(());
             }
             match (decode(&buf[..n]), log) {
-                (Some(req), Some(log)) => start(sock, sigfd.as_raw_fd(), req, log, run)?,
+                (Some(req), Some(log)) => {
+                    if let Some(pid) = start(sock, sigfd.as_raw_fd(), req, log, run)? {
+                        children.insert(pid);
+                    }
+                }
                 _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "a malformed request")),
             }
         }
@@ -286,7 +312,7 @@ fn serve_until_closed(run: fn(Vec<OsString>) -> i32) -> io::Result<()> {
 }
 
 /// Reports every child that has ended.
-fn reap(sock: RawFd) -> io::Result<()> {
+fn reap(sock: RawFd, children: &mut HashSet<i32>) -> io::Result<()> {
     loop {
         let mut status = 0;
         // SAFETY: waitpid for any child, without blocking.
@@ -294,15 +320,23 @@ fn reap(sock: RawFd) -> io::Result<()> {
         if pid <= 0 {
             return Ok(());
         }
+        children.remove(&pid);
         send(sock, format!("X {pid} {status}").as_bytes(), None)?;
     }
 }
 
-fn start(sock: RawFd, sigfd: RawFd, req: Request, log: OwnedFd, run: fn(Vec<OsString>) -> i32) -> io::Result<()> {
+/// Forks the child a request asks for and answers it; the child's pid, when there is one.
+fn start(
+    sock: RawFd,
+    sigfd: RawFd,
+    req: Request,
+    log: OwnedFd,
+    run: fn(Vec<OsString>) -> i32,
+) -> io::Result<Option<i32>> {
     if let Some(dir) = &req.cwd {
         if !Path::new(dir).is_dir() {
             let why = format!("E {} working directory {:?} is not a directory", req.id, Path::new(dir));
-            return send(sock, why.as_bytes(), None);
+            return send(sock, why.as_bytes(), None).map(|_| None);
         }
     }
     // SAFETY: this process is single-threaded (it never starts a thread), so the child may run
@@ -310,7 +344,7 @@ fn start(sock: RawFd, sigfd: RawFd, req: Request, log: OwnedFd, run: fn(Vec<OsSt
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         let why = format!("E {} fork: {}", req.id, io::Error::last_os_error());
-        return send(sock, why.as_bytes(), None);
+        return send(sock, why.as_bytes(), None).map(|_| None);
     }
     if pid == 0 {
         become_child(sigfd, req, log, run);
@@ -325,11 +359,11 @@ fn start(sock: RawFd, sigfd: RawFd, req: Request, log: OwnedFd, run: fn(Vec<OsSt
         let why = format!("E {} pidfd_open: {}", req.id, io::Error::last_os_error());
         // SAFETY: the child is ours; it is reaped and reported as any other.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        return send(sock, why.as_bytes(), None);
+        return send(sock, why.as_bytes(), None).map(|_| Some(pid));
     }
     // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    send(sock, format!("S {} {pid}", req.id).as_bytes(), Some(pidfd.as_raw_fd()))
+    send(sock, format!("S {} {pid}", req.id).as_bytes(), Some(pidfd.as_raw_fd())).map(|_| Some(pid))
 }
 
 /// In the child: becomes the requested command and never returns.
@@ -432,7 +466,7 @@ pub struct Prefork {
 struct Conn {
     sock: AsyncFd<OwnedFd>,
     state: Mutex<ConnState>,
-    /// The server; killed when the connection is dropped.
+    /// The server, which exits when `sock` closes.
     _server: tokio::process::Child,
 }
 
@@ -557,7 +591,8 @@ impl Conn {
             .envs(SERVER_ENV)
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
-            .kill_on_drop(true)
+            // Not killed when dropped: it ends when our end of the socket closes, and ends what it
+            // started then (a SIGKILL would leave orphans of requests it had not answered).
             // Its own group: a terminal's Ctrl-C is for `serve`, which stops the replicas in order.
             .process_group(0)
             .spawn()?;
@@ -732,6 +767,58 @@ mod tests {
         assert!(none.cwd.is_none() && none.args.is_empty() && none.env.is_empty());
         assert!(decode(b"1\0\x003\0a\0").is_none(), "fewer arguments than announced");
         assert!(decode(b"x\0").is_none());
+    }
+
+    /// What the server was asked for as the runtime went (a request it answered to no one) is
+    /// ended with it: the bench's stopped servers left such model servers running.
+    #[test]
+    fn requests_left_when_the_runtime_goes_leave_no_orphan() {
+        let exe = revisor_testapp::upstream_binary();
+        let mut pair = [0; 2];
+        // SAFETY: socketpair fills two new descriptors, owned below.
+        cvt(unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+                pair.as_mut_ptr(),
+            )
+        })
+        .unwrap();
+        // SAFETY: both are new descriptors nothing else owns.
+        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+        let mut server = std::process::Command::new(&exe)
+            .arg(COMMAND)
+            .stdin(Stdio::from(theirs))
+            .spawn()
+            .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = tempfile::tempfile().unwrap();
+        let args = [exe.display().to_string()];
+        let msg = encode(1, &args, &[("PORT".into(), port.to_string())], None);
+        send(ours.as_raw_fd(), &msg, Some(log.as_raw_fd())).unwrap();
+        // The child starts: it listens on its port.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "the forked child never listened");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // The runtime goes without reading the answer.
+        drop(ours);
+        assert!(server.wait().unwrap().success());
+        let alive = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while alive() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the forked child outlived the runtime"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -230,8 +230,10 @@ async fn the_dashboard_shows_a_canary_and_promotes_it() {
         assert_eq!(r.status(), 401, "{path} without the token");
     }
 
-    // With the login link (what `revisor dashboard` opens).
-    browser.go(&format!("{s}/login?token={}", token(&s))).await;
+    // With the login link `revisor dashboard` prints (and opens).
+    let link = ok(&s, &["dashboard", "--no-browser"]).trim().to_string();
+    assert_eq!(link, format!("{s}/login?token={}", token(&s)));
+    browser.go(&link).await;
     browser.wait_text("#conn", "the live stream", |t| t == "live").await;
     browser.wait_text("#ro-phase", "the phase", |t| t == "Paused").await;
     let revisions = browser
