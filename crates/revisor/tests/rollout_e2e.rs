@@ -921,3 +921,41 @@ fn series(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
         .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
 }
+
+/// Issue 17: on a terminal (a pseudo-terminal from util-linux's `script`), `revisor rollout watch`
+/// draws the whole view and redraws it in place, to the promotion; piped, it prints plain lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_watch_redraws_in_place_on_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    let s = server.admin.clone();
+    start_stable(&s, dir.path(), &[], ROLLOUT);
+    let load = Load::start(server.gateway_addr(), "web.default.localhost", 4, 50);
+    apply(&s, dir.path(), "web.yaml", &web("v2", &[]));
+    let command = format!("{BIN} rollout watch web --server {s}");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("script")
+            .args(["-qfec", &command, "/dev/null"])
+            .output()
+            .expect("util-linux's script runs the watch on a pseudo-terminal")
+    })
+    .await
+    .unwrap();
+    load.stop().await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "promoted: {text}");
+    assert!(
+        text.contains("\x1b[2K") && text.contains("F\x1b[2K"),
+        "redrawn in place: {text:?}"
+    );
+    let last = text.rsplit("\x1b[J").nth(1).unwrap_or("");
+    assert!(
+        last.contains("Rollout web (service web): Succeeded"),
+        "the final view: {last:?}"
+    );
+    assert!(
+        text.contains("[weight 20%]") || text.contains("[analysis x1]"),
+        "a current step in brackets: {text:?}"
+    );
+    assert!(text.contains("success-rate") && text.contains("Successful"), "{text:?}");
+}

@@ -164,11 +164,22 @@ pub fn status_text(r: &Rollout) -> String {
 }
 
 fn watch(client: &Client, t: &Target) -> Result<i32> {
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    let mut drawn = 0;
     let mut last = String::new();
     let mut seen_progress = false;
     loop {
         let r: Rollout = client.get(&path(t))?;
         let st = r.status();
+        if terminal {
+            // On a terminal: the whole view, drawn again in place.
+            let lines = view(&r, chrono::Utc::now());
+            let mut out = std::io::stdout().lock();
+            write!(out, "{}", redraw(drawn, &lines))?;
+            out.flush()?;
+            drawn = lines.len();
+        }
         let text = format!(
             "{:<11} {} canary {} step {} {}",
             st.phase,
@@ -177,7 +188,7 @@ fn watch(client: &Client, t: &Target) -> Result<i32> {
             columns::step_text(&r),
             st.message.clone().unwrap_or_default()
         );
-        if text != last {
+        if text != last && !terminal {
             println!("{text}");
             if let Some(m) = st.measurements.last() {
                 println!(
@@ -214,6 +225,108 @@ fn watch(client: &Client, t: &Target) -> Result<i32> {
     }
 }
 
+/// What `revisor rollout watch` draws on a terminal: the rollout and its revisions, its steps with the
+/// current one in brackets, the weight bar, each metric's latest verdict on the canary with its range
+/// and evidence, the time left in a timed pause, and the message.
+pub fn view(r: &Rollout, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    use revisor_api::rollout::RunStep;
+    let st = r.status();
+    let mut out = vec![
+        format!(
+            "Rollout {} (service {}): {}",
+            r.metadata.name, r.spec.service_ref.name, st.phase
+        ),
+        format!(
+            "  stable {}   canary {}",
+            st.stable_revision.as_deref().unwrap_or("-"),
+            st.canary_revision.as_deref().unwrap_or("-")
+        ),
+        format!("  weight {}", bar(st.canary_weight)),
+    ];
+    let steps = r.spec.run_steps();
+    let active = matches!(st.phase, phase::PROGRESSING | phase::PAUSED);
+    let names: Vec<String> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = match s {
+                RunStep::SetWeight(w) => format!("weight {w}%"),
+                RunStep::Pause(Some(d)) => format!("pause {d:?}"),
+                RunStep::Pause(None) => "pause".into(),
+                RunStep::Analysis(n) => format!("analysis x{n}"),
+                RunStep::HeaderRoute(_) => "header route".into(),
+                RunStep::Mirror(p) => format!("mirror {p}%"),
+            };
+            if active && i == st.current_step as usize {
+                format!("[{name}]")
+            } else {
+                name
+            }
+        })
+        .collect();
+    if !names.is_empty() {
+        out.push(format!("  steps  {}", names.join(" > ")));
+    }
+    if let (true, Some(RunStep::Pause(Some(d))), Some(started)) =
+        (active, steps.get(st.current_step as usize), st.step_started_at)
+    {
+        let left = (started + chrono::Duration::from_std(*d).unwrap_or_default() - now)
+            .num_seconds()
+            .max(0);
+        out.push(format!("  pause  {left}s left"));
+    }
+    let canary = st.canary_revision.as_deref().or(st.rejected_revision.as_deref());
+    let mut latest: Vec<&revisor_api::rollout::Measurement> = Vec::new();
+    for m in st
+        .measurements
+        .iter()
+        .rev()
+        .filter(|m| Some(m.revision.as_str()) == canary)
+    {
+        if !latest.iter().any(|l| l.metric == m.metric) {
+            latest.push(m);
+        }
+    }
+    latest.sort_by(|a, b| a.metric.cmp(&b.metric));
+    for m in latest {
+        let range = match (m.threshold.min, m.threshold.max) {
+            (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
+            (Some(lo), None) => format!(">= {lo}"),
+            (None, Some(hi)) => format!("<= {hi}"),
+            (None, None) => "relative to stable".into(),
+        };
+        out.push(format!(
+            "  {:<22} {:>10} {:<14} {:<12} {} samples{}",
+            m.metric,
+            m.value.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into()),
+            range,
+            m.verdict.to_string(),
+            m.samples,
+            m.comparison.as_deref().map(|c| format!("; {c}")).unwrap_or_default()
+        ));
+    }
+    if let Some(msg) = &st.message {
+        out.push(format!("  {msg}"));
+    }
+    out
+}
+
+/// The terminal output that replaces the `drawn` lines last printed with `lines`: the cursor goes up
+/// to where they began, each line is cleared as it is written, and what is below is cleared.
+pub fn redraw(drawn: usize, lines: &[String]) -> String {
+    let mut s = String::new();
+    if drawn > 0 {
+        s.push_str(&format!("\x1b[{drawn}F"));
+    }
+    for l in lines {
+        s.push_str("\x1b[2K");
+        s.push_str(l);
+        s.push('\n');
+    }
+    s.push_str("\x1b[J");
+    s
+}
+
 /// The table of `revisor get rollouts`: NAME SERVICE STABLE CANARY WEIGHT PHASE STEP AGE, one row per item.
 pub fn rows(items: &[Value], all_ns: bool) -> Result<(Vec<&'static str>, Vec<Vec<String>>)> {
     let mut rows = Vec::new();
@@ -230,4 +343,72 @@ pub fn rows(items: &[Value], all_ns: bool) -> Result<(Vec<&'static str>, Vec<Vec
         headers.insert(0, "NAMESPACE");
     }
     Ok((headers, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paused() -> Rollout {
+        serde_json::from_value(json!({
+            "apiVersion": "revisor.dev/v1alpha1", "kind": "Rollout",
+            "metadata": { "name": "web", "namespace": "default" },
+            "spec": {
+                "serviceRef": { "name": "web" },
+                "strategy": { "canary": { "steps": [
+                    { "setWeight": 20 }, { "pause": { "duration": "30s" } }, { "setWeight": 50 }
+                ] } },
+            },
+            "status": {
+                "phase": "Paused", "stableRevision": "web-00001", "canaryRevision": "web-00002",
+                "canaryWeight": 20, "currentStep": 1, "stepStartedAt": "2026-11-30T12:00:00Z",
+                "message": "paused at 20% for 30s",
+                "measurements": [
+                    { "time": "2026-11-30T12:00:01Z", "revision": "web-00002", "step": 1, "metric": "success-rate",
+                      "value": 97.0, "threshold": { "min": 99.0 }, "samples": 40, "verdict": "Inconclusive" },
+                    { "time": "2026-11-30T12:00:03Z", "revision": "web-00002", "step": 1, "metric": "success-rate",
+                      "value": 99.5, "threshold": { "min": 99.0 }, "samples": 120, "verdict": "Successful",
+                      "comparison": "sequential: 0 of 120" },
+                    { "time": "2026-11-30T12:00:03Z", "revision": "web-00001", "step": 1, "metric": "latency-p99",
+                      "value": 8.0, "threshold": { "max": 100.0 }, "samples": 500, "verdict": "Successful" },
+                ],
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_terminal_view_shows_steps_weight_every_metric_and_the_pause_left() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-30T12:00:10Z")
+            .unwrap()
+            .to_utc();
+        let v = view(&paused(), now).join("\n");
+        assert!(v.contains("Rollout web (service web): Paused"), "{v}");
+        assert!(v.contains("stable web-00001   canary web-00002"), "{v}");
+        assert!(v.contains("weight [####----------------]  20%"), "{v}");
+        assert!(
+            v.contains("weight 20% > [pause 30s] > weight 50%"),
+            "the current step: {v}"
+        );
+        assert!(v.contains("pause  20s left"), "{v}");
+        let metric: Vec<&str> = v.lines().filter(|l| l.contains("success-rate")).collect();
+        assert_eq!(metric.len(), 1, "the latest verdict per metric: {v}");
+        assert!(
+            metric[0].contains("99.500") && metric[0].contains(">= 99") && metric[0].contains("Successful"),
+            "{v}"
+        );
+        assert!(metric[0].contains("120 samples; sequential: 0 of 120"), "{v}");
+        assert!(
+            !v.contains("latency-p99"),
+            "stable's measurements are not the canary's: {v}"
+        );
+        assert!(v.ends_with("paused at 20% for 30s"), "{v}");
+    }
+
+    #[test]
+    fn a_redraw_goes_back_over_what_was_drawn() {
+        let lines = vec!["a".to_string(), "b".to_string()];
+        assert_eq!(redraw(0, &lines), "\x1b[2Ka\n\x1b[2Kb\n\x1b[J");
+        assert_eq!(redraw(3, &lines), "\x1b[3F\x1b[2Ka\n\x1b[2Kb\n\x1b[J");
+    }
 }
