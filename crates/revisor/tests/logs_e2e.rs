@@ -1,6 +1,7 @@
 //! Issue 17: structured logs. `--log-format json` writes one JSON object per line with the event's
-//! fields; every decision is one line with its reason (here the autoscaler's: a revision at zero is
-//! scaled to one by a waiting request); text goes to a pipe without colour escapes.
+//! fields; every decision is one line with its reason (here the autoscaler's, a revision at zero
+//! scaled to one by a waiting request, and the Rollout controller's, a step and a promotion); text
+//! goes to a pipe without colour escapes.
 
 mod common;
 
@@ -8,11 +9,30 @@ use std::time::Duration;
 
 use common::*;
 
-fn service() -> String {
-    upstream_service("logged", &[], &[("autoscaling.knative.dev/initial-scale", "0")], "")
+fn service(version: &str) -> String {
+    upstream_service(
+        "logged",
+        &[("VERSION", version)],
+        &[("autoscaling.knative.dev/initial-scale", "0")],
+        "",
+    )
 }
 
-/// A server at `format`, logging at info, with a revision at zero that one request wakes.
+const ROLLOUT: &str = "apiVersion: revisor.dev/v1alpha1
+kind: Rollout
+metadata:
+  name: logged
+spec:
+  serviceRef:
+    name: logged
+  strategy:
+    canary:
+      steps:
+        - setWeight: 50
+";
+
+/// A server at `format`, logging at info, with a revision at zero that one request wakes, then a
+/// Rollout that promotes a second revision in one step; its log.
 fn scaled_from_zero(dir: &std::path::Path, format: &str) -> String {
     std::fs::write(dir.join("data.toml"), "[autoscaler]\nallow-zero-initial-scale = true\n").unwrap();
     let server = Server::start_logging(
@@ -26,7 +46,8 @@ fn scaled_from_zero(dir: &std::path::Path, format: &str) -> String {
         "info",
     );
     let s = server.admin.clone();
-    apply(&s, dir, "logged.yaml", &service());
+    apply(&s, dir, "rollout.yaml", ROLLOUT);
+    apply(&s, dir, "logged.yaml", &service("v1"));
     wait_ready(&s, "logged", &["logged-00001"]);
     let gateway = server.gateway_addr();
     let body = reqwest::blocking::Client::new()
@@ -38,6 +59,10 @@ fn scaled_from_zero(dir: &std::path::Path, format: &str) -> String {
     assert!(body.contains("logged-00001"), "{body}");
     wait_until("a scale decision in the log", Duration::from_secs(10), || {
         server.log.lock().unwrap().contains("logged-00001 to 1")
+    });
+    apply(&s, dir, "logged.yaml", &service("v2"));
+    wait_until("the promotion in the log", Duration::from_secs(30), || {
+        server.log.lock().unwrap().contains("Promoted")
     });
     let log = server.log.lock().unwrap().clone();
     log
@@ -62,6 +87,17 @@ fn json_logs_carry_each_decision_with_its_fields_and_text_logs_no_colour_codes()
         "the reason: {scale}"
     );
     assert!(scale["timestamp"].is_string(), "{scale}");
+    for decision in ["Advanced", "Promoted"] {
+        let line = lines
+            .iter()
+            .find(|v| v["decision"] == decision)
+            .unwrap_or_else(|| panic!("no {decision} decision:\n{json}"));
+        assert_eq!(line["rollout"], "default/logged", "{line}");
+        assert!(
+            line["message"].as_str().unwrap().contains("logged-00002"),
+            "the reason: {line}"
+        );
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let text = scaled_from_zero(dir.path(), "text");
