@@ -273,6 +273,18 @@ try:
           f"p50 {pct(lags, 50):.0f} ms, p99 {pct(lags, 99):.0f} ms, max {max(lags):.0f} ms over {len(lags)} runs; "
           f"the slow one ran {len(slow_runs)} analyses", flush=True)
     s.stop()
+    # Nothing a server started may outlive it: replicas whose command line names this run's models.
+    time.sleep(1)
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if WORK in open(f"/proc/{pid}/cmdline").read():
+                left.append(pid)
+        except OSError:
+            pass
+    print(f"replicas left after the servers stopped: {len(left)}", flush=True)
+    if left:
+        sys.exit(f"replicas outlived their server: {left}")
 finally:
     for p in ("small", "s"):
         srv = globals().get(p)
