@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Gateway benchmark: wrk at 64 connections against the same test upstream (1 KiB responses), directly
-# and through revisor (one revision; a 90/10 split with metrics), HAProxy (90/10) and nginx (90/10),
-# interleaved over ROUNDS rounds. Prints a Markdown table of medians (requests/s, p50, p99).
+# and through revisor, HAProxy and nginx, in two configurations: one revision with one upstream (as
+# measured outside the project: HAProxy with its default threads and `http-reuse always`, nginx with
+# upstream keepalive) and a 90/10 split between two, interleaved over ROUNDS rounds. Prints a Markdown
+# table of medians (requests/s, p50, p99) with the spread of the rounds, and revisor's ratios to each
+# peer in each configuration.
 #
 #   bench/gateway.sh [ROUNDS=5] [DURATION=10s]
+#   PERF=1 bench/gateway.sh ...   also prints each proxy's top symbols (perf record, one revision)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-5}"
@@ -40,6 +44,7 @@ wait_port "$P1"; wait_port "$P2"
 # revisor, running its own replicas of the same upstream.
 GW=$(port); ADMIN=$(port)
 "$REVISOR" serve --data-dir "$WORK/revisor" --gateway-addr "127.0.0.1:$GW" --admin-addr "127.0.0.1:$ADMIN" 2>"$WORK/revisor.log" & PIDS+=($!)
+REVISOR_PID=$!
 wait_port "$ADMIN"
 export REVISOR_SERVER="http://127.0.0.1:$ADMIN"
 svc() { # name, version env, traffic block
@@ -93,7 +98,27 @@ backend be
   server s2 127.0.0.1:$P2 weight 10
 CFG
 "$HAPROXY" -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 & PIDS+=($!)
-NP=$(port)
+# One revision, one upstream: HAProxy as installed (its default threads), reusing connections.
+H1=$(port)
+cat > "$WORK/haproxy1.cfg" <<CFG
+global
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:$H1
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:$P1
+CFG
+"$HAPROXY" -f "$WORK/haproxy1.cfg" -db >/dev/null 2>&1 & PIDS+=($!)
+HAPROXY1_PID=$!
+NP=$(port); N1=$(port)
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx.conf" <<CFG
 worker_processes 2;
@@ -105,22 +130,30 @@ http {
   client_body_temp_path $WORK/nginx;
   proxy_temp_path $WORK/nginx;
   upstream be { server 127.0.0.1:$P1 weight=9; server 127.0.0.1:$P2 weight=1; keepalive 256; }
+  upstream one { server 127.0.0.1:$P1; keepalive 256; }
   server {
     listen 127.0.0.1:$NP;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
+  server {
+    listen 127.0.0.1:$N1;
+    location / { proxy_pass http://one; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
 }
 CFG
 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' 2>/dev/null & PIDS+=($!)
-wait_port "$HP"; wait_port "$NP"
+NGINX_PID=$!
+wait_port "$HP"; wait_port "$NP"; wait_port "$H1"; wait_port "$N1"
 
 declare -A URL HOST
 URL[direct]="http://127.0.0.1:$P1/";            HOST[direct]="127.0.0.1"
 URL[revisor-1rev]="http://127.0.0.1:$GW/";      HOST[revisor-1rev]="single.default.localhost"
 URL[revisor-90/10]="http://127.0.0.1:$GW/";     HOST[revisor-90/10]="split.default.localhost"
+URL[haproxy-1rev]="http://127.0.0.1:$H1/";     HOST[haproxy-1rev]="127.0.0.1"
+URL[nginx-1rev]="http://127.0.0.1:$N1/";       HOST[nginx-1rev]="127.0.0.1"
 URL[haproxy-90/10]="http://127.0.0.1:$HP/";     HOST[haproxy-90/10]="127.0.0.1"
 URL[nginx-90/10]="http://127.0.0.1:$NP/";       HOST[nginx-90/10]="127.0.0.1"
-TARGETS=(direct revisor-1rev revisor-90/10 haproxy-90/10 nginx-90/10)
+TARGETS=(direct revisor-1rev haproxy-1rev nginx-1rev revisor-90/10 haproxy-90/10 nginx-90/10)
 
 # Converts wrk latency text (850.00us, 1.20ms, 2.00s) to milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
@@ -138,18 +171,43 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 
+if [ "${PERF:-0}" = 1 ]; then
+  # Where each proxy spends its CPU, one revision each, under the same load.
+  declare -A PERF_PIDS
+  PERF_PIDS[revisor-1rev]=$REVISOR_PID
+  PERF_PIDS[haproxy-1rev]=$HAPROXY1_PID
+  PERF_PIDS[nginx-1rev]=$(pgrep -P "$NGINX_PID" | paste -sd, -)
+  for t in revisor-1rev haproxy-1rev nginx-1rev; do
+    wrk -t"$THREADS" -c"$CONNS" -d8s -H "Host: ${HOST[$t]}" "${URL[$t]}" >/dev/null &
+    sleep 1
+    perf record -q -F 999 -g -p "${PERF_PIDS[$t]}" -o "$WORK/perf.data" -- sleep 5 2>/dev/null
+    wait
+    echo "perf top symbols, $t (self time):" >&2
+    perf report -q -i "$WORK/perf.data" --stdio --no-children --sort symbol 2>/dev/null \
+      | grep -E '^ +[0-9]' | head -12 >&2
+  done
+fi
+
 python3 - "$RAW" <<'PY'
 import sys, statistics, collections
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
 by = collections.OrderedDict()
 for r in rows:
     by.setdefault(r[1], []).append(r)
-med = {t: (statistics.median(float(r[2]) for r in rs), statistics.median(float(r[3]) for r in rs), statistics.median(float(r[4]) for r in rs), sum(1 for r in rs if r[5].strip())) for t, rs in by.items()}
-print("| target | requests/s (median) | p50 ms | p99 ms | runs with errors |")
-print("|---|---:|---:|---:|---:|")
+def col(rs, i):
+    return [float(r[i]) for r in rs]
+med = {t: (statistics.median(col(rs, 2)), statistics.median(col(rs, 3)), statistics.median(col(rs, 4)), sum(1 for r in rs if r[5].strip())) for t, rs in by.items()}
+print("| target | requests/s (median) | rounds (min-max) | p50 ms | p99 ms (median) | p99 rounds (min-max) | runs with errors |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for t, (rps, p50, p99, e) in med.items():
-    print(f"| {t} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {e} |")
-rv, hp = med["revisor-90/10"], med["haproxy-90/10"]
+    r, q = col(by[t], 2), col(by[t], 4)
+    print(f"| {t} | {rps:,.0f} | {min(r):,.0f}-{max(r):,.0f} | {p50:.3f} | {p99:.3f} | {min(q):.3f}-{max(q):.3f} | {e} |")
 print()
-print(f"revisor/HAProxy (90/10): requests/s {rv[0]/hp[0]:.2f}x, p99 {rv[2]/hp[2]:.2f}x")
+for cfg in ("1rev", "90/10"):
+    rv = med[f"revisor-{cfg}"]
+    for peer in ("haproxy", "nginx"):
+        p = med[f"{peer}-{cfg}"]
+        per_round = [a / b for a, b in zip(col(by[f"revisor-{cfg}"], 2), col(by[f"{peer}-{cfg}"], 2))]
+        print(f"revisor/{peer} ({cfg}): requests/s {rv[0]/p[0]:.2f}x (rounds {min(per_round):.2f}-{max(per_round):.2f}x), "
+              f"p99 {rv[2]/p[2]:.2f}x")
 PY
