@@ -46,7 +46,7 @@ GW=$(port); ADMIN=$(port)
 "$REVISOR" serve --data-dir "$WORK/revisor" --gateway-addr "127.0.0.1:$GW" --admin-addr "127.0.0.1:$ADMIN" 2>"$WORK/revisor.log" & PIDS+=($!)
 REVISOR_PID=$!
 wait_port "$ADMIN"
-export REVISOR_SERVER="http://127.0.0.1:$ADMIN"
+export REVISOR_SERVER="https://127.0.0.1:$ADMIN"
 svc() { # name, version env, traffic block
   cat <<YAML
 apiVersion: serving.knative.dev/v1
