@@ -179,12 +179,13 @@ if [ "${PERF:-0}" = 1 ]; then
   PERF_PIDS[nginx-1rev]=$(pgrep -P "$NGINX_PID" | paste -sd, -)
   for t in revisor-1rev haproxy-1rev nginx-1rev; do
     wrk -t"$THREADS" -c"$CONNS" -d8s -H "Host: ${HOST[$t]}" "${URL[$t]}" >/dev/null &
+    LOAD=$!
     sleep 1
     perf record -q -F 999 -g -p "${PERF_PIDS[$t]}" -o "$WORK/perf.data" -- sleep 5 2>/dev/null
-    wait
+    wait "$LOAD"
     echo "perf top symbols, $t (self time):" >&2
     perf report -q -i "$WORK/perf.data" --stdio --no-children --sort symbol 2>/dev/null \
-      | grep -E '^ +[0-9]' | head -12 >&2
+      | grep -E '^ +[0-9]' | sed -E 's/ {2,}/ /g' | cut -c1-110 | head -12 >&2
   done
 fi
 

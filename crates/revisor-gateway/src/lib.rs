@@ -267,9 +267,10 @@ impl Gateway {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let inner = self.inner.clone();
+        let peer = proxy::Peer::new(remote);
         let svc = hyper::service::service_fn(move |req| {
-            let inner = inner.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, remote).await) }
+            let (inner, peer) = (inner.clone(), peer.clone());
+            async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, peer).await) }
         });
         let mut builder = self.builder();
         builder.http1().half_close(half_close);
@@ -297,9 +298,10 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let inner = self.inner.clone();
+            let peer = proxy::Peer::new(remote);
             let svc = hyper::service::service_fn(move |req| {
-                let inner = inner.clone();
-                async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, remote).await) }
+                let (inner, peer) = (inner.clone(), peer.clone());
+                async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, peer).await) }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
             let conn = graceful.watch(conn);

@@ -21,6 +21,8 @@ use crate::Inner;
 /// The header that selects a tag, as in Knative.
 pub const TAG_HEADER: &str = "knative-serving-tag";
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -29,6 +31,21 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+
+/// The client at the other end of a connection, as each of its requests needs it: its IP as a
+/// header value (for `X-Forwarded-For`), made once per connection.
+#[derive(Clone)]
+pub struct Peer {
+    ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Peer {
+        let ip = HeaderValue::from_maybe_shared(Bytes::from(addr.ip().to_string()))
+            .expect("an IP address is a valid header value");
+        Peer { ip }
+    }
+}
 
 pub fn local(status: StatusCode, message: String) -> Response<GatewayBody> {
     let mut resp = Response::new(GatewayBody::Local(Full::new(Bytes::from(format!(
@@ -55,7 +72,7 @@ fn host_of(req: &Request<Incoming>) -> Option<&str> {
     })
 }
 
-pub async fn handle(inner: Arc<Inner>, req: Request<Incoming>, remote: SocketAddr) -> Response<GatewayBody> {
+pub async fn handle(inner: Arc<Inner>, req: Request<Incoming>, peer: Peer) -> Response<GatewayBody> {
     // RFC 9112 3.2: a request with more than one Host header is answered 400 (which one routes would
     // otherwise be up to whoever reads it).
     if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
@@ -76,16 +93,14 @@ pub async fn handle(inner: Arc<Inner>, req: Request<Incoming>, remote: SocketAdd
     let table = inner.routes.load_full();
     let picked = resolve(&table, &host, tag.as_deref(), req.headers());
     match picked {
-        Ok((target, mirror)) => {
-            let headers = req.headers().clone();
-            proxy(&inner, target, mirror, req, remote, (&host, tag.as_deref(), &headers)).await
-        }
+        Ok((target, mirror)) => proxy(&inner, target, mirror, req, &peer, (&host, tag.as_deref())).await,
         Err(resp) => *resp,
     }
 }
 
-/// Where a request was addressed: its host, its tag header, its headers (for header routes).
-type RouteKey<'a> = (&'a str, Option<&'a str>, &'a HeaderMap);
+/// Where a request was addressed: its host and its tag header (its headers, for header routes, are
+/// the request's own).
+type RouteKey<'a> = (&'a str, Option<&'a str>);
 
 /// A response the gateway gives itself instead of proxying.
 type Refusal = Box<Response<GatewayBody>>;
@@ -145,6 +160,7 @@ async fn activate(
     inner: &Inner,
     mut target: Arc<RevisionTarget>,
     route: RouteKey<'_>,
+    headers: &HeaderMap,
     deadline: &mut std::pin::Pin<Box<tokio::time::Sleep>>,
 ) -> Result<Arc<RevisionTarget>, Refusal> {
     let Some(_held) = target.activation.enter(inner.config.activation_queue_depth) else {
@@ -160,7 +176,7 @@ async fn activate(
         let table = inner.routes.load_full();
         target = match table.revisions.get(&(target.namespace.clone(), target.name.clone())) {
             Some(t) => t.clone(),
-            None => resolve(&table, route.0, route.1, route.2)?.0,
+            None => resolve(&table, route.0, route.1, headers)?.0,
         };
         if !target.endpoints.is_empty() {
             return Ok(target);
@@ -200,7 +216,7 @@ async fn proxy(
     target: Arc<RevisionTarget>,
     mirror: Option<Arc<RevisionTarget>>,
     req: Request<Incoming>,
-    remote: SocketAddr,
+    peer: &Peer,
     route: RouteKey<'_>,
 ) -> Response<GatewayBody> {
     if too_large(inner, &req) {
@@ -222,7 +238,7 @@ async fn proxy(
     // One timer per request: it bounds the wait for a replica, for the response head, then the body.
     let mut deadline = Box::pin(tokio::time::sleep_until((started + target.timeout).into()));
     let target = if target.endpoints.is_empty() {
-        match activate(inner, target, route, &mut deadline).await {
+        match activate(inner, target, route, req.headers(), &mut deadline).await {
             Ok(t) => t,
             Err(resp) => {
                 acct.outcome = match resp.status() {
@@ -292,7 +308,7 @@ async fn proxy(
         } else {
             std::mem::take(&mut parts.headers)
         };
-        let upstream = upstream_request(&parts, headers, &slot, ep, &target, remote);
+        let upstream = upstream_request(&parts, headers, &slot, ep, &target, peer);
 
         let result = tokio::select! {
             biased;
@@ -347,7 +363,7 @@ fn upstream_request(
     slot: &BodySlot,
     ep: &Endpoint,
     target: &RevisionTarget,
-    remote: SocketAddr,
+    peer: &Peer,
 ) -> Request<crate::body::RequestBody> {
     let pq = parts
         .uri
@@ -364,13 +380,19 @@ fn upstream_request(
     if target.protocol == Protocol::H2c {
         headers.remove(header::HOST);
     }
-    let ip = remote.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    // The connection's IP as it is (no allocation), or appended to what the client sent.
+    let xff = match headers.get(X_FORWARDED_FOR).map(|v| v.as_bytes()) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + peer.ip.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(peer.ip.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+        }
+        None => Some(peer.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert("x-forwarded-for", v);
+    if let Some(v) = xff {
+        headers.insert(X_FORWARDED_FOR, v);
     }
     let mut req = Request::new(slot.body());
     *req.method_mut() = parts.method.clone();

@@ -102,6 +102,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Whether this handle works in `ns` (`--namespace` names the one it works in; none: all).
+    pub fn covers(&self, ns: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|mine| mine == ns)
+    }
+
+    /// The namespace this handle works in, if `--namespace` named one.
+    pub fn namespace(&self) -> Option<&str> {
+        self.namespace.as_deref()
+    }
+
     /// An API for `kind` in `namespace`, or across the namespaces this cluster handle covers.
     pub fn api(&self, kind: &Kind, namespace: Option<&str>) -> Api<DynamicObject> {
         api(&self.client, kind, namespace.or(self.namespace.as_deref()))

@@ -37,6 +37,10 @@ pub const COMMAND: &str = "__prefork";
 
 /// The largest request (arguments and environment) sent to the server; a larger one is exec'd.
 const MAX_MESSAGE: usize = 256 * 1024;
+/// The largest reply the server sends (an `E` reply's reason is cut to fit).
+const MAX_REPLY: usize = 2048;
+/// How long a spawn waits for the server's answer before the replica is exec'd instead.
+const SPAWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The environment the server itself starts with: what revisor-local gives replicas of revisor, read
 /// by the allocator before `main` (see `eligible`).
@@ -51,7 +55,7 @@ pub fn eligible(exe: &Path, program: &Path, args: &[String], env: &[(String, Str
         + env.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>()
         + cwd.map_or(0, |c| c.as_os_str().len());
     program == exe
-        && size < MAX_MESSAGE - 64
+        && size + exe.as_os_str().len() < MAX_MESSAGE - 64
         && !args.iter().any(|a| a.contains('\0'))
         && !env
             .iter()
@@ -176,7 +180,9 @@ fn recv(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
-        if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        // A message cut short is an error; a descriptor that could not be passed (the receiver out
+        // of descriptors) is only missing, and the one request or reply it came with fails alone.
+        if msg.msg_flags & libc::MSG_TRUNC != 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "a message was truncated"));
         }
         Ok((n as usize, fd))
@@ -300,12 +306,10 @@ fn serve_children(run: fn(Vec<OsString>) -> i32, children: &mut HashSet<i32>) ->
                 return Ok(());
             }
             match (decode(&buf[..n]), log) {
-                (Some(req), Some(log)) => {
-                    if let Some(pid) = start(sock, sigfd.as_raw_fd(), req, log, run)? {
-                        children.insert(pid);
-                    }
-                }
-                _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "a malformed request")),
+                (Some(req), Some(log)) => start(sock, sigfd.as_raw_fd(), req, log, run, children)?,
+                (Some(req), None) => refuse(sock, req.id, "the request's log file did not arrive")?,
+                // Nothing to answer to: the runtime's wait for it times out, and it execs.
+                (None, _) => eprintln!("revisor {COMMAND}: a malformed request, ignored"),
             }
         }
     }
@@ -325,30 +329,32 @@ fn reap(sock: RawFd, children: &mut HashSet<i32>) -> io::Result<()> {
     }
 }
 
-/// Forks the child a request asks for and answers it; the child's pid, when there is one.
+/// Forks the child a request asks for (recorded in `children` at once, before anything can fail)
+/// and answers the request.
 fn start(
     sock: RawFd,
     sigfd: RawFd,
     req: Request,
     log: OwnedFd,
     run: fn(Vec<OsString>) -> i32,
-) -> io::Result<Option<i32>> {
+    children: &mut HashSet<i32>,
+) -> io::Result<()> {
     if let Some(dir) = &req.cwd {
         if !Path::new(dir).is_dir() {
-            let why = format!("E {} working directory {:?} is not a directory", req.id, Path::new(dir));
-            return send(sock, why.as_bytes(), None).map(|_| None);
+            let why = format!("working directory {:?} is not a directory", Path::new(dir));
+            return refuse(sock, req.id, &why);
         }
     }
     // SAFETY: this process is single-threaded (it never starts a thread), so the child may run
     // anything after fork.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        let why = format!("E {} fork: {}", req.id, io::Error::last_os_error());
-        return send(sock, why.as_bytes(), None).map(|_| None);
+        return refuse(sock, req.id, &format!("fork: {}", io::Error::last_os_error()));
     }
     if pid == 0 {
         become_child(sigfd, req, log, run);
     }
+    children.insert(pid);
     // Also here, so the group exists before the runtime records it (the child may not have run yet).
     // SAFETY: setpgid on our own child; failure only means the child did it first.
     unsafe { libc::setpgid(pid, pid) };
@@ -356,14 +362,28 @@ fn start(
     // SAFETY: pidfd_open on our own, unreaped child: the pid cannot have been reused.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
     if pidfd < 0 {
-        let why = format!("E {} pidfd_open: {}", req.id, io::Error::last_os_error());
+        let why = format!("pidfd_open: {}", io::Error::last_os_error());
         // SAFETY: the child is ours; it is reaped and reported as any other.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        return send(sock, why.as_bytes(), None).map(|_| Some(pid));
+        return refuse(sock, req.id, &why);
     }
     // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    send(sock, format!("S {} {pid}", req.id).as_bytes(), Some(pidfd.as_raw_fd())).map(|_| Some(pid))
+    send(sock, format!("S {} {pid}", req.id).as_bytes(), Some(pidfd.as_raw_fd()))
+}
+
+/// Answers a request that started nothing, with the reason (cut to what a reply can carry).
+fn refuse(sock: RawFd, id: u64, why: &str) -> io::Result<()> {
+    let mut text = format!("E {id} {why}");
+    if text.len() > MAX_REPLY {
+        let mut end = MAX_REPLY - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    send(sock, text.as_bytes(), None)
 }
 
 /// In the child: becomes the requested command and never returns.
@@ -562,8 +582,16 @@ impl Prefork {
                 Err(_would_block) => continue,
             }
         }
-        // Dropped unanswered only when the server ends.
-        rx.await.ok()
+        // Dropped unanswered only when the server ends. An answer later than the timeout finds no
+        // one waiting, and its child is killed (`route`).
+        match tokio::time::timeout(SPAWN_TIMEOUT, rx).await {
+            Ok(answer) => answer.ok(),
+            Err(_) => {
+                conn.state.lock().unwrap().spawns.remove(&id);
+                tracing::warn!("the pre-fork server did not answer within {SPAWN_TIMEOUT:?}: exec'ing the replica");
+                None
+            }
+        }
     }
 }
 
@@ -605,7 +633,7 @@ impl Conn {
 
     /// Routes replies until the server ends; returns why it ended.
     async fn read_replies(&self) -> String {
-        let mut buf = vec![0u8; 512];
+        let mut buf = vec![0u8; MAX_REPLY + 64];
         let why = loop {
             let mut ready = match self.sock.readable().await {
                 Ok(r) => r,
@@ -640,10 +668,24 @@ impl Conn {
             (Some("S"), Some(id), Some(pid)) => {
                 let id: u64 = id.parse().map_err(|_| bad())?;
                 let pid: i32 = pid.parse().map_err(|_| bad())?;
-                let pidfd = watch(fd.ok_or_else(bad)?).map_err(|e| e.to_string())?;
+                let waiter = st.spawns.remove(&id);
+                // Without its pidfd (this process out of descriptors) or with no one waiting (the
+                // spawn gave up), the child is not supervised: it is ended (the server's unreaped
+                // child, so its group is its own), and the spawn, if waiting, fails alone.
+                let pidfd = match fd.map(watch) {
+                    Some(Ok(pidfd)) if waiter.is_some() => pidfd,
+                    lost => {
+                        // SAFETY: kill(2) of the group of the server's child, not yet reaped.
+                        unsafe { libc::kill(-pid, libc::SIGKILL) };
+                        if let (Some(w), Some(Err(e))) = (waiter, lost) {
+                            let _ = w.send(Err(io::Error::other(format!("watching the forked replica: {e}"))));
+                        }
+                        return Ok(());
+                    }
+                };
                 let (tx, rx) = oneshot::channel();
                 st.exits.insert(pid, tx);
-                if let Some(waiter) = st.spawns.remove(&id) {
+                if let Some(waiter) = waiter {
                     let forked = Forked {
                         pid,
                         pidfd,
@@ -719,6 +761,21 @@ impl Forked {
             }
             ready.clear_ready();
         }
+    }
+
+    /// Whether it has not ended: its pidfd is not readable yet (the pid, and so its group, is
+    /// still its own).
+    pub fn running(&self) -> bool {
+        if self.done.is_some() {
+            return false;
+        }
+        let mut fds = [libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: poll with a zero timeout on our own descriptor.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) == 0 }
     }
 
     /// Sends `sig` to the replica itself (not its group), if it has not been reaped.

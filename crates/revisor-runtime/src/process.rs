@@ -16,11 +16,12 @@ pub enum Proc {
 }
 
 impl Proc {
-    /// Its pid, while it has not been reaped.
+    /// Its pid, while it has not been reaped (a forked one: while it has not ended, since the
+    /// pre-fork server reaps it at once).
     pub fn id(&self) -> Option<u32> {
         match self {
             Proc::Spawned(c) => c.id(),
-            Proc::Forked(f) => Some(f.id()),
+            Proc::Forked(f) => f.running().then(|| f.id()),
         }
     }
 

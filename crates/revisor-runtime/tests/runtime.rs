@@ -359,13 +359,32 @@ async fn what_cannot_be_forked_is_exec_d_and_bad_directories_are_reported() {
     let st = wait_for(&rt, "ld-00001", "ready", |s| s.ready.len() == 1).await;
     assert!(!st.last_start.unwrap().forked);
     assert_ne!(comm(stat_field(st.ready[0].pid, 4).parse().unwrap()), "prefork");
-    let mut s = spec("cwd-00001", upstream(), &[]);
-    s.working_dir = Some("/nonexistent/dir".into());
-    rt.scale(s, 1);
-    let st = wait_for(&rt, "cwd-00001", "a failure", |s| s.last_failure.is_some()).await;
-    let f = st.last_failure.unwrap();
-    assert_eq!(f.reason, "ExecFailed");
-    assert!(f.message.contains("/nonexistent/dir"), "{}", f.message);
+    rt.scale(spec("keep-00001", upstream(), &[]), 1);
+    let kept = wait_for(&rt, "keep-00001", "ready", |s| s.ready.len() == 1).await;
+    assert!(kept.last_start.unwrap().forked);
+    // A missing directory is refused, with its name; one so long that the refusal is cut short
+    // (the server's reply has a size) fails that replica alone: the forked one beside it runs on.
+    for (name, dir) in [
+        ("cwd-00001", "/nonexistent/dir".to_string()),
+        ("long-00001", format!("/nonexistent/{}", "d".repeat(3000))),
+    ] {
+        let mut s = spec(name, upstream(), &[]);
+        s.working_dir = Some(dir.into());
+        rt.scale(s, 1);
+        let st = wait_for(&rt, name, "a failure", |s| s.last_failure.is_some()).await;
+        let f = st.last_failure.unwrap();
+        assert_eq!(f.reason, "ExecFailed");
+        assert!(f.message.contains("/nonexistent/d"), "{}", f.message);
+    }
+    assert_eq!(
+        comm(kept.ready[0].pid),
+        "revisor-test-up",
+        "the forked replica beside them runs on"
+    );
+    rt.scale(spec("after-00001", upstream(), &[]), 1);
+    let st = wait_for(&rt, "after-00001", "ready", |s| s.ready.len() == 1).await;
+    assert!(st.last_start.unwrap().forked, "the same server forks the next one");
+    assert_eq!(stat_field(st.ready[0].pid, 4), stat_field(kept.ready[0].pid, 4));
     rt.shutdown().await;
 }
 

@@ -49,6 +49,8 @@ pub struct Store {
     db: Arc<Database>,
     changes: broadcast::Sender<Change>,
     history: History,
+    /// Recorded events' history, kept apart from the objects'.
+    event_history: History,
     /// Held from a commit to its publication, so that the history gets changes in version order: the
     /// next writer can commit as soon as the last one did, before it published.
     publishing: Arc<std::sync::Mutex<()>>,
@@ -87,6 +89,7 @@ impl Store {
             db: Arc::new(db),
             changes,
             history: History::new(version),
+            event_history: History::new(version),
             publishing: Arc::default(),
         })
     }
@@ -98,7 +101,10 @@ impl Store {
         let out = f(&mut tx)?;
         let order = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
         let (changes, watched, version) = tx.commit()?;
-        self.history.publish(watched, version);
+        // Events in a history of their own: many of them must not push objects' changes out.
+        let (events, objects): (Vec<_>, Vec<_>) = watched.into_iter().partition(|w| w.kind == Kind::Event);
+        self.history.publish(objects, version);
+        self.event_history.publish(events, version);
         drop(order);
         for c in changes {
             // Nobody listening is fine: subscribers re-read the store when they start.
@@ -182,6 +188,11 @@ impl Store {
     /// The recent changes, for watches.
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// Recent recorded events with their resourceVersions, for watches of events.
+    pub fn event_history(&self) -> &History {
+        &self.event_history
     }
 
     /// Changes committed from now on.

@@ -327,3 +327,47 @@ fn list_prefixed_reads_one_namespace_and_one_prefix() {
         .collect();
     assert_eq!(names, vec!["app-1", "app-2"]);
 }
+
+/// Issue 16 (review): recorded events have a watch history of their own. Thousands of events (cold
+/// starts, scaling) must not push objects' changes out of the history their watches resume from.
+#[test]
+fn many_events_leave_the_objects_watch_history_whole() {
+    let (_d, store) = open();
+    store
+        .write(|tx| {
+            tx.create(service("default", "web"))?;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    let (_, version) = store.list_versioned::<Service>(None, None).unwrap();
+    store
+        .write(|tx| {
+            tx.create(service("default", "api"))?;
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    for i in 0..(revisor_store::WATCH_HISTORY + 100) {
+        let e = Event::normal("Service/web".into(), "Scaled", format!("event {i}"));
+        store.write(|tx| tx.record("default", "web", &e)).unwrap();
+    }
+    match store.history().since(version) {
+        revisor_store::Since::Events(changes) => {
+            assert_eq!(
+                changes.len(),
+                1,
+                "the one object change after the version: {}",
+                changes.len()
+            );
+            assert_eq!(changes[0].name, "api");
+        }
+        revisor_store::Since::TooOld { oldest } => panic!("events pushed the object change out (oldest {oldest})"),
+    }
+    assert!(
+        matches!(
+            store.event_history().since(version),
+            revisor_store::Since::TooOld { .. }
+        ),
+        "the events' own history keeps the last {} of them",
+        revisor_store::WATCH_HISTORY
+    );
+}

@@ -439,7 +439,7 @@ fn kubectl_lists_and_watches_through_the_knative_backend() {
     fake.apply_as("kubectl", "apiextensions.k8s.io/v1/customresourcedefinitions", crd)
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let server = common::KnativeServer::start(&fake.kubeconfig(dir.path()), &[]);
+    let server = common::KnativeServer::start(&fake.kubeconfig(dir.path()), &["--namespace", "default"]);
     let args = |extra: &[&str]| {
         let mut all = flags(&server.admin, server.data());
         all.extend(extra.iter().map(|a| a.to_string()));
@@ -494,6 +494,9 @@ fn kubectl_lists_and_watches_through_the_knative_backend() {
         .is_some());
     let (ok, listed) = run_kubectl(&args(&["get", "ksvc"]));
     assert!(ok && listed.lines().any(|l| l.starts_with("relayed ")), "{listed}");
+    // Only the namespace this revisor works in (`--namespace`), with revisor's own credentials.
+    let (ok, elsewhere) = run_kubectl(&args(&["get", "ksvc", "-n", "kube-system"]));
+    assert!(!ok && elsewhere.contains("not watched"), "{elsewhere}");
     watching.kill().unwrap();
     watching.wait().unwrap();
     reader.join().unwrap();

@@ -42,6 +42,13 @@ async fn listed<T: Listed>(
     ns: Option<&str>,
     q: ListQuery,
 ) -> Result<Response, ApiError> {
+    // Only the namespace this revisor works in (`--namespace`), as its applies are.
+    if let Some(n) = ns.filter(|n| !s.cluster.covers(n)) {
+        return Err(ApiError::Forbidden(format!(
+            "namespace {n:?} is not watched: this revisor works in namespace {:?} (--namespace)",
+            s.cluster.namespace().unwrap_or_default()
+        )));
+    }
     let cluster = s.cluster.clone();
     if q.watches() {
         let options = q.options.clone();
@@ -51,8 +58,9 @@ async fn listed<T: Listed>(
             // kube's client gives up on a response after 295 s: longer watches end sooner and are
             // started again by their clients, as any watch that times out.
             timeout: Some(options.timeout.as_secs().min(290) as u32),
-            bookmarks: options.bookmarks,
-            ..Default::default()
+            // A watch-list (`sendInitialEvents`) ends its initial events with a bookmark.
+            bookmarks: options.bookmarks || options.initial_events,
+            send_initial_events: options.initial_events,
         };
         let version = options.resource_version.unwrap_or_else(|| "0".into());
         let events = s

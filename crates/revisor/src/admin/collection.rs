@@ -380,7 +380,7 @@ fn watch<T: Listed>(store: Store, ns: Option<String>, q: ListQuery) -> Response 
         };
         Some(event_line(kind, &encoded(&q, &obj, &e.object, &reader)))
     };
-    streamed(store, options, initial, change, bookmark::<T>)
+    streamed(store.history().clone(), options, initial, change, bookmark::<T>)
 }
 
 /// A watch another server streams (a cluster's API server), as (type, object) pairs: passed on, the
@@ -422,7 +422,7 @@ fn encoded<T: Listed>(q: &ListQuery, obj: &T, raw: &[u8], store: &Store) -> Vec<
 /// then, each later change in the store's history that `change` turns into a line; bookmarks when
 /// asked for, until the watch's timeout or the client leaves.
 pub(crate) fn streamed(
-    store: Store,
+    history: revisor_store::History,
     options: WatchOptions,
     initial: impl FnOnce() -> Result<(Vec<Bytes>, u64), String> + Send + 'static,
     change: impl FnMut(&revisor_store::WatchEvent) -> Option<Bytes> + Send + 'static,
@@ -430,7 +430,7 @@ pub(crate) fn streamed(
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
-        let _ = run_watch(store, options, initial, change, bookmark, &tx).await;
+        let _ = run_watch(history, options, initial, change, bookmark, &tx).await;
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<Bytes, Infallible>(b), rx))
@@ -439,14 +439,13 @@ pub(crate) fn streamed(
 }
 
 async fn run_watch(
-    store: Store,
+    history: revisor_store::History,
     options: WatchOptions,
     initial: impl FnOnce() -> Result<(Vec<Bytes>, u64), String> + Send + 'static,
     mut change: impl FnMut(&revisor_store::WatchEvent) -> Option<Bytes>,
     bookmark: impl Fn(u64, bool) -> Bytes,
     tx: &tokio::sync::mpsc::Sender<Bytes>,
 ) -> Result<(), tokio::sync::mpsc::error::SendError<Bytes>> {
-    let history = store.history().clone();
     let mut woken = history.subscribe();
     let deadline = tokio::time::Instant::now() + options.timeout;
     let mut from = match options.resource_version.as_deref() {

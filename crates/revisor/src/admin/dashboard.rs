@@ -21,6 +21,34 @@ use super::AdminState;
 
 /// How often the stream sends.
 const EVERY: Duration = Duration::from_secs(1);
+/// Streams open at once, at most: each reads the gateway and the Rollouts every second.
+const MAX_STREAMS: usize = 16;
+/// A stream ends after this long; the browser's EventSource opens a new one by itself.
+const STREAM_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Streams open now.
+static STREAMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One open stream, counted while it lives.
+struct Open;
+
+impl Open {
+    fn new() -> Option<Open> {
+        use std::sync::atomic::Ordering;
+        STREAMS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_STREAMS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Open)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        STREAMS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
 
 pub(super) fn routes() -> Router<AdminState> {
     Router::new()
@@ -67,25 +95,39 @@ struct Tick {
     last: BTreeMap<(String, String), Counters>,
     at: Instant,
     first: bool,
+    ends: Instant,
+    _open: Open,
 }
 
-/// `GET /ui/stream`: an event `tick` every second.
-async fn stream(State(s): State<AdminState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// `GET /ui/stream`: an event `tick` every second, for an hour; at most [`MAX_STREAMS`] at once.
+async fn stream(
+    State(s): State<AdminState>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, super::ApiError> {
+    let Some(open) = Open::new() else {
+        return Err(super::ApiError::TooMany(format!(
+            "{MAX_STREAMS} dashboard streams are open already: close a dashboard tab"
+        )));
+    };
     let start = Tick {
         state: s,
         last: BTreeMap::new(),
         at: Instant::now(),
         first: true,
+        ends: Instant::now() + STREAM_LIFETIME,
+        _open: open,
     };
     let events = futures_util::stream::unfold(start, |mut t| async move {
         if !t.first {
             tokio::time::sleep(EVERY).await;
         }
+        if Instant::now() >= t.ends {
+            return None;
+        }
         t.first = false;
         let data = tick(&mut t).await;
         Some((Ok(Event::default().event("tick").data(data.to_string())), t))
     });
-    Sse::new(events).keep_alive(KeepAlive::default())
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
 /// One send: the revisions' rates since the last one, and the Rollouts as the store holds them.
@@ -129,4 +171,17 @@ async fn tick(t: &mut Tick) -> Value {
         "revisions": revisions,
         "rollouts": rollouts,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_are_capped_and_counted_while_open() {
+        let open: Vec<Open> = (0..MAX_STREAMS).map(|_| Open::new().expect("under the cap")).collect();
+        assert!(Open::new().is_none(), "one more than the cap");
+        drop(open);
+        assert!(Open::new().is_some(), "closed streams make room");
+    }
 }

@@ -197,7 +197,7 @@ fn watch(
                 .as_bytes(),
         )
     };
-    streamed(s.store, options, initial, change, bookmark)
+    streamed(s.store.event_history().clone(), options, initial, change, bookmark)
 }
 
 /// Events as a Table with kubectl's columns for them.

@@ -40,6 +40,9 @@ pub enum ApiError {
     Misdirected(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 429, as Kubernetes answers when it has too many requests in flight.
+    #[error("{0}")]
+    TooMany(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -58,6 +61,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             Self::Misdirected(_) => (StatusCode::MISDIRECTED_REQUEST, "Misdirected"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+            Self::TooMany(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }

@@ -762,8 +762,10 @@ fn token_of(server: &ServerArg) -> Result<String> {
     })
 }
 
-/// `revisor dashboard`: the login link (which sets the cookie and goes to `/ui`), opened in the
-/// desktop's browser unless `--no-browser`.
+/// `revisor dashboard`: the login link (which sets the cookie and goes to `/ui`), printed, and opened
+/// in the desktop's browser unless `--no-browser`. The browser is given a file that redirects to the
+/// link (in the credentials directory, readable by this user only), not the link itself: a command
+/// line is visible to every user of the machine (`ps`).
 fn dashboard(server: &ServerArg, no_browser: bool) -> Result<()> {
     let url = server.server.trim_end_matches('/');
     let link = format!("{url}{}?token={}", crate::admin::guard::LOGIN, token_of(server)?);
@@ -771,22 +773,41 @@ fn dashboard(server: &ServerArg, no_browser: bool) -> Result<()> {
     if no_browser {
         return Ok(());
     }
-    let opened = std::process::Command::new("xdg-open")
-        .arg(&link)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-    if !opened.is_ok_and(|s| s.success()) {
-        eprintln!(
-            "could not open a browser (xdg-open): open the link above; the server's CA is {}",
-            {
-                crate::auth::ca_path(url)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "not on this machine".into())
-            }
-        );
+    let opened = redirect_file(&link).and_then(|page| {
+        let status = std::process::Command::new("xdg-open")
+            .arg(&page)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "xdg-open {}: {status}", page.display());
+        Ok(())
+    });
+    if let Err(e) = opened {
+        eprintln!("could not open a browser ({e:#}): open the link above");
     }
     Ok(())
+}
+
+/// A page, readable by this user only, that sends a browser on to `link`.
+fn redirect_file(link: &str) -> Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = crate::auth::credentials_dir().ok_or_else(|| anyhow::anyhow!("no home directory"))?;
+    std::fs::create_dir_all(&dir)?;
+    let page = dir.join("dashboard.html");
+    let escaped = link.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;");
+    let _ = std::fs::remove_file(&page);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&page)?;
+    writeln!(
+        f,
+        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=\"0; url={escaped}\">\
+         <title>revisor</title><a href=\"{escaped}\">revisor's dashboard</a>"
+    )?;
+    Ok(page)
 }
 
 fn kubeconfig(server: &ServerArg) -> Result<String> {

@@ -173,8 +173,9 @@ fn watch(client: &Client, t: &Target) -> Result<i32> {
         let r: Rollout = client.get(&path(t))?;
         let st = r.status();
         if terminal {
-            // On a terminal: the whole view, drawn again in place.
-            let lines = view(&r, chrono::Utc::now());
+            // On a terminal: the whole view, drawn again in place, fitted to the window.
+            let (cols, rows) = terminal_size().unwrap_or((100, 40));
+            let lines = fit(view(&r, chrono::Utc::now()), cols, rows);
             let mut out = std::io::stdout().lock();
             write!(out, "{}", redraw(drawn, &lines))?;
             out.flush()?;
@@ -311,6 +312,35 @@ pub fn view(r: &Rollout, now: chrono::DateTime<chrono::Utc>) -> Vec<String> {
     out
 }
 
+/// Lines as a terminal of `cols` columns and `rows` rows can redraw them: one row each (a line the
+/// API gave with newlines in it is split; one wider than the window is cut), control characters
+/// (what could move the cursor) dropped, and no more rows than the window has, less one.
+pub fn fit(lines: Vec<String>, cols: usize, rows: usize) -> Vec<String> {
+    let cols = cols.max(10);
+    let mut out: Vec<String> = lines
+        .iter()
+        .flat_map(|l| l.split('\n'))
+        .map(|l| {
+            let clean: String = l.chars().filter(|c| !c.is_control()).collect();
+            match clean.char_indices().nth(cols - 1) {
+                Some((at, _)) => format!("{}…", &clean[..at]),
+                None => clean,
+            }
+        })
+        .collect();
+    out.truncate(rows.saturating_sub(1).max(3));
+    out
+}
+
+/// The terminal's columns and rows (standard output's).
+fn terminal_size() -> Option<(usize, usize)> {
+    // SAFETY: winsize is plain integers: all zeroes is a valid value.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ fills a winsize we own.
+    let ok = unsafe { libc::ioctl(1, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col as usize, ws.ws_row as usize))
+}
+
 /// The terminal output that replaces the `drawn` lines last printed with `lines`: the cursor goes up
 /// to where they began, each line is cleared as it is written, and what is below is cleared.
 pub fn redraw(drawn: usize, lines: &[String]) -> String {
@@ -403,6 +433,25 @@ mod tests {
             "stable's measurements are not the canary's: {v}"
         );
         assert!(v.ends_with("paused at 20% for 30s"), "{v}");
+    }
+
+    #[test]
+    fn what_is_drawn_fits_the_window_and_moves_no_cursor() {
+        let lines = vec![
+            "short".to_string(),
+            "two\nlines".to_string(),
+            format!("{}\x1b[2Jend", "x".repeat(30)),
+        ];
+        let fitted = fit(lines, 20, 40);
+        assert_eq!(fitted[0], "short");
+        assert_eq!((fitted[1].as_str(), fitted[2].as_str()), ("two", "lines"));
+        assert_eq!(
+            fitted[3],
+            format!("{}…", "x".repeat(19)),
+            "cut to the width, no escape left"
+        );
+        let many: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        assert_eq!(fit(many, 80, 24).len(), 23, "no more rows than the window has");
     }
 
     #[test]

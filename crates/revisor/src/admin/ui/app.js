@@ -44,10 +44,17 @@ async function getJSON(path) {
   return r.json();
 }
 
+let refreshing = false;
+
 async function refresh() {
+  if (refreshing) return; // the last one is still on its way
+  refreshing = true;
   try {
+    // Events of the selected service's namespace only.
+    const ns = state.selected ? state.selected.split("/")[0] : null;
     const [svcs, revs, evs] = await Promise.all([
-      getJSON(`${SERVING}/services`), getJSON(`${SERVING}/revisions`), getJSON("/api/v1/events"),
+      getJSON(`${SERVING}/services`), getJSON(`${SERVING}/revisions`),
+      getJSON(ns ? `/api/v1/namespaces/${encodeURIComponent(ns)}/events` : "/api/v1/events"),
     ]);
     state.services = svcs.items || [];
     state.revisions = revs.items || [];
@@ -57,6 +64,8 @@ async function refresh() {
   } catch (e) {
     $("conn").textContent = `reading the API failed: ${e.message}`;
     $("conn").className = "badge off";
+  } finally {
+    refreshing = false;
   }
 }
 
@@ -98,7 +107,8 @@ function render() {
   const ro = state.rollouts.find((r) => r.metadata.namespace === ns && r.spec.serviceRef.name === svc.metadata.name);
   $("svc-name").textContent = svc.metadata.name;
   $("svc-url").textContent = (svc.status || {}).url || "";
-  $("svc-url").href = (svc.status || {}).url || "#";
+  const url = (svc.status || {}).url || "";
+  $("svc-url").href = /^https?:\/\//.test(url) ? url : "#";
   renderRollout(svc, ro, revs);
   renderCharts(svc, ro, revs);
   renderRevisions(svc, revs);
