@@ -7,7 +7,8 @@
 # peer in each configuration.
 #
 #   bench/gateway.sh [ROUNDS=5] [DURATION=10s]
-#   PERF=1 bench/gateway.sh ...   also prints each proxy's top symbols (perf record, one revision)
+#   PERF=1 bench/gateway.sh ...   also prints each proxy's top symbols (perf record, one revision);
+#                                 with ROUNDS=0, only those
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-5}"
@@ -47,6 +48,7 @@ GW=$(port); ADMIN=$(port)
 REVISOR_PID=$!
 wait_port "$ADMIN"
 export REVISOR_SERVER="https://127.0.0.1:$ADMIN"
+export REVISOR_CA_FILE="$WORK/revisor/tls/ca.crt" REVISOR_TOKEN_FILE="$WORK/revisor/admin-token"
 svc() { # name, version env, traffic block
   cat <<YAML
 apiVersion: serving.knative.dev/v1
@@ -185,10 +187,11 @@ if [ "${PERF:-0}" = 1 ]; then
     wait "$LOAD"
     echo "perf top symbols, $t (self time):" >&2
     perf report -q -i "$WORK/perf.data" --stdio --no-children --sort symbol 2>/dev/null \
-      | grep -E '^ +[0-9]' | sed -E 's/ {2,}/ /g' | cut -c1-110 | head -12 >&2
+      | grep -E '^ +[0-9]' | sed -E 's/ {2,}/ /g' | cut -c1-110 | head -12 >&2 || true  # head closes the pipe
   done
 fi
 
+[ -s "$RAW" ] || exit 0  # ROUNDS=0: the profiles only
 python3 - "$RAW" <<'PY'
 import sys, statistics, collections
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]

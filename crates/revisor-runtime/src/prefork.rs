@@ -189,6 +189,22 @@ fn recv(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
     }
 }
 
+/// A connected pair of `SOCK_SEQPACKET` sockets (close-on-exec): the runtime's end and the server's.
+fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut pair = [0; 2];
+    // SAFETY: socketpair fills two new descriptors, owned below.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both are new descriptors nothing else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) })
+}
+
 /// Registers a descriptor with the reactor.
 fn watch(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is open for its whole life and always returns the same descriptor.
@@ -597,18 +613,7 @@ impl Prefork {
 
 impl Conn {
     fn start(exe: &Path) -> io::Result<Conn> {
-        let mut pair = [0; 2];
-        // SAFETY: socketpair fills two new descriptors, owned below.
-        cvt(unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                pair.as_mut_ptr(),
-            )
-        })?;
-        // SAFETY: both are new descriptors nothing else owns.
-        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+        let (ours, theirs) = seqpacket_pair()?;
         // SAFETY: fcntl on our own descriptor.
         cvt(unsafe { libc::fcntl(ours.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) })?;
         let server = tokio::process::Command::new(exe)
@@ -831,19 +836,7 @@ mod tests {
     #[test]
     fn requests_left_when_the_runtime_goes_leave_no_orphan() {
         let exe = revisor_testapp::upstream_binary();
-        let mut pair = [0; 2];
-        // SAFETY: socketpair fills two new descriptors, owned below.
-        cvt(unsafe {
-            libc::socketpair(
-                libc::AF_UNIX,
-                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-                0,
-                pair.as_mut_ptr(),
-            )
-        })
-        .unwrap();
-        // SAFETY: both are new descriptors nothing else owns.
-        let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+        let (ours, theirs) = seqpacket_pair().unwrap();
         let mut server = std::process::Command::new(&exe)
             .arg(COMMAND)
             .stdin(Stdio::from(theirs))
