@@ -9,6 +9,7 @@ mod body;
 pub mod compare;
 mod endpoint;
 mod metrics;
+mod pool;
 mod proxy;
 mod routes;
 

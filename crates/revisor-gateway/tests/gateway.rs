@@ -685,3 +685,118 @@ async fn client_failures_and_shed_requests_are_reported_but_not_counted_as_the_r
 async fn get_status(c: &Client, gw: SocketAddr) -> u16 {
     get(c, gw, "svc.default.localhost", "/", &[]).await.0
 }
+
+/// A raw HTTP/1 upstream on loopback that counts its connections, answers every request `ok`, and
+/// after each answer keeps the connection (`Keep`), closes it a moment later without saying so
+/// (`CloseLater`: what an idle timeout does), or says `Connection: close` and closes (`Close`).
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    Keep,
+    CloseLater,
+    Close,
+}
+
+async fn counting_upstream(after: After) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let n = match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + length {
+                        let n = match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    buf.drain(..end + 4 + length);
+                    let close = if after == After::Close {
+                        "connection: close\r\n"
+                    } else {
+                        ""
+                    };
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\nok");
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    match after {
+                        After::Keep => {}
+                        After::Close => return,
+                        After::CloseLater => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn post(
+    c: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    gw: SocketAddr,
+) -> u16 {
+    let req = hyper::Request::post(format!("http://{gw}/"))
+        .header("host", "svc.default.localhost")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{\"x\":1}")))
+        .unwrap();
+    c.request(req).await.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+/// Issue 18: the gateway's own upstream pool reuses a replica's connections, replaces one the
+/// replica closed while it idled (a POST on it is not lost or answered 502), and follows
+/// `Connection: close`.
+#[tokio::test(flavor = "current_thread")]
+async fn upstream_connections_are_reused_and_stale_ones_replaced() {
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    for after in [After::Keep, After::CloseLater, After::Close] {
+        let (up, accepted) = counting_upstream(after).await;
+        let gw = Gateway::new(GatewayConfig::default());
+        gw.publish(&routes(
+            vec![target("r-1", 100, None)],
+            vec![rev("r-1", vec![up], 0, 5000)],
+        ));
+        let addr = start(&gw).await;
+        for i in 0..10 {
+            assert_eq!(post(&c, addr).await, 200, "request {i}");
+            if after == After::CloseLater {
+                // Long enough for the replica to have closed the idle connection.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+        let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        match after {
+            After::Keep => assert_eq!(n, 1, "one connection, reused"),
+            After::CloseLater | After::Close => assert_eq!(n, 10, "a new connection each time"),
+        }
+    }
+}
