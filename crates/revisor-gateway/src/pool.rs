@@ -41,8 +41,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle connections kept per upstream address and thread.
 const MAX_IDLE: usize = 512;
 
+/// How often a thread's whole pool is swept of connections idle too long: those to replicas that
+/// are gone would otherwise keep their descriptors.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+struct Pool {
+    idle: HashMap<SocketAddr, Vec<Idle>>,
+    swept: Instant,
+}
+
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Pool> = RefCell::new(Pool { idle: HashMap::new(), swept: Instant::now() });
 }
 
 /// Why a request got no response.
@@ -78,9 +87,9 @@ impl std::error::Error for Error {
 }
 
 fn checkout(addr: SocketAddr) -> Option<Idle> {
-    IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+    IDLE.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let list = pool.idle.get_mut(&addr)?;
         while let Some(i) = list.pop() {
             if i.since.elapsed() < IDLE_FOR && !i.sender.is_closed() {
                 return Some(i);
@@ -94,9 +103,16 @@ fn checkin(addr: SocketAddr, sender: SendRequest<RequestBody>, conn: Conn) {
     if sender.is_closed() {
         return;
     }
-    IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+    IDLE.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.swept.elapsed() >= SWEEP_EVERY {
+            pool.swept = Instant::now();
+            pool.idle.retain(|_, list| {
+                list.retain(|i| i.since.elapsed() < IDLE_FOR && !i.sender.is_closed());
+                !list.is_empty()
+            });
+        }
+        let list = pool.idle.entry(addr).or_default();
         if list.len() < MAX_IDLE {
             list.push(Idle {
                 sender,
