@@ -175,41 +175,8 @@ impl Drop for Accounting {
 }
 
 /// A proxied response body: streams the upstream's frames, ends with an error at the request's deadline.
-/// A response body from upstream: from hyper's pooled client (h2c) or from a connection of the
-/// gateway's own pool (HTTP/1, `pool.rs`).
-pub enum UpstreamBody {
-    Client(Incoming),
-    Pooled(crate::pool::Pooled),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            UpstreamBody::Client(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::Pooled(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Client(b) => b.is_end_stream(),
-            UpstreamBody::Pooled(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Client(b) => b.size_hint(),
-            UpstreamBody::Pooled(b) => b.size_hint(),
-        }
-    }
-}
-
 pub struct ResponseBody {
-    inner: UpstreamBody,
+    inner: Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
     accounting: Option<Accounting>,
     tee: Option<Tee>,
@@ -248,7 +215,7 @@ impl Tee {
 
 impl ResponseBody {
     /// `deadline` is the request's own timer, carried on from waiting for the response head.
-    pub fn new(inner: UpstreamBody, deadline: Pin<Box<tokio::time::Sleep>>, accounting: Accounting) -> Self {
+    pub fn new(inner: Incoming, deadline: Pin<Box<tokio::time::Sleep>>, accounting: Accounting) -> Self {
         ResponseBody {
             inner,
             deadline,

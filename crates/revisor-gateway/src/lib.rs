@@ -9,7 +9,6 @@ mod body;
 pub mod compare;
 mod endpoint;
 mod metrics;
-mod pool;
 mod proxy;
 mod routes;
 

@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 
-use crate::body::{Accounting, BodySlot, GatewayBody, ResponseBody, Tee, UpstreamBody};
+use crate::body::{Accounting, BodySlot, GatewayBody, ResponseBody, Tee};
 use crate::endpoint::{pick, Endpoint};
 use crate::metrics::NotCounted;
 use crate::routes::{HostRoute, Protocol, RevisionTarget, RouteTable};
@@ -312,7 +312,7 @@ async fn proxy(
 
         let result = tokio::select! {
             biased;
-            r = send(target.protocol, ep.addr, upstream) => Some(r),
+            r = crate::with_client(target.protocol, |c| c.request(upstream)) => Some(r),
             _ = deadline.as_mut() => None,
         };
         match result {
@@ -343,60 +343,6 @@ async fn proxy(
                 return local(StatusCode::BAD_GATEWAY, msg);
             }
         }
-    }
-}
-
-/// Why an upstream request got no response, from either path.
-#[derive(Debug)]
-enum UpstreamError {
-    Client(hyper_util::client::legacy::Error),
-    Pooled(crate::pool::Error),
-}
-
-impl UpstreamError {
-    /// No connection could be made: nothing reached the replica.
-    fn is_connect(&self) -> bool {
-        match self {
-            UpstreamError::Client(e) => e.is_connect(),
-            UpstreamError::Pooled(e) => e.is_connect(),
-        }
-    }
-}
-
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamError::Client(e) => e.fmt(f),
-            UpstreamError::Pooled(e) => e.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for UpstreamError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            UpstreamError::Client(e) => e.source(),
-            UpstreamError::Pooled(e) => e.source(),
-        }
-    }
-}
-
-/// Sends a request to a replica: HTTP/1 on a connection of the gateway's own pool, h2c through
-/// hyper's client (one multiplexed connection per replica).
-async fn send(
-    protocol: Protocol,
-    addr: SocketAddr,
-    req: Request<crate::body::RequestBody>,
-) -> Result<Response<UpstreamBody>, UpstreamError> {
-    match protocol {
-        Protocol::Http1 => crate::pool::request(addr, req)
-            .await
-            .map(|r| r.map(UpstreamBody::Pooled))
-            .map_err(UpstreamError::Pooled),
-        Protocol::H2c => crate::with_client(protocol, |c| c.request(req))
-            .await
-            .map(|r| r.map(UpstreamBody::Client))
-            .map_err(UpstreamError::Client),
     }
 }
 
@@ -480,7 +426,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn respond(
-    resp: Response<UpstreamBody>,
+    resp: Response<Incoming>,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     mut acct: Accounting,
     tee: Option<Tee>,

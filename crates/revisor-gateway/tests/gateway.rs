@@ -772,9 +772,9 @@ async fn post(
     c.request(req).await.map(|r| r.status().as_u16()).unwrap_or(0)
 }
 
-/// Issue 18: the gateway's own upstream pool reuses a replica's connections, replaces one the
-/// replica closed while it idled (a POST on it is not lost or answered 502), and follows
-/// `Connection: close`.
+/// Issue 18: the gateway reuses a replica's connections, replaces one the replica closed while it
+/// idled (a POST on it is not lost or answered 502), and follows `Connection: close` (what any
+/// upstream pool of the gateway's must keep doing).
 #[tokio::test(flavor = "current_thread")]
 async fn upstream_connections_are_reused_and_stale_ones_replaced() {
     let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
