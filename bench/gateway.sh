@@ -78,12 +78,12 @@ for _ in $(seq 1 200); do
 done
 curl -sf -H 'Host: split.default.localhost' "http://127.0.0.1:$GW/" >/dev/null
 
-# HAProxy with the same 90/10 weights.
-HP=$(port)
-cat > "$WORK/haproxy.cfg" <<CFG
+# HAProxy: global settings (threads), bind port, then the backend's lines.
+haproxy_cfg() { # file, global lines, port, backend lines
+  cat > "$1" <<CFG
 global
   maxconn 4096
-  nbthread 2
+$2
 defaults
   mode http
   timeout connect 5s
@@ -91,33 +91,22 @@ defaults
   timeout server 30s
   option http-keep-alive
 frontend fe
-  bind 127.0.0.1:$HP
+  bind 127.0.0.1:$3
   default_backend be
 backend be
-  balance random
   http-reuse always
-  server s1 127.0.0.1:$P1 weight 90
-  server s2 127.0.0.1:$P2 weight 10
+$4
 CFG
+}
+# The same 90/10 weights.
+HP=$(port)
+haproxy_cfg "$WORK/haproxy.cfg" "  nbthread 2" "$HP" "  balance random
+  server s1 127.0.0.1:$P1 weight 90
+  server s2 127.0.0.1:$P2 weight 10"
 "$HAPROXY" -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 & PIDS+=($!)
 # One revision, one upstream: HAProxy as installed (its default threads), reusing connections.
 H1=$(port)
-cat > "$WORK/haproxy1.cfg" <<CFG
-global
-  maxconn 4096
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
-  timeout server 30s
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:$H1
-  default_backend be
-backend be
-  http-reuse always
-  server s1 127.0.0.1:$P1
-CFG
+haproxy_cfg "$WORK/haproxy1.cfg" "" "$H1" "  server s1 127.0.0.1:$P1"
 "$HAPROXY" -f "$WORK/haproxy1.cfg" -db >/dev/null 2>&1 & PIDS+=($!)
 HAPROXY1_PID=$!
 NP=$(port); N1=$(port)

@@ -242,14 +242,6 @@ impl Cluster {
         out.into_iter().map(|(_, _, t)| t).collect()
     }
 
-    pub fn services(&self, ns: Option<&str>) -> Vec<revisor_api::Service> {
-        Self::all(&self.services, ns)
-    }
-
-    pub fn revisions(&self, ns: Option<&str>) -> Vec<revisor_api::Revision> {
-        Self::all(&self.revisions, ns)
-    }
-
     pub fn rollouts(&self, ns: Option<&str>) -> Vec<revisor_api::Rollout> {
         Self::all(&self.rollouts, ns)
     }

@@ -286,11 +286,16 @@ pub(crate) fn event_line(kind: &str, object: &[u8]) -> Bytes {
 }
 
 fn bookmark<T: Listed>(version: u64, initial_events_end: bool) -> Bytes {
+    bookmark_of(T::KIND_NAME, T::API_VERSION, version, initial_events_end)
+}
+
+/// A watch's BOOKMARK of `kind` at `version`; `initial_events_end` marks the end of the initial events.
+pub(crate) fn bookmark_of(kind: &str, api_version: &str, version: u64, initial_events_end: bool) -> Bytes {
     let mut meta = json!({ "resourceVersion": version.to_string() });
     if initial_events_end {
         meta["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
     }
-    let object = json!({ "kind": T::KIND_NAME, "apiVersion": T::API_VERSION, "metadata": meta });
+    let object = json!({ "kind": kind, "apiVersion": api_version, "metadata": meta });
     event_line("BOOKMARK", object.to_string().as_bytes())
 }
 
@@ -393,7 +398,7 @@ pub(crate) fn relay<T: Listed>(
     use futures_util::StreamExt;
     let body = events.map(move |(kind, object)| {
         let object = match (kind, q.table) {
-            ("ADDED" | "MODIFIED" | "DELETED", Some(include)) => match serde_json::from_value::<T>(object.clone()) {
+            ("ADDED" | "MODIFIED" | "DELETED", Some(include)) => match T::deserialize(&object) {
                 Ok(o) => table(std::slice::from_ref(&o), include, json!({}), &mut service),
                 Err(_) => object,
             },

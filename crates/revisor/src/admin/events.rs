@@ -14,7 +14,7 @@ use revisor_api::selector::FieldSelector;
 use revisor_store::{Event, EventType};
 use serde_json::{json, Value};
 
-use super::collection::{event_line, flag, streamed, wants_table, WatchOptions};
+use super::collection::{bookmark_of, event_line, flag, streamed, wants_table, WatchOptions};
 use super::handlers::blocking;
 use super::{AdminState, ApiError};
 
@@ -184,19 +184,8 @@ fn watch(
         );
         keep(&v).then(|| line(v))
     };
-    let bookmark = move |version: u64, end: bool| {
-        let mut meta = json!({ "resourceVersion": version.to_string() });
-        if end {
-            meta["annotations"] = json!({ "k8s.io/initial-events-end": "true" });
-        }
-        let api_version = if shape == Shape::Core { "v1" } else { "events.k8s.io/v1" };
-        event_line(
-            "BOOKMARK",
-            json!({ "kind": "Event", "apiVersion": api_version, "metadata": meta })
-                .to_string()
-                .as_bytes(),
-        )
-    };
+    let api_version = if shape == Shape::Core { "v1" } else { "events.k8s.io/v1" };
+    let bookmark = move |version: u64, end: bool| bookmark_of("Event", api_version, version, end);
     streamed(s.store.event_history().clone(), options, initial, change, bookmark)
 }
 
