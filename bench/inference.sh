@@ -95,15 +95,37 @@ by = collections.OrderedDict()
 for r in rows:
     by.setdefault((r[1], r[2], r[3]), []).append(r)
 med = {k: (statistics.median(float(r[4]) for r in v), statistics.median(float(r[5]) for r in v), statistics.median(float(r[6]) for r in v), sum(1 for r in v if r[7].strip())) for k, v in by.items()}
-print("| model | clients | server | requests/s (median) | p50 ms | p99 ms | runs with errors |")
-print("|---|---:|---|---:|---:|---:|---:|")
+print("| model | clients | server | requests/s (median) | rounds (min-max) | p50 ms | p99 ms (median) | p99 rounds (min-max) | runs with errors |")
+print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
 for (m, c, s), (rps, p50, p99, e) in med.items():
-    print(f"| {m} | {c} | {s} | {rps:,.0f} | {p50:.3f} | {p99:.3f} | {e} |")
+    r = [float(x[4]) for x in by[(m, c, s)]]
+    q = [float(x[6]) for x in by[(m, c, s)]]
+    print(f"| {m} | {c} | {s} | {rps:,.0f} | {min(r):,.0f}-{max(r):,.0f} | {p50:.3f} | {p99:.3f} | {min(q):.3f}-{max(q):.3f} | {e} |")
 print()
 for m in ("tabular", "magika"):
     for c in ("1", "32"):
         k = med[(m, c, "kserve")]
         for s, label in (("revisor", "revisor (tract)"), ("revisor-ort", "revisor (ONNX Runtime)")):
             r = med[(m, c, s)]
-            print(f"- {m}, {c} client(s): {label}/KServe requests/s {r[0]/k[0]:.1f}x, p99 {r[2]/k[2]:.2f}x")
+            print(f"- {m}, {c} client(s): {label}/KServe requests/s {r[0]/k[0]:.2f}x, p99 {r[2]/k[2]:.2f}x")
+PY
+
+# The floor under any server of magika on this machine: ONNX Runtime's own time for one row, in
+# process, with no HTTP or JSON (one session with its default threads; and one thread, of which a
+# server can run one per core side by side).
+"$VENV/bin/python" - "$MAGIKA" <<'PY'
+import sys, time
+import numpy as np, onnxruntime as ort
+for threads in (0, 1):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
+    x = {s.get_inputs()[0].name: (np.arange(2048) * 7919 % 257).astype(np.int32).reshape(1, 2048)}
+    for _ in range(50):
+        s.run(None, x)
+    n, t = 500, time.perf_counter()
+    for _ in range(n):
+        s.run(None, x)
+    ms = (time.perf_counter() - t) / n * 1000
+    print(f"- magika in ONNX Runtime alone, {'default threads' if threads == 0 else '1 thread'}: {ms:.2f} ms per row ({1000 / ms:.0f} rows/s)")
 PY

@@ -81,13 +81,18 @@ async fn run(model: Arc<Model>, cfg: BatchConfig, pool: Arc<tokio::sync::Semapho
                 _ => break,
             }
         }
+        let demand = model.demand();
         let Ok(permit) = pool.clone().acquire_owned().await else {
             return;
         };
         let model = model.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let result = tokio::task::spawn_blocking(move || execute(&model, jobs)).await;
+            let result = tokio::task::spawn_blocking(move || {
+                let _demand = demand;
+                execute(&model, jobs)
+            })
+            .await;
             if let Err(e) = result {
                 tracing::error!("batch worker failed: {e}");
             }

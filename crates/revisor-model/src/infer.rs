@@ -276,6 +276,7 @@ impl Runner {
             return Ok(outs.into_iter().map(|t| t.into_tvalue()).collect());
         }
         let queued = Instant::now();
+        let _demand = self.model.demand();
         let _permit = self
             .pool
             .clone()

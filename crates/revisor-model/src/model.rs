@@ -30,6 +30,17 @@ pub struct Model {
     plans: Plans,
     ready: AtomicBool,
     runs: std::sync::atomic::AtomicU64,
+    /// Inferences waiting for a core or running ([`Model::demand`]).
+    demand: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// One inference counted in [`Model::demand`] until dropped.
+pub struct Demand(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Demand {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How batch sizes are served: one plan for any batch (the batch dimension is a symbol), or, for
@@ -107,7 +118,10 @@ impl Model {
             return Err(err(format!("{} is not a file", path.display())));
         }
         if let Engine::OnnxRuntime { library } = engine {
-            let (ort, inputs, outputs) = crate::onnxruntime::load(&path, library).map_err(err)?;
+            // Overlapping runs get a core each once more than one core is there to share.
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let narrow = if cores > 1 { cores } else { 0 };
+            let (ort, inputs, outputs) = crate::onnxruntime::load(&path, library, narrow).map_err(err)?;
             return Ok(Model {
                 name: name.into(),
                 version: version.into(),
@@ -116,6 +130,7 @@ impl Model {
                 plans: Plans::OnnxRuntime(ort),
                 ready: AtomicBool::new(false),
                 runs: Default::default(),
+                demand: Default::default(),
             });
         }
         let (plans, plan) = match optimize(&path, None) {
@@ -200,6 +215,7 @@ impl Model {
             plans,
             ready: AtomicBool::new(false),
             runs: Default::default(),
+            demand: Default::default(),
         })
     }
 
@@ -232,12 +248,28 @@ impl Model {
         self.ready.load(Ordering::Acquire)
     }
 
+    /// Counts one inference as wanting the model from now until the guard drops: from before it waits
+    /// for a core until its run ends. An engine that can spread one run over the cores does so only
+    /// when no other inference wants them.
+    pub fn demand(&self) -> Demand {
+        self.demand.fetch_add(1, Ordering::Relaxed);
+        Demand(self.demand.clone())
+    }
+
+    /// ONNX Runtime's sessions for overlapping runs made so far, and the runs they made (0 with tract).
+    pub fn narrow_sessions(&self) -> (usize, u64) {
+        match &self.plans {
+            Plans::OnnxRuntime(engine) => (engine.narrow_sessions(), engine.overlapped_runs()),
+            _ => (0, 0),
+        }
+    }
+
     /// Runs one inference (blocking: call it off the async threads).
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         self.runs.fetch_add(1, Ordering::Relaxed);
         match &self.plans {
             Plans::Symbolic(plan) => plan.run(inputs),
-            Plans::OnnxRuntime(engine) => engine.run(inputs),
+            Plans::OnnxRuntime(engine) => engine.run(inputs, self.demand.load(Ordering::Relaxed) <= 1),
             Plans::PerBatch { model, plans } => {
                 let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
                 let cached = plans.lock().unwrap().get(&batch).cloned();

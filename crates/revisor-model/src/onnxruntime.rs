@@ -3,13 +3,18 @@
 //! `onnxruntime/capi/libonnxruntime.so.<version>`), so revisor neither downloads nor links it. Tensors
 //! cross between tract's representation, which the rest of the server uses, and ONNX Runtime's by one
 //! byte copy each way.
+//!
+//! One inference on its own is spread over every core by a "wide" session (ONNX Runtime's intra-op
+//! threads); inferences that overlap each run on one core in "narrow" sessions of their own, since
+//! splitting every run over every core costs more in hand-offs than it gains once the cores are busy
+//! (bench/RESULTS.md, "Model server ... session pool"). The sessions share their prepacked weights.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, format_err};
 use ort::memory::Allocator;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights, SessionBuilder};
 use ort::session::Session;
 use ort::tensor::TensorElementType as E;
 use ort::value::{DynTensor, DynTensorValueType, DynValue, Tensor as OrtTensor, ValueType};
@@ -18,11 +23,31 @@ use tract_onnx::prelude::*;
 use crate::datatype::DataType;
 use crate::model::TensorSpec;
 
-/// One ONNX Runtime session. ONNX Runtime parallelizes inside one run (its intra-op threads, one
-/// per core), so runs are serialized rather than stacked on the same cores.
+/// ONNX Runtime sessions of one model: a wide one for a run on its own, and narrow ones (one core
+/// each) for runs that overlap, made in the background once the model is loaded.
 pub struct OrtEngine {
-    session: Mutex<Session>,
+    wide: Mutex<Session>,
+    narrow: Arc<OnceLock<Vec<Mutex<Session>>>>,
+    /// Runs made in a narrow session.
+    overlapped: std::sync::atomic::AtomicU64,
     inputs: Vec<String>,
+}
+
+/// A session of `model` with all graph optimizations, `threads` intra-op threads (0: one per core)
+/// and the engine's shared prepacked weights.
+fn open(model: &Path, threads: usize, weights: &PrepackedWeights) -> ort::Result<Session> {
+    let builder: SessionBuilder = Session::builder()?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_prepacked_weights(weights)?;
+    let builder = if threads > 0 {
+        // One thread: nothing to spin for.
+        builder
+            .with_intra_threads(threads)?
+            .with_intra_op_spinning(threads > 1)?
+    } else {
+        builder
+    };
+    builder.commit_from_file(model)
 }
 
 /// The library ONNX Runtime was loaded from, once loaded (a process can load only one).
@@ -112,11 +137,38 @@ fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, String> {
 }
 
 /// Opens a model with ONNX Runtime (all graph optimizations on) and describes its inputs and outputs.
-pub fn load(model: &Path, lib: &Path) -> Result<(OrtEngine, Vec<TensorSpec>, Vec<TensorSpec>), String> {
+/// `narrow` sessions for overlapping runs are made on a thread of their own afterwards (none: every run
+/// waits for the wide session).
+pub fn load(model: &Path, lib: &Path, narrow: usize) -> Result<(OrtEngine, Vec<TensorSpec>, Vec<TensorSpec>), String> {
     init(lib)?;
-    let session = Session::builder()
-        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3))
-        .and_then(|b| b.commit_from_file(model))
+    // One thread makes every session: the prepacked weights they share cannot move between threads.
+    // The wide one comes back first; the narrow ones follow while the model already serves.
+    let slot: Arc<OnceLock<Vec<Mutex<Session>>>> = Arc::new(OnceLock::new());
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let (later, path) = (slot.clone(), model.to_path_buf());
+    std::thread::Builder::new()
+        .name("onnxruntime-sessions".into())
+        .spawn(move || {
+            let weights = PrepackedWeights::new();
+            let wide = open(&path, 0, &weights);
+            let failed = wide.is_err();
+            let _ = tx.send(wide);
+            if failed || narrow == 0 {
+                return;
+            }
+            let made: ort::Result<Vec<_>> = (0..narrow).map(|_| open(&path, 1, &weights).map(Mutex::new)).collect();
+            match made {
+                Ok(sessions) => {
+                    let _ = later.set(sessions);
+                }
+                // The wide session serves every run, as with none.
+                Err(e) => tracing::warn!("ONNX Runtime: no sessions for overlapping runs: {e}"),
+            }
+        })
+        .map_err(|e| format!("cannot start a thread for ONNX Runtime: {e}"))?;
+    let session = rx
+        .recv()
+        .map_err(|_| "ONNX Runtime's loading thread failed".to_string())?
         .map_err(|e| format!("ONNX Runtime cannot load it: {e}"))?;
     let inputs = session
         .inputs
@@ -130,7 +182,9 @@ pub fn load(model: &Path, lib: &Path) -> Result<(OrtEngine, Vec<TensorSpec>, Vec
         .collect::<Result<Vec<_>, _>>()?;
     let engine = OrtEngine {
         inputs: inputs.iter().map(|s| s.name.clone()).collect(),
-        session: Mutex::new(session),
+        wide: Mutex::new(session),
+        narrow: slot,
+        overlapped: Default::default(),
     };
     Ok((engine, inputs, outputs))
 }
@@ -178,15 +232,31 @@ fn from_ort(v: &DynValue) -> TractResult<Tensor> {
 }
 
 impl OrtEngine {
-    /// Runs once (blocking).
-    pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    /// The narrow sessions, once made.
+    pub fn narrow_sessions(&self) -> usize {
+        self.narrow.get().map_or(0, Vec::len)
+    }
+
+    /// Runs made in a narrow session, beside another.
+    pub fn overlapped_runs(&self) -> u64 {
+        self.overlapped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs once (blocking): in the wide session when `alone` (no other run waits or runs), else in a
+    /// free narrow one; in the wide one when none is free.
+    pub fn run(&self, inputs: TVec<TValue>, alone: bool) -> TractResult<TVec<TValue>> {
         let values: Vec<(String, DynValue)> = self
             .inputs
             .iter()
             .zip(inputs.iter())
             .map(|(name, t)| Ok((name.clone(), to_ort(t)?)))
             .collect::<TractResult<_>>()?;
-        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let narrow = if alone { None } else { self.narrow.get() };
+        let free = narrow.and_then(|all| all.iter().find_map(|s| s.try_lock().ok()));
+        if free.is_some() {
+            self.overlapped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut session = free.unwrap_or_else(|| self.wide.lock().unwrap_or_else(|p| p.into_inner()));
         let outputs = session.run(values).map_err(|e| format_err!("{e}"))?;
         outputs.values().map(|v| Ok(from_ort(&v)?.into_tvalue())).collect()
     }

@@ -172,3 +172,45 @@ fn a_missing_library_is_named() {
     .to_string();
     assert!(e.contains("/nonexistent/libonnxruntime.so does not exist"), "{e}");
 }
+
+/// Inferences that overlap run in sessions of one core each (made in the background after loading),
+/// one on its own in the session spread over every core, and both give the answers a run alone gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_inferences_run_in_narrow_sessions_with_the_same_answers() {
+    let path = env("REVISOR_MAGIKA_MODEL");
+    let m = load(&path, &ort(), "magika");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while m.narrow_sessions().0 == 0 && cores > 1 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let want = if cores > 1 { cores } else { 0 };
+    assert_eq!(m.narrow_sessions().0, want, "narrow sessions on {cores} cores");
+    let body = |k: i32| {
+        let data: Vec<i32> = (0..2048).map(|i: i32| (i * 7919 + k * 131) % 257).collect();
+        json!({ "inputs": [{ "name": "bytes", "shape": [1, 2048], "datatype": "INT32", "data": data }] }).to_string()
+    };
+    // Alone, one at a time: the wide session.
+    let mut alone = Vec::new();
+    for k in 0..4 {
+        let (s, v) = call(&m, "POST", "/v2/models/magika/infer", body(k)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        alone.push(floats(&v));
+    }
+    assert_eq!(m.narrow_sessions().1, 0, "a run on its own used a narrow session");
+    // Sixteen at once.
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let (m, b) = (m.clone(), body(i % 4));
+            tokio::spawn(async move { call(&m, "POST", "/v2/models/magika/infer", b).await })
+        })
+        .collect();
+    for (i, c) in calls.into_iter().enumerate() {
+        let (s, v) = c.await.unwrap();
+        assert_eq!(s, StatusCode::OK, "{v}");
+        close(&floats(&v), &alone[i % 4], 1e-5);
+    }
+    if cores > 1 {
+        assert!(m.narrow_sessions().1 > 0, "no run overlapped another");
+    }
+}
