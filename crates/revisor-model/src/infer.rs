@@ -26,6 +26,11 @@ const DATA_DEPTH: usize = 124;
 /// decoding permit and are decoded on a blocking thread.
 const INLINE_DECODE_BYTES: usize = 64 * 1024;
 
+/// A run expected to take at most this long (by the model's recent runs and the request's size) runs
+/// on the async thread that decoded it: handing it to a blocking thread and back costs two thread
+/// wakeups, more than a small model's whole run (bench/RESULTS.md). Longer runs go to a blocking thread.
+const INLINE_RUN: std::time::Duration = std::time::Duration::from_micros(50);
+
 /// What the server shares with every inference.
 pub struct Runner {
     pub model: Arc<Model>,
@@ -40,6 +45,10 @@ pub struct Runner {
     pub metrics: Arc<ModelMetrics>,
     /// What `GET /metrics` encodes: a collector reading `metrics` at each scrape.
     pub registry: prometheus_client::registry::Registry,
+    /// Runs expected to take at most this long run on the async thread ([`INLINE_RUN`] by default).
+    pub inline_run: std::time::Duration,
+    /// Runs made on the async thread.
+    pub inline_runs: std::sync::atomic::AtomicU64,
 }
 
 fn names(specs: &[TensorSpec]) -> String {
@@ -251,6 +260,8 @@ impl Runner {
             decoding: Arc::new(tokio::sync::Semaphore::new(cores)),
             metrics,
             registry,
+            inline_run: INLINE_RUN,
+            inline_runs: Default::default(),
         }
     }
 
@@ -284,11 +295,17 @@ impl Runner {
             .await
             .map_err(|_| InferError::Unavailable("the server is stopping".into()))?;
         let (queue, started) = (queued.elapsed(), Instant::now());
-        let m = self.model.clone();
-        let results = tokio::task::spawn_blocking(move || m.run(tensors))
-            .await
-            .map_err(|e| InferError::Model(format!("inference worker failed: {e}")))?
-            .map_err(|e| InferError::Model(format!("inference failed: {e:#}")))?;
+        let elements = tensors.iter().map(|t| t.len()).sum();
+        let results = if self.model.expected_run(elements).is_some_and(|d| d <= self.inline_run) {
+            self.inline_runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.model.run(tensors)
+        } else {
+            let m = self.model.clone();
+            tokio::task::spawn_blocking(move || m.run(tensors))
+                .await
+                .map_err(|e| InferError::Model(format!("inference worker failed: {e}")))?
+        }
+        .map_err(|e| InferError::Model(format!("inference failed: {e:#}")))?;
         self.metrics.success(queue, started.elapsed());
         Ok(results)
     }

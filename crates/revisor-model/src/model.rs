@@ -32,6 +32,9 @@ pub struct Model {
     runs: std::sync::atomic::AtomicU64,
     /// Inferences waiting for a core or running ([`Model::demand`]).
     demand: Arc<std::sync::atomic::AtomicUsize>,
+    /// What a run has cost per input element lately, in nanoseconds: a moving average (as `f64` bits;
+    /// 0 before the first run), read by [`Model::expected_run`].
+    cost: std::sync::atomic::AtomicU64,
 }
 
 /// One inference counted in [`Model::demand`] until dropped.
@@ -131,6 +134,7 @@ impl Model {
                 ready: AtomicBool::new(false),
                 runs: Default::default(),
                 demand: Default::default(),
+                cost: Default::default(),
             });
         }
         let (plans, plan) = match optimize(&path, None) {
@@ -216,6 +220,7 @@ impl Model {
             ready: AtomicBool::new(false),
             runs: Default::default(),
             demand: Default::default(),
+            cost: Default::default(),
         })
     }
 
@@ -264,8 +269,28 @@ impl Model {
         }
     }
 
-    /// Runs one inference (blocking: call it off the async threads).
+    /// How long a run over inputs of `elements` elements in all is expected to take, from the runs so
+    /// far (None before the first).
+    pub fn expected_run(&self, elements: usize) -> Option<std::time::Duration> {
+        let per = f64::from_bits(self.cost.load(Ordering::Relaxed));
+        (per > 0.0).then(|| std::time::Duration::from_nanos((per * elements.max(1) as f64) as u64))
+    }
+
+    /// Runs one inference (blocking: call it off the async threads unless it is expected to be short).
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let elements: usize = inputs.iter().map(|t| t.len()).sum();
+        let started = std::time::Instant::now();
+        let result = self.dispatch(inputs);
+        // A moving average over about the last eight runs; concurrent runs may each overwrite the
+        // other's update, which only makes the estimate a little older.
+        let ns = started.elapsed().as_nanos() as f64 / elements.max(1) as f64;
+        let old = f64::from_bits(self.cost.load(Ordering::Relaxed));
+        let new = if old > 0.0 { old + (ns - old) / 8.0 } else { ns };
+        self.cost.store(new.to_bits(), Ordering::Relaxed);
+        result
+    }
+
+    fn dispatch(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         self.runs.fetch_add(1, Ordering::Relaxed);
         match &self.plans {
             Plans::Symbolic(plan) => plan.run(inputs),
