@@ -7,8 +7,9 @@
 # peer in each configuration.
 #
 #   bench/gateway.sh [ROUNDS=5] [DURATION=10s]
-#   PERF=1 bench/gateway.sh ...   also prints each proxy's top symbols (perf record, one revision);
-#                                 with ROUNDS=0, only those
+#   PERF=1 bench/gateway.sh ...   also prints each proxy's top symbols (perf record, one revision)
+#                                 and its cost per request (perf stat: CPU time, context switches,
+#                                 system calls); with ROUNDS=0, only those
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${1:-5}"
@@ -177,6 +178,20 @@ if [ "${PERF:-0}" = 1 ]; then
     echo "perf top symbols, $t (self time):" >&2
     perf report -q -i "$WORK/perf.data" --stdio --no-children --sort symbol 2>/dev/null \
       | grep -E '^ +[0-9]' | sed -E 's/ {2,}/ /g' | cut -c1-110 | head -12 >&2 || true  # head closes the pipe
+  done
+  # What each request costs the proxy (its own threads, not the upstream's), from counters over 5 s of
+  # a 7 s load: the requests in those 5 s are taken as wrk's rate times 5.
+  for t in revisor-1rev haproxy-1rev nginx-1rev; do
+    wrk -t"$THREADS" -c"$CONNS" -d7s -H "Host: ${HOST[$t]}" "${URL[$t]}" > "$WORK/wrk.txt" &
+    LOAD=$!
+    sleep 1
+    perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter -p "${PERF_PIDS[$t]}" -o "$WORK/stat.txt" -- sleep 5
+    wait "$LOAD"
+    rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
+    awk -F, -v t="$t" -v rps="$rps" '
+      $3 == "task-clock" { cpu = $1 } $3 == "context-switches" { cs = $1 } $3 ~ /sys_enter/ { sc = $1 }
+      END { n = rps * 5; printf "per request, %s: %.1f us CPU, %.2f context switches, %.2f system calls (%.0f req/s)\n", t, cpu * 1000 / n, cs / n, sc / n, rps }
+    ' "$WORK/stat.txt" >&2
   done
 fi
 
