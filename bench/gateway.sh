@@ -188,9 +188,17 @@ if [ "${PERF:-0}" = 1 ]; then
     perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter -p "${PERF_PIDS[$t]}" -o "$WORK/stat.txt" -- sleep 5
     wait "$LOAD"
     rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
-    awk -F, -v t="$t" -v rps="$rps" '
-      $3 == "task-clock" { cpu = $1 } $3 == "context-switches" { cs = $1 } $3 ~ /sys_enter/ { sc = $1 }
-      END { n = rps * 5; printf "per request, %s: %.1f us CPU, %.2f context switches, %.2f system calls (%.0f req/s)\n", t, cpu * 1000 / n, cs / n, sc / n, rps }
+    # perf stat -x, lines: value,unit,event,... (the event may carry modifiers such as :u; a counter
+    # perf could not read has a value that is not a number, reported as such).
+    awk -F, -v t="$t" -v rps="${rps:-0}" '
+      function num(v) { return v ~ /^[0-9.]+$/ ? v : "n/a" }
+      BEGIN { cpu = cs = sc = "n/a" }
+      $3 ~ /^task-clock/ { cpu = num($1) } $3 ~ /^context-switches/ { cs = num($1) } $3 ~ /sys_enter/ { sc = num($1) }
+      END {
+        n = rps * 5
+        if (n <= 0 || cpu == "n/a" || cs == "n/a" || sc == "n/a") { printf "per request, %s: not measured (wrk %s req/s; cpu %s, switches %s, calls %s)\n", t, rps, cpu, cs, sc; exit }
+        printf "per request, %s: %.1f us CPU, %.2f context switches, %.2f system calls (%.0f req/s)\n", t, cpu * 1000 / n, cs / n, sc / n, rps
+      }
     ' "$WORK/stat.txt" >&2
   done
 fi

@@ -295,15 +295,25 @@ impl Runner {
             .await
             .map_err(|_| InferError::Unavailable("the server is stopping".into()))?;
         let (queue, started) = (queued.elapsed(), Instant::now());
-        let elements = tensors.iter().map(|t| t.len()).sum();
-        let results = if self.model.expected_run(elements).is_some_and(|d| d <= self.inline_run) {
-            self.inline_runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.model.run(tensors)
+        let short = self.model.is_short(&tensors, self.inline_run);
+        let now = if short {
+            let m = &self.model;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.try_run_now(tensors)))
+                .map_err(|_| InferError::Model("inference failed: the run panicked".into()))?
         } else {
-            let m = self.model.clone();
-            tokio::task::spawn_blocking(move || m.run(tensors))
-                .await
-                .map_err(|e| InferError::Model(format!("inference worker failed: {e}")))?
+            Err(tensors)
+        };
+        let results = match now {
+            Ok(r) => {
+                self.inline_runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                r
+            }
+            Err(tensors) => {
+                let m = self.model.clone();
+                tokio::task::spawn_blocking(move || m.run(tensors))
+                    .await
+                    .map_err(|e| InferError::Model(format!("inference worker failed: {e}")))?
+            }
         }
         .map_err(|e| InferError::Model(format!("inference failed: {e:#}")))?;
         self.metrics.success(queue, started.elapsed());

@@ -22,7 +22,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long memory a model server freed stays with it before mimalloc gives it back: long enough that
 /// requests under load reuse what the one before freed (purged at once, a model's tensors were faulted
-/// in and zeroed again on every run: tract on magika lost a fifth of its requests/s to page faults), short
+/// in and zeroed again on every run: a tenth of tract's CPU on magika, which serves a fifth more
+/// requests/s without it), short
 /// enough that what a large request used does not stay resident once the server goes quiet.
 pub const MODEL_SERVER_PURGE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 

@@ -32,9 +32,11 @@ pub struct Model {
     runs: std::sync::atomic::AtomicU64,
     /// Inferences waiting for a core or running ([`Model::demand`]).
     demand: Arc<std::sync::atomic::AtomicUsize>,
-    /// What a run has cost per input element lately, in nanoseconds: a moving average (as `f64` bits;
-    /// 0 before the first run), read by [`Model::expected_run`].
+    /// What a run has cost per input element lately, in nanoseconds: a moving average over the runs
+    /// that succeeded (as `f64` bits; 0 before the first), read by [`Model::expected_run`].
     cost: std::sync::atomic::AtomicU64,
+    /// The most input elements a successful run had.
+    largest: std::sync::atomic::AtomicUsize,
 }
 
 /// One inference counted in [`Model::demand`] until dropped.
@@ -68,6 +70,10 @@ pub enum Engine {
     /// ONNX Runtime, loaded from this shared library.
     OnnxRuntime { library: std::path::PathBuf },
 }
+
+/// ONNX Runtime's one-core sessions for overlapping runs are at most this many; on more cores, runs
+/// beyond them share the wide session.
+const MAX_NARROW_SESSIONS: usize = 8;
 
 /// Batch sizes with a plan of their own are capped, so odd clients cannot grow memory without bound.
 const MAX_BATCH_PLANS: usize = 64;
@@ -121,9 +127,10 @@ impl Model {
             return Err(err(format!("{} is not a file", path.display())));
         }
         if let Engine::OnnxRuntime { library } = engine {
-            // Overlapping runs get a core each once more than one core is there to share.
+            // Overlapping runs get a core each once more than one core is there to share, up to
+            // MAX_NARROW_SESSIONS (each session holds its own arena and the weights it does not prepack).
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let narrow = if cores > 1 { cores } else { 0 };
+            let narrow = if cores > 1 { cores.min(MAX_NARROW_SESSIONS) } else { 0 };
             let (ort, inputs, outputs) = crate::onnxruntime::load(&path, library, narrow).map_err(err)?;
             return Ok(Model {
                 name: name.into(),
@@ -135,6 +142,7 @@ impl Model {
                 runs: Default::default(),
                 demand: Default::default(),
                 cost: Default::default(),
+                largest: Default::default(),
             });
         }
         let (plans, plan) = match optimize(&path, None) {
@@ -221,6 +229,7 @@ impl Model {
             runs: Default::default(),
             demand: Default::default(),
             cost: Default::default(),
+            largest: Default::default(),
         })
     }
 
@@ -276,18 +285,61 @@ impl Model {
         (per > 0.0).then(|| std::time::Duration::from_nanos((per * elements.max(1) as f64) as u64))
     }
 
-    /// Runs one inference (blocking: call it off the async threads unless it is expected to be short).
+    /// Whether a run over `inputs` is expected to take at most `bound`: by [`Model::expected_run`],
+    /// for inputs no larger than a run that succeeded already (cost may grow faster than the input),
+    /// and, for a model with a plan per batch size, with the plan for their batch size already made.
+    pub fn is_short(&self, inputs: &[TValue], bound: std::time::Duration) -> bool {
+        let elements: usize = inputs.iter().map(|t| t.len()).sum();
+        if elements > self.largest.load(Ordering::Relaxed) {
+            return false;
+        }
+        if let Plans::PerBatch { plans, .. } = &self.plans {
+            let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+            if !plans.lock().unwrap().contains_key(&batch) {
+                return false;
+            }
+        }
+        self.expected_run(elements).is_some_and(|d| d <= bound)
+    }
+
+    /// Runs one inference (blocking: call it off the async threads unless [`Model::is_short`]).
     pub fn run(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        self.timed(inputs, |m, inputs| Ok(m.dispatch(inputs)))
+            .unwrap_or_else(|_| unreachable!("dispatch always runs"))
+    }
+
+    /// Runs one inference now if the engine can start it without waiting (ONNX Runtime: a session is
+    /// free; tract: always); gives the inputs back otherwise.
+    pub fn try_run_now(&self, inputs: TVec<TValue>) -> Result<TractResult<TVec<TValue>>, TVec<TValue>> {
+        self.timed(inputs, |m, inputs| match &m.plans {
+            Plans::OnnxRuntime(engine) => {
+                let alone = m.demand.load(Ordering::Relaxed) <= 1;
+                engine.try_run(inputs, alone).inspect(|_| {
+                    m.runs.fetch_add(1, Ordering::Relaxed);
+                })
+            }
+            _ => Ok(m.dispatch(inputs)),
+        })
+    }
+
+    /// Runs `f` and, when it ran and succeeded, folds its time per input element into the moving
+    /// average (over about the last eight runs; concurrent runs may each overwrite the other's update,
+    /// which only makes the estimate a little older).
+    fn timed<F>(&self, inputs: TVec<TValue>, f: F) -> Result<TractResult<TVec<TValue>>, TVec<TValue>>
+    where
+        F: FnOnce(&Model, TVec<TValue>) -> Result<TractResult<TVec<TValue>>, TVec<TValue>>,
+    {
         let elements: usize = inputs.iter().map(|t| t.len()).sum();
         let started = std::time::Instant::now();
-        let result = self.dispatch(inputs);
-        // A moving average over about the last eight runs; concurrent runs may each overwrite the
-        // other's update, which only makes the estimate a little older.
-        let ns = started.elapsed().as_nanos() as f64 / elements.max(1) as f64;
-        let old = f64::from_bits(self.cost.load(Ordering::Relaxed));
-        let new = if old > 0.0 { old + (ns - old) / 8.0 } else { ns };
-        self.cost.store(new.to_bits(), Ordering::Relaxed);
-        result
+        let result = f(self, inputs)?;
+        if result.is_ok() {
+            let ns = started.elapsed().as_nanos() as f64 / elements.max(1) as f64;
+            let old = f64::from_bits(self.cost.load(Ordering::Relaxed));
+            let new = if old > 0.0 { old + (ns - old) / 8.0 } else { ns };
+            self.cost.store(new.to_bits(), Ordering::Relaxed);
+            self.largest.fetch_max(elements, Ordering::Relaxed);
+        }
+        Ok(result)
     }
 
     fn dispatch(&self, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {

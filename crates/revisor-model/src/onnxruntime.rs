@@ -10,7 +10,7 @@
 //! (bench/RESULTS.md, "Model server ... session pool"). The sessions share their prepacked weights.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
 use anyhow::{bail, format_err};
 use ort::memory::Allocator;
@@ -156,13 +156,22 @@ pub fn load(model: &Path, lib: &Path, narrow: usize) -> Result<(OrtEngine, Vec<T
             if failed || narrow == 0 {
                 return;
             }
-            let made: ort::Result<Vec<_>> = (0..narrow).map(|_| open(&path, 1, &weights).map(Mutex::new)).collect();
-            match made {
-                Ok(sessions) => {
-                    let _ = later.set(sessions);
+            // Those made before a failure are kept; with none, the wide session serves every run.
+            let mut made = Vec::new();
+            for _ in 0..narrow {
+                match open(&path, 1, &weights) {
+                    Ok(s) => made.push(Mutex::new(s)),
+                    Err(e) => {
+                        tracing::warn!(
+                            "ONNX Runtime: {} of {narrow} sessions for overlapping runs: {e}",
+                            made.len()
+                        );
+                        break;
+                    }
                 }
-                // The wide session serves every run, as with none.
-                Err(e) => tracing::warn!("ONNX Runtime: no sessions for overlapping runs: {e}"),
+            }
+            if !made.is_empty() {
+                let _ = later.set(made);
             }
         })
         .map_err(|e| format!("cannot start a thread for ONNX Runtime: {e}"))?;
@@ -187,6 +196,15 @@ pub fn load(model: &Path, lib: &Path, narrow: usize) -> Result<(OrtEngine, Vec<T
         overlapped: Default::default(),
     };
     Ok((engine, inputs, outputs))
+}
+
+/// A session's lock if it is free now; a lock poisoned by a run that panicked is free too.
+fn free(s: &Mutex<Session>) -> Option<MutexGuard<'_, Session>> {
+    match s.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
 }
 
 fn to_ort(t: &Tensor) -> TractResult<DynValue> {
@@ -245,18 +263,47 @@ impl OrtEngine {
     /// Runs once (blocking): in the wide session when `alone` (no other run waits or runs), else in a
     /// free narrow one; in the wide one when none is free.
     pub fn run(&self, inputs: TVec<TValue>, alone: bool) -> TractResult<TVec<TValue>> {
-        let values: Vec<(String, DynValue)> = self
-            .inputs
+        let session = self
+            .session(alone, true)
+            .expect("waiting for the wide session always gets it");
+        Self::run_in(session, &self.inputs, inputs)
+    }
+
+    /// Runs once if a session is free now (as [`OrtEngine::run`] would pick it), without waiting for
+    /// one; gives the inputs back otherwise.
+    pub fn try_run(&self, inputs: TVec<TValue>, alone: bool) -> Result<TractResult<TVec<TValue>>, TVec<TValue>> {
+        match self.session(alone, false) {
+            Some(session) => Ok(Self::run_in(session, &self.inputs, inputs)),
+            None => Err(inputs),
+        }
+    }
+
+    /// The session a run takes: a free narrow one unless `alone`, else the wide one, waited for when
+    /// `wait`. A session whose lock was poisoned (a run panicked in it) is used as it is.
+    fn session(&self, alone: bool, wait: bool) -> Option<MutexGuard<'_, Session>> {
+        if !alone {
+            if let Some(g) = self.narrow.get().and_then(|all| all.iter().find_map(free)) {
+                self.overlapped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Some(g);
+            }
+        }
+        if wait {
+            Some(self.wide.lock().unwrap_or_else(|p| p.into_inner()))
+        } else {
+            free(&self.wide)
+        }
+    }
+
+    fn run_in(
+        mut session: MutexGuard<'_, Session>,
+        names: &[String],
+        inputs: TVec<TValue>,
+    ) -> TractResult<TVec<TValue>> {
+        let values: Vec<(String, DynValue)> = names
             .iter()
             .zip(inputs.iter())
             .map(|(name, t)| Ok((name.clone(), to_ort(t)?)))
             .collect::<TractResult<_>>()?;
-        let narrow = if alone { None } else { self.narrow.get() };
-        let free = narrow.and_then(|all| all.iter().find_map(|s| s.try_lock().ok()));
-        if free.is_some() {
-            self.overlapped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        let mut session = free.unwrap_or_else(|| self.wide.lock().unwrap_or_else(|p| p.into_inner()));
         let outputs = session.run(values).map_err(|e| format_err!("{e}"))?;
         outputs.values().map(|v| Ok(from_ort(&v)?.into_tvalue())).collect()
     }

@@ -198,11 +198,23 @@ async fn overlapping_inferences_run_in_narrow_sessions_with_the_same_answers() {
         alone.push(floats(&v));
     }
     assert_eq!(m.narrow_sessions().1, 0, "a run on its own used a narrow session");
-    // Sixteen at once.
+    // Sixteen at once, through one server (one bound of a run per core, as `model-server` has).
+    let app = router(state(m.clone()));
     let calls: Vec<_> = (0..16)
         .map(|i| {
-            let (m, b) = (m.clone(), body(i % 4));
-            tokio::spawn(async move { call(&m, "POST", "/v2/models/magika/infer", b).await })
+            let req = Request::builder()
+                .method("POST")
+                .uri("/v2/models/magika/infer")
+                .header("content-type", "application/json")
+                .body(Body::from(body(i % 4)))
+                .unwrap();
+            let app = app.clone();
+            tokio::spawn(async move {
+                let resp = app.oneshot(req).await.unwrap();
+                let status = resp.status();
+                let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
+            })
         })
         .collect();
     for (i, c) in calls.into_iter().enumerate() {

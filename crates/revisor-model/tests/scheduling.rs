@@ -73,6 +73,12 @@ async fn short_runs_stay_on_the_async_thread_and_long_ones_do_not() {
     );
     let width = one.len();
     assert_eq!(out.len(), width * 200_000);
-    assert_eq!(&out[..width], &one[..]);
-    assert_eq!(&out[out.len() - width..], &one[..]);
+    // Within float rounding: tract may tile a large batch differently from one row.
+    for (got, want) in out[..width]
+        .iter()
+        .chain(&out[out.len() - width..])
+        .zip(one.iter().cycle())
+    {
+        assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{got} against {want}");
+    }
 }
