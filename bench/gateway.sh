@@ -2,7 +2,9 @@
 # Gateway benchmark: wrk at 64 connections against the same test upstream (1 KiB responses), directly
 # and through revisor, HAProxy and nginx, in two configurations: one revision with one upstream (as
 # measured outside the project: HAProxy with its default threads and `http-reuse always`, nginx with
-# upstream keepalive) and a 90/10 split between two, interleaved over ROUNDS rounds. Prints a Markdown
+# upstream keepalive) and a 90/10 split between two, interleaved over ROUNDS rounds; with one revision
+# also `hyper-1rev`, the gateway's HTTP stack relaying and doing nothing else
+# (crates/revisor-gateway/examples/bare_proxy.rs), to tell the stack's cost from revisor's. Prints a Markdown
 # table of medians (requests/s, p50, p99) with the spread of the rounds, and revisor's ratios to each
 # peer in each configuration.
 #
@@ -26,6 +28,7 @@ HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release -q -p revisor -p revisor-testapp
+cargo build --release -q -p revisor-gateway --example bare_proxy
 REVISOR=target/release/revisor
 UPSTREAM=$(pwd)/target/release/revisor-test-upstream
 
@@ -110,6 +113,11 @@ H1=$(port)
 haproxy_cfg "$WORK/haproxy1.cfg" "" "$H1" "  server s1 127.0.0.1:$P1"
 "$HAPROXY" -f "$WORK/haproxy1.cfg" -db >/dev/null 2>&1 & PIDS+=($!)
 HAPROXY1_PID=$!
+# The gateway's HTTP stack alone (hyper and tokio as the gateway sets them up, relaying to one
+# upstream and nothing else): what of revisor's cost is the stack's.
+BARE=$(port)
+target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$P1" 2>/dev/null & PIDS+=($!)
+BARE_PID=$!
 NP=$(port); N1=$(port)
 mkdir -p "$WORK/nginx"
 cat > "$WORK/nginx.conf" <<CFG
@@ -135,17 +143,18 @@ http {
 CFG
 "$NGINX" -c "$WORK/nginx.conf" -p "$WORK/nginx" -g 'daemon off;' 2>/dev/null & PIDS+=($!)
 NGINX_PID=$!
-wait_port "$HP"; wait_port "$NP"; wait_port "$H1"; wait_port "$N1"
+wait_port "$HP"; wait_port "$NP"; wait_port "$H1"; wait_port "$N1"; wait_port "$BARE"
 
 declare -A URL HOST
 URL[direct]="http://127.0.0.1:$P1/";            HOST[direct]="127.0.0.1"
 URL[revisor-1rev]="http://127.0.0.1:$GW/";      HOST[revisor-1rev]="single.default.localhost"
 URL[revisor-90/10]="http://127.0.0.1:$GW/";     HOST[revisor-90/10]="split.default.localhost"
+URL[hyper-1rev]="http://127.0.0.1:$BARE/";     HOST[hyper-1rev]="127.0.0.1"
 URL[haproxy-1rev]="http://127.0.0.1:$H1/";     HOST[haproxy-1rev]="127.0.0.1"
 URL[nginx-1rev]="http://127.0.0.1:$N1/";       HOST[nginx-1rev]="127.0.0.1"
 URL[haproxy-90/10]="http://127.0.0.1:$HP/";     HOST[haproxy-90/10]="127.0.0.1"
 URL[nginx-90/10]="http://127.0.0.1:$NP/";       HOST[nginx-90/10]="127.0.0.1"
-TARGETS=(direct revisor-1rev haproxy-1rev nginx-1rev revisor-90/10 haproxy-90/10 nginx-90/10)
+TARGETS=(direct revisor-1rev hyper-1rev haproxy-1rev nginx-1rev revisor-90/10 haproxy-90/10 nginx-90/10)
 
 # Converts wrk latency text (850.00us, 1.20ms, 2.00s) to milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) n/=1000; else if (v ~ /ms$/) n=n; else if (v ~ /s$/) n*=1000; printf "%.3f", n }'; }
@@ -167,6 +176,7 @@ if [ "${PERF:-0}" = 1 ]; then
   # Where each proxy spends its CPU, one revision each, under the same load.
   declare -A PERF_PIDS
   PERF_PIDS[revisor-1rev]=$REVISOR_PID
+  PERF_PIDS[hyper-1rev]=$BARE_PID
   PERF_PIDS[haproxy-1rev]=$HAPROXY1_PID
   PERF_PIDS[nginx-1rev]=$(pgrep -P "$NGINX_PID" | paste -sd, -)
   for t in revisor-1rev haproxy-1rev nginx-1rev; do
@@ -181,7 +191,7 @@ if [ "${PERF:-0}" = 1 ]; then
   done
   # What each request costs the proxy (its own threads, not the upstream's), from counters over 5 s of
   # a 7 s load: the requests in those 5 s are taken as wrk's rate times 5.
-  for t in revisor-1rev haproxy-1rev nginx-1rev; do
+  for t in revisor-1rev hyper-1rev haproxy-1rev nginx-1rev; do
     wrk -t"$THREADS" -c"$CONNS" -d7s -H "Host: ${HOST[$t]}" "${URL[$t]}" > "$WORK/wrk.txt" &
     LOAD=$!
     sleep 1
