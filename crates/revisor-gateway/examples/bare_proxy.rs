@@ -62,7 +62,9 @@ fn main() -> std::io::Result<()> {
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder.http1().timer(hyper_util::rt::TokioTimer::new());
                 loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    let Ok((stream, _)) = listener.accept().await else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let client = client.clone();
                     let svc = hyper::service::service_fn(move |req| {
