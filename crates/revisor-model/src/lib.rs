@@ -20,18 +20,12 @@ pub use error::{InferError, LoadError};
 /// mimalloc's `purge_delay` option (the same index in its v2 and v3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// How long memory a model server freed stays with it before mimalloc gives it back: long enough that
-/// requests under load reuse what the one before freed (purged at once, a model's tensors were faulted
-/// in and zeroed again on every run: a tenth of tract's CPU on magika, which serves a fifth more
-/// requests/s without it), short
-/// enough that what a large request used does not stay resident once the server goes quiet.
-pub const MODEL_SERVER_PURGE_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Has mimalloc (the allocator of the `revisor` binary) give freed memory back to the system
-/// [`MODEL_SERVER_PURGE_DELAY`] after it is freed (and at the next allocation after that). Call it
-/// before serving; it does nothing under another allocator.
-pub fn return_freed_memory_soon() {
-    purge_freed_memory_after(MODEL_SERVER_PURGE_DELAY);
+/// Has mimalloc (the allocator of the `revisor` binary) give freed memory back to the system at once
+/// rather than after its purge delay and the next allocation: a model server sits idle between large
+/// requests, and what a request used should not stay resident after it. Call it before serving; it
+/// does nothing under another allocator.
+pub fn return_freed_memory_at_once() {
+    purge_freed_memory_after(std::time::Duration::ZERO);
 }
 
 /// Has mimalloc give freed memory back to the system only after `delay` (its default is 10 ms). The

@@ -25,7 +25,7 @@ fn serve() {
         let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         std::process::exit(0);
     });
-    revisor_model::return_freed_memory_soon();
+    revisor_model::return_freed_memory_at_once();
     let dir = tempfile::tempdir().unwrap();
     write_all(dir.path()).unwrap();
     let uri = format!("file://{}", dir.path().join(Example::V1.file_name()).display());
@@ -173,8 +173,8 @@ fn large_json_requests_peak_below_5x_their_size_and_do_not_pile_up() {
         again = again.max(p);
     }
     // What stays resident after them: the model server has mimalloc (the binary's allocator, as here)
-    // purge freed memory 100 ms after it is freed, so after a pause and a small request (as probes
-    // send) the server is back within a body's size of where it started.
+    // purge freed memory at once, so after a small request (as probes send) the server is back within
+    // a body's size of where it started.
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
     let after = loop {

@@ -47,7 +47,7 @@ pub fn run(
     let addr: SocketAddr = format!("{host}:{port}")
         .parse()
         .with_context(|| format!("--host {host:?} is not an IP address"))?;
-    revisor_model::return_freed_memory_soon();
+    revisor_model::return_freed_memory_at_once();
     let started = std::time::Instant::now();
     let cache = source
         .cache
