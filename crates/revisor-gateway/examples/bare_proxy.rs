@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, Uri};
@@ -19,16 +18,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 
 type HttpClient = Client<HttpConnector, Incoming>;
-
-fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(usize::MAX)
-        .build(connector)
-}
 
 async fn relay(client: HttpClient, upstream: SocketAddr, req: Request<Incoming>) -> Response<Incoming> {
     let (mut parts, body) = req.into_parts();
@@ -58,7 +47,7 @@ fn main() -> std::io::Result<()> {
         handles.push(std::thread::spawn(move || {
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
-                let client = client();
+                let client: HttpClient = revisor_gateway::client(false);
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder.http1().timer(hyper_util::rt::TokioTimer::new());
                 loop {

@@ -115,7 +115,15 @@ pub struct Gateway {
     inner: Arc<Inner>,
 }
 
-fn client(http2_only: bool) -> HttpClient {
+/// An upstream client with the gateway's settings (no Nagle, a 2 s connect timeout, idle connections
+/// kept 60 s without a cap), over any request body; `examples/bare_proxy.rs` uses it too, so the bench's
+/// reference relay has exactly the gateway's client.
+pub fn client<B>(http2_only: bool) -> Client<HttpConnector, B>
+where
+    B: hyper::body::Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(2)));

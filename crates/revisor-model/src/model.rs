@@ -270,6 +270,11 @@ impl Model {
         Demand(self.demand.clone())
     }
 
+    /// No other inference waits for a core or runs beside the one asking.
+    fn alone(&self) -> bool {
+        self.demand.load(Ordering::Relaxed) <= 1
+    }
+
     /// ONNX Runtime's sessions for overlapping runs made so far, and the runs they made (0 with tract).
     pub fn narrow_sessions(&self) -> (usize, u64) {
         match &self.plans {
@@ -312,12 +317,9 @@ impl Model {
     /// free; tract: always); gives the inputs back otherwise.
     pub fn try_run_now(&self, inputs: TVec<TValue>) -> Result<TractResult<TVec<TValue>>, TVec<TValue>> {
         self.timed(inputs, |m, inputs| match &m.plans {
-            Plans::OnnxRuntime(engine) => {
-                let alone = m.demand.load(Ordering::Relaxed) <= 1;
-                engine.try_run(inputs, alone).inspect(|_| {
-                    m.runs.fetch_add(1, Ordering::Relaxed);
-                })
-            }
+            Plans::OnnxRuntime(engine) => engine.try_run(inputs, m.alone()).inspect(|_| {
+                m.runs.fetch_add(1, Ordering::Relaxed);
+            }),
             _ => Ok(m.dispatch(inputs)),
         })
     }
@@ -346,7 +348,7 @@ impl Model {
         self.runs.fetch_add(1, Ordering::Relaxed);
         match &self.plans {
             Plans::Symbolic(plan) => plan.run(inputs),
-            Plans::OnnxRuntime(engine) => engine.run(inputs, self.demand.load(Ordering::Relaxed) <= 1),
+            Plans::OnnxRuntime(engine) => engine.run(inputs, self.alone()),
             Plans::PerBatch { model, plans } => {
                 let batch = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
                 let cached = plans.lock().unwrap().get(&batch).cloned();

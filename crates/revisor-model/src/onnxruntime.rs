@@ -7,7 +7,7 @@
 //! One inference on its own is spread over every core by a "wide" session (ONNX Runtime's intra-op
 //! threads); inferences that overlap each run on one core in "narrow" sessions of their own, since
 //! splitting every run over every core costs more in hand-offs than it gains once the cores are busy
-//! (bench/RESULTS.md, "Model server ... session pool"). The sessions share their prepacked weights.
+//! (bench/RESULTS.md, "Model server against KServe on magika"). The sessions share their prepacked weights.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
