@@ -8,11 +8,13 @@
 mod body;
 pub mod compare;
 mod endpoint;
+mod h1;
 mod metrics;
 mod proxy;
 mod routes;
 
 pub use endpoint::{Breaker, Endpoint};
+pub use h1::BODY_LIMIT as FAST_PATH_BODY_LIMIT;
 pub use metrics::{
     sample, Labels, MetricsCollector, MetricsSnapshot, NotCounted, RevisionMetrics, DIFF_BUCKETS, LATENCY_BUCKETS_MS,
     NOT_COUNTED_REASONS,
@@ -88,6 +90,8 @@ pub(crate) struct Inner {
     /// Bumped on every publish, so held requests can wait for a new table.
     pub(crate) published: watch::Sender<u64>,
     pub(crate) activator: OnceLock<ActivateFn>,
+    /// Connections the gateway's own HTTP/1 path handed to hyper.
+    pub(crate) handed_off: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -143,6 +147,7 @@ impl Gateway {
                 config,
                 published: watch::channel(0).0,
                 activator: OnceLock::new(),
+                handed_off: Default::default(),
             }),
         }
     }
@@ -187,6 +192,12 @@ impl Gateway {
             .get(&addr)
             .map(|e| e.in_flight())
             .unwrap_or(0)
+    }
+
+    /// Connections handed from the gateway's own HTTP/1 path to hyper, at the first request that path
+    /// does not take (see the `h1` module).
+    pub fn handed_off(&self) -> u64 {
+        self.inner.handed_off.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A prometheus-client collector of every revision's counters, read at each scrape.
@@ -248,19 +259,6 @@ impl Gateway {
         Ok(handles)
     }
 
-    /// The connection builder: HTTP/1 and h2c, with the configured header limits.
-    fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .max_buf_size(self.inner.config.max_header_bytes.max(8192))
-            .timer(hyper_util::rt::TokioTimer::new());
-        builder
-            .http2()
-            .max_header_list_size(self.inner.config.max_header_bytes as u32);
-        builder
-    }
-
     /// Serves one connection on any byte stream, as `serve` does each accepted one (the fuzzer feeds
     /// the gateway's request handling this way, without sockets). With `half_close`, the end of the
     /// client's stream does not cancel the request in progress (the fuzzer ends its input that way;
@@ -274,24 +272,19 @@ impl Gateway {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let inner = self.inner.clone();
-        let peer = proxy::Peer::new(remote);
-        let svc = hyper::service::service_fn(move |req| {
-            let (inner, peer) = (inner.clone(), peer.clone());
-            async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, peer).await) }
-        });
-        let mut builder = self.builder();
-        builder.http1().half_close(half_close);
-        builder
-            .serve_connection(TokioIo::new(io), svc)
-            .await
-            .map_err(|e| e.to_string())
+        let pool = Arc::new(h1::Pool::default());
+        h1::serve(self.inner.clone(), io, proxy::Peer::new(remote), pool, half_close, None).await
     }
 
-    /// Serves until `shutdown` turns true; connections in progress are finished gracefully.
-    pub async fn serve(&self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-        let builder = Arc::new(self.builder());
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    /// Serves until `shutdown` turns true; connections in progress are finished gracefully (within
+    /// 30 s). Each connection starts on the gateway's own HTTP/1 path ([`h1`]), which hands it to
+    /// hyper at the first request that path does not take; upstream HTTP/1 connections are pooled
+    /// per call (per worker thread under [`Gateway::spawn_workers`]).
+    pub async fn serve(&self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        let pool = Arc::new(h1::Pool::default());
+        // One clone per connection: the count says when the last one has finished.
+        let live = Arc::new(());
+        let mut stop = shutdown.clone();
         loop {
             let (stream, remote) = tokio::select! {
                 r = listener.accept() => match r {
@@ -302,25 +295,64 @@ impl Gateway {
                         continue;
                     }
                 },
-                _ = stopped(&mut shutdown) => break,
+                _ = stopped(&mut stop) => break,
             };
             let _ = stream.set_nodelay(true);
-            let inner = self.inner.clone();
-            let peer = proxy::Peer::new(remote);
-            let svc = hyper::service::service_fn(move |req| {
-                let (inner, peer) = (inner.clone(), peer.clone());
-                async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, peer).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-            let conn = graceful.watch(conn);
+            let (inner, pool, shutdown, live) = (self.inner.clone(), pool.clone(), shutdown.clone(), live.clone());
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let _live = live;
+                if let Err(e) = h1::serve(inner, stream, proxy::Peer::new(remote), pool, false, Some(shutdown)).await {
                     tracing::debug!("gateway connection from {remote}: {e}");
                 }
             });
         }
-        let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+        drop(listener);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while Arc::strong_count(&live) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
+}
+
+/// The connection builder: HTTP/1 and h2c, with the configured header limits.
+fn builder(config: &GatewayConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .timer(hyper_util::rt::TokioTimer::new());
+    builder.http2().max_header_list_size(config.max_header_bytes as u32);
+    builder
+}
+
+/// Serves a connection with hyper and [`proxy::handle`]: every request the gateway's own HTTP/1 path
+/// does not take, and the rest of its connection. When `shutdown` turns true, the connection finishes
+/// what it is doing and closes.
+pub(crate) async fn serve_hyper<IO>(
+    inner: Arc<Inner>,
+    io: IO,
+    peer: proxy::Peer,
+    half_close: bool,
+    mut shutdown: Option<watch::Receiver<bool>>,
+) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = builder(&inner.config);
+    builder.http1().half_close(half_close);
+    let svc = hyper::service::service_fn(move |req| {
+        let (inner, peer) = (inner.clone(), peer.clone());
+        async move { Ok::<_, std::convert::Infallible>(proxy::handle(inner, req, peer).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    if let Some(rx) = shutdown.as_mut() {
+        tokio::select! {
+            r = conn.as_mut() => return r.map_err(|e| e.to_string()),
+            _ = stopped(rx) => conn.as_mut().graceful_shutdown(),
+        }
+    }
+    conn.await.map_err(|e| e.to_string())
 }
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {

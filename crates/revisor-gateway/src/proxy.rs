@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use crate::body::{Accounting, BodySlot, GatewayBody, ResponseBody, Tee};
 use crate::endpoint::{pick, Endpoint};
 use crate::metrics::NotCounted;
-use crate::routes::{HostRoute, Protocol, RevisionTarget, RouteTable};
+use crate::routes::{HostRoute, Matcher, Protocol, RevisionTarget, RouteTable};
 use crate::Inner;
 
 /// The header that selects a tag, as in Knative.
@@ -44,6 +44,11 @@ impl Peer {
         let ip = HeaderValue::from_maybe_shared(Bytes::from(addr.ip().to_string()))
             .expect("an IP address is a valid header value");
         Peer { ip }
+    }
+
+    /// The client's IP, as text.
+    pub fn ip(&self) -> &[u8] {
+        self.ip.as_bytes()
     }
 }
 
@@ -91,7 +96,7 @@ pub async fn handle(inner: Arc<Inner>, req: Request<Incoming>, peer: Peer) -> Re
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let table = inner.routes.load_full();
-    let picked = resolve(&table, &host, tag.as_deref(), req.headers());
+    let picked = resolve(&table, &host, tag.as_deref(), &has_header(req.headers()));
     match picked {
         Ok((target, mirror)) => proxy(&inner, target, mirror, req, &peer, (&host, tag.as_deref())).await,
         Err(resp) => *resp,
@@ -105,14 +110,26 @@ type RouteKey<'a> = (&'a str, Option<&'a str>);
 /// A response the gateway gives itself instead of proxying.
 type Refusal = Box<Response<GatewayBody>>;
 
+/// Whether a request's headers hold one that a header route's matcher accepts.
+pub(crate) type HasHeader<'a> = dyn Fn(&HeaderName, &Matcher) -> bool + 'a;
+
+fn has_header(headers: &HeaderMap) -> impl Fn(&HeaderName, &Matcher) -> bool + '_ {
+    move |name, m| {
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| m.matches(v)))
+    }
+}
+
 /// The revision a request goes to: by host (a tag's own host, or the service's, where the tag header
 /// can select a tag), then by header route, then by weight; and the revision a copy goes to, when
 /// the request is one of those mirrored.
-fn resolve(
+pub(crate) fn resolve(
     table: &RouteTable,
     host: &str,
     tag: Option<&str>,
-    headers: &HeaderMap,
+    has: &HasHeader<'_>,
 ) -> Result<(Arc<RevisionTarget>, Option<Arc<RevisionTarget>>), Refusal> {
     match table.hosts.get(host) {
         None => Err(Box::new(local(
@@ -126,14 +143,7 @@ fn resolve(
                 route
                     .header_routes
                     .iter()
-                    .find(|h| {
-                        h.matches.iter().all(|(name, m)| {
-                            headers
-                                .get_all(name)
-                                .iter()
-                                .any(|v| v.to_str().is_ok_and(|v| m.matches(v)))
-                        })
-                    })
+                    .find(|h| h.matches.iter().all(|(name, m)| has(name, m)))
                     .map(|h| &h.target)
             };
             match by_tag.or_else(by_header).or_else(|| route.pick()) {
@@ -176,7 +186,7 @@ async fn activate(
         let table = inner.routes.load_full();
         target = match table.revisions.get(&(target.namespace.clone(), target.name.clone())) {
             Some(t) => t.clone(),
-            None => resolve(&table, route.0, route.1, headers)?.0,
+            None => resolve(&table, route.0, route.1, &has_header(headers))?.0,
         };
         if !target.endpoints.is_empty() {
             return Ok(target);

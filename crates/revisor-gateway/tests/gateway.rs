@@ -800,3 +800,359 @@ async fn upstream_connections_are_reused_and_stale_ones_replaced() {
         }
     }
 }
+
+/// A raw HTTP/1 upstream on loopback: records each request it gets (head and body, as received) and
+/// answers with `answer(head)`: the raw response, and whether to close the connection after it.
+async fn scripted_upstream(
+    answer: fn(&str) -> (String, bool),
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let lower = head.to_ascii_lowercase();
+                    let mut length: usize = lower
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if lower.contains("transfer-encoding: chunked") {
+                        // Kept as it came: up to the last chunk (tests send no trailers).
+                        let last = loop {
+                            if let Some(i) = buf[end..].windows(7).position(|w| w == b"\r\n0\r\n\r\n") {
+                                break i + 7;
+                            }
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        length = last - 4;
+                    }
+                    while buf.len() < end + 4 + length {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let request: Vec<u8> = buf.drain(..end + 4 + length).collect();
+                    log.lock().unwrap().push(String::from_utf8_lossy(&request).into_owned());
+                    let (response, close) = answer(&head);
+                    if s.write_all(response.as_bytes()).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// One response read off a raw connection: status, lower-cased head, and the body (de-chunked).
+async fn read_response(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u16, String, String) {
+    read_answer(s, buf, false).await
+}
+
+/// [`read_response`], for a request that was (`to_head`) or was not a HEAD.
+async fn read_answer(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, to_head: bool) -> (u16, String, String) {
+    use tokio::io::AsyncReadExt;
+    async fn more(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "the gateway closed the connection mid-response: {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let end = loop {
+        if let Some(e) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break e;
+        }
+        more(s, buf).await;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    buf.drain(..end + 4);
+    let status: u16 = head[9..12].parse().unwrap();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.trim().to_string())
+    };
+    let mut body = Vec::new();
+    if to_head || status == 204 || status == 304 {
+    } else if header("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                more(s, buf).await;
+            };
+            let line = String::from_utf8(buf.drain(..line_end + 2).collect()).unwrap();
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+            if size == 0 {
+                // Trailers, up to an empty line.
+                loop {
+                    let Some(i) = buf.windows(2).position(|w| w == b"\r\n") else {
+                        more(s, buf).await;
+                        continue;
+                    };
+                    buf.drain(..i + 2);
+                    if i == 0 {
+                        break;
+                    }
+                }
+                break;
+            }
+            while buf.len() < size + 2 {
+                more(s, buf).await;
+            }
+            body.extend_from_slice(&buf[..size]);
+            buf.drain(..size + 2);
+        }
+    } else {
+        let n: usize = header("content-length").expect("a length or chunks").parse().unwrap();
+        while buf.len() < n {
+            more(s, buf).await;
+        }
+        body = buf.drain(..n).collect();
+    }
+    (status, head, String::from_utf8(body).unwrap())
+}
+
+fn path_of(head: &str) -> &str {
+    head.split(' ').nth(1).unwrap_or("")
+}
+
+async fn one_revision_to(up: SocketAddr) -> (Gateway, SocketAddr) {
+    let gw = Gateway::new(GatewayConfig::default());
+    gw.publish(&routes(
+        vec![target("r-1", 100, None)],
+        vec![rev("r-1", vec![up], 0, 5000)],
+    ));
+    let addr = start(&gw).await;
+    (gw, addr)
+}
+
+/// Issue 18: the gateway's own HTTP/1 path relays every response framing an upstream may use
+/// (length, chunked with trailers, HTTP/1.0 until close, no body for 204 and HEAD) and keeps the
+/// client's connection for the next request throughout, without handing it to hyper.
+#[tokio::test(flavor = "current_thread")]
+async fn the_own_http1_path_relays_every_response_framing_on_one_client_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (up, seen) = scripted_upstream(|head| match path_of(head) {
+        "/length" => ("HTTP/1.1 200 OK\r\ncontent-length: 6\r\nx-kind: length\r\n\r\nlength".into(), false),
+        "/chunked" => (
+            "HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n3\r\nchu\r\n4;ext=1\r\nnked\r\n0\r\nx-trailer: t\r\n\r\n".into(),
+            false,
+        ),
+        "/until-close" => ("HTTP/1.0 200 OK\r\nx-kind: close\r\n\r\nuntil the upstream closes".into(), true),
+        "/empty" => ("HTTP/1.1 204 No Content\r\n\r\n".into(), false),
+        "/head" => ("HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n".into(), false),
+        "/teapot" => ("HTTP/1.1 418 I'm a teapot\r\ncontent-length: 3\r\nconnection: close\r\n\r\ntea".into(), true),
+        p => panic!("unexpected path {p}"),
+    })
+    .await;
+    let (gw, addr) = one_revision_to(up).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let cases = [
+        ("GET", "/length", 200, "length"),
+        ("GET", "/chunked", 201, "chunked"),
+        ("GET", "/until-close", 200, "until the upstream closes"),
+        ("GET", "/empty", 204, ""),
+        ("HEAD", "/head", 200, ""),
+        ("GET", "/teapot", 418, "tea"),
+        ("GET", "/length", 200, "length"),
+    ];
+    for (method, path, status, body) in cases {
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: svc.default.localhost\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (got, head, got_body) = read_answer(&mut s, &mut buf, method == "HEAD").await;
+        assert_eq!((got, got_body.as_str()), (status, body), "{method} {path}: {head}");
+        assert!(head.starts_with("http/1.1 "), "{head}");
+        assert!(head.contains("\r\ndate: "), "a date header: {head}");
+        assert!(
+            !head.contains("connection: close"),
+            "the client's connection stays: {head}"
+        );
+        if path == "/head" {
+            assert!(head.contains("content-length: 11"), "HEAD keeps the length: {head}");
+        }
+    }
+    assert_eq!(seen.lock().unwrap().len(), cases.len());
+    assert_eq!(gw.handed_off(), 0, "every request took the gateway's own path");
+    let m = gw.metrics().into_iter().find(|m| m.labels.revision == "r-1").unwrap();
+    assert_eq!(m.requests[1], 6, "2xx: {m:?}");
+    assert_eq!(m.requests[3], 1, "4xx: {m:?}");
+}
+
+/// Issue 18: requests pipelined on one connection are answered in order, and what the upstream
+/// gets has the hop-by-hop headers (and those `Connection` names) taken out, the body intact, and
+/// the client's address appended to `X-Forwarded-For`.
+#[tokio::test(flavor = "current_thread")]
+async fn pipelined_requests_are_answered_in_order_with_hop_by_hop_headers_removed() {
+    use tokio::io::AsyncWriteExt;
+    let (up, seen) = scripted_upstream(|head| {
+        let p = path_of(head).to_string();
+        (
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{p}", p.len()),
+            false,
+        )
+    })
+    .await;
+    let (gw, addr) = one_revision_to(up).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let post = "POST /b HTTP/1.1\r\nHost: svc.default.localhost\r\nContent-Length: 11\r\n\
+                Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+                Upgrade: websocket\r\nX-Forwarded-For: 10.0.0.1\r\nX-Kept: yes\r\n\r\nhello world";
+    let all = format!(
+        "GET /a HTTP/1.1\r\nHost: svc.default.localhost\r\n\r\n{post}GET /c HTTP/1.1\r\nHost: SVC.default.localhost:80\r\n\r\n"
+    );
+    s.write_all(all.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    for path in ["/a", "/b", "/c"] {
+        let (status, head, body) = read_response(&mut s, &mut buf).await;
+        assert_eq!((status, body.as_str()), (200, path), "{head}");
+    }
+    let seen = seen.lock().unwrap();
+    let b = seen[1].to_ascii_lowercase();
+    assert!(b.starts_with("post /b http/1.1\r\n"), "{b}");
+    for gone in ["connection:", "x-secret:", "keep-alive:", "\r\nte:", "upgrade:"] {
+        assert!(!b.contains(gone), "{gone} reached the upstream:\n{b}");
+    }
+    assert!(b.contains("x-forwarded-for: 10.0.0.1, 127.0.0.1\r\n"), "{b}");
+    assert!(
+        b.contains("x-kept: yes\r\n") && b.contains("host: svc.default.localhost\r\n"),
+        "{b}"
+    );
+    assert!(b.ends_with("\r\n\r\nhello world"), "{b}");
+    assert!(
+        seen[0].to_ascii_lowercase().contains("x-forwarded-for: 127.0.0.1\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert_eq!(gw.handed_off(), 0);
+}
+
+/// Issue 18: at the first request its own path does not take (here a chunked body), the gateway
+/// hands the connection, with the bytes already read, to hyper, which serves it and the requests
+/// after it; a client that says `Connection: close` gets it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_the_own_path_does_not_take_is_served_by_hyper_on_the_same_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (up, seen) = scripted_upstream(|head| {
+        let p = path_of(head).to_string();
+        (
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{p}", p.len()),
+            false,
+        )
+    })
+    .await;
+    let (gw, addr) = one_revision_to(up).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /fast HTTP/1.1\r\nHost: svc.default.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).await.2, "/fast");
+    assert_eq!(gw.handed_off(), 0);
+    // Sent in two writes, so the hand-off happens with part of the body still unread.
+    s.write_all(b"POST /chunked HTTP/1.1\r\nHost: svc.default.localhost\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"lo\r\n0\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).await.2, "/chunked");
+    assert_eq!(gw.handed_off(), 1);
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: svc.default.localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!((status, body.as_str()), (200, "/after"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    // hyper passes the chunks on as they come: their data, in order, is the body.
+    let chunked = seen.lock().unwrap()[1].clone();
+    let chunks = chunked.split_once("\r\n\r\n").unwrap().1;
+    let data: String = chunks.split("\r\n").skip(1).step_by(2).collect();
+    assert_eq!(data, "hello", "{chunks:?}");
+    // The same on the fast path: `Connection: close` is followed, and said.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /bye HTTP/1.1\r\nHost: svc.default.localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let (_, head, body) = read_response(&mut s, &mut buf).await;
+    assert_eq!(body, "/bye");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    use tokio::io::AsyncReadExt;
+    assert_eq!(s.read_to_end(&mut rest).await.unwrap(), 0, "then the connection ends");
+    assert_eq!(gw.handed_off(), 1);
+}
+
+/// Issue 18: stopping the gateway lets a request in flight on the own path finish (its answer says
+/// `Connection: close`), closes idle connections, and takes no new ones.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_finishes_requests_in_flight_and_closes_idle_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let slow = upstream("r-1", &[("LATENCY_MS", "300")]);
+    let gw = Gateway::new(GatewayConfig::default());
+    gw.publish(&routes(
+        vec![target("r-1", 100, None)],
+        vec![rev("r-1", vec![slow.addr], 0, 5000)],
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let served = tokio::spawn({
+        let gw = gw.clone();
+        async move { gw.serve(listener, rx).await }
+    });
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET / HTTP/1.1\r\nHost: svc.default.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tx.send(true).unwrap();
+    let mut buf = Vec::new();
+    let (status, head, _) = read_response(&mut busy, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    assert_eq!(
+        idle.read_to_end(&mut rest).await.unwrap(),
+        0,
+        "the idle connection is closed"
+    );
+    tokio::time::timeout(Duration::from_secs(5), served)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections"
+    );
+}
