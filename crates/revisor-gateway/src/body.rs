@@ -164,6 +164,21 @@ pub struct Accounting {
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Accounting {
+    /// Starts a request's accounting: counted in flight from `started`, `ClientClosed` until it
+    /// gets an outcome.
+    pub fn start(metrics: &Arc<RevisionMetrics>, started: Instant) -> Accounting {
+        metrics.start(started);
+        Accounting {
+            metrics: metrics.clone(),
+            started,
+            outcome: Err(NotCounted::ClientClosed),
+            in_flight: None,
+            permit: None,
+        }
+    }
+}
+
 impl Drop for Accounting {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();

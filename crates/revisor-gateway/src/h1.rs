@@ -449,14 +449,7 @@ where
 {
     let target = plan.target.clone();
     let started = Instant::now();
-    target.metrics.start(started);
-    let mut acct = Accounting {
-        metrics: target.metrics.clone(),
-        started,
-        outcome: Err(NotCounted::ClientClosed),
-        in_flight: None,
-        permit: None,
-    };
+    let mut acct = Accounting::start(&target.metrics, started);
     // One deadline per request: it bounds the body's arrival, the wait for the response head, then
     // the response body.
     timer.as_mut().reset((started + target.timeout).into());

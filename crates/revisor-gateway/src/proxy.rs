@@ -237,14 +237,7 @@ async fn proxy(
         );
     }
     let started = Instant::now();
-    target.metrics.start(started);
-    let mut acct = Accounting {
-        metrics: target.metrics.clone(),
-        started,
-        outcome: Err(NotCounted::ClientClosed),
-        in_flight: None,
-        permit: None,
-    };
+    let mut acct = Accounting::start(&target.metrics, started);
     // One timer per request: it bounds the wait for a replica, for the response head, then the body.
     let mut deadline = Box::pin(tokio::time::sleep_until((started + target.timeout).into()));
     let target = if target.endpoints.is_empty() {
