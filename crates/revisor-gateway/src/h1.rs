@@ -33,7 +33,6 @@ use tokio::sync::watch;
 
 use crate::body::Accounting;
 use crate::endpoint::pick;
-use crate::metrics::NotCounted;
 use crate::proxy::{resolve, Peer, TAG_HEADER};
 use crate::routes::{Protocol, RevisionTarget};
 use crate::Inner;
@@ -566,15 +565,8 @@ where
     out.extend_from_slice(&buf[..plan.body_len]);
     buf.advance(plan.body_len);
     progress.body_taken = true;
-    if let Some(b) = &target.breaker {
-        match b.enter().await {
-            Ok(p) => acct.permit = Some(p),
-            Err(_) => {
-                acct.outcome = Err(NotCounted::Shed);
-                let msg = format!("revision {rev:?} is at capacity and its queue is full");
-                return Err(Failure::Local(StatusCode::SERVICE_UNAVAILABLE, msg));
-            }
-        }
+    if let Err(msg) = crate::proxy::pass_breaker(target, acct).await {
+        return Err(Failure::Local(StatusCode::SERVICE_UNAVAILABLE, msg));
     }
     let mut skip = None;
     let mut fresh = false;

@@ -256,15 +256,8 @@ async fn proxy(
         target
     };
     let rev = &target.name;
-    if let Some(b) = &target.breaker {
-        match b.enter().await {
-            Ok(p) => acct.permit = Some(p),
-            Err(_) => {
-                acct.outcome = Err(NotCounted::Shed);
-                let msg = format!("revision {rev:?} is at capacity and its queue is full");
-                return local(StatusCode::SERVICE_UNAVAILABLE, msg);
-            }
-        }
+    if let Err(msg) = pass_breaker(&target, &mut acct).await {
+        return local(StatusCode::SERVICE_UNAVAILABLE, msg);
     }
     let (mut parts, body) = req.into_parts();
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -347,6 +340,24 @@ async fn proxy(
             }
         }
     }
+}
+
+/// Waits for the revision's breaker to let the request through (holding its slot in `acct`); a full
+/// queue sheds the request, and the error is what to answer with a 503.
+pub(crate) async fn pass_breaker(target: &RevisionTarget, acct: &mut Accounting) -> Result<(), String> {
+    if let Some(b) = &target.breaker {
+        match b.enter().await {
+            Ok(p) => acct.permit = Some(p),
+            Err(_) => {
+                acct.outcome = Err(NotCounted::Shed);
+                return Err(format!(
+                    "revision {:?} is at capacity and its queue is full",
+                    target.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
