@@ -51,25 +51,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest upstream response head.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// Request headers never sent upstream (RFC 9110 7.6.1), besides those the Connection header names.
-const REQUEST_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-/// Response headers never relayed to the client (the gateway writes its own framing).
-const RESPONSE_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
+/// Whether a header is hop-by-hop (proxy.rs's list; a request's `Upgrade` too), never relayed.
+fn hop_by_hop(name: &str, request: bool) -> bool {
+    crate::proxy::HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+        || (request && name.eq_ignore_ascii_case("upgrade"))
+}
 
 /// One worker's idle upstream HTTP/1 connections, by replica. Connections are taken most recently
 /// used first; one idle longer than [`IDLE_TIMEOUT`], or that its replica closed while it idled, is
@@ -351,10 +339,7 @@ fn plan(inner: &Inner, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Parsed {
         return Parsed::Other;
     }
     // The host without its port (IPv6 literals kept whole), lower case.
-    let host = match host.rfind(':') {
-        Some(i) if !host[i..].contains(']') => &host[..i],
-        _ => host,
-    };
+    let host = crate::proxy::without_port(host);
     let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
     } else {
@@ -380,9 +365,7 @@ fn plan(inner: &Inner, buf: &[u8], peer: &Peer, out: &mut Vec<u8>) -> Parsed {
     let mut xff: Option<&[u8]> = None;
     for h in headers.iter() {
         let name = h.name;
-        if REQUEST_HOP.iter().any(|n| n.eq_ignore_ascii_case(name))
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
-        {
+        if hop_by_hop(name, true) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
         }
         if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -686,9 +669,7 @@ where
     }
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
-        if RESPONSE_HOP.iter().any(|n| n.eq_ignore_ascii_case(h.name))
-            || (framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length"))
-        {
+        if hop_by_hop(h.name, false) || (framing == Framing::Chunked && h.name.eq_ignore_ascii_case("content-length")) {
             continue;
         }
         out.extend_from_slice(h.name.as_bytes());

@@ -14,7 +14,6 @@ mod proxy;
 mod routes;
 
 pub use endpoint::{Breaker, Endpoint};
-pub use h1::BODY_LIMIT as FAST_PATH_BODY_LIMIT;
 pub use metrics::{
     sample, Labels, MetricsCollector, MetricsSnapshot, NotCounted, RevisionMetrics, DIFF_BUCKETS, LATENCY_BUCKETS_MS,
     NOT_COUNTED_REASONS,

@@ -23,7 +23,7 @@ pub const TAG_HEADER: &str = "knative-serving-tag";
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-const HOP_BY_HOP: [HeaderName; 6] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -70,11 +70,15 @@ fn host_of(req: &Request<Incoming>) -> Option<&str> {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri().host())?;
-    // Strip a port, keeping IPv6 literals whole.
-    Some(match raw.rfind(':') {
+    Some(without_port(raw))
+}
+
+/// A Host value without its port, keeping IPv6 literals whole.
+pub(crate) fn without_port(raw: &str) -> &str {
+    match raw.rfind(':') {
         Some(i) if !raw[i..].contains(']') => &raw[..i],
         _ => raw,
-    })
+    }
 }
 
 pub async fn handle(inner: Arc<Inner>, req: Request<Incoming>, peer: Peer) -> Response<GatewayBody> {
