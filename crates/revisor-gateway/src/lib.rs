@@ -26,6 +26,7 @@ pub use routes::{
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -35,7 +36,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
 
 use crate::body::RequestBody;
 use crate::routes::{Activation, HeaderRoute, HostRoute, Matcher, Mirror, RevisionTarget, RouteTable, ServiceRoute};
@@ -91,6 +93,8 @@ pub(crate) struct Inner {
     pub(crate) activator: OnceLock<ActivateFn>,
     /// Connections the gateway's own HTTP/1 path handed to hyper.
     pub(crate) handed_off: std::sync::atomic::AtomicU64,
+    /// Each worker thread's open client connections, once [`Gateway::spawn_workers`] started them.
+    workers: OnceLock<Arc<[AtomicUsize]>>,
 }
 
 impl Inner {
@@ -147,6 +151,7 @@ impl Gateway {
                 published: watch::channel(0).0,
                 activator: OnceLock::new(),
                 handed_off: Default::default(),
+                workers: OnceLock::new(),
             }),
         }
     }
@@ -229,8 +234,10 @@ impl Gateway {
     }
 
     /// Serves on `workers` threads, each with its own single-threaded runtime and upstream pools (the
-    /// shape of HAProxy's `nbthread`): the kernel spreads connections over the threads, and a request
-    /// never changes thread. Each thread stops when `shutdown` turns true.
+    /// shape of HAProxy's `nbthread`): a request never changes thread. Connections are spread evenly:
+    /// the thread that accepts one keeps it when no other thread has fewer open connections, and
+    /// otherwise hands it to the one with fewest (the kernel alone wakes whichever thread it likes,
+    /// and left one thread with most of the connections). Each thread stops when `shutdown` turns true.
     pub fn spawn_workers(
         &self,
         listener: std::net::TcpListener,
@@ -238,24 +245,44 @@ impl Gateway {
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
         listener.set_nonblocking(true)?;
+        let workers = workers.max(1);
+        let live: Arc<[AtomicUsize]> = (0..workers).map(|_| AtomicUsize::new(0)).collect();
+        let _ = self.inner.workers.set(live.clone());
+        let (peers, inboxes): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+        let peers: Arc<[Handoff]> = peers.into();
         let mut handles = Vec::new();
-        for i in 0..workers.max(1) {
+        for (me, inbox) in inboxes.into_iter().enumerate() {
             let listener = listener.try_clone()?;
             let (gw, shutdown) = (self.clone(), shutdown.clone());
+            let spread = Spread {
+                me,
+                live: live.clone(),
+                peers: peers.clone(),
+                inbox,
+            };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let handle = std::thread::Builder::new()
-                .name(format!("gateway-{i}"))
+                .name(format!("gateway-{me}"))
                 .spawn(move || {
                     rt.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(l) => gw.serve(l, shutdown).await,
-                            Err(e) => tracing::error!("gateway worker {i}: {e}"),
+                            Ok(l) => gw.serve_spread(l, shutdown, Some(spread)).await,
+                            Err(e) => tracing::error!("gateway worker {me}: {e}"),
                         }
                     })
                 })?;
             handles.push(handle);
         }
         Ok(handles)
+    }
+
+    /// Open client connections on each worker thread of [`Gateway::spawn_workers`] (empty before it).
+    pub fn worker_connections(&self) -> Vec<usize> {
+        self.inner
+            .workers
+            .get()
+            .map(|live| live.iter().map(|n| n.load(Ordering::Relaxed)).collect())
+            .unwrap_or_default()
     }
 
     /// Serves one connection on any byte stream, as `serve` does each accepted one (the fuzzer feeds
@@ -280,6 +307,12 @@ impl Gateway {
     /// hyper at the first request that path does not take; upstream HTTP/1 connections are pooled
     /// per call (per worker thread under [`Gateway::spawn_workers`]).
     pub async fn serve(&self, listener: TcpListener, shutdown: watch::Receiver<bool>) {
+        self.serve_spread(listener, shutdown, None).await
+    }
+
+    /// `serve`, as one of several worker threads when `spread` is given: a connection accepted here
+    /// goes to the thread with fewest, and connections other threads hand over are served here.
+    async fn serve_spread(&self, listener: TcpListener, shutdown: watch::Receiver<bool>, mut spread: Option<Spread>) {
         let pool = Arc::new(h1::Pool::default());
         // One clone per connection: the count says when the last one has finished.
         let live = Arc::new(());
@@ -287,10 +320,42 @@ impl Gateway {
         loop {
             let (stream, remote) = tokio::select! {
                 r = listener.accept() => match r {
-                    Ok(x) => x,
+                    Ok((stream, remote)) => match &spread {
+                        None => (stream, remote),
+                        Some(sp) => {
+                            let to = sp.fewest();
+                            sp.live[to].fetch_add(1, Ordering::Relaxed);
+                            if to == sp.me {
+                                (stream, remote)
+                            } else {
+                                match stream.into_std() {
+                                    Ok(s) => {
+                                        if sp.peers[to].send((s, remote)).is_err() {
+                                            sp.live[to].fetch_sub(1, Ordering::Relaxed);
+                                        }
+                                    }
+                                    Err(e) => {
+                                        sp.live[to].fetch_sub(1, Ordering::Relaxed);
+                                        tracing::warn!("gateway: handing a connection from {remote} over: {e}");
+                                    }
+                                }
+                                continue;
+                            }
+                        }
+                    },
                     Err(e) => {
                         tracing::warn!("gateway accept: {e}");
                         tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                Some((s, remote)) = handed(&mut spread) => match TcpStream::from_std(s) {
+                    Ok(stream) => (stream, remote),
+                    Err(e) => {
+                        if let Some(sp) = &spread {
+                            sp.live[sp.me].fetch_sub(1, Ordering::Relaxed);
+                        }
+                        tracing::warn!("gateway: taking over a connection from {remote}: {e}");
                         continue;
                     }
                 },
@@ -298,8 +363,9 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let (inner, pool, shutdown, live) = (self.inner.clone(), pool.clone(), shutdown.clone(), live.clone());
+            let counted = spread.as_ref().map(|sp| Counted(sp.live.clone(), sp.me));
             tokio::spawn(async move {
-                let _live = live;
+                let _live = (live, counted);
                 if let Err(e) = h1::serve(inner, stream, proxy::Peer::new(remote), pool, false, Some(shutdown)).await {
                     tracing::debug!("gateway connection from {remote}: {e}");
                 }
@@ -310,6 +376,49 @@ impl Gateway {
         while Arc::strong_count(&live) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// A connection accepted by one worker thread for another.
+type Handoff = mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
+
+/// One worker thread's part in spreading connections: every thread's open connections, and a way
+/// to hand a connection to each.
+struct Spread {
+    me: usize,
+    live: Arc<[AtomicUsize]>,
+    peers: Arc<[Handoff]>,
+    inbox: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+}
+
+impl Spread {
+    /// The thread with fewest open connections, this one on a tie.
+    fn fewest(&self) -> usize {
+        let mut best = (self.live[self.me].load(Ordering::Relaxed), self.me);
+        for (i, n) in self.live.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n < best.0 {
+                best = (n, i);
+            }
+        }
+        best.1
+    }
+}
+
+/// A connection counted on a worker thread until it ends.
+struct Counted(Arc<[AtomicUsize]>, usize);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0[self.1].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The next connection another worker thread handed to this one (never, without spreading).
+async fn handed(spread: &mut Option<Spread>) -> Option<(std::net::TcpStream, SocketAddr)> {
+    match spread {
+        Some(sp) => sp.inbox.recv().await,
+        None => std::future::pending().await,
     }
 }
 
