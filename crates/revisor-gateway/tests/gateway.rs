@@ -945,12 +945,18 @@ fn path_of(head: &str) -> &str {
     head.split(' ').nth(1).unwrap_or("")
 }
 
-async fn one_revision_to(up: SocketAddr) -> (Gateway, SocketAddr) {
+/// A gateway routing `svc.default.localhost` to one revision, `r-1`, with one replica at `up`.
+fn one_revision(up: SocketAddr) -> Gateway {
     let gw = Gateway::new(GatewayConfig::default());
     gw.publish(&routes(
         vec![target("r-1", 100, None)],
         vec![rev("r-1", vec![up], 0, 5000)],
     ));
+    gw
+}
+
+async fn one_revision_to(up: SocketAddr) -> (Gateway, SocketAddr) {
+    let gw = one_revision(up);
     let addr = start(&gw).await;
     (gw, addr)
 }
@@ -1163,62 +1169,51 @@ async fn a_stop_finishes_requests_in_flight_and_closes_idle_connections() {
 async fn worker_threads_get_an_even_share_of_connections() {
     use tokio::io::AsyncWriteExt;
     let up = upstream("r-1", &[]);
-    let gw = Gateway::new(GatewayConfig::default());
-    gw.publish(&routes(
-        vec![target("r-1", 100, None)],
-        vec![rev("r-1", vec![up.addr], 0, 5000)],
-    ));
+    let gw = one_revision(up.addr);
     assert_eq!(gw.worker_connections(), Vec::<usize>::new());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, rx) = tokio::sync::watch::channel(false);
     let threads = gw.spawn_workers(listener, 2, rx).unwrap();
-    let counts = |want: [usize; 2]| {
+    // Waits (10 s at most) for the connections per worker to satisfy `ok`.
+    let until = |what: &'static str, ok: fn(&[usize]) -> bool| {
         let gw = gw.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while gw.worker_connections() != want {
+            while !ok(&gw.worker_connections()) {
                 assert!(
                     Instant::now() < deadline,
-                    "connections per worker: {:?}, not {want:?}",
+                    "connections per worker: {:?}, not {what}",
                     gw.worker_connections()
                 );
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     };
+    // A connection, answered once before it is kept.
+    let open = || async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: svc.default.localhost\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut s, &mut Vec::new()).await.0, 200);
+        s
+    };
     // One at a time, each answered before the next opens: every accept sees the counts so far.
     let mut conns = Vec::new();
-    for i in 0..10 {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nhost: svc.default.localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = Vec::new();
-        let (status, _, _) = read_response(&mut s, &mut buf).await;
-        assert_eq!(status, 200, "connection {i}");
-        conns.push(s);
+    for _ in 0..10 {
+        conns.push(open().await);
     }
-    counts([5, 5]).await;
+    until("5 and 5", |c| c == [5, 5]).await;
     // Closed connections are no longer counted, and the next ones go where there are fewest.
     conns.drain(..4).for_each(drop);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while gw.worker_connections().iter().sum::<usize>() != 6 {
-        assert!(Instant::now() < deadline, "{:?}", gw.worker_connections());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("6 in all", |c| c.iter().sum::<usize>() == 6).await;
     for _ in 0..4 {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nhost: svc.default.localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = Vec::new();
-        assert_eq!(read_response(&mut s, &mut buf).await.0, 200);
-        conns.push(s);
+        conns.push(open().await);
     }
-    counts([5, 5]).await;
+    until("5 and 5", |c| c == [5, 5]).await;
     drop(conns);
-    counts([0, 0]).await;
+    until("none", |c| c == [0, 0]).await;
     stop.send(true).unwrap();
     for t in threads {
         t.join().unwrap();
