@@ -322,26 +322,10 @@ impl Gateway {
                 r = listener.accept() => match r {
                     Ok((stream, remote)) => match &spread {
                         None => (stream, remote),
-                        Some(sp) => {
-                            let to = sp.fewest();
-                            sp.live[to].fetch_add(1, Ordering::Relaxed);
-                            if to == sp.me {
-                                (stream, remote)
-                            } else {
-                                match stream.into_std() {
-                                    Ok(s) => {
-                                        if sp.peers[to].send((s, remote)).is_err() {
-                                            sp.live[to].fetch_sub(1, Ordering::Relaxed);
-                                        }
-                                    }
-                                    Err(e) => {
-                                        sp.live[to].fetch_sub(1, Ordering::Relaxed);
-                                        tracing::warn!("gateway: handing a connection from {remote} over: {e}");
-                                    }
-                                }
-                                continue;
-                            }
-                        }
+                        Some(sp) => match sp.place(stream, remote) {
+                            Some(stream) => (stream, remote),
+                            None => continue,
+                        },
                     },
                     Err(e) => {
                         tracing::warn!("gateway accept: {e}");
@@ -392,6 +376,27 @@ struct Spread {
 }
 
 impl Spread {
+    /// Counts a connection this thread accepted on the thread with fewest, and gives it back to be
+    /// served here if that is this thread; otherwise hands it over.
+    fn place(&self, stream: TcpStream, remote: SocketAddr) -> Option<TcpStream> {
+        let to = self.fewest();
+        self.live[to].fetch_add(1, Ordering::Relaxed);
+        if to == self.me {
+            return Some(stream);
+        }
+        let handed = match stream.into_std() {
+            Ok(s) => self.peers[to]
+                .send((s, remote))
+                .map_err(|_| "that thread has stopped".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = handed {
+            self.live[to].fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("gateway: handing a connection from {remote} to worker {to}: {e}");
+        }
+        None
+    }
+
     /// The thread with fewest open connections, this one on a tie.
     fn fewest(&self) -> usize {
         let mut best = (self.live[self.me].load(Ordering::Relaxed), self.me);
