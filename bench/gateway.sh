@@ -187,7 +187,7 @@ if [ "${PERF:-0}" = 1 ]; then
     wait "$LOAD"
     echo "perf top symbols, $t (self time):" >&2
     perf report -q -i "$WORK/perf.data" --stdio --no-children --sort symbol 2>/dev/null \
-      | grep -E '^ +[0-9]' | sed -E 's/ {2,}/ /g' | cut -c1-110 | head -12 >&2 || true  # head closes the pipe
+      | grep -E '^ +[0-9.]+%' | sed -E 's/ {2,}/ /g' | cut -c1-110 | head -12 >&2 || true  # head closes the pipe
   done
   # What each request costs the proxy (its own threads, not the upstream's), from counters over 5 s of
   # a 7 s load: the requests in those 5 s are taken as wrk's rate times 5.
