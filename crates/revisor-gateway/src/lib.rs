@@ -26,7 +26,7 @@ pub use routes::{
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -247,6 +247,7 @@ impl Gateway {
         listener.set_nonblocking(true)?;
         let workers = workers.max(1);
         let live: Arc<[AtomicUsize]> = (0..workers).map(|_| AtomicUsize::new(0)).collect();
+        let stopped: Arc<[AtomicBool]> = (0..workers).map(|_| AtomicBool::new(false)).collect();
         let _ = self.inner.workers.set(live.clone());
         let (peers, inboxes): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
         let peers: Arc<[Handoff]> = peers.into();
@@ -257,6 +258,7 @@ impl Gateway {
             let spread = Spread {
                 me,
                 live: live.clone(),
+                stopped: stopped.clone(),
                 peers: peers.clone(),
                 inbox,
             };
@@ -319,6 +321,18 @@ impl Gateway {
         let mut stop = shutdown.clone();
         loop {
             let (stream, remote) = tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => break,
+                Some((s, remote)) = handed(&mut spread) => match TcpStream::from_std(s) {
+                    Ok(stream) => (stream, remote),
+                    Err(e) => {
+                        if let Some(sp) = &spread {
+                            sp.live[sp.me].fetch_sub(1, Ordering::Relaxed);
+                        }
+                        tracing::warn!("gateway: taking over a connection from {remote}: {e}");
+                        continue;
+                    }
+                },
                 r = listener.accept() => match r {
                     Ok((stream, remote)) => match &spread {
                         None => (stream, remote),
@@ -333,17 +347,6 @@ impl Gateway {
                         continue;
                     }
                 },
-                Some((s, remote)) = handed(&mut spread) => match TcpStream::from_std(s) {
-                    Ok(stream) => (stream, remote),
-                    Err(e) => {
-                        if let Some(sp) = &spread {
-                            sp.live[sp.me].fetch_sub(1, Ordering::Relaxed);
-                        }
-                        tracing::warn!("gateway: taking over a connection from {remote}: {e}");
-                        continue;
-                    }
-                },
-                _ = stopped(&mut stop) => break,
             };
             let _ = stream.set_nodelay(true);
             let (inner, pool, shutdown, live) = (self.inner.clone(), pool.clone(), shutdown.clone(), live.clone());
@@ -356,6 +359,9 @@ impl Gateway {
             });
         }
         drop(listener);
+        if let Some(sp) = spread.as_mut() {
+            sp.stop();
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while Arc::strong_count(&live) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -371,30 +377,56 @@ type Handoff = mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>;
 struct Spread {
     me: usize,
     live: Arc<[AtomicUsize]>,
+    /// Threads that no longer take connections (stopping, or gone): never picked.
+    stopped: Arc<[AtomicBool]>,
     peers: Arc<[Handoff]>,
     inbox: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
 }
 
 impl Spread {
     /// Counts a connection this thread accepted on the thread with fewest, and gives it back to be
-    /// served here if that is this thread; otherwise hands it over.
+    /// served here if that is this thread; otherwise hands it over. When that thread turns out to have
+    /// stopped, it is never picked again and the connection is served here.
     fn place(&self, stream: TcpStream, remote: SocketAddr) -> Option<TcpStream> {
         let to = self.fewest();
-        self.live[to].fetch_add(1, Ordering::Relaxed);
         if to == self.me {
+            self.live[to].fetch_add(1, Ordering::Relaxed);
             return Some(stream);
         }
-        let handed = match stream.into_std() {
-            Ok(s) => self.peers[to]
-                .send((s, remote))
-                .map_err(|_| "that thread has stopped".to_string()),
-            Err(e) => Err(e.to_string()),
+        let s = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("gateway: handing a connection from {remote} to worker {to}: {e}");
+                return None;
+            }
         };
-        if let Err(e) = handed {
-            self.live[to].fetch_sub(1, Ordering::Relaxed);
-            tracing::warn!("gateway: handing a connection from {remote} to worker {to}: {e}");
+        self.live[to].fetch_add(1, Ordering::Relaxed);
+        let Err(mpsc::error::SendError((s, _))) = self.peers[to].send((s, remote)) else {
+            return None;
+        };
+        self.live[to].fetch_sub(1, Ordering::Relaxed);
+        self.stopped[to].store(true, Ordering::Relaxed);
+        match TcpStream::from_std(s) {
+            Ok(stream) => {
+                self.live[self.me].fetch_add(1, Ordering::Relaxed);
+                Some(stream)
+            }
+            Err(e) => {
+                tracing::warn!("gateway: taking back a connection from {remote}: {e}");
+                None
+            }
         }
-        None
+    }
+
+    /// Takes no more connections: later hand-overs fail (and their threads keep them), and those
+    /// handed over already are closed, as idle connections are at a stop.
+    fn stop(&mut self) {
+        self.stopped[self.me].store(true, Ordering::Relaxed);
+        self.inbox.close();
+        while let Ok((s, _)) = self.inbox.try_recv() {
+            drop(s);
+            self.live[self.me].fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// The thread with fewest open connections, this one on a tie.
@@ -402,7 +434,7 @@ impl Spread {
         let mut best = (self.live[self.me].load(Ordering::Relaxed), self.me);
         for (i, n) in self.live.iter().enumerate() {
             let n = n.load(Ordering::Relaxed);
-            if n < best.0 {
+            if n < best.0 && !self.stopped[i].load(Ordering::Relaxed) {
                 best = (n, i);
             }
         }
@@ -617,4 +649,81 @@ fn target(reg: &mut Registry, rev: &RevisionSpec, tag: &str) -> Arc<RevisionTarg
         protocol: rev.protocol,
         metrics,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Worker 0's part of a spread over two workers, worker 1's inbox, and a connection to place.
+    async fn two_workers(
+        live: [usize; 2],
+    ) -> (
+        Spread,
+        mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        TcpListener,
+    ) {
+        let (to0, inbox0) = mpsc::unbounded_channel();
+        let (to1, inbox1) = mpsc::unbounded_channel();
+        let spread = Spread {
+            me: 0,
+            live: live.iter().map(|&n| AtomicUsize::new(n)).collect(),
+            stopped: (0..2).map(|_| AtomicBool::new(false)).collect(),
+            peers: vec![to0, to1].into(),
+            inbox: inbox0,
+        };
+        (spread, inbox1, TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    async fn accepted(l: &TcpListener) -> (TcpStream, SocketAddr) {
+        let (_client, accepted) = tokio::join!(TcpStream::connect(l.local_addr().unwrap()), l.accept());
+        accepted.unwrap()
+    }
+
+    fn counts(sp: &Spread) -> Vec<usize> {
+        sp.live.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_connection_goes_to_the_thread_with_fewest_and_a_tie_stays() {
+        let (sp, mut inbox1, l) = two_workers([1, 0]).await;
+        let (s, remote) = accepted(&l).await;
+        assert!(sp.place(s, remote).is_none(), "handed to worker 1");
+        assert_eq!(inbox1.try_recv().unwrap().1, remote);
+        assert_eq!(counts(&sp), [1, 1]);
+        let (s, remote) = accepted(&l).await;
+        assert!(sp.place(s, remote).is_some(), "a tie stays here");
+        assert_eq!(counts(&sp), [2, 1]);
+    }
+
+    /// The review of issue 18's spread: a worker that has stopped (or never started) must not become
+    /// the place every new connection is sent to and dropped.
+    #[tokio::test]
+    async fn a_stopped_thread_is_skipped_and_its_connection_served_here() {
+        let (sp, inbox1, l) = two_workers([1, 0]).await;
+        drop(inbox1);
+        let (s, remote) = accepted(&l).await;
+        assert!(sp.place(s, remote).is_some(), "served here when worker 1 is gone");
+        assert_eq!(counts(&sp), [2, 0]);
+        let (s, remote) = accepted(&l).await;
+        assert!(sp.place(s, remote).is_some(), "worker 1 is not picked again");
+        assert_eq!(counts(&sp), [3, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_stopping_thread_closes_what_was_handed_to_it_and_takes_no_more() {
+        let (mut sp, _inbox1, l) = two_workers([1, 0]).await;
+        let to0 = sp.peers[0].clone();
+        let (s, remote) = accepted(&l).await;
+        to0.send((s.into_std().unwrap(), remote)).unwrap();
+        sp.stop();
+        assert_eq!(
+            counts(&sp),
+            [0, 0],
+            "the handed connection is closed and no longer counted"
+        );
+        assert!(sp.stopped[0].load(Ordering::Relaxed));
+        let (s, remote) = accepted(&l).await;
+        assert!(to0.send((s.into_std().unwrap(), remote)).is_err(), "no more hand-overs");
+    }
 }
