@@ -941,6 +941,15 @@ async fn read_answer(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, to_head: 
     (status, head, String::from_utf8(body).unwrap())
 }
 
+/// A scripted upstream's answer: 200 with the request's path as the body, connection kept.
+fn path_as_body(head: &str) -> (String, bool) {
+    let p = path_of(head);
+    (
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{p}", p.len()),
+        false,
+    )
+}
+
 fn path_of(head: &str) -> &str {
     head.split(' ').nth(1).unwrap_or("")
 }
@@ -1020,14 +1029,7 @@ async fn the_own_http1_path_relays_every_response_framing_on_one_client_connecti
 #[tokio::test(flavor = "current_thread")]
 async fn pipelined_requests_are_answered_in_order_with_hop_by_hop_headers_removed() {
     use tokio::io::AsyncWriteExt;
-    let (up, seen) = scripted_upstream(|head| {
-        let p = path_of(head).to_string();
-        (
-            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{p}", p.len()),
-            false,
-        )
-    })
-    .await;
+    let (up, seen) = scripted_upstream(path_as_body).await;
     let (gw, addr) = one_revision_to(up).await;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let post = "POST /b HTTP/1.1\r\nHost: svc.default.localhost\r\nContent-Length: 11\r\n\
@@ -1068,14 +1070,7 @@ async fn pipelined_requests_are_answered_in_order_with_hop_by_hop_headers_remove
 #[tokio::test(flavor = "current_thread")]
 async fn a_request_the_own_path_does_not_take_is_served_by_hyper_on_the_same_connection() {
     use tokio::io::AsyncWriteExt;
-    let (up, seen) = scripted_upstream(|head| {
-        let p = path_of(head).to_string();
-        (
-            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{p}", p.len()),
-            false,
-        )
-    })
-    .await;
+    let (up, seen) = scripted_upstream(path_as_body).await;
     let (gw, addr) = one_revision_to(up).await;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut buf = Vec::new();
