@@ -1119,11 +1119,7 @@ async fn a_request_the_own_path_does_not_take_is_served_by_hyper_on_the_same_con
 async fn a_stop_finishes_requests_in_flight_and_closes_idle_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let slow = upstream("r-1", &[("LATENCY_MS", "300")]);
-    let gw = Gateway::new(GatewayConfig::default());
-    gw.publish(&routes(
-        vec![target("r-1", 100, None)],
-        vec![rev("r-1", vec![slow.addr], 0, 5000)],
-    ));
+    let gw = one_revision(slow.addr);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::watch::channel(false);
