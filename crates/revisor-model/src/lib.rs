@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod model;
 pub mod onnxruntime;
 pub mod protocol;
+pub mod rewrite;
 pub mod server;
 pub mod storage;
 pub mod tensor;

@@ -283,6 +283,14 @@ impl Model {
         }
     }
 
+    /// What was rewritten in the graph before ONNX Runtime opened it (nothing with tract).
+    pub fn rewrites(&self) -> crate::rewrite::Rewrites {
+        match &self.plans {
+            Plans::OnnxRuntime(engine) => engine.rewrites(),
+            _ => Default::default(),
+        }
+    }
+
     /// How long a run over inputs of `elements` elements in all is expected to take, from the runs so
     /// far (None before the first).
     pub fn expected_run(&self, elements: usize) -> Option<std::time::Duration> {
@@ -379,7 +387,7 @@ fn optimize(path: &Path, batch: Option<usize>) -> TractResult<Arc<TypedSimplePla
 }
 
 /// Sets the first dimension of every input whose first dimension is not fixed.
-fn with_batch(mut model: InferenceModel, batch: Option<usize>) -> TractResult<InferenceModel> {
+pub(crate) fn with_batch(mut model: InferenceModel, batch: Option<usize>) -> TractResult<InferenceModel> {
     let dim = match batch {
         Some(n) => n.to_dim(),
         None => model.symbols.sym(BATCH).to_dim(),

@@ -22,6 +22,7 @@ use tract_onnx::prelude::*;
 
 use crate::datatype::DataType;
 use crate::model::TensorSpec;
+use crate::rewrite::Rewrites;
 
 /// ONNX Runtime sessions of one model: a wide one for a run on its own, and narrow ones (one core
 /// each) for runs that overlap, made in the background once the model is loaded.
@@ -31,11 +32,46 @@ pub struct OrtEngine {
     /// Runs made in a narrow session.
     overlapped: std::sync::atomic::AtomicU64,
     inputs: Vec<String>,
+    rewrites: Rewrites,
+}
+
+/// The model ONNX Runtime opens: the file as it is, or its bytes after [`crate::rewrite`].
+enum Source {
+    File(PathBuf),
+    Rewritten(Vec<u8>),
+}
+
+impl Source {
+    /// `model`, rewritten where [`crate::rewrite`] finds something to rewrite.
+    fn of(model: &Path) -> (Source, Rewrites) {
+        let file = || Source::File(model.to_path_buf());
+        let bytes = match std::fs::read(model) {
+            Ok(b) => b,
+            // ONNX Runtime names the problem when it opens the file.
+            Err(_) => return (file(), Rewrites::default()),
+        };
+        match crate::rewrite::rewrite(&bytes) {
+            Ok(Some((bytes, done))) => {
+                tracing::info!(
+                    "ONNX Runtime: {} rewritten for speed: {} tanh GELU chain(s) as FastGelu, {} one-hot product(s) as a row lookup",
+                    model.display(),
+                    done.fast_gelu,
+                    done.one_hot_gather
+                );
+                (Source::Rewritten(bytes), done)
+            }
+            Ok(None) => (file(), Rewrites::default()),
+            Err(why) => {
+                tracing::info!("ONNX Runtime: {} served without rewrites: {why}", model.display());
+                (file(), Rewrites::default())
+            }
+        }
+    }
 }
 
 /// A session of `model` with all graph optimizations, `threads` intra-op threads (0: one per core)
 /// and the engine's shared prepacked weights.
-fn open(model: &Path, threads: usize, weights: &PrepackedWeights) -> ort::Result<Session> {
+fn open(model: &Source, threads: usize, weights: &PrepackedWeights) -> ort::Result<Session> {
     let builder: SessionBuilder = Session::builder()?
         .with_optimization_level(GraphOptimizationLevel::Level3)?
         .with_prepacked_weights(weights)?;
@@ -47,7 +83,10 @@ fn open(model: &Path, threads: usize, weights: &PrepackedWeights) -> ort::Result
     } else {
         builder
     };
-    builder.commit_from_file(model)
+    match model {
+        Source::File(path) => builder.commit_from_file(path),
+        Source::Rewritten(bytes) => builder.commit_from_memory(bytes),
+    }
 }
 
 /// The library ONNX Runtime was loaded from, once loaded (a process can load only one).
@@ -145,12 +184,13 @@ pub fn load(model: &Path, lib: &Path, narrow: usize) -> Result<(OrtEngine, Vec<T
     // The wide one comes back first; the narrow ones follow while the model already serves.
     let slot: Arc<OnceLock<Vec<Mutex<Session>>>> = Arc::new(OnceLock::new());
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let (later, path) = (slot.clone(), model.to_path_buf());
+    let later = slot.clone();
+    let (source, rewrites) = Source::of(model);
     std::thread::Builder::new()
         .name("onnxruntime-sessions".into())
         .spawn(move || {
             let weights = PrepackedWeights::new();
-            let wide = open(&path, 0, &weights);
+            let wide = open(&source, 0, &weights);
             let failed = wide.is_err();
             let _ = tx.send(wide);
             if failed || narrow == 0 {
@@ -159,7 +199,7 @@ pub fn load(model: &Path, lib: &Path, narrow: usize) -> Result<(OrtEngine, Vec<T
             // Those made before a failure are kept; with none, the wide session serves every run.
             let mut made = Vec::new();
             for _ in 0..narrow {
-                match open(&path, 1, &weights) {
+                match open(&source, 1, &weights) {
                     Ok(s) => made.push(Mutex::new(s)),
                     Err(e) => {
                         tracing::warn!(
@@ -194,6 +234,7 @@ pub fn load(model: &Path, lib: &Path, narrow: usize) -> Result<(OrtEngine, Vec<T
         wide: Mutex::new(session),
         narrow: slot,
         overlapped: Default::default(),
+        rewrites,
     };
     Ok((engine, inputs, outputs))
 }
@@ -253,6 +294,11 @@ impl OrtEngine {
     /// The narrow sessions, once made.
     pub fn narrow_sessions(&self) -> usize {
         self.narrow.get().map_or(0, Vec::len)
+    }
+
+    /// What [`crate::rewrite`] changed in the model before ONNX Runtime opened it.
+    pub fn rewrites(&self) -> Rewrites {
+        self.rewrites
     }
 
     /// Runs made in a narrow session, beside another.

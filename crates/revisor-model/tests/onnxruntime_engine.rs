@@ -10,6 +10,7 @@ use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use revisor_model::examples::{write_all, Example};
 use revisor_model::model::Engine;
+use revisor_model::rewrite::Rewrites;
 use revisor_model::storage::DEFAULT_MAX_MODEL_BYTES;
 use revisor_model::{router, state, Model};
 use serde_json::{json, Value};
@@ -116,12 +117,29 @@ async fn magika_through_onnx_runtime_matches_tract_within_1e_4() {
         (o.outputs[0].datatype, o.outputs[0].shape.clone()),
         ("FP32", vec![-1, 214])
     );
-    let data: Vec<i32> = (0..2 * 2048).map(|i: i32| (i * 7919) % 257).collect();
+    // ONNX Runtime serves magika with its two tanh GELUs as FastGelu and its one-hot embedding as a
+    // row lookup (revisor_model::rewrite); tract runs the graph as it is.
+    assert_eq!(
+        o.rewrites(),
+        Rewrites {
+            fast_gelu: 2,
+            one_hot_gather: 1
+        }
+    );
+    assert_eq!(t.rewrites(), Rewrites::default());
+    // Rows of real byte values (0-255, 256 for padding), and a row where values no byte has (below 0,
+    // above 256) are mixed in: those select no row of the embedding, in the lookup as in the product.
+    let mut data: Vec<i32> = (0..2 * 2048).map(|i: i32| (i * 7919) % 257).collect();
+    data.extend((0..2048).map(|i: i32| match i % 89 {
+        0 => i32::MIN,
+        1 => 100_000,
+        _ => (i * 7919) % 300 - 20,
+    }));
     let body =
-        json!({ "inputs": [{ "name": "bytes", "shape": [2, 2048], "datatype": "INT32", "data": data }] }).to_string();
+        json!({ "inputs": [{ "name": "bytes", "shape": [3, 2048], "datatype": "INT32", "data": data }] }).to_string();
     let (_, vo) = call(&o, "POST", "/v2/models/magika/infer", body.clone()).await;
     let (_, vt) = call(&t, "POST", "/v2/models/magika/infer", body).await;
-    assert_eq!(floats(&vo).len(), 2 * 214);
+    assert_eq!(floats(&vo).len(), 3 * 214);
     close(&floats(&vo), &floats(&vt), 1e-4);
 }
 
