@@ -5,8 +5,8 @@
 //!   dozen element-wise nodes in an operand order ONNX Runtime's `FastGeluFusion` does not match),
 //!   becomes ONNX Runtime's `com.microsoft.FastGelu`.
 //! - **one-hot times a matrix** `MatMul(Cast(Equal(x, [0..K))), W)`, an embedding written as a dense
-//!   product, becomes a row lookup: `Gather` of `W` with one zero row appended, indexed by `x` where
-//!   `0 <= x < K` and by the zero row elsewhere (where the one-hot row is all zeros).
+//!   product, becomes a row lookup: `Gather` of `W` with one zero row appended, indexed by `x`
+//!   clipped to `-1..=K`, so that values out of `0..K` (a one-hot row of zeros) pick the zero row.
 //!
 //! A rewrite is made only when it cannot change an answer beyond float rounding: every constant is
 //! checked, every node it removes feeds only the rewritten chain, and shapes that matter (ranks, a
@@ -66,7 +66,8 @@ pub fn rewrite(bytes: &[u8]) -> Result<Option<(Vec<u8>, Rewrites)>, String> {
         gelu.apply(&mut graph);
         done.fast_gelu += 1;
     }
-    if opset >= 9 {
+    // Clip takes integers from opset 12.
+    if opset >= 12 {
         while let Some(lookup) = Graph::new(&graph).find_one_hot(&facts) {
             lookup.apply(&mut graph, opset);
             done.one_hot_gather += 1;
@@ -494,23 +495,23 @@ struct Lookup {
 }
 
 impl Lookup {
+    /// `Squeeze(Gather([W; 0], Clip(x, -1, K)))`: in-range values pick their row; the others are
+    /// clipped to -1 or K, both the zero row (Gather counts -1 from the end).
     fn apply(self, g: &mut pb::GraphProto, opset: i64) {
         let p = format!(
             "{}/revisor_lookup",
             if self.name.is_empty() { &self.out } else { &self.name }
         );
         let name = |s: &str| format!("{p}/{s}");
-        let int = |v: i64| {
-            let raw = if self.dtype == Dt::Int32 as i32 {
+        let int = |n: &str, v: i64| TensorProto {
+            name: name(n),
+            data_type: self.dtype,
+            raw_data: if self.dtype == Dt::Int32 as i32 {
                 (v as i32).to_le_bytes().to_vec()
             } else {
                 v.to_le_bytes().to_vec()
-            };
-            TensorProto {
-                data_type: self.dtype,
-                raw_data: raw,
-                ..Default::default()
-            }
+            },
+            ..Default::default()
         };
         let mut table = self.table;
         table.extend(std::iter::repeat_n(0.0, self.width as usize));
@@ -522,24 +523,24 @@ impl Lookup {
                 raw_data: table.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 ..Default::default()
             },
-            TensorProto {
-                name: name("zero"),
-                ..int(0)
-            },
-            TensorProto {
-                name: name("rows"),
-                ..int(self.rows)
-            },
+            int("below", -1),
+            int("above", self.rows),
         ];
-        let node = |op: &str, inputs: &[String], out: String| NodeProto {
+        let node = |op: &str, inputs: &[String], out: String, n: &str| NodeProto {
             input: inputs.to_vec(),
-            output: vec![out.clone()],
-            name: out,
+            output: vec![out],
+            name: name(n),
             op_type: op.into(),
             ..Default::default()
         };
-        let x = self.x;
-        let mut squeeze = node("Squeeze", &[name("rows_of_x")], self.out);
+        let mut gather = node("Gather", &[name("table"), name("row")], name("rows_of_x"), "gather");
+        gather.attribute.push(AttributeProto {
+            name: "axis".into(),
+            r#type: pb::attribute_proto::AttributeType::Int as i32,
+            i: 0,
+            ..Default::default()
+        });
+        let mut squeeze = node("Squeeze", &[name("rows_of_x")], self.out, "squeeze");
         if opset >= 13 {
             consts.push(TensorProto {
                 name: name("axis"),
@@ -557,27 +558,9 @@ impl Lookup {
                 ..Default::default()
             });
         }
-        squeeze.name = name("squeeze");
-        let nodes = vec![
-            node("Less", &[x.clone(), name("zero")], name("negative")),
-            node("Not", &[name("negative")], name("not_negative")),
-            node("Less", &[x.clone(), name("rows")], name("below_rows")),
-            node("And", &[name("not_negative"), name("below_rows")], name("in_range")),
-            node("Where", &[name("in_range"), x, name("rows")], name("row")),
-            {
-                let mut n = node("Gather", &[name("table"), name("row")], name("rows_of_x"));
-                n.attribute.push(AttributeProto {
-                    name: "axis".into(),
-                    r#type: pb::attribute_proto::AttributeType::Int as i32,
-                    i: 0,
-                    ..Default::default()
-                });
-                n
-            },
-            squeeze,
-        ];
+        let clip = node("Clip", &[self.x, name("below"), name("above")], name("row"), "clip");
         g.initializer.extend(consts);
-        replace(g, self.at, &self.nodes, nodes);
+        replace(g, self.at, &self.nodes, vec![clip, gather, squeeze]);
     }
 }
 
@@ -950,7 +933,24 @@ mod tests {
                 one_hot_gather: 1
             }
         );
-        assert_eq!(ops(&m), ["Less", "Not", "Less", "And", "Where", "Gather", "Squeeze"]);
+        assert_eq!(ops(&m), ["Clip", "Gather", "Squeeze"]);
+        let clip = &m.graph.as_ref().unwrap().node[0];
+        let bound = |i: usize| {
+            let t = m
+                .graph
+                .as_ref()
+                .unwrap()
+                .initializer
+                .iter()
+                .find(|t| t.name == clip.input[i])
+                .unwrap();
+            integers(t).unwrap()
+        };
+        assert_eq!(
+            (bound(1), bound(2)),
+            (vec![-1], vec![10]),
+            "out of range: -1 or K, the zero row"
+        );
         let g = m.graph.as_ref().unwrap();
         let squeeze = g.node.last().unwrap();
         assert_eq!(squeeze.output, ["y"]);
@@ -974,7 +974,7 @@ mod tests {
             (0..10).collect(),
             table(),
             Dt::Float,
-            11,
+            12,
         ));
         let squeeze = m.graph.as_ref().unwrap().node.last().unwrap().clone();
         assert_eq!((squeeze.input.len(), squeeze.attribute[0].ints.clone()), (1, vec![2]));
@@ -1011,6 +1011,18 @@ mod tests {
                 inf,
                 Dt::Float,
                 17
+            ))
+            .0,
+            none
+        );
+        // Before opset 12, Clip takes no integers.
+        assert_eq!(
+            rewritten(&one_hot(
+                &[None, Some(6), Some(1)],
+                (0..10).collect(),
+                table(),
+                Dt::Float,
+                11
             ))
             .0,
             none
