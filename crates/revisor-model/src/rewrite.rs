@@ -36,13 +36,26 @@ impl Rewrites {
     }
 }
 
+/// Why a model was not looked at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotRewritten {
+    /// The bytes are not an ONNX model at all.
+    #[error("not an ONNX model: {0}")]
+    NotOnnx(String),
+    /// An ONNX model this module leaves as it is, and why.
+    #[error("{0}")]
+    Kept(String),
+}
+
 /// The model `bytes` rewritten, with what was rewritten; `Ok(None)` when nothing applies. `Err`
 /// says why the model was not looked at (it is then served as it is).
-pub fn rewrite(bytes: &[u8]) -> Result<Option<(Vec<u8>, Rewrites)>, String> {
-    let mut model = ModelProto::decode(bytes).map_err(|e| format!("not an ONNX model: {e}"))?;
+pub fn rewrite(bytes: &[u8]) -> Result<Option<(Vec<u8>, Rewrites)>, NotRewritten> {
+    let mut model = ModelProto::decode(bytes).map_err(|e| NotRewritten::NotOnnx(e.to_string()))?;
     // Decoding drops what tract's schema lacks; encoding again would lose it.
     if let Some(field) = unknown_field(bytes, Kind::Model) {
-        return Err(format!("it has {field}, which this ONNX schema does not keep"));
+        return Err(NotRewritten::Kept(format!(
+            "it has {field}, which this ONNX schema does not keep"
+        )));
     }
     let Some(graph) = model.graph.as_ref() else {
         return Ok(None);
@@ -52,7 +65,7 @@ pub fn rewrite(bytes: &[u8]) -> Result<Option<(Vec<u8>, Rewrites)>, String> {
         .iter()
         .any(|t| t.data_location == Some(pb::tensor_proto::DataLocation::External as i32))
     {
-        return Err("it keeps tensors in external files".into());
+        return Err(NotRewritten::Kept("it keeps tensors in external files".into()));
     }
     let opset = model
         .opset_import
@@ -1047,7 +1060,7 @@ mod tests {
         // ModelProto.configuration (26), empty.
         let mut bytes = m.encode_to_vec();
         bytes.extend([26 << 3 | 2, 0x01, 0x00]);
-        let why = rewrite(&bytes).unwrap_err();
+        let why = rewrite(&bytes).unwrap_err().to_string();
         assert!(why.contains("field 26 of a ModelProto"), "{why}");
         // NodeProto.metadata_props (9), inside the graph's first node.
         let g = m.graph.clone().unwrap();
@@ -1071,7 +1084,7 @@ mod tests {
         bytes.push(7 << 3 | 2);
         prost::encoding::encode_varint(graph.len() as u64, &mut bytes);
         bytes.extend(graph);
-        let why = rewrite(&bytes).unwrap_err();
+        let why = rewrite(&bytes).unwrap_err().to_string();
         assert!(why.contains("field 9 of a NodeProto"), "{why}");
         // Without the extra field the same bytes are rewritten.
         assert!(rewrite(&m.encode_to_vec()).unwrap().is_some());

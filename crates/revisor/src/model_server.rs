@@ -1,11 +1,12 @@
-//! `revisor model-server` and `revisor example-models`: the model server as a process (what a model
-//! revision runs), and the example models written to disk.
+//! `revisor model-server`, `revisor example-models` and `revisor rewrite-model`: the model server as a
+//! process (what a model revision runs), the example models written to disk, and a model written as
+//! the ONNX Runtime engine opens it.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use revisor_model::batching::BatchConfig;
 use revisor_model::{router, Model, Runner};
 
@@ -91,5 +92,27 @@ pub fn write_examples(dir: &Path) -> Result<()> {
     for p in revisor_model::examples::write_all(dir).with_context(|| format!("writing into {}", dir.display()))? {
         println!("{}", p.display());
     }
+    Ok(())
+}
+
+/// `revisor rewrite-model`: writes `model` as the ONNX Runtime engine opens it into `out` and says
+/// what was rewritten; a file that is not an ONNX model is an error and writes nothing.
+pub fn rewrite_model(model: &Path, out: &Path) -> Result<()> {
+    use revisor_model::rewrite::{rewrite, NotRewritten};
+    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let (written, said) = match rewrite(&bytes) {
+        Ok(Some((rewritten, done))) => (
+            rewritten,
+            format!(
+                "rewritten: {} tanh GELU chain(s) as FastGelu, {} one-hot product(s) as a row lookup",
+                done.fast_gelu, done.one_hot_gather
+            ),
+        ),
+        Ok(None) => (bytes, "nothing to rewrite: written as it is".to_string()),
+        Err(NotRewritten::Kept(why)) => (bytes, format!("not rewritten ({why}): written as it is")),
+        Err(e @ NotRewritten::NotOnnx(_)) => bail!("{}: {e}", model.display()),
+    };
+    std::fs::write(out, written).with_context(|| format!("writing {}", out.display()))?;
+    println!("{}: {said}", out.display());
     Ok(())
 }

@@ -29,6 +29,7 @@ fn server_flag_is_on_the_commands_that_talk_to_a_server_only() {
         &["model-server", "--help"],
         &["demo", "--help"],
         &["example-models", "--help"],
+        &["rewrite-model", "--help"],
         &["crd", "--help"],
         &["completions", "--help"],
     ] {

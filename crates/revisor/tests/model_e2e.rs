@@ -368,3 +368,60 @@ fn a_model_revision_s_cold_start_is_forked_from_the_prefork_server() {
         assert!(status.contains("THP_enabled:\t0"), "{name}: {status}");
     }
 }
+
+/// `revisor rewrite-model` writes what the ONNX Runtime engine opens: magika with its GELUs and its
+/// one-hot embedding rewritten, the tabular example as it is, and nothing for a file that is not ONNX.
+#[test]
+fn rewrite_model_writes_the_graph_onnx_runtime_opens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |model: &std::path::Path, out: &std::path::Path| {
+        let o = std::process::Command::new(BIN)
+            .args(["rewrite-model", "--model"])
+            .arg(model)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let magika = std::path::PathBuf::from(std::env::var("REVISOR_MAGIKA_MODEL").expect(
+        "REVISOR_MAGIKA_MODEL is not set: run ./scripts/test.sh, which extracts magika's model from PyPI's wheel",
+    ));
+    let out = tmp.path().join("magika.onnx");
+    let (ok, stdout, stderr) = run(&magika, &out);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("rewritten: 2 tanh GELU chain(s) as FastGelu, 1 one-hot product(s) as a row lookup"),
+        "{stdout}"
+    );
+    let (before, after) = (std::fs::read(&magika).unwrap(), std::fs::read(&out).unwrap());
+    assert!(after.windows(8).any(|w| w == b"FastGelu") && !before.windows(8).any(|w| w == b"FastGelu"));
+
+    let models = tmp.path().join("models");
+    let o = std::process::Command::new(BIN)
+        .args(["example-models", "--out"])
+        .arg(&models)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = tmp.path().join("tabular.onnx");
+    let (ok, stdout, _) = run(&models.join("tabular-v1.onnx"), &out);
+    assert!(ok && stdout.contains("nothing to rewrite"), "{stdout}");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(models.join("tabular-v1.onnx")).unwrap()
+    );
+
+    let text = tmp.path().join("notes.txt");
+    std::fs::write(&text, "not a model at all\n").unwrap();
+    let out = tmp.path().join("never.onnx");
+    let (ok, _, stderr) = run(&text, &out);
+    assert!(!ok && stderr.contains("notes.txt: not an ONNX model"), "{stderr}");
+    assert!(!out.exists(), "nothing is written for a file that is not ONNX");
+    let (ok, _, stderr) = run(&tmp.path().join("missing.onnx"), &out);
+    assert!(!ok && stderr.contains("missing.onnx"), "{stderr}");
+}

@@ -137,6 +137,16 @@ pub enum Command {
         #[arg(long, env = "REVISOR_ONNXRUNTIME_LIB")]
         onnxruntime_lib: Option<PathBuf>,
     },
+    /// Write an ONNX model as the ONNX Runtime engine opens it, with revisor's load-time rewrites, and
+    /// say what was rewritten.
+    RewriteModel {
+        /// The ONNX model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Where to write the model as ONNX Runtime gets it (the same bytes when nothing applies).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Write the example models (tabular v1, v2 and a faulty v3) into a directory.
     ExampleModels {
         /// The directory to write them into (created if missing).
@@ -369,6 +379,7 @@ impl Command {
             Command::Serve { .. }
             | Command::ModelServer { .. }
             | Command::ExampleModels { .. }
+            | Command::RewriteModel { .. }
             | Command::Demo
             | Command::Crd
             | Command::Simulate { .. }
@@ -557,6 +568,7 @@ pub fn run(cli: Cli) -> Result<()> {
             return crate::model_server::run(&source, name, version, host, *port, batching);
         }
         Command::ExampleModels { out } => return crate::model_server::write_examples(out),
+        Command::RewriteModel { model, out } => return crate::model_server::rewrite_model(model, out),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "revisor", &mut std::io::stdout().lock());
             return Ok(());
@@ -603,6 +615,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Serve { .. }
         | Command::ModelServer { .. }
         | Command::ExampleModels { .. }
+        | Command::RewriteModel { .. }
         | Command::Demo
         | Command::Crd
         | Command::Simulate { .. }
