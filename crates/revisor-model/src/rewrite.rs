@@ -108,7 +108,10 @@ impl Facts {
     /// that compute shapes from the input's, such as magika's; ranks and trailing axes that do not
     /// depend on the batch agree between the two).
     fn of(model: &ModelProto) -> Facts {
-        let (Some(two), Some(three)) = (Self::at(model, 2), Self::at(model, 3)) else {
+        let model = &skeleton(model);
+        // A model tract trips over must not take the server down with it.
+        let facts = std::panic::catch_unwind(|| (Self::at(model, 2), Self::at(model, 3)));
+        let Ok((Some(two), Some(three))) = facts else {
             return Facts(HashMap::new());
         };
         Facts(
@@ -155,6 +158,65 @@ impl Facts {
     fn last_dim_is_one(&self, t: &str) -> bool {
         self.0.get(t).and_then(|f| f.1.as_ref()) == Some(&1.to_dim())
     }
+}
+
+/// Initializers with more elements than this are weights, not shapes: shape inference gets them as
+/// inputs of the same type and shape, so that it neither copies nor reads their values.
+const WEIGHT_ELEMENTS: usize = 4096;
+
+/// `model` without its weights' values, for shape inference (see [`WEIGHT_ELEMENTS`]).
+fn skeleton(model: &ModelProto) -> ModelProto {
+    use pb::tensor_shape_proto::{dimension::Value as Dim, Dimension};
+    use pb::{type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+    let Some(g) = model.graph.as_ref() else {
+        return model.clone();
+    };
+    let mut graph = pb::GraphProto {
+        node: g.node.clone(),
+        name: g.name.clone(),
+        input: g.input.clone(),
+        output: g.output.clone(),
+        value_info: g.value_info.clone(),
+        ..Default::default()
+    };
+    let inputs: HashSet<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
+    for t in &g.initializer {
+        if elements(&t.dims).is_some_and(|n| n <= WEIGHT_ELEMENTS) {
+            graph.initializer.push(t.clone());
+        } else if !inputs.contains(t.name.as_str()) {
+            let dim = t
+                .dims
+                .iter()
+                .map(|d| Dimension {
+                    denotation: String::new(),
+                    value: Some(Dim::DimValue(*d)),
+                })
+                .collect();
+            graph.input.push(ValueInfoProto {
+                name: t.name.clone(),
+                r#type: Some(TypeProto {
+                    denotation: String::new(),
+                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                        elem_type: t.data_type,
+                        shape: Some(TensorShapeProto { dim }),
+                    })),
+                }),
+                doc_string: String::new(),
+            });
+        }
+    }
+    ModelProto {
+        ir_version: model.ir_version,
+        opset_import: model.opset_import.clone(),
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
+/// The number of elements of a tensor of `dims`, if that is a number.
+fn elements(dims: &[i64]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, d| n.checked_mul(usize::try_from(*d).ok()?))
 }
 
 /// Who makes and who reads each tensor of a graph.
@@ -228,7 +290,7 @@ impl<'a> Graph<'a> {
     /// A one-element float32 constant: its value and rank.
     fn scalar(&self, t: &str) -> Option<(f64, usize)> {
         let c = self.constants.get(t)?;
-        if c.data_type != Dt::Float as i32 || c.dims.iter().product::<i64>() != 1 {
+        if c.data_type != Dt::Float as i32 || elements(&c.dims) != Some(1) {
             return None;
         }
         let v = floats(c)?;
@@ -436,7 +498,7 @@ fn near(a: f64, b: f64) -> bool {
 
 /// The values of a float32 tensor, from `float_data` or `raw_data`.
 fn floats(t: &TensorProto) -> Option<Vec<f32>> {
-    let n = t.dims.iter().product::<i64>() as usize;
+    let n = elements(&t.dims)?;
     let v: Vec<f32> = if t.raw_data.is_empty() {
         t.float_data.clone()
     } else {
@@ -893,6 +955,28 @@ mod tests {
                 .0
                 .fast_gelu,
             1
+        );
+    }
+
+    #[test]
+    fn ranks_hold_behind_weights_that_shape_inference_gets_as_inputs() {
+        // x = input · W with W [64, 100] over WEIGHT_ELEMENTS: the skeleton makes W an input of that
+        // shape, and x's rank (3) still allows the rank-3 constant.
+        let mut m = jax_gelu(0.044715, &[None, Some(4), Some(64)], &[1, 1, 1], &["y"]);
+        let g = m.graph.as_mut().unwrap();
+        g.input[0].name = "features".into();
+        g.node.insert(0, node("MatMul", &["features", "w"], "x"));
+        g.initializer.push(float("w", &[64, 100], &[0.5; 6400]));
+        assert!(6400 > WEIGHT_ELEMENTS);
+        let skeleton = skeleton(&m);
+        let sg = skeleton.graph.as_ref().unwrap();
+        assert!(sg.input.iter().any(|i| i.name == "w") && !sg.initializer.iter().any(|t| t.name == "w"));
+        let (done, m) = rewritten(&m);
+        assert_eq!(done.fast_gelu, 1);
+        assert_eq!(ops(&m), ["MatMul", "FastGelu"]);
+        assert!(
+            m.graph.unwrap().initializer.iter().any(|t| t.name == "w"),
+            "the weight stays in the model"
         );
     }
 
