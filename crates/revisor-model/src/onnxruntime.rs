@@ -188,12 +188,20 @@ pub fn load(model: &Path, lib: &Path, narrow: usize) -> Result<(OrtEngine, Vec<T
     let slot: Arc<OnceLock<Vec<Mutex<Session>>>> = Arc::new(OnceLock::new());
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let later = slot.clone();
-    let (source, rewrites) = Source::of(model);
+    let (mut source, rewrites) = Source::of(model);
+    let file = model.to_path_buf();
     std::thread::Builder::new()
         .name("onnxruntime-sessions".into())
         .spawn(move || {
             let weights = PrepackedWeights::new();
-            let wide = open(&source, 0, &weights);
+            let mut wide = open(&source, 0, &weights).map(|s| (s, rewrites));
+            if let (Err(e), Source::Rewritten(_)) = (&wide, &source) {
+                // A rewrite ONNX Runtime refuses (a build without FastGelu, say) costs the speed, not
+                // the model.
+                tracing::warn!("ONNX Runtime refused the rewritten graph ({e}); serving the file as it is");
+                source = Source::File(file);
+                wide = open(&source, 0, &weights).map(|s| (s, Rewrites::default()));
+            }
             let failed = wide.is_err();
             let _ = tx.send(wide);
             if failed || narrow == 0 {
@@ -218,7 +226,7 @@ pub fn load(model: &Path, lib: &Path, narrow: usize) -> Result<(OrtEngine, Vec<T
             }
         })
         .map_err(|e| format!("cannot start a thread for ONNX Runtime: {e}"))?;
-    let session = rx
+    let (session, rewrites) = rx
         .recv()
         .map_err(|_| "ONNX Runtime's loading thread failed".to_string())?
         .map_err(|e| format!("ONNX Runtime cannot load it: {e}"))?;

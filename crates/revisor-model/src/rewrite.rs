@@ -60,12 +60,11 @@ pub fn rewrite(bytes: &[u8]) -> Result<Option<(Vec<u8>, Rewrites)>, NotRewritten
     let Some(graph) = model.graph.as_ref() else {
         return Ok(None);
     };
-    if graph
-        .initializer
-        .iter()
-        .any(|t| t.data_location == Some(pb::tensor_proto::DataLocation::External as i32))
-    {
+    if external(graph) {
         return Err(NotRewritten::Kept("it keeps tensors in external files".into()));
+    }
+    if !sorted(graph) {
+        return Err(NotRewritten::Kept("its nodes are not in topological order".into()));
     }
     let opset = model
         .opset_import
@@ -74,15 +73,16 @@ pub fn rewrite(bytes: &[u8]) -> Result<Option<(Vec<u8>, Rewrites)>, NotRewritten
         .map_or(0, |o| o.version);
     let facts = Facts::of(&model);
     let mut graph = model.graph.take().expect("checked above");
+    let mut taken = names(&graph);
     let mut done = Rewrites::default();
     while let Some(gelu) = Graph::new(&graph).find_gelu(&facts) {
-        gelu.apply(&mut graph);
+        gelu.apply(&mut graph, &mut taken);
         done.fast_gelu += 1;
     }
     // Clip takes integers from opset 12.
     if opset >= 12 {
-        while let Some(lookup) = Graph::new(&graph).find_one_hot(&facts) {
-            lookup.apply(&mut graph, opset);
+        while let Some(lookup) = Graph::new(&graph).find_one_hot(&facts, opset) {
+            lookup.apply(&mut graph, &mut taken);
             done.one_hot_gather += 1;
         }
     }
@@ -100,23 +100,121 @@ pub fn rewrite(bytes: &[u8]) -> Result<Option<(Vec<u8>, Rewrites)>, NotRewritten
     Ok(Some((model.encode_to_vec(), done)))
 }
 
+/// The graphs nested in a node's attributes (the branches of `If`, the bodies of `Loop` and `Scan`).
+fn subgraphs(n: &NodeProto) -> impl Iterator<Item = &pb::GraphProto> {
+    n.attribute.iter().flat_map(|a| a.g.iter().chain(a.graphs.iter()))
+}
+
+/// Every name the graphs nested in `g`'s nodes read from an outer scope or give as outputs, at any
+/// depth (a superset: names they define themselves are included).
+fn nested_names(g: &pb::GraphProto) -> HashSet<&str> {
+    fn walk<'a>(g: &'a pb::GraphProto, into: &mut HashSet<&'a str>) {
+        for n in &g.node {
+            into.extend(n.input.iter().map(String::as_str));
+            subgraphs(n).for_each(|sub| walk(sub, into));
+        }
+        into.extend(g.output.iter().map(|o| o.name.as_str()));
+    }
+    let mut names = HashSet::new();
+    for n in &g.node {
+        subgraphs(n).for_each(|sub| walk(sub, &mut names));
+    }
+    names
+}
+
+/// Every node and tensor name in `g` and the graphs nested in it.
+fn names(g: &pb::GraphProto) -> HashSet<String> {
+    let mut all = HashSet::new();
+    fn walk(g: &pb::GraphProto, all: &mut HashSet<String>) {
+        all.extend(
+            g.input
+                .iter()
+                .chain(&g.output)
+                .chain(&g.value_info)
+                .map(|v| v.name.clone()),
+        );
+        all.extend(g.initializer.iter().map(|t| t.name.clone()));
+        for n in &g.node {
+            all.insert(n.name.clone());
+            all.extend(n.input.iter().chain(&n.output).cloned());
+            subgraphs(n).for_each(|sub| walk(sub, all));
+        }
+    }
+    walk(g, &mut all);
+    all
+}
+
+/// `base`, or `base` with a number after it, unused in the graph; now taken.
+fn fresh(taken: &mut HashSet<String>, base: &str) -> String {
+    let mut name = base.to_string();
+    let mut k = 2;
+    while taken.contains(&name) {
+        name = format!("{base}_{k}");
+        k += 1;
+    }
+    taken.insert(name.clone());
+    name
+}
+
+/// Whether any tensor of `g`, nested graphs included, keeps its data in an external file.
+fn external(g: &pb::GraphProto) -> bool {
+    let outside = |t: &TensorProto| {
+        t.data_location == Some(pb::tensor_proto::DataLocation::External as i32) || !t.external_data.is_empty()
+    };
+    let sparse = |s: &pb::SparseTensorProto| s.values.iter().chain(s.indices.iter()).any(outside);
+    g.initializer.iter().any(outside)
+        || g.sparse_initializer.iter().any(sparse)
+        || g.node.iter().any(|n| {
+            n.attribute.iter().any(|a| {
+                a.t.iter().chain(&a.tensors).any(outside) || a.sparse_tensor.iter().chain(&a.sparse_tensors).any(sparse)
+            }) || subgraphs(n).any(external)
+        })
+}
+
+/// Whether every node of `g` reads only graph inputs, initializers and outputs of nodes before it.
+fn sorted(g: &pb::GraphProto) -> bool {
+    let mut defined: HashSet<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
+    defined.extend(g.initializer.iter().map(|t| t.name.as_str()));
+    defined.extend(
+        g.sparse_initializer
+            .iter()
+            .filter_map(|s| s.values.as_ref())
+            .map(|t| t.name.as_str()),
+    );
+    for n in &g.node {
+        if !n.input.iter().all(|i| i.is_empty() || defined.contains(i.as_str())) {
+            return false;
+        }
+        defined.extend(n.output.iter().map(String::as_str));
+    }
+    true
+}
+
 /// Ranks and trailing axes of the original graph's tensors, as tract's shape inference finds them.
 struct Facts(HashMap<String, (usize, Option<TDim>)>);
 
 impl Facts {
-    /// Facts that hold with a batch of 2 and of 3 alike (a symbolic batch is beyond tract for graphs
+    /// Facts that hold with a batch of 1, 2 and 3 alike (a symbolic batch is beyond tract for graphs
     /// that compute shapes from the input's, such as magika's; ranks and trailing axes that do not
-    /// depend on the batch agree between the two).
+    /// depend on the batch agree between them). None when an input declares no shape.
     fn of(model: &ModelProto) -> Facts {
+        let none = Facts(HashMap::new());
+        let declared = |i: &pb::ValueInfoProto| match i.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(pb::type_proto::Value::TensorType(t)) => t.shape.is_some(),
+            _ => false,
+        };
+        if !model.graph.as_ref().is_some_and(|g| g.input.iter().all(declared)) {
+            return none;
+        }
         let model = &skeleton(model);
         // A model tract trips over must not take the server down with it.
-        let facts = std::panic::catch_unwind(|| (Self::at(model, 2), Self::at(model, 3)));
-        let Ok((Some(two), Some(three))) = facts else {
-            return Facts(HashMap::new());
+        let facts = std::panic::catch_unwind(|| [1, 2, 3].map(|batch| Self::at(model, batch)));
+        let Ok([Some(one), Some(two), Some(three)]) = facts else {
+            return none;
         };
         Facts(
-            two.into_iter()
-                .filter(|(name, fact)| three.get(name) == Some(fact))
+            one.into_iter()
+                .filter(|(name, fact)| two.get(name) == Some(fact) && three.get(name) == Some(fact))
                 .collect(),
         )
     }
@@ -223,7 +321,8 @@ fn elements(dims: &[i64]) -> Option<usize> {
 struct Graph<'a> {
     g: &'a pb::GraphProto,
     producer: HashMap<&'a str, usize>,
-    readers: HashMap<&'a str, usize>,
+    readers: HashMap<&'a str, Vec<usize>>,
+    /// Graph outputs, and names the nested graphs use.
     outputs: HashSet<&'a str>,
     constants: HashMap<&'a str, &'a TensorProto>,
 }
@@ -231,7 +330,7 @@ struct Graph<'a> {
 impl<'a> Graph<'a> {
     fn new(g: &'a pb::GraphProto) -> Graph<'a> {
         let mut producer = HashMap::new();
-        let mut readers: HashMap<&str, usize> = HashMap::new();
+        let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
         let mut constants: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
         // Graph inputs shadow initializers of the same name (the caller may override them).
         for i in &g.input {
@@ -242,7 +341,7 @@ impl<'a> Graph<'a> {
                 producer.insert(o.as_str(), k);
             }
             for i in n.input.iter().filter(|i| !i.is_empty()) {
-                *readers.entry(i.as_str()).or_default() += 1;
+                readers.entry(i.as_str()).or_default().push(k);
             }
             if n.op_type == "Constant" && n.domain.is_empty() && n.output.len() == 1 {
                 if let Some(t) = n
@@ -255,17 +354,9 @@ impl<'a> Graph<'a> {
                 }
             }
         }
-        // Subgraphs (If, Loop, Scan) may read any outer tensor by name: those count as read twice.
-        for n in &g.node {
-            for a in &n.attribute {
-                for sub in a.g.iter().chain(a.graphs.iter()) {
-                    for name in sub.node.iter().flat_map(|n| n.input.iter()) {
-                        *readers.entry(name.as_str()).or_default() += 2;
-                    }
-                }
-            }
-        }
-        let outputs = g.output.iter().map(|o| o.name.as_str()).collect();
+        // Nested graphs (If, Loop, Scan) may read any outer tensor by name: never private.
+        let mut outputs = nested_names(g);
+        outputs.extend(g.output.iter().map(|o| o.name.as_str()));
         Graph {
             g,
             producer,
@@ -275,16 +366,17 @@ impl<'a> Graph<'a> {
         }
     }
 
-    /// The node making `t` if it is an `op` of the default domain.
+    /// The node making `t` if it is an `op` of the default domain with that one output.
     fn made_by(&self, t: &str, op: &str) -> Option<usize> {
         let k = *self.producer.get(t)?;
         let n = &self.g.node[k];
-        (n.op_type == op && n.domain.is_empty()).then_some(k)
+        (n.op_type == op && n.domain.is_empty() && n.output.len() == 1).then_some(k)
     }
 
-    /// `t` is read once, by the chain being matched, and is not a graph output.
+    /// `t` is read once, by the chain being matched, and is neither a graph output nor used by a
+    /// nested graph.
     fn private(&self, t: &str) -> bool {
-        self.readers.get(t) == Some(&1) && !self.outputs.contains(t)
+        self.readers.get(t).is_some_and(|r| r.len() == 1) && !self.outputs.contains(t)
     }
 
     /// A one-element float32 constant: its value and rank.
@@ -336,10 +428,7 @@ impl<'a> Graph<'a> {
 
     /// The only node reading `t`, if `t` is private.
     fn reader(&self, t: &str) -> Option<usize> {
-        if !self.private(t) {
-            return None;
-        }
-        self.g.node.iter().position(|n| n.input.iter().any(|i| i == t))
+        self.private(t).then(|| self.readers[t][0])
     }
 
     fn find_gelu(&self, facts: &Facts) -> Option<Gelu> {
@@ -426,12 +515,12 @@ impl<'a> Graph<'a> {
         })
     }
 
-    fn find_one_hot(&self, facts: &Facts) -> Option<Lookup> {
-        (0..self.g.node.len()).find_map(|k| self.one_hot_at(k, facts))
+    fn find_one_hot(&self, facts: &Facts, opset: i64) -> Option<Lookup> {
+        (0..self.g.node.len()).find_map(|k| self.one_hot_at(k, facts, opset))
     }
 
     /// `MatMul(Cast<float>(Equal(x, [0..K))), W)` at the `MatMul` node `k`.
-    fn one_hot_at(&self, k: usize, facts: &Facts) -> Option<Lookup> {
+    fn one_hot_at(&self, k: usize, facts: &Facts, opset: i64) -> Option<Lookup> {
         let mm = &self.g.node[k];
         if mm.op_type != "MatMul" || !mm.domain.is_empty() || mm.input.len() != 2 {
             return None;
@@ -476,7 +565,7 @@ impl<'a> Graph<'a> {
             table,
             out: mm.output.first()?.clone(),
             name: mm.name.clone(),
-            axis: rank as i64 - 1,
+            opset,
             at: k,
             nodes: vec![k, cast, equal],
         })
@@ -542,11 +631,12 @@ struct Gelu {
 }
 
 impl Gelu {
-    fn apply(self, g: &mut pb::GraphProto) {
+    fn apply(self, g: &mut pb::GraphProto, taken: &mut HashSet<String>) {
+        let base = if self.name.is_empty() { &self.out } else { &self.name };
         let node = NodeProto {
             input: vec![self.x],
-            output: vec![self.out],
-            name: format!("{}/revisor_fast_gelu", self.name),
+            output: vec![self.out.clone()],
+            name: fresh(taken, &format!("{base}/revisor_fast_gelu")),
             op_type: "FastGelu".into(),
             domain: "com.microsoft".into(),
             ..Default::default()
@@ -563,23 +653,32 @@ struct Lookup {
     table: Vec<f32>,
     out: String,
     name: String,
-    /// x's trailing axis (of 1), squeezed after the lookup.
-    axis: i64,
+    opset: i64,
     at: usize,
     nodes: Vec<usize>,
 }
 
 impl Lookup {
-    /// `Squeeze(Gather([W; 0], Clip(x, -1, K)))`: in-range values pick their row; the others are
-    /// clipped to -1 or K, both the zero row (Gather counts -1 from the end).
-    fn apply(self, g: &mut pb::GraphProto, opset: i64) {
+    /// `Squeeze(Gather([W; 0], Clip(x, -1, K)), -2)`: in-range values pick their row; the others
+    /// are clipped to -1 or K, both the zero row (Gather counts -1 from the end); the squeeze drops
+    /// x's trailing axis of 1, which the lookup leaves second to last.
+    fn apply(self, g: &mut pb::GraphProto, taken: &mut HashSet<String>) {
         let p = format!(
             "{}/revisor_lookup",
             if self.name.is_empty() { &self.out } else { &self.name }
         );
-        let name = |s: &str| format!("{p}/{s}");
+        let mut name = |s: &str| fresh(taken, &format!("{p}/{s}"));
+        let (table_name, below, above, row, rows_of_x) = (
+            name("table"),
+            name("below"),
+            name("above"),
+            name("row"),
+            name("rows_of_x"),
+        );
+        let (clip_name, gather_name, squeeze_name, axis_name) =
+            (name("clip"), name("gather"), name("squeeze"), name("axis"));
         let int = |n: &str, v: i64| TensorProto {
-            name: name(n),
+            name: n.to_string(),
             data_type: self.dtype,
             raw_data: if self.dtype == Dt::Int32 as i32 {
                 (v as i32).to_le_bytes().to_vec()
@@ -592,48 +691,48 @@ impl Lookup {
         table.extend(std::iter::repeat_n(0.0, self.width as usize));
         let mut consts = vec![
             TensorProto {
-                name: name("table"),
+                name: table_name.clone(),
                 dims: vec![self.rows + 1, self.width],
                 data_type: Dt::Float as i32,
                 raw_data: table.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 ..Default::default()
             },
-            int("below", -1),
-            int("above", self.rows),
+            int(&below, -1),
+            int(&above, self.rows),
         ];
-        let node = |op: &str, inputs: &[String], out: String, n: &str| NodeProto {
-            input: inputs.to_vec(),
-            output: vec![out],
-            name: name(n),
+        let node = |op: &str, inputs: &[&str], out: &str, name: String| NodeProto {
+            input: inputs.iter().map(|i| i.to_string()).collect(),
+            output: vec![out.to_string()],
+            name,
             op_type: op.into(),
             ..Default::default()
         };
-        let mut gather = node("Gather", &[name("table"), name("row")], name("rows_of_x"), "gather");
+        let mut gather = node("Gather", &[&table_name, &row], &rows_of_x, gather_name);
         gather.attribute.push(AttributeProto {
             name: "axis".into(),
             r#type: pb::attribute_proto::AttributeType::Int as i32,
             i: 0,
             ..Default::default()
         });
-        let mut squeeze = node("Squeeze", &[name("rows_of_x")], self.out, "squeeze");
-        if opset >= 13 {
+        let mut squeeze = node("Squeeze", &[&rows_of_x], &self.out, squeeze_name);
+        if self.opset >= 13 {
             consts.push(TensorProto {
-                name: name("axis"),
+                name: axis_name.clone(),
                 dims: vec![1],
                 data_type: Dt::Int64 as i32,
-                int64_data: vec![self.axis],
+                int64_data: vec![-2],
                 ..Default::default()
             });
-            squeeze.input.push(name("axis"));
+            squeeze.input.push(axis_name);
         } else {
             squeeze.attribute.push(AttributeProto {
                 name: "axes".into(),
                 r#type: pb::attribute_proto::AttributeType::Ints as i32,
-                ints: vec![self.axis],
+                ints: vec![-2],
                 ..Default::default()
             });
         }
-        let clip = node("Clip", &[self.x, name("below"), name("above")], name("row"), "clip");
+        let clip = node("Clip", &[&self.x, &below, &above], &row, clip_name);
         g.initializer.extend(consts);
         replace(g, self.at, &self.nodes, vec![clip, gather, squeeze]);
     }
@@ -651,15 +750,16 @@ fn replace(g: &mut pb::GraphProto, at: usize, old: &[usize], new: Vec<NodeProto>
     }
 }
 
-/// Drops initializers and `Constant` nodes nothing reads any more.
+/// Drops initializers and `Constant` nodes nothing reads any more (nested graphs included).
 fn prune(g: &mut pb::GraphProto) {
-    let read: HashSet<String> = g
+    let mut read: HashSet<String> = g
         .node
         .iter()
         .flat_map(|n| n.input.iter())
         .chain(g.output.iter().map(|o| &o.name))
         .cloned()
         .collect();
+    read.extend(nested_names(g).into_iter().map(String::from));
     let inputs: HashSet<&String> = g.input.iter().map(|i| &i.name).collect();
     g.initializer
         .retain(|t| read.contains(&t.name) || inputs.contains(&t.name));
@@ -678,6 +778,8 @@ enum Kind {
     ValueInfo,
     Type,
     Function,
+    Sparse,
+    Training,
 }
 
 impl Kind {
@@ -686,7 +788,7 @@ impl Kind {
     fn schema(self) -> (&'static [u64], &'static [(u64, Kind)]) {
         use Kind::*;
         match self {
-            Model => (&[26], &[(7, Graph), (25, Function)]),
+            Model => (&[26], &[(7, Graph), (20, Training), (25, Function)]),
             Graph => (
                 &[16],
                 &[
@@ -695,10 +797,24 @@ impl Kind {
                     (11, ValueInfo),
                     (12, ValueInfo),
                     (13, ValueInfo),
+                    (15, Sparse),
                 ],
             ),
             Node => (&[8, 9, 10], &[(5, Attribute)]),
-            Attribute => (&[14], &[(5, Tensor), (6, Graph), (10, Tensor), (11, Graph)]),
+            Attribute => (
+                &[14],
+                &[
+                    (5, Tensor),
+                    (6, Graph),
+                    (10, Tensor),
+                    (11, Graph),
+                    (15, Type),
+                    (22, Sparse),
+                    (23, Sparse),
+                ],
+            ),
+            Sparse => (&[], &[(1, Tensor), (2, Tensor)]),
+            Training => (&[], &[(1, Graph), (2, Graph)]),
             Tensor => (&[16], &[]),
             ValueInfo => (&[4], &[(2, Type)]),
             Type => (&[4, 5, 7, 8, 9], &[]),
@@ -980,6 +1096,159 @@ mod tests {
         );
     }
 
+    /// `jax_gelu` on x with its nodes renamed by `prefix` and unnamed, reading `x` and writing `out`.
+    fn unnamed_gelu(prefix: &str, x: &str, out: &str) -> Vec<NodeProto> {
+        let m = jax_gelu(0.044715, &[], &[], &[]);
+        let mut nodes = m.graph.unwrap().node;
+        let rename = |t: &str| match t {
+            "x" => x.to_string(),
+            "y" => out.to_string(),
+            "c" | "k" | "one" | "half" => t.to_string(),
+            t => format!("{prefix}{t}"),
+        };
+        for n in &mut nodes {
+            n.name.clear();
+            n.input = n.input.iter().map(|i| rename(i)).collect();
+            n.output = n.output.iter().map(|o| rename(o)).collect();
+        }
+        nodes
+    }
+
+    #[test]
+    fn new_nodes_get_names_of_their_own() {
+        // Two chains whose nodes have no names, one after the other.
+        let mut nodes = unnamed_gelu("a_", "x", "y1");
+        nodes.extend(unnamed_gelu("b_", "y1", "y"));
+        let m = model(
+            nodes,
+            gelu_constants(0.044715, &[]),
+            vec![io("x", Dt::Float, &[None, Some(8)])],
+            &["y"],
+        );
+        let (done, m) = rewritten(&m);
+        assert_eq!(done.fast_gelu, 2);
+        let names: Vec<String> = m.graph.unwrap().node.iter().map(|n| n.name.clone()).collect();
+        assert_eq!(names.len(), 2);
+        assert_ne!(names[0], names[1]);
+        assert!(names.iter().all(|n| !n.is_empty()));
+    }
+
+    /// An `If` node whose branches read `names` (nested one level deeper when `deep`).
+    fn branch_reading(names: &[&str], deep: bool) -> NodeProto {
+        let body = |inner: Vec<NodeProto>| pb::GraphProto {
+            node: inner,
+            output: vec![ValueInfoProto {
+                name: "branch_out".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let reads = vec![node("Sum", names, "branch_out")];
+        let then = if deep {
+            let mut inner_if = node("If", &["cond"], "branch_out");
+            inner_if.attribute.push(AttributeProto {
+                name: "then_branch".into(),
+                r#type: pb::attribute_proto::AttributeType::Graph as i32,
+                g: Some(body(reads)),
+                ..Default::default()
+            });
+            body(vec![inner_if])
+        } else {
+            body(reads)
+        };
+        let mut n = node("If", &["cond"], "z");
+        n.attribute.push(AttributeProto {
+            name: "then_branch".into(),
+            r#type: pb::attribute_proto::AttributeType::Graph as i32,
+            g: Some(then),
+            ..Default::default()
+        });
+        n
+    }
+
+    #[test]
+    fn what_nested_graphs_read_is_neither_removed_nor_pruned() {
+        let with_if = |names: &[&str], deep: bool| {
+            let mut m = jax_gelu(0.044715, &[None, Some(8)], &[], &["y", "z"]);
+            let g = m.graph.as_mut().unwrap();
+            g.node.push(branch_reading(names, deep));
+            g.input.push(io("cond", Dt::Bool, &[]));
+            g.initializer.push(float("bias", &[8], &[0.25; 8]));
+            m
+        };
+        // The Tanh's output, read two graphs down: the chain is not private.
+        assert_eq!(rewritten(&with_if(&["t"], true)).0, Rewrites::default());
+        // The result and an initializer read only inside a branch: rewritten, the initializer kept.
+        let (done, m) = rewritten(&with_if(&["y", "bias"], false));
+        assert_eq!(done.fast_gelu, 1);
+        assert!(m.graph.unwrap().initializer.iter().any(|t| t.name == "bias"));
+    }
+
+    #[test]
+    fn a_rank_that_changes_with_a_batch_of_1_is_no_rank() {
+        // x = Squeeze(input [N, 1, 8]) squeezes every axis of 1: rank 1 at batch 1, rank 2 at 2 and 3.
+        let mut m = jax_gelu(0.044715, &[None, Some(1), Some(8)], &[1, 1], &["y"]);
+        let g = m.graph.as_mut().unwrap();
+        g.input[0].name = "features".into();
+        g.node.insert(0, node("Squeeze", &["features"], "x"));
+        assert_eq!(rewritten(&m).0, Rewrites::default());
+    }
+
+    #[test]
+    fn an_input_without_a_declared_shape_proves_no_rank() {
+        // x = Unsqueeze(features, -1) against a range of rank 1, with features INT64 of a declared
+        // shape, and of no declared shape (which tract's loader would take for rank 0).
+        let declared = |shape: bool| {
+            let mut m = one_hot(&[None, Some(6), Some(1)], (0..10).collect(), table(), Dt::Float, 17);
+            let g = m.graph.as_mut().unwrap();
+            g.initializer[0].dims = vec![10];
+            g.input[0] = if shape {
+                io("features", Dt::Int64, &[None, Some(6)])
+            } else {
+                let mut any = io("features", Dt::Int64, &[]);
+                if let Some(pb::type_proto::Value::TensorType(t)) = any.r#type.as_mut().unwrap().value.as_mut() {
+                    t.shape = None;
+                }
+                any
+            };
+            g.initializer.push(TensorProto {
+                name: "last".into(),
+                dims: vec![1],
+                data_type: Dt::Int64 as i32,
+                int64_data: vec![-1],
+                ..Default::default()
+            });
+            g.node.insert(0, node("Unsqueeze", &["features", "last"], "x"));
+            rewritten(&m).0
+        };
+        assert_eq!(declared(true).one_hot_gather, 1);
+        assert_eq!(declared(false), Rewrites::default());
+    }
+
+    #[test]
+    fn graphs_out_of_order_or_with_external_data_are_left_as_they_are() {
+        // A cycle: p feeds the product that feeds p.
+        let mut m = jax_gelu(0.044715, &[None, Some(8)], &[], &["y"]);
+        let g = m.graph.as_mut().unwrap();
+        g.node[7] = node("Mul", &["y", "p"], "h");
+        let why = rewrite(&m.encode_to_vec()).unwrap_err().to_string();
+        assert!(why.contains("topological order"), "{why}");
+        // A Constant node whose value lives in a file beside the model.
+        let mut m = jax_gelu(0.044715, &[None, Some(8)], &[], &["y"]);
+        let mut constant = node("Constant", &[], "extra");
+        let mut t = float("", &[8], &[]);
+        t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+        constant.attribute.push(AttributeProto {
+            name: "value".into(),
+            r#type: pb::attribute_proto::AttributeType::Tensor as i32,
+            t: Some(t),
+            ..Default::default()
+        });
+        m.graph.as_mut().unwrap().node.insert(0, constant);
+        let why = rewrite(&m.encode_to_vec()).unwrap_err().to_string();
+        assert!(why.contains("external files"), "{why}");
+    }
+
     /// `MatMul(Cast<to>(Equal(x, range)), W)` with x INT64 of `x_dims`.
     fn one_hot(x_dims: &[Option<i64>], range: Vec<i64>, table: Vec<f32>, to: Dt, opset: i64) -> ModelProto {
         let k = range.len() as i64;
@@ -1052,7 +1321,11 @@ mod tests {
         let squeeze = g.node.last().unwrap();
         assert_eq!(squeeze.output, ["y"]);
         let axis = g.initializer.iter().find(|t| t.name == squeeze.input[1]).unwrap();
-        assert_eq!(axis.int64_data, [2], "x's trailing axis of 1 is squeezed");
+        assert_eq!(
+            axis.int64_data,
+            [-2],
+            "x's trailing axis of 1, second to last after the lookup"
+        );
         let lookup = g
             .initializer
             .iter()
@@ -1074,7 +1347,7 @@ mod tests {
             12,
         ));
         let squeeze = m.graph.as_ref().unwrap().node.last().unwrap().clone();
-        assert_eq!((squeeze.input.len(), squeeze.attribute[0].ints.clone()), (1, vec![2]));
+        assert_eq!((squeeze.input.len(), squeeze.attribute[0].ints.clone()), (1, vec![-2]));
     }
 
     #[test]

@@ -109,7 +109,14 @@ pub fn rewrite_model(model: &Path, out: &Path) -> Result<()> {
             ),
         ),
         Ok(None) => (bytes, "nothing to rewrite: written as it is".to_string()),
-        Err(NotRewritten::Kept(why)) => (bytes, format!("not rewritten ({why}): written as it is")),
+        Err(NotRewritten::Kept(why)) => {
+            let data = if why.contains("external files") {
+                "; the files it names are not copied beside it"
+            } else {
+                ""
+            };
+            (bytes, format!("not rewritten ({why}): written as it is{data}"))
+        }
         Err(e @ NotRewritten::NotOnnx(_)) => bail!("{}: {e}", model.display()),
     };
     std::fs::write(out, written).with_context(|| format!("writing {}", out.display()))?;
