@@ -9,11 +9,12 @@
 //!   clipped to `-1..=K`, so that values out of `0..K` (a one-hot row of zeros) pick the zero row.
 //!
 //! A rewrite is made only when it cannot change an answer beyond float rounding: every constant is
-//! checked, every node it removes feeds only the rewritten chain, and shapes that matter (ranks, a
-//! trailing axis of 1) are those tract's shape inference finds in the original graph, alike with a
-//! batch of 2 and of 3. A model with
-//! fields that tract's ONNX schema lacks (and so would not survive decoding and encoding again, such
-//! as metadata on nodes), or that keeps tensors in external files, is left as it is.
+//! checked, every node it removes feeds only the rewritten chain (not another node, a graph output
+//! or a nested graph), and shapes that matter (ranks, a trailing axis of 1) are those tract's shape
+//! inference finds in the original graph alike with a batch of 1, 2 and 3, from declared input
+//! shapes. A model with fields that tract's ONNX schema lacks (and so would not survive decoding and
+//! encoding again, such as metadata on nodes), with tensors in external files, or with nodes out of
+//! topological order is left as it is; so is one ONNX Runtime refuses once rewritten.
 
 use std::collections::{HashMap, HashSet};
 
