@@ -1353,63 +1353,33 @@ mod tests {
 
     #[test]
     fn products_that_are_not_exactly_one_hot_are_left_alone() {
-        let none = Rewrites::default();
-        // x's trailing axis is not 1: Equal compares element by element.
-        assert_eq!(
-            rewritten(&one_hot(
-                &[None, Some(6), Some(10)],
-                (0..10).collect(),
-                table(),
-                Dt::Float,
-                17
-            ))
-            .0,
-            none
-        );
-        // The range skips a value.
+        let (column, wide) = (&[None, Some(6), Some(1)][..], &[None, Some(6), Some(10)][..]);
         let gap: Vec<i64> = (0..10).map(|i| if i == 4 { 11 } else { i }).collect();
-        assert_eq!(
-            rewritten(&one_hot(&[None, Some(6), Some(1)], gap, table(), Dt::Float, 17)).0,
-            none
-        );
-        // 0 · inf is NaN in the product, not in a lookup.
         let mut inf = table();
         inf[7] = f32::INFINITY;
-        assert_eq!(
-            rewritten(&one_hot(
-                &[None, Some(6), Some(1)],
-                (0..10).collect(),
-                inf,
-                Dt::Float,
-                17
-            ))
-            .0,
-            none
-        );
-        // Before opset 12, Clip takes no integers.
-        assert_eq!(
-            rewritten(&one_hot(
-                &[None, Some(6), Some(1)],
-                (0..10).collect(),
-                table(),
-                Dt::Float,
-                11
-            ))
-            .0,
-            none
-        );
-        // A cast to double.
-        assert_eq!(
-            rewritten(&one_hot(
-                &[None, Some(6), Some(1)],
-                (0..10).collect(),
-                table(),
-                Dt::Double,
-                17
-            ))
-            .0,
-            none
-        );
+        for (why, m) in [
+            // Equal then compares element by element.
+            (
+                "x's trailing axis is not 1",
+                one_hot(wide, (0..10).collect(), table(), Dt::Float, 17),
+            ),
+            ("the range skips a value", one_hot(column, gap, table(), Dt::Float, 17)),
+            // 0 · inf is NaN in the product, not in a lookup.
+            (
+                "the matrix holds inf",
+                one_hot(column, (0..10).collect(), inf, Dt::Float, 17),
+            ),
+            (
+                "Clip takes no integers before opset 12",
+                one_hot(column, (0..10).collect(), table(), Dt::Float, 11),
+            ),
+            (
+                "the cast is to double",
+                one_hot(column, (0..10).collect(), table(), Dt::Double, 17),
+            ),
+        ] {
+            assert_eq!(rewritten(&m).0, Rewrites::default(), "{why}");
+        }
     }
 
     #[test]
