@@ -425,3 +425,49 @@ fn rewrite_model_writes_the_graph_onnx_runtime_opens() {
     let (ok, _, stderr) = run(&tmp.path().join("missing.onnx"), &out);
     assert!(!ok && stderr.contains("missing.onnx"), "{stderr}");
 }
+
+/// The ONNX Runtime engine says in its log what it rewrote before serving (README, "Two engines run
+/// the model").
+#[test]
+fn the_onnx_runtime_model_server_logs_what_it_rewrote() {
+    use std::io::BufRead;
+    let env = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run ./scripts/test.sh, which sets it"))
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(BIN)
+        .args([
+            "model-server",
+            "--name",
+            "magika",
+            "--engine",
+            "onnxruntime",
+            "--port",
+            &port.to_string(),
+        ])
+        .args([
+            "--onnxruntime-lib",
+            &env("REVISOR_ONNXRUNTIME_LIB"),
+            "--model",
+            &env("REVISOR_MAGIKA_MODEL"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines: Vec<String> = std::io::BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.contains("listening on"))
+        .collect();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        lines.iter().any(|l| l
+            .contains("rewritten for speed: 2 tanh GELU chain(s) as FastGelu, 1 one-hot product(s) as a row lookup")),
+        "{lines:#?}"
+    );
+}
