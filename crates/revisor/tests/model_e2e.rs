@@ -4,7 +4,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{apply, children, comm, ok, wait_ready, wait_until, Server, BIN};
+use common::{apply, children, comm, free_port, ok, wait_ready, wait_until, Server, BIN};
+
+/// Writes the example models into `dir` with `revisor example-models`.
+fn example_models(dir: &std::path::Path) {
+    let out = std::process::Command::new(BIN)
+        .args(["example-models", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
 
 fn model_service(models: &std::path::Path, file: &str, version: &str, traffic: &str) -> String {
     format!(
@@ -30,12 +40,7 @@ async fn infer(c: &reqwest::Client, gateway: std::net::SocketAddr) -> (u16, serd
 async fn a_model_service_serves_v2_inference_and_splits_50_50_between_versions() {
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");
-    let out = std::process::Command::new(BIN)
-        .args(["example-models", "--out"])
-        .arg(&models)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    example_models(&models);
     let server = Server::start(&tmp.path().join("data"));
     let s = server.admin.clone();
     apply(
@@ -282,17 +287,8 @@ async fn a_mirrored_model_canary_is_judged_on_prediction_agreement() {
 fn a_model_server_runs_without_transparent_huge_pages() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let made = std::process::Command::new(BIN)
-        .args(["example-models", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    example_models(dir.path());
+    let port = free_port();
     let mut child = std::process::Command::new(BIN)
         .args(["model-server", "--port", &port.to_string(), "--model"])
         .arg(dir.path().join("tabular-v1.onnx"))
@@ -319,12 +315,7 @@ fn a_model_server_runs_without_transparent_huge_pages() {
 fn a_model_revision_s_cold_start_is_forked_from_the_prefork_server() {
     let tmp = tempfile::tempdir().unwrap();
     let models = tmp.path().join("models");
-    let made = std::process::Command::new(BIN)
-        .args(["example-models", "--out"])
-        .arg(&models)
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{made:?}");
+    example_models(&models);
     let at_zero = model_service(&models, "tabular-v1.onnx", "v1", "").replace(
         "    spec:\n      containers:",
         "    metadata:\n      annotations:\n        autoscaling.knative.dev/initial-scale: \"0\"\n    spec:\n      containers:",
@@ -402,12 +393,7 @@ fn rewrite_model_writes_the_graph_onnx_runtime_opens() {
     assert!(after.windows(8).any(|w| w == b"FastGelu") && !before.windows(8).any(|w| w == b"FastGelu"));
 
     let models = tmp.path().join("models");
-    let o = std::process::Command::new(BIN)
-        .args(["example-models", "--out"])
-        .arg(&models)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    example_models(&models);
     let out = tmp.path().join("tabular.onnx");
     let (ok, stdout, _) = run(&models.join("tabular-v1.onnx"), &out);
     assert!(ok && stdout.contains("nothing to rewrite"), "{stdout}");
@@ -434,11 +420,7 @@ fn the_onnx_runtime_model_server_logs_what_it_rewrote() {
     let env = |name: &str| {
         std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run ./scripts/test.sh, which sets it"))
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = std::process::Command::new(BIN)
         .args([
             "model-server",
