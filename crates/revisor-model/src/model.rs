@@ -392,8 +392,23 @@ pub(crate) fn with_batch(mut model: InferenceModel, batch: Option<usize>) -> Tra
         Some(n) => n.to_dim(),
         None => model.symbols.sym(BATCH).to_dim(),
     };
+    // An input that declares no shape is an open fact of no dimensions, not rank 0: let the graph
+    // say what it can (a Gemm makes its input rank 2, a weight fixes a dimension) before closing it.
+    let unshaped = |m: &InferenceModel, ix: usize| {
+        m.input_fact(ix)
+            .is_ok_and(|f| f.shape.is_open() && f.shape.dims().next().is_none())
+    };
+    if (0..model.input_outlets()?.len()).any(|ix| unshaped(&model, ix)) {
+        let _ = model.analyse(false);
+    }
     for ix in 0..model.input_outlets()?.len() {
         let fact = model.input_fact(ix)?.clone();
+        if fact.shape.is_open() {
+            anyhow::bail!(
+                "input {:?} declares no shape and the graph does not fix its rank",
+                model.node(model.input_outlets()?[ix].node).name
+            );
+        }
         let dims: TVec<DimFact> = fact
             .shape
             .dims()
