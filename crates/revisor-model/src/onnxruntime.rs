@@ -52,12 +52,7 @@ impl Source {
         };
         match crate::rewrite::rewrite(&bytes) {
             Ok(Some((bytes, done))) => {
-                tracing::info!(
-                    "ONNX Runtime: {} rewritten for speed: {} tanh GELU chain(s) as FastGelu, {} one-hot product(s) as a row lookup",
-                    model.display(),
-                    done.fast_gelu,
-                    done.one_hot_gather
-                );
+                tracing::info!("ONNX Runtime: {} rewritten for speed: {done}", model.display());
                 (Source::Rewritten(bytes), done)
             }
             Ok(None) => (file(), Rewrites::default()),

@@ -37,12 +37,25 @@ impl Rewrites {
     }
 }
 
+impl std::fmt::Display for Rewrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} tanh GELU chain(s) as FastGelu, {} one-hot product(s) as a row lookup",
+            self.fast_gelu, self.one_hot_gather
+        )
+    }
+}
+
 /// Why a model was not looked at.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotRewritten {
     /// The bytes are not an ONNX model at all.
     #[error("not an ONNX model: {0}")]
     NotOnnx(String),
+    /// An ONNX model that keeps tensors in files beside it, left as it is.
+    #[error("it keeps tensors in external files")]
+    ExternalData,
     /// An ONNX model this module leaves as it is, and why.
     #[error("{0}")]
     Kept(String),
@@ -62,7 +75,7 @@ pub fn rewrite(bytes: &[u8]) -> Result<Option<(Vec<u8>, Rewrites)>, NotRewritten
         return Ok(None);
     };
     if external(graph) {
-        return Err(NotRewritten::Kept("it keeps tensors in external files".into()));
+        return Err(NotRewritten::ExternalData);
     }
     if !sorted(graph) {
         return Err(NotRewritten::Kept("its nodes are not in topological order".into()));
@@ -586,40 +599,32 @@ fn near(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-6 * b.abs().max(1.0)
 }
 
-/// The values of a float32 tensor, from `float_data` or `raw_data`.
+/// The value of a constant, decoded by tract (models with external data are left alone before).
+fn value(t: &TensorProto) -> Option<Tensor> {
+    tract_onnx::tensor::load_tensor(&tract_onnx::data_resolver::FopenDataResolver, t, None).ok()
+}
+
+/// The values of a float32 tensor.
 fn floats(t: &TensorProto) -> Option<Vec<f32>> {
-    let n = elements(&t.dims)?;
-    let v: Vec<f32> = if t.raw_data.is_empty() {
-        t.float_data.clone()
-    } else {
-        t.raw_data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
-    };
-    (v.len() == n).then_some(v)
+    (t.data_type == Dt::Float as i32).then_some(())?;
+    Some(value(t)?.to_plain_array_view::<f32>().ok()?.iter().copied().collect())
 }
 
 /// The values of an int32 or int64 tensor.
 fn integers(t: &TensorProto) -> Option<Vec<i64>> {
-    let raw = !t.raw_data.is_empty();
-    match t.data_type {
-        d if d == Dt::Int32 as i32 && raw => Some(
-            t.raw_data
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
-                .collect(),
-        ),
-        d if d == Dt::Int32 as i32 => Some(t.int32_data.iter().map(|v| *v as i64).collect()),
-        d if d == Dt::Int64 as i32 && raw => Some(
-            t.raw_data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        ),
-        d if d == Dt::Int64 as i32 => Some(t.int64_data.clone()),
-        _ => None,
-    }
+    [Dt::Int32 as i32, Dt::Int64 as i32]
+        .contains(&t.data_type)
+        .then_some(())?;
+    Some(
+        value(t)?
+            .cast_to::<i64>()
+            .ok()?
+            .to_plain_array_view::<i64>()
+            .ok()?
+            .iter()
+            .copied()
+            .collect(),
+    )
 }
 
 struct Gelu {

@@ -101,23 +101,14 @@ pub fn rewrite_model(model: &Path, out: &Path) -> Result<()> {
     use revisor_model::rewrite::{rewrite, NotRewritten};
     let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
     let (written, said) = match rewrite(&bytes) {
-        Ok(Some((rewritten, done))) => (
-            rewritten,
-            format!(
-                "rewritten: {} tanh GELU chain(s) as FastGelu, {} one-hot product(s) as a row lookup",
-                done.fast_gelu, done.one_hot_gather
-            ),
-        ),
+        Ok(Some((rewritten, done))) => (rewritten, format!("rewritten: {done}")),
         Ok(None) => (bytes, "nothing to rewrite: written as it is".to_string()),
-        Err(NotRewritten::Kept(why)) => {
-            let data = if why.contains("external files") {
-                "; the files it names are not copied beside it"
-            } else {
-                ""
-            };
-            (bytes, format!("not rewritten ({why}): written as it is{data}"))
-        }
         Err(e @ NotRewritten::NotOnnx(_)) => bail!("{}: {e}", model.display()),
+        Err(e @ NotRewritten::ExternalData) => (
+            bytes,
+            format!("not rewritten ({e}): written as it is; the files it names are not copied beside it"),
+        ),
+        Err(e @ NotRewritten::Kept(_)) => (bytes, format!("not rewritten ({e}): written as it is")),
     };
     std::fs::write(out, written).with_context(|| format!("writing {}", out.display()))?;
     println!("{}: {said}", out.display());
